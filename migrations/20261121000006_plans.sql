@@ -1,0 +1,30 @@
+-- Plans and approvals: the facts behind the plan_ready and gate_approved guards.
+CREATE TABLE plan_proposed (
+    id                 uuid        PRIMARY KEY,
+    case_id            uuid        NOT NULL REFERENCES ops_case (id),
+    plan               jsonb       NOT NULL CHECK (jsonb_typeof(plan) = 'object'),
+    plan_hash          text        NOT NULL CHECK (plan_hash ~ '^[0-9a-f]{64}$'),
+    source             text        NOT NULL CHECK (source IN ('template', 'llm', 'human')),
+    author             text        NOT NULL,
+    schema_valid       boolean     NOT NULL,
+    complete           boolean     NOT NULL,
+    -- Distinct human approvers the gate requires for this plan (set by the gatekeeper).
+    required_approvers smallint    NOT NULL DEFAULT 1 CHECK (required_approvers BETWEEN 1 AND 10),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (case_id, plan_hash),
+    UNIQUE (id, plan_hash)
+);
+CREATE INDEX plan_proposed_current ON plan_proposed (case_id, created_at DESC);
+
+CREATE TABLE plan_approved (
+    id         uuid        PRIMARY KEY,
+    plan_id    uuid        NOT NULL,
+    plan_hash  text        NOT NULL,
+    approver   text        NOT NULL,
+    kind       text        NOT NULL CHECK (kind IN ('auto', 'human')),
+    reasons    jsonb       NOT NULL DEFAULT '[]',
+    decided_at timestamptz NOT NULL DEFAULT now(),
+    -- An approval names the exact plan content it judged.
+    FOREIGN KEY (plan_id, plan_hash) REFERENCES plan_proposed (id, plan_hash),
+    UNIQUE (plan_id, approver)
+);

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Sets up everything, migrates, starts `opsloop serve` on loopback and drives
+# a demo case end to end, printing its timeline and where to look.
+#   scripts/demo.sh         set up, serve, run the demo (the service keeps running)
+#   scripts/demo.sh stop    stop the service and the local PostgreSQL/NATS
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/opsloop-target}"
+bin="$CARGO_TARGET_DIR/debug/opsloop"
+
+if [ "${1:-}" = "stop" ]; then
+  if [ -f .opsloop/opsloop.pid ] && kill -0 "$(cat .opsloop/opsloop.pid)" 2>/dev/null; then
+    kill "$(cat .opsloop/opsloop.pid)"; echo "demo: opsloop stopped"
+  fi
+  rm -f .opsloop/opsloop.pid
+  exec scripts/services.sh down
+fi
+
+command -v cargo >/dev/null || { echo "demo: cargo is required (install Rust with rustup)" >&2; exit 1; }
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+state="$root/.opsloop"
+
+echo "demo: building opsloop"
+cargo build --locked --bin opsloop
+
+# Demo identities; the clear tokens stay in the local state folder only.
+export OPSLOOP_TOKENS_FILE="$state/tokens.toml"
+if [ ! -s "$state/demo-tokens.env" ] || [ ! -s "$OPSLOOP_TOKENS_FILE" ]; then
+  rm -f "$OPSLOOP_TOKENS_FILE"
+  umask 077
+  {
+    echo "OPSLOOP_DEMO_OPERATOR_TOKEN=$("$bin" token create --identity demo-operator --roles operator,approver --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_SERVICE_TOKEN=$("$bin" token create --identity demo-worker --roles service --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_VIEWER_TOKEN=$("$bin" token create --identity demo-viewer --roles viewer --file "$OPSLOOP_TOKENS_FILE")"
+  } > "$state/demo-tokens.env"
+fi
+set -a; . "$state/demo-tokens.env"; set +a
+
+"$bin" migrate
+
+port_file="$state/opsloop.port"
+if [ -f .opsloop/opsloop.pid ] && kill -0 "$(cat .opsloop/opsloop.pid)" 2>/dev/null; then
+  echo "demo: restarting the running opsloop"
+  kill "$(cat .opsloop/opsloop.pid)"; sleep 1
+fi
+port=$(cat "$port_file" 2>/dev/null || python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo "$port" > "$port_file"
+url="http://127.0.0.1:$port"
+OPSLOOP_LISTEN="127.0.0.1:$port" setsid "$bin" serve < /dev/null >> "$state/opsloop.log" 2>&1 &
+echo $! > .opsloop/opsloop.pid
+for _ in $(seq 1 100); do
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen('$url/readyz', timeout=1)" 2>/dev/null; then break; fi
+  sleep 0.2
+done
+python3 -c "import urllib.request; urllib.request.urlopen('$url/readyz', timeout=2)" \
+  || { echo "demo: opsloop did not become ready; log:" >&2; tail -n 30 "$state/opsloop.log" >&2; exit 1; }
+echo "demo: opsloop is serving at $url"
+
+"$bin" demo --url "$url"
+
+cat <<MSG
+
+demo: where to look
+  API          $url   (OpenAPI: $url/openapi.json)
+  metrics      $url/metrics
+  readiness    $url/readyz
+  token        operator/approver: $OPSLOOP_DEMO_OPERATOR_TOKEN
+               (all demo tokens: $state/demo-tokens.env)
+  try          curl -H "Authorization: Bearer \$OPSLOOP_DEMO_OPERATOR_TOKEN" $url/cases
+  logs         $state/opsloop.log
+  stop         scripts/demo.sh stop
+MSG

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up everything (Rust build, PostgreSQL + pgvector, NATS JetStream on
+# loopback) and runs all tests: unit, property and integration tests against
+# the real services. Safe to run again; services are reused.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/opsloop-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+command -v cargo >/dev/null || { echo "test: cargo is required (install Rust with rustup)" >&2; exit 1; }
+
+scripts/services.sh up
+eval "$(scripts/services.sh env)"
+
+echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,435 @@
+//! Case routes: create, read, list, timeline, transition.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, PROBLEM_JSON};
+use super::extract::{ApiJson, ApiQuery, Auth, CaseId};
+use crate::model::{Case, TimelineEntry};
+use crate::orchestrator::{Actor, NewCase, Origin, Outcome, Reply, TransitionRequest};
+use crate::problem::Problem;
+use crate::telemetry;
+use crate::workflow::{EventKind, Status};
+use crate::{case_columns, timeline_columns};
+
+const SEVERITIES: [&str; 5] = ["critical", "high", "medium", "low", "info"];
+const MAX_LABELS: usize = 32;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCase {
+    title: String,
+    tenant: String,
+    severity: Option<String>,
+    kind: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+}
+
+fn has_control(s: &str, allow_newlines: bool) -> bool {
+    s.chars()
+        .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
+}
+
+fn is_slug(s: &str, extra: &[u8]) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+}
+
+fn invalid(field: &'static str, detail: &str) -> ApiError {
+    ApiError::InvalidField {
+        field,
+        detail: detail.to_string(),
+    }
+}
+
+impl CreateCase {
+    fn validate(self) -> Result<NewCase, ApiError> {
+        let title = self.title.trim().to_string();
+        if title.is_empty() || title.chars().count() > 200 || has_control(&title, false) {
+            return Err(invalid(
+                "title",
+                "1-200 characters without control characters",
+            ));
+        }
+        if !is_slug(&self.tenant, b"_-") {
+            return Err(invalid(
+                "tenant",
+                "1-64 of [a-z0-9_-], starting alphanumeric",
+            ));
+        }
+        let severity = self.severity.unwrap_or_else(|| "medium".into());
+        if !SEVERITIES.contains(&severity.as_str()) {
+            return Err(invalid(
+                "severity",
+                "one of critical, high, medium, low, info",
+            ));
+        }
+        if let Some(kind) = &self.kind
+            && !is_slug(kind, b"_.-")
+        {
+            return Err(invalid(
+                "kind",
+                "1-64 of [a-z0-9_.-], starting alphanumeric",
+            ));
+        }
+        let labels = self.labels.unwrap_or_default();
+        if labels.len() > MAX_LABELS {
+            return Err(invalid("labels", "at most 32 labels"));
+        }
+        for (k, v) in &labels {
+            let key_ok = (1..=63).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b));
+            if !key_ok || v.chars().count() > 256 || has_control(v, false) {
+                return Err(invalid(
+                    "labels",
+                    "keys 1-63 of [A-Za-z0-9_.-/], values up to 256 characters without control characters",
+                ));
+            }
+        }
+        Ok(NewCase {
+            tenant: self.tenant,
+            title,
+            severity,
+            kind: self.kind,
+            labels: serde_json::to_value(labels).unwrap_or_default(),
+        })
+    }
+}
+
+fn with_etag(status: StatusCode, case: &Case, body: impl Serialize) -> Response {
+    let mut response = (status, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", case.version)) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    response
+}
+
+/// Create a case in `NEW`.
+#[utoipa::path(post, path = "/case", request_body = CreateCase, tag = "cases",
+    responses((status = 201, body = Case), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_case(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    ApiJson(body): ApiJson<CreateCase>,
+) -> Result<Response, ApiError> {
+    if !who.may_create_cases() {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not create cases",
+            who.id
+        )));
+    }
+    let new = body.validate()?;
+    let actor = Actor {
+        id: who.id.clone(),
+        human: who.is_human(),
+    };
+    let case = state.orchestrator.create_case(new, &actor).await?;
+    Ok(with_etag(StatusCode::CREATED, &case, &case))
+}
+
+/// One case, with `ETag: "<version>"`.
+#[utoipa::path(get, path = "/case/{id}", tag = "cases",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Case), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn get_case(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    CaseId(id): CaseId,
+) -> Result<Response, ApiError> {
+    let case = fetch_case(&state, id).await?;
+    Ok(with_etag(StatusCode::OK, &case, &case))
+}
+
+async fn fetch_case(state: &AppState, id: Uuid) -> Result<Case, ApiError> {
+    sqlx::query_as::<_, Case>(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(state.orchestrator.pool())
+    .await?
+    .ok_or(ApiError::CaseNotFound(id))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// `NEW` … `PARKED`.
+    status: Option<String>,
+    tenant: Option<String>,
+    /// 1-200, default 50.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CaseList {
+    items: Vec<Case>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+/// Cases, newest first.
+#[utoipa::path(get, path = "/cases", tag = "cases", params(ListQuery),
+    responses((status = 200, body = CaseList), (status = 400, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list_cases(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<CaseList>, ApiError> {
+    let status = q
+        .status
+        .as_deref()
+        .map(|s| s.parse::<Status>())
+        .transpose()
+        .map_err(|_| {
+            invalid(
+                "status",
+                "one of NEW, ANALYZING, PLANNING, WAIT_GATE, EXECUTING, VERIFYING, CLOSED, PARKED",
+            )
+        })?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(invalid("limit", "between 1 and 200"));
+    }
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(Uuid::parse_str)
+        .transpose()
+        .map_err(|_| invalid("cursor", "not a cursor this API returned"))?;
+    let mut items: Vec<Case> = sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE ($1::text IS NULL OR status = $1) \
+         AND ($2::text IS NULL OR tenant = $2) AND ($3::uuid IS NULL OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(status.map(Status::as_str))
+    .bind(q.tenant)
+    .bind(cursor)
+    .bind(i64::from(limit) + 1)
+    .fetch_all(state.orchestrator.pool())
+    .await?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| items.last().map(|c| c.id.to_string()))
+        .flatten();
+    Ok(Json(CaseList { items, next_cursor }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Timeline {
+    items: Vec<TimelineEntry>,
+}
+
+/// Accepted and rejected entries, oldest first.
+#[utoipa::path(get, path = "/case/{id}/timeline", tag = "cases",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Timeline), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn timeline(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    CaseId(id): CaseId,
+) -> Result<Json<Timeline>, ApiError> {
+    let pool = state.orchestrator.pool();
+    let items: Vec<TimelineEntry> = sqlx::query_as(concat!(
+        "SELECT ",
+        timeline_columns!(),
+        " FROM case_timeline WHERE case_id = $1 ORDER BY seq"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    if items.is_empty() {
+        // Every case has its `created` entry, so no rows means no case.
+        return Err(ApiError::CaseNotFound(id));
+    }
+    Ok(Json(Timeline { items }))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransitionBody {
+    /// `start_analysis` … `dismiss`.
+    event: String,
+    reason: Option<String>,
+    /// The hash of the plan a person judges (`gate_approved`, `gate_rejected`).
+    plan_hash: Option<String>,
+    /// Free-form context kept in the timeline meta.
+    #[schema(value_type = Object)]
+    meta: Option<Value>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransitionReply {
+    case: Case,
+    transition: TimelineEntry,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let value = headers
+        .get("idempotency-key")
+        .ok_or(ApiError::IdempotencyKeyMissing)?;
+    let key = value
+        .to_str()
+        .map_err(|_| invalid("Idempotency-Key", "visible ASCII only"))?;
+    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid("Idempotency-Key", "1-200 visible ASCII characters"));
+    }
+    Ok(key.to_string())
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|v| *v >= 1)
+        .map(Some)
+        .ok_or_else(|| invalid("If-Match", "a case version as returned in ETag, e.g. \"3\""))
+}
+
+/// Apply an event to a case (DESIGN §3). `Idempotency-Key` is required;
+/// `If-Match: "<version>"` guards against concurrent changes.
+#[utoipa::path(patch, path = "/case/{id}/transition", tag = "cases",
+    params(("id" = Uuid, Path),
+           ("Idempotency-Key" = String, Header, description = "required; replays return the stored reply"),
+           ("If-Match" = Option<String>, Header, description = "the case version expected, as in ETag")),
+    request_body = TransitionBody,
+    responses((status = 200, body = TransitionReply),
+              (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+              (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal_transition"),
+              (status = 412, body = Problem, description = "version_mismatch"),
+              (status = 422, body = Problem, description = "guard_failed, idempotency_key_reuse"),
+              (status = 428, body = Problem, description = "Idempotency-Key missing")),
+    security(("bearer" = [])))]
+pub async fn transition(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    CaseId(id): CaseId,
+    headers: HeaderMap,
+    ApiJson(raw): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let expected_version = if_match(&headers)?;
+    let request_hash = {
+        // serde_json's map is ordered, so this serialisation is canonical.
+        let mut h = Sha256::new();
+        h.update(format!("PATCH /case/{id}/transition\n"));
+        h.update(raw.to_string());
+        hex::encode(h.finalize())
+    };
+    let body: TransitionBody = serde_json::from_value(raw)
+        .map_err(|e| ApiError::Malformed(format!("invalid body: {e}")))?;
+    let event: EventKind = body
+        .event
+        .parse()
+        .map_err(|_| ApiError::UnknownEvent(body.event.clone()))?;
+    if !who.may_send(event) {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not send {event}",
+            who.id
+        )));
+    }
+    if let Some(reason) = &body.reason
+        && (reason.chars().count() > 2000 || has_control(reason, true))
+    {
+        return Err(invalid(
+            "reason",
+            "up to 2000 characters without control characters",
+        ));
+    }
+    if let Some(meta) = &body.meta
+        && !meta.is_object()
+    {
+        return Err(invalid("meta", "must be an object"));
+    }
+    let human_judgement =
+        who.is_human() && matches!(event, EventKind::GateApproved | EventKind::GateRejected);
+    match &body.plan_hash {
+        Some(h) if h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            return Err(invalid("plan_hash", "64 lowercase hex digits (sha256)"));
+        }
+        None if human_judgement => {
+            return Err(invalid(
+                "plan_hash",
+                "required: the hash of the plan you judge",
+            ));
+        }
+        Some(_) | None => {}
+    }
+    let trace_id =
+        telemetry::trace_id_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
+    let outcome = state
+        .orchestrator
+        .transition(TransitionRequest {
+            case_id: id,
+            event,
+            actor: Actor {
+                id: who.id.clone(),
+                human: who.is_human(),
+            },
+            reason: body.reason,
+            plan_hash: body.plan_hash,
+            meta: body.meta.unwrap_or(Value::Null),
+            expected_version,
+            origin: Origin::Http {
+                idempotency_key: key,
+                request_hash,
+            },
+            trace_id,
+        })
+        .await?;
+    Ok(match outcome {
+        Outcome::Applied(reply) | Outcome::Rejected(reply) => reply_response(&reply, false),
+        Outcome::Replayed(reply) => reply_response(&reply, true),
+        Outcome::Duplicate => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "an HTTP request was treated as a duplicate message"
+            )));
+        }
+    })
+}
+
+fn reply_response(reply: &Reply, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Json(&reply.body)).into_response();
+    let headers = response.headers_mut();
+    if status.is_client_error() {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    }
+    if let Some(v) = reply.body["case"]["version"].as_i64()
+        && let Ok(v) = HeaderValue::from_str(&format!("\"{v}\""))
+    {
+        headers.insert(header::ETAG, v);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}

@@ -1,0 +1,176 @@
+//! `ApiError`: every way a request fails, mapped exhaustively to a status and
+//! a stable `code`, answered as `application/problem+json`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::orchestrator::TransitionError;
+use crate::problem::Problem;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Malformed(String),
+    #[error("{field}: {detail}")]
+    InvalidField { field: &'static str, detail: String },
+    #[error("unknown event {0:?}")]
+    UnknownEvent(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("missing bearer token")]
+    Unauthenticated,
+    #[error("invalid bearer token")]
+    InvalidToken,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("case {0} not found")]
+    CaseNotFound(Uuid),
+    #[error("no route for this path")]
+    RouteNotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("If-Match names version {expected}, the case is at version {actual}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("the Idempotency-Key header is required")]
+    IdempotencyKeyMissing,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) | Self::InvalidField { .. } | Self::UnknownEvent(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthenticated | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::CaseNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyMissing => StatusCode::PRECONDITION_REQUIRED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_request",
+            Self::InvalidField { .. } => "invalid_field",
+            Self::UnknownEvent(_) => "unknown_event",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::Unauthenticated => "unauthenticated",
+            Self::InvalidToken => "invalid_token",
+            Self::Forbidden(_) => "forbidden",
+            Self::CaseNotFound(_) => "case_not_found",
+            Self::RouteNotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::VersionMismatch { .. } => "version_mismatch",
+            Self::IdempotencyKeyReused => "idempotency_key_reuse",
+            Self::IdempotencyKeyMissing => "idempotency_key_missing",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) | Self::InvalidField { .. } | Self::UnknownEvent(_) => "Bad request",
+            Self::PayloadTooLarge(_) => "Payload too large",
+            Self::UnsupportedMediaType(_) => "Unsupported media type",
+            Self::Unauthenticated | Self::InvalidToken => "Unauthorized",
+            Self::Forbidden(_) => "Forbidden",
+            Self::CaseNotFound(_) | Self::RouteNotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::VersionMismatch { .. } => "Version mismatch",
+            Self::IdempotencyKeyReused => "Idempotency key reused",
+            Self::IdempotencyKeyMissing => "Idempotency key required",
+            Self::Unavailable(_) => "Service unavailable",
+            Self::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(e: TransitionError) -> Self {
+        match e {
+            TransitionError::CaseNotFound(id) => ApiError::CaseNotFound(id),
+            TransitionError::VersionMismatch { expected, actual } => {
+                ApiError::VersionMismatch { expected, actual }
+            }
+            TransitionError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            e @ (TransitionError::Injected(_) | TransitionError::Database(_)) => {
+                ApiError::Internal(anyhow::Error::new(e).context("applying transition"))
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e))
+    }
+}
+
+/// The cause chain of a 5xx, left in the response extensions for the
+/// logging middleware; clients only see "internal error".
+#[derive(Clone, Debug)]
+pub struct InternalCause(pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Internal(_) => "internal error".to_string(),
+            other => other.to_string(),
+        };
+        let mut problem = Problem::new(status.as_u16(), self.code(), self.title(), detail);
+        match &self {
+            ApiError::InvalidField { field, .. } => {
+                problem = problem.with("field", json!(field));
+            }
+            ApiError::VersionMismatch { actual, .. } => {
+                problem = problem.with("version", json!(actual));
+            }
+            _ => {}
+        }
+        let mut response = problem_response(status, &problem);
+        match &self {
+            ApiError::Unauthenticated | ApiError::InvalidToken => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Internal(e) => {
+                response
+                    .extensions_mut()
+                    .insert(InternalCause(format!("{e:#}")));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
+    let mut response = (status, axum::Json(problem)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    response
+}

@@ -1,0 +1,334 @@
+//! bench_transition: transitions/s and latency at 1, 8 and 32 concurrent
+//! clients, each walking its own case, measured
+//!   (a) through `Orchestrator::transition`,
+//!   (b) through HTTP (`PATCH /case/{id}/transition`, the real router on a
+//!       loopback socket), and
+//!   (c) the raw-SQL baseline: the same statements issued directly with sqlx,
+//!       no FSM, no facts, no HTTP,
+//! all in the same run against the same PostgreSQL. Prints the ratios to (c).
+//!
+//! Usage: DATABASE_URL=... bench_transition [--seconds 5] [--clients 1,8,32]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use opsloop::api::{self, AppState};
+use opsloop::auth::{Identity, Role, TokenStore};
+use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
+use opsloop::workflow::EventKind;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use uuid::Uuid;
+
+const TOKEN: &str = "bench-token";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Raw,
+    Orchestrator,
+    Http,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Raw => "(c) raw SQL",
+            Mode::Orchestrator => "(a) orchestrator",
+            Mode::Http => "(b) HTTP",
+        }
+    }
+}
+
+struct Cell {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// The walk each client repeats: into PLANNING, then PARKED <-> PLANNING.
+fn event_at(step: u64) -> EventKind {
+    match step {
+        0 => EventKind::StartAnalysis,
+        1 => EventKind::AnalysisDone,
+        n if n % 2 == 0 => EventKind::PlanFailed,
+        _ => EventKind::Resume,
+    }
+}
+
+fn status_after(step: u64) -> &'static str {
+    match step {
+        0 => "ANALYZING",
+        1 => "PLANNING",
+        n if n % 2 == 0 => "PARKED",
+        _ => "PLANNING",
+    }
+}
+
+struct Ctx {
+    pool: PgPool,
+    orchestrator: Orchestrator,
+    http: reqwest::Client,
+    base: String,
+}
+
+async fn new_case(ctx: &Ctx) -> anyhow::Result<Uuid> {
+    let case = ctx
+        .orchestrator
+        .create_case(
+            NewCase {
+                tenant: "bench".into(),
+                title: "bench case".into(),
+                severity: "low".into(),
+                kind: None,
+                labels: json!({}),
+            },
+            &Actor {
+                id: "bench".into(),
+                human: false,
+            },
+        )
+        .await?;
+    Ok(case.id)
+}
+
+/// One transition through the raw statements the orchestrator issues.
+async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow::Result<()> {
+    let key = Uuid::now_v7().to_string();
+    let event = event_at(step).as_str();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT (actor, key) DO NOTHING",
+    )
+    .bind("bench")
+    .bind(&key)
+    .bind("0".repeat(64))
+    .execute(&mut *tx)
+    .await?;
+    let (from, correlation): (String, Uuid) =
+        sqlx::query_as("SELECT status, correlation_id FROM ops_case WHERE id = $1 FOR UPDATE")
+            .bind(case)
+            .fetch_one(&mut *tx)
+            .await?;
+    let (version,): (i64,) = sqlx::query_as(
+        "UPDATE ops_case SET status = $2, version = version + 1, park_reason = NULL, \
+         updated_at = now() WHERE id = $1 RETURNING version",
+    )
+    .bind(case)
+    .bind(status_after(step))
+    .fetch_one(&mut *tx)
+    .await?;
+    let timeline_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, \
+         actor, reason, correlation_id, meta) \
+         VALUES ($1, $2, 'transition', $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(timeline_id)
+    .bind(case)
+    .bind(event)
+    .bind(&from)
+    .bind(status_after(step))
+    .bind(version)
+    .bind("bench")
+    .bind(None::<String>)
+    .bind(correlation)
+    .bind(meta)
+    .execute(&mut *tx)
+    .await?;
+    let payload = json!({"id": timeline_id, "type": "evt.case.transition.v1", "case_id": case,
+                         "data": {"from": from, "to": status_after(step), "version": version}});
+    sqlx::query(
+        "INSERT INTO outbox (message_id, case_id, subject, payload, headers) \
+         SELECT m, $1, s, p, h FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[]) \
+         AS t(m, s, p, h)",
+    )
+    .bind(case)
+    .bind(vec![Uuid::now_v7(), Uuid::now_v7()])
+    .bind(vec![
+        "cmd.plan.generate".to_string(),
+        "evt.case.transition.v1".to_string(),
+    ])
+    .bind(vec![payload.clone(), payload])
+    .bind(vec![json!({}), json!({})])
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE idempotency SET response_status = 200, response_body = $3, case_id = $4 WHERE actor = $1 AND key = $2")
+        .bind("bench")
+        .bind(&key)
+        .bind(meta)
+        .bind(case)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn orchestrator_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
+    let outcome = ctx
+        .orchestrator
+        .transition(TransitionRequest {
+            case_id: case,
+            event: event_at(step),
+            actor: Actor {
+                id: "bench".into(),
+                human: false,
+            },
+            reason: None,
+            plan_hash: None,
+            meta: Value::Null,
+            expected_version: None,
+            origin: Origin::Http {
+                idempotency_key: Uuid::now_v7().to_string(),
+                request_hash: "0".repeat(64),
+            },
+            trace_id: Uuid::new_v4().simple().to_string(),
+        })
+        .await?;
+    match outcome {
+        Outcome::Applied(_) => Ok(()),
+        other => anyhow::bail!("unexpected outcome {other:?}"),
+    }
+}
+
+async fn http_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
+    let resp = ctx
+        .http
+        .patch(format!("{}/case/{case}/transition", ctx.base))
+        .bearer_auth(TOKEN)
+        .header("idempotency-key", Uuid::now_v7().to_string())
+        .json(&json!({"event": event_at(step).as_str()}))
+        .send()
+        .await?;
+    anyhow::ensure!(resp.status() == 200, "HTTP {}", resp.status());
+    resp.bytes().await?;
+    Ok(())
+}
+
+async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
+    let mut cases = Vec::new();
+    for _ in 0..clients {
+        cases.push(new_case(&ctx).await?);
+    }
+    let meta = json!({"trace_id": "0af7651916cd43dd8448eb211c80319c",
+                      "facts": {"reason": null, "park_reason": null, "plan": null, "approvals": [],
+                                "required_approvers": 1, "judgement": null, "exec": null,
+                                "verify_passed": null, "auto_rollback_allowed": false}});
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for case in cases {
+        let ctx = ctx.clone();
+        let meta = meta.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut step = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match mode {
+                    Mode::Raw => raw_step(&ctx.pool, case, step, &meta).await?,
+                    Mode::Orchestrator => orchestrator_step(&ctx, case, step).await?,
+                    Mode::Http => http_step(&ctx, case, step).await?,
+                }
+                lat.push(t.elapsed());
+                step += 1;
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Ok(Cell {
+        rate: all.len() as f64 / elapsed,
+        p50: pct(0.50),
+        p99: pct(0.99),
+    })
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let seconds: u64 = arg("--seconds").map_or(Ok(5), |s| s.parse())?;
+    let client_counts: Vec<usize> = arg("--clients")
+        .unwrap_or_else(|| "1,8,32".into())
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let max_clients = client_counts.iter().copied().max().unwrap_or(1);
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(max_clients + 4)?)
+        .connect(&url)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+
+    let orchestrator = Orchestrator::new(pool.clone());
+    let mut tokens = TokenStore::default();
+    tokens.insert(
+        TOKEN,
+        Identity {
+            id: "bench".into(),
+            roles: [Role::Admin, Role::Service].into(),
+        },
+    );
+    let state = AppState {
+        orchestrator: orchestrator.clone(),
+        tokens: Arc::new(tokens),
+        nats: None,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, api::app(state)).await });
+    let ctx = Arc::new(Ctx {
+        pool,
+        orchestrator,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(max_clients)
+            .build()?,
+        base,
+    });
+
+    // Warm up connections and caches so the first cell is not penalised.
+    run_cell(ctx.clone(), Mode::Raw, max_clients, 1).await?;
+    run_cell(ctx.clone(), Mode::Http, max_clients, 1).await?;
+
+    println!("bench_transition: {seconds} s per cell, each client walks its own case");
+    println!(
+        "{:>7}  {:<18} {:>12} {:>9} {:>9} {:>10}",
+        "clients", "path", "transitions/s", "p50 ms", "p99 ms", "vs (c)"
+    );
+    for &clients in &client_counts {
+        let raw = run_cell(ctx.clone(), Mode::Raw, clients, seconds).await?;
+        print_row(clients, Mode::Raw, &raw, raw.rate);
+        for mode in [Mode::Orchestrator, Mode::Http] {
+            let cell = run_cell(ctx.clone(), mode, clients, seconds).await?;
+            print_row(clients, mode, &cell, raw.rate);
+        }
+    }
+    Ok(())
+}
+
+fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64) {
+    println!(
+        "{:>7}  {:<18} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
+        clients,
+        mode.name(),
+        cell.rate,
+        cell.p50.as_secs_f64() * 1e3,
+        cell.p99.as_secs_f64() * 1e3,
+        100.0 * cell.rate / baseline
+    );
+}

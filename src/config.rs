@@ -1,0 +1,47 @@
+//! Service configuration from flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeConfig {
+    /// PostgreSQL (with pgvector) to use.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// NATS server with JetStream; without it `/readyz` reports `not_configured`.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "OPSLOOP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// TOML file of bearer-token digests (see `opsloop token create`).
+    #[arg(
+        long,
+        env = "OPSLOOP_TOKENS_FILE",
+        default_value = "config/tokens.toml"
+    )]
+    pub tokens_file: PathBuf,
+    /// Size of the PostgreSQL connection pool.
+    #[arg(long, env = "OPSLOOP_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+    /// Comma-separated roles this process runs (`api`).
+    #[arg(
+        long,
+        env = "OPSLOOP_ROLES",
+        default_value = "api",
+        value_delimiter = ','
+    )]
+    pub roles: Vec<String>,
+}
+
+pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+}

@@ -1,0 +1,17 @@
+//! opsloop: turns operational problems into cases and drives them through
+//! analysis, plan, gate, execution and verification. See `docs/` and
+//! DESIGN.md for the contract between the parts.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod model;
+pub mod orchestrator;
+pub mod problem;
+pub mod pubsub;
+pub mod telemetry;
+pub mod workflow;
+
+/// The schema migrations, embedded at build time from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

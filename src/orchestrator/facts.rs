@@ -1,0 +1,134 @@
+//! Loads the guard facts a move needs, inside the transition transaction.
+//! Only the facts of the requested event are read, so moves without guards
+//! cost no extra queries.
+
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::TransitionRequest;
+use super::store::HumanApproval;
+use crate::model::Case;
+use crate::workflow::{ApprovalFact, ApprovalKind, EventKind, Facts, Judgement, PlanFact};
+
+pub struct Loaded {
+    pub facts: Facts,
+    plan_id: Option<Uuid>,
+}
+
+impl Loaded {
+    /// A person's valid approval of the current plan is a fact on its own,
+    /// kept even when the quorum is not yet met.
+    pub fn human_approval_to_record(&self, req: &TransitionRequest) -> Option<HumanApproval> {
+        let (plan, plan_id, judgement) = (
+            self.facts.plan.as_ref()?,
+            self.plan_id?,
+            self.facts.judgement.as_ref()?,
+        );
+        let valid = req.event == EventKind::GateApproved
+            && judgement.plan_hash == plan.hash
+            && judgement.actor != plan.author;
+        valid.then(|| HumanApproval {
+            plan_id,
+            plan_hash: plan.hash.clone(),
+            approver: judgement.actor.clone(),
+        })
+    }
+}
+
+pub async fn load(
+    conn: &mut PgConnection,
+    case: &Case,
+    req: &TransitionRequest,
+) -> Result<Loaded, sqlx::Error> {
+    use EventKind as E;
+    let mut facts = Facts {
+        reason: req.reason.clone(),
+        park_reason: case.park_reason.clone(),
+        required_approvers: 1,
+        ..Facts::default()
+    };
+    let mut plan_id = None;
+    let needs_plan = match req.event {
+        E::PlanReady | E::GateApproved | E::GateRejected | E::ExecDone | E::VerifyFailed => true,
+        E::StartAnalysis
+        | E::AnalysisDone
+        | E::PlanFailed
+        | E::ExecFailed
+        | E::VerifyPass
+        | E::Resume
+        | E::Dismiss => false,
+    };
+    if needs_plan && let Some(row) = current_plan(conn, case.id).await? {
+        let (id, plan, required) = row;
+        plan_id = Some(id);
+        facts.required_approvers = required;
+        if req.event == E::GateApproved {
+            facts.approvals = approvals(conn, id).await?;
+        }
+        facts.plan = Some(plan);
+    }
+    if req.actor.human && matches!(req.event, E::GateApproved | E::GateRejected) {
+        facts.judgement = Some(Judgement {
+            actor: req.actor.id.clone(),
+            plan_hash: req.plan_hash.clone().unwrap_or_default(),
+        });
+    }
+    // Execution runs and verification results are not stored yet: their
+    // guards (`execution_succeeded`, `verification_passed`) fail closed.
+    Ok(Loaded { facts, plan_id })
+}
+
+async fn current_plan(
+    conn: &mut PgConnection,
+    case_id: Uuid,
+) -> Result<Option<(Uuid, PlanFact, u8)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT id, plan_hash, author, schema_valid, complete, required_approvers, \
+         CASE WHEN jsonb_typeof(plan #> '{rollback,steps}') = 'array' \
+         THEN jsonb_array_length(plan #> '{rollback,steps}') > 0 ELSE false END AS has_rollback \
+         FROM plan_proposed WHERE case_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(case_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let required: i16 = row.try_get("required_approvers")?;
+    Ok(Some((
+        row.try_get("id")?,
+        PlanFact {
+            hash: row.try_get("plan_hash")?,
+            author: row.try_get("author")?,
+            schema_valid: row.try_get("schema_valid")?,
+            complete: row.try_get("complete")?,
+            has_rollback: row.try_get("has_rollback")?,
+        },
+        u8::try_from(required).unwrap_or(u8::MAX),
+    )))
+}
+
+async fn approvals(
+    conn: &mut PgConnection,
+    plan_id: Uuid,
+) -> Result<Vec<ApprovalFact>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT plan_hash, approver, kind FROM plan_approved WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            Ok(ApprovalFact {
+                plan_hash: r.try_get("plan_hash")?,
+                approver: r.try_get("approver")?,
+                kind: if kind == "auto" {
+                    ApprovalKind::Auto
+                } else {
+                    ApprovalKind::Human
+                },
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,333 @@
+//! SQL of the transition transaction. Every function takes the open
+//! transaction: nothing here commits.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use super::{Reply, TransitionRequest};
+use crate::model::{Case, TimelineEntry};
+use crate::pubsub::{Envelope, subjects};
+use crate::workflow::{Effect, Status};
+use crate::{case_columns, timeline_columns};
+
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    pub tenant: String,
+    pub title: String,
+    pub severity: String,
+    pub kind: Option<String>,
+    pub labels: Value,
+}
+
+pub async fn insert_case(
+    conn: &mut PgConnection,
+    new: &NewCase,
+    actor: &str,
+) -> Result<Case, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let case: Case = sqlx::query_as(concat!(
+        "INSERT INTO ops_case (id, tenant, title, severity, kind, labels, correlation_id, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+        case_columns!()
+    ))
+    .bind(id)
+    .bind(&new.tenant)
+    .bind(&new.title)
+    .bind(&new.severity)
+    .bind(&new.kind)
+    .bind(&new.labels)
+    .bind(Uuid::now_v7())
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
+         VALUES ($1, $2, 'created', 'NEW', 1, $3, $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(case.id)
+    .bind(actor)
+    .bind(case.correlation_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(case)
+}
+
+pub enum Claim {
+    Replay(Reply),
+    Reused,
+}
+
+/// Claims `(actor, key)`. `None`: this request owns the key now. A twin in
+/// flight blocks on the unique index until its transaction ends.
+pub async fn claim_idempotency(
+    conn: &mut PgConnection,
+    actor: &str,
+    key: &str,
+    request_hash: &str,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT (actor, key) DO NOTHING",
+    )
+    .bind(actor)
+    .bind(key)
+    .bind(request_hash)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    let row = sqlx::query(
+        "SELECT request_hash, response_status, response_body FROM idempotency \
+         WHERE actor = $1 AND key = $2",
+    )
+    .bind(actor)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    let stored_hash: String = row.try_get("request_hash")?;
+    if stored_hash != request_hash {
+        return Ok(Some(Claim::Reused));
+    }
+    let status: Option<i16> = row.try_get("response_status")?;
+    let body: Option<Value> = row.try_get("response_body")?;
+    Ok(Some(Claim::Replay(Reply {
+        status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
+        body: body.unwrap_or(Value::Null),
+    })))
+}
+
+pub async fn store_response(
+    conn: &mut PgConnection,
+    actor: &str,
+    key: &str,
+    case_id: Uuid,
+    reply: &Reply,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency SET response_status = $3, response_body = $4, case_id = $5 \
+         WHERE actor = $1 AND key = $2",
+    )
+    .bind(actor)
+    .bind(key)
+    .bind(i16::try_from(reply.status).unwrap_or(500))
+    .bind(&reply.body)
+    .bind(case_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// `false` when this consumer already applied the message.
+pub async fn claim_inbox(
+    conn: &mut PgConnection,
+    consumer: &str,
+    message_id: Uuid,
+    subject: &str,
+    case_id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let rows = sqlx::query(
+        "INSERT INTO inbox (consumer, message_id, subject, case_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (consumer, message_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .bind(subject)
+    .bind(case_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(rows == 1)
+}
+
+pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+pub async fn set_status(
+    conn: &mut PgConnection,
+    case: &Case,
+    to: Status,
+    req: &TransitionRequest,
+) -> Result<Case, sqlx::Error> {
+    // Entering PARKED remembers why (feedback for the next plan); leaving it clears it.
+    let park_reason = match to {
+        Status::Parked => Some(
+            req.reason
+                .clone()
+                .unwrap_or_else(|| req.event.as_str().to_string()),
+        ),
+        Status::New
+        | Status::Analyzing
+        | Status::Planning
+        | Status::WaitGate
+        | Status::Executing
+        | Status::Verifying
+        | Status::Closed => None,
+    };
+    sqlx::query_as(concat!(
+        "UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
+         updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
+        case_columns!()
+    ))
+    .bind(case.id)
+    .bind(to.as_str())
+    .bind(park_reason)
+    .bind(case.version)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+pub async fn append_transition(
+    conn: &mut PgConnection,
+    before: &Case,
+    after: &Case,
+    req: &TransitionRequest,
+    meta: &Value,
+) -> Result<TimelineEntry, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, \
+         actor, reason, correlation_id, meta) \
+         VALUES ($1, $2, 'transition', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
+        timeline_columns!()
+    ))
+    .bind(Uuid::now_v7())
+    .bind(after.id)
+    .bind(req.event.as_str())
+    .bind(before.status.as_str())
+    .bind(after.status.as_str())
+    .bind(after.version)
+    .bind(&req.actor.id)
+    .bind(&req.reason)
+    .bind(after.correlation_id)
+    .bind(meta)
+    .fetch_one(&mut *conn)
+    .await
+}
+
+pub async fn append_rejection(
+    conn: &mut PgConnection,
+    case: &Case,
+    req: &TransitionRequest,
+    code: &str,
+    meta: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, version, actor, \
+         reason, rejection_code, correlation_id, meta) \
+         VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(case.id)
+    .bind(req.event.as_str())
+    .bind(case.status.as_str())
+    .bind(case.version)
+    .bind(&req.actor.id)
+    .bind(&req.reason)
+    .bind(code)
+    .bind(case.correlation_id)
+    .bind(meta)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub struct HumanApproval {
+    pub plan_id: Uuid,
+    pub plan_hash: String,
+    pub approver: String,
+}
+
+pub async fn record_human_approval(
+    conn: &mut PgConnection,
+    approval: &HumanApproval,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind) \
+         VALUES ($1, $2, $3, $4, 'human') ON CONFLICT (plan_id, approver) DO NOTHING",
+    )
+    .bind(Uuid::now_v7())
+    .bind(approval.plan_id)
+    .bind(&approval.plan_hash)
+    .bind(&approval.approver)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Puts the effects' commands and the transition event in the outbox, in
+/// one statement. Message ids are fixed here, so a re-publish reuses them.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    case: &Case,
+    entry: &TimelineEntry,
+    effects: &[Effect],
+    causation_id: Option<Uuid>,
+    trace_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    let envelope = |kind: &str, data: Value| Envelope {
+        id: Uuid::now_v7(),
+        kind: kind.to_string(),
+        case_id: Some(case.id),
+        tenant: case.tenant.clone(),
+        occurred_at: now,
+        actor: entry.actor.clone(),
+        correlation_id: case.correlation_id,
+        causation_id: causation_id.or(Some(entry.id)),
+        expected_version: Some(case.version),
+        data,
+    };
+    let mut messages: Vec<Envelope> = effects
+        .iter()
+        .map(|e| envelope(subjects::for_effect(e), json!(e)))
+        .collect();
+    messages.push(envelope(
+        subjects::EVT_CASE_TRANSITION,
+        json!({
+            "from": entry.from_status,
+            "to": entry.to_status,
+            "event": entry.event,
+            "version": case.version,
+            "actor": entry.actor,
+            "reason": entry.reason,
+            "timeline_id": entry.id,
+        }),
+    ));
+    let headers = json!({ "traceparent": traceparent(trace_id) });
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let subjects: Vec<String> = messages.iter().map(|m| m.kind.clone()).collect();
+    let payloads: Vec<Value> = messages.iter().map(|m| json!(m)).collect();
+    let headers: Vec<Value> = vec![headers; messages.len()];
+    sqlx::query(
+        "INSERT INTO outbox (message_id, case_id, subject, payload, headers) \
+         SELECT m, $1, s, p, h FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[]) \
+         AS t(m, s, p, h)",
+    )
+    .bind(case.id)
+    .bind(ids)
+    .bind(subjects)
+    .bind(payloads)
+    .bind(headers)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A W3C `traceparent` for the messages of this transition.
+fn traceparent(trace_id: &str) -> String {
+    let span = Uuid::new_v4().simple().to_string();
+    format!("00-{trace_id}-{}-01", &span[..16])
+}

@@ -1,0 +1,117 @@
+//! Logs and metrics. Metric names, help texts and one function per metric
+//! live here; call sites never spell a metric name. Labels stay
+//! low-cardinality (never a case id).
+
+use std::sync::OnceLock;
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+struct Metrics {
+    registry: Registry,
+    case_transition: IntCounterVec,
+    conflict: IntCounterVec,
+    idempotent_replay: IntCounter,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let registry = Registry::new();
+        let case_transition = IntCounterVec::new(
+            Opts::new("case_transition_total", "Accepted case transitions."),
+            &["from", "to", "event"],
+        )
+        .expect("valid metric");
+        let conflict = IntCounterVec::new(
+            Opts::new(
+                "conflict_total",
+                "Transition requests refused: illegal_transition, guard_failed, version_mismatch, idempotency_key_reuse.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let idempotent_replay = IntCounter::new(
+            "idempotent_replay_total",
+            "Requests answered from a stored Idempotency-Key response.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(conflict.clone()),
+            Box::new(idempotent_replay.clone()),
+        ] {
+            registry.register(c).expect("metric registered once");
+        }
+        Metrics {
+            registry,
+            case_transition,
+            conflict,
+            idempotent_replay,
+        }
+    })
+}
+
+pub fn case_transitioned(from: &str, to: &str, event: &str) {
+    metrics()
+        .case_transition
+        .with_label_values(&[from, to, event])
+        .inc();
+}
+
+pub fn conflict(reason: &str) {
+    metrics().conflict.with_label_values(&[reason]).inc();
+}
+
+pub fn idempotent_replay() {
+    metrics().idempotent_replay.inc();
+}
+
+/// Prometheus text exposition of every opsloop metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    let families = metrics().registry.gather();
+    if TextEncoder::new().encode(&families, &mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// Installs the global subscriber once: JSON lines unless `OPSLOOP_LOG_FORMAT=text`.
+pub fn init(default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let text = std::env::var("OPSLOOP_LOG_FORMAT").is_ok_and(|v| v == "text");
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if text {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init()
+    };
+    // A second init (tests, benches) keeps the first subscriber.
+    drop(result);
+}
+
+/// A W3C trace id: taken from an incoming `traceparent`, else fresh.
+pub fn trace_id_from(traceparent: Option<&str>) -> String {
+    traceparent
+        .and_then(|tp| {
+            let mut parts = tp.split('-');
+            let (_version, trace) = (parts.next()?, parts.next()?);
+            let ok = trace.len() == 32
+                && trace.bytes().all(|b| b.is_ascii_hexdigit())
+                && trace != "00000000000000000000000000000000";
+            ok.then(|| trace.to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+}

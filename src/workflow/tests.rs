@@ -1,0 +1,402 @@
+use proptest::prelude::*;
+use rstest::rstest;
+use strum::IntoEnumIterator;
+
+use super::*;
+
+const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn plan(hash: &str) -> PlanFact {
+    PlanFact {
+        hash: hash.into(),
+        author: "planner".into(),
+        schema_valid: true,
+        complete: true,
+        has_rollback: true,
+    }
+}
+
+/// Facts under which every guard of every move holds.
+fn all_good() -> Facts {
+    Facts {
+        reason: Some("duplicate of INC-7".into()),
+        park_reason: Some("verify breach".into()),
+        plan: Some(plan(H1)),
+        approvals: vec![ApprovalFact {
+            plan_hash: H1.into(),
+            approver: "gatekeeper".into(),
+            kind: ApprovalKind::Auto,
+        }],
+        required_approvers: 1,
+        judgement: None,
+        exec: Some(ExecFact {
+            plan_hash: H1.into(),
+            all_steps_succeeded: true,
+        }),
+        verify_passed: Some(true),
+        auto_rollback_allowed: true,
+    }
+}
+
+/// The whole table of DESIGN §2: (from, event) -> (to, effects).
+fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
+    use EventKind as E;
+    use Status as S;
+    let mut rows = vec![
+        (
+            S::New,
+            E::StartAnalysis,
+            S::Analyzing,
+            vec![Effect::RunAnalysis],
+        ),
+        (
+            S::Analyzing,
+            E::AnalysisDone,
+            S::Planning,
+            vec![Effect::GeneratePlan { feedback: None }],
+        ),
+        (
+            S::Planning,
+            E::PlanReady,
+            S::WaitGate,
+            vec![Effect::EvaluateGate {
+                plan_hash: H1.into(),
+            }],
+        ),
+        (S::Planning, E::PlanFailed, S::Parked, vec![]),
+        (
+            S::WaitGate,
+            E::GateApproved,
+            S::Executing,
+            vec![Effect::Execute {
+                plan_hash: H1.into(),
+            }],
+        ),
+        (S::WaitGate, E::GateRejected, S::Parked, vec![]),
+        (
+            S::Executing,
+            E::ExecDone,
+            S::Verifying,
+            vec![Effect::Verify],
+        ),
+        (S::Executing, E::ExecFailed, S::Parked, vec![]),
+        (S::Verifying, E::VerifyPass, S::Closed, vec![]),
+        (
+            S::Verifying,
+            E::VerifyFailed,
+            S::Parked,
+            vec![Effect::Rollback {
+                plan_hash: H1.into(),
+            }],
+        ),
+        (
+            S::Parked,
+            E::Resume,
+            S::Planning,
+            vec![Effect::GeneratePlan {
+                feedback: Some("verify breach".into()),
+            }],
+        ),
+    ];
+    for from in [S::New, S::Analyzing, S::Planning, S::WaitGate, S::Parked] {
+        rows.push((from, E::Dismiss, S::Closed, vec![]));
+    }
+    rows
+}
+
+#[test]
+fn every_pair_is_accepted_exactly_as_the_table_says() {
+    let facts = all_good();
+    let table = table();
+    for from in Status::iter() {
+        for event in EventKind::iter() {
+            let got = decide(from, event, &facts);
+            match table.iter().find(|(f, e, _, _)| *f == from && *e == event) {
+                Some((_, _, to, effects)) => assert_eq!(
+                    got,
+                    Ok(Decision {
+                        to: *to,
+                        effects: effects.clone()
+                    }),
+                    "{from} + {event}"
+                ),
+                None => assert_eq!(
+                    got,
+                    Err(Rejection::IllegalTransition { from, event }),
+                    "{from} + {event} must be illegal"
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn closed_accepts_nothing() {
+    for event in EventKind::iter() {
+        assert!(matches!(
+            decide(Status::Closed, event, &all_good()),
+            Err(Rejection::IllegalTransition { .. })
+        ));
+    }
+}
+
+fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<&'static str> {
+    match decide(status, event, facts) {
+        Err(Rejection::GuardFailed(f)) => f.iter().map(|g| g.guard).collect(),
+        other => panic!("expected a guard failure, got {other:?}"),
+    }
+}
+
+#[rstest]
+#[case::plan_ready_without_plan(Status::Planning, EventKind::PlanReady, Facts { plan: None, ..all_good() }, vec!["plan_present"])]
+#[case::plan_ready_schema_invalid(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid"])]
+#[case::plan_ready_incomplete(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { complete: false, schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid", "plan_complete"])]
+#[case::no_execution_without_approval(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::approval_of_older_hash_does_not_count(Status::WaitGate, EventKind::GateApproved, Facts { plan: Some(plan(H2)), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
+#[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
+#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current"])]
+#[case::exec_done_without_run(Status::Executing, EventKind::ExecDone, Facts { exec: None, ..all_good() }, vec!["execution_succeeded"])]
+#[case::exec_done_with_failed_step(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H1.into(), all_steps_succeeded: false }), ..all_good() }, vec!["execution_succeeded"])]
+#[case::exec_done_of_other_plan(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H2.into(), all_steps_succeeded: true }), ..all_good() }, vec!["execution_succeeded"])]
+#[case::verify_pass_without_result(Status::Verifying, EventKind::VerifyPass, Facts { verify_passed: None, ..all_good() }, vec!["verification_passed"])]
+#[case::verify_pass_with_fail_result(Status::Verifying, EventKind::VerifyPass, Facts { verify_passed: Some(false), ..all_good() }, vec!["verification_passed"])]
+#[case::dismiss_without_reason(Status::New, EventKind::Dismiss, Facts { reason: None, ..all_good() }, vec!["reason_given"])]
+#[case::dismiss_with_blank_reason(Status::Parked, EventKind::Dismiss, Facts { reason: Some("  ".into()), ..all_good() }, vec!["reason_given"])]
+fn guard_fails(
+    #[case] status: Status,
+    #[case] event: EventKind,
+    #[case] facts: Facts,
+    #[case] expected: Vec<&'static str>,
+) {
+    assert_eq!(failed_guards(status, event, &facts), expected);
+}
+
+#[rstest]
+#[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
+#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
+#[case::automatic_approval(all_good())]
+fn gate_opens(#[case] facts: Facts) {
+    assert_eq!(
+        decide(Status::WaitGate, EventKind::GateApproved, &facts).map(|d| d.to),
+        Ok(Status::Executing)
+    );
+}
+
+#[test]
+fn verify_failed_rolls_back_only_when_plan_has_one_and_policy_allows() {
+    let no_rollback = Facts {
+        plan: Some(PlanFact {
+            has_rollback: false,
+            ..plan(H1)
+        }),
+        ..all_good()
+    };
+    let not_allowed = Facts {
+        auto_rollback_allowed: false,
+        ..all_good()
+    };
+    for facts in [no_rollback, not_allowed] {
+        assert_eq!(
+            decide(Status::Verifying, EventKind::VerifyFailed, &facts),
+            Ok(Decision {
+                to: Status::Parked,
+                effects: vec![]
+            })
+        );
+    }
+}
+
+#[test]
+fn statuses_and_events_use_the_wire_names() {
+    assert_eq!(Status::WaitGate.to_string(), "WAIT_GATE");
+    assert_eq!("PARKED".parse::<Status>(), Ok(Status::Parked));
+    assert_eq!(
+        serde_json::to_string(&EventKind::StartAnalysis).unwrap(),
+        "\"start_analysis\""
+    );
+    assert_eq!(
+        "gate_approved".parse::<EventKind>(),
+        Ok(EventKind::GateApproved)
+    );
+}
+
+// ---- properties ----------------------------------------------------------
+
+fn hash_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![Just(H1.to_string()), Just(H2.to_string())]
+}
+
+fn facts_strategy() -> impl Strategy<Value = Facts> {
+    let plan = prop::option::of(
+        (hash_strategy(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+            |(hash, schema_valid, complete, has_rollback)| PlanFact {
+                hash,
+                author: "planner".into(),
+                schema_valid,
+                complete,
+                has_rollback,
+            },
+        ),
+    );
+    let approval = (
+        hash_strategy(),
+        prop_oneof![Just("alice"), Just("bob"), Just("planner")],
+        prop_oneof![Just(ApprovalKind::Auto), Just(ApprovalKind::Human)],
+    )
+        .prop_map(|(plan_hash, approver, kind)| ApprovalFact {
+            plan_hash,
+            approver: approver.into(),
+            kind,
+        });
+    let judgement = prop::option::of(
+        (
+            hash_strategy(),
+            prop_oneof![Just("alice"), Just("bob"), Just("planner")],
+        )
+            .prop_map(|(plan_hash, actor)| Judgement {
+                actor: actor.into(),
+                plan_hash,
+            }),
+    );
+    let exec = prop::option::of((hash_strategy(), any::<bool>()).prop_map(
+        |(plan_hash, all_steps_succeeded)| ExecFact {
+            plan_hash,
+            all_steps_succeeded,
+        },
+    ));
+    (
+        prop::option::of(prop_oneof![Just(String::new()), Just("why".to_string())]),
+        plan,
+        prop::collection::vec(approval, 0..3),
+        0u8..3,
+        judgement,
+        exec,
+        prop::option::of(any::<bool>()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(reason, plan, approvals, required_approvers, judgement, exec, verify_passed, rb)| {
+                Facts {
+                    reason,
+                    park_reason: None,
+                    plan,
+                    approvals,
+                    required_approvers,
+                    judgement,
+                    exec,
+                    verify_passed,
+                    auto_rollback_allowed: rb,
+                }
+            },
+        )
+}
+
+fn event_strategy() -> impl Strategy<Value = EventKind> {
+    prop::sample::select(EventKind::iter().collect::<Vec<_>>())
+}
+
+/// An oracle written independently of the guards: is the current plan
+/// approved, by the gatekeeper or by enough people other than its author?
+fn approved_for_current_plan(facts: &Facts) -> bool {
+    let Some(plan) = &facts.plan else {
+        return false;
+    };
+    if facts
+        .approvals
+        .iter()
+        .any(|a| a.kind == ApprovalKind::Auto && a.plan_hash == plan.hash)
+    {
+        return true;
+    }
+    let mut people: Vec<&str> = facts
+        .approvals
+        .iter()
+        .filter(|a| a.kind == ApprovalKind::Human && a.plan_hash == plan.hash)
+        .map(|a| a.approver.as_str())
+        .chain(
+            facts
+                .judgement
+                .iter()
+                .filter(|j| j.plan_hash == plan.hash)
+                .map(|j| j.actor.as_str()),
+        )
+        .filter(|who| *who != plan.author)
+        .collect();
+    people.sort_unstable();
+    people.dedup();
+    people.len() >= usize::from(facts.required_approvers.max(1))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn executing_is_never_reached_without_an_approval_for_the_current_plan(
+        steps in prop::collection::vec((event_strategy(), facts_strategy()), 0..40)
+    ) {
+        let mut status = Status::New;
+        for (event, facts) in &steps {
+            if let Ok(d) = decide(status, *event, facts) {
+                if d.to == Status::Executing {
+                    prop_assert!(approved_for_current_plan(facts), "{facts:?}");
+                    let hash = facts.plan.as_ref().map(|p| p.hash.clone()).unwrap();
+                    prop_assert_eq!(&d.effects, &vec![Effect::Execute { plan_hash: hash }]);
+                }
+                status = d.to;
+            }
+        }
+    }
+
+    #[test]
+    fn the_gate_opens_only_with_an_approval_for_the_current_plan(facts in facts_strategy()) {
+        if let Ok(d) = decide(Status::WaitGate, EventKind::GateApproved, &facts) {
+            prop_assert_eq!(d.to, Status::Executing);
+            prop_assert!(approved_for_current_plan(&facts), "{facts:?}");
+        }
+    }
+
+    #[test]
+    fn closed_is_absorbing(
+        steps in prop::collection::vec((event_strategy(), facts_strategy()), 0..40)
+    ) {
+        let mut status = Status::New;
+        for (event, facts) in &steps {
+            let was_closed = status == Status::Closed;
+            let result = decide(status, *event, facts);
+            if was_closed {
+                prop_assert!(result.is_err());
+            }
+            if let Ok(d) = result {
+                status = d.to;
+            }
+        }
+    }
+
+    #[test]
+    fn replaying_the_accepted_events_reproduces_the_final_status(
+        steps in prop::collection::vec((event_strategy(), facts_strategy()), 0..60)
+    ) {
+        let mut status = Status::New;
+        let mut accepted = Vec::new();
+        for (event, facts) in &steps {
+            if let Ok(d) = decide(status, *event, facts) {
+                accepted.push((*event, facts));
+                status = d.to;
+            }
+        }
+        prop_assert_eq!(replay(accepted.iter().map(|(e, f)| (*e, *f))), Ok(status));
+    }
+
+    #[test]
+    fn a_rejection_never_moves_and_a_decision_is_deterministic(
+        status in prop::sample::select(Status::iter().collect::<Vec<_>>()),
+        event in event_strategy(),
+        facts in facts_strategy(),
+    ) {
+        prop_assert_eq!(decide(status, event, &facts), decide(status, event, &facts));
+    }
+}

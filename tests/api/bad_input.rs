@@ -1,0 +1,228 @@
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+async fn assert_healthy(app: &TestApp) {
+    let r = app.send(Method::GET, "/healthz", None, &[], None).await;
+    assert_eq!(r.status, 200);
+}
+
+#[sqlx::test]
+async fn bad_transition_bodies_get_4xx_problems_and_change_nothing(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.create_case().await;
+    let path = format!("/case/{case}/transition");
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let cases: Vec<(String, u16, &str)> = vec![
+        ("{\"event\": ".into(), 400, "malformed_request"),
+        ("not json at all".into(), 400, "malformed_request"),
+        (json!({"event": 42}).to_string(), 400, "malformed_request"),
+        (
+            json!({"event": "start_analysis", "reason": ["a"]}).to_string(),
+            400,
+            "malformed_request",
+        ),
+        (
+            json!({"event": "reboot_everything"}).to_string(),
+            400,
+            "unknown_event",
+        ),
+        (json!({}).to_string(), 400, "malformed_request"),
+        (json!([1, 2]).to_string(), 400, "malformed_request"),
+        (
+            format!("{{\"event\": \"dismiss\", \"meta\": {{\"x\": {deep}}}}}"),
+            400,
+            "malformed_request",
+        ),
+        (
+            json!({"event": "dismiss", "reason": "bad\u{0007}bell"}).to_string(),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"event": "dismiss", "reason": "ok", "meta": "string"}).to_string(),
+            400,
+            "invalid_field",
+        ),
+        (
+            json!({"event": "gate_approved", "plan_hash": "not-hex"}).to_string(),
+            400,
+            "invalid_field",
+        ),
+        (
+            format!(
+                "{{\"event\": \"dismiss\", \"reason\": \"{}\"}}",
+                "x".repeat(70_000)
+            ),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (i, (body, status, code)) in cases.iter().enumerate() {
+        let key = format!("bad-{i}");
+        let r = app
+            .send(
+                Method::PATCH,
+                &path,
+                Some(OPERATOR),
+                &[("idempotency-key", key.as_str())],
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (*status, *code),
+            "case {i}: {:?}",
+            r.body
+        );
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "case {i}"
+        );
+    }
+    // Without a JSON content type.
+    let r = app
+        .http
+        .patch(format!("{}{path}", app.base))
+        .bearer_auth(OPERATOR)
+        .header("idempotency-key", "ct")
+        .body(json!({"event": "start_analysis"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    assert_eq!(app.status(case).await, "NEW");
+    assert_eq!(app.timeline(case).await.len(), 1);
+    assert_healthy(&app).await;
+}
+
+#[sqlx::test]
+async fn bad_case_bodies_are_rejected_field_by_field(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let bodies = [
+        (json!({"title": "", "tenant": "t-001"}), "title"),
+        (json!({"title": "a\u{0000}b", "tenant": "t-001"}), "title"),
+        (
+            json!({"title": "x".repeat(201), "tenant": "t-001"}),
+            "title",
+        ),
+        (json!({"title": "ok", "tenant": "Bad Tenant"}), "tenant"),
+        (
+            json!({"title": "ok", "tenant": "t", "severity": "apocalyptic"}),
+            "severity",
+        ),
+        (
+            json!({"title": "ok", "tenant": "t", "kind": "../etc"}),
+            "kind",
+        ),
+        (
+            json!({"title": "ok", "tenant": "t", "labels": {"k": "v\u{001b}[31m"}}),
+            "labels",
+        ),
+    ];
+    for (body, field) in bodies {
+        let r = app
+            .send(
+                Method::POST,
+                "/case",
+                Some(OPERATOR),
+                &[],
+                Some(body.to_string()),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (400, "invalid_field"), "{body}");
+        assert_eq!(r.body["field"], field);
+    }
+    let r = app
+        .send(
+            Method::POST,
+            "/case",
+            Some(OPERATOR),
+            &[],
+            Some(json!({"title": 1, "tenant": "t"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = app
+        .send(
+            Method::POST,
+            "/case",
+            Some(OPERATOR),
+            &[],
+            Some(json!({"title": "x", "tenant": "t", "extra": true}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "malformed_request"),
+        "unknown fields are refused"
+    );
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_case")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_healthy(&app).await;
+}
+
+#[sqlx::test]
+async fn bad_ids_routes_and_headers(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    for path in [
+        "/case/not-a-uuid",
+        "/case/1234/timeline",
+        "/case/%00/timeline",
+    ] {
+        let r = app.send(Method::GET, path, Some(VIEWER), &[], None).await;
+        assert_eq!(r.status, 400, "{path}: {:?}", r.body);
+    }
+    let r = app
+        .send(
+            Method::PATCH,
+            "/case/zzz/transition",
+            Some(OPERATOR),
+            &[("idempotency-key", "k")],
+            Some(json!({"event": "dismiss"}).to_string()),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_field"));
+    let r = app
+        .send(Method::GET, "/nope", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    let r = app
+        .send(Method::DELETE, "/cases", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!((r.status, r.code()), (405, "method_not_allowed"));
+    let case = app.create_case().await;
+    let long_key = "k".repeat(201);
+    let r = app
+        .send(
+            Method::PATCH,
+            &format!("/case/{case}/transition"),
+            Some(OPERATOR),
+            &[("idempotency-key", long_key.as_str())],
+            Some(json!({"event": "start_analysis"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+
+    // A huge header is refused by the server before any handler runs.
+    let huge = "x".repeat(512 * 1024);
+    let resp = app
+        .http
+        .get(format!("{}/case/{case}", app.base))
+        .bearer_auth(VIEWER)
+        .header("x-huge", huge)
+        .send()
+        .await;
+    match resp {
+        Ok(r) => assert!(r.status().is_client_error(), "{}", r.status()),
+        Err(e) => assert!(!e.is_timeout(), "the server closed the connection: {e}"),
+    }
+    assert_healthy(&app).await;
+    assert_eq!(app.status(case).await, "NEW");
+}

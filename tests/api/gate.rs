@@ -1,0 +1,152 @@
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+async fn waiting_for_gate(app: &TestApp, author: &str, required: i16) -> (uuid::Uuid, String) {
+    let case = app.case_in("PLANNING").await;
+    let hash = app.store_plan(case, author, required).await;
+    let r = app.event(case, SERVICE, "plan_ready").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (case, hash)
+}
+
+#[sqlx::test]
+async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", 1).await;
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let payload: serde_json::Value = sqlx::query_scalar(
+        "SELECT payload FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
+    )
+    .bind(case)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(payload["data"]["plan_hash"], hash);
+}
+
+#[sqlx::test]
+async fn a_human_approval_binds_to_the_current_plan_hash(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, old_hash) = waiting_for_gate(&app, "planner", 1).await;
+    let r = app
+        .patch(case, APPROVER, "g-0", json!({"event": "gate_approved"}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_field"),
+        "plan_hash is required"
+    );
+
+    // The plan changes after the approver looked at it: the old hash counts for nothing.
+    let new_hash = app.store_plan(case, "planner", 1).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "g-1",
+            json!({"event": "gate_approved", "plan_hash": old_hash}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (422, "guard_failed"));
+    let guards: Vec<&str> = r.body["guards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["guard"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        guards,
+        ["judged_plan_is_current", "approval_for_current_plan"]
+    );
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "g-2",
+            json!({"event": "gate_approved", "plan_hash": new_hash}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["case"]["status"], "EXECUTING");
+    let subjects = app.outbox_subjects(case).await;
+    assert_eq!(
+        subjects.last().map(String::as_str),
+        Some("evt.case.transition.v1")
+    );
+    assert!(subjects.iter().any(|s| s == "cmd.exec.run"));
+    let approvers: Vec<(String, String)> =
+        sqlx::query_as("SELECT approver, plan_hash FROM plan_approved ORDER BY decided_at")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(approvers, [("bob".to_string(), new_hash)]);
+}
+
+#[sqlx::test]
+async fn the_author_cannot_approve_their_own_plan(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "bob", 1).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "self",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (422, "guard_failed"));
+    assert_eq!(r.body["guards"][0]["guard"], "approver_is_not_author");
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+}
+
+#[sqlx::test]
+async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", 2).await;
+    let body = json!({"event": "gate_approved", "plan_hash": hash});
+    let r = app.patch(case, APPROVER, "q-1", body.clone()).await;
+    assert_eq!(r.status, 422);
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("1 of 2"),
+        "{:?}",
+        r.body
+    );
+    let r = app.patch(case, APPROVER, "q-2", body.clone()).await;
+    assert_eq!(r.status, 422, "the same approver twice is still one");
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = app.patch(case, APPROVER2, "q-3", body).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(app.status(case).await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, _) = waiting_for_gate(&app, "planner", 1).await;
+    let r = app.event(case, SERVICE, "gate_approved").await;
+    assert_eq!((r.status, r.code()), (422, "guard_failed"));
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = app.event(case, SERVICE, "exec_done").await;
+    assert_eq!(r.code(), "illegal_transition");
+}
+
+#[sqlx::test]
+async fn a_rejection_parks_the_case(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", 1).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "rej",
+            json!({"event": "gate_rejected", "plan_hash": hash, "reason": "touches prod db"}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["case"]["status"], "PARKED");
+    assert_eq!(r.body["case"]["park_reason"], "touches prod db");
+}

@@ -1,0 +1,248 @@
+//! `TestApp`: the binary's own `app(state)` on a real loopback socket,
+//! against the real PostgreSQL (a fresh database per test from
+//! `#[sqlx::test]`) and the real NATS server the test command started.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use opsloop::api::{self, AppState};
+use opsloop::auth::{Identity, Role, TokenStore};
+use opsloop::orchestrator::{Hooks, Orchestrator};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+pub const OPERATOR: &str = "tok-alice-operator";
+pub const APPROVER: &str = "tok-bob-approver";
+pub const APPROVER2: &str = "tok-carol-approver";
+pub const VIEWER: &str = "tok-vic-viewer";
+pub const SERVICE: &str = "tok-planner-service";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestResponse {
+    pub status: u16,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl TestResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+}
+
+pub struct TestApp {
+    pub pool: PgPool,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub orchestrator: Orchestrator,
+}
+
+fn identity(id: &str, roles: &[Role]) -> Identity {
+    Identity {
+        id: id.into(),
+        roles: roles.iter().copied().collect::<BTreeSet<_>>(),
+    }
+}
+
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").expect(
+        "NATS_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL and NATS",
+    )
+}
+
+impl TestApp {
+    pub async fn new(pool: PgPool) -> Self {
+        Self::with_hooks(pool, Hooks::default()).await
+    }
+
+    pub async fn with_hooks(pool: PgPool, hooks: Hooks) -> Self {
+        if std::env::var("TEST_LOG").is_ok() {
+            opsloop::telemetry::init("debug");
+        }
+        let mut tokens = TokenStore::default();
+        tokens.insert(OPERATOR, identity("alice", &[Role::Operator]));
+        tokens.insert(APPROVER, identity("bob", &[Role::Approver]));
+        tokens.insert(APPROVER2, identity("carol", &[Role::Approver]));
+        tokens.insert(VIEWER, identity("vic", &[Role::Viewer]));
+        tokens.insert(SERVICE, identity("planner", &[Role::Service]));
+        let nats = async_nats::connect(nats_url())
+            .await
+            .expect("connecting to the test NATS server");
+        let orchestrator = Orchestrator::new(pool.clone()).with_hooks(hooks);
+        let state = AppState {
+            orchestrator: orchestrator.clone(),
+            tokens: Arc::new(tokens),
+            nats: Some(nats),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            axum::serve(listener, api::app(state)).await.unwrap();
+        });
+        TestApp {
+            pool,
+            base,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+            orchestrator,
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> TestResponse {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        TestResponse {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn create_case(&self) -> Uuid {
+        let r = self
+            .send(
+                Method::POST,
+                "/case",
+                Some(OPERATOR),
+                &[],
+                Some(json!({"title": "disk full on db-1", "tenant": "t-001"}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    pub async fn patch(&self, case: Uuid, token: &str, key: &str, body: Value) -> TestResponse {
+        self.send(
+            Method::PATCH,
+            &format!("/case/{case}/transition"),
+            Some(token),
+            &[("idempotency-key", key)],
+            Some(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn event(&self, case: Uuid, token: &str, event: &str) -> TestResponse {
+        self.patch(
+            case,
+            token,
+            &Uuid::new_v4().to_string(),
+            json!({"event": event}),
+        )
+        .await
+    }
+
+    pub async fn status(&self, case: Uuid) -> String {
+        sqlx::query("SELECT status FROM ops_case WHERE id = $1")
+            .bind(case)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+            .get("status")
+    }
+
+    /// (kind, event, to_status, rejection_code) of each timeline entry.
+    pub async fn timeline(
+        &self,
+        case: Uuid,
+    ) -> Vec<(String, Option<String>, Option<String>, Option<String>)> {
+        sqlx::query_as(
+            "SELECT kind, event, to_status, rejection_code FROM case_timeline \
+             WHERE case_id = $1 ORDER BY seq",
+        )
+        .bind(case)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn outbox_subjects(&self, case: Uuid) -> Vec<String> {
+        sqlx::query_scalar("SELECT subject FROM outbox WHERE case_id = $1 ORDER BY id")
+            .bind(case)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Stores a plan for the case, as the planner will; returns its hash.
+    pub async fn store_plan(&self, case: Uuid, author: &str, required_approvers: i16) -> String {
+        let plan = json!({"title": "restart", "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
+                          "rollback": {"steps": []}, "verify": {"checks": []}, "n": Uuid::new_v4()});
+        let hash = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(plan.to_string().as_bytes()))
+        };
+        sqlx::query(
+            "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, \
+             complete, required_approvers) VALUES ($1, $2, $3, $4, 'template', $5, true, true, $6)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(case)
+        .bind(&plan)
+        .bind(&hash)
+        .bind(author)
+        .bind(required_approvers)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        hash
+    }
+
+    /// Walks a new case to `to` through the API with the right roles.
+    pub async fn case_in(&self, to: &str) -> Uuid {
+        let case = self.create_case().await;
+        let path: &[(&str, &str)] = match to {
+            "NEW" => &[],
+            "ANALYZING" => &[(OPERATOR, "start_analysis")],
+            "PLANNING" => &[(OPERATOR, "start_analysis"), (OPERATOR, "analysis_done")],
+            "PARKED" => &[
+                (OPERATOR, "start_analysis"),
+                (OPERATOR, "analysis_done"),
+                (SERVICE, "plan_failed"),
+            ],
+            other => panic!("no path to {other}"),
+        };
+        for (token, event) in path {
+            let r = self.event(case, token, event).await;
+            assert_eq!(r.status, 200, "{event}: {:?}", r.body);
+        }
+        case
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let r = self.send(Method::GET, "/metrics", None, &[], None).await;
+        let text = r.body.as_str().unwrap_or_default().to_string();
+        text.lines()
+            .filter(|l| l.starts_with(name_and_labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}

@@ -1,0 +1,14 @@
+//! Integration tests against the real PostgreSQL and NATS started by
+//! `scripts/test.sh`. One binary; `TEST_LOG=1` prints logs.
+
+mod helpers;
+
+mod atomicity;
+mod auth;
+mod bad_input;
+mod concurrency;
+mod gate;
+mod idempotency;
+mod ops;
+mod replay;
+mod transitions;
