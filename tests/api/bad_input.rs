@@ -47,7 +47,7 @@ async fn bad_transition_bodies_get_4xx_problems_and_change_nothing(pool: PgPool)
             "invalid_field",
         ),
         (
-            json!({"event": "gate_approved", "plan_hash": "not-hex"}).to_string(),
+            json!({"event": "dismiss", "reason": "x", "plan_hash": "not-hex"}).to_string(),
             400,
             "invalid_field",
         ),

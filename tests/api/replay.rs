@@ -39,7 +39,7 @@ async fn replaying_the_stored_timeline_reproduces_the_status(pool: PgPool) {
             )
         })
         .collect();
-    assert_eq!(entries.len(), 7);
+    assert_eq!(entries.len(), 6);
     let replayed = workflow::replay(entries.iter().map(|(e, f)| (*e, f))).unwrap();
     assert_eq!(replayed, Status::Executing);
     assert_eq!(replayed.to_string(), app.status(case).await);
