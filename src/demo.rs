@@ -88,8 +88,8 @@ pub async fn run(base: &str, tokens: &DemoTokens) -> anyhow::Result<()> {
         ),
         (
             "operator",
-            "exec_done (illegal in PLANNING)",
-            json!({"event": "verify_pass"}),
+            "start_analysis again (illegal in PLANNING)",
+            json!({"event": "start_analysis"}),
         ),
         (
             "service",
