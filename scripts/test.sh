@@ -12,6 +12,12 @@ command -v cargo >/dev/null || { echo "test: cargo is required (install Rust wit
 
 scripts/services.sh up
 eval "$(scripts/services.sh env)"
+# Tests that stop and restart NATS run a private nats-server of their own.
+if [ -z "${NATS_SERVER_BIN:-}" ]; then
+  NATS_SERVER_BIN=$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null \
+    || find .opsloop/natsbin -type f -name nats-server 2>/dev/null | head -n 1 || true)
+  export NATS_SERVER_BIN
+fi
 
 echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -28,14 +28,16 @@ pub struct ServeConfig {
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "OPSLOOP_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
-    /// Comma-separated roles this process runs (`api`).
+    /// Comma-separated roles this process runs: api, relay, orchestrator, or all.
     #[arg(
         long,
         env = "OPSLOOP_ROLES",
-        default_value = "api",
+        default_value = "all",
         value_delimiter = ','
     )]
     pub roles: Vec<String>,
+    #[command(flatten)]
+    pub streams: crate::pubsub::streams::StreamSettings,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -11,6 +12,12 @@ use opsloop::api::{self, AppState};
 use opsloop::auth::{self, Role, TokenStore};
 use opsloop::config::{self, ServeConfig};
 use opsloop::orchestrator::Orchestrator;
+use opsloop::orchestrator::consumer as consumer_mod;
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::subjects;
+use tokio::sync::Notify;
 
 #[derive(Parser)]
 #[command(name = "opsloop", version, about = "AI-OPS case orchestrator")]
@@ -32,6 +39,17 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Print case transitions live from `evt.case.transition.v1`.
+    Tail {
+        #[arg(long, env = "NATS_URL")]
+        nats_url: String,
+        /// Start from the oldest retained transition instead of new ones.
+        #[arg(long)]
+        all: bool,
+        /// Only this case.
+        #[arg(long)]
+        case: Option<uuid::Uuid>,
     },
     /// Drive a demo case through a running service and print its timeline.
     Demo {
@@ -89,6 +107,11 @@ async fn main() -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Tail {
+            nats_url,
+            all,
+            case,
+        } => tail(&nats_url, all, case).await,
         Command::Demo {
             url,
             operator_token,
@@ -108,7 +131,13 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     opsloop::telemetry::init("info,sqlx=warn");
-    let tokens = TokenStore::load(&cfg.tokens_file)?;
+    let roles = Roles::parse(&cfg.roles)?;
+    // Read the tokens before anything starts, so a bad file fails fast.
+    let tokens = if roles.api {
+        Some(TokenStore::load(&cfg.tokens_file)?)
+    } else {
+        None
+    };
     let pool = config::connect_db(&cfg.database_url, cfg.db_pool)
         .await
         .context("connecting to PostgreSQL")?;
@@ -121,28 +150,187 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await
                 .context("connecting to NATS")?,
         ),
+        None if roles.relay || roles.orchestrator => {
+            anyhow::bail!("the relay and orchestrator roles need NATS_URL")
+        }
         None => {
             warn!("NATS_URL is not set: messages stay in the outbox.");
             None
         }
     };
-    let state = AppState {
-        orchestrator: Orchestrator::new(pool),
-        tokens: Arc::new(tokens),
-        nats,
-    };
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    info!(listen = %cfg.listen, roles = ?cfg.roles, "opsloop serving.");
-    axum::serve(listener, api::app(state))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    let orchestrator = Orchestrator::new(pool.clone());
+    let shutdown = Arc::new(Notify::new());
+    let mut tasks = Vec::new();
+
+    if let Some(client) = nats.clone() {
+        let js = async_nats::jetstream::new(client.clone());
+        ensure_streams(&js, &cfg.streams).await?;
+        if roles.relay {
+            let settings = RelaySettings {
+                stall_after_publish: std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
+                    .is_ok_and(|v| v == "1"),
+                ..RelaySettings::default()
+            };
+            let relay = Relay::new(pool.clone(), client.clone(), settings);
+            tasks.push(tokio::spawn(
+                relay.run(orchestrator.outbox_ready(), shutdown.clone()),
+            ));
+        }
+        if roles.orchestrator {
+            let spec = ConsumerSpec::new(EVT_STREAM, consumer_mod::CONSUMER, "evt.>");
+            let consumer = consumer::durable(&js, &spec)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the orchestrator consumer: {e}"))?;
+            let handler = consumer_mod::FactConsumer {
+                orchestrator: orchestrator.clone(),
+            };
+            tasks.push(tokio::spawn(consumer::run(
+                consumer,
+                pool.clone(),
+                handler,
+                shutdown.clone(),
+            )));
+        }
+    }
+    info!(roles = ?cfg.roles, "opsloop started.");
+
+    if let Some(tokens) = tokens {
+        let state = AppState {
+            orchestrator,
+            tokens: Arc::new(tokens),
+            nats,
+        };
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding {}", cfg.listen))?;
+        info!(listen = %cfg.listen, "HTTP API serving.");
+        axum::serve(listener, api::app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+    } else {
+        shutdown_signal().await;
+    }
+    shutdown.notify_waiters();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
     info!("opsloop stopped.");
     Ok(())
 }
 
-async fn shutdown() {
+/// Streams are created at start-up; while NATS is unreachable we wait for it
+/// rather than fail, since the outbox keeps every message meanwhile.
+async fn ensure_streams(
+    js: &async_nats::jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match streams::ensure(js, settings).await {
+            Ok(()) => return Ok(()),
+            Err(e @ streams::StreamSetupError::WindowTooShort(_)) => return Err(e.into()),
+            Err(e) => {
+                warn!(error = %e, "Cannot set up JetStream streams yet; retrying.");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+struct Roles {
+    api: bool,
+    relay: bool,
+    orchestrator: bool,
+}
+
+impl Roles {
+    fn parse(names: &[String]) -> anyhow::Result<Roles> {
+        let mut roles = Roles {
+            api: false,
+            relay: false,
+            orchestrator: false,
+        };
+        for name in names {
+            match name.trim() {
+                "all" => {
+                    roles.api = true;
+                    roles.relay = true;
+                    roles.orchestrator = true;
+                }
+                "api" => roles.api = true,
+                "relay" => roles.relay = true,
+                "orchestrator" => roles.orchestrator = true,
+                other => anyhow::bail!(
+                    "unknown role {other:?}: expected api, relay, orchestrator or all"
+                ),
+            }
+        }
+        Ok(roles)
+    }
+}
+
+async fn tail(nats_url: &str, all: bool, case: Option<uuid::Uuid>) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let client = async_nats::connect(nats_url)
+        .await
+        .context("connecting to NATS")?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(EVT_STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("stream {EVT_STREAM}: {e}"))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subjects::EVT_CASE_TRANSITION.to_string(),
+            deliver_policy: if all {
+                DeliverPolicy::All
+            } else {
+                DeliverPolicy::New
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating an ordered consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?;
+    eprintln!(
+        "tail: following {} (Ctrl-C to stop)",
+        subjects::EVT_CASE_TRANSITION
+    );
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| anyhow::anyhow!("receiving: {e}"))?;
+        let Ok(env) = serde_json::from_slice::<opsloop::pubsub::Envelope>(&msg.payload) else {
+            eprintln!("tail: skipping a message that is not an envelope");
+            continue;
+        };
+        if case.is_some() && env.case_id != case {
+            continue;
+        }
+        let d = &env.data;
+        println!(
+            "{} case={} v{} {} -> {} event={} actor={}{}",
+            env.occurred_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            env.case_id.map(|c| c.to_string()).unwrap_or_default(),
+            d["version"],
+            d["from"].as_str().unwrap_or("?"),
+            d["to"].as_str().unwrap_or("?"),
+            d["event"].as_str().unwrap_or("?"),
+            d["actor"].as_str().unwrap_or("?"),
+            d["reason"]
+                .as_str()
+                .map(|r| format!(" reason={r:?}"))
+                .unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing SIGTERM handler");

@@ -4,7 +4,10 @@
 
 use std::sync::OnceLock;
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 struct Metrics {
@@ -12,6 +15,11 @@ struct Metrics {
     case_transition: IntCounterVec,
     conflict: IntCounterVec,
     idempotent_replay: IntCounter,
+    outbox_publish: IntCounterVec,
+    outbox_lag: Histogram,
+    outbox_backlog: IntGauge,
+    inbox_dedup: IntCounterVec,
+    dead_letter: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -36,10 +44,54 @@ fn metrics() -> &'static Metrics {
             "Requests answered from a stored Idempotency-Key response.",
         )
         .expect("valid metric");
+        let outbox_publish = IntCounterVec::new(
+            Opts::new(
+                "outbox_publish_total",
+                "Outbox rows handed to JetStream: status ok, duplicate (de-duplicated by Nats-Msg-Id), failed (never publishable), error (retried).",
+            ),
+            &["topic", "status"],
+        )
+        .expect("valid metric");
+        let outbox_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "outbox_lag_seconds",
+                "From the outbox insert to the JetStream ack being recorded.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .expect("valid metric");
+        let outbox_backlog = IntGauge::new(
+            "outbox_backlog",
+            "Outbox rows waiting to be published, as last seen by this relay.",
+        )
+        .expect("valid metric");
+        let inbox_dedup = IntCounterVec::new(
+            Opts::new(
+                "inbox_dedup_total",
+                "Messages a consumer had already applied (recognised by envelope id).",
+            ),
+            &["consumer"],
+        )
+        .expect("valid metric");
+        let dead_letter = IntCounterVec::new(
+            Opts::new(
+                "dead_letter_total",
+                "Messages written to dead_letter and terminated.",
+            ),
+            &["consumer", "reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflict.clone()),
             Box::new(idempotent_replay.clone()),
+            Box::new(outbox_publish.clone()),
+            Box::new(outbox_lag.clone()),
+            Box::new(outbox_backlog.clone()),
+            Box::new(inbox_dedup.clone()),
+            Box::new(dead_letter.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -48,6 +100,11 @@ fn metrics() -> &'static Metrics {
             case_transition,
             conflict,
             idempotent_replay,
+            outbox_publish,
+            outbox_lag,
+            outbox_backlog,
+            inbox_dedup,
+            dead_letter,
         }
     })
 }
@@ -65,6 +122,32 @@ pub fn conflict(reason: &str) {
 
 pub fn idempotent_replay() {
     metrics().idempotent_replay.inc();
+}
+
+pub fn outbox_published(topic: &str, status: &str) {
+    metrics()
+        .outbox_publish
+        .with_label_values(&[topic, status])
+        .inc();
+}
+
+pub fn outbox_lag(seconds: f64) {
+    metrics().outbox_lag.observe(seconds);
+}
+
+pub fn outbox_backlog(rows: i64) {
+    metrics().outbox_backlog.set(rows);
+}
+
+pub fn inbox_dedup(consumer: &str) {
+    metrics().inbox_dedup.with_label_values(&[consumer]).inc();
+}
+
+pub fn dead_letter(consumer: &str, reason: &str) {
+    metrics()
+        .dead_letter
+        .with_label_values(&[consumer, reason])
+        .inc();
 }
 
 /// Prometheus text exposition of every opsloop metric.

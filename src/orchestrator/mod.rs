@@ -5,6 +5,7 @@
 //! transaction (DESIGN §3). No network IO happens inside it: side effects
 //! leave through the outbox after commit.
 
+pub mod consumer;
 mod facts;
 mod store;
 
@@ -219,6 +220,24 @@ impl Orchestrator {
         if let Some(expected) = req.expected_version
             && expected != case.version
         {
+            // A worker's fact about an older version is recorded and answered,
+            // not retried: the case moved on without it.
+            if let Origin::Message { message_id, .. } = &req.origin {
+                let problem = Problem::new(
+                    409,
+                    "stale_fact",
+                    "Stale fact",
+                    format!("fact about version {expected}, case is at {}", case.version),
+                );
+                let meta = json!({"trace_id": req.trace_id, "message_id": message_id});
+                store::append_rejection(&mut tx, &case, req, "stale_fact", &meta).await?;
+                tx.commit().await?;
+                info!(case.id = %case.id, expected, actual = case.version, "Stale fact recorded.");
+                return Ok(Outcome::Rejected(Reply {
+                    status: problem.status,
+                    body: problem.to_value(),
+                }));
+            }
             return Err(TransitionError::VersionMismatch {
                 expected,
                 actual: case.version,

@@ -1,9 +1,13 @@
-//! The message contract of DESIGN §5: subjects and the envelope.
+//! The message contract of DESIGN §5 and its plumbing: subjects, the
+//! envelope, the JetStream streams, the outbox relay and durable consumers.
 //!
-//! Owns subject names and the envelope shape. Must not decide anything about
-//! cases; producers put envelopes in the outbox inside their own transaction.
+//! Owns how messages move. Must not decide anything about cases; producers
+//! put envelopes in the outbox inside their own transaction.
 
+pub mod consumer;
 pub mod envelope;
+pub mod relay;
+pub mod streams;
 pub mod subjects;
 
 pub use envelope::Envelope;

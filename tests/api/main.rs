@@ -9,6 +9,8 @@ mod bad_input;
 mod concurrency;
 mod gate;
 mod idempotency;
+mod nats;
 mod ops;
+mod pubsub;
 mod replay;
 mod transitions;

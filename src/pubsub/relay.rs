@@ -1,0 +1,313 @@
+//! The outbox relay: publishes committed outbox rows to JetStream and marks
+//! them published only after the server's ack.
+//!
+//! Guarantees (see `docs/events.md`):
+//! - at least once: a row is marked only after its ack; a crash between ack
+//!   and mark re-publishes with the same `Nats-Msg-Id`, which JetStream drops
+//!   inside its duplicate window;
+//! - per-case order: a relay claims a case's rows only while holding a
+//!   transaction-scoped advisory lock on that case, so one case is published
+//!   by one relay at a time, in id order, on one connection (NATS keeps the
+//!   order of one connection); a batch stops at the first transient failure,
+//!   so a later row of a case never overtakes an earlier one;
+//! - a row that can never be published (larger than the server's max
+//!   payload) is marked failed with the reason and does not block the rest.
+//!
+//! It must not decide anything about cases: it only moves rows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use serde_json::Value;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::telemetry;
+
+/// Namespace of the advisory locks that give one relay a case at a time.
+const CASE_LOCK_NAMESPACE: i32 = 0x6f70_6c70; // "oplp"
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Rows claimed per transaction.
+    pub batch: i64,
+    /// Fallback poll for rows committed by other processes.
+    pub poll: Duration,
+    /// Published rows are deleted after this long.
+    pub retention: Duration,
+    /// Test-only: after the acks, stall instead of marking (the crash window).
+    pub stall_after_publish: bool,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        RelaySettings {
+            batch: 256,
+            poll: Duration::from_millis(250),
+            retention: Duration::from_secs(24 * 3600),
+            stall_after_publish: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("NATS is not connected")]
+    NotConnected,
+    #[error("publishing {subject}: {source}")]
+    Publish {
+        subject: String,
+        source: jetstream::context::PublishError,
+    },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What one `relay_once` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    pub published: usize,
+    pub duplicates: usize,
+    pub failed: usize,
+    /// A transient failure stopped the batch early.
+    pub interrupted: bool,
+}
+
+struct Row_ {
+    id: i64,
+    message_id: Uuid,
+    subject: String,
+    payload: String,
+    headers: Value,
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    pool: PgPool,
+    js: jetstream::Context,
+    client: async_nats::Client,
+    settings: RelaySettings,
+}
+
+impl Relay {
+    pub fn new(pool: PgPool, client: async_nats::Client, settings: RelaySettings) -> Self {
+        Relay {
+            pool,
+            js: jetstream::new(client.clone()),
+            client,
+            settings,
+        }
+    }
+
+    /// Claims one batch, publishes it, marks what was acked. Only the relay
+    /// holds a transaction across network calls: small batches, bounded waits.
+    pub async fn relay_once(&self) -> Result<RelayReport, RelayError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(RelayError::NotConnected);
+        }
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<Row_> = sqlx::query(
+            "SELECT id, message_id, subject, payload::text AS payload, headers FROM outbox \
+             WHERE published_at IS NULL AND failed_at IS NULL \
+               AND pg_try_advisory_xact_lock($2, hashtext(COALESCE(case_id, message_id)::text)) \
+             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(self.settings.batch)
+        .bind(CASE_LOCK_NAMESPACE)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Row_ {
+                id: r.try_get("id")?,
+                message_id: r.try_get("message_id")?,
+                subject: r.try_get("subject")?,
+                payload: r.try_get("payload")?,
+                headers: r.try_get("headers")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
+        if rows.is_empty() {
+            return Ok(RelayReport::default());
+        }
+
+        let mut report = RelayReport::default();
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        let mut in_flight = Vec::with_capacity(rows.len());
+        let mut error = None;
+        // Send the whole batch first (pipelined), then collect the acks.
+        for row in &rows {
+            let mut headers = HeaderMap::new();
+            if let Some(tp) = row.headers.get("traceparent").and_then(Value::as_str) {
+                headers.insert("traceparent", tp);
+            }
+            let publish = PublishMessage::build()
+                .payload(row.payload.clone().into())
+                .headers(headers)
+                .message_id(row.message_id.to_string());
+            match self.js.send_publish(row.subject.clone(), publish).await {
+                Ok(ack) => in_flight.push((row, ack)),
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    failed.push((row.id, format!("never publishable: {e}")));
+                }
+                Err(source) => {
+                    error = Some(RelayError::Publish {
+                        subject: row.subject.clone(),
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        // Acks of rows sent before a send failure are still collected; after an
+        // ack failure the later rows stay pending (a re-publish is de-duplicated).
+        let mut acked: Vec<i64> = Vec::with_capacity(in_flight.len());
+        let mut ack_failed = false;
+        for (row, ack) in in_flight {
+            if ack_failed {
+                drop(ack);
+                continue;
+            }
+            match ack.await {
+                Ok(ack) => {
+                    let status = if ack.duplicate { "duplicate" } else { "ok" };
+                    report.duplicates += usize::from(ack.duplicate);
+                    telemetry::outbox_published(&row.subject, status);
+                    acked.push(row.id);
+                }
+                Err(source) => {
+                    telemetry::outbox_published(&row.subject, "error");
+                    ack_failed = true;
+                    error.get_or_insert(RelayError::Publish {
+                        subject: row.subject.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        if self.settings.stall_after_publish && !acked.is_empty() {
+            warn!(
+                rows = acked.len(),
+                "Relay stalling after publish (test fault)."
+            );
+            std::future::pending::<()>().await;
+        }
+
+        let lags: Vec<f64> = sqlx::query_scalar(
+            "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 \
+             WHERE id = ANY($1) \
+             RETURNING extract(epoch FROM published_at - created_at)::float8",
+        )
+        .bind(&acked)
+        .fetch_all(&mut *tx)
+        .await?;
+        lags.into_iter().for_each(telemetry::outbox_lag);
+        report.published = acked.len();
+        for (id, reason) in &failed {
+            sqlx::query(
+                "UPDATE outbox SET failed_at = clock_timestamp(), attempts = attempts + 1, \
+                 last_error = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+            let subject = rows
+                .iter()
+                .find(|r| r.id == *id)
+                .map(|r| r.subject.as_str());
+            telemetry::outbox_published(subject.unwrap_or("unknown"), "failed");
+            warn!(outbox.id = id, reason = %reason, "Outbox row can never be published; marked failed.");
+        }
+        report.failed = failed.len();
+        tx.commit().await?;
+        match error {
+            Some(e) if report.published == 0 && report.failed == 0 => Err(e),
+            Some(e) => {
+                warn!(error = %e, "Relay batch interrupted; the rest stays pending.");
+                report.interrupted = true;
+                Ok(report)
+            }
+            None => Ok(report),
+        }
+    }
+
+    /// Rows still waiting; also exported as the `outbox_backlog` gauge.
+    pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        telemetry::outbox_backlog(n);
+        Ok(n)
+    }
+
+    /// Deletes published rows past retention, plus inbox and idempotency
+    /// records of the same age, in bounded batches.
+    pub async fn cleanup_once(&self) -> Result<u64, sqlx::Error> {
+        let secs = self.settings.retention.as_secs_f64();
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT 5000)",
+            "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)",
+            "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000)",
+        ] {
+            deleted += sqlx::query(sql)
+                .bind(secs)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(deleted)
+    }
+
+    /// Runs until `shutdown` fires: woken by commits in this process, polling
+    /// for other processes' rows, backing off while NATS or PostgreSQL fail.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: Arc<Notify>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut last_cleanup = tokio::time::Instant::now();
+        let mut last_backlog = tokio::time::Instant::now();
+        loop {
+            let wait = match self.relay_once().await {
+                Ok(r) if r.published + r.failed >= self.settings.batch as usize => Duration::ZERO,
+                Ok(_) => {
+                    backoff = Duration::from_millis(100);
+                    self.settings.poll
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "Relay cannot publish; backing off.");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    wait
+                }
+            };
+            if last_cleanup.elapsed() > Duration::from_secs(60) {
+                last_cleanup = tokio::time::Instant::now();
+                match self.cleanup_once().await {
+                    Ok(n) if n > 0 => info!(rows = n, "Outbox cleanup."),
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "Outbox cleanup failed."),
+                }
+            }
+            if last_backlog.elapsed() > Duration::from_secs(1) {
+                last_backlog = tokio::time::Instant::now();
+                if let Err(e) = self.backlog().await {
+                    warn!(error = %e, "Cannot read the outbox backlog.");
+                }
+            }
+            if wait.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.notified() => return,
+            }
+        }
+    }
+}

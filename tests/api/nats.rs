@@ -1,0 +1,149 @@
+//! A private nats-server per test: JetStream state is global to a server, and
+//! the outage test must stop and restart it. The binary is the one the test
+//! command installed (`NATS_SERVER_BIN`, else `nats-server` on PATH).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use opsloop::pubsub::Envelope;
+use tokio::process::{Child, Command};
+
+pub struct TestNats {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    dir: PathBuf,
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").ok().filter(|b| !b.is_empty()).unwrap_or_else(|| {
+        let found = std::process::Command::new("sh")
+            .args(["-c", "command -v nats-server"])
+            .output()
+            .expect("running sh");
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(
+            !path.is_empty(),
+            "nats-server not found: run the tests with scripts/test.sh, which installs it and sets NATS_SERVER_BIN"
+        );
+        path
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("opsloop-nats-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nats = TestNats {
+            child: None,
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            dir,
+        };
+        nats.launch().await;
+        nats
+    }
+
+    async fn launch(&mut self) {
+        let child = Command::new(binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting nats-server");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.launch().await;
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url.as_str()).await.unwrap()
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
+}
+
+/// Every message of a stream, oldest first, as (subject, envelope).
+pub async fn read_stream(js: &jetstream::Context, stream: &str) -> Vec<(String, Envelope)> {
+    let expected = stream_count(js, stream).await as usize;
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next())
+            .await
+            .expect("stream read timed out")
+            .unwrap()
+            .unwrap();
+        out.push((
+            msg.subject.to_string(),
+            serde_json::from_slice(&msg.payload).unwrap(),
+        ));
+    }
+    out
+}

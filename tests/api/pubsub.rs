@@ -1,0 +1,555 @@
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use opsloop::orchestrator::consumer::FactConsumer;
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::relay::{Relay, RelayReport, RelaySettings};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::{Envelope, subjects};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::nats::*;
+
+async fn setup(pool: &PgPool) -> (TestApp, TestNats, jetstream::Context) {
+    let app = TestApp::new(pool.clone()).await;
+    let nats = TestNats::start().await;
+    let js = jetstream::new(nats.client().await);
+    streams::ensure(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    (app, nats, js)
+}
+
+async fn relay(pool: &PgPool, nats: &TestNats, batch: i64) -> Relay {
+    let settings = RelaySettings {
+        batch,
+        ..RelaySettings::default()
+    };
+    Relay::new(pool.clone(), nats.client().await, settings)
+}
+
+async fn drain(relay: &Relay) -> RelayReport {
+    let mut total = RelayReport::default();
+    loop {
+        let r = relay.relay_once().await.unwrap();
+        if r.published + r.failed == 0 {
+            return total;
+        }
+        total.published += r.published;
+        total.duplicates += r.duplicates;
+        total.failed += r.failed;
+    }
+}
+
+async fn outbox_ids(pool: &PgPool) -> HashSet<Uuid> {
+    sqlx::query_scalar::<_, Uuid>("SELECT message_id FROM outbox")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// Asserts that, per case, transition events carry versions 2, 3, 4, … in stream order.
+fn assert_per_case_order(messages: &[(String, Envelope)]) -> usize {
+    let mut last: BTreeMap<Uuid, i64> = BTreeMap::new();
+    for (subject, env) in messages
+        .iter()
+        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
+    {
+        assert_eq!(subject, &env.kind);
+        let v = env.data["version"].as_i64().unwrap();
+        let prev = last.insert(env.case_id.unwrap(), v).unwrap_or(1);
+        assert_eq!(
+            v,
+            prev + 1,
+            "case {:?} jumped from v{prev} to v{v}",
+            env.case_id
+        );
+    }
+    last.len()
+}
+
+async fn walk(app: &TestApp, cases: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..cases {
+        let case = app.case_in("PARKED").await;
+        app.event(case, OPERATOR, "resume").await;
+        ids.push(case);
+    }
+    ids
+}
+
+#[sqlx::test]
+async fn every_outbox_row_reaches_jetstream_and_transitions_keep_case_order(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    walk(&app, 3).await;
+    let relay = relay(&pool, &nats, 5).await;
+    let report = drain(&relay).await;
+    let rows = outbox_ids(&pool).await;
+    assert_eq!((report.published, report.duplicates), (rows.len(), 0));
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+
+    let mut all = read_stream(&js, EVT_STREAM).await;
+    assert_eq!(assert_per_case_order(&all), 3);
+    let commands = read_stream(&js, CMD_STREAM).await;
+    assert!(commands.iter().all(|(s, _)| s.starts_with("cmd.")));
+    assert_eq!(
+        commands
+            .iter()
+            .filter(|(s, _)| s == "cmd.plan.generate")
+            .count(),
+        6
+    );
+    all.extend(commands);
+    let seen: HashSet<Uuid> = all.iter().map(|(_, e)| e.id).collect();
+    assert_eq!(seen, rows, "each outbox row once, under its own id");
+    assert!(
+        app.metric("outbox_publish_total{status=\"ok\",topic=\"evt.case.transition.v1\"}")
+            .await
+            >= 12.0
+    );
+    assert!(app.metric("outbox_lag_seconds_count").await >= rows.len() as f64);
+}
+
+fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap()
+    )
+}
+
+#[sqlx::test]
+async fn a_relay_killed_between_publish_and_mark_publishes_each_message_once(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    walk(&app, 2).await;
+    let rows = outbox_ids(&pool).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_opsloop"))
+        .args(["serve", "--roles", "relay"])
+        .env("DATABASE_URL", database_url(&pool))
+        .env("NATS_URL", &nats.url)
+        .env("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // The fault makes the relay stop after the acks, before marking: wait
+    // until JetStream holds everything, then kill it in that window.
+    let mut published = 0;
+    for _ in 0..200 {
+        published = stream_count(&js, EVT_STREAM).await + stream_count(&js, CMD_STREAM).await;
+        if published as usize == rows.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(published as usize, rows.len());
+    let marked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(marked, 0, "the relay is stalled before marking");
+    child.kill().await.unwrap(); // SIGKILL
+
+    // A new relay finds the rows unmarked and publishes them again under the same ids.
+    let relay = relay(&pool, &nats, 100).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            // The killed session's locks go when PostgreSQL notices the dead connection.
+            let r = drain(&relay).await;
+            if r.published > 0 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.published, report.duplicates),
+        (rows.len(), rows.len())
+    );
+    assert_eq!(
+        (stream_count(&js, EVT_STREAM).await + stream_count(&js, CMD_STREAM).await) as usize,
+        rows.len()
+    );
+    let mut messages = read_stream(&js, EVT_STREAM).await;
+    assert_per_case_order(&messages);
+    messages.extend(read_stream(&js, CMD_STREAM).await);
+    let ids: Vec<Uuid> = messages.iter().map(|(_, e)| e.id).collect();
+    assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), rows);
+    assert_eq!(
+        ids.len(),
+        rows.len(),
+        "a subscriber de-duplicating by id sees each exactly once"
+    );
+}
+
+#[sqlx::test]
+async fn transitions_continue_through_a_nats_outage_and_the_backlog_drains(pool: PgPool) {
+    let (app, mut nats, js) = setup(&pool).await;
+    let relay = relay(&pool, &nats, 64).await;
+    let shutdown = Arc::new(Notify::new());
+    let task = tokio::spawn(
+        relay
+            .clone()
+            .run(app.orchestrator.outbox_ready(), shutdown.clone()),
+    );
+    let case = app.case_in("PARKED").await;
+
+    nats.stop().await;
+    let outage = tokio::time::Instant::now();
+    let mut during = 0;
+    while outage.elapsed() < Duration::from_secs(11) {
+        let event = if during % 2 == 0 {
+            "resume"
+        } else {
+            "plan_failed"
+        };
+        let token = if during % 2 == 0 { OPERATOR } else { SERVICE };
+        let r = app.event(case, token, event).await;
+        assert_eq!(
+            r.status, 200,
+            "transitions keep succeeding while NATS is down"
+        );
+        during += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let backlog = relay.backlog().await.unwrap();
+    assert!(
+        backlog >= during,
+        "the outbox absorbed the outage: {backlog} rows for {during} transitions"
+    );
+
+    nats.restart().await;
+    let drained = tokio::time::timeout(Duration::from_secs(60), async {
+        while relay.backlog().await.unwrap() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "backlog did not drain after NATS returned");
+    shutdown.notify_waiters();
+    task.await.unwrap();
+
+    let rows = outbox_ids(&pool).await;
+    let mut messages = read_stream(&js, EVT_STREAM).await;
+    assert_per_case_order(&messages);
+    messages.extend(read_stream(&js, CMD_STREAM).await);
+    let ids: HashSet<Uuid> = messages.iter().map(|(_, e)| e.id).collect();
+    assert_eq!(ids, rows, "nothing lost");
+    assert_eq!(messages.len(), rows.len(), "nothing doubled");
+}
+
+#[sqlx::test]
+async fn two_relays_at_once_publish_without_duplicates_in_case_order(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    walk(&app, 8).await;
+    let (a, b) = (relay(&pool, &nats, 3).await, relay(&pool, &nats, 3).await);
+    let (ra, rb) = tokio::join!(drain(&a), drain(&b));
+    let rows = outbox_ids(&pool).await;
+    assert_eq!(ra.published + rb.published, rows.len());
+    assert_eq!(ra.duplicates + rb.duplicates, 0);
+    assert!(
+        ra.published > 0 && rb.published > 0,
+        "both relays worked: {ra:?} {rb:?}"
+    );
+    let messages = read_stream(&js, EVT_STREAM).await;
+    assert_eq!(assert_per_case_order(&messages), 8);
+    assert_eq!(
+        messages.len() + read_stream(&js, CMD_STREAM).await.len(),
+        rows.len()
+    );
+}
+
+#[sqlx::test]
+async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    let case = app.case_in("ANALYZING").await;
+    let huge = json!({"id": Uuid::now_v7(), "blob": "x".repeat(2 * 1024 * 1024)});
+    sqlx::query("INSERT INTO outbox (message_id, case_id, subject, payload) VALUES ($1, NULL, 'evt.case.note.v1', $2)")
+        .bind(Uuid::now_v7())
+        .bind(&huge)
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.event(case, OPERATOR, "analysis_done").await;
+    let report = drain(&relay(&pool, &nats, 10).await).await;
+    assert_eq!((report.published, report.failed), (4, 1));
+    let (error,): (String,) =
+        sqlx::query_as("SELECT last_error FROM outbox WHERE failed_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(error.contains("never publishable"), "{error}");
+    assert_eq!(stream_count(&js, EVT_STREAM).await, 2);
+}
+
+#[sqlx::test]
+async fn cleanup_removes_only_old_published_rows(pool: PgPool) {
+    let (app, nats, _js) = setup(&pool).await;
+    app.case_in("ANALYZING").await;
+    let relay = relay(&pool, &nats, 10).await;
+    drain(&relay).await;
+    app.case_in("ANALYZING").await; // pending rows stay whatever their age
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '3 days', \
+                 published_at = CASE WHEN published_at IS NULL THEN NULL ELSE now() - interval '3 days' END")
+        .execute(&pool).await.unwrap();
+    relay.cleanup_once().await.unwrap();
+    let (published, pending): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FILTER (WHERE published_at IS NULL) FROM outbox",
+    )
+    .fetch_one(&pool).await.unwrap();
+    assert_eq!((published, pending), (0, 2));
+}
+
+// ---- the orchestrator consumer -------------------------------------------
+
+async fn publish_raw(js: &jetstream::Context, subject: &str, nats_id: &str, body: Vec<u8>) {
+    js.send_publish(
+        subject.to_string(),
+        jetstream::message::PublishMessage::build()
+            .payload(body.into())
+            .message_id(nats_id),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+fn fact(kind: &str, case: Uuid, version: i64) -> Envelope {
+    Envelope {
+        id: Uuid::now_v7(),
+        kind: kind.into(),
+        case_id: Some(case),
+        tenant: "t-001".into(),
+        occurred_at: chrono::Utc::now(),
+        actor: "analyst".into(),
+        correlation_id: Uuid::now_v7(),
+        causation_id: None,
+        expected_version: Some(version),
+        data: json!({"reason": "p95 doubled after deploy"}),
+    }
+}
+
+async fn orchestrator_consumer(js: &jetstream::Context) -> jetstream::consumer::PullConsumer {
+    consumer::durable(js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
+        .await
+        .unwrap()
+}
+
+async fn consume_all(
+    c: &jetstream::consumer::PullConsumer,
+    pool: &PgPool,
+    handler: &FactConsumer,
+) -> usize {
+    let mut total = 0;
+    loop {
+        let n = consumer::consume_once(c, pool, handler, 50, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
+#[sqlx::test]
+async fn a_fact_delivered_twice_has_one_effect(pool: PgPool) {
+    let (app, _nats, js) = setup(&pool).await;
+    let case = app.case_in("ANALYZING").await;
+    let findings = serde_json::to_vec(&fact("evt.analysis.findings.v1", case, 2)).unwrap();
+    // Same envelope id, two NATS message ids: JetStream keeps both, the inbox keeps one.
+    publish_raw(&js, "evt.analysis.findings.v1", "nats-1", findings.clone()).await;
+    publish_raw(&js, "evt.analysis.findings.v1", "nats-2", findings).await;
+    let before = app.metric("inbox_dedup_total").await;
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    let n = consume_all(&orchestrator_consumer(&js).await, &pool, &handler).await;
+    assert_eq!(n, 2);
+    assert_eq!(app.status(case).await, "PLANNING");
+    let transitions = app
+        .timeline(case)
+        .await
+        .iter()
+        .filter(|t| t.1.as_deref() == Some("analysis_done"))
+        .count();
+    assert_eq!(transitions, 1);
+    assert_eq!(app.metric("inbox_dedup_total").await, before + 1.0);
+    let actor: String = sqlx::query_scalar(
+        "SELECT actor FROM case_timeline WHERE case_id = $1 AND event = 'analysis_done'",
+    )
+    .bind(case)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(actor, "analyst");
+}
+
+#[sqlx::test]
+async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
+    let (app, _nats, js) = setup(&pool).await;
+    let case = app.case_in("PLANNING").await; // version 3
+    let hash = app.store_plan(case, "planner", 1).await;
+    for (kind, version) in [("evt.plan.proposed.v1", 3), ("evt.plan.failed.v1", 3)] {
+        let body = serde_json::to_vec(&fact(kind, case, version)).unwrap();
+        publish_raw(&js, kind, &Uuid::new_v4().to_string(), body).await;
+    }
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    assert_eq!(
+        consume_all(&orchestrator_consumer(&js).await, &pool, &handler).await,
+        2
+    );
+    assert_eq!(
+        app.status(case).await,
+        "WAIT_GATE",
+        "the second fact was about version 3"
+    );
+    let last = app.timeline(case).await.pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.3.as_deref()),
+        ("rejected", Some("stale_fact"))
+    );
+    let gate_cmd: serde_json::Value =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE subject = 'cmd.gate.eval'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(gate_cmd["data"]["plan_hash"], hash);
+    let inbox: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'orchestrator'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(inbox, 2, "the stale fact is recorded as handled too");
+}
+
+#[sqlx::test]
+async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
+    let (app, _nats, js) = setup(&pool).await;
+    let case = app.case_in("ANALYZING").await;
+    let stranger = fact("evt.analysis.findings.v1", Uuid::new_v4(), 2);
+    let mut mismatched = fact("evt.plan.proposed.v1", case, 2);
+    mismatched.kind = "evt.exec.done.v1".into();
+    let mut no_case = fact("evt.verify.pass.v1", case, 2);
+    no_case.case_id = None;
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("evt.analysis.findings.v1", b"{not json".to_vec()),
+        ("evt.analysis.findings.v1", vec![0xff, 0xfe, 0x00]),
+        (
+            "evt.mystery.v1",
+            serde_json::to_vec(&fact("evt.mystery.v1", case, 2)).unwrap(),
+        ),
+        (
+            "evt.analysis.findings.v1",
+            serde_json::to_vec(&stranger).unwrap(),
+        ),
+        (
+            "evt.plan.proposed.v1",
+            serde_json::to_vec(&mismatched).unwrap(),
+        ),
+        ("evt.verify.pass.v1", serde_json::to_vec(&no_case).unwrap()),
+    ];
+    for (subject, body) in bad {
+        publish_raw(&js, subject, &Uuid::new_v4().to_string(), body).await;
+    }
+    let good = serde_json::to_vec(&fact("evt.analysis.findings.v1", case, 2)).unwrap();
+    publish_raw(&js, "evt.analysis.findings.v1", "good", good).await;
+
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    let c = orchestrator_consumer(&js).await;
+    assert_eq!(consume_all(&c, &pool, &handler).await, 7);
+    assert_eq!(
+        app.status(case).await,
+        "PLANNING",
+        "the good fact behind the bad ones was applied"
+    );
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letter ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        reasons,
+        [
+            "malformed_envelope",
+            "malformed_envelope",
+            "unknown_type",
+            "unknown_case",
+            "subject_mismatch",
+            "invalid_data"
+        ]
+    );
+    // Terminated, not redelivered: nothing more arrives.
+    assert_eq!(consume_all(&c, &pool, &handler).await, 0);
+    let info = c.clone().info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 0);
+    assert!(app.metric("dead_letter_total").await >= 6.0);
+}
+
+/// Commands use the same consumer machinery; a malformed command is dead-lettered too.
+#[sqlx::test]
+async fn malformed_commands_are_dead_lettered(pool: PgPool) {
+    struct Commands;
+    impl consumer::Handler for Commands {
+        fn name(&self) -> &str {
+            "planner"
+        }
+        async fn handle(&self, _d: &consumer::Delivery) -> consumer::Disposition {
+            consumer::Disposition::Done
+        }
+    }
+    let (_app, _nats, js) = setup(&pool).await;
+    publish_raw(&js, "cmd.plan.generate", "c-1", b"[]".to_vec()).await;
+    publish_raw(
+        &js,
+        "cmd.plan.generate",
+        "c-2",
+        serde_json::to_vec(&fact("cmd.exec.run", Uuid::new_v4(), 1)).unwrap(),
+    )
+    .await;
+    let c = consumer::durable(
+        &js,
+        &ConsumerSpec::new(CMD_STREAM, "planner", "cmd.plan.generate"),
+    )
+    .await
+    .unwrap();
+    let n = consumer::consume_once(&c, &pool, &Commands, 10, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT consumer, reason FROM dead_letter ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            ("planner".to_string(), "malformed_envelope".to_string()),
+            ("planner".to_string(), "subject_mismatch".to_string())
+        ]
+    );
+}
