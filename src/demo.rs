@@ -10,6 +10,56 @@ pub struct DemoTokens {
     pub service: String,
 }
 
+/// Reads the case's `evt.case.transition.v1` messages back from JetStream,
+/// as an external subscriber would, until `versions` arrived or 10 s passed.
+async fn follow_on_nats(nats_url: &str, case: &str, versions: usize) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    use futures::StreamExt;
+    let client = async_nats::connect(nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js
+        .get_stream(crate::pubsub::streams::EVT_STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: crate::pubsub::subjects::EVT_CASE_TRANSITION.into(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "\ndemo: the same transitions as a NATS subscriber sees them ({}):",
+        crate::pubsub::subjects::EVT_CASE_TRANSITION
+    );
+    let mut seen = 0;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen < versions {
+        let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, messages.next()).await else {
+            bail!("only {seen} of {versions} transitions arrived on NATS within 10 s");
+        };
+        let env: crate::pubsub::Envelope = serde_json::from_slice(&msg.payload)?;
+        if env.case_id.map(|c| c.to_string()).as_deref() != Some(case) {
+            continue;
+        }
+        seen += 1;
+        println!(
+            "  v{:<3} {:>10} -> {:<10} {:<15} id={}",
+            env.data["version"],
+            env.data["from"].as_str().unwrap_or("?"),
+            env.data["to"].as_str().unwrap_or("?"),
+            env.data["event"].as_str().unwrap_or("?"),
+            env.id
+        );
+    }
+    Ok(())
+}
+
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -44,7 +94,7 @@ impl Client {
     }
 }
 
-pub async fn run(base: &str, tokens: &DemoTokens) -> anyhow::Result<()> {
+pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> anyhow::Result<()> {
     let client = Client {
         http: reqwest::Client::new(),
         base: base.trim_end_matches('/').to_string(),
@@ -172,6 +222,15 @@ pub async fn run(base: &str, tokens: &DemoTokens) -> anyhow::Result<()> {
             "the demo case ended in {} instead of CLOSED",
             case["status"]
         );
+    }
+    let accepted = timeline["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "transition")
+        .count();
+    if let Some(url) = nats_url {
+        follow_on_nats(url, &id, accepted).await?;
     }
     Ok(())
 }

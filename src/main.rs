@@ -17,7 +17,7 @@ use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
 use opsloop::pubsub::subjects;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "opsloop", version, about = "AI-OPS case orchestrator")]
@@ -59,6 +59,9 @@ enum Command {
         operator_token: String,
         #[arg(long, env = "OPSLOOP_DEMO_SERVICE_TOKEN")]
         service_token: String,
+        /// Also read the case's transitions back from NATS.
+        #[arg(long, env = "NATS_URL")]
+        nats_url: Option<String>,
     },
 }
 
@@ -116,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             url,
             operator_token,
             service_token,
+            nats_url,
         } => {
             opsloop::demo::run(
                 &url,
@@ -123,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
                     operator: operator_token,
                     service: service_token,
                 },
+                nats_url.as_deref(),
             )
             .await
         }
@@ -159,7 +164,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         }
     };
     let orchestrator = Orchestrator::new(pool.clone());
-    let shutdown = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
     if let Some(client) = nats.clone() {
@@ -210,7 +215,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     } else {
         shutdown_signal().await;
     }
-    shutdown.notify_waiters();
+    shutdown.cancel();
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }

@@ -15,12 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use opsloop::api::{self, AppState};
 use opsloop::auth::{Identity, Role, TokenStore};
-use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
-use opsloop::workflow::EventKind;
+use opsloop::orchestrator::Orchestrator;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
+
+mod common;
+
+use common::{arg, event_at, ms, new_case, orchestrator_step, quantile};
 
 const TOKEN: &str = "bench-token";
 
@@ -47,16 +50,7 @@ struct Cell {
     p99: Duration,
 }
 
-/// The walk each client repeats: into PLANNING, then PARKED <-> PLANNING.
-fn event_at(step: u64) -> EventKind {
-    match step {
-        0 => EventKind::StartAnalysis,
-        1 => EventKind::AnalysisDone,
-        n if n % 2 == 0 => EventKind::PlanFailed,
-        _ => EventKind::Resume,
-    }
-}
-
+/// The status the walk reaches after `step` (the raw path writes it itself).
 fn status_after(step: u64) -> &'static str {
     match step {
         0 => "ANALYZING",
@@ -71,26 +65,6 @@ struct Ctx {
     orchestrator: Orchestrator,
     http: reqwest::Client,
     base: String,
-}
-
-async fn new_case(ctx: &Ctx) -> anyhow::Result<Uuid> {
-    let case = ctx
-        .orchestrator
-        .create_case(
-            NewCase {
-                tenant: "bench".into(),
-                title: "bench case".into(),
-                severity: "low".into(),
-                kind: None,
-                labels: json!({}),
-            },
-            &Actor {
-                id: "bench".into(),
-                human: false,
-            },
-        )
-        .await?;
-    Ok(case.id)
 }
 
 /// One transition through the raw statements the orchestrator issues.
@@ -141,9 +115,8 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
     let payload = json!({"id": timeline_id, "type": "evt.case.transition.v1", "case_id": case,
                          "data": {"from": from, "to": status_after(step), "version": version}});
     sqlx::query(
-        "INSERT INTO outbox (message_id, case_id, subject, payload, headers) \
-         SELECT m, $1, s, p, h FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[]) \
-         AS t(m, s, p, h)",
+        "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
     )
     .bind(case)
     .bind(vec![Uuid::now_v7(), Uuid::now_v7()])
@@ -151,8 +124,8 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
         "cmd.plan.generate".to_string(),
         "evt.case.transition.v1".to_string(),
     ])
-    .bind(vec![payload.clone(), payload])
-    .bind(vec![json!({}), json!({})])
+    .bind(vec![payload.to_string(), payload.to_string()])
+    .bind("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     .execute(&mut *tx)
     .await?;
     sqlx::query("UPDATE idempotency SET response_status = 200, response_body = $3, case_id = $4 WHERE actor = $1 AND key = $2")
@@ -164,33 +137,6 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
         .await?;
     tx.commit().await?;
     Ok(())
-}
-
-async fn orchestrator_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
-    let outcome = ctx
-        .orchestrator
-        .transition(TransitionRequest {
-            case_id: case,
-            event: event_at(step),
-            actor: Actor {
-                id: "bench".into(),
-                human: false,
-            },
-            reason: None,
-            plan_hash: None,
-            meta: Value::Null,
-            expected_version: None,
-            origin: Origin::Http {
-                idempotency_key: Uuid::now_v7().to_string(),
-                request_hash: "0".repeat(64),
-            },
-            trace_id: Uuid::new_v4().simple().to_string(),
-        })
-        .await?;
-    match outcome {
-        Outcome::Applied(_) => Ok(()),
-        other => anyhow::bail!("unexpected outcome {other:?}"),
-    }
 }
 
 async fn http_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
@@ -210,7 +156,7 @@ async fn http_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
 async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
     let mut cases = Vec::new();
     for _ in 0..clients {
-        cases.push(new_case(&ctx).await?);
+        cases.push(new_case(&ctx.orchestrator).await?);
     }
     let meta = json!({"trace_id": "0af7651916cd43dd8448eb211c80319c",
                       "facts": {"reason": null, "park_reason": null, "plan": null, "approvals": [],
@@ -229,7 +175,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                 let t = Instant::now();
                 match mode {
                     Mode::Raw => raw_step(&ctx.pool, case, step, &meta).await?,
-                    Mode::Orchestrator => orchestrator_step(&ctx, case, step).await?,
+                    Mode::Orchestrator => orchestrator_step(&ctx.orchestrator, case, step).await?,
                     Mode::Http => http_step(&ctx, case, step).await?,
                 }
                 lat.push(t.elapsed());
@@ -244,19 +190,11 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     Ok(Cell {
         rate: all.len() as f64 / elapsed,
-        p50: pct(0.50),
-        p99: pct(0.99),
+        p50: quantile(&all, 0.50),
+        p99: quantile(&all, 0.99),
     })
-}
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
@@ -327,8 +265,8 @@ fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64) {
         clients,
         mode.name(),
         cell.rate,
-        cell.p50.as_secs_f64() * 1e3,
-        cell.p99.as_secs_f64() * 1e3,
+        ms(cell.p50),
+        ms(cell.p99),
         100.0 * cell.rate / baseline
     );
 }

@@ -306,21 +306,18 @@ pub async fn enqueue(
             "timeline_id": entry.id,
         }),
     ));
-    let headers = json!({ "traceparent": traceparent(trace_id) });
     let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
     let subjects: Vec<String> = messages.iter().map(|m| m.kind.clone()).collect();
-    let payloads: Vec<Value> = messages.iter().map(|m| json!(m)).collect();
-    let headers: Vec<Value> = vec![headers; messages.len()];
+    let payloads: Vec<String> = messages.iter().map(|m| json!(m).to_string()).collect();
     sqlx::query(
-        "INSERT INTO outbox (message_id, case_id, subject, payload, headers) \
-         SELECT m, $1, s, p, h FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[]) \
-         AS t(m, s, p, h)",
+        "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
     )
     .bind(case.id)
     .bind(ids)
     .bind(subjects)
     .bind(payloads)
-    .bind(headers)
+    .bind(traceparent(trace_id))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -7,14 +7,13 @@
 //! transaction as their effect; this module only routes.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
 use super::Envelope;
@@ -237,7 +236,7 @@ pub async fn run<H: Handler>(
     consumer: PullConsumer,
     pool: PgPool,
     handler: H,
-    shutdown: Arc<Notify>,
+    shutdown: CancellationToken,
 ) {
     let max_deliver = consumer.cached_info().config.max_deliver;
     loop {
@@ -247,14 +246,14 @@ pub async fn run<H: Handler>(
                 warn!(consumer = handler.name(), error = %e, "Cannot pull messages; retrying.");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.notified() => return,
+                    _ = shutdown.cancelled() => return,
                 }
             }
         };
         loop {
             let next = tokio::select! {
                 next = messages.next() => next,
-                _ = shutdown.notified() => return,
+                _ = shutdown.cancelled() => return,
             };
             match next {
                 Some(Ok(msg)) => {

@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use serde_json::Value;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -37,19 +37,22 @@ pub struct RelaySettings {
     pub batch: i64,
     /// Fallback poll for rows committed by other processes.
     pub poll: Duration,
-    /// Published rows are deleted after this long.
+    /// Inbox and idempotency records are deleted after this long.
     pub retention: Duration,
     /// Test-only: after the acks, stall instead of marking (the crash window).
     pub stall_after_publish: bool,
+    /// Benchmarks: every commit -> ack lag in seconds is appended here.
+    pub lag_samples: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
 }
 
 impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
-            batch: 256,
+            batch: 1024,
             poll: Duration::from_millis(250),
             retention: Duration::from_secs(24 * 3600),
             stall_after_publish: false,
+            lag_samples: None,
         }
     }
 }
@@ -82,7 +85,7 @@ struct Row_ {
     message_id: Uuid,
     subject: String,
     payload: String,
-    headers: Value,
+    traceparent: Option<String>,
 }
 
 #[derive(Clone)]
@@ -111,10 +114,18 @@ impl Relay {
         }
         let mut tx = self.pool.begin().await?;
         let rows: Vec<Row_> = sqlx::query(
-            "SELECT id, message_id, subject, payload::text AS payload, headers FROM outbox \
-             WHERE published_at IS NULL AND failed_at IS NULL \
-               AND pg_try_advisory_xact_lock($2, hashtext(COALESCE(case_id, message_id)::text)) \
-             ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            // The advisory lock filter sits inside the LIMITed scan of the
+            // pending index, so it runs only for rows being claimed (rows of
+            // cases another relay holds are skipped). Outside the CTE the
+            // planner may push it onto a scan of the whole table and lock
+            // every case.
+            "WITH candidate AS MATERIALIZED ( \
+                 SELECT id FROM outbox WHERE failed_at IS NULL \
+                   AND pg_try_advisory_xact_lock($2, hashtext(COALESCE(case_id, message_id)::text)) \
+                 ORDER BY id LIMIT $1) \
+             SELECT o.id, o.message_id, o.subject, o.payload, o.traceparent FROM outbox o \
+             WHERE o.id = ANY(ARRAY(SELECT id FROM candidate)) \
+             ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
         )
         .bind(self.settings.batch)
         .bind(CASE_LOCK_NAMESPACE)
@@ -127,7 +138,7 @@ impl Relay {
                 message_id: r.try_get("message_id")?,
                 subject: r.try_get("subject")?,
                 payload: r.try_get("payload")?,
-                headers: r.try_get("headers")?,
+                traceparent: r.try_get("traceparent")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
@@ -142,8 +153,8 @@ impl Relay {
         // Send the whole batch first (pipelined), then collect the acks.
         for row in &rows {
             let mut headers = HeaderMap::new();
-            if let Some(tp) = row.headers.get("traceparent").and_then(Value::as_str) {
-                headers.insert("traceparent", tp);
+            if let Some(tp) = &row.traceparent {
+                headers.insert("traceparent", tp.as_str());
             }
             let publish = PublishMessage::build()
                 .payload(row.payload.clone().into())
@@ -197,15 +208,21 @@ impl Relay {
             std::future::pending::<()>().await;
         }
 
+        // Acked rows leave the outbox: JetStream is the record of what was
+        // published (and deleting is far cheaper than updating wide rows).
         let lags: Vec<f64> = sqlx::query_scalar(
-            "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 \
-             WHERE id = ANY($1) \
-             RETURNING extract(epoch FROM published_at - created_at)::float8",
+            "DELETE FROM outbox WHERE id = ANY($1) \
+             RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
         )
         .bind(&acked)
         .fetch_all(&mut *tx)
         .await?;
-        lags.into_iter().for_each(telemetry::outbox_lag);
+        for lag in &lags {
+            telemetry::outbox_lag(*lag);
+        }
+        if let Some(sink) = &self.settings.lag_samples {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).extend(lags);
+        }
         report.published = acked.len();
         for (id, reason) in &failed {
             sqlx::query(
@@ -238,22 +255,19 @@ impl Relay {
 
     /// Rows still waiting; also exported as the `outbox_backlog` gauge.
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE published_at IS NULL AND failed_at IS NULL",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
+            .fetch_one(&self.pool)
+            .await?;
         telemetry::outbox_backlog(n);
         Ok(n)
     }
 
-    /// Deletes published rows past retention, plus inbox and idempotency
-    /// records of the same age, in bounded batches.
+    /// Deletes inbox and idempotency records past retention, in bounded
+    /// batches (published outbox rows are deleted on ack).
     pub async fn cleanup_once(&self) -> Result<u64, sqlx::Error> {
         let secs = self.settings.retention.as_secs_f64();
         let mut deleted = 0;
         for sql in [
-            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE published_at < now() - make_interval(secs => $1) LIMIT 5000)",
             "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)",
             "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000)",
         ] {
@@ -268,7 +282,7 @@ impl Relay {
 
     /// Runs until `shutdown` fires: woken by commits in this process, polling
     /// for other processes' rows, backing off while NATS or PostgreSQL fail.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: Arc<Notify>) {
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_backlog = tokio::time::Instant::now();
@@ -306,7 +320,7 @@ impl Relay {
             tokio::select! {
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.notified() => return,
+                _ = shutdown.cancelled() => return,
             }
         }
     }

@@ -17,7 +17,7 @@ async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
     let (case, hash) = waiting_for_gate(&app, "planner", 1).await;
     assert_eq!(app.status(case).await, "WAIT_GATE");
     let payload: serde_json::Value = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
+        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
     )
     .bind(case)
     .fetch_one(&app.pool)

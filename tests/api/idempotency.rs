@@ -165,7 +165,7 @@ async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
     assert_eq!(meta["message_id"], message_id.to_string());
     assert_eq!(meta["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     let causation: String = sqlx::query_scalar(
-        "SELECT payload->>'causation_id' FROM outbox WHERE case_id = $1 AND subject = 'cmd.plan.generate'",
+        "SELECT payload::jsonb->>'causation_id' FROM outbox WHERE case_id = $1 AND subject = 'cmd.plan.generate'",
     )
     .bind(case)
     .fetch_one(&app.pool)

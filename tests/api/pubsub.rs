@@ -1,5 +1,4 @@
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -10,7 +9,7 @@ use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
 use opsloop::pubsub::{Envelope, subjects};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -90,15 +89,15 @@ async fn walk(app: &TestApp, cases: usize) -> Vec<Uuid> {
 async fn every_outbox_row_reaches_jetstream_and_transitions_keep_case_order(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;
     walk(&app, 3).await;
+    let rows = outbox_ids(&pool).await;
     let relay = relay(&pool, &nats, 5).await;
     let report = drain(&relay).await;
-    let rows = outbox_ids(&pool).await;
     assert_eq!((report.published, report.duplicates), (rows.len(), 0));
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(pending, 0);
+    assert_eq!(pending, 0, "acked rows leave the outbox");
 
     let mut all = read_stream(&js, EVT_STREAM).await;
     assert_eq!(assert_per_case_order(&all), 3);
@@ -159,12 +158,15 @@ async fn a_relay_killed_between_publish_and_mark_publishes_each_message_once(poo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(published as usize, rows.len());
-    let marked: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(marked, 0, "the relay is stalled before marking");
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        waiting as usize,
+        rows.len(),
+        "the relay is stalled before marking"
+    );
     child.kill().await.unwrap(); // SIGKILL
 
     // A new relay finds the rows unmarked and publishes them again under the same ids.
@@ -205,7 +207,7 @@ async fn a_relay_killed_between_publish_and_mark_publishes_each_message_once(poo
 async fn transitions_continue_through_a_nats_outage_and_the_backlog_drains(pool: PgPool) {
     let (app, mut nats, js) = setup(&pool).await;
     let relay = relay(&pool, &nats, 64).await;
-    let shutdown = Arc::new(Notify::new());
+    let shutdown = CancellationToken::new();
     let task = tokio::spawn(
         relay
             .clone()
@@ -245,15 +247,36 @@ async fn transitions_continue_through_a_nats_outage_and_the_backlog_drains(pool:
     })
     .await;
     assert!(drained.is_ok(), "backlog did not drain after NATS returned");
-    shutdown.notify_waiters();
+    shutdown.cancel();
     task.await.unwrap();
 
-    let rows = outbox_ids(&pool).await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     let mut messages = read_stream(&js, EVT_STREAM).await;
     assert_per_case_order(&messages);
+    // Nothing lost: every version of the case, 2 ..= current, arrived.
+    let version: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let transitions = messages
+        .iter()
+        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
+        .count();
+    assert_eq!(transitions as i64, version - 1);
+    let resumes = ((during + 1) / 2) as usize;
     messages.extend(read_stream(&js, CMD_STREAM).await);
+    let plan_commands = messages
+        .iter()
+        .filter(|(s, _)| s == "cmd.plan.generate")
+        .count();
+    assert_eq!(plan_commands, 1 + resumes, "analysis_done and each resume");
     let ids: HashSet<Uuid> = messages.iter().map(|(_, e)| e.id).collect();
-    assert_eq!(ids, rows, "nothing lost");
+    let rows = ids.clone();
     assert_eq!(messages.len(), rows.len(), "nothing doubled");
 }
 
@@ -261,9 +284,20 @@ async fn transitions_continue_through_a_nats_outage_and_the_backlog_drains(pool:
 async fn two_relays_at_once_publish_without_duplicates_in_case_order(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;
     walk(&app, 8).await;
-    let (a, b) = (relay(&pool, &nats, 3).await, relay(&pool, &nats, 3).await);
-    let (ra, rb) = tokio::join!(drain(&a), drain(&b));
     let rows = outbox_ids(&pool).await;
+    let (a, b) = (relay(&pool, &nats, 3).await, relay(&pool, &nats, 3).await);
+    // Each keeps going until the shared backlog is empty, so they overlap.
+    let shared = |relay: Relay| async move {
+        let mut total = RelayReport::default();
+        while relay.backlog().await.unwrap() > 0 {
+            let r = relay.relay_once().await.unwrap();
+            total.published += r.published;
+            total.duplicates += r.duplicates;
+            tokio::task::yield_now().await;
+        }
+        total
+    };
+    let (ra, rb) = tokio::join!(shared(a), shared(b));
     assert_eq!(ra.published + rb.published, rows.len());
     assert_eq!(ra.duplicates + rb.duplicates, 0);
     assert!(
@@ -285,7 +319,7 @@ async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool:
     let huge = json!({"id": Uuid::now_v7(), "blob": "x".repeat(2 * 1024 * 1024)});
     sqlx::query("INSERT INTO outbox (message_id, case_id, subject, payload) VALUES ($1, NULL, 'evt.case.note.v1', $2)")
         .bind(Uuid::now_v7())
-        .bind(&huge)
+        .bind(huge.to_string())
         .execute(&pool)
         .await
         .unwrap();
@@ -302,21 +336,48 @@ async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool:
 }
 
 #[sqlx::test]
-async fn cleanup_removes_only_old_published_rows(pool: PgPool) {
+async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
     let (app, nats, _js) = setup(&pool).await;
-    app.case_in("ANALYZING").await;
-    let relay = relay(&pool, &nats, 10).await;
-    drain(&relay).await;
-    app.case_in("ANALYZING").await; // pending rows stay whatever their age
-    sqlx::query("UPDATE outbox SET created_at = now() - interval '3 days', \
-                 published_at = CASE WHEN published_at IS NULL THEN NULL ELSE now() - interval '3 days' END")
-        .execute(&pool).await.unwrap();
-    relay.cleanup_once().await.unwrap();
-    let (published, pending): (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE published_at IS NOT NULL), count(*) FILTER (WHERE published_at IS NULL) FROM outbox",
+    let old_case = app.case_in("ANALYZING").await;
+    let fresh_case = app.case_in("ANALYZING").await;
+    for table in ["idempotency", "inbox"] {
+        let sql = match table {
+            "idempotency" => {
+                "UPDATE idempotency SET created_at = now() - interval '3 days' WHERE case_id = $1"
+            }
+            _ => {
+                "INSERT INTO inbox (consumer, message_id, subject, case_id, received_at) \
+                  VALUES ('orchestrator', gen_random_uuid(), 'evt.x.v1', $1, now() - interval '3 days')"
+            }
+        };
+        sqlx::query(sql)
+            .bind(old_case)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE outbox SET created_at = now() - interval '3 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deleted = relay(&pool, &nats, 10).await.cleanup_once().await.unwrap();
+    assert_eq!(
+        deleted, 2,
+        "the old case's idempotency key and the old inbox record"
+    );
+    let (keys, inbox, outbox): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM idempotency WHERE case_id = $1), (SELECT count(*) FROM inbox), \
+                (SELECT count(*) FROM outbox)",
     )
-    .fetch_one(&pool).await.unwrap();
-    assert_eq!((published, pending), (0, 2));
+    .bind(fresh_case)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((keys, inbox), (1, 0), "fresh records stay");
+    assert_eq!(
+        outbox, 4,
+        "unpublished rows are never cleaned up, whatever their age"
+    );
 }
 
 // ---- the orchestrator consumer -------------------------------------------
@@ -432,7 +493,7 @@ async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
         ("rejected", Some("stale_fact"))
     );
     let gate_cmd: serde_json::Value =
-        sqlx::query_scalar("SELECT payload FROM outbox WHERE subject = 'cmd.gate.eval'")
+        sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE subject = 'cmd.gate.eval'")
             .fetch_one(&pool)
             .await
             .unwrap();

@@ -129,7 +129,7 @@ async fn resume_sends_the_park_reason_as_planner_feedback(pool: PgPool) {
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
     let payload: serde_json::Value = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE case_id = $1 AND subject = 'cmd.plan.generate' ORDER BY id DESC LIMIT 1",
+        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.plan.generate' ORDER BY id DESC LIMIT 1",
     )
     .bind(case)
     .fetch_one(&app.pool)
@@ -146,7 +146,7 @@ async fn transition_event_carries_the_contract_fields(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let case = app.case_in("ANALYZING").await;
     let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE case_id = $1 AND subject = 'evt.case.transition.v1' ORDER BY id",
+        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'evt.case.transition.v1' ORDER BY id",
     )
     .bind(case)
     .fetch_all(&app.pool)
