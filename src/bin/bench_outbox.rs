@@ -214,6 +214,17 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 4. Raw JetStream publish baseline with the same payload size, windowed.
+    // Its own stream, configured like the product's, so the baseline's
+    // messages never reach opsloop's consumers.
+    let raw_stream = "OPSLOOP_BENCH_RAW";
+    js.create_or_update_stream(jetstream::stream::Config {
+        name: raw_stream.into(),
+        subjects: vec!["bench.raw".into()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(StreamSettings::default().duplicate_window_s),
+        ..Default::default()
+    })
+    .await?;
     let total = 20_000;
     let window = 256;
     let started = Instant::now();
@@ -222,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
         let publish = PublishMessage::build()
             .payload(payload.clone().into())
             .message_id(Uuid::now_v7().to_string());
-        in_flight.push_back(js.send_publish("evt.bench.raw.v1", publish).await?);
+        in_flight.push_back(js.send_publish("bench.raw", publish).await?);
         if in_flight.len() >= window
             && let Some(ack) = in_flight.pop_front()
         {
@@ -233,6 +244,7 @@ async fn main() -> anyhow::Result<()> {
         ack.await?;
     }
     let raw = f64::from(total) / started.elapsed().as_secs_f64();
+    js.delete_stream(raw_stream).await?;
     println!(
         "raw JetStream publish ({} B payload, window {window}): {raw:.0} msgs/s; relay capacity = {:.0}% of it (target >= 50%)",
         payload.len(),

@@ -112,8 +112,13 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
     .bind(meta)
     .execute(&mut *tx)
     .await?;
-    let payload = json!({"id": timeline_id, "type": "evt.case.transition.v1", "case_id": case,
-                         "data": {"from": from, "to": status_after(step), "version": version}});
+    let payload = json!({"id": Uuid::now_v7(), "type": "evt.case.transition.v1", "case_id": case,
+                         "tenant": "bench", "occurred_at": chrono::Utc::now(), "actor": "bench",
+                         "correlation_id": correlation, "causation_id": timeline_id,
+                         "expected_version": version,
+                         "data": {"from": from, "to": status_after(step), "event": event,
+                                  "version": version, "actor": "bench", "reason": null,
+                                  "timeline_id": timeline_id}});
     sqlx::query(
         "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
          SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
