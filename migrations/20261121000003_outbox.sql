@@ -1,5 +1,5 @@
 -- Outbox: messages committed with the state that caused them. The relay
--- publishes a row and, once JetStream acked it, moves it to outbox_published.
+-- publishes a row and deletes it once JetStream acked it.
 CREATE TABLE outbox (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- Fixed at insert: the envelope id and the Nats-Msg-Id, reused on re-publish.

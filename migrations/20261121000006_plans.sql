@@ -1,5 +1,7 @@
 -- Plans and approvals: the facts behind the plan_ready and gate_approved guards.
 CREATE TABLE plan_proposed (
+    -- Insertion order decides which plan is current (timestamps can tie).
+    seq                bigint      GENERATED ALWAYS AS IDENTITY UNIQUE,
     id                 uuid        PRIMARY KEY,
     case_id            uuid        NOT NULL REFERENCES ops_case (id),
     plan               jsonb       NOT NULL CHECK (jsonb_typeof(plan) = 'object'),
@@ -8,13 +10,15 @@ CREATE TABLE plan_proposed (
     author             text        NOT NULL,
     schema_valid       boolean     NOT NULL,
     complete           boolean     NOT NULL,
-    -- Distinct human approvers the gate requires for this plan (set by the gatekeeper).
-    required_approvers smallint    NOT NULL DEFAULT 1 CHECK (required_approvers BETWEEN 1 AND 10),
-    created_at         timestamptz NOT NULL DEFAULT now(),
+    -- Distinct human approvers the gate requires for this plan, set by the
+    -- gatekeeper; NULL until it has evaluated the plan, and then no person
+    -- can open the gate.
+    required_approvers smallint    CHECK (required_approvers BETWEEN 1 AND 10),
+    created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     UNIQUE (case_id, plan_hash),
     UNIQUE (id, plan_hash)
 );
-CREATE INDEX plan_proposed_current ON plan_proposed (case_id, created_at DESC);
+CREATE INDEX plan_proposed_current ON plan_proposed (case_id, seq DESC);
 
 CREATE TABLE plan_approved (
     id         uuid        PRIMARY KEY,

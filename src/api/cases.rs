@@ -39,6 +39,16 @@ fn has_control(s: &str, allow_newlines: bool) -> bool {
         .any(|c| c.is_control() && !(allow_newlines && (c == '\n' || c == '\t')))
 }
 
+/// PostgreSQL's jsonb cannot store U+0000, anywhere in a document.
+fn contains_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 fn is_slug(s: &str, extra: &[u8]) -> bool {
     let b = s.as_bytes();
     (1..=64).contains(&b.len())
@@ -206,6 +216,14 @@ pub async fn list_cases(
                 "one of NEW, ANALYZING, PLANNING, WAIT_GATE, EXECUTING, VERIFYING, CLOSED, PARKED",
             )
         })?;
+    if let Some(tenant) = &q.tenant
+        && !is_slug(tenant, b"_-")
+    {
+        return Err(invalid(
+            "tenant",
+            "1-64 of [a-z0-9_-], starting alphanumeric",
+        ));
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(invalid("limit", "between 1 and 200"));
@@ -365,9 +383,9 @@ pub async fn transition(
         ));
     }
     if let Some(meta) = &body.meta
-        && !meta.is_object()
+        && (!meta.is_object() || contains_nul(meta))
     {
-        return Err(invalid("meta", "must be an object"));
+        return Err(invalid("meta", "must be an object without NUL characters"));
     }
     let human_judgement =
         who.is_human() && matches!(event, EventKind::GateApproved | EventKind::GateRejected);

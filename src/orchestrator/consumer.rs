@@ -67,11 +67,13 @@ impl Handler for FactConsumer {
         };
         let reason = match env.data.get("reason") {
             None | Some(Value::Null) => None,
-            Some(Value::String(r)) if r.chars().count() <= 2000 => Some(r.clone()),
+            Some(Value::String(r)) if r.chars().count() <= 2000 && !r.contains('\0') => {
+                Some(r.clone())
+            }
             Some(_) => {
                 return Disposition::DeadLetter(
                     DeadReason::InvalidData,
-                    "data.reason must be a string of at most 2000 characters".into(),
+                    "data.reason must be a string of at most 2000 characters, without NUL".into(),
                 );
             }
         };

@@ -8,7 +8,9 @@ use uuid::Uuid;
 use super::TransitionRequest;
 use super::store::HumanApproval;
 use crate::model::Case;
-use crate::workflow::{ApprovalFact, ApprovalKind, EventKind, Facts, Judgement, PlanFact};
+use crate::workflow::{
+    ApprovalFact, ApprovalKind, Decision, EventKind, Facts, Judgement, PlanFact, Rejection, Status,
+};
 
 pub struct Loaded {
     pub facts: Facts,
@@ -16,15 +18,30 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// A person's valid approval of the current plan is a fact on its own,
-    /// kept even when the quorum is not yet met.
-    pub fn human_approval_to_record(&self, req: &TransitionRequest) -> Option<HumanApproval> {
+    /// A person's valid approval of the plan at the gate is a fact on its
+    /// own, kept even when the quorum is not yet met; in any other status, or
+    /// when another guard failed, nothing is recorded.
+    pub fn human_approval_to_record(
+        &self,
+        req: &TransitionRequest,
+        status: Status,
+        decision: &Result<Decision, Rejection>,
+    ) -> Option<HumanApproval> {
         let (plan, plan_id, judgement) = (
             self.facts.plan.as_ref()?,
             self.plan_id?,
             self.facts.judgement.as_ref()?,
         );
+        let only_quorum_missing = match decision {
+            Ok(_) => true,
+            Err(Rejection::GuardFailed(failures)) => failures
+                .iter()
+                .all(|f| f.guard == "approval_for_current_plan"),
+            Err(Rejection::IllegalTransition { .. }) => false,
+        };
         let valid = req.event == EventKind::GateApproved
+            && status == Status::WaitGate
+            && only_quorum_missing
             && judgement.plan_hash == plan.hash
             && judgement.actor != plan.author;
         valid.then(|| HumanApproval {
@@ -44,7 +61,6 @@ pub async fn load(
     let mut facts = Facts {
         reason: req.reason.clone(),
         park_reason: case.park_reason.clone(),
-        required_approvers: 1,
         ..Facts::default()
     };
     let mut plan_id = None;
@@ -81,12 +97,12 @@ pub async fn load(
 async fn current_plan(
     conn: &mut PgConnection,
     case_id: Uuid,
-) -> Result<Option<(Uuid, PlanFact, u8)>, sqlx::Error> {
+) -> Result<Option<(Uuid, PlanFact, Option<u8>)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, plan_hash, author, schema_valid, complete, required_approvers, \
          CASE WHEN jsonb_typeof(plan #> '{rollback,steps}') = 'array' \
          THEN jsonb_array_length(plan #> '{rollback,steps}') > 0 ELSE false END AS has_rollback \
-         FROM plan_proposed WHERE case_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+         FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(case_id)
     .fetch_optional(&mut *conn)
@@ -94,7 +110,7 @@ async fn current_plan(
     let Some(row) = row else {
         return Ok(None);
     };
-    let required: i16 = row.try_get("required_approvers")?;
+    let required: Option<i16> = row.try_get("required_approvers")?;
     Ok(Some((
         row.try_get("id")?,
         PlanFact {
@@ -104,7 +120,7 @@ async fn current_plan(
             complete: row.try_get("complete")?,
             has_rollback: row.try_get("has_rollback")?,
         },
-        u8::try_from(required).unwrap_or(u8::MAX),
+        required.map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
     )))
 }
 

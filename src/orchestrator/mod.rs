@@ -247,7 +247,7 @@ impl Orchestrator {
         // 4. Facts, then the pure decision.
         let loaded = facts::load(&mut tx, &case, req).await?;
         let decision = workflow::decide(case.status, req.event, &loaded.facts);
-        if let Some(approval) = loaded.human_approval_to_record(req) {
+        if let Some(approval) = loaded.human_approval_to_record(req, case.status, &decision) {
             store::record_human_approval(&mut tx, &approval).await?;
         }
         let mut meta = json!({

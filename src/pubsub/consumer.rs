@@ -63,9 +63,14 @@ pub struct ConsumerSpec {
     pub stream: &'static str,
     pub durable: String,
     pub filter_subject: String,
-    pub max_deliver: i64,
     pub ack_wait: Duration,
 }
+
+/// Deliveries before a message that keeps failing is dead-lettered. Enforced
+/// here, not by JetStream (whose consumers redeliver without limit): the
+/// server would stop redelivering even when the dead letter could not be
+/// stored, and the message would be lost.
+pub const MAX_ATTEMPTS: i64 = 8;
 
 impl ConsumerSpec {
     pub fn new(stream: &'static str, durable: &str, filter_subject: &str) -> Self {
@@ -73,7 +78,6 @@ impl ConsumerSpec {
             stream,
             durable: durable.to_string(),
             filter_subject: filter_subject.to_string(),
-            max_deliver: 8,
             ack_wait: Duration::from_secs(30),
         }
     }
@@ -88,7 +92,7 @@ pub async fn durable(
         durable_name: Some(spec.durable.clone()),
         filter_subject: spec.filter_subject.clone(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
-        max_deliver: spec.max_deliver,
+        max_deliver: -1,
         ack_wait: spec.ack_wait,
         ..Default::default()
     };
@@ -100,7 +104,6 @@ pub async fn durable(
 pub async fn process<H: Handler>(
     pool: &PgPool,
     handler: &H,
-    max_deliver: i64,
     msg: jetstream::Message,
 ) -> Result<(), async_nats::Error> {
     let (stream_seq, delivered) = msg
@@ -161,7 +164,7 @@ pub async fn process<H: Handler>(
         }
     };
     let disposition = match disposition {
-        Disposition::Retry(_, why) if delivered >= max_deliver => Disposition::DeadLetter(
+        Disposition::Retry(_, why) if delivered >= MAX_ATTEMPTS => Disposition::DeadLetter(
             DeadReason::MaxDeliverExceeded,
             format!("gave up after {delivered} deliveries: {why}"),
         ),
@@ -216,7 +219,6 @@ pub async fn consume_once<H: Handler>(
     max: usize,
     expires: Duration,
 ) -> Result<usize, async_nats::Error> {
-    let max_deliver = consumer.cached_info().config.max_deliver;
     let mut batch = consumer
         .fetch()
         .max_messages(max)
@@ -225,7 +227,7 @@ pub async fn consume_once<H: Handler>(
         .await?;
     let mut n = 0;
     while let Some(msg) = batch.next().await {
-        process(pool, handler, max_deliver, msg?).await?;
+        process(pool, handler, msg?).await?;
         n += 1;
     }
     Ok(n)
@@ -238,7 +240,6 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: CancellationToken,
 ) {
-    let max_deliver = consumer.cached_info().config.max_deliver;
     loop {
         let mut messages = match consumer.messages().await {
             Ok(m) => m,
@@ -257,7 +258,7 @@ pub async fn run<H: Handler>(
             };
             match next {
                 Some(Ok(msg)) => {
-                    if let Err(e) = process(&pool, &handler, max_deliver, msg).await {
+                    if let Err(e) = process(&pool, &handler, msg).await {
                         warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
                     }
                 }

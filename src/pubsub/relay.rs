@@ -28,6 +28,9 @@ use uuid::Uuid;
 
 use crate::telemetry;
 
+/// A row the server rejects this many times is marked failed (poison).
+pub const MAX_PUBLISH_ATTEMPTS: i32 = 5;
+
 /// Namespace of the advisory locks that give one relay a case at a time.
 const CASE_LOCK_NAMESPACE: i32 = 0x6f70_6c70; // "oplp"
 
@@ -37,8 +40,11 @@ pub struct RelaySettings {
     pub batch: i64,
     /// Fallback poll for rows committed by other processes.
     pub poll: Duration,
-    /// Inbox and idempotency records are deleted after this long.
-    pub retention: Duration,
+    /// Idempotency keys are deleted after this long.
+    pub idempotency_retention: Duration,
+    /// Inbox records are deleted after this long; keep it above the streams'
+    /// max age, or a re-created consumer could apply an old message again.
+    pub inbox_retention: Duration,
     /// Test-only: after the acks, stall instead of marking (the crash window).
     pub stall_after_publish: bool,
     /// Benchmarks: every commit -> ack lag in seconds is appended here.
@@ -50,7 +56,8 @@ impl Default for RelaySettings {
         RelaySettings {
             batch: 1024,
             poll: Duration::from_millis(250),
-            retention: Duration::from_secs(24 * 3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            inbox_retention: Duration::from_secs(8 * 24 * 3600),
             stall_after_publish: false,
             lag_samples: None,
         }
@@ -178,6 +185,7 @@ impl Relay {
         // ack failure the later rows stay pending (a re-publish is de-duplicated).
         let mut acked: Vec<i64> = Vec::with_capacity(in_flight.len());
         let mut ack_failed = false;
+        let mut rejected: Option<(i64, String)> = None;
         for (row, ack) in in_flight {
             if ack_failed {
                 drop(ack);
@@ -193,6 +201,9 @@ impl Relay {
                 Err(source) => {
                     telemetry::outbox_published(&row.subject, "error");
                     ack_failed = true;
+                    if rejected_by_server(source.kind()) {
+                        rejected = Some((row.id, source.to_string()));
+                    }
                     error.get_or_insert(RelayError::Publish {
                         subject: row.subject.clone(),
                         source,
@@ -240,7 +251,26 @@ impl Relay {
             telemetry::outbox_published(subject.unwrap_or("unknown"), "failed");
             warn!(outbox.id = id, reason = %reason, "Outbox row can never be published; marked failed.");
         }
-        report.failed = failed.len();
+        // A row the server keeps rejecting would stall every row behind it:
+        // count its attempts and give up on it after a few.
+        if let Some((id, reason)) = rejected {
+            let gave_up: Option<String> = sqlx::query_scalar(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 failed_at = CASE WHEN attempts + 1 >= $3 THEN clock_timestamp() END \
+                 WHERE id = $1 RETURNING CASE WHEN failed_at IS NOT NULL THEN subject END",
+            )
+            .bind(id)
+            .bind(&reason)
+            .bind(MAX_PUBLISH_ATTEMPTS)
+            .fetch_one(&mut *tx)
+            .await?;
+            if let Some(subject) = gave_up {
+                telemetry::outbox_published(&subject, "failed");
+                warn!(outbox.id = id, reason = %reason, "Outbox row rejected too often; marked failed.");
+                report.failed += 1;
+            }
+        }
+        report.failed += failed.len();
         tx.commit().await?;
         match error {
             Some(e) if report.published == 0 && report.failed == 0 => Err(e),
@@ -265,14 +295,19 @@ impl Relay {
     /// Deletes inbox and idempotency records past retention, in bounded
     /// batches (published outbox rows are deleted on ack).
     pub async fn cleanup_once(&self) -> Result<u64, sqlx::Error> {
-        let secs = self.settings.retention.as_secs_f64();
         let mut deleted = 0;
-        for sql in [
-            "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)",
-            "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000)",
+        for (sql, keep) in [
+            (
+                "DELETE FROM inbox WHERE ctid IN (SELECT ctid FROM inbox WHERE received_at < now() - make_interval(secs => $1) LIMIT 5000)",
+                self.settings.inbox_retention,
+            ),
+            (
+                "DELETE FROM idempotency WHERE ctid IN (SELECT ctid FROM idempotency WHERE created_at < now() - make_interval(secs => $1) LIMIT 5000)",
+                self.settings.idempotency_retention,
+            ),
         ] {
             deleted += sqlx::query(sql)
-                .bind(secs)
+                .bind(keep.as_secs_f64())
                 .execute(&self.pool)
                 .await?
                 .rows_affected();
@@ -323,5 +358,19 @@ impl Relay {
                 _ = shutdown.cancelled() => return,
             }
         }
+    }
+}
+
+/// The server refused this very message (as opposed to being unreachable).
+fn rejected_by_server(kind: PublishErrorKind) -> bool {
+    match kind {
+        PublishErrorKind::Other
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::WrongLastSequence => true,
+        PublishErrorKind::StreamNotFound
+        | PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::MaxPayloadExceeded => false,
     }
 }

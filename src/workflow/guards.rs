@@ -107,7 +107,16 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
     {
         humans.insert(j.actor.as_str());
     }
-    let required = usize::from(facts.required_approvers.max(1));
+    let Some(required) = facts.required_approvers else {
+        return fail(
+            "approval_for_current_plan",
+            format!(
+                "the gatekeeper has not evaluated plan {} yet",
+                short(&plan.hash)
+            ),
+        );
+    };
+    let required = usize::from(required.max(1));
     if humans.len() >= required {
         Ok(())
     } else {

@@ -166,8 +166,9 @@ pub struct Facts {
     pub park_reason: Option<String>,
     pub plan: Option<PlanFact>,
     pub approvals: Vec<ApprovalFact>,
-    /// Distinct human approvers the policy requires for the current plan.
-    pub required_approvers: u8,
+    /// Distinct human approvers the gatekeeper requires for the current plan;
+    /// `None` until it has evaluated the plan (then no person can open the gate).
+    pub required_approvers: Option<u8>,
     pub judgement: Option<Judgement>,
     pub exec: Option<ExecFact>,
     /// Whether the verification result of the current run is `pass`.

@@ -28,7 +28,7 @@ fn all_good() -> Facts {
             approver: "gatekeeper".into(),
             kind: ApprovalKind::Auto,
         }],
-        required_approvers: 1,
+        required_approvers: Some(1),
         judgement: None,
         exec: Some(ExecFact {
             plan_hash: H1.into(),
@@ -156,9 +156,10 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<&'stati
 #[case::approval_of_older_hash_does_not_count(Status::WaitGate, EventKind::GateApproved, Facts { plan: Some(plan(H2)), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
 #[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
-#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current"])]
+#[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::exec_done_without_run(Status::Executing, EventKind::ExecDone, Facts { exec: None, ..all_good() }, vec!["execution_succeeded"])]
 #[case::exec_done_with_failed_step(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H1.into(), all_steps_succeeded: false }), ..all_good() }, vec!["execution_succeeded"])]
 #[case::exec_done_of_other_plan(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H2.into(), all_steps_succeeded: true }), ..all_good() }, vec!["execution_succeeded"])]
@@ -177,7 +178,7 @@ fn guard_fails(
 
 #[rstest]
 #[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
-#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: 2, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
+#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
 #[case::automatic_approval(all_good())]
 fn gate_opens(#[case] facts: Facts) {
     assert_eq!(
@@ -272,7 +273,7 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         prop::option::of(prop_oneof![Just(String::new()), Just("why".to_string())]),
         plan,
         prop::collection::vec(approval, 0..3),
-        0u8..3,
+        prop::option::of(0u8..3),
         judgement,
         exec,
         prop::option::of(any::<bool>()),
@@ -328,7 +329,9 @@ fn approved_for_current_plan(facts: &Facts) -> bool {
         .collect();
     people.sort_unstable();
     people.dedup();
-    people.len() >= usize::from(facts.required_approvers.max(1))
+    facts
+        .required_approvers
+        .is_some_and(|r| people.len() >= usize::from(r.max(1)))
 }
 
 proptest! {

@@ -3,7 +3,11 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
-async fn waiting_for_gate(app: &TestApp, author: &str, required: i16) -> (uuid::Uuid, String) {
+async fn waiting_for_gate(
+    app: &TestApp,
+    author: &str,
+    required: Option<i16>,
+) -> (uuid::Uuid, String) {
     let case = app.case_in("PLANNING").await;
     let hash = app.store_plan(case, author, required).await;
     let r = app.event(case, SERVICE, "plan_ready").await;
@@ -14,7 +18,7 @@ async fn waiting_for_gate(app: &TestApp, author: &str, required: i16) -> (uuid::
 #[sqlx::test]
 async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, hash) = waiting_for_gate(&app, "planner", 1).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     assert_eq!(app.status(case).await, "WAIT_GATE");
     let payload: serde_json::Value = sqlx::query_scalar(
         "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
@@ -29,7 +33,7 @@ async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
 #[sqlx::test]
 async fn a_human_approval_binds_to_the_current_plan_hash(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, old_hash) = waiting_for_gate(&app, "planner", 1).await;
+    let (case, old_hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     let r = app
         .patch(case, APPROVER, "g-0", json!({"event": "gate_approved"}))
         .await;
@@ -40,7 +44,7 @@ async fn a_human_approval_binds_to_the_current_plan_hash(pool: PgPool) {
     );
 
     // The plan changes after the approver looked at it: the old hash counts for nothing.
-    let new_hash = app.store_plan(case, "planner", 1).await;
+    let new_hash = app.store_plan(case, "planner", Some(1)).await;
     let r = app
         .patch(
             case,
@@ -89,7 +93,7 @@ async fn a_human_approval_binds_to_the_current_plan_hash(pool: PgPool) {
 #[sqlx::test]
 async fn the_author_cannot_approve_their_own_plan(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, hash) = waiting_for_gate(&app, "bob", 1).await;
+    let (case, hash) = waiting_for_gate(&app, "bob", Some(1)).await;
     let r = app
         .patch(
             case,
@@ -106,7 +110,7 @@ async fn the_author_cannot_approve_their_own_plan(pool: PgPool) {
 #[sqlx::test]
 async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, hash) = waiting_for_gate(&app, "planner", 2).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(2)).await;
     let body = json!({"event": "gate_approved", "plan_hash": hash});
     let r = app.patch(case, APPROVER, "q-1", body.clone()).await;
     assert_eq!(r.status, 422);
@@ -126,7 +130,7 @@ async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
 #[sqlx::test]
 async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, _) = waiting_for_gate(&app, "planner", 1).await;
+    let (case, _) = waiting_for_gate(&app, "planner", Some(1)).await;
     let r = app.event(case, SERVICE, "gate_approved").await;
     assert_eq!((r.status, r.code()), (422, "guard_failed"));
     assert_eq!(app.status(case).await, "WAIT_GATE");
@@ -137,7 +141,7 @@ async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPo
 #[sqlx::test]
 async fn a_rejection_parks_the_case(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, hash) = waiting_for_gate(&app, "planner", 1).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     let r = app
         .patch(
             case,
@@ -149,4 +153,66 @@ async fn a_rejection_parks_the_case(pool: PgPool) {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["case"]["status"], "PARKED");
     assert_eq!(r.body["case"]["park_reason"], "touches prod db");
+}
+
+#[sqlx::test]
+async fn no_person_opens_a_gate_the_gatekeeper_has_not_evaluated(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", None).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "early",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (422, "guard_failed"));
+    assert!(
+        r.body["detail"].as_str().unwrap().contains("not evaluated"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+}
+
+#[sqlx::test]
+async fn an_approval_outside_the_gate_is_refused_and_not_recorded(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PLANNING").await;
+    let hash = app.store_plan(case, "planner", Some(1)).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "too-soon",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!(r.code(), "illegal_transition");
+    let approvals: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_approved")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        approvals, 0,
+        "a refused request has no effect besides its timeline entry"
+    );
+
+    // At the gate, a request refused for another reason records nothing either.
+    app.event(case, SERVICE, "plan_ready").await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "stale",
+            json!({"event": "gate_approved", "plan_hash": "0".repeat(64)}),
+        )
+        .await;
+    assert_eq!(r.status, 422);
+    let approvals: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_approved")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(approvals, 0);
 }

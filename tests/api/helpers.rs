@@ -193,7 +193,14 @@ impl TestApp {
     }
 
     /// Stores a plan for the case, as the planner will; returns its hash.
-    pub async fn store_plan(&self, case: Uuid, author: &str, required_approvers: i16) -> String {
+    /// `required_approvers`: the gatekeeper's requirement, `None` when it has
+    /// not evaluated the plan.
+    pub async fn store_plan(
+        &self,
+        case: Uuid,
+        author: &str,
+        required_approvers: Option<i16>,
+    ) -> String {
         let plan = json!({"title": "restart", "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
                           "rollback": {"steps": []}, "verify": {"checks": []}, "n": Uuid::new_v4()});
         let hash = {

@@ -336,25 +336,67 @@ async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool:
 }
 
 #[sqlx::test]
+async fn a_row_the_server_keeps_rejecting_is_marked_failed_after_a_few_attempts(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    // The events stream now refuses anything above 100 bytes; commands still fit.
+    let mut config = js
+        .get_stream(EVT_STREAM)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .clone();
+    config.max_message_size = 100;
+    js.update_stream(config).await.unwrap();
+    let case = app.case_in("ANALYZING").await;
+    let relay = relay(&pool, &nats, 10).await;
+    for _ in 0..opsloop::pubsub::relay::MAX_PUBLISH_ATTEMPTS {
+        let _ = relay.relay_once().await; // rejected: an error or an interrupted batch
+    }
+    let (subject, attempts, error): (String, i32, String) = sqlx::query_as(
+        "SELECT subject, attempts, last_error FROM outbox WHERE failed_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (subject.as_str(), attempts),
+        (
+            "evt.case.transition.v1",
+            opsloop::pubsub::relay::MAX_PUBLISH_ATTEMPTS
+        )
+    );
+    assert!(!error.is_empty());
+    // The rows behind it are no longer blocked.
+    app.event(case, OPERATOR, "analysis_done").await;
+    let report = relay.relay_once().await.unwrap();
+    assert_eq!(report.published, 1, "the new command went out: {report:?}");
+    assert_eq!(stream_count(&js, CMD_STREAM).await, 2);
+}
+
+#[sqlx::test]
 async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
     let (app, nats, _js) = setup(&pool).await;
     let old_case = app.case_in("ANALYZING").await;
     let fresh_case = app.case_in("ANALYZING").await;
-    for table in ["idempotency", "inbox"] {
-        let sql = match table {
-            "idempotency" => {
-                "UPDATE idempotency SET created_at = now() - interval '3 days' WHERE case_id = $1"
-            }
-            _ => {
-                "INSERT INTO inbox (consumer, message_id, subject, case_id, received_at) \
-                  VALUES ('orchestrator', gen_random_uuid(), 'evt.x.v1', $1, now() - interval '3 days')"
-            }
-        };
-        sqlx::query(sql)
-            .bind(old_case)
-            .execute(&pool)
-            .await
-            .unwrap();
+    sqlx::query("UPDATE idempotency SET created_at = now() - interval '3 days' WHERE case_id = $1")
+        .bind(old_case)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Inbox records outlive the streams' 7 days: 3 days stays, 9 days goes.
+    for age in ["3 days", "9 days"] {
+        sqlx::query(
+            "INSERT INTO inbox (consumer, message_id, subject, case_id, received_at) \
+             VALUES ('orchestrator', gen_random_uuid(), 'evt.x.v1', $1, now() - $2::interval)",
+        )
+        .bind(old_case)
+        .bind(age)
+        .execute(&pool)
+        .await
+        .unwrap();
     }
     sqlx::query("UPDATE outbox SET created_at = now() - interval '3 days'")
         .execute(&pool)
@@ -373,7 +415,7 @@ async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!((keys, inbox), (1, 0), "fresh records stay");
+    assert_eq!((keys, inbox), (1, 1), "fresh records stay");
     assert_eq!(
         outbox, 4,
         "unpublished rows are never cleaned up, whatever their age"
@@ -470,7 +512,7 @@ async fn a_fact_delivered_twice_has_one_effect(pool: PgPool) {
 async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
     let (app, _nats, js) = setup(&pool).await;
     let case = app.case_in("PLANNING").await; // version 3
-    let hash = app.store_plan(case, "planner", 1).await;
+    let hash = app.store_plan(case, "planner", Some(1)).await;
     for (kind, version) in [("evt.plan.proposed.v1", 3), ("evt.plan.failed.v1", 3)] {
         let body = serde_json::to_vec(&fact(kind, case, version)).unwrap();
         publish_raw(&js, kind, &Uuid::new_v4().to_string(), body).await;

@@ -12,7 +12,7 @@ async fn replaying_the_stored_timeline_reproduces_the_status(pool: PgPool) {
     let case = app.case_in("PARKED").await;
     app.event(case, OPERATOR, "resume").await;
     app.event(case, SERVICE, "plan_ready").await; // rejected: no plan
-    let hash = app.store_plan(case, "planner", 1).await;
+    let hash = app.store_plan(case, "planner", Some(1)).await;
     app.event(case, SERVICE, "plan_ready").await;
     app.patch(
         case,
