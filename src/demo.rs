@@ -13,26 +13,8 @@ pub struct DemoTokens {
 /// Reads the case's `evt.case.transition.v1` messages back from JetStream,
 /// as an external subscriber would, until `versions` arrived or 10 s passed.
 async fn follow_on_nats(nats_url: &str, case: &str, versions: usize) -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures::StreamExt;
-    let client = async_nats::connect(nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream(crate::pubsub::streams::EVT_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: crate::pubsub::subjects::EVT_CASE_TRANSITION.into(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut messages = crate::pubsub::feed::transitions(nats_url, true).await?;
     println!(
         "\ndemo: the same transitions as a NATS subscriber sees them ({}):",
         crate::pubsub::subjects::EVT_CASE_TRANSITION

@@ -276,32 +276,8 @@ impl Roles {
 }
 
 async fn tail(nats_url: &str, all: bool, case: Option<uuid::Uuid>) -> anyhow::Result<()> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     use futures::StreamExt;
-    let client = async_nats::connect(nats_url)
-        .await
-        .context("connecting to NATS")?;
-    let js = async_nats::jetstream::new(client);
-    let stream = js
-        .get_stream(EVT_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("stream {EVT_STREAM}: {e}"))?;
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subjects::EVT_CASE_TRANSITION.to_string(),
-            deliver_policy: if all {
-                DeliverPolicy::All
-            } else {
-                DeliverPolicy::New
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating an ordered consumer: {e}"))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribing: {e}"))?;
+    let mut messages = opsloop::pubsub::feed::transitions(nats_url, all).await?;
     eprintln!(
         "tail: following {} (Ctrl-C to stop)",
         subjects::EVT_CASE_TRANSITION

@@ -6,6 +6,7 @@
 
 pub mod consumer;
 pub mod envelope;
+pub mod feed;
 pub mod relay;
 pub mod streams;
 pub mod subjects;

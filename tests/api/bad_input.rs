@@ -224,7 +224,9 @@ async fn bad_ids_routes_and_headers(pool: PgPool) {
         .header("x-huge", huge)
         .send()
         .await;
-    let status = resp.expect("the server answers, it does not drop the connection").status();
+    let status = resp
+        .expect("the server answers, it does not drop the connection")
+        .status();
     assert_eq!(status.as_u16(), 431, "Request Header Fields Too Large");
     assert_healthy(&app).await;
     assert_eq!(app.status(case).await, "NEW");
