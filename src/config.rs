@@ -38,6 +38,10 @@ pub struct ServeConfig {
     pub roles: Vec<String>,
     #[command(flatten)]
     pub streams: crate::pubsub::streams::StreamSettings,
+    /// Script names `script.exec` steps may use (comma-separated); empty
+    /// refuses every script step.
+    #[arg(long, env = "OPSLOOP_SCRIPT_ALLOWLIST", value_delimiter = ',')]
+    pub script_allowlist: Vec<String>,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {

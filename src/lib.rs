@@ -8,6 +8,7 @@ pub mod config;
 pub mod demo;
 pub mod model;
 pub mod orchestrator;
+pub mod planner;
 pub mod problem;
 pub mod pubsub;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use opsloop::auth::{self, Role, TokenStore};
 use opsloop::config::{self, ServeConfig};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
+use opsloop::planner::contract::PlanLimits;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
@@ -204,6 +205,10 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             orchestrator,
             tokens: Arc::new(tokens),
             nats,
+            plan_limits: Arc::new(PlanLimits {
+                script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
+                ..PlanLimits::default()
+            }),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -31,6 +31,12 @@ pub enum ApiError {
     Forbidden(String),
     #[error("case {0} not found")]
     CaseNotFound(Uuid),
+    #[error("case {0} has no plan")]
+    PlanNotFound(Uuid),
+    #[error("the plan breaks {} rule(s) of the ChangePlan contract", .0.len())]
+    PlanInvalid(Vec<crate::planner::contract::Violation>),
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
     #[error("no route for this path")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -57,7 +63,11 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthenticated | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::CaseNotFound(_) | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
+            Self::PlanInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -78,6 +88,9 @@ impl ApiError {
             Self::InvalidToken => "invalid_token",
             Self::Forbidden(_) => "forbidden",
             Self::CaseNotFound(_) => "case_not_found",
+            Self::PlanNotFound(_) => "plan_not_found",
+            Self::PlanInvalid(_) => "plan_invalid",
+            Self::Conflict { code, .. } => code,
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::VersionMismatch { .. } => "version_mismatch",
@@ -95,7 +108,9 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unauthenticated | Self::InvalidToken => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
-            Self::CaseNotFound(_) | Self::RouteNotFound => "Not found",
+            Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
+            Self::PlanInvalid(_) => "Invalid plan",
+            Self::Conflict { .. } => "Conflict",
             Self::MethodNotAllowed => "Method not allowed",
             Self::VersionMismatch { .. } => "Version mismatch",
             Self::IdempotencyKeyReused => "Idempotency key reused",
@@ -146,6 +161,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::VersionMismatch { actual, .. } => {
                 problem = problem.with("version", json!(actual));
+            }
+            ApiError::PlanInvalid(violations) => {
+                problem = problem.with("violations", json!(violations));
             }
             _ => {}
         }

@@ -7,6 +7,7 @@
 pub mod cases;
 pub mod error;
 pub mod extract;
+pub mod plans;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,13 +36,15 @@ pub struct AppState {
     pub tokens: Arc<TokenStore>,
     /// `None` when no NATS is configured; `/readyz` then says so.
     pub nats: Option<async_nats::Client>,
+    /// What proposed plans may contain beyond the schema.
+    pub plan_limits: Arc<crate::planner::contract::PlanLimits>,
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
     paths(cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
-          cases::transition, healthz, readyz, metrics),
+          cases::transition, plans::propose, plans::current, healthz, readyz, metrics),
     components(schemas(crate::problem::Problem, crate::workflow::Status, crate::workflow::EventKind)),
     modifiers(&BearerAuth),
 )]
@@ -67,6 +70,8 @@ pub fn app(state: AppState) -> Router {
         .route("/case/{id}", get(cases::get_case))
         .route("/case/{id}/timeline", get(cases::timeline))
         .route("/case/{id}/transition", patch(cases::transition))
+        .route("/case/{id}/plan", get(plans::current).post(plans::propose))
+        .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

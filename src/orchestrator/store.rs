@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{Reply, TransitionRequest};
 use crate::model::{Case, TimelineEntry};
-use crate::pubsub::{Envelope, subjects};
+use crate::pubsub::{Envelope, outbox, subjects};
 use crate::workflow::{Effect, Status};
 use crate::{case_columns, timeline_columns};
 
@@ -145,6 +145,7 @@ pub async fn claim_inbox(
     Ok(rows == 1)
 }
 
+/// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes first.
 pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",
@@ -306,25 +307,12 @@ pub async fn enqueue(
             "timeline_id": entry.id,
         }),
     ));
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
-    let subjects: Vec<String> = messages.iter().map(|m| m.kind.clone()).collect();
-    let payloads: Vec<String> = messages.iter().map(|m| json!(m).to_string()).collect();
-    sqlx::query(
-        "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
-         SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
+    outbox::enqueue(
+        conn,
+        Some(case.id),
+        &messages,
+        &outbox::traceparent(trace_id),
     )
-    .bind(case.id)
-    .bind(ids)
-    .bind(subjects)
-    .bind(payloads)
-    .bind(traceparent(trace_id))
-    .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-/// A W3C `traceparent` for the messages of this transition.
-fn traceparent(trace_id: &str) -> String {
-    let span = Uuid::new_v4().simple().to_string();
-    format!("00-{trace_id}-{}-01", &span[..16])
 }

@@ -11,6 +11,7 @@ mod gate;
 mod idempotency;
 mod nats;
 mod ops;
+mod plans;
 mod pubsub;
 mod replay;
 mod transitions;

