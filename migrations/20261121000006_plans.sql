@@ -14,6 +14,8 @@ CREATE TABLE plan_proposed (
     -- gatekeeper; NULL until it has evaluated the plan, and then no person
     -- can open the gate.
     required_approvers smallint    CHECK (required_approvers BETWEEN 1 AND 10),
+    -- The gatekeeper's decision: verdict, risk, reasons, auto_rollback.
+    gate_decision      jsonb,
     created_at         timestamptz NOT NULL DEFAULT clock_timestamp(),
     UNIQUE (case_id, plan_hash),
     UNIQUE (id, plan_hash)

@@ -28,7 +28,10 @@ pub struct ServeConfig {
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "OPSLOOP_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
-    /// Comma-separated roles this process runs: api, relay, orchestrator, or all.
+    /// Gate policy (TOML); the default policy of DESIGN §4 without it.
+    #[arg(long, env = "OPSLOOP_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Comma-separated roles: api, relay, orchestrator, gatekeeper, or all.
     #[arg(
         long,
         env = "OPSLOOP_ROLES",

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod gatekeeper;
 pub mod model;
 pub mod orchestrator;
 pub mod planner;

@@ -11,12 +11,13 @@ use tracing::{info, warn};
 use opsloop::api::{self, AppState};
 use opsloop::auth::{self, Role, TokenStore};
 use opsloop::config::{self, ServeConfig};
+use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
 use opsloop::planner::contract::PlanLimits;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
 use opsloop::pubsub::subjects;
 use tokio_util::sync::CancellationToken;
 
@@ -156,8 +157,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await
                 .context("connecting to NATS")?,
         ),
-        None if roles.relay || roles.orchestrator => {
-            anyhow::bail!("the relay and orchestrator roles need NATS_URL")
+        None if roles.relay || roles.orchestrator || roles.gatekeeper => {
+            anyhow::bail!("the relay, orchestrator and gatekeeper roles need NATS_URL")
         }
         None => {
             warn!("NATS_URL is not set: messages stay in the outbox.");
@@ -181,6 +182,27 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(
                 relay.run(orchestrator.outbox_ready(), shutdown.clone()),
             ));
+        }
+        if roles.gatekeeper {
+            let policy = match &cfg.policy_file {
+                Some(path) => Policy::load(path)?,
+                None => Policy::default(),
+            };
+            let spec =
+                ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, gatekeeper::CMD_GATE_EVAL);
+            let consumer = consumer::durable(&js, &spec)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the gatekeeper consumer: {e}"))?;
+            let handler = Gatekeeper {
+                pool: pool.clone(),
+                policy,
+            };
+            tasks.push(tokio::spawn(consumer::run(
+                consumer,
+                pool.clone(),
+                handler,
+                shutdown.clone(),
+            )));
         }
         if roles.orchestrator {
             let spec = ConsumerSpec::new(EVT_STREAM, consumer_mod::CONSUMER, "evt.>");
@@ -252,6 +274,7 @@ struct Roles {
     api: bool,
     relay: bool,
     orchestrator: bool,
+    gatekeeper: bool,
 }
 
 impl Roles {
@@ -260,6 +283,7 @@ impl Roles {
             api: false,
             relay: false,
             orchestrator: false,
+            gatekeeper: false,
         };
         for name in names {
             match name.trim() {
@@ -267,12 +291,14 @@ impl Roles {
                     roles.api = true;
                     roles.relay = true;
                     roles.orchestrator = true;
+                    roles.gatekeeper = true;
                 }
                 "api" => roles.api = true,
                 "relay" => roles.relay = true,
                 "orchestrator" => roles.orchestrator = true,
+                "gatekeeper" => roles.gatekeeper = true,
                 other => anyhow::bail!(
-                    "unknown role {other:?}: expected api, relay, orchestrator or all"
+                    "unknown role {other:?}: expected api, relay, orchestrator, gatekeeper or all"
                 ),
             }
         }

@@ -75,9 +75,10 @@ pub async fn load(
         | E::Dismiss => false,
     };
     if needs_plan && let Some(row) = current_plan(conn, case.id).await? {
-        let (id, plan, required) = row;
+        let (id, plan, required, auto_rollback) = row;
         plan_id = Some(id);
         facts.required_approvers = required;
+        facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
             facts.approvals = approvals(conn, id).await?;
         }
@@ -97,9 +98,10 @@ pub async fn load(
 async fn current_plan(
     conn: &mut PgConnection,
     case_id: Uuid,
-) -> Result<Option<(Uuid, PlanFact, Option<u8>)>, sqlx::Error> {
+) -> Result<Option<(Uuid, PlanFact, Option<u8>, bool)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, plan_hash, author, schema_valid, complete, required_approvers, \
+         COALESCE((gate_decision->>'auto_rollback')::boolean, false) AS auto_rollback, \
          CASE WHEN jsonb_typeof(plan #> '{rollback,steps}') = 'array' \
          THEN jsonb_array_length(plan #> '{rollback,steps}') > 0 ELSE false END AS has_rollback \
          FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
@@ -121,6 +123,7 @@ async fn current_plan(
             has_rollback: row.try_get("has_rollback")?,
         },
         required.map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
+        row.try_get("auto_rollback")?,
     )))
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod gate;
+mod gatekeeper;
 mod idempotency;
 mod nats;
 mod ops;

@@ -1,0 +1,189 @@
+//! The gatekeeper: consumes `cmd.gate.eval`, applies the deterministic
+//! policy to the exact plan named by its hash, and records the decision
+//! with its fact in one transaction, under the case lock (so no human
+//! approval races the decision).
+//!
+//! It never changes case status: its facts (`evt.plan.approved.v1`,
+//! `evt.gate.pending.v1`, `evt.plan.rejected.v1`) reach the orchestrator.
+//! No LLM text is an input to the decision.
+
+pub mod policy;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::orchestrator::lock_case;
+use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
+use crate::pubsub::{Envelope, outbox};
+use crate::telemetry;
+use crate::workflow::Status;
+use policy::{Policy, Verdict};
+
+pub const CONSUMER: &str = "gatekeeper";
+pub const CMD_GATE_EVAL: &str = crate::pubsub::subjects::CMD_GATE_EVAL;
+pub const EVT_PLAN_APPROVED: &str = "evt.plan.approved.v1";
+pub const EVT_GATE_PENDING: &str = "evt.gate.pending.v1";
+pub const EVT_PLAN_REJECTED: &str = "evt.plan.rejected.v1";
+
+pub struct Gatekeeper {
+    pub pool: PgPool,
+    pub policy: Policy,
+}
+
+impl Handler for Gatekeeper {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    async fn handle(&self, d: &Delivery) -> Disposition {
+        let env = &d.envelope;
+        if env.kind != CMD_GATE_EVAL {
+            return Disposition::DeadLetter(
+                DeadReason::UnknownType,
+                format!("unknown type {}", env.kind),
+            );
+        }
+        let (Some(case_id), Some(hash)) = (env.case_id, env.data["plan_hash"].as_str()) else {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                "cmd.gate.eval needs case_id and data.plan_hash".into(),
+            );
+        };
+        match self
+            .evaluate(env, case_id, hash, &d.subject, d.traceparent.as_deref())
+            .await
+        {
+            Ok(disposition) => disposition,
+            Err(e) => Disposition::Retry(
+                Duration::from_secs(1 << d.delivered.clamp(0, 5)),
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl Gatekeeper {
+    async fn evaluate(
+        &self,
+        cmd: &Envelope,
+        case_id: Uuid,
+        hash: &str,
+        subject: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Disposition, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = sqlx::query(
+            "INSERT INTO inbox (consumer, message_id, subject, case_id) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(CONSUMER)
+        .bind(cmd.id)
+        .bind(subject)
+        .bind(case_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !claimed {
+            telemetry::inbox_dedup(CONSUMER);
+            return Ok(Disposition::Done);
+        }
+        let Some(case) = lock_case(&mut tx, case_id).await? else {
+            return Ok(Disposition::DeadLetter(
+                DeadReason::UnknownCase,
+                format!("case {case_id} does not exist"),
+            ));
+        };
+        let row =
+            sqlx::query("SELECT id, plan FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2")
+                .bind(case_id)
+                .bind(hash)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else {
+            return Ok(Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                format!("no plan {hash} for case {case_id}"),
+            ));
+        };
+        if case.status != Status::WaitGate {
+            // The case moved on (e.g. dismissed): nothing to decide any more.
+            tx.commit().await?;
+            return Ok(Disposition::Done);
+        }
+        let plan_id: Uuid = row.try_get("id")?;
+        let plan: Value = row.try_get("plan")?;
+        let decision = policy::evaluate(&plan, &self.policy);
+        let mut stored = json!(decision);
+        stored["auto_rollback"] = json!(self.policy.auto_rollback);
+        let required = match decision.verdict {
+            Verdict::RequireApprovers { count } => Some(i16::from(count)),
+            Verdict::AutoApprove | Verdict::Deny => None,
+        };
+        sqlx::query(
+            "UPDATE plan_proposed SET gate_decision = $2, required_approvers = $3 WHERE id = $1",
+        )
+        .bind(plan_id)
+        .bind(&stored)
+        .bind(required)
+        .execute(&mut *tx)
+        .await?;
+        let (kind, data) = match &decision.verdict {
+            Verdict::AutoApprove => {
+                sqlx::query(
+                    "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind, reasons) \
+                     VALUES ($1, $2, $3, $4, 'auto', $5) ON CONFLICT (plan_id, approver) DO NOTHING",
+                )
+                .bind(Uuid::now_v7())
+                .bind(plan_id)
+                .bind(hash)
+                .bind(CONSUMER)
+                .bind(json!(decision.reasons))
+                .execute(&mut *tx)
+                .await?;
+                (
+                    EVT_PLAN_APPROVED,
+                    json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons}),
+                )
+            }
+            Verdict::RequireApprovers { count } => (
+                EVT_GATE_PENDING,
+                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
+                       "required_approvers": count}),
+            ),
+            Verdict::Deny => (
+                EVT_PLAN_REJECTED,
+                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
+                       "reason": format!("gate denied: {}", decision.reasons.join("; "))}),
+            ),
+        };
+        let fact = Envelope {
+            id: Uuid::now_v7(),
+            kind: kind.to_string(),
+            case_id: Some(case.id),
+            tenant: case.tenant.clone(),
+            occurred_at: Utc::now(),
+            actor: CONSUMER.to_string(),
+            correlation_id: case.correlation_id,
+            causation_id: Some(cmd.id),
+            expected_version: Some(case.version),
+            data,
+        };
+        let trace = telemetry::trace_id_from(traceparent);
+        outbox::enqueue(
+            &mut tx,
+            Some(case.id),
+            &[fact],
+            &outbox::traceparent(&trace),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(case.id = %case.id, plan.hash = hash, verdict = ?decision.verdict,
+                       risk = decision.risk, "Gate decided.");
+        Ok(Disposition::Done)
+    }
+}

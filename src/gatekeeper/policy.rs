@@ -1,0 +1,310 @@
+//! The gate policy: deterministic risk from a plan's content, and the
+//! verdict (automatic approval, people required, or denial) with reasons.
+//!
+//! Pure. A plan's own `risk_score` may raise the computed risk, never lower
+//! it: an LLM does not grade its own homework.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The policy file (`OPSLOOP_POLICY_FILE`, TOML); every field has the
+/// default shipped in DESIGN §4.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// At or below this risk, outside production, no person is needed.
+    pub auto_approve_max_risk: f64,
+    /// At or above this risk, `quorum` distinct people are needed.
+    pub quorum_risk: f64,
+    pub quorum: u8,
+    pub prod_environments: BTreeSet<String>,
+    /// Actions the gate lets through at all.
+    pub allowed_actions: BTreeSet<String>,
+    /// Namespaces, deployments, gateways, routes or scripts never touched.
+    pub forbidden_targets: BTreeSet<String>,
+    pub max_steps: usize,
+    /// Whether a failed verification may roll back without a person.
+    pub auto_rollback: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            auto_approve_max_risk: 0.3,
+            quorum_risk: 0.8,
+            quorum: 2,
+            prod_environments: ["prod".to_string(), "production".to_string()].into(),
+            allowed_actions: ["noop", "script.exec", "k8s.rollout", "gateway.flip"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            forbidden_targets: ["kube-system".to_string()].into(),
+            max_steps: 20,
+            auto_rollback: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("policy file {0} is not valid: {1}")]
+    Parse(String, toml::de::Error),
+    #[error("policy: {0}")]
+    Invalid(String),
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let shown = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| PolicyError::Read(shown.clone(), e))?;
+        let policy: Policy = toml::from_str(&text).map_err(|e| PolicyError::Parse(shown, e))?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        let ok = (0.0..=1.0).contains(&self.auto_approve_max_risk)
+            && (0.0..=1.0).contains(&self.quorum_risk)
+            && self.auto_approve_max_risk < self.quorum_risk
+            && (2..=10).contains(&self.quorum);
+        if ok {
+            Ok(())
+        } else {
+            Err(PolicyError::Invalid(
+                "need 0 <= auto_approve_max_risk < quorum_risk <= 1 and 2 <= quorum <= 10".into(),
+            ))
+        }
+    }
+}
+
+/// What the gate decided for one plan hash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    AutoApprove,
+    RequireApprovers { count: u8 },
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateDecision {
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub risk: f64,
+    pub reasons: Vec<String>,
+}
+
+fn action_risk(action: &str) -> f64 {
+    match action {
+        "noop" => 0.0,
+        "script.exec" => 0.2,
+        "gateway.flip" => 0.3,
+        "k8s.rollout" => 0.35,
+        _ => 1.0,
+    }
+}
+
+fn steps(plan: &Value, pointer: &str) -> Vec<Value> {
+    plan.pointer(pointer)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every name a step touches, for the forbidden-target rule.
+fn targets(step: &Value) -> Vec<String> {
+    let p = &step["params"];
+    ["namespace", "deployment", "gateway", "route", "script"]
+        .iter()
+        .filter_map(|k| p.get(*k).and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
+/// The computed risk and its reasons, from the plan's content only.
+pub fn risk(plan: &Value, policy: &Policy) -> (f64, Vec<String>) {
+    let all: Vec<Value> = [steps(plan, "/steps"), steps(plan, "/rollback/steps")].concat();
+    let mut reasons = Vec::new();
+    let mut risk = all
+        .iter()
+        .map(|s| action_risk(s["action"].as_str().unwrap_or("")))
+        .fold(0.0, f64::max);
+    reasons.push(format!("riskiest action weighs {risk:.2}"));
+    let n = steps(plan, "/steps").len();
+    if n > 1 {
+        let extra = 0.03 * (n - 1) as f64;
+        risk += extra;
+        reasons.push(format!("{n} steps add {extra:.2}"));
+    }
+    if steps(plan, "/rollback/steps").is_empty() {
+        risk += 0.2;
+        reasons.push("no rollback steps add 0.20".into());
+    }
+    let env = plan["environment"].as_str().unwrap_or("");
+    if policy.prod_environments.contains(env) {
+        risk += 0.3;
+        reasons.push(format!("environment {env} adds 0.30"));
+    }
+    if let Some(own) = plan["risk_score"].as_f64()
+        && own > risk
+    {
+        reasons.push(format!("the plan's own risk_score {own:.2} raises it"));
+        risk = own;
+    }
+    (risk.clamp(0.0, 1.0), reasons)
+}
+
+/// The gate's verdict for a plan that already passed the ChangePlan contract.
+pub fn evaluate(plan: &Value, policy: &Policy) -> GateDecision {
+    let (risk, mut reasons) = risk(plan, policy);
+    let all: Vec<Value> = [steps(plan, "/steps"), steps(plan, "/rollback/steps")].concat();
+    let mut denials = Vec::new();
+    for step in &all {
+        let action = step["action"].as_str().unwrap_or("");
+        if !policy.allowed_actions.contains(action) {
+            denials.push(format!("action {action} is not allowed"));
+        }
+        for t in targets(step) {
+            if policy.forbidden_targets.contains(&t) {
+                denials.push(format!("target {t} is forbidden"));
+            }
+        }
+    }
+    if steps(plan, "/steps").len() > policy.max_steps {
+        denials.push(format!("more than {} steps", policy.max_steps));
+    }
+    let prod = policy
+        .prod_environments
+        .contains(plan["environment"].as_str().unwrap_or(""));
+    let verdict = if !denials.is_empty() {
+        reasons.extend(denials);
+        Verdict::Deny
+    } else if risk >= policy.quorum_risk || prod {
+        reasons.push(format!(
+            "{} distinct approvers: {}",
+            policy.quorum,
+            if prod { "production" } else { "high risk" }
+        ));
+        Verdict::RequireApprovers {
+            count: policy.quorum,
+        }
+    } else if risk <= policy.auto_approve_max_risk {
+        reasons.push(format!(
+            "risk {risk:.2} <= {:.2}: approved automatically",
+            policy.auto_approve_max_risk
+        ));
+        Verdict::AutoApprove
+    } else {
+        reasons.push(format!("risk {risk:.2}: one approver"));
+        Verdict::RequireApprovers { count: 1 }
+    };
+    GateDecision {
+        verdict,
+        risk,
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn plan(action: &str, env: &str, own: Option<f64>, rollback: bool) -> Value {
+        let mut p = json!({
+            "title": "t", "environment": env,
+            "steps": [{"action": action, "params": {"namespace": "shop", "deployment": "api", "restart": true},
+                       "timeout_s": 60, "retry": 0}],
+            "rollback": {"steps": if rollback { json!([{"action": "noop", "timeout_s": 10, "retry": 0}]) } else { json!([]) }},
+            "verify": {"checks": []}
+        });
+        if let Some(r) = own {
+            p["risk_score"] = json!(r);
+        }
+        p
+    }
+
+    fn verdict(p: &Value) -> Verdict {
+        evaluate(p, &Policy::default()).verdict
+    }
+
+    #[test]
+    fn low_risk_outside_production_is_approved_automatically() {
+        assert_eq!(
+            verdict(&plan("noop", "staging", None, true)),
+            Verdict::AutoApprove
+        );
+        assert_eq!(
+            verdict(&plan("script.exec", "staging", None, true)),
+            Verdict::AutoApprove
+        );
+    }
+
+    #[test]
+    fn medium_risk_needs_one_person_and_production_or_high_risk_two() {
+        assert_eq!(
+            verdict(&plan("k8s.rollout", "staging", None, true)),
+            Verdict::RequireApprovers { count: 1 }
+        );
+        assert_eq!(
+            verdict(&plan("noop", "prod", None, true)),
+            Verdict::RequireApprovers { count: 2 }
+        );
+        assert_eq!(
+            verdict(&plan("noop", "staging", Some(0.9), true)),
+            Verdict::RequireApprovers { count: 2 }
+        );
+    }
+
+    #[test]
+    fn a_plan_cannot_lower_its_own_risk() {
+        let (computed, _) = risk(
+            &plan("k8s.rollout", "staging", None, false),
+            &Policy::default(),
+        );
+        let (claimed, _) = risk(
+            &plan("k8s.rollout", "staging", Some(0.0), false),
+            &Policy::default(),
+        );
+        assert_eq!(computed, claimed);
+        assert!((computed - 0.55).abs() < 1e-9, "{computed}");
+    }
+
+    #[test]
+    fn forbidden_targets_and_actions_are_denied_with_reasons() {
+        let mut p = plan("k8s.rollout", "staging", None, true);
+        p["steps"][0]["params"]["namespace"] = json!("kube-system");
+        let d = evaluate(&p, &Policy::default());
+        assert_eq!(d.verdict, Verdict::Deny);
+        assert!(
+            d.reasons
+                .iter()
+                .any(|r| r == "target kube-system is forbidden"),
+            "{:?}",
+            d.reasons
+        );
+        let policy = Policy {
+            allowed_actions: ["noop".to_string()].into(),
+            ..Policy::default()
+        };
+        assert_eq!(
+            evaluate(&plan("gateway.flip", "dev", None, true), &policy).verdict,
+            Verdict::Deny
+        );
+    }
+
+    #[test]
+    fn the_decision_is_deterministic() {
+        let p = plan("gateway.flip", "staging", Some(0.5), false);
+        assert_eq!(
+            evaluate(&p, &Policy::default()),
+            evaluate(&p, &Policy::default())
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! The gate loop over the real NATS: plan proposed → WAIT_GATE → the
+//! gatekeeper's decision → EXECUTING, pending people, or PARKED.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
+use opsloop::orchestrator::consumer::FactConsumer;
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::nats::TestNats;
+
+struct Loop {
+    app: TestApp,
+    _nats: TestNats,
+    relay: Relay,
+    facts: jetstream::consumer::PullConsumer,
+    gate: jetstream::consumer::PullConsumer,
+    orchestrator: FactConsumer,
+    gatekeeper: Gatekeeper,
+}
+
+impl Loop {
+    async fn new(pool: PgPool) -> Loop {
+        let app = TestApp::new(pool.clone()).await;
+        let nats = TestNats::start().await;
+        let js = jetstream::new(nats.client().await);
+        streams::ensure(&js, &StreamSettings::default())
+            .await
+            .unwrap();
+        Loop {
+            relay: Relay::new(pool.clone(), nats.client().await, RelaySettings::default()),
+            facts: consumer::durable(&js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
+                .await
+                .unwrap(),
+            gate: consumer::durable(
+                &js,
+                &ConsumerSpec::new(CMD_STREAM, "gatekeeper", "cmd.gate.eval"),
+            )
+            .await
+            .unwrap(),
+            orchestrator: FactConsumer {
+                orchestrator: app.orchestrator.clone(),
+            },
+            gatekeeper: Gatekeeper {
+                pool: pool.clone(),
+                policy: Policy::default(),
+            },
+            app,
+            _nats: nats,
+        }
+    }
+
+    /// Relays and consumes until nothing moves any more.
+    async fn settle(&self) {
+        let pool = &self.app.pool;
+        let wait = Duration::from_millis(200);
+        loop {
+            let mut moved = self.relay.relay_once().await.unwrap().published;
+            moved += consumer::consume_once(&self.gate, pool, &self.gatekeeper, 50, wait)
+                .await
+                .unwrap();
+            moved += self.relay.relay_once().await.unwrap().published;
+            moved += consumer::consume_once(&self.facts, pool, &self.orchestrator, 50, wait)
+                .await
+                .unwrap();
+            if moved == 0 {
+                return;
+            }
+        }
+    }
+
+    async fn propose(&self, plan: &Value) -> (Uuid, String) {
+        let case = self.app.case_in("PLANNING").await;
+        let r = self
+            .app
+            .send(
+                Method::POST,
+                &format!("/case/{case}/plan"),
+                Some(OPERATOR),
+                &[],
+                Some(plan.to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        self.settle().await;
+        (case, r.body["plan_hash"].as_str().unwrap().to_string())
+    }
+}
+
+fn plan(env: &str, namespace: &str) -> Value {
+    json!({
+        "title": "restart api", "environment": env,
+        "steps": [{"action": "noop", "timeout_s": 10, "retry": 0},
+                  {"action": "k8s.rollout", "params": {"namespace": namespace, "deployment": "api", "restart": true},
+                   "timeout_s": 120, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": []}
+    })
+}
+
+fn low_risk() -> Value {
+    json!({
+        "title": "noop", "environment": "staging", "risk_score": 0.1,
+        "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": []}
+    })
+}
+
+#[sqlx::test]
+async fn a_low_risk_plan_is_approved_automatically_and_executes(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let (case, hash) = lp.propose(&low_risk()).await;
+    assert_eq!(lp.app.status(case).await, "EXECUTING");
+    let (approver, kind, approved_hash): (String, String, String) =
+        sqlx::query_as("SELECT approver, kind, plan_hash FROM plan_approved")
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (approver.as_str(), kind.as_str(), approved_hash),
+        ("gatekeeper", "auto", hash.clone())
+    );
+    let (actor, judged): (String, String) = sqlx::query_as(
+        "SELECT actor, meta->'facts'->'plan'->>'hash' FROM case_timeline \
+         WHERE case_id = $1 AND event = 'gate_approved' AND kind = 'transition'",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (actor.as_str(), judged),
+        ("gatekeeper", hash),
+        "the gate opened for the approved hash"
+    );
+}
+
+#[sqlx::test]
+async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let (case, hash) = lp.propose(&plan("prod", "shop")).await;
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    let got = lp
+        .app
+        .send(
+            Method::GET,
+            &format!("/case/{case}/plan"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(got.body["gate"]["required_approvers"], 2);
+    assert_eq!(got.body["gate"]["approved"], false);
+
+    let judge = json!({"event": "gate_approved", "plan_hash": hash});
+    let first = lp.app.patch(case, APPROVER, "p-1", judge.clone()).await;
+    assert_eq!(first.status, 422);
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    let second = lp.app.patch(case, APPROVER2, "p-2", judge).await;
+    assert_eq!(second.status, 200, "{:?}", second.body);
+    assert_eq!(lp.app.status(case).await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let (case, _) = lp.propose(&plan("staging", "kube-system")).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason: String = sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("target kube-system is forbidden"),
+        "{reason}"
+    );
+    let approvals: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_approved")
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(approvals, 0);
+}
