@@ -1,9 +1,20 @@
-//! `opsloop demo`: drives one case through the transitions that exist, over
-//! the real HTTP API, and prints its timeline. Worker facts (`plan_*`) are
-//! sent with a service token until the workers that emit them exist.
+//! `opsloop demo`: drives one case through what exists, over the real HTTP
+//! API: a person's plan goes through NATS, the orchestrator's consumer and
+//! the gatekeeper to EXECUTING. Facts of workers that do not exist yet
+//! (analysis, execution) are sent with a service token.
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+
+/// One step of the demo walk.
+enum Step {
+    /// PATCH a transition as the operator or the service identity.
+    Event(&'static str, &'static str, Value),
+    /// POST a ChangePlan.
+    Propose(&'static str, Value),
+    /// Wait until the workers moved the case to this status.
+    Await(&'static str, &'static str),
+}
 
 pub struct DemoTokens {
     pub operator: String,
@@ -105,55 +116,116 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     let id = case["id"].as_str().context("case id")?.to_string();
     println!("demo: created case {id} (NEW)");
 
-    let steps: [(&str, &str, Value); 7] = [
-        (
+    use Step::{Await, Event, Propose};
+    let low_risk_plan = json!({
+        "title": "drain the slow checkout pod",
+        "environment": "staging",
+        "rationale": "p95 regression isolated to one pod",
+        "steps": [{"action": "noop", "timeout_s": 30, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 30, "retry": 0}]},
+        "verify": {"checks": [{"metric": "latency_ms", "stat": "p95", "op": "<", "threshold": 800, "window_s": 300}]}
+    });
+    let steps = [
+        Event(
             "operator",
             "start_analysis",
             json!({"event": "start_analysis"}),
         ),
-        (
+        Event(
             "operator",
             "analysis_done",
             json!({"event": "analysis_done", "reason": "p95 regression since deploy 42"}),
         ),
-        (
+        Event(
             "service",
             "plan_ready (no plan stored yet: the guard refuses)",
             json!({"event": "plan_ready"}),
         ),
-        (
+        Event(
             "operator",
             "start_analysis again (illegal in PLANNING)",
             json!({"event": "start_analysis"}),
         ),
-        (
+        Propose("operator proposes a low-risk ChangePlan", low_risk_plan),
+        Await("plan_ready, gate, auto-approval (via NATS)", "EXECUTING"),
+        Event(
             "service",
-            "plan_failed",
-            json!({"event": "plan_failed", "reason": "no template matches kind=latency"}),
+            "exec_failed (no executor yet)",
+            json!({"event": "exec_failed", "reason": "no executor adapter is installed yet"}),
         ),
-        ("operator", "resume", json!({"event": "resume"})),
-        (
+        Event("operator", "resume", json!({"event": "resume"})),
+        Event(
             "operator",
             "dismiss",
             json!({"event": "dismiss", "reason": "resolved by the upstream rollback"}),
         ),
     ];
-    for (n, (who, label, body)) in steps.into_iter().enumerate() {
-        let token = if who == "service" {
-            &tokens.service
-        } else {
-            &tokens.operator
+    for (n, step) in steps.into_iter().enumerate() {
+        let (label, status, reply) = match step {
+            Event(who, label, body) => {
+                let token = if who == "service" {
+                    &tokens.service
+                } else {
+                    &tokens.operator
+                };
+                let key = format!("demo-{id}-{n}");
+                let (status, reply) = client
+                    .call(
+                        reqwest::Method::PATCH,
+                        &format!("/case/{id}/transition"),
+                        token,
+                        Some(body),
+                        Some(&key),
+                    )
+                    .await?;
+                (label, status, reply)
+            }
+            Propose(label, plan) => {
+                let (status, reply) = client
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/case/{id}/plan"),
+                        &tokens.operator,
+                        Some(plan),
+                        None,
+                    )
+                    .await?;
+                if status == 201 {
+                    println!(
+                        "demo: {label:<52} -> plan {}",
+                        &reply["plan_hash"].as_str().unwrap_or("?")[..12]
+                    );
+                    continue;
+                }
+                (label, status, reply)
+            }
+            Await(label, want) => {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+                loop {
+                    let (_, case) = client
+                        .call(
+                            reqwest::Method::GET,
+                            &format!("/case/{id}"),
+                            &tokens.operator,
+                            None,
+                            None,
+                        )
+                        .await?;
+                    if case["status"] == want {
+                        println!("demo: {label:<52} -> {want} (version {})", case["version"]);
+                        break;
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        bail!(
+                            "the case did not reach {want} within 15 s; it is {}",
+                            case["status"]
+                        );
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                continue;
+            }
         };
-        let key = format!("demo-{id}-{n}");
-        let (status, reply) = client
-            .call(
-                reqwest::Method::PATCH,
-                &format!("/case/{id}/transition"),
-                token,
-                Some(body),
-                Some(&key),
-            )
-            .await?;
         match status {
             200 => println!(
                 "demo: {label:<52} -> {} (version {})",
