@@ -28,6 +28,9 @@ pub struct ServeConfig {
     /// Size of the PostgreSQL connection pool.
     #[arg(long, env = "OPSLOOP_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+    /// Folder of ChangePlan templates (`*.json`), checked at start-up.
+    #[arg(long, env = "OPSLOOP_TEMPLATES_DIR", default_value = "templates")]
+    pub templates_dir: PathBuf,
     /// Gate policy (TOML); the default policy of DESIGN §4 without it.
     #[arg(long, env = "OPSLOOP_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,

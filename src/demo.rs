@@ -1,7 +1,7 @@
 //! `opsloop demo`: drives one case through what exists, over the real HTTP
-//! API: a person's plan goes through NATS, the orchestrator's consumer and
-//! the gatekeeper to EXECUTING. Facts of workers that do not exist yet
-//! (analysis, execution) are sent with a service token.
+//! API: the template planner's plan goes through NATS, the orchestrator's
+//! consumer and the gatekeeper to EXECUTING. Facts of workers that do not
+//! exist yet (analysis, execution) are sent with a service token.
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -10,8 +10,6 @@ use serde_json::{Value, json};
 enum Step {
     /// PATCH a transition as the operator or the service identity.
     Event(&'static str, &'static str, Value),
-    /// POST a ChangePlan.
-    Propose(&'static str, Value),
     /// Wait until the workers moved the case to this status.
     Await(&'static str, &'static str),
 }
@@ -116,15 +114,7 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     let id = case["id"].as_str().context("case id")?.to_string();
     println!("demo: created case {id} (NEW)");
 
-    use Step::{Await, Event, Propose};
-    let low_risk_plan = json!({
-        "title": "drain the slow checkout pod",
-        "environment": "staging",
-        "rationale": "p95 regression isolated to one pod",
-        "steps": [{"action": "noop", "timeout_s": 30, "retry": 0}],
-        "rollback": {"steps": [{"action": "noop", "timeout_s": 30, "retry": 0}]},
-        "verify": {"checks": [{"metric": "latency_ms", "stat": "p95", "op": "<", "threshold": 800, "window_s": 300}]}
-    });
+    use Step::{Await, Event};
     let steps = [
         Event(
             "operator",
@@ -136,24 +126,24 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
             "analysis_done",
             json!({"event": "analysis_done", "reason": "p95 regression since deploy 42"}),
         ),
-        Event(
-            "service",
-            "plan_ready (no plan stored yet: the guard refuses)",
-            json!({"event": "plan_ready"}),
-        ),
+        Await("template plan, gate, auto-approval (via NATS)", "EXECUTING"),
         Event(
             "operator",
-            "start_analysis again (illegal in PLANNING)",
+            "start_analysis again (illegal in EXECUTING)",
             json!({"event": "start_analysis"}),
         ),
-        Propose("operator proposes a low-risk ChangePlan", low_risk_plan),
-        Await("plan_ready, gate, auto-approval (via NATS)", "EXECUTING"),
         Event(
             "service",
             "exec_failed (no executor yet)",
             json!({"event": "exec_failed", "reason": "no executor adapter is installed yet"}),
         ),
         Event("operator", "resume", json!({"event": "resume"})),
+        Await("planner: that template plan was already tried", "PARKED"),
+        Event(
+            "operator",
+            "dismiss without a reason (guard)",
+            json!({"event": "dismiss"}),
+        ),
         Event(
             "operator",
             "dismiss",
@@ -178,25 +168,6 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
                         Some(&key),
                     )
                     .await?;
-                (label, status, reply)
-            }
-            Propose(label, plan) => {
-                let (status, reply) = client
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/case/{id}/plan"),
-                        &tokens.operator,
-                        Some(plan),
-                        None,
-                    )
-                    .await?;
-                if status == 201 {
-                    println!(
-                        "demo: {label:<52} -> plan {}",
-                        &reply["plan_hash"].as_str().unwrap_or("?")[..12]
-                    );
-                    continue;
-                }
                 (label, status, reply)
             }
             Await(label, want) => {

@@ -15,6 +15,8 @@ use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
 use opsloop::planner::contract::PlanLimits;
+use opsloop::planner::templates::Templates;
+use opsloop::planner::worker as planner_worker;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
@@ -157,8 +159,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await
                 .context("connecting to NATS")?,
         ),
-        None if roles.relay || roles.orchestrator || roles.gatekeeper => {
-            anyhow::bail!("the relay, orchestrator and gatekeeper roles need NATS_URL")
+        None if roles.relay || roles.orchestrator || roles.gatekeeper || roles.planner => {
+            anyhow::bail!("only the api role runs without NATS_URL")
         }
         None => {
             warn!("NATS_URL is not set: messages stay in the outbox.");
@@ -167,6 +169,10 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let orchestrator = Orchestrator::new(pool.clone());
     let shutdown = CancellationToken::new();
+    let plan_limits = PlanLimits {
+        script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
+        ..PlanLimits::default()
+    };
     let mut tasks = Vec::new();
 
     if let Some(client) = nats.clone() {
@@ -182,6 +188,32 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(
                 relay.run(orchestrator.outbox_ready(), shutdown.clone()),
             ));
+        }
+        if roles.planner {
+            let templates =
+                Templates::load(&cfg.templates_dir, &plan_limits).with_context(|| {
+                    format!("loading templates from {}", cfg.templates_dir.display())
+                })?;
+            info!(templates = templates.len(), "Template planner ready.");
+            let spec = ConsumerSpec::new(
+                CMD_STREAM,
+                planner_worker::CONSUMER,
+                subjects::CMD_PLAN_GENERATE,
+            );
+            let consumer = consumer::durable(&js, &spec)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the planner consumer: {e}"))?;
+            let handler = planner_worker::Planner {
+                pool: pool.clone(),
+                templates,
+                limits: plan_limits.clone(),
+            };
+            tasks.push(tokio::spawn(consumer::run(
+                consumer,
+                pool.clone(),
+                handler,
+                shutdown.clone(),
+            )));
         }
         if roles.gatekeeper {
             let policy = match &cfg.policy_file {
@@ -227,10 +259,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             orchestrator,
             tokens: Arc::new(tokens),
             nats,
-            plan_limits: Arc::new(PlanLimits {
-                script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
-                ..PlanLimits::default()
-            }),
+            plan_limits: Arc::new(plan_limits),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -275,6 +304,7 @@ struct Roles {
     relay: bool,
     orchestrator: bool,
     gatekeeper: bool,
+    planner: bool,
 }
 
 impl Roles {
@@ -284,6 +314,7 @@ impl Roles {
             relay: false,
             orchestrator: false,
             gatekeeper: false,
+            planner: false,
         };
         for name in names {
             match name.trim() {
@@ -292,13 +323,15 @@ impl Roles {
                     roles.relay = true;
                     roles.orchestrator = true;
                     roles.gatekeeper = true;
+                    roles.planner = true;
                 }
                 "api" => roles.api = true,
                 "relay" => roles.relay = true,
                 "orchestrator" => roles.orchestrator = true,
                 "gatekeeper" => roles.gatekeeper = true,
+                "planner" => roles.planner = true,
                 other => anyhow::bail!(
-                    "unknown role {other:?}: expected api, relay, orchestrator, gatekeeper or all"
+                    "unknown role {other:?}: expected api, relay, orchestrator, gatekeeper, planner or all"
                 ),
             }
         }

@@ -11,7 +11,6 @@ pub mod policy;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -161,18 +160,7 @@ impl Gatekeeper {
                        "reason": format!("gate denied: {}", decision.reasons.join("; "))}),
             ),
         };
-        let fact = Envelope {
-            id: Uuid::now_v7(),
-            kind: kind.to_string(),
-            case_id: Some(case.id),
-            tenant: case.tenant.clone(),
-            occurred_at: Utc::now(),
-            actor: CONSUMER.to_string(),
-            correlation_id: case.correlation_id,
-            causation_id: Some(cmd.id),
-            expected_version: Some(case.version),
-            data,
-        };
+        let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
         let trace = telemetry::trace_id_from(traceparent);
         outbox::enqueue(
             &mut tx,

@@ -11,7 +11,6 @@ mod store;
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -274,7 +273,6 @@ impl Orchestrator {
                 (Outcome::Rejected(reply), case.id)
             }
             Ok(decision) => {
-                let now = Utc::now();
                 let updated = store::set_status(&mut tx, &case, decision.to, req).await?;
                 let entry = store::append_transition(&mut tx, &case, &updated, req, &meta).await?;
                 if let Some(hook) = &self.hooks.after_timeline_insert {
@@ -291,7 +289,6 @@ impl Orchestrator {
                     &decision.effects,
                     causation,
                     &req.trace_id,
-                    now,
                 )
                 .await?;
                 let reply = Reply {

@@ -1,7 +1,6 @@
 //! SQL of the transition transaction. Every function takes the open
 //! transaction: nothing here commits.
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -277,20 +276,10 @@ pub async fn enqueue(
     effects: &[Effect],
     causation_id: Option<Uuid>,
     trace_id: &str,
-    now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    let envelope = |kind: &str, data: Value| Envelope {
-        id: Uuid::now_v7(),
-        kind: kind.to_string(),
-        case_id: Some(case.id),
-        tenant: case.tenant.clone(),
-        occurred_at: now,
-        actor: entry.actor.clone(),
-        correlation_id: case.correlation_id,
-        causation_id: causation_id.or(Some(entry.id)),
-        expected_version: Some(case.version),
-        data,
-    };
+    let causation = causation_id.or(Some(entry.id));
+    let envelope =
+        |kind: &str, data: Value| Envelope::for_case(case, kind, &entry.actor, causation, data);
     let mut messages: Vec<Envelope> = effects
         .iter()
         .map(|e| envelope(subjects::for_effect(e), json!(e)))

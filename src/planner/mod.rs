@@ -7,8 +7,9 @@
 //! the same `contract::check` and `propose`.
 
 pub mod contract;
+pub mod templates;
+pub mod worker;
 
-use chrono::Utc;
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -63,18 +64,13 @@ pub async fn propose(
     if inserted == 0 {
         return Err(ProposeError::Duplicate);
     }
-    let fact = Envelope {
-        id: Uuid::now_v7(),
-        kind: EVT_PLAN_PROPOSED.to_string(),
-        case_id: Some(case.id),
-        tenant: case.tenant.clone(),
-        occurred_at: Utc::now(),
-        actor: author.to_string(),
-        correlation_id: case.correlation_id,
-        causation_id: None,
-        expected_version: Some(case.version),
-        data: json!({"plan_id": id, "plan_hash": plan.hash, "source": source.to_string()}),
-    };
+    let fact = Envelope::for_case(
+        case,
+        EVT_PLAN_PROPOSED,
+        author,
+        None,
+        json!({"plan_id": id, "plan_hash": plan.hash, "source": source.to_string()}),
+    );
     outbox::enqueue(conn, Some(case.id), &[fact], &outbox::traceparent(trace_id)).await?;
     Ok(id)
 }

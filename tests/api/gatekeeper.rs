@@ -1,11 +1,15 @@
 //! The gate loop over the real NATS: plan proposed → WAIT_GATE → the
 //! gatekeeper's decision → EXECUTING, pending people, or PARKED.
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::consumer::FactConsumer;
+use opsloop::planner::contract::PlanLimits;
+use opsloop::planner::templates::Templates;
+use opsloop::planner::worker::Planner;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
@@ -23,8 +27,10 @@ struct Loop {
     relay: Relay,
     facts: jetstream::consumer::PullConsumer,
     gate: jetstream::consumer::PullConsumer,
+    plans: jetstream::consumer::PullConsumer,
     orchestrator: FactConsumer,
     gatekeeper: Gatekeeper,
+    planner: Planner,
 }
 
 impl Loop {
@@ -46,6 +52,21 @@ impl Loop {
             )
             .await
             .unwrap(),
+            plans: consumer::durable(
+                &js,
+                &ConsumerSpec::new(CMD_STREAM, "planner", "cmd.plan.generate"),
+            )
+            .await
+            .unwrap(),
+            planner: Planner {
+                pool: pool.clone(),
+                templates: Templates::load(
+                    &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+                    &PlanLimits::default(),
+                )
+                .unwrap(),
+                limits: PlanLimits::default(),
+            },
             orchestrator: FactConsumer {
                 orchestrator: app.orchestrator.clone(),
             },
@@ -64,6 +85,9 @@ impl Loop {
         let wait = Duration::from_millis(200);
         loop {
             let mut moved = self.relay.relay_once().await.unwrap().published;
+            moved += consumer::consume_once(&self.plans, pool, &self.planner, 50, wait)
+                .await
+                .unwrap();
             moved += consumer::consume_once(&self.gate, pool, &self.gatekeeper, 50, wait)
                 .await
                 .unwrap();
@@ -190,4 +214,48 @@ async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(approvals, 0);
+}
+
+/// The loop without a person: analysis done → a template plan → the gate → EXECUTING.
+#[sqlx::test]
+async fn a_template_plan_goes_through_the_gate_on_its_own(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let r = lp
+        .app
+        .send(
+            Method::POST,
+            "/case",
+            Some(OPERATOR),
+            &[],
+            Some(json!({"title": "p95 high", "tenant": "t-001", "kind": "latency"}).to_string()),
+        )
+        .await;
+    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    lp.app.event(case, OPERATOR, "start_analysis").await;
+    lp.app.event(case, OPERATOR, "analysis_done").await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "EXECUTING");
+    let (source, author): (String, String) =
+        sqlx::query_as("SELECT source, author FROM plan_proposed WHERE case_id = $1")
+            .bind(case)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!((source.as_str(), author.as_str()), ("template", "planner"));
+}
+
+#[sqlx::test]
+async fn without_a_matching_template_the_case_parks_with_the_reason(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let case = lp.app.create_case().await; // no kind, no alertname
+    lp.app.event(case, OPERATOR, "start_analysis").await;
+    lp.app.event(case, OPERATOR, "analysis_done").await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason: String = sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert!(reason.starts_with("no template matches"), "{reason}");
 }
