@@ -1,5 +1,8 @@
 //! Shared by the benchmark programs: the case walk and latency summaries.
 
+// Each benchmark binary includes this module and uses only part of it.
+#![allow(dead_code)]
+
 use std::time::Duration;
 
 use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};

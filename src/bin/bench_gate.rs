@@ -1,0 +1,223 @@
+//! bench_gate: how long after a case enters WAIT_GATE the gatekeeper's
+//! automatic decision has moved it to EXECUTING, with every role running in
+//! this process against the real PostgreSQL and NATS (relay, orchestrator
+//! consumer, planner, gatekeeper), cases arriving at a steady rate.
+//!
+//! Latency = timeline time of the `gate_approved` transition minus that of
+//! `plan_ready` (both PostgreSQL's clock): relay -> JetStream -> gatekeeper ->
+//! relay -> JetStream -> orchestrator. Baseline in the same run: one
+//! JetStream publish -> durable pull -> ack round trip (the path has two).
+//!
+//! Usage: DATABASE_URL=... NATS_URL=... bench_gate [--cases 200] [--rate 20]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
+use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
+use opsloop::orchestrator::{NewCase, Orchestrator};
+use opsloop::planner::contract::PlanLimits;
+use opsloop::planner::templates::Templates;
+use opsloop::planner::worker::{self as planner_worker, Planner};
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::subjects;
+use opsloop::workflow::EventKind;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+mod common;
+
+use common::{arg, bench_actor, ms, quantile};
+
+async fn durable(
+    js: &jetstream::Context,
+    stream: &'static str,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<PullConsumer> {
+    consumer::durable(js, &ConsumerSpec::new(stream, name, subject))
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
+}
+
+async fn step(orchestrator: &Orchestrator, case: Uuid, event: EventKind) -> anyhow::Result<()> {
+    use opsloop::orchestrator::{Origin, TransitionRequest};
+    orchestrator
+        .transition(TransitionRequest {
+            case_id: case,
+            event,
+            actor: bench_actor(),
+            reason: None,
+            plan_hash: None,
+            meta: serde_json::Value::Null,
+            expected_version: None,
+            origin: Origin::Direct,
+            trace_id: Uuid::new_v4().simple().to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// One JetStream hop as the workers see it: publish with ack, pull, ack.
+async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    let stream = "OPSLOOP_BENCH_HOP";
+    js.create_or_update_stream(jetstream::stream::Config {
+        name: stream.into(),
+        subjects: vec!["bench.hop".into()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let c = durable(js, "OPSLOOP_BENCH_HOP", "hop", "bench.hop").await;
+    let c = c?;
+    let mut messages = c.messages().await?;
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        js.publish("bench.hop", "x".repeat(500).into())
+            .await?
+            .await?;
+        let msg = messages.next().await.context("hop stream ended")??;
+        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(t.elapsed());
+    }
+    js.delete_stream(stream).await?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let db = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let nats_url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
+    let cases: usize = arg("--cases").map_or(Ok(200), |s| s.parse())?;
+    let rate: f64 = arg("--rate").map_or(Ok(20.0), |s| s.parse())?;
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&db)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+    let client = async_nats::connect(nats_url.as_str()).await?;
+    let js = jetstream::new(client.clone());
+    streams::ensure(&js, &StreamSettings::default()).await?;
+
+    let orchestrator = Orchestrator::new(pool.clone());
+    let shutdown = CancellationToken::new();
+    let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
+    let mut tasks = vec![tokio::spawn(
+        relay.run(orchestrator.outbox_ready(), shutdown.clone()),
+    )];
+    let templates = Templates::load(Path::new("templates"), &PlanLimits::default())
+        .context("run from the repository root (templates/)")?;
+    tasks.push(tokio::spawn(consumer::run(
+        durable(&js, EVT_STREAM, ORCHESTRATOR, "evt.>").await?,
+        pool.clone(),
+        FactConsumer {
+            orchestrator: orchestrator.clone(),
+        },
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(consumer::run(
+        durable(
+            &js,
+            CMD_STREAM,
+            planner_worker::CONSUMER,
+            subjects::CMD_PLAN_GENERATE,
+        )
+        .await?,
+        pool.clone(),
+        Planner {
+            pool: pool.clone(),
+            templates,
+            limits: PlanLimits::default(),
+        },
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(consumer::run(
+        durable(
+            &js,
+            CMD_STREAM,
+            gatekeeper::CONSUMER,
+            gatekeeper::CMD_GATE_EVAL,
+        )
+        .await?,
+        pool.clone(),
+        Gatekeeper {
+            pool: pool.clone(),
+            policy: Policy::default(),
+        },
+        shutdown.clone(),
+    )));
+
+    println!("bench_gate: {cases} cases at {rate}/s, all roles in one process");
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let mut ids = Vec::with_capacity(cases);
+    let mut next = Instant::now();
+    for _ in 0..cases {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
+        let new = NewCase {
+            tenant: "bench".into(),
+            title: "bench gate".into(),
+            severity: "low".into(),
+            kind: Some("demo".into()),
+            labels: json!({}),
+        };
+        let case = orchestrator.create_case(new, &bench_actor()).await?.id;
+        step(&orchestrator, case, EventKind::StartAnalysis).await?;
+        step(&orchestrator, case, EventKind::AnalysisDone).await?;
+        ids.push(case);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let executing = loop {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM ops_case WHERE id = ANY($1) AND status = 'EXECUTING'",
+        )
+        .bind(&ids)
+        .fetch_one(&pool)
+        .await?;
+        if n as usize == cases || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    shutdown.cancel();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+
+    let mut gate: Vec<Duration> = sqlx::query_scalar::<_, f64>(
+        "SELECT extract(epoch FROM g.at - r.at)::float8 FROM case_timeline r \
+         JOIN case_timeline g ON g.case_id = r.case_id AND g.event = 'gate_approved' AND g.kind = 'transition' \
+         WHERE r.case_id = ANY($1) AND r.event = 'plan_ready' AND r.kind = 'transition'",
+    )
+    .bind(&ids)
+    .fetch_all(&pool)
+    .await?
+    .into_iter()
+    .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    .collect();
+    gate.sort_unstable();
+    let hop = hop_baseline(&js, 200).await?;
+    println!(
+        "WAIT_GATE -> EXECUTING over {} of {cases} cases ({executing} reached EXECUTING): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 1000 ms)",
+        gate.len(),
+        ms(quantile(&gate, 0.5)),
+        ms(quantile(&gate, 0.99)),
+        ms(gate.last().copied().unwrap_or_default())
+    );
+    println!(
+        "baseline JetStream hop (publish, pull, ack): p50 {:.2} ms, p99 {:.2} ms; gate p50 = {:.1} hops",
+        ms(quantile(&hop, 0.5)),
+        ms(quantile(&hop, 0.99)),
+        quantile(&gate, 0.5).as_secs_f64() / quantile(&hop, 0.5).as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
