@@ -96,7 +96,7 @@ pub async fn current(
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
     let row = sqlx::query(
-        "SELECT id, plan, plan_hash, source, author, required_approvers, created_at \
+        "SELECT id, plan, plan_hash, source, author, required_approvers, gate_decision, created_at \
          FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(id)
@@ -136,6 +136,7 @@ pub async fn current(
         "gate": {
             "evaluated": required.is_some() || automatic,
             "required_approvers": required,
+            "decision": row.try_get::<Option<Value>, _>("gate_decision")?,
             "approved": automatic || required.is_some_and(|r| humans >= r as usize),
         },
     })))

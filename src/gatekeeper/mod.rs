@@ -20,7 +20,7 @@ use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, outbox};
 use crate::telemetry;
 use crate::workflow::Status;
-use policy::{Policy, Verdict};
+use policy::{GateContext, Policy, Verdict};
 
 pub const CONSUMER: &str = "gatekeeper";
 pub const CMD_GATE_EVAL: &str = crate::pubsub::subjects::CMD_GATE_EVAL;
@@ -116,11 +116,17 @@ impl Gatekeeper {
         }
         let plan_id: Uuid = row.try_get("id")?;
         let plan: Value = row.try_get("plan")?;
-        let decision = policy::evaluate(&plan, &self.policy);
+        let ctx = GateContext {
+            now: chrono::Utc::now(),
+            tenant: &case.tenant,
+        };
+        let decision = policy::evaluate(&plan, &self.policy, &ctx);
         let mut stored = json!(decision);
         stored["auto_rollback"] = json!(self.policy.auto_rollback);
         let required = match decision.verdict {
-            Verdict::RequireApprovers { count } => Some(i16::from(count)),
+            Verdict::RequireApprovers { count } | Verdict::BreakGlass { count, .. } => {
+                Some(i16::from(count))
+            }
             Verdict::AutoApprove | Verdict::Deny => None,
         };
         sqlx::query(
@@ -153,6 +159,11 @@ impl Gatekeeper {
                 EVT_GATE_PENDING,
                 json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
                        "required_approvers": count}),
+            ),
+            Verdict::BreakGlass { count, freeze } => (
+                EVT_GATE_PENDING,
+                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
+                       "required_approvers": count, "break_glass": true, "freeze": freeze}),
             ),
             Verdict::Deny => (
                 EVT_PLAN_REJECTED,

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -28,6 +29,94 @@ pub struct Policy {
     pub max_steps: usize,
     /// Whether a failed verification may roll back without a person.
     pub auto_rollback: bool,
+    /// Change freezes: inside one, nothing executes without a break-glass
+    /// override approved by `quorum` distinct people.
+    pub freeze_windows: Vec<FreezeWindow>,
+}
+
+/// An absolute range (`from`..`until`) or a weekly window in UTC (`days`,
+/// `start`..`end` as HH:MM), limited to some environments / tenants (empty:
+/// all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    pub name: String,
+    #[serde(default)]
+    pub from: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// `mon` … `sun`.
+    #[serde(default)]
+    pub days: Vec<String>,
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub environments: BTreeSet<String>,
+    #[serde(default)]
+    pub tenants: BTreeSet<String>,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn hhmm(s: &Option<String>) -> Option<NaiveTime> {
+    s.as_deref()
+        .and_then(|t| NaiveTime::parse_from_str(t, "%H:%M").ok())
+}
+
+impl FreezeWindow {
+    fn check(&self) -> Result<(), String> {
+        let absolute = self.from.is_some() || self.until.is_some();
+        let weekly = !self.days.is_empty() || self.start.is_some() || self.end.is_some();
+        match (absolute, weekly) {
+            (true, false) => match (self.from, self.until) {
+                (Some(f), Some(u)) if f < u => Ok(()),
+                _ => Err(format!("freeze {}: needs from < until", self.name)),
+            },
+            (false, true) => {
+                let days_ok =
+                    !self.days.is_empty() && self.days.iter().all(|d| DAYS.contains(&d.as_str()));
+                match (days_ok, hhmm(&self.start), hhmm(&self.end)) {
+                    (true, Some(s), Some(e)) if s < e => Ok(()),
+                    _ => Err(format!(
+                        "freeze {}: needs days (mon..sun) and start < end as HH:MM",
+                        self.name
+                    )),
+                }
+            }
+            _ => Err(format!(
+                "freeze {}: either from/until or days/start/end",
+                self.name
+            )),
+        }
+    }
+
+    /// Whether the window covers `now` for this environment and tenant.
+    pub fn active(&self, now: DateTime<Utc>, environment: &str, tenant: &str) -> bool {
+        let in_scope = (self.environments.is_empty() || self.environments.contains(environment))
+            && (self.tenants.is_empty() || self.tenants.contains(tenant));
+        if !in_scope {
+            return false;
+        }
+        match (self.from, self.until) {
+            (Some(f), Some(u)) => f <= now && now < u,
+            _ => {
+                let day = DAYS[now.weekday().num_days_from_monday() as usize];
+                let time = now.time();
+                self.days.iter().any(|d| d == day)
+                    && hhmm(&self.start).is_some_and(|s| s <= time)
+                    && hhmm(&self.end).is_some_and(|e| time < e)
+            }
+        }
+    }
+}
+
+/// What the gate knows besides the plan, passed in so `evaluate` stays pure.
+#[derive(Debug, Clone)]
+pub struct GateContext<'a> {
+    pub now: DateTime<Utc>,
+    pub tenant: &'a str,
 }
 
 impl Default for Policy {
@@ -44,6 +133,7 @@ impl Default for Policy {
             forbidden_targets: ["kube-system".to_string()].into(),
             max_steps: 20,
             auto_rollback: true,
+            freeze_windows: Vec::new(),
         }
     }
 }
@@ -73,13 +163,15 @@ impl Policy {
             && (0.0..=1.0).contains(&self.quorum_risk)
             && self.auto_approve_max_risk < self.quorum_risk
             && (2..=10).contains(&self.quorum);
-        if ok {
-            Ok(())
-        } else {
-            Err(PolicyError::Invalid(
+        if !ok {
+            return Err(PolicyError::Invalid(
                 "need 0 <= auto_approve_max_risk < quorum_risk <= 1 and 2 <= quorum <= 10".into(),
-            ))
+            ));
         }
+        self.freeze_windows
+            .iter()
+            .try_for_each(FreezeWindow::check)
+            .map_err(PolicyError::Invalid)
     }
 }
 
@@ -88,7 +180,15 @@ impl Policy {
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     AutoApprove,
-    RequireApprovers { count: u8 },
+    RequireApprovers {
+        count: u8,
+    },
+    /// Inside a change freeze: `count` distinct people must approve a
+    /// break-glass override.
+    BreakGlass {
+        count: u8,
+        freeze: String,
+    },
     Deny,
 }
 
@@ -160,7 +260,7 @@ pub fn risk(plan: &Value, policy: &Policy) -> (f64, Vec<String>) {
 }
 
 /// The gate's verdict for a plan that already passed the ChangePlan contract.
-pub fn evaluate(plan: &Value, policy: &Policy) -> GateDecision {
+pub fn evaluate(plan: &Value, policy: &Policy, ctx: &GateContext) -> GateDecision {
     let (risk, mut reasons) = risk(plan, policy);
     let all: Vec<Value> = [steps(plan, "/steps"), steps(plan, "/rollback/steps")].concat();
     let mut denials = Vec::new();
@@ -178,12 +278,24 @@ pub fn evaluate(plan: &Value, policy: &Policy) -> GateDecision {
     if steps(plan, "/steps").len() > policy.max_steps {
         denials.push(format!("more than {} steps", policy.max_steps));
     }
-    let prod = policy
-        .prod_environments
-        .contains(plan["environment"].as_str().unwrap_or(""));
+    let environment = plan["environment"].as_str().unwrap_or("");
+    let prod = policy.prod_environments.contains(environment);
+    let freeze = policy
+        .freeze_windows
+        .iter()
+        .find(|w| w.active(ctx.now, environment, ctx.tenant));
     let verdict = if !denials.is_empty() {
         reasons.extend(denials);
         Verdict::Deny
+    } else if let Some(w) = freeze {
+        reasons.push(format!(
+            "change freeze {}: execution needs a break-glass override by {} distinct approvers",
+            w.name, policy.quorum
+        ));
+        Verdict::BreakGlass {
+            count: policy.quorum,
+            freeze: w.name.clone(),
+        }
     } else if risk >= policy.quorum_risk || prod {
         reasons.push(format!(
             "{} distinct approvers: {}",
@@ -230,8 +342,16 @@ mod tests {
         p
     }
 
+    fn ctx() -> GateContext<'static> {
+        GateContext {
+            // A Wednesday, 14:30 UTC.
+            now: "2026-11-18T14:30:00Z".parse().unwrap(),
+            tenant: "t-001",
+        }
+    }
+
     fn verdict(p: &Value) -> Verdict {
-        evaluate(p, &Policy::default()).verdict
+        evaluate(p, &Policy::default(), &ctx()).verdict
     }
 
     #[test]
@@ -280,7 +400,7 @@ mod tests {
     fn forbidden_targets_and_actions_are_denied_with_reasons() {
         let mut p = plan("k8s.rollout", "staging", None, true);
         p["steps"][0]["params"]["namespace"] = json!("kube-system");
-        let d = evaluate(&p, &Policy::default());
+        let d = evaluate(&p, &Policy::default(), &ctx());
         assert_eq!(d.verdict, Verdict::Deny);
         assert!(
             d.reasons
@@ -294,7 +414,7 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(
-            evaluate(&plan("gateway.flip", "dev", None, true), &policy).verdict,
+            evaluate(&plan("gateway.flip", "dev", None, true), &policy, &ctx()).verdict,
             Verdict::Deny
         );
     }
@@ -303,8 +423,85 @@ mod tests {
     fn the_decision_is_deterministic() {
         let p = plan("gateway.flip", "staging", Some(0.5), false);
         assert_eq!(
-            evaluate(&p, &Policy::default()),
-            evaluate(&p, &Policy::default())
+            evaluate(&p, &Policy::default(), &ctx()),
+            evaluate(&p, &Policy::default(), &ctx())
         );
+    }
+
+    fn freeze(toml_text: &str) -> Policy {
+        let policy: Policy = toml::from_str(toml_text).unwrap();
+        policy.validate().unwrap();
+        policy
+    }
+
+    #[test]
+    fn a_change_freeze_turns_any_approval_into_a_break_glass_quorum() {
+        let policy = freeze(
+            r#"
+            [[freeze_windows]]
+            name = "black-friday"
+            from = "2026-11-18T00:00:00Z"
+            until = "2026-11-21T00:00:00Z"
+            "#,
+        );
+        let d = evaluate(&plan("noop", "staging", None, true), &policy, &ctx());
+        assert_eq!(
+            d.verdict,
+            Verdict::BreakGlass {
+                count: 2,
+                freeze: "black-friday".into()
+            }
+        );
+        let after = GateContext {
+            now: "2026-11-21T00:00:00Z".parse().unwrap(),
+            tenant: "t-001",
+        };
+        assert_eq!(
+            evaluate(&plan("noop", "staging", None, true), &policy, &after).verdict,
+            Verdict::AutoApprove
+        );
+    }
+
+    #[test]
+    fn weekly_windows_apply_to_their_days_hours_environments_and_tenants() {
+        let policy = freeze(
+            r#"
+            [[freeze_windows]]
+            name = "wednesday-release-train"
+            days = ["wed"]
+            start = "14:00"
+            end = "16:00"
+            environments = ["staging"]
+            tenants = ["t-001"]
+            "#,
+        );
+        let w = &policy.freeze_windows[0];
+        assert!(w.active(ctx().now, "staging", "t-001"));
+        assert!(!w.active(ctx().now, "dev", "t-001"), "other environment");
+        assert!(!w.active(ctx().now, "staging", "t-002"), "other tenant");
+        assert!(!w.active("2026-11-18T16:00:00Z".parse().unwrap(), "staging", "t-001"));
+        assert!(!w.active("2026-11-19T14:30:00Z".parse().unwrap(), "staging", "t-001"));
+    }
+
+    #[test]
+    fn malformed_freeze_windows_are_refused() {
+        for bad in [
+            "[[freeze_windows]]\nname = \"x\"\nfrom = \"2026-11-21T00:00:00Z\"\nuntil = \"2026-11-20T00:00:00Z\"",
+            "[[freeze_windows]]\nname = \"x\"\ndays = [\"someday\"]\nstart = \"10:00\"\nend = \"11:00\"",
+            "[[freeze_windows]]\nname = \"x\"",
+        ] {
+            let policy: Policy = toml::from_str(bad).unwrap();
+            assert!(policy.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn denial_wins_over_a_freeze() {
+        let mut policy = freeze(
+            "[[freeze_windows]]\nname = \"always\"\nfrom = \"2000-01-01T00:00:00Z\"\nuntil = \"2100-01-01T00:00:00Z\"",
+        );
+        policy.allowed_actions = ["noop".to_string()].into();
+        let d = evaluate(&plan("k8s.rollout", "staging", None, true), &policy, &ctx());
+        assert_eq!(d.verdict, Verdict::Deny);
     }
 }

@@ -35,6 +35,10 @@ struct Loop {
 
 impl Loop {
     async fn new(pool: PgPool) -> Loop {
+        Loop::with_policy(pool, Policy::default()).await
+    }
+
+    async fn with_policy(pool: PgPool, policy: Policy) -> Loop {
         let app = TestApp::new(pool.clone()).await;
         let nats = TestNats::start().await;
         let js = jetstream::new(nats.client().await);
@@ -72,7 +76,7 @@ impl Loop {
             },
             gatekeeper: Gatekeeper {
                 pool: pool.clone(),
-                policy: Policy::default(),
+                policy,
             },
             app,
             _nats: nats,
@@ -258,4 +262,62 @@ async fn without_a_matching_template_the_case_parks_with_the_reason(pool: PgPool
         .await
         .unwrap();
     assert!(reason.starts_with("no template matches"), "{reason}");
+}
+
+#[sqlx::test]
+async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
+    let policy: Policy = toml::from_str(
+        r#"
+        [[freeze_windows]]
+        name = "incident-freeze"
+        from = "2000-01-01T00:00:00Z"
+        until = "2100-01-01T00:00:00Z"
+        environments = ["staging"]
+        "#,
+    )
+    .unwrap();
+    let lp = Loop::with_policy(pool, policy).await;
+    let (case, hash) = lp.propose(&low_risk()).await;
+    assert_eq!(
+        lp.app.status(case).await,
+        "WAIT_GATE",
+        "even a low-risk plan waits in a freeze"
+    );
+    let judge = json!({"event": "gate_approved", "plan_hash": hash});
+    assert_eq!(
+        lp.app
+            .patch(case, APPROVER, "bg-1", judge.clone())
+            .await
+            .status,
+        422
+    );
+    assert_eq!(
+        lp.app.patch(case, APPROVER2, "bg-2", judge).await.status,
+        200
+    );
+    assert_eq!(lp.app.status(case).await, "EXECUTING");
+
+    let got = lp
+        .app
+        .send(
+            Method::GET,
+            &format!("/case/{case}/plan"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(got.body["gate"]["decision"]["verdict"], "break_glass");
+    assert_eq!(got.body["gate"]["decision"]["freeze"], "incident-freeze");
+    let approvers: Vec<&str> = got.body["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["approver"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        approvers,
+        ["bob", "carol"],
+        "the override's approvers are recorded"
+    );
 }
