@@ -15,9 +15,8 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::orchestrator::lock_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, outbox};
+use crate::pubsub::{Envelope, inbox, outbox};
 use crate::telemetry;
 use crate::workflow::Status;
 use policy::{GateContext, Policy, Verdict};
@@ -75,27 +74,12 @@ impl Gatekeeper {
         traceparent: Option<&str>,
     ) -> Result<Disposition, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id, subject, case_id) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(CONSUMER)
-        .bind(cmd.id)
-        .bind(subject)
-        .bind(case_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            telemetry::inbox_dedup(CONSUMER);
-            return Ok(Disposition::Done);
-        }
-        let Some(case) = lock_case(&mut tx, case_id).await? else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::UnknownCase,
-                format!("case {case_id} does not exist"),
-            ));
+        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
+            Ok(case) => case,
+            Err(nothing_to_do) => {
+                tx.commit().await?;
+                return Ok(nothing_to_do);
+            }
         };
         let row =
             sqlx::query("SELECT id, plan FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2")

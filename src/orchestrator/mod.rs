@@ -204,7 +204,14 @@ impl Orchestrator {
                 message_id,
                 subject,
             } => {
-                if !store::claim_inbox(&mut tx, consumer, *message_id, subject, req.case_id).await?
+                if !crate::pubsub::inbox::claim(
+                    &mut tx,
+                    consumer,
+                    *message_id,
+                    subject,
+                    req.case_id,
+                )
+                .await?
                 {
                     return Ok(Outcome::Duplicate);
                 }

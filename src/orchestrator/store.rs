@@ -122,28 +122,6 @@ pub async fn store_response(
     Ok(())
 }
 
-/// `false` when this consumer already applied the message.
-pub async fn claim_inbox(
-    conn: &mut PgConnection,
-    consumer: &str,
-    message_id: Uuid,
-    subject: &str,
-    case_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let rows = sqlx::query(
-        "INSERT INTO inbox (consumer, message_id, subject, case_id) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (consumer, message_id) DO NOTHING",
-    )
-    .bind(consumer)
-    .bind(message_id)
-    .bind(subject)
-    .bind(case_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(rows == 1)
-}
-
 /// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes first.
 pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
     sqlx::query_as(concat!(

@@ -12,9 +12,8 @@ use sqlx::PgPool;
 use super::contract::PlanLimits;
 use super::templates::Templates;
 use super::{ProposeError, Source, propose};
-use crate::orchestrator::lock_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, outbox, subjects};
+use crate::pubsub::{Envelope, inbox, outbox, subjects};
 use crate::telemetry;
 use crate::workflow::Status;
 
@@ -85,27 +84,12 @@ impl Planner {
         traceparent: Option<&str>,
     ) -> Result<Disposition, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "INSERT INTO inbox (consumer, message_id, subject, case_id) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(CONSUMER)
-        .bind(cmd.id)
-        .bind(subject)
-        .bind(case_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !claimed {
-            telemetry::inbox_dedup(CONSUMER);
-            return Ok(Disposition::Done);
-        }
-        let Some(case) = lock_case(&mut tx, case_id).await? else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::UnknownCase,
-                format!("case {case_id} does not exist"),
-            ));
+        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
+            Ok(case) => case,
+            Err(nothing_to_do) => {
+                tx.commit().await?;
+                return Ok(nothing_to_do);
+            }
         };
         if case.status != Status::Planning {
             tx.commit().await?;

@@ -7,6 +7,7 @@
 pub mod consumer;
 pub mod envelope;
 pub mod feed;
+pub mod inbox;
 pub mod outbox;
 pub mod relay;
 pub mod streams;
