@@ -36,15 +36,36 @@ mod common;
 
 use common::{arg, bench_actor, ms, quantile};
 
+/// A consumer of this run only: it starts at new messages, so the backlog
+/// other programs left in the streams does not count as gate latency.
 async fn durable(
     js: &jetstream::Context,
     stream: &'static str,
     name: &str,
     subject: &str,
 ) -> anyhow::Result<PullConsumer> {
-    consumer::durable(js, &ConsumerSpec::new(stream, name, subject))
+    let spec = ConsumerSpec {
+        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+        ..ConsumerSpec::new(
+            stream,
+            &format!("bench-{name}-{}", std::process::id()),
+            subject,
+        )
+    };
+    consumer::durable(js, &spec)
         .await
         .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
+}
+
+async fn drop_consumers(js: &jetstream::Context) {
+    for (stream, name) in [
+        (EVT_STREAM, ORCHESTRATOR),
+        (CMD_STREAM, planner_worker::CONSUMER),
+        (CMD_STREAM, gatekeeper::CONSUMER),
+    ] {
+        let durable = format!("bench-{name}-{}", std::process::id());
+        let _ = js.delete_consumer_from_stream(&durable, stream).await;
+    }
 }
 
 async fn step(orchestrator: &Orchestrator, case: Uuid, event: EventKind) -> anyhow::Result<()> {
@@ -75,8 +96,7 @@ async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<
         ..Default::default()
     })
     .await?;
-    let c = durable(js, "OPSLOOP_BENCH_HOP", "hop", "bench.hop").await;
-    let c = c?;
+    let c = durable(js, "OPSLOOP_BENCH_HOP", "hop", "bench.hop").await?;
     let mut messages = c.messages().await?;
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -192,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
+    drop_consumers(&js).await;
 
     let mut gate: Vec<Duration> = sqlx::query_scalar::<_, f64>(
         "SELECT extract(epoch FROM g.at - r.at)::float8 FROM case_timeline r \

@@ -64,6 +64,9 @@ pub struct ConsumerSpec {
     pub durable: String,
     pub filter_subject: String,
     pub ack_wait: Duration,
+    /// `All` for the product (a new durable sees what was published before
+    /// it existed); benchmarks start at `New`.
+    pub deliver_policy: jetstream::consumer::DeliverPolicy,
 }
 
 /// Deliveries before a message that keeps failing is dead-lettered. Enforced
@@ -79,6 +82,7 @@ impl ConsumerSpec {
             durable: durable.to_string(),
             filter_subject: filter_subject.to_string(),
             ack_wait: Duration::from_secs(30),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
         }
     }
 }
@@ -93,6 +97,7 @@ pub async fn durable(
         filter_subject: spec.filter_subject.clone(),
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         max_deliver: -1,
+        deliver_policy: spec.deliver_policy,
         ack_wait: spec.ack_wait,
         ..Default::default()
     };
