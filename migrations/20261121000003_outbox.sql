@@ -17,3 +17,5 @@ CREATE TABLE outbox (
 );
 
 CREATE INDEX outbox_pending ON outbox (id) WHERE failed_at IS NULL;
+-- The relay checks that no older row of a case is still waiting.
+CREATE INDEX outbox_pending_by_case ON outbox (case_id, id) WHERE failed_at IS NULL;

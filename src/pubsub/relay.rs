@@ -15,6 +15,7 @@
 //!
 //! It must not decide anything about cases: it only moves rows.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,6 +91,8 @@ pub struct RelayReport {
 struct Row_ {
     id: i64,
     message_id: Uuid,
+    /// The case, or the message itself when it belongs to no case.
+    order_key: Uuid,
     subject: String,
     payload: String,
     traceparent: Option<String>,
@@ -120,7 +123,7 @@ impl Relay {
             return Err(RelayError::NotConnected);
         }
         let mut tx = self.pool.begin().await?;
-        let rows: Vec<Row_> = sqlx::query(
+        let claimed: Vec<Row_> = sqlx::query(
             // The advisory lock filter sits inside the LIMITed scan of the
             // pending index, so it runs only for rows being claimed (rows of
             // cases another relay holds are skipped). Outside the CTE the
@@ -130,7 +133,8 @@ impl Relay {
                  SELECT id FROM outbox WHERE failed_at IS NULL \
                    AND pg_try_advisory_xact_lock($2, hashtext(COALESCE(case_id, message_id)::text)) \
                  ORDER BY id LIMIT $1) \
-             SELECT o.id, o.message_id, o.subject, o.payload, o.traceparent FROM outbox o \
+             SELECT o.id, o.message_id, COALESCE(o.case_id, o.message_id) AS order_key, \
+                    o.subject, o.payload, o.traceparent FROM outbox o \
              WHERE o.id = ANY(ARRAY(SELECT id FROM candidate)) \
              ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
         )
@@ -143,72 +147,109 @@ impl Relay {
             Ok(Row_ {
                 id: r.try_get("id")?,
                 message_id: r.try_get("message_id")?,
+                order_key: r.try_get("order_key")?,
                 subject: r.try_get("subject")?,
                 payload: r.try_get("payload")?,
                 traceparent: r.try_get("traceparent")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()?;
+        // The invariant per-case order rests on: never publish a row while an
+        // older row of its case is still waiting and not in this batch (another
+        // relay's statement may have skipped it, or it is not claimable yet).
+        // Such a case's rows are left for a later batch.
+        let keys: Vec<Uuid> = claimed.iter().map(|r| r.order_key).collect();
+        let oldest: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
+            "SELECT case_id, min(id) FROM outbox \
+             WHERE failed_at IS NULL AND case_id = ANY($1) GROUP BY case_id",
+        )
+        .bind(&keys)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let mut first_claimed: HashMap<Uuid, i64> = HashMap::new();
+        for r in &claimed {
+            first_claimed.entry(r.order_key).or_insert(r.id);
+        }
+        let rows: Vec<Row_> = claimed
+            .into_iter()
+            .filter(|r| {
+                oldest
+                    .get(&r.order_key)
+                    .is_none_or(|min| first_claimed[&r.order_key] <= *min)
+            })
+            .collect();
         if rows.is_empty() {
             return Ok(RelayReport::default());
         }
 
         let mut report = RelayReport::default();
         let mut failed: Vec<(i64, String)> = Vec::new();
-        let mut in_flight = Vec::with_capacity(rows.len());
-        let mut error = None;
-        // Send the whole batch first (pipelined), then collect the acks.
-        for row in &rows {
-            let mut headers = HeaderMap::new();
-            if let Some(tp) = &row.traceparent {
-                headers.insert("traceparent", tp.as_str());
-            }
-            let publish = PublishMessage::build()
-                .payload(row.payload.clone().into())
-                .headers(headers)
-                .message_id(row.message_id.to_string());
-            match self.js.send_publish(row.subject.clone(), publish).await {
-                Ok(ack) => in_flight.push((row, ack)),
-                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    failed.push((row.id, format!("never publishable: {e}")));
-                }
-                Err(source) => {
-                    error = Some(RelayError::Publish {
-                        subject: row.subject.clone(),
-                        source,
-                    });
-                    break;
-                }
-            }
-        }
-        // Acks of rows sent before a send failure are still collected; after an
-        // ack failure the later rows stay pending (a re-publish is de-duplicated).
-        let mut acked: Vec<i64> = Vec::with_capacity(in_flight.len());
-        let mut ack_failed = false;
+        let mut acked: Vec<i64> = Vec::with_capacity(rows.len());
         let mut rejected: Option<(i64, String)> = None;
-        for (row, ack) in in_flight {
-            if ack_failed {
-                drop(ack);
-                continue;
-            }
-            match ack.await {
-                Ok(ack) => {
-                    let status = if ack.duplicate { "duplicate" } else { "ok" };
-                    report.duplicates += usize::from(ack.duplicate);
-                    telemetry::outbox_published(&row.subject, status);
-                    acked.push(row.id);
+        let mut error = None;
+        // Waves: the n-th row of every (case, subject) goes out in wave n, all
+        // of a wave pipelined, and a row is sent only after the previous row
+        // of its case and subject was acked. A failed ack can then never let
+        // a later row of that case overtake it in the stream.
+        let mut blocked: HashSet<(Uuid, &str)> = HashSet::new();
+        for wave in waves(&rows) {
+            let mut in_flight = Vec::with_capacity(wave.len());
+            for row in wave {
+                let key = (row.order_key, row.subject.as_str());
+                if blocked.contains(&key) {
+                    continue;
                 }
-                Err(source) => {
-                    telemetry::outbox_published(&row.subject, "error");
-                    ack_failed = true;
-                    if rejected_by_server(source.kind()) {
-                        rejected = Some((row.id, source.to_string()));
+                let mut headers = HeaderMap::new();
+                if let Some(tp) = &row.traceparent {
+                    headers.insert("traceparent", tp.as_str());
+                }
+                let publish = PublishMessage::build()
+                    .payload(row.payload.clone().into())
+                    .headers(headers)
+                    .message_id(row.message_id.to_string());
+                match self.js.send_publish(row.subject.clone(), publish).await {
+                    Ok(ack) => in_flight.push((row, ack)),
+                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                        failed.push((row.id, format!("never publishable: {e}")));
                     }
-                    error.get_or_insert(RelayError::Publish {
-                        subject: row.subject.clone(),
-                        source,
-                    });
+                    Err(source) => {
+                        blocked.insert(key);
+                        error.get_or_insert(RelayError::Publish {
+                            subject: row.subject.clone(),
+                            source,
+                        });
+                        break;
+                    }
                 }
+            }
+            for (row, ack) in in_flight {
+                match ack.await {
+                    Ok(ack) => {
+                        let status = if ack.duplicate { "duplicate" } else { "ok" };
+                        report.duplicates += usize::from(ack.duplicate);
+                        telemetry::outbox_published(&row.subject, status);
+                        acked.push(row.id);
+                    }
+                    Err(source) => {
+                        telemetry::outbox_published(&row.subject, "error");
+                        blocked.insert((row.order_key, row.subject.as_str()));
+                        if rejected.is_none() && rejected_by_server(source.kind()) {
+                            rejected = Some((row.id, source.to_string()));
+                        }
+                        error.get_or_insert(RelayError::Publish {
+                            subject: row.subject.clone(),
+                            source,
+                        });
+                    }
+                }
+            }
+            if error.is_some()
+                && !matches!(&error, Some(RelayError::Publish { source, .. }) if rejected_by_server(source.kind()))
+            {
+                // Unreachable server: stop; everything not acked stays pending.
+                break;
             }
         }
         if self.settings.stall_after_publish && !acked.is_empty() {
@@ -373,4 +414,22 @@ fn rejected_by_server(kind: PublishErrorKind) -> bool {
         | PublishErrorKind::MaxAckPending
         | PublishErrorKind::MaxPayloadExceeded => false,
     }
+}
+
+/// Splits a batch (in id order) into waves: wave n holds the n-th row of
+/// every (case, subject), in id order.
+fn waves(rows: &[Row_]) -> Vec<Vec<&Row_>> {
+    let mut seen: HashMap<(Uuid, &str), usize> = HashMap::new();
+    let mut waves: Vec<Vec<&Row_>> = Vec::new();
+    for row in rows {
+        let n = seen
+            .entry((row.order_key, row.subject.as_str()))
+            .or_insert(0);
+        if waves.len() <= *n {
+            waves.push(Vec::new());
+        }
+        waves[*n].push(row);
+        *n += 1;
+    }
+    waves
 }
