@@ -86,6 +86,13 @@ impl Client {
         let body = resp.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, body))
     }
+
+    async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .call(reqwest::Method::GET, path, token, None, None)
+            .await?
+            .1)
+    }
 }
 
 pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> anyhow::Result<()> {
@@ -173,15 +180,7 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
             Await(label, want) => {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
                 loop {
-                    let (_, case) = client
-                        .call(
-                            reqwest::Method::GET,
-                            &format!("/case/{id}"),
-                            &tokens.operator,
-                            None,
-                            None,
-                        )
-                        .await?;
+                    let case = client.get(&format!("/case/{id}"), &tokens.operator).await?;
                     if case["status"] == want {
                         println!("demo: {label:<52} -> {want} (version {})", case["version"]);
                         break;
@@ -211,14 +210,8 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
         }
     }
 
-    let (_, timeline) = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/case/{id}/timeline"),
-            &tokens.operator,
-            None,
-            None,
-        )
+    let timeline = client
+        .get(&format!("/case/{id}/timeline"), &tokens.operator)
         .await?;
     println!("\ndemo: timeline of case {id}");
     for e in timeline["items"].as_array().into_iter().flatten() {
@@ -236,15 +229,7 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
                 .unwrap_or("")
         );
     }
-    let (_, case) = client
-        .call(
-            reqwest::Method::GET,
-            &format!("/case/{id}"),
-            &tokens.operator,
-            None,
-            None,
-        )
-        .await?;
+    let case = client.get(&format!("/case/{id}"), &tokens.operator).await?;
     if case["status"] != "CLOSED" {
         bail!(
             "the demo case ended in {} instead of CLOSED",

@@ -200,20 +200,12 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 planner_worker::CONSUMER,
                 subjects::CMD_PLAN_GENERATE,
             );
-            let consumer = consumer::durable(&js, &spec)
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the planner consumer: {e}"))?;
             let handler = planner_worker::Planner {
                 pool: pool.clone(),
                 templates,
                 limits: plan_limits.clone(),
             };
-            tasks.push(tokio::spawn(consumer::run(
-                consumer,
-                pool.clone(),
-                handler,
-                shutdown.clone(),
-            )));
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
         if roles.gatekeeper {
             let policy = match &cfg.policy_file {
@@ -222,34 +214,18 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             };
             let spec =
                 ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, gatekeeper::CMD_GATE_EVAL);
-            let consumer = consumer::durable(&js, &spec)
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the gatekeeper consumer: {e}"))?;
             let handler = Gatekeeper {
                 pool: pool.clone(),
                 policy,
             };
-            tasks.push(tokio::spawn(consumer::run(
-                consumer,
-                pool.clone(),
-                handler,
-                shutdown.clone(),
-            )));
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
         if roles.orchestrator {
             let spec = ConsumerSpec::new(EVT_STREAM, consumer_mod::CONSUMER, "evt.>");
-            let consumer = consumer::durable(&js, &spec)
-                .await
-                .map_err(|e| anyhow::anyhow!("creating the orchestrator consumer: {e}"))?;
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
             };
-            tasks.push(tokio::spawn(consumer::run(
-                consumer,
-                pool.clone(),
-                handler,
-                shutdown.clone(),
-            )));
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
     }
     info!(roles = ?cfg.roles, "opsloop started.");
@@ -277,6 +253,26 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     }
     info!("opsloop stopped.");
     Ok(())
+}
+
+/// Creates (or updates) the durable consumer and runs `handler` on it until
+/// shutdown.
+async fn spawn_consumer<H: consumer::Handler + 'static>(
+    js: &async_nats::jetstream::Context,
+    spec: &ConsumerSpec,
+    pool: &sqlx::PgPool,
+    handler: H,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let consumer = consumer::durable(js, spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))?;
+    Ok(tokio::spawn(consumer::run(
+        consumer,
+        pool.clone(),
+        handler,
+        shutdown.clone(),
+    )))
 }
 
 /// Streams are created at start-up; while NATS is unreachable we wait for it

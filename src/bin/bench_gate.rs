@@ -24,17 +24,16 @@ use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::pubsub::subjects;
 use opsloop::workflow::EventKind;
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod common;
 
-use common::{arg, bench_actor, ms, quantile};
+use common::{arg, bench_actor, database, jetstream as connect_jetstream, ms, quantile};
 
 /// A consumer of this run only: it starts at new messages, so the backlog
 /// other programs left in the streams does not count as gate latency.
@@ -115,18 +114,10 @@ async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let db = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let nats_url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
     let cases: usize = arg("--cases").map_or(Ok(200), |s| s.parse())?;
     let rate: f64 = arg("--rate").map_or(Ok(20.0), |s| s.parse())?;
-    let pool = PgPoolOptions::new()
-        .max_connections(16)
-        .connect(&db)
-        .await?;
-    opsloop::MIGRATOR.run(&pool).await?;
-    let client = async_nats::connect(nats_url.as_str()).await?;
-    let js = jetstream::new(client.clone());
-    streams::ensure(&js, &StreamSettings::default()).await?;
+    let pool = database(16).await?;
+    let (client, js) = connect_jetstream().await?;
 
     let orchestrator = Orchestrator::new(pool.clone());
     let shutdown = CancellationToken::new();

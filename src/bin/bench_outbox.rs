@@ -15,18 +15,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use async_nats::jetstream::{self, message::PublishMessage};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, StreamSettings};
-use sqlx::postgres::PgPoolOptions;
+use opsloop::pubsub::streams::StreamSettings;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod common;
 
-use common::{arg, ms, new_case, orchestrator_step, quantile};
+use common::{
+    arg, database, jetstream as connect_jetstream, ms, new_case, orchestrator_step, quantile,
+};
 
 /// Runs `clients` walkers for `seconds`; with `rate` (transitions/s in
 /// total) they pace themselves (open loop), otherwise they go flat out.
@@ -102,18 +102,10 @@ async fn drain(relay: &Relay) -> anyhow::Result<usize> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let db = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let nats_url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
     let seconds: f64 = arg("--seconds").map_or(Ok(6.0), |s| s.parse())?;
     let clients: usize = arg("--clients").map_or(Ok(8), |s| s.parse())?;
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(clients + 8)?)
-        .connect(&db)
-        .await?;
-    opsloop::MIGRATOR.run(&pool).await?;
-    let client = async_nats::connect(nats_url.as_str()).await?;
-    let js = jetstream::new(client.clone());
-    streams::ensure(&js, &StreamSettings::default()).await?;
+    let pool = database(u32::try_from(clients + 8)?).await?;
+    let (client, js) = connect_jetstream().await?;
     let orchestrator = Orchestrator::new(pool.clone());
     let lag_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
     let settings = RelaySettings {

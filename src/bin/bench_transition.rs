@@ -12,18 +12,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use opsloop::api::{self, AppState};
 use opsloop::auth::{Identity, Role, TokenStore};
 use opsloop::orchestrator::Orchestrator;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 mod common;
 
-use common::{arg, event_at, ms, new_case, orchestrator_step, quantile};
+use common::{arg, database, event_at, ms, new_case, orchestrator_step, quantile};
 
 const TOKEN: &str = "bench-token";
 
@@ -204,7 +202,6 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
     let seconds: u64 = arg("--seconds").map_or(Ok(3), |s| s.parse())?;
     let rounds: usize = arg("--rounds").map_or(Ok(3), |s| s.parse())?;
     let client_counts: Vec<usize> = arg("--clients")
@@ -213,11 +210,7 @@ async fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let max_clients = client_counts.iter().copied().max().unwrap_or(1);
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(max_clients + 4)?)
-        .connect(&url)
-        .await?;
-    opsloop::MIGRATOR.run(&pool).await?;
+    let pool = database(u32::try_from(max_clients + 4)?).await?;
 
     let orchestrator = Orchestrator::new(pool.clone());
     let mut tokens = TokenStore::default();

@@ -9,8 +9,6 @@
 
 pub mod policy;
 
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -40,10 +38,7 @@ impl Handler for Gatekeeper {
     async fn handle(&self, d: &Delivery) -> Disposition {
         let env = &d.envelope;
         if env.kind != CMD_GATE_EVAL {
-            return Disposition::DeadLetter(
-                DeadReason::UnknownType,
-                format!("unknown type {}", env.kind),
-            );
+            return Disposition::unknown_type(&env.kind);
         }
         let (Some(case_id), Some(hash)) = (env.case_id, env.data["plan_hash"].as_str()) else {
             return Disposition::DeadLetter(
@@ -56,10 +51,7 @@ impl Handler for Gatekeeper {
             .await
         {
             Ok(disposition) => disposition,
-            Err(e) => Disposition::Retry(
-                Duration::from_secs(1 << d.delivered.clamp(0, 5)),
-                e.to_string(),
-            ),
+            Err(e) => Disposition::Retry(e.to_string()),
         }
     }
 }

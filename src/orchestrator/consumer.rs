@@ -4,8 +4,6 @@
 //! its envelope id recorded in `inbox` in that transaction; a stale fact is
 //! recorded as rejected and acked.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::{Actor, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest};
@@ -54,10 +52,7 @@ impl Handler for FactConsumer {
             return Disposition::Done;
         }
         let Some(event) = event_for(&env.kind) else {
-            return Disposition::DeadLetter(
-                DeadReason::UnknownType,
-                format!("unknown type {}", env.kind),
-            );
+            return Disposition::unknown_type(&env.kind);
         };
         let Some(case_id) = env.case_id else {
             return Disposition::DeadLetter(
@@ -118,8 +113,7 @@ impl Handler for FactConsumer {
                 | TransitionError::IdempotencyKeyReused),
             ) => Disposition::DeadLetter(DeadReason::InvalidData, e.to_string()),
             Err(e @ (TransitionError::Database(_) | TransitionError::Injected(_))) => {
-                let delay = Duration::from_secs(1 << d.delivered.clamp(0, 5));
-                Disposition::Retry(delay, e.to_string())
+                Disposition::Retry(e.to_string())
             }
         }
     }

@@ -4,7 +4,6 @@
 //! in one transaction under the case lock.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::PgPool;
@@ -34,10 +33,7 @@ impl Handler for Planner {
     async fn handle(&self, d: &Delivery) -> Disposition {
         let env = &d.envelope;
         if env.kind != subjects::CMD_PLAN_GENERATE {
-            return Disposition::DeadLetter(
-                DeadReason::UnknownType,
-                format!("unknown type {}", env.kind),
-            );
+            return Disposition::unknown_type(&env.kind);
         }
         let Some(case_id) = env.case_id else {
             return Disposition::DeadLetter(
@@ -66,10 +62,7 @@ impl Handler for Planner {
             .await
         {
             Ok(disposition) => disposition,
-            Err(e) => Disposition::Retry(
-                Duration::from_secs(1 << d.delivered.clamp(0, 5)),
-                e.to_string(),
-            ),
+            Err(e) => Disposition::Retry(e.to_string()),
         }
     }
 }

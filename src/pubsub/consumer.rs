@@ -36,10 +36,23 @@ pub enum DeadReason {
 pub enum Disposition {
     /// Applied, or recognised as already applied / rejected and recorded.
     Done,
-    /// A transient failure: deliver again after the delay.
-    Retry(Duration, String),
+    /// A transient failure: deliver again later (the delay grows with the
+    /// delivery count; see `retry_delay`).
+    Retry(String),
     /// Never applicable: keep it for a human and move on.
     DeadLetter(DeadReason, String),
+}
+
+impl Disposition {
+    /// The envelope's type is not one this consumer handles.
+    pub fn unknown_type(kind: &str) -> Disposition {
+        Disposition::DeadLetter(DeadReason::UnknownType, format!("unknown type {kind}"))
+    }
+}
+
+/// 2 s doubling to 32 s: the pause before delivery `delivered + 1`.
+fn retry_delay(delivered: i64) -> Duration {
+    Duration::from_secs(1 << delivered.clamp(1, 5))
 }
 
 /// A delivered message whose envelope parsed.
@@ -169,7 +182,7 @@ pub async fn process<H: Handler>(
         }
     };
     let disposition = match disposition {
-        Disposition::Retry(_, why) if delivered >= MAX_ATTEMPTS => Disposition::DeadLetter(
+        Disposition::Retry(why) if delivered >= MAX_ATTEMPTS => Disposition::DeadLetter(
             DeadReason::MaxDeliverExceeded,
             format!("gave up after {delivered} deliveries: {why}"),
         ),
@@ -177,7 +190,8 @@ pub async fn process<H: Handler>(
     };
     match disposition {
         Disposition::Done => msg.ack().await,
-        Disposition::Retry(delay, why) => {
+        Disposition::Retry(why) => {
+            let delay = retry_delay(delivered);
             warn!(consumer = handler.name(), subject = %subject, delivered, error = %why,
                   "Message will be redelivered.");
             msg.ack_with(AckKind::Nak(Some(delay))).await

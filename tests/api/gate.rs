@@ -20,13 +20,11 @@ async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     assert_eq!(app.status(case).await, "WAIT_GATE");
-    let payload: serde_json::Value = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
-    )
-    .bind(case)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let payload = app
+        .outbox_payloads(case, "cmd.gate.eval")
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(payload["data"]["plan_hash"], hash);
 }
 

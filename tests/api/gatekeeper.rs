@@ -177,16 +177,7 @@ async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
     let lp = Loop::new(pool).await;
     let (case, hash) = lp.propose(&plan("prod", "shop")).await;
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
-    let got = lp
-        .app
-        .send(
-            Method::GET,
-            &format!("/case/{case}/plan"),
-            Some(VIEWER),
-            &[],
-            None,
-        )
-        .await;
+    let got = lp.app.current_plan(case).await;
     assert_eq!(got.body["gate"]["required_approvers"], 2);
     assert_eq!(got.body["gate"]["approved"], false);
 
@@ -297,16 +288,7 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
     );
     assert_eq!(lp.app.status(case).await, "EXECUTING");
 
-    let got = lp
-        .app
-        .send(
-            Method::GET,
-            &format!("/case/{case}/plan"),
-            Some(VIEWER),
-            &[],
-            None,
-        )
-        .await;
+    let got = lp.app.current_plan(case).await;
     assert_eq!(got.body["gate"]["decision"]["verdict"], "break_glass");
     assert_eq!(got.body["gate"]["decision"]["freeze"], "incident-freeze");
     let approvers: Vec<&str> = got.body["approvals"]

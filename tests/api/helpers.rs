@@ -196,6 +196,30 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Payloads of the case's outbox rows on `subject`, oldest first.
+    pub async fn outbox_payloads(&self, case: Uuid, subject: &str) -> Vec<Value> {
+        sqlx::query_scalar(
+            "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = $2 ORDER BY id",
+        )
+        .bind(case)
+        .bind(subject)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// `GET /case/{case}/plan` as a viewer.
+    pub async fn current_plan(&self, case: Uuid) -> TestResponse {
+        self.send(
+            Method::GET,
+            &format!("/case/{case}/plan"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await
+    }
+
     /// Stores a plan for the case, as the planner will; returns its hash.
     /// `required_approvers`: the gatekeeper's requirement, `None` when it has
     /// not evaluated the plan.

@@ -47,26 +47,16 @@ async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
         (Some("human"), Some("alice"))
     );
 
-    let fact: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'evt.plan.proposed.v1'",
-    )
-    .bind(case)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let fact = app
+        .outbox_payloads(case, "evt.plan.proposed.v1")
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(fact["data"]["plan_hash"], hash);
     assert_eq!(fact["expected_version"], 3);
     assert_eq!(fact["actor"], "alice");
 
-    let got = app
-        .send(
-            Method::GET,
-            &format!("/case/{case}/plan"),
-            Some(VIEWER),
-            &[],
-            None,
-        )
-        .await;
+    let got = app.current_plan(case).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body["plan_hash"], hash);
     assert_eq!(got.body["plan"], plan());
@@ -116,15 +106,7 @@ async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 0, "an invalid plan never becomes a stored plan");
-    let r = app
-        .send(
-            Method::GET,
-            &format!("/case/{case}/plan"),
-            Some(VIEWER),
-            &[],
-            None,
-        )
-        .await;
+    let r = app.current_plan(case).await;
     assert_eq!((r.status, r.code()), (404, "plan_not_found"));
     let schema = app
         .send(Method::GET, "/schemas/changeplan.json", None, &[], None)
@@ -169,12 +151,10 @@ async fn a_proposed_plan_moves_the_case_to_the_gate_through_nats(pool: PgPool) {
     {}
 
     assert_eq!(app.status(case).await, "WAIT_GATE");
-    let gate_cmd: Value = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.gate.eval'",
-    )
-    .bind(case)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let gate_cmd = app
+        .outbox_payloads(case, "cmd.gate.eval")
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(gate_cmd["data"]["plan_hash"], hash);
 }

@@ -128,13 +128,11 @@ async fn resume_sends_the_park_reason_as_planner_feedback(pool: PgPool) {
             .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
     }
-    let payload: serde_json::Value = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'cmd.plan.generate' ORDER BY id DESC LIMIT 1",
-    )
-    .bind(case)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let payload = app
+        .outbox_payloads(case, "cmd.plan.generate")
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(payload["data"]["feedback"], "LLM timed out");
     assert_eq!(payload["type"], "cmd.plan.generate");
     assert_eq!(payload["case_id"], case.to_string());
@@ -145,13 +143,7 @@ async fn resume_sends_the_park_reason_as_planner_feedback(pool: PgPool) {
 async fn transition_event_carries_the_contract_fields(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let case = app.case_in("ANALYZING").await;
-    let payloads: Vec<serde_json::Value> = sqlx::query_scalar(
-        "SELECT payload::jsonb FROM outbox WHERE case_id = $1 AND subject = 'evt.case.transition.v1' ORDER BY id",
-    )
-    .bind(case)
-    .fetch_all(&app.pool)
-    .await
-    .unwrap();
+    let payloads = app.outbox_payloads(case, "evt.case.transition.v1").await;
     assert_eq!(payloads.len(), 1);
     let data = &payloads[0]["data"];
     assert_eq!(

@@ -84,3 +84,25 @@ pub fn arg(name: &str) -> Option<String> {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
+
+/// PostgreSQL from `DATABASE_URL`, migrated.
+pub async fn database(max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
+    use anyhow::Context;
+    let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(&url)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// NATS from `NATS_URL`, with the product's streams in place.
+pub async fn jetstream() -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    use anyhow::Context;
+    let url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
+    let client = async_nats::connect(url.as_str()).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    opsloop::pubsub::streams::ensure(&js, &Default::default()).await?;
+    Ok((client, js))
+}
