@@ -48,6 +48,8 @@ pub struct ServeConfig {
     /// refuses every script step.
     #[arg(long, env = "OPSLOOP_SCRIPT_ALLOWLIST", value_delimiter = ',')]
     pub script_allowlist: Vec<String>,
+    #[command(flatten)]
+    pub llm: crate::planner::llm::LlmSettings,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
@@ -56,4 +58,11 @@ pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
         .acquire_timeout(Duration::from_secs(5))
         .connect(url)
         .await
+}
+
+/// Installs the one TLS provider (ring) every client shares. reqwest (under
+/// async-openai) is built without a provider of its own and panics when a
+/// client is built before this; calling it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

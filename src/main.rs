@@ -15,6 +15,7 @@ use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
 use opsloop::planner::contract::PlanLimits;
+use opsloop::planner::llm::LlmPlanner;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker as planner_worker;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service (migrates the database first).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Apply database migrations and exit.
     Migrate {
         #[arg(long, env = "DATABASE_URL")]
@@ -89,9 +90,10 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    config::install_tls_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(cfg) => serve(cfg).await,
+        Command::Serve(cfg) => serve(*cfg).await,
         Command::Migrate { database_url } => {
             opsloop::telemetry::init("info");
             let pool = config::connect_db(&database_url, 2).await?;
@@ -199,12 +201,19 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 CMD_STREAM,
                 planner_worker::CONSUMER,
                 subjects::CMD_PLAN_GENERATE,
-            );
+            )
+            .with_concurrency(4);
             let handler = planner_worker::Planner {
                 pool: pool.clone(),
                 templates,
                 limits: plan_limits.clone(),
+                llm: LlmPlanner::from_settings(&cfg.llm)?,
             };
+            match &handler.llm {
+                Some(llm) => info!(model = %cfg.llm.model, prompt = %llm.prompt().version,
+                                   prompt.hash = %llm.prompt().hash, "LLM planner ready."),
+                None => info!("No LLM configured (OPENAI_BASE_URL): templates only."),
+            }
             tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
         if roles.gatekeeper {
@@ -213,7 +222,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => Policy::default(),
             };
             let spec =
-                ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, gatekeeper::CMD_GATE_EVAL);
+                ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, gatekeeper::CMD_GATE_EVAL)
+                    .with_concurrency(4);
             let handler = Gatekeeper {
                 pool: pool.clone(),
                 policy,
@@ -221,6 +231,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
         if roles.orchestrator {
+            // One at a time: facts are applied in the order the relay
+            // published them (per-case order, docs/events.md).
             let spec = ConsumerSpec::new(EVT_STREAM, consumer_mod::CONSUMER, "evt.>");
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
@@ -271,6 +283,7 @@ async fn spawn_consumer<H: consumer::Handler + 'static>(
         consumer,
         pool.clone(),
         handler,
+        spec.concurrency,
         shutdown.clone(),
     )))
 }

@@ -5,8 +5,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -20,6 +20,11 @@ struct Metrics {
     outbox_backlog: IntGauge,
     inbox_dedup: IntCounterVec,
     dead_letter: IntCounterVec,
+    llm_request: HistogramVec,
+    plan_validation_failures: IntCounterVec,
+    adapter_step_latency: HistogramVec,
+    verify_latency: Histogram,
+    executions_in_flight: IntGauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -83,6 +88,48 @@ fn metrics() -> &'static Metrics {
             &["consumer", "reason"],
         )
         .expect("valid metric");
+        let seconds_buckets = vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ];
+        let llm_request = HistogramVec::new(
+            HistogramOpts::new(
+                "llm_request_seconds",
+                "LLM planner requests by outcome: valid, invalid, timeout, http_error, garbage.",
+            )
+            .buckets(seconds_buckets.clone()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let plan_validation_failures = IntCounterVec::new(
+            Opts::new(
+                "plan_validation_failures_total",
+                "Plans refused by the schema or the completeness guard, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let adapter_step_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "adapter_step_latency_seconds",
+                "Executor step run time per adapter, each try included.",
+            )
+            .buckets(seconds_buckets.clone()),
+            &["adapter"],
+        )
+        .expect("valid metric");
+        let verify_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "verify_latency_seconds",
+                "From a verify command's arrival to its stored result.",
+            )
+            .buckets(seconds_buckets),
+        )
+        .expect("valid metric");
+        let executions_in_flight = IntGauge::new(
+            "executions_in_flight",
+            "Plan executions (or rollbacks) this process is running now.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(conflict.clone()),
@@ -92,6 +139,11 @@ fn metrics() -> &'static Metrics {
             Box::new(outbox_backlog.clone()),
             Box::new(inbox_dedup.clone()),
             Box::new(dead_letter.clone()),
+            Box::new(llm_request.clone()),
+            Box::new(plan_validation_failures.clone()),
+            Box::new(adapter_step_latency.clone()),
+            Box::new(verify_latency.clone()),
+            Box::new(executions_in_flight.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -105,6 +157,11 @@ fn metrics() -> &'static Metrics {
             outbox_backlog,
             inbox_dedup,
             dead_letter,
+            llm_request,
+            plan_validation_failures,
+            adapter_step_latency,
+            verify_latency,
+            executions_in_flight,
         }
     })
 }
@@ -129,6 +186,45 @@ pub fn outbox_published(topic: &str, status: &str) {
         .outbox_publish
         .with_label_values(&[topic, status])
         .inc();
+}
+
+pub fn llm_request(outcome: &str, seconds: f64) {
+    metrics()
+        .llm_request
+        .with_label_values(&[outcome])
+        .observe(seconds);
+}
+
+pub fn plan_validation_failed(source: &str) {
+    metrics()
+        .plan_validation_failures
+        .with_label_values(&[source])
+        .inc();
+}
+
+pub fn adapter_step(adapter: &str, seconds: f64) {
+    metrics()
+        .adapter_step_latency
+        .with_label_values(&[adapter])
+        .observe(seconds);
+}
+
+pub fn verify_latency(seconds: f64) {
+    metrics().verify_latency.observe(seconds);
+}
+
+/// Counts an execution in flight until the returned guard drops.
+pub fn execution_started() -> InFlight {
+    metrics().executions_in_flight.inc();
+    InFlight(())
+}
+
+pub struct InFlight(());
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().executions_in_flight.dec();
+    }
 }
 
 pub fn outbox_lag(seconds: f64) {

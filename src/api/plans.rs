@@ -48,7 +48,10 @@ pub async fn propose(
             who.id
         )));
     }
-    let checked = contract::check(&plan, &state.plan_limits).map_err(ApiError::PlanInvalid)?;
+    let checked = contract::check(&plan, &state.plan_limits).map_err(|violations| {
+        telemetry::plan_validation_failed("human");
+        ApiError::PlanInvalid(violations)
+    })?;
     let mut tx = state.orchestrator.pool().begin().await?;
     let case = lock_case(&mut tx, id)
         .await?

@@ -8,7 +8,13 @@
 //! relay -> JetStream -> orchestrator. Baseline in the same run: one
 //! JetStream publish -> durable pull -> ack round trip (the path has two).
 //!
-//! Usage: DATABASE_URL=... NATS_URL=... bench_gate [--cases 200] [--rate 20]
+//! A second phase runs the same load with the LLM planner against a fake
+//! OpenAI-compatible server started in this process (answering a fixed
+//! valid plan after `--llm-delay-ms`), and reports PLANNING -> WAIT_GATE for
+//! both planners (the template phase is the LLM path's baseline) and the
+//! LLM request round trip recorded in `plan_attempt`.
+//!
+//! Usage: DATABASE_URL=... NATS_URL=... bench_gate [--cases 200] [--rate 20] [--llm-delay-ms 0]
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,6 +26,7 @@ use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
 use opsloop::orchestrator::{NewCase, Orchestrator};
 use opsloop::planner::contract::PlanLimits;
+use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
@@ -32,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod common;
+#[path = "common/fake_llm.rs"]
+mod fake_llm;
 
 use common::{arg, bench_actor, database, jetstream as connect_jetstream, ms, quantile};
 
@@ -112,13 +121,55 @@ async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cases: usize = arg("--cases").map_or(Ok(200), |s| s.parse())?;
-    let rate: f64 = arg("--rate").map_or(Ok(20.0), |s| s.parse())?;
-    let pool = database(16).await?;
-    let (client, js) = connect_jetstream().await?;
+struct Phase {
+    /// analysis_done -> plan_ready: relay, planner (template or LLM), relay, orchestrator.
+    planning: Vec<Duration>,
+    /// plan_ready -> gate_approved.
+    gate: Vec<Duration>,
+    executing: usize,
+    ids: Vec<Uuid>,
+}
 
+fn report(label: &str, cases: usize, p: &Phase) {
+    println!(
+        "[{label}] PLANNING -> WAIT_GATE over {} cases: p50 {:.1} ms, p99 {:.1} ms; WAIT_GATE -> EXECUTING p50 {:.1} ms, p99 {:.1} ms; {} of {cases} reached EXECUTING",
+        p.planning.len(),
+        ms(quantile(&p.planning, 0.5)),
+        ms(quantile(&p.planning, 0.99)),
+        ms(quantile(&p.gate, 0.5)),
+        ms(quantile(&p.gate, 0.99)),
+        p.executing
+    );
+}
+
+fn llm_settings(base_url: &str) -> LlmSettings {
+    LlmSettings {
+        base_url: Some(base_url.to_string()),
+        api_key: String::new(),
+        model: "bench-fake".into(),
+        timeout_ms: 10_000,
+        max_repairs: 2,
+        max_retries: 2,
+        backoff_ms: 100,
+        structured_output: true,
+        max_tokens: 1024,
+        prompts_dir: "prompts".into(),
+        prompt: "plan-v1".into(),
+    }
+}
+
+/// One phase: `cases` cases reach PLANNING at `rate`/s; every role runs
+/// on consumers of this phase only.
+async fn run_phase(
+    pool: &sqlx::PgPool,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    cases: usize,
+    rate: f64,
+    llm_url: Option<&str>,
+) -> anyhow::Result<Phase> {
+    let pool = pool.clone();
+    let js = js.clone();
     let orchestrator = Orchestrator::new(pool.clone());
     let shutdown = CancellationToken::new();
     let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
@@ -127,12 +178,17 @@ async fn main() -> anyhow::Result<()> {
     )];
     let templates = Templates::load(Path::new("templates"), &PlanLimits::default())
         .context("run from the repository root (templates/)")?;
+    let llm = match llm_url {
+        None => None,
+        Some(url) => LlmPlanner::from_settings(&llm_settings(url))?,
+    };
     tasks.push(tokio::spawn(consumer::run(
         durable(&js, EVT_STREAM, ORCHESTRATOR, "evt.>").await?,
         pool.clone(),
         FactConsumer {
             orchestrator: orchestrator.clone(),
         },
+        1,
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(consumer::run(
@@ -148,7 +204,9 @@ async fn main() -> anyhow::Result<()> {
             pool: pool.clone(),
             templates,
             limits: PlanLimits::default(),
+            llm,
         },
+        4,
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(consumer::run(
@@ -164,10 +222,10 @@ async fn main() -> anyhow::Result<()> {
             pool: pool.clone(),
             policy: Policy::default(),
         },
+        4,
         shutdown.clone(),
     )));
 
-    println!("bench_gate: {cases} cases at {rate}/s, all roles in one process");
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);
     let mut next = Instant::now();
@@ -204,32 +262,91 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     drop_consumers(&js).await;
+    let between = |from: &'static str, to: &'static str| {
+        let ids = ids.clone();
+        let pool = pool.clone();
+        async move {
+            let mut out: Vec<Duration> = sqlx::query_scalar::<_, f64>(
+                "SELECT extract(epoch FROM b.at - a.at)::float8 FROM case_timeline a \
+                 JOIN case_timeline b ON b.case_id = a.case_id AND b.event = $3 AND b.kind = 'transition' \
+                 WHERE a.case_id = ANY($1) AND a.event = $2 AND a.kind = 'transition'",
+            )
+            .bind(&ids)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&pool)
+            .await?
+            .into_iter()
+            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+            .collect();
+            out.sort_unstable();
+            anyhow::Ok(out)
+        }
+    };
+    let planning = between("analysis_done", "plan_ready").await?;
+    let gate = between("plan_ready", "gate_approved").await?;
+    Ok(Phase {
+        planning,
+        gate,
+        executing: executing as usize,
+        ids,
+    })
+}
 
-    let mut gate: Vec<Duration> = sqlx::query_scalar::<_, f64>(
-        "SELECT extract(epoch FROM g.at - r.at)::float8 FROM case_timeline r \
-         JOIN case_timeline g ON g.case_id = r.case_id AND g.event = 'gate_approved' AND g.kind = 'transition' \
-         WHERE r.case_id = ANY($1) AND r.event = 'plan_ready' AND r.kind = 'transition'",
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cases: usize = arg("--cases").map_or(Ok(200), |s| s.parse())?;
+    let rate: f64 = arg("--rate").map_or(Ok(20.0), |s| s.parse())?;
+    let llm_delay: u64 = arg("--llm-delay-ms").map_or(Ok(0), |s| s.parse())?;
+    let pool = database(16).await?;
+    let (client, js) = connect_jetstream().await?;
+    println!("bench_gate: {cases} cases at {rate}/s per phase, all roles in one process");
+
+    let template = run_phase(&pool, &client, &js, cases, rate, None).await?;
+    report("template planner", cases, &template);
+    let fake = fake_llm::start(Duration::from_millis(llm_delay)).await?;
+    let llm = run_phase(&pool, &client, &js, cases, rate, Some(&fake.base_url)).await?;
+    report(
+        &format!("LLM planner, fake server answering after {llm_delay} ms"),
+        cases,
+        &llm,
+    );
+    let attempts: Vec<Duration> = sqlx::query_scalar::<_, i32>(
+        "SELECT latency_ms FROM plan_attempt WHERE case_id = ANY($1) ORDER BY latency_ms",
     )
-    .bind(&ids)
+    .bind(&llm.ids)
     .fetch_all(&pool)
     .await?
     .into_iter()
-    .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    .map(|ms| Duration::from_millis(ms as u64))
     .collect();
-    gate.sort_unstable();
+    println!(
+        "LLM requests (async-openai round trip to the fake server, from plan_attempt): {} requests, p50 {:.1} ms, p99 {:.1} ms",
+        attempts.len(),
+        ms(quantile(&attempts, 0.5)),
+        ms(quantile(&attempts, 0.99))
+    );
+    println!(
+        "LLM path vs template path, PLANNING -> WAIT_GATE p50: {:.2}x",
+        quantile(&llm.planning, 0.5).as_secs_f64()
+            / quantile(&template.planning, 0.5).as_secs_f64().max(1e-9)
+    );
+
+    let gate = &template.gate;
     let hop = hop_baseline(&js, 200).await?;
     println!(
-        "WAIT_GATE -> EXECUTING over {} of {cases} cases ({executing} reached EXECUTING): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 1000 ms)",
+        "template phase, WAIT_GATE -> EXECUTING over {} of {cases} cases ({} reached EXECUTING): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 < 1000 ms)",
         gate.len(),
-        ms(quantile(&gate, 0.5)),
-        ms(quantile(&gate, 0.99)),
+        template.executing,
+        ms(quantile(gate, 0.5)),
+        ms(quantile(gate, 0.99)),
         ms(gate.last().copied().unwrap_or_default())
     );
     println!(
         "baseline JetStream hop (publish, pull, ack): p50 {:.2} ms, p99 {:.2} ms; gate p50 = {:.1} hops",
         ms(quantile(&hop, 0.5)),
         ms(quantile(&hop, 0.99)),
-        quantile(&gate, 0.5).as_secs_f64() / quantile(&hop, 0.5).as_secs_f64().max(1e-9)
+        quantile(gate, 0.5).as_secs_f64() / quantile(&hop, 0.5).as_secs_f64().max(1e-9)
     );
     Ok(())
 }

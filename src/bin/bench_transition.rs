@@ -202,6 +202,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    opsloop::config::install_tls_provider();
     let seconds: u64 = arg("--seconds").map_or(Ok(3), |s| s.parse())?;
     let rounds: usize = arg("--rounds").map_or(Ok(3), |s| s.parse())?;
     let client_counts: Vec<usize> = arg("--clients")

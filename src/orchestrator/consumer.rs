@@ -87,7 +87,12 @@ impl Handler for FactConsumer {
             },
             reason,
             plan_hash: None,
-            meta: serde_json::json!({"subject": d.subject, "causation_id": env.causation_id}),
+            meta: match env.data.get("findings") {
+                // Kept with the transition so the planner can show them.
+                Some(findings) if event == EventKind::AnalysisDone => serde_json::json!({
+                    "subject": d.subject, "causation_id": env.causation_id, "findings": findings}),
+                _ => serde_json::json!({"subject": d.subject, "causation_id": env.causation_id}),
+            },
             expected_version: env.expected_version,
             origin: Origin::Message {
                 consumer: CONSUMER.to_string(),

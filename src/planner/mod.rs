@@ -3,10 +3,12 @@
 //! Owns what a valid plan is and how a proposal is recorded: the plan row
 //! and its `evt.plan.proposed.v1` commit together. Must not change case
 //! status (the orchestrator does, when the fact arrives) and never runs
-//! anything. Template and LLM planners (issue #4) will produce plans through
-//! the same `contract::check` and `propose`.
+//! anything. Template, LLM and human plans all pass the same `contract::check`
+//! and are stored by the same `propose`.
 
+pub mod context;
 pub mod contract;
+pub mod llm;
 pub mod templates;
 pub mod worker;
 

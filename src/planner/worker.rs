@@ -1,16 +1,22 @@
-//! The planner's consumer of `cmd.plan.generate`: picks a template for the
-//! case, fills it from the case labels, checks it, and proposes it (the plan
-//! row and `evt.plan.proposed.v1`), or says why not (`evt.plan.failed.v1`),
-//! in one transaction under the case lock.
+//! The planner's consumer of `cmd.plan.generate`. An explicit `template`
+//! (in the command or the case labels) or an unconfigured LLM means the
+//! template planner; otherwise the LLM planner is asked. Either way the plan
+//! is checked and proposed (the plan row and `evt.plan.proposed.v1`), or the
+//! reason there is none goes out as `evt.plan.failed.v1`, in one
+//! transaction under the case lock. The LLM is asked before that
+//! transaction, never inside it.
 
 use std::collections::BTreeMap;
 
 use serde_json::json;
 use sqlx::PgPool;
 
-use super::contract::PlanLimits;
+use super::contract::{CheckedPlan, PlanLimits};
+use super::llm::{AttemptScope, LlmAnswer, LlmPlanner};
 use super::templates::Templates;
 use super::{ProposeError, Source, propose};
+use crate::model::Case;
+use crate::planner::context;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, inbox, outbox, subjects};
 use crate::telemetry;
@@ -23,6 +29,7 @@ pub struct Planner {
     pub pool: PgPool,
     pub templates: Templates,
     pub limits: PlanLimits,
+    pub llm: Option<LlmPlanner>,
 }
 
 impl Handler for Planner {
@@ -41,6 +48,7 @@ impl Handler for Planner {
                 "cmd.plan.generate needs a case_id".into(),
             );
         };
+        let feedback = env.data.get("feedback").and_then(|f| f.as_str());
         let template = match env.data.get("template") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(t)) => Some(t.clone()),
@@ -56,6 +64,7 @@ impl Handler for Planner {
                 env,
                 case_id,
                 template.as_deref(),
+                feedback,
                 &d.subject,
                 d.traceparent.as_deref(),
             )
@@ -73,9 +82,14 @@ impl Planner {
         cmd: &Envelope,
         case_id: uuid::Uuid,
         template: Option<&str>,
+        feedback: Option<&str>,
         subject: &str,
         traceparent: Option<&str>,
     ) -> Result<Disposition, sqlx::Error> {
+        let asked = match &self.llm {
+            Some(llm) => self.ask_llm(llm, cmd, case_id, template, feedback).await?,
+            None => None,
+        };
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
             Ok(case) => case,
@@ -96,27 +110,36 @@ impl Planner {
             .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
             .collect();
         let trace = telemetry::trace_id_from(traceparent);
-        let failure = match self.templates.plan_for(
-            template,
-            case.kind.as_deref(),
-            &labels,
-            &self.limits,
-        ) {
-            Ok((name, checked)) => {
-                match propose(&mut tx, &case, &checked, Source::Template, CONSUMER, &trace).await {
+        let made: Result<(String, Source, CheckedPlan), String> = match asked {
+            Some(LlmAnswer::Plan(checked)) => Ok(("the LLM".into(), Source::Llm, checked)),
+            Some(LlmAnswer::Failed(reason)) => Err(reason),
+            None => self
+                .templates
+                .plan_for(
+                    template.or(labels.get("template").map(String::as_str)),
+                    case.kind.as_deref(),
+                    &labels,
+                    &self.limits,
+                )
+                .map(|(name, checked)| (format!("template {name}"), Source::Template, checked))
+                .map_err(|no_plan| no_plan.to_string()),
+        };
+        let failure = match made {
+            Ok((by, source, checked)) => {
+                match propose(&mut tx, &case, &checked, source, CONSUMER, &trace).await {
                     Ok(_) => {
-                        tracing::info!(case.id = %case.id, template = %name, plan.hash = %checked.hash,
-                                       "Plan proposed from a template.");
+                        tracing::info!(case.id = %case.id, by = %by, plan.hash = %checked.hash,
+                                       "Plan proposed.");
                         None
                     }
                     Err(ProposeError::Duplicate) => Some(format!(
-                        "template {name} gives plan {} again, which was already tried; a person should propose another",
+                        "{by} gives plan {} again, which was already tried; a person should propose another",
                         &checked.hash[..12]
                     )),
                     Err(ProposeError::Database(e)) => return Err(e),
                 }
             }
-            Err(no_plan) => Some(no_plan.to_string()),
+            Err(reason) => Some(reason),
         };
         if let Some(reason) = failure {
             let fact = Envelope::for_case(
@@ -137,5 +160,49 @@ impl Planner {
         }
         tx.commit().await?;
         Ok(Disposition::Done)
+    }
+}
+
+impl Planner {
+    /// Asks the LLM when it is the planner for this case: configured, no
+    /// template named, and the case still waiting for a plan. Attempts are
+    /// recorded as they end, outside the proposing transaction.
+    async fn ask_llm(
+        &self,
+        llm: &LlmPlanner,
+        cmd: &Envelope,
+        case_id: uuid::Uuid,
+        template: Option<&str>,
+        feedback: Option<&str>,
+    ) -> Result<Option<LlmAnswer>, sqlx::Error> {
+        if template.is_some() {
+            return Ok(None);
+        }
+        let case: Option<Case> = sqlx::query_as(concat!(
+            "SELECT ",
+            crate::case_columns!(),
+            " FROM ops_case WHERE id = $1"
+        ))
+        .bind(case_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(case) = case else { return Ok(None) };
+        let done: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2)",
+        )
+        .bind(CONSUMER)
+        .bind(cmd.id)
+        .fetch_one(&self.pool)
+        .await?;
+        if done || case.status != Status::Planning || case.labels.get("template").is_some() {
+            return Ok(None);
+        }
+        let context = context::for_case(&self.pool, &case, feedback, &self.limits).await?;
+        let scope = AttemptScope {
+            pool: &self.pool,
+            case_id,
+            command_id: cmd.id,
+        };
+        llm.plan(&context, &self.limits, &scope).await.map(Some)
     }
 }

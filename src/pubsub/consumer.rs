@@ -7,12 +7,15 @@
 //! transaction as their effect; this module only routes.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span, warn};
 
@@ -80,6 +83,10 @@ pub struct ConsumerSpec {
     /// `All` for the product (a new durable sees what was published before
     /// it existed); benchmarks start at `New`.
     pub deliver_policy: jetstream::consumer::DeliverPolicy,
+    /// Messages handled at once by one process. Handlers that wait on the
+    /// outside world (an LLM, a script, a rollout) need more than one, or
+    /// one slow case holds up every other.
+    pub concurrency: usize,
 }
 
 /// Deliveries before a message that keeps failing is dead-lettered. Enforced
@@ -96,7 +103,13 @@ impl ConsumerSpec {
             filter_subject: filter_subject.to_string(),
             ack_wait: Duration::from_secs(30),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            concurrency: 1,
         }
+    }
+
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 }
 
@@ -119,10 +132,14 @@ pub async fn durable(
 
 /// Handles one message end to end, including its ack. Errors are only
 /// returned when even the ack could not be sent (the server redelivers).
+/// While the handler works, the message's ack deadline is pushed out every
+/// third of `ack_wait`, so a slow handler (an LLM call, a rollout) is not
+/// mistaken for a dead one and its message handed to a second worker.
 pub async fn process<H: Handler>(
     pool: &PgPool,
     handler: &H,
     msg: jetstream::Message,
+    ack_wait: Duration,
 ) -> Result<(), async_nats::Error> {
     let (stream_seq, delivered) = msg
         .info()
@@ -174,11 +191,21 @@ pub async fn process<H: Handler>(
             };
             let span = info_span!("message", consumer = handler.name(), subject = %subject,
                                   message.id = %id, case.id = ?case);
-            (
-                handler.handle(&delivery).instrument(span).await,
-                Some(id),
-                case,
-            )
+            let handling = handler.handle(&delivery).instrument(span);
+            tokio::pin!(handling);
+            let every = (ack_wait / 3).max(Duration::from_millis(100));
+            let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let disposition = loop {
+                tokio::select! {
+                    d = &mut handling => break d,
+                    _ = progress.tick() => {
+                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                            warn!(consumer = handler.name(), error = %e, "Cannot extend the ack deadline.");
+                        }
+                    }
+                }
+            };
+            (disposition, Some(id), case)
         }
     };
     let disposition = match disposition {
@@ -244,42 +271,67 @@ pub async fn consume_once<H: Handler>(
         .expires(expires)
         .messages()
         .await?;
+    let ack_wait = consumer.cached_info().config.ack_wait;
     let mut n = 0;
     while let Some(msg) = batch.next().await {
-        process(pool, handler, msg?).await?;
+        process(pool, handler, msg?, ack_wait).await?;
         n += 1;
     }
     Ok(n)
 }
 
-/// Consumes until `shutdown`; reconnects after errors with a delay.
-pub async fn run<H: Handler>(
+/// Consumes until `shutdown`, handling up to `concurrency` messages at once;
+/// reconnects after errors with a delay. On shutdown, messages in hand get a
+/// short grace period; whatever is cut off is redelivered later.
+pub async fn run<H: Handler + 'static>(
     consumer: PullConsumer,
     pool: PgPool,
     handler: H,
+    concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    loop {
-        let mut messages = match consumer.messages().await {
+    let concurrency = concurrency.max(1);
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    let handler = Arc::new(handler);
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let mut in_hand = JoinSet::new();
+    'outer: loop {
+        // A small batch: pulled messages wait in this process with their ack
+        // deadline running, so pull no more than can be started soon.
+        let pulled = consumer
+            .stream()
+            .max_messages_per_batch(concurrency.max(4))
+            .messages()
+            .await;
+        let mut messages = match pulled {
             Ok(m) => m,
             Err(e) => {
                 warn!(consumer = handler.name(), error = %e, "Cannot pull messages; retrying.");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => break 'outer,
                 }
             }
         };
         loop {
+            while in_hand.try_join_next().is_some() {}
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                _ = shutdown.cancelled() => break 'outer,
+            };
             let next = tokio::select! {
                 next = messages.next() => next,
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break 'outer,
             };
             match next {
                 Some(Ok(msg)) => {
-                    if let Err(e) = process(&pool, &handler, msg).await {
-                        warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
-                    }
+                    let (pool, handler) = (pool.clone(), handler.clone());
+                    in_hand.spawn(async move {
+                        let _slot = slot;
+                        if let Err(e) = process(&pool, &*handler, msg, ack_wait).await {
+                            warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
+                        }
+                    });
                 }
                 Some(Err(e)) => {
                     warn!(consumer = handler.name(), error = %e, "Pull failed; resubscribing.");
@@ -290,4 +342,8 @@ pub async fn run<H: Handler>(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while in_hand.join_next().await.is_some() {}
+    })
+    .await;
 }

@@ -1,127 +1,14 @@
 //! The gate loop over the real NATS: plan proposed → WAIT_GATE → the
 //! gatekeeper's decision → EXECUTING, pending people, or PARKED.
 
-use std::path::Path;
-use std::time::Duration;
-
-use async_nats::jetstream;
-use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
-use opsloop::orchestrator::consumer::FactConsumer;
-use opsloop::planner::contract::PlanLimits;
-use opsloop::planner::templates::Templates;
-use opsloop::planner::worker::Planner;
-use opsloop::pubsub::consumer::{self, ConsumerSpec};
-use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::gatekeeper::policy::Policy;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::flow::Loop;
 use crate::helpers::*;
-use crate::nats::TestNats;
-
-struct Loop {
-    app: TestApp,
-    _nats: TestNats,
-    relay: Relay,
-    facts: jetstream::consumer::PullConsumer,
-    gate: jetstream::consumer::PullConsumer,
-    plans: jetstream::consumer::PullConsumer,
-    orchestrator: FactConsumer,
-    gatekeeper: Gatekeeper,
-    planner: Planner,
-}
-
-impl Loop {
-    async fn new(pool: PgPool) -> Loop {
-        Loop::with_policy(pool, Policy::default()).await
-    }
-
-    async fn with_policy(pool: PgPool, policy: Policy) -> Loop {
-        let app = TestApp::new(pool.clone()).await;
-        let nats = TestNats::start().await;
-        let js = jetstream::new(nats.client().await);
-        streams::ensure(&js, &StreamSettings::default())
-            .await
-            .unwrap();
-        Loop {
-            relay: Relay::new(pool.clone(), nats.client().await, RelaySettings::default()),
-            facts: consumer::durable(&js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
-                .await
-                .unwrap(),
-            gate: consumer::durable(
-                &js,
-                &ConsumerSpec::new(CMD_STREAM, "gatekeeper", "cmd.gate.eval"),
-            )
-            .await
-            .unwrap(),
-            plans: consumer::durable(
-                &js,
-                &ConsumerSpec::new(CMD_STREAM, "planner", "cmd.plan.generate"),
-            )
-            .await
-            .unwrap(),
-            planner: Planner {
-                pool: pool.clone(),
-                templates: Templates::load(
-                    &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
-                    &PlanLimits::default(),
-                )
-                .unwrap(),
-                limits: PlanLimits::default(),
-            },
-            orchestrator: FactConsumer {
-                orchestrator: app.orchestrator.clone(),
-            },
-            gatekeeper: Gatekeeper {
-                pool: pool.clone(),
-                policy,
-            },
-            app,
-            _nats: nats,
-        }
-    }
-
-    /// Relays and consumes until nothing moves any more.
-    async fn settle(&self) {
-        let pool = &self.app.pool;
-        let wait = Duration::from_millis(200);
-        loop {
-            let mut moved = self.relay.relay_once().await.unwrap().published;
-            moved += consumer::consume_once(&self.plans, pool, &self.planner, 50, wait)
-                .await
-                .unwrap();
-            moved += consumer::consume_once(&self.gate, pool, &self.gatekeeper, 50, wait)
-                .await
-                .unwrap();
-            moved += self.relay.relay_once().await.unwrap().published;
-            moved += consumer::consume_once(&self.facts, pool, &self.orchestrator, 50, wait)
-                .await
-                .unwrap();
-            if moved == 0 {
-                return;
-            }
-        }
-    }
-
-    async fn propose(&self, plan: &Value) -> (Uuid, String) {
-        let case = self.app.case_in("PLANNING").await;
-        let r = self
-            .app
-            .send(
-                Method::POST,
-                &format!("/case/{case}/plan"),
-                Some(OPERATOR),
-                &[],
-                Some(plan.to_string()),
-            )
-            .await;
-        assert_eq!(r.status, 201, "{:?}", r.body);
-        self.settle().await;
-        (case, r.body["plan_hash"].as_str().unwrap().to_string())
-    }
-}
 
 fn plan(env: &str, namespace: &str) -> Value {
     json!({

@@ -61,6 +61,7 @@ impl TestApp {
     }
 
     pub async fn with_hooks(pool: PgPool, hooks: Hooks) -> Self {
+        opsloop::config::install_tls_provider();
         if std::env::var("TEST_LOG").is_ok() {
             opsloop::telemetry::init("debug");
         }

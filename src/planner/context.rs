@@ -1,0 +1,75 @@
+//! What the LLM planner is told about a case: the case itself, why it came
+//! back (feedback), the plans already tried and what the gate said of them,
+//! the findings of the analysis step, and what a plan may contain (actions,
+//! their params, allowlisted scripts, limits, the schema).
+//!
+//! Only facts we hold are sent; nothing here is an instruction the model
+//! could use to change state.
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use super::contract::{self, PlanLimits};
+use crate::model::Case;
+
+/// How many earlier plans of the case are shown.
+const PLANS_SHOWN: i64 = 5;
+
+pub async fn for_case(
+    pool: &PgPool,
+    case: &Case,
+    feedback: Option<&str>,
+    limits: &PlanLimits,
+) -> Result<Value, sqlx::Error> {
+    let tried: Vec<(Value, Option<Value>)> = sqlx::query_as(
+        "SELECT plan, gate_decision FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT $2",
+    )
+    .bind(case.id)
+    .bind(PLANS_SHOWN)
+    .fetch_all(pool)
+    .await?;
+    let tried: Vec<Value> = tried
+        .into_iter()
+        .map(|(plan, gate)| {
+            json!({
+                "plan": plan,
+                "gate": gate.map(|g| json!({"verdict": g.get("verdict"), "reasons": g.get("reasons")})),
+            })
+        })
+        .collect();
+    let findings: Vec<Value> = sqlx::query_scalar(
+        "SELECT meta #> '{request,findings}' FROM case_timeline \
+         WHERE case_id = $1 AND kind = 'transition' AND event = 'analysis_done' \
+           AND meta #> '{request,findings}' IS NOT NULL \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case.id)
+    .fetch_all(pool)
+    .await?;
+    let schema: Value = serde_json::from_str(contract::SCHEMA_JSON).unwrap_or(Value::Null);
+    Ok(json!({
+        "case": {
+            "id": case.id,
+            "title": case.title,
+            "kind": case.kind,
+            "severity": case.severity,
+            "tenant": case.tenant,
+            "labels": case.labels,
+            "park_reason": case.park_reason,
+        },
+        "feedback": feedback,
+        "findings": findings.into_iter().next(),
+        "plans_already_tried": tried,
+        "allowed_actions": {
+            "noop": "no params",
+            "script.exec": {"script": "a name from script_allowlist", "args": "array of at most 32 strings"},
+            "k8s.rollout": {"namespace": "string", "deployment": "string",
+                            "image": "string (or restart: true instead)", "restart": "true"},
+            "gateway.flip": {"gateway": "string", "route": "string",
+                             "weights": "object of backend -> integer 0-100, summing to 100"},
+        },
+        "script_allowlist": limits.script_allowlist,
+        "limits": {"max_plan_bytes": limits.max_bytes, "min_timeout_s": 10, "max_retry": 3},
+        "schema": schema,
+    }))
+}

