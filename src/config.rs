@@ -34,7 +34,8 @@ pub struct ServeConfig {
     /// Gate policy (TOML); the default policy of DESIGN §4 without it.
     #[arg(long, env = "OPSLOOP_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
-    /// Comma-separated roles: api, relay, orchestrator, gatekeeper, or all.
+    /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
+    /// analyst, executor, verifier, or all.
     #[arg(
         long,
         env = "OPSLOOP_ROLES",
@@ -44,12 +45,21 @@ pub struct ServeConfig {
     pub roles: Vec<String>,
     #[command(flatten)]
     pub streams: crate::pubsub::streams::StreamSettings,
-    /// Script names `script.exec` steps may use (comma-separated); empty
-    /// refuses every script step.
-    #[arg(long, env = "OPSLOOP_SCRIPT_ALLOWLIST", value_delimiter = ',')]
+    /// Script names `script.exec` steps may use (comma-separated file names
+    /// in the scripts folder). The default is the shipped demo script.
+    #[arg(
+        long,
+        env = "OPSLOOP_SCRIPT_ALLOWLIST",
+        value_delimiter = ',',
+        default_value = "restart-service.sh"
+    )]
     pub script_allowlist: Vec<String>,
     #[command(flatten)]
     pub llm: crate::planner::llm::LlmSettings,
+    #[command(flatten)]
+    pub exec: crate::executor::ExecSettings,
+    #[command(flatten)]
+    pub verify: crate::verifier::VerifySettings,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {

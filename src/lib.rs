@@ -2,10 +2,12 @@
 //! analysis, plan, gate, execution and verification. See `docs/` and
 //! DESIGN.md for the contract between the parts.
 
+pub mod analyst;
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod executor;
 pub mod gatekeeper;
 pub mod model;
 pub mod orchestrator;
@@ -13,6 +15,7 @@ pub mod planner;
 pub mod problem;
 pub mod pubsub;
 pub mod telemetry;
+pub mod verifier;
 pub mod workflow;
 
 /// The schema migrations, embedded at build time from `migrations/`.

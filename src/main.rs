@@ -8,9 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
+use opsloop::analyst;
 use opsloop::api::{self, AppState};
 use opsloop::auth::{self, Role, TokenStore};
 use opsloop::config::{self, ServeConfig};
+use opsloop::executor;
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
@@ -22,6 +24,7 @@ use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
 use opsloop::pubsub::subjects;
+use opsloop::verifier;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -161,7 +164,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .await
                 .context("connecting to NATS")?,
         ),
-        None if roles.relay || roles.orchestrator || roles.gatekeeper || roles.planner => {
+        None if roles.any_worker() => {
             anyhow::bail!("only the api role runs without NATS_URL")
         }
         None => {
@@ -227,6 +230,29 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = Gatekeeper {
                 pool: pool.clone(),
                 policy,
+            };
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+        }
+        if roles.analyst {
+            let spec = ConsumerSpec::new(CMD_STREAM, analyst::CONSUMER, subjects::CMD_ANALYSIS_RUN)
+                .with_concurrency(4);
+            let handler = analyst::Analyst { pool: pool.clone() };
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+        }
+        if roles.executor {
+            // Both exec subjects on one consumer: a rollback and a run of the
+            // same target share the executor's target locks.
+            let spec =
+                ConsumerSpec::new(CMD_STREAM, executor::CONSUMER, "cmd.exec.>").with_concurrency(8);
+            let handler = executor::Executor::new(pool.clone(), &cfg.exec, &cfg.script_allowlist);
+            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+        }
+        if roles.verifier {
+            let spec = ConsumerSpec::new(CMD_STREAM, verifier::CONSUMER, subjects::CMD_VERIFY_RUN)
+                .with_concurrency(8);
+            let handler = verifier::Verifier {
+                pool: pool.clone(),
+                settings: cfg.verify.clone(),
             };
             tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
@@ -308,43 +334,66 @@ async fn ensure_streams(
     }
 }
 
+#[derive(Default)]
 struct Roles {
     api: bool,
     relay: bool,
     orchestrator: bool,
     gatekeeper: bool,
     planner: bool,
+    analyst: bool,
+    executor: bool,
+    verifier: bool,
 }
+
+const ROLE_NAMES: &str =
+    "api, relay, orchestrator, gatekeeper, planner, analyst, executor, verifier";
 
 impl Roles {
     fn parse(names: &[String]) -> anyhow::Result<Roles> {
-        let mut roles = Roles {
-            api: false,
-            relay: false,
-            orchestrator: false,
-            gatekeeper: false,
-            planner: false,
-        };
+        let mut roles = Roles::default();
         for name in names {
-            match name.trim() {
-                "all" => {
-                    roles.api = true;
-                    roles.relay = true;
-                    roles.orchestrator = true;
-                    roles.gatekeeper = true;
-                    roles.planner = true;
+            let all = name.trim() == "all";
+            let flag = match name.trim() {
+                "all" => None,
+                "api" => Some(&mut roles.api),
+                "relay" => Some(&mut roles.relay),
+                "orchestrator" => Some(&mut roles.orchestrator),
+                "gatekeeper" => Some(&mut roles.gatekeeper),
+                "planner" => Some(&mut roles.planner),
+                "analyst" => Some(&mut roles.analyst),
+                "executor" => Some(&mut roles.executor),
+                "verifier" => Some(&mut roles.verifier),
+                other => anyhow::bail!("unknown role {other:?}: expected {ROLE_NAMES} or all"),
+            };
+            match flag {
+                Some(f) => *f = true,
+                None if all => {
+                    roles = Roles {
+                        api: true,
+                        relay: true,
+                        orchestrator: true,
+                        gatekeeper: true,
+                        planner: true,
+                        analyst: true,
+                        executor: true,
+                        verifier: true,
+                    }
                 }
-                "api" => roles.api = true,
-                "relay" => roles.relay = true,
-                "orchestrator" => roles.orchestrator = true,
-                "gatekeeper" => roles.gatekeeper = true,
-                "planner" => roles.planner = true,
-                other => anyhow::bail!(
-                    "unknown role {other:?}: expected api, relay, orchestrator, gatekeeper, planner or all"
-                ),
+                None => {}
             }
         }
         Ok(roles)
+    }
+
+    fn any_worker(&self) -> bool {
+        self.relay
+            || self.orchestrator
+            || self.gatekeeper
+            || self.planner
+            || self.analyst
+            || self.executor
+            || self.verifier
     }
 }
 

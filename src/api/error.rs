@@ -33,6 +33,8 @@ pub enum ApiError {
     CaseNotFound(Uuid),
     #[error("case {0} has no plan")]
     PlanNotFound(Uuid),
+    #[error("{} row(s) are invalid; nothing was stored", .0.len())]
+    InvalidRows(Vec<crate::api::metrics::RowError>),
     #[error("the plan breaks {} rule(s) of the ChangePlan contract", .0.len())]
     PlanInvalid(Vec<crate::planner::contract::Violation>),
     #[error("{detail}")]
@@ -66,7 +68,7 @@ impl ApiError {
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
-            Self::PlanInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PlanInvalid(_) | Self::InvalidRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
@@ -90,6 +92,7 @@ impl ApiError {
             Self::CaseNotFound(_) => "case_not_found",
             Self::PlanNotFound(_) => "plan_not_found",
             Self::PlanInvalid(_) => "plan_invalid",
+            Self::InvalidRows(_) => "rows_invalid",
             Self::Conflict { code, .. } => code,
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -110,6 +113,7 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
             Self::PlanInvalid(_) => "Invalid plan",
+            Self::InvalidRows(_) => "Invalid rows",
             Self::Conflict { .. } => "Conflict",
             Self::MethodNotAllowed => "Method not allowed",
             Self::VersionMismatch { .. } => "Version mismatch",
@@ -164,6 +168,9 @@ impl IntoResponse for ApiError {
             }
             ApiError::PlanInvalid(violations) => {
                 problem = problem.with("violations", json!(violations));
+            }
+            ApiError::InvalidRows(errors) => {
+                problem = problem.with("errors", json!(errors));
             }
             _ => {}
         }

@@ -7,6 +7,7 @@
 pub mod cases;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod plans;
 
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
-    paths(cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
+    paths(metrics::ingest, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
           cases::transition, plans::propose, plans::current, healthz, readyz, metrics),
     components(schemas(crate::problem::Problem, crate::workflow::Status, crate::workflow::EventKind)),
     modifiers(&BearerAuth),
@@ -73,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .route("/case/{id}/plan", get(plans::current).post(plans::propose))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
+        .route("/metrics/ingest", post(metrics::ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

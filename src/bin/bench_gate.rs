@@ -176,7 +176,11 @@ async fn run_phase(
     let mut tasks = vec![tokio::spawn(
         relay.run(orchestrator.outbox_ready(), shutdown.clone()),
     )];
-    let templates = Templates::load(Path::new("templates"), &PlanLimits::default())
+    let limits = PlanLimits {
+        script_allowlist: ["restart-service.sh".to_string()].into(),
+        ..PlanLimits::default()
+    };
+    let templates = Templates::load(Path::new("templates"), &limits)
         .context("run from the repository root (templates/)")?;
     let llm = match llm_url {
         None => None,
@@ -203,7 +207,7 @@ async fn run_phase(
         Planner {
             pool: pool.clone(),
             templates,
-            limits: PlanLimits::default(),
+            limits,
             llm,
         },
         4,

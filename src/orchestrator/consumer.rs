@@ -31,10 +31,11 @@ pub fn event_for(kind: &str) -> Option<EventKind> {
 }
 
 /// Facts on `evt.>` that are for other readers, not for the FSM.
-const NOT_FOR_THE_FSM: [&str; 3] = [
+const NOT_FOR_THE_FSM: [&str; 4] = [
     "evt.case.transition.v1",
     "evt.gate.pending.v1",
     "evt.exec.step_result.v1",
+    "evt.exec.rolled_back.v1",
 ];
 
 pub struct FactConsumer {

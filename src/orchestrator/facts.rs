@@ -9,7 +9,8 @@ use super::TransitionRequest;
 use super::store::HumanApproval;
 use crate::model::Case;
 use crate::workflow::{
-    ApprovalFact, ApprovalKind, Decision, EventKind, Facts, Judgement, PlanFact, Rejection, Status,
+    ApprovalFact, ApprovalKind, Decision, EventKind, ExecFact, Facts, Judgement, PlanFact,
+    Rejection, Status,
 };
 
 pub struct Loaded {
@@ -90,8 +91,34 @@ pub async fn load(
             plan_hash: req.plan_hash.clone().unwrap_or_default(),
         });
     }
-    // Execution runs and verification results are not stored yet: their
-    // guards (`execution_succeeded`, `verification_passed`) fail closed.
+    if req.event == E::ExecDone {
+        // The latest run for this case version: a run of an older attempt
+        // (an earlier visit to EXECUTING) never counts.
+        let run: Option<(String, String)> = sqlx::query_as(
+            "SELECT plan_hash, status FROM exec_run \
+             WHERE case_id = $1 AND kind = 'run' AND case_version = $2 \
+             ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(case.id)
+        .bind(case.version)
+        .fetch_optional(&mut *conn)
+        .await?;
+        facts.exec = run.map(|(plan_hash, status)| ExecFact {
+            plan_hash,
+            all_steps_succeeded: status == "done",
+        });
+    }
+    if req.event == E::VerifyPass {
+        let outcome: Option<String> = sqlx::query_scalar(
+            "SELECT outcome FROM verify_result WHERE case_id = $1 AND case_version = $2 \
+             ORDER BY at DESC LIMIT 1",
+        )
+        .bind(case.id)
+        .bind(case.version)
+        .fetch_optional(&mut *conn)
+        .await?;
+        facts.verify_passed = outcome.map(|o| o == "pass");
+    }
     Ok(Loaded { facts, plan_id })
 }
 

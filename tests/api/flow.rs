@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use opsloop::analyst::Analyst;
+use opsloop::executor::{ExecSettings, Executor};
 use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::consumer::FactConsumer;
 use opsloop::planner::contract::PlanLimits;
@@ -15,6 +17,7 @@ use opsloop::planner::worker::Planner;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::verifier::{Verifier, VerifySettings};
 use reqwest::Method;
 use serde_json::Value;
 use sqlx::PgPool;
@@ -26,7 +29,11 @@ use crate::nats::TestNats;
 /// The limits the workers check plans against (the API's are the same).
 pub fn plan_limits() -> PlanLimits {
     PlanLimits {
-        script_allowlist: ["restart-checkout.sh".to_string()].into(),
+        script_allowlist: [
+            "restart-checkout.sh".to_string(),
+            "restart-service.sh".to_string(),
+        ]
+        .into(),
         ..PlanLimits::default()
     }
 }
@@ -41,6 +48,26 @@ pub struct Loop {
     orchestrator: FactConsumer,
     gatekeeper: Gatekeeper,
     planner: Planner,
+    downstream: Option<Downstream>,
+}
+
+/// The roles after the gate: analyst, executor, verifier.
+pub struct Downstream {
+    analysis: jetstream::consumer::PullConsumer,
+    exec: jetstream::consumer::PullConsumer,
+    verify: jetstream::consumer::PullConsumer,
+    analyst: Analyst,
+    pub executor: Executor,
+    verifier: Verifier,
+}
+
+pub fn exec_settings() -> ExecSettings {
+    ExecSettings {
+        scripts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/actions"),
+        script_env: vec!["PATH".into()],
+        output_cap: 4096,
+        backoff_scale: 0.01,
+    }
 }
 
 impl Loop {
@@ -54,6 +81,40 @@ impl Loop {
 
     pub async fn with_llm(pool: PgPool, llm: LlmPlanner) -> Loop {
         Loop::build(pool, Policy::default(), Some(llm)).await
+    }
+
+    /// Every role, through execution and verification.
+    pub async fn full(pool: PgPool) -> Loop {
+        let mut lp = Loop::build(pool.clone(), Policy::default(), None).await;
+        let js = jetstream::new(lp._nats.client().await);
+        let durable = |name: &'static str, subject: &'static str| {
+            let js = js.clone();
+            async move {
+                consumer::durable(&js, &ConsumerSpec::new(CMD_STREAM, name, subject))
+                    .await
+                    .unwrap()
+            }
+        };
+        let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
+        lp.downstream = Some(Downstream {
+            analysis: durable("analyst", "cmd.analysis.run").await,
+            exec: durable("executor", "cmd.exec.>").await,
+            verify: durable("verifier", "cmd.verify.run").await,
+            analyst: Analyst { pool: pool.clone() },
+            executor: Executor::new(pool.clone(), &exec_settings(), &allowlist),
+            verifier: Verifier {
+                pool,
+                settings: VerifySettings {
+                    delay_s: 0,
+                    min_coverage: 0.5,
+                },
+            },
+        });
+        lp
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.downstream.as_ref().expect("a full loop").executor
     }
 
     async fn build(pool: PgPool, policy: Policy, llm: Option<LlmPlanner>) -> Loop {
@@ -99,6 +160,7 @@ impl Loop {
             },
             app,
             _nats: nats,
+            downstream: None,
         }
     }
 
@@ -118,6 +180,18 @@ impl Loop {
             moved += consumer::consume_once(&self.facts, pool, &self.orchestrator, 50, wait)
                 .await
                 .unwrap();
+            if let Some(d) = &self.downstream {
+                moved += self.relay.relay_once().await.unwrap().published;
+                moved += consumer::consume_once(&d.analysis, pool, &d.analyst, 50, wait)
+                    .await
+                    .unwrap();
+                moved += consumer::consume_once(&d.exec, pool, &d.executor, 50, wait)
+                    .await
+                    .unwrap();
+                moved += consumer::consume_once(&d.verify, pool, &d.verifier, 50, wait)
+                    .await
+                    .unwrap();
+            }
             if moved == 0 {
                 return;
             }

@@ -79,10 +79,7 @@ impl TestApp {
             orchestrator: orchestrator.clone(),
             tokens: Arc::new(tokens),
             nats: Some(nats),
-            plan_limits: Arc::new(opsloop::planner::contract::PlanLimits {
-                script_allowlist: ["restart-checkout.sh".to_string()].into(),
-                ..Default::default()
-            }),
+            plan_limits: Arc::new(crate::flow::plan_limits()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

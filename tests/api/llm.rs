@@ -180,7 +180,10 @@ async fn a_valid_plan_is_stored_with_its_attempt_and_goes_through_the_gate(pool:
     let context: Value =
         serde_json::from_str(req["messages"][1]["content"].as_str().unwrap()).unwrap();
     assert_eq!(context["case"]["id"], json!(r.case));
-    assert_eq!(context["script_allowlist"], json!(["restart-checkout.sh"]));
+    assert_eq!(
+        context["script_allowlist"],
+        json!(["restart-checkout.sh", "restart-service.sh"])
+    );
 }
 
 #[sqlx::test]

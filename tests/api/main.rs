@@ -19,3 +19,4 @@ mod plans;
 mod pubsub;
 mod replay;
 mod transitions;
+mod walking_skeleton;

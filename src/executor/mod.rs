@@ -1,0 +1,691 @@
+//! The executor: consumes `cmd.exec.run` and `cmd.exec.rollback`, runs the
+//! approved plan's steps through adapters, records every step, and reports
+//! `evt.exec.step_result.v1` per step and `evt.exec.done.v1` /
+//! `evt.exec.failed.v1` (or `evt.exec.rolled_back.v1` for a rollback
+//! command) through the outbox.
+//!
+//! Owns: `exec_run`, `exec_step`, `exec_target_lock`. Never changes the
+//! case status; its facts carry the version the command was issued at, so
+//! the orchestrator rejects the results of an attempt the case has moved
+//! past (fencing). The command's envelope id is the attempt id: a
+//! redelivered command finds its run and never re-runs a finished step.
+
+pub mod adapter;
+pub mod script;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::model::Case;
+use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
+use crate::pubsub::{Envelope, outbox, subjects};
+use crate::telemetry;
+use adapter::{Adapter, StepError};
+
+pub const CONSUMER: &str = "executor";
+pub const EVT_STEP_RESULT: &str = "evt.exec.step_result.v1";
+pub const EVT_DONE: &str = "evt.exec.done.v1";
+pub const EVT_FAILED: &str = "evt.exec.failed.v1";
+/// A rollback command's outcome; for people and tools, not for the FSM
+/// (the case is already PARKED).
+pub const EVT_ROLLED_BACK: &str = "evt.exec.rolled_back.v1";
+
+/// Deliveries a command waits for a busy target before the case is parked.
+const WAIT_FOR_TARGET_DELIVERIES: i64 = 4;
+/// Pause before retry `n` of a failed step: 1 s doubling, at most 30 s.
+fn step_backoff(n: u32) -> Duration {
+    Duration::from_secs((1u64 << n.min(5)).min(30))
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecSettings {
+    /// Folder of the scripts `script.exec` may run (the allowlist names
+    /// files in it); also their working directory.
+    #[arg(long, env = "OPSLOOP_SCRIPTS_DIR", default_value = "scripts/actions")]
+    pub scripts_dir: PathBuf,
+    /// Environment variables scripts receive; all others are cleared.
+    #[arg(
+        long,
+        env = "OPSLOOP_SCRIPT_ENV",
+        value_delimiter = ',',
+        default_value = "PATH,LANG"
+    )]
+    pub script_env: Vec<String>,
+    /// Bytes of stdout and of stderr kept per step.
+    #[arg(long, env = "OPSLOOP_SCRIPT_OUTPUT_CAP", default_value_t = 64 * 1024)]
+    pub output_cap: usize,
+    /// Scale for the plan's retry backoff (tests and demos shorten it).
+    #[arg(long, env = "OPSLOOP_STEP_BACKOFF_SCALE", default_value_t = 1.0)]
+    pub backoff_scale: f64,
+}
+
+pub struct Executor {
+    pub pool: PgPool,
+    adapters: BTreeMap<&'static str, Arc<dyn Adapter>>,
+    backoff_scale: f64,
+}
+
+impl Executor {
+    pub fn new(pool: PgPool, settings: &ExecSettings, script_allowlist: &[String]) -> Executor {
+        let mut e = Executor {
+            pool,
+            adapters: BTreeMap::new(),
+            backoff_scale: settings.backoff_scale.max(0.0),
+        };
+        e.register(Arc::new(adapter::Noop));
+        e.register(Arc::new(script::ScriptAdapter {
+            dir: settings.scripts_dir.clone(),
+            allowlist: script_allowlist.iter().cloned().collect(),
+            env_allowlist: settings.script_env.clone(),
+            output_cap: settings.output_cap,
+        }));
+        e
+    }
+
+    /// Adds or replaces the adapter for its action.
+    pub fn register(&mut self, adapter: Arc<dyn Adapter>) {
+        self.adapters.insert(adapter.action(), adapter);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+enum Phase {
+    Step,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+enum RunKind {
+    Run,
+    Rollback,
+}
+
+/// One step of the plan as the runner needs it.
+#[derive(Debug, Clone)]
+struct Step {
+    action: String,
+    params: Value,
+    timeout: Duration,
+    retry: u32,
+}
+
+fn steps_of(plan: &Value, pointer: &str) -> Vec<Step> {
+    plan.pointer(pointer)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|s| Step {
+            action: s["action"].as_str().unwrap_or_default().to_string(),
+            params: s.get("params").cloned().unwrap_or(json!({})),
+            timeout: Duration::from_secs(s["timeout_s"].as_u64().unwrap_or(10)),
+            retry: s["retry"].as_u64().unwrap_or(0).min(3) as u32,
+        })
+        .collect()
+}
+
+/// The resources a plan changes, for the one-run-per-target rule.
+fn targets(steps: &[Step]) -> Vec<String> {
+    let mut out: Vec<String> = steps
+        .iter()
+        .filter_map(|s| {
+            let p = &s.params;
+            let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
+            match s.action.as_str() {
+                "script.exec" => Some(format!(
+                    "script:{}:{}",
+                    text("script"),
+                    p.get("args").map(Value::to_string).unwrap_or_default()
+                )),
+                "k8s.rollout" => Some(format!("k8s:{}/{}", text("namespace"), text("deployment"))),
+                "gateway.flip" => Some(format!("gateway:{}{}", text("gateway"), text("route"))),
+                _ => None,
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A run as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct RunRow {
+    id: Uuid,
+    status: String,
+}
+
+/// How a run ended, for its closing fact.
+struct Ending {
+    status: &'static str,
+    fact: &'static str,
+    reason: Option<String>,
+}
+
+impl Handler for Executor {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    async fn handle(&self, d: &Delivery) -> Disposition {
+        let env = &d.envelope;
+        let kind = match env.kind.as_str() {
+            subjects::CMD_EXEC_RUN => RunKind::Run,
+            subjects::CMD_EXEC_ROLLBACK => RunKind::Rollback,
+            other => return Disposition::unknown_type(other),
+        };
+        let (Some(case_id), Some(version)) = (env.case_id, env.expected_version) else {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                "an exec command needs case_id and expected_version".into(),
+            );
+        };
+        let Some(plan_hash) = env
+            .data
+            .get("plan_hash")
+            .and_then(Value::as_str)
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                "data.plan_hash must be a sha256 hex digest".into(),
+            );
+        };
+        let _in_flight = telemetry::execution_started();
+        match self
+            .execute(env, d, kind, case_id, version, plan_hash)
+            .await
+        {
+            Ok(disposition) => disposition,
+            Err(e) => Disposition::Retry(e.to_string()),
+        }
+    }
+}
+
+impl Executor {
+    async fn execute(
+        &self,
+        cmd: &Envelope,
+        d: &Delivery,
+        kind: RunKind,
+        case_id: Uuid,
+        version: i64,
+        plan_hash: &str,
+    ) -> Result<Disposition, sqlx::Error> {
+        let trace = telemetry::trace_id_from(d.traceparent.as_deref());
+        let case: Option<Case> = sqlx::query_as(concat!(
+            "SELECT ",
+            crate::case_columns!(),
+            " FROM ops_case WHERE id = $1"
+        ))
+        .bind(case_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(case) = case else {
+            return Ok(Disposition::DeadLetter(
+                DeadReason::UnknownCase,
+                format!("case {case_id} does not exist"),
+            ));
+        };
+        // The plan must be the approved one: an approval row for this very
+        // hash, whatever the command says.
+        let plan: Option<Value> = sqlx::query_scalar(
+            "SELECT p.plan FROM plan_proposed p WHERE p.case_id = $1 AND p.plan_hash = $2 \
+             AND EXISTS (SELECT 1 FROM plan_approved a WHERE a.plan_id = p.id AND a.plan_hash = p.plan_hash)",
+        )
+        .bind(case_id)
+        .bind(plan_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(plan) = plan else {
+            return Ok(Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                format!("no approved plan {plan_hash} for case {case_id}"),
+            ));
+        };
+        let (steps, rollback) = (
+            steps_of(&plan, "/steps"),
+            steps_of(&plan, "/rollback/steps"),
+        );
+        let facts = Facts {
+            case: &case,
+            cmd,
+            version,
+            trace: &trace,
+        };
+
+        let existing: Option<RunRow> =
+            sqlx::query_as("SELECT id, status FROM exec_run WHERE attempt_id = $1")
+                .bind(cmd.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let run_id = match existing {
+            Some(run) if run.status != "running" => return Ok(Disposition::Done),
+            Some(run) => run.id,
+            None => {
+                if kind == RunKind::Run && case.version != version {
+                    // The case moved on before this command was handled:
+                    // nothing to run for an attempt that no longer counts.
+                    tracing::info!(case.id = %case.id, "Exec command for an older case version; skipped.");
+                    return Ok(Disposition::Done);
+                }
+                let touched = match kind {
+                    RunKind::Run => [steps.clone(), rollback.clone()].concat(),
+                    RunKind::Rollback => rollback.clone(),
+                };
+                match self
+                    .start_run(&case, cmd.id, version, plan_hash, kind, &targets(&touched))
+                    .await?
+                {
+                    Ok(id) => id,
+                    Err(busy) if d.delivered < WAIT_FOR_TARGET_DELIVERIES => {
+                        return Ok(Disposition::Retry(busy));
+                    }
+                    Err(busy) => {
+                        let reason = format!("blocked: {busy}");
+                        self.finish_blocked(&facts, cmd.id, plan_hash, kind, &reason)
+                            .await?;
+                        return Ok(Disposition::Done);
+                    }
+                }
+            }
+        };
+
+        let ending = match kind {
+            RunKind::Run => match self.run_phase(run_id, Phase::Step, &steps, &facts).await? {
+                PhaseEnd::AllDone => Ending {
+                    status: "done",
+                    fact: EVT_DONE,
+                    reason: None,
+                },
+                PhaseEnd::Interrupted(why) => Ending {
+                    status: "interrupted",
+                    fact: EVT_FAILED,
+                    reason: Some(format!("interrupted: {why}")),
+                },
+                PhaseEnd::Failed(why) => {
+                    let rolled = self
+                        .run_phase(run_id, Phase::Rollback, &rollback, &facts)
+                        .await?;
+                    let (status, rollback_note) = match rolled {
+                        PhaseEnd::AllDone if rollback.is_empty() => {
+                            ("failed", "no rollback steps".to_string())
+                        }
+                        PhaseEnd::AllDone => ("rolled_back", "rollback succeeded".to_string()),
+                        PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => {
+                            ("failed", format!("rollback failed too: {w}"))
+                        }
+                    };
+                    Ending {
+                        status,
+                        fact: EVT_FAILED,
+                        reason: Some(format!("{why}; {rollback_note}")),
+                    }
+                }
+            },
+            RunKind::Rollback => match self
+                .run_phase(run_id, Phase::Rollback, &rollback, &facts)
+                .await?
+            {
+                PhaseEnd::AllDone => Ending {
+                    status: "rolled_back",
+                    fact: EVT_ROLLED_BACK,
+                    reason: None,
+                },
+                PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => Ending {
+                    status: "failed",
+                    fact: EVT_ROLLED_BACK,
+                    reason: Some(format!("rollback failed: {w}")),
+                },
+            },
+        };
+        self.finish(run_id, plan_hash, kind, &ending, &facts)
+            .await?;
+        Ok(Disposition::Done)
+    }
+
+    /// Creates the run and takes its targets, or says who holds one.
+    async fn start_run(
+        &self,
+        case: &Case,
+        attempt_id: Uuid,
+        version: i64,
+        plan_hash: &str,
+        kind: RunKind,
+        targets: &[String],
+    ) -> Result<Result<Uuid, String>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let run_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running') ON CONFLICT (attempt_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(case.id)
+        .bind(plan_hash)
+        .bind(<&'static str>::from(kind))
+        .bind(attempt_id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        for target in targets {
+            let holder: Option<(Uuid, Uuid)> = sqlx::query_as(
+                "WITH taken AS (INSERT INTO exec_target_lock (target, run_id) VALUES ($1, $2) \
+                 ON CONFLICT (target) DO NOTHING RETURNING run_id) \
+                 SELECT l.run_id, r.case_id FROM exec_target_lock l JOIN exec_run r ON r.id = l.run_id \
+                 WHERE l.target = $1 AND NOT EXISTS (SELECT 1 FROM taken)",
+            )
+            .bind(target)
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((_, other_case)) = holder {
+                tx.rollback().await?;
+                return Ok(Err(format!(
+                    "target {target} is being changed by case {other_case}"
+                )));
+            }
+        }
+        tx.commit().await?;
+        Ok(Ok(run_id))
+    }
+
+    /// Runs one phase's steps in order; stops at the first failure.
+    async fn run_phase(
+        &self,
+        run_id: Uuid,
+        phase: Phase,
+        steps: &[Step],
+        facts: &Facts<'_>,
+    ) -> Result<PhaseEnd, sqlx::Error> {
+        for (idx, step) in steps.iter().enumerate() {
+            let idx = idx as i32;
+            let stored: Option<(String, i32)> = sqlx::query_as(
+                "SELECT status, tries FROM exec_step WHERE run_id = $1 AND phase = $2 AND idx = $3",
+            )
+            .bind(run_id)
+            .bind(<&'static str>::from(phase))
+            .bind(idx)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(adapter) = self.adapters.get(step.action.as_str()).cloned() else {
+                let why = format!("{phase} {idx}: no adapter for action {}", step.action);
+                self.record_step(
+                    run_id,
+                    phase,
+                    idx,
+                    step,
+                    "failed",
+                    0,
+                    &json!({"error": why}),
+                    facts,
+                )
+                .await?;
+                return Ok(PhaseEnd::Failed(why));
+            };
+            match stored.as_ref().map(|(s, _)| s.as_str()) {
+                Some("done") => continue,
+                Some("failed") => {
+                    return Ok(PhaseEnd::Failed(format!(
+                        "{phase} {idx} ({}) failed",
+                        step.action
+                    )));
+                }
+                Some(_running) if !adapter.idempotent() => {
+                    let why = format!(
+                        "{phase} {idx} ({}) was running when the executor stopped, and is not safe to repeat",
+                        step.action
+                    );
+                    self.record_step(
+                        run_id,
+                        phase,
+                        idx,
+                        step,
+                        "failed",
+                        stored.map_or(0, |s| s.1),
+                        &json!({"error": why}),
+                        facts,
+                    )
+                    .await?;
+                    return Ok(PhaseEnd::Interrupted(why));
+                }
+                _ => {}
+            }
+            let mut tries = stored.map_or(0, |s| s.1);
+            let outcome = loop {
+                tries += 1;
+                self.mark_running(run_id, phase, idx, step, tries).await?;
+                let started = Instant::now();
+                let tried = match tokio::time::timeout(
+                    step.timeout + Duration::from_secs(5),
+                    adapter.run(&step.params, step.timeout),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(StepError::new(
+                        format!("no result within {} s", step.timeout.as_secs()),
+                        json!({"timed_out": true}),
+                    )),
+                };
+                telemetry::adapter_step(adapter.action(), started.elapsed().as_secs_f64());
+                match tried {
+                    Ok(detail) => break Ok(detail),
+                    Err(e) if tries as u32 <= step.retry && e.detail.get("refused").is_none() => {
+                        tracing::warn!(step = idx, action = %step.action, error = %e.message, "Step failed; retrying.");
+                        let pause = step_backoff(tries as u32 - 1).mul_f64(self.backoff_scale);
+                        tokio::time::sleep(pause).await;
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match outcome {
+                Ok(detail) => {
+                    self.record_step(run_id, phase, idx, step, "done", tries, &detail, facts)
+                        .await?;
+                }
+                Err(e) => {
+                    let mut detail = e.detail.clone();
+                    if let Some(m) = detail.as_object_mut() {
+                        m.insert("error".into(), json!(e.message));
+                    }
+                    self.record_step(run_id, phase, idx, step, "failed", tries, &detail, facts)
+                        .await?;
+                    return Ok(PhaseEnd::Failed(format!(
+                        "{phase} {idx} ({}) failed after {tries} tries: {}",
+                        step.action, e.message
+                    )));
+                }
+            }
+        }
+        Ok(PhaseEnd::AllDone)
+    }
+
+    async fn mark_running(
+        &self,
+        run_id: Uuid,
+        phase: Phase,
+        idx: i32,
+        step: &Step,
+        tries: i32,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO exec_step (run_id, phase, idx, action, status, tries) VALUES ($1, $2, $3, $4, 'running', $5) \
+             ON CONFLICT (run_id, phase, idx) DO UPDATE SET status = 'running', tries = EXCLUDED.tries, \
+             started_at = clock_timestamp(), finished_at = NULL",
+        )
+        .bind(run_id)
+        .bind(<&'static str>::from(phase))
+        .bind(idx)
+        .bind(&step.action)
+        .bind(tries)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Stores a step's end and its `evt.exec.step_result.v1` together.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_step(
+        &self,
+        run_id: Uuid,
+        phase: Phase,
+        idx: i32,
+        step: &Step,
+        status: &str,
+        tries: i32,
+        detail: &Value,
+        facts: &Facts<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO exec_step (run_id, phase, idx, action, status, tries, result, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp()) \
+             ON CONFLICT (run_id, phase, idx) DO UPDATE SET status = EXCLUDED.status, tries = EXCLUDED.tries, \
+             result = EXCLUDED.result, finished_at = EXCLUDED.finished_at",
+        )
+        .bind(run_id)
+        .bind(<&'static str>::from(phase))
+        .bind(idx)
+        .bind(&step.action)
+        .bind(status)
+        .bind(tries)
+        .bind(detail)
+        .execute(&mut *tx)
+        .await?;
+        let fact = facts.envelope(
+            EVT_STEP_RESULT,
+            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "phase": phase.to_string(),
+                   "index": idx, "action": step.action, "status": status, "tries": tries}),
+        );
+        outbox::enqueue(
+            &mut tx,
+            Some(facts.case.id),
+            &[fact],
+            &outbox::traceparent(facts.trace),
+        )
+        .await?;
+        tx.commit().await
+    }
+
+    /// Closes the run, frees its targets, and states the outcome.
+    async fn finish(
+        &self,
+        run_id: Uuid,
+        plan_hash: &str,
+        kind: RunKind,
+        ending: &Ending,
+        facts: &Facts<'_>,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE exec_run SET status = $2, error = $3, finished_at = clock_timestamp() WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(ending.status)
+        .bind(&ending.reason)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM exec_target_lock WHERE run_id = $1")
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await?;
+        let fact = facts.envelope(
+            ending.fact,
+            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "plan_hash": plan_hash,
+                   "kind": <&'static str>::from(kind), "status": ending.status, "reason": ending.reason}),
+        );
+        outbox::enqueue(
+            &mut tx,
+            Some(facts.case.id),
+            &[fact],
+            &outbox::traceparent(facts.trace),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(case.id = %facts.case.id, run.id = %run_id, status = ending.status, "Execution finished.");
+        Ok(())
+    }
+
+    /// A command that never got its targets: recorded as a blocked run.
+    async fn finish_blocked(
+        &self,
+        facts: &Facts<'_>,
+        attempt_id: Uuid,
+        plan_hash: &str,
+        kind: RunKind,
+        reason: &str,
+    ) -> Result<(), sqlx::Error> {
+        let run_id = Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status, error, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'running', NULL, NULL) ON CONFLICT (attempt_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(facts.case.id)
+        .bind(plan_hash)
+        .bind(<&'static str>::from(kind))
+        .bind(attempt_id)
+        .bind(facts.version)
+        .execute(&self.pool)
+        .await?;
+        let ending = Ending {
+            status: "blocked",
+            fact: match kind {
+                RunKind::Run => EVT_FAILED,
+                RunKind::Rollback => EVT_ROLLED_BACK,
+            },
+            reason: Some(reason.to_string()),
+        };
+        self.finish(run_id, plan_hash, kind, &ending, facts).await
+    }
+}
+
+enum PhaseEnd {
+    AllDone,
+    Failed(String),
+    Interrupted(String),
+}
+
+/// What every fact of one command shares.
+struct Facts<'a> {
+    case: &'a Case,
+    cmd: &'a Envelope,
+    /// The version the command was issued at (the fence).
+    version: i64,
+    trace: &'a str,
+}
+
+impl Facts<'_> {
+    fn envelope(&self, kind: &str, data: Value) -> Envelope {
+        let mut env = Envelope::for_case(self.case, kind, CONSUMER, Some(self.cmd.id), data);
+        env.expected_version = Some(self.version);
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_name_each_changed_resource_once() {
+        let plan = json!({"steps": [
+            {"action": "noop", "timeout_s": 10, "retry": 0},
+            {"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "api", "restart": true}, "timeout_s": 60, "retry": 0},
+            {"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "api", "image": "x:2"}, "timeout_s": 60, "retry": 0},
+            {"action": "gateway.flip", "params": {"gateway": "edge", "route": "/api", "weights": {"a": 100}}, "timeout_s": 60, "retry": 0}
+        ]});
+        assert_eq!(
+            targets(&steps_of(&plan, "/steps")),
+            ["gateway:edge/api", "k8s:shop/api"]
+        );
+    }
+}

@@ -1,0 +1,314 @@
+//! `script.exec`: runs an allowlisted script from the configured folder by
+//! name, with an argv array, through tokio's process API. No shell ever sees
+//! the arguments; the environment is cleared except an allowlist; the
+//! working directory is fixed; the script runs in its own process group,
+//! which is killed as a whole on timeout; output is captured up to a cap.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::Command;
+
+use super::adapter::{Adapter, BoxFuture, StepError};
+
+#[derive(Debug, Clone)]
+pub struct ScriptAdapter {
+    /// Folder holding the scripts; also their working directory.
+    pub dir: PathBuf,
+    /// Script file names that may run.
+    pub allowlist: BTreeSet<String>,
+    /// Environment variables passed through (everything else is cleared).
+    pub env_allowlist: Vec<String>,
+    /// Bytes kept of stdout and of stderr each.
+    pub output_cap: usize,
+}
+
+impl ScriptAdapter {
+    /// Resolves a script name to its file, refusing anything that is not a
+    /// plain allowlisted file name in the folder.
+    fn resolve(&self, name: &str) -> Result<PathBuf, StepError> {
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !plain || !self.allowlist.contains(name) {
+            return Err(StepError::new(
+                format!("script {name:?} is not in the allowlist"),
+                json!({"refused": true}),
+            ));
+        }
+        let path = self.dir.join(name);
+        if !path.is_file() {
+            return Err(StepError::new(
+                format!(
+                    "script {name:?} is allowlisted but not found in {}",
+                    self.dir.display()
+                ),
+                json!({"refused": true}),
+            ));
+        }
+        Ok(path)
+    }
+
+    async fn exec(&self, params: &Value, timeout: Duration) -> Result<Value, StepError> {
+        let name = params.get("script").and_then(Value::as_str).unwrap_or("");
+        let path = self.resolve(name)?;
+        let args: Vec<String> = match params.get("args") {
+            None => Vec::new(),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<_>>()
+                .ok_or_else(|| StepError::new("args must be strings", json!({"refused": true})))?,
+            Some(_) => {
+                return Err(StepError::new(
+                    "args must be an array",
+                    json!({"refused": true}),
+                ));
+            }
+        };
+        let mut cmd = Command::new(&path);
+        cmd.args(&args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        for key in &self.env_allowlist {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        let started = std::time::Instant::now();
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StepError::new(format!("cannot start {name}: {e}"), json!({})))?;
+        let pgid = child.id();
+        let stdout = capture(child.stdout.take(), self.output_cap);
+        let stderr = capture(child.stderr.take(), self.output_cap);
+        let waited = tokio::time::timeout(timeout, async {
+            let (status, out, err) = tokio::join!(child.wait(), stdout, stderr);
+            (status, out, err)
+        })
+        .await;
+        match waited {
+            Ok((status, out, err)) => {
+                let status = status
+                    .map_err(|e| StepError::new(format!("waiting for {name}: {e}"), json!({})))?;
+                let detail = json!({
+                    "script": name, "args": args, "exit_code": status.code(),
+                    "stdout": out, "stderr": err,
+                    "elapsed_ms": started.elapsed().as_millis() as u64,
+                });
+                if status.success() {
+                    Ok(detail)
+                } else {
+                    Err(StepError::new(
+                        format!(
+                            "{name} exited with {}",
+                            status.code().map_or("a signal".into(), |c| c.to_string())
+                        ),
+                        detail,
+                    ))
+                }
+            }
+            Err(_) => {
+                // The whole group: a script's children die with it.
+                if let Some(pgid) = pgid {
+                    kill_group(pgid);
+                }
+                let _ = child.wait().await;
+                Err(StepError::new(
+                    format!(
+                        "{name} timed out after {} s; its process group was killed",
+                        timeout.as_secs()
+                    ),
+                    json!({"script": name, "args": args, "timed_out": true}),
+                ))
+            }
+        }
+    }
+}
+
+fn kill_group(pgid: u32) {
+    // No libc binding in the tree: `kill -KILL -<pgid>` does it, and takes
+    // the group id as an argument, not through a shell.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Reads a pipe to its end, keeping the first `cap` bytes.
+async fn capture(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> Value {
+    let Some(mut pipe) = pipe else {
+        return json!({"text": "", "bytes": 0, "truncated": false});
+    };
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n;
+                let room = cap.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    json!({"text": String::from_utf8_lossy(&kept), "bytes": total, "truncated": total > kept.len()})
+}
+
+impl Adapter for ScriptAdapter {
+    fn action(&self) -> &'static str {
+        "script.exec"
+    }
+
+    /// A script may have done half its work; it is not re-run blindly.
+    fn idempotent(&self) -> bool {
+        false
+    }
+
+    fn run<'a>(
+        &'a self,
+        params: &'a Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(self.exec(params, timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn folder(scripts: &[(&str, &str)]) -> ScriptAdapter {
+        let dir = std::env::temp_dir().join(format!("opsloop-scripts-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, body) in scripts {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        ScriptAdapter {
+            dir,
+            allowlist: scripts.iter().map(|(n, _)| n.to_string()).collect(),
+            env_allowlist: vec!["PATH".into()],
+            output_cap: 1000,
+        }
+    }
+
+    fn params(script: &str, args: &[&str]) -> Value {
+        json!({"script": script, "args": args})
+    }
+
+    #[tokio::test]
+    async fn shell_metacharacters_in_argv_are_passed_literally() {
+        let a = folder(&[(
+            "echo-args.sh",
+            r#"for a in "$@"; do printf '[%s]\n' "$a"; done"#,
+        )]);
+        let marker = a.dir.join("pwned");
+        let evil = format!(
+            "x; touch {} && echo $(id) `id` | cat > /dev/null",
+            marker.display()
+        );
+        let out = a
+            .run(
+                &params("echo-args.sh", &[&evil, "$HOME", "*"]),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out["stdout"]["text"], format!("[{evil}]\n[$HOME]\n[*]\n"));
+        assert!(!marker.exists(), "an argument was run by a shell");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_process_tree() {
+        let a = folder(&[("spawner.sh", "sleep 300 &\necho $! > child.pid\nsleep 300")]);
+        let started = std::time::Instant::now();
+        let e = a
+            .run(&params("spawner.sh", &[]), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.message.contains("timed out"), "{}", e.message);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let pid = std::fs::read_to_string(a.dir.join("child.pid")).unwrap();
+        let pid = pid.trim();
+        // The grandchild must be gone too (give the kernel a moment).
+        let mut alive = true;
+        for _ in 0..50 {
+            alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
+                && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .unwrap_or_default()
+                    .contains(") Z ");
+            if !alive {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!alive, "the script's child {pid} survived the timeout");
+    }
+
+    #[tokio::test]
+    async fn output_is_capped_and_the_size_reported() {
+        let a = folder(&[("chatty.sh", "head -c 50000 /dev/zero | tr '\\0' x")]);
+        let out = a
+            .run(&params("chatty.sh", &[]), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(out["stdout"]["text"].as_str().unwrap().len(), 1000);
+        assert_eq!(out["stdout"]["bytes"], 50000);
+        assert_eq!(out["stdout"]["truncated"], true);
+    }
+
+    #[tokio::test]
+    async fn scripts_outside_the_allowlist_are_refused_before_anything_runs() {
+        let a = folder(&[("ok.sh", "exit 0")]);
+        std::fs::write(a.dir.join("other.sh"), "#!/bin/sh\ntouch ran\n").unwrap();
+        std::fs::set_permissions(
+            a.dir.join("other.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        for name in ["other.sh", "../ok.sh", "/bin/sh", "ok.sh; touch ran", ""] {
+            let e = a
+                .run(&params(name, &[]), Duration::from_secs(5))
+                .await
+                .unwrap_err();
+            assert!(
+                e.message.contains("not in the allowlist"),
+                "{name}: {}",
+                e.message
+            );
+        }
+        assert!(!a.dir.join("ran").exists());
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_cleared_and_a_failure_is_non_zero_exit() {
+        let a = folder(&[("env.sh", "env; exit 3")]);
+        let e = a
+            .run(&params("env.sh", &[]), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(e.detail["exit_code"], 3);
+        let env = e.detail["stdout"]["text"].as_str().unwrap();
+        assert!(env.contains("PATH="));
+        assert!(!env.contains("DATABASE_URL"), "{env}");
+        assert!(!env.contains("HOME="), "{env}");
+    }
+}

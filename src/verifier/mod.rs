@@ -1,0 +1,348 @@
+//! The SLO verifier: consumes `cmd.verify.run`, evaluates the approved
+//! plan's `verify.checks` from `metric_1m`, stores a `verify_result`, and
+//! reports `evt.verify.pass.v1` or `evt.verify.failed.v1` with reason
+//! `breach`, `no_data` or `inconclusive`.
+//!
+//! Missing or thin data is never a pass: NO_DATA and INCONCLUSIVE park the
+//! case like a breach does (without the automatic rollback decision, which
+//! is the orchestrator's and the policy's).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::model::Case;
+use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
+use crate::pubsub::{Envelope, inbox, outbox, subjects};
+use crate::telemetry;
+use crate::workflow::Status;
+
+pub const CONSUMER: &str = "verifier";
+pub const EVT_PASS: &str = "evt.verify.pass.v1";
+pub const EVT_FAILED: &str = "evt.verify.failed.v1";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifySettings {
+    /// Seconds to wait after the execution finished before judging, so the
+    /// window holds data from after the change. Production: at least the
+    /// longest check window; demos and tests use 0 and ingest fresh rows.
+    #[arg(long, env = "OPSLOOP_VERIFY_DELAY_S", default_value_t = 60)]
+    pub delay_s: u64,
+    /// Share of a window's minutes that must have data for a verdict.
+    #[arg(long, env = "OPSLOOP_VERIFY_MIN_COVERAGE", default_value_t = 0.5)]
+    pub min_coverage: f64,
+}
+
+pub struct Verifier {
+    pub pool: PgPool,
+    pub settings: VerifySettings,
+}
+
+/// The verdict on one check, and on the whole (the worst check wins:
+/// breach, then no_data, then inconclusive, then pass).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr, strum::Display,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Inconclusive,
+    NoData,
+    Breach,
+}
+
+/// One check as stated in the plan.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub resource: String,
+    pub metric: String,
+    pub stat: String,
+    pub op: String,
+    pub threshold: f64,
+    pub window_s: i64,
+}
+
+impl Check {
+    fn from_plan(v: &Value, default_resource: Option<&str>) -> Result<Check, String> {
+        let text = |k: &str| v.get(k).and_then(Value::as_str);
+        let resource = text("resource")
+            .or(default_resource)
+            .ok_or("a check names no resource and the case has no resource label")?;
+        Ok(Check {
+            resource: resource.to_string(),
+            metric: text("metric").ok_or("a check without metric")?.to_string(),
+            stat: text("stat").unwrap_or("avg").to_string(),
+            op: text("op").ok_or("a check without op")?.to_string(),
+            threshold: v
+                .get("threshold")
+                .and_then(Value::as_f64)
+                .ok_or("a check without threshold")?,
+            window_s: v
+                .get("window_s")
+                .and_then(Value::as_i64)
+                .unwrap_or(60)
+                .max(60),
+        })
+    }
+
+    fn holds(&self, figure: f64) -> bool {
+        match self.op.as_str() {
+            "<" => figure < self.threshold,
+            "<=" => figure <= self.threshold,
+            ">" => figure > self.threshold,
+            ">=" => figure >= self.threshold,
+            _ => false,
+        }
+    }
+}
+
+/// Judges a check from the per-minute values in its window (pure).
+pub fn judge(check: &Check, values: &[f64], min_coverage: f64) -> (Verdict, Value) {
+    let expected = (check.window_s / 60).max(1) as usize;
+    if values.is_empty() {
+        return (Verdict::NoData, json!({"points": 0, "expected": expected}));
+    }
+    if (values.len() as f64) < (expected as f64 * min_coverage).ceil() {
+        return (
+            Verdict::Inconclusive,
+            json!({"points": values.len(), "expected": expected,
+                   "why": "too few minutes with data in the window"}),
+        );
+    }
+    let figure = match check.stat.as_str() {
+        "max" | "p95" => values.iter().copied().fold(f64::MIN, f64::max),
+        _ => values.iter().sum::<f64>() / values.len() as f64,
+    };
+    let verdict = if check.holds(figure) {
+        Verdict::Pass
+    } else {
+        Verdict::Breach
+    };
+    (
+        verdict,
+        json!({"points": values.len(), "expected": expected, "figure": figure}),
+    )
+}
+
+impl Handler for Verifier {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    async fn handle(&self, d: &Delivery) -> Disposition {
+        let env = &d.envelope;
+        if env.kind != subjects::CMD_VERIFY_RUN {
+            return Disposition::unknown_type(&env.kind);
+        }
+        let (Some(case_id), Some(version)) = (env.case_id, env.expected_version) else {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                "cmd.verify.run needs case_id and expected_version".into(),
+            );
+        };
+        let started = Instant::now();
+        let result = self.verify(env, d, case_id, version).await;
+        telemetry::verify_latency(started.elapsed().as_secs_f64());
+        result.unwrap_or_else(|e| Disposition::Retry(e.to_string()))
+    }
+}
+
+impl Verifier {
+    async fn verify(
+        &self,
+        cmd: &Envelope,
+        d: &Delivery,
+        case_id: Uuid,
+        version: i64,
+    ) -> Result<Disposition, sqlx::Error> {
+        // Wait (outside any transaction) until the window after the
+        // execution has passed.
+        let finished: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT finished_at FROM exec_run WHERE case_id = $1 AND kind = 'run' \
+             AND status = 'done' ORDER BY started_at DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten();
+        if let Some(finished) = finished {
+            let due = finished + chrono::Duration::seconds(self.settings.delay_s as i64);
+            if let Ok(wait) = (due - Utc::now()).to_std() {
+                tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
+            }
+        }
+
+        let mut tx = self.pool.begin().await?;
+        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
+            Ok(case) => case,
+            Err(nothing_to_do) => {
+                tx.commit().await?;
+                return Ok(nothing_to_do);
+            }
+        };
+        if case.status != Status::Verifying || case.version != version {
+            tx.commit().await?;
+            return Ok(Disposition::Done);
+        }
+        let plan: Option<(Value, String)> = sqlx::query_as(
+            "SELECT plan, plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((plan, plan_hash)) = plan else {
+            tx.commit().await?;
+            return Ok(Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                "a case in VERIFYING without a plan".into(),
+            ));
+        };
+        let now = Utc::now();
+        let default_resource = resource_of(&case);
+        let mut results = Vec::new();
+        let mut overall = Verdict::Pass;
+        let mut widest = 60;
+        let checks = plan
+            .pointer("/verify/checks")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if checks.is_empty() {
+            // Nothing to measure is not evidence of health.
+            overall = Verdict::Inconclusive;
+            results
+                .push(json!({"verdict": "inconclusive", "why": "the plan has no verify checks"}));
+        }
+        for raw in &checks {
+            let check = match Check::from_plan(raw, default_resource.as_deref()) {
+                Ok(c) => c,
+                Err(why) => {
+                    overall = overall.max(Verdict::Inconclusive);
+                    results.push(json!({"check": raw, "verdict": "inconclusive", "why": why}));
+                    continue;
+                }
+            };
+            widest = widest.max(check.window_s);
+            let values: Vec<f64> = sqlx::query_scalar(
+                "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
+                 FROM metric_1m WHERE resource = $1 AND metric = $2 \
+                 AND ts > $3 - make_interval(secs => $4) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
+            )
+            .bind(&check.resource)
+            .bind(&check.metric)
+            .bind(now)
+            .bind(check.window_s as f64)
+            .bind(&check.stat)
+            .fetch_all(&mut *tx)
+            .await?;
+            let (verdict, detail) = judge(&check, &values, self.settings.min_coverage);
+            overall = overall.max(verdict);
+            results.push(json!({
+                "check": raw, "resource": check.resource, "verdict": verdict.to_string(), "detail": detail
+            }));
+        }
+        sqlx::query(
+            "INSERT INTO verify_result (id, case_id, plan_hash, command_id, case_version, outcome, checks, window_from, window_to) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(case_id)
+        .bind(&plan_hash)
+        .bind(cmd.id)
+        .bind(version)
+        .bind(<&'static str>::from(match overall {
+            Verdict::Pass => "pass",
+            Verdict::Breach => "breach",
+            Verdict::NoData => "no_data",
+            Verdict::Inconclusive => "inconclusive",
+        }))
+        .bind(json!(results))
+        .bind(now - chrono::Duration::seconds(widest))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (kind, data) = match overall {
+            Verdict::Pass => (EVT_PASS, json!({"checks": results})),
+            other => (
+                EVT_FAILED,
+                json!({"reason": other.to_string(), "checks": results}),
+            ),
+        };
+        let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
+        let trace = telemetry::trace_id_from(d.traceparent.as_deref());
+        outbox::enqueue(
+            &mut tx,
+            Some(case.id),
+            &[fact],
+            &outbox::traceparent(&trace),
+        )
+        .await?;
+        tx.commit().await?;
+        tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
+        Ok(Disposition::Done)
+    }
+}
+
+/// The resource a case is about: its `resource` label, else `service`.
+pub fn resource_of(case: &Case) -> Option<String> {
+    ["resource", "service"]
+        .iter()
+        .find_map(|k| case.labels.get(*k).and_then(Value::as_str))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(op: &str, threshold: f64, window_s: i64) -> Check {
+        Check {
+            resource: "checkout".into(),
+            metric: "latency_p95_ms".into(),
+            stat: "avg".into(),
+            op: op.into(),
+            threshold,
+            window_s,
+        }
+    }
+
+    #[test]
+    fn no_points_is_no_data_and_few_points_inconclusive() {
+        assert_eq!(judge(&check("<", 300.0, 300), &[], 0.5).0, Verdict::NoData);
+        assert_eq!(
+            judge(&check("<", 300.0, 300), &[100.0, 120.0], 0.5).0,
+            Verdict::Inconclusive
+        );
+        assert_eq!(
+            judge(&check("<", 300.0, 300), &[100.0, 120.0, 90.0], 0.5).0,
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn the_figure_is_compared_with_the_operator() {
+        assert_eq!(
+            judge(&check("<", 300.0, 60), &[350.0], 0.5).0,
+            Verdict::Breach
+        );
+        assert_eq!(
+            judge(&check("<=", 300.0, 60), &[300.0], 0.5).0,
+            Verdict::Pass
+        );
+        assert_eq!(
+            judge(&check(">", 0.99, 60), &[0.98], 0.5).0,
+            Verdict::Breach
+        );
+        assert_eq!(judge(&check(">=", 0.99, 60), &[0.99], 0.5).0, Verdict::Pass);
+    }
+
+    #[test]
+    fn the_worst_verdict_wins() {
+        assert!(Verdict::Breach > Verdict::NoData);
+        assert!(Verdict::NoData > Verdict::Inconclusive);
+        assert!(Verdict::Inconclusive > Verdict::Pass);
+    }
+}

@@ -1,0 +1,544 @@
+//! The whole loop over the real NATS and PostgreSQL, every role in this
+//! process: create → analyse → plan → gate → execute → verify → close, or
+//! park with the reason (and roll back). Plus the executor's crash and
+//! fencing rules, and metrics intake.
+
+use chrono::{Timelike, Utc};
+use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
+use opsloop::pubsub::{Envelope, outbox};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::flow::Loop;
+use crate::helpers::*;
+
+/// The current minute, as metric rows want it.
+fn this_minute() -> String {
+    let now = Utc::now();
+    now.with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap()
+        .to_rfc3339()
+}
+
+async fn ingest(lp: &Loop, service: &str, latency: f64) {
+    let r = lp
+        .app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(SERVICE),
+            &[],
+            Some(json!({"rows": [{"resource": service, "metric": "latency_p95_ms", "ts": this_minute(),
+                                  "avg": latency, "max": latency + 10.0}]}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+/// A degraded-service case (the restart-service template matches it),
+/// started into analysis.
+async fn degraded_case(lp: &Loop, service: &str) -> Uuid {
+    let r = lp
+        .app
+        .send(
+            Method::POST,
+            "/case",
+            Some(OPERATOR),
+            &[],
+            Some(
+                json!({"title": format!("{service} slow"), "tenant": "t-001", "kind": "service",
+                        "labels": {"alertname": "ServiceDegraded", "service": service}})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    let r = lp.app.event(case, OPERATOR, "start_analysis").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    case
+}
+
+async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT to_status FROM case_timeline WHERE case_id = $1 AND kind = 'transition' ORDER BY seq",
+    )
+    .bind(case)
+    .fetch_all(&lp.app.pool)
+    .await
+    .unwrap()
+}
+
+async fn park_reason(lp: &Loop, case: Uuid) -> String {
+    sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap()
+}
+
+/// (kind, status) of the case's runs, oldest first.
+async fn runs(lp: &Loop, case: Uuid) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT kind, status FROM exec_run WHERE case_id = $1 ORDER BY started_at")
+        .bind(case)
+        .fetch_all(&lp.app.pool)
+        .await
+        .unwrap()
+}
+
+fn service() -> String {
+    format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[sqlx::test]
+async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let svc = service();
+    ingest(&lp, &svc, 120.0).await;
+    let case = degraded_case(&lp, &svc).await;
+    lp.settle().await;
+    assert_eq!(
+        statuses(&lp, case).await,
+        [
+            "ANALYZING",
+            "PLANNING",
+            "WAIT_GATE",
+            "EXECUTING",
+            "VERIFYING",
+            "CLOSED"
+        ]
+    );
+    // Findings were gathered, stored as evidence and kept with the move.
+    let findings: Value = sqlx::query_scalar(
+        "SELECT meta #> '{request,findings}' FROM case_timeline WHERE case_id = $1 AND event = 'analysis_done'",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(findings["resource"], svc);
+    assert_eq!(findings["metrics"]["latency_p95_ms"]["minutes"], 1);
+    let evidence: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM evidence_link WHERE case_id = $1 AND role = 'findings'",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(evidence, 1);
+    // The script ran once, with its argv, and its output is stored.
+    let step: (String, i32, Value) = sqlx::query_as(
+        "SELECT s.status, s.tries, s.result FROM exec_step s JOIN exec_run r ON r.id = s.run_id WHERE r.case_id = $1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((step.0.as_str(), step.1), ("done", 1));
+    assert_eq!(step.2["stdout"]["text"], format!("restarted {svc}\n"));
+    let outcome: String =
+        sqlx::query_scalar("SELECT outcome FROM verify_result WHERE case_id = $1")
+            .bind(case)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(outcome, "pass");
+    assert_eq!(runs(&lp, case).await, [("run".into(), "done".into())]);
+    // Targets are free again.
+    let locks: i64 = sqlx::query_scalar("SELECT count(*) FROM exec_target_lock")
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(locks, 0);
+}
+
+#[sqlx::test]
+async fn a_breach_parks_the_case_and_rolls_back(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let svc = service();
+    let case = degraded_case(&lp, &svc).await;
+    ingest(&lp, &svc, 950.0).await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(park_reason(&lp, case).await, "breach");
+    assert_eq!(
+        runs(&lp, case).await,
+        [
+            ("run".into(), "done".into()),
+            ("rollback".into(), "rolled_back".into())
+        ]
+    );
+    let undo: Value = sqlx::query_scalar(
+        "SELECT s.result FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
+         WHERE r.case_id = $1 AND r.kind = 'rollback'",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        undo["stdout"]["text"],
+        format!("restored previous instance of {svc}\n")
+    );
+}
+
+#[sqlx::test]
+async fn no_data_parks_and_never_passes(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let case = degraded_case(&lp, &service()).await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(park_reason(&lp, case).await, "no_data");
+    assert!(!statuses(&lp, case).await.contains(&"CLOSED".to_string()));
+}
+
+/// A plan whose first step fails (an allowlisted script missing from the
+/// folder): its rollback runs, the case parks with both facts in the reason.
+#[sqlx::test]
+async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let svc = service();
+    let plan = json!({
+        "title": "restart", "environment": "staging",
+        "steps": [{"action": "noop", "timeout_s": 10, "retry": 0},
+                  {"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": []},
+                   "timeout_s": 10, "retry": 2}],
+        "rollback": {"steps": [{"action": "script.exec",
+                                "params": {"script": "restart-service.sh", "args": ["--service", svc, "--undo"]},
+                                "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": [{"resource": svc, "metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
+    });
+    let (case, _) = lp.propose(&plan).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason = park_reason(&lp, case).await;
+    assert!(reason.contains("step 1 (script.exec) failed"), "{reason}");
+    assert!(reason.contains("rollback succeeded"), "{reason}");
+    assert_eq!(
+        runs(&lp, case).await,
+        [("run".into(), "rolled_back".into())]
+    );
+    // A refusal is not retried: nothing would change by asking again.
+    let tries: i32 = sqlx::query_scalar(
+        "SELECT s.tries FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
+         WHERE r.case_id = $1 AND s.phase = 'step' AND s.idx = 1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(tries, 1);
+
+    // resume → PLANNING → a person's new plan goes through again.
+    let r = lp.app.event(case, OPERATOR, "resume").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = lp
+        .app
+        .send(
+            Method::POST,
+            &format!("/case/{case}/plan"),
+            Some(OPERATOR),
+            &[],
+            Some(json!({
+                "title": "observe", "environment": "staging",
+                "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
+                "rollback": {"steps": []},
+                "verify": {"checks": [{"resource": svc, "metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
+            }).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    ingest(&lp, &svc, 100.0).await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+}
+
+/// An exec command for the case as it is now, and the plan it names.
+async fn exec_command(lp: &Loop, case: Uuid) -> Delivery {
+    let (version, tenant, correlation): (i64, String, Uuid) =
+        sqlx::query_as("SELECT version, tenant, correlation_id FROM ops_case WHERE id = $1")
+            .bind(case)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    let hash: String = sqlx::query_scalar(
+        "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    Delivery {
+        envelope: Envelope {
+            id: Uuid::now_v7(),
+            kind: "cmd.exec.run".into(),
+            case_id: Some(case),
+            tenant,
+            occurred_at: Utc::now(),
+            actor: "orchestrator".into(),
+            correlation_id: correlation,
+            causation_id: None,
+            expected_version: Some(version),
+            data: json!({"effect": "execute", "plan_hash": hash}),
+        },
+        subject: "cmd.exec.run".into(),
+        traceparent: None,
+        delivered: 2,
+    }
+}
+
+/// A case in EXECUTING whose `cmd.exec.run` the loop has not consumed:
+/// the plan is approved by the gate, then the pending command is dropped.
+async fn executing_case(lp: &Loop, steps: Value) -> Uuid {
+    let plan = json!({
+        "title": "t", "environment": "staging", "steps": steps,
+        "rollback": {"steps": []}, "verify": {"checks": []}
+    });
+    // Without the downstream roles the case stops in EXECUTING.
+    let (case, hash) = lp.propose(&plan).await;
+    if lp.app.status(case).await == "WAIT_GATE" {
+        let r = lp
+            .app
+            .patch(
+                case,
+                APPROVER,
+                &Uuid::new_v4().to_string(),
+                json!({"event": "gate_approved", "plan_hash": hash}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        lp.settle().await;
+    }
+    case
+}
+
+/// Pretends an earlier executor process died while `step` was running.
+async fn crashed_run(lp: &Loop, d: &Delivery, action: &str) -> Uuid {
+    let env = &d.envelope;
+    let run = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
+         VALUES ($1, $2, $3, 'run', $4, $5, 'running')",
+    )
+    .bind(run)
+    .bind(env.case_id)
+    .bind(env.data["plan_hash"].as_str())
+    .bind(env.id)
+    .bind(env.expected_version)
+    .execute(&lp.app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO exec_step (run_id, phase, idx, action, status, tries) VALUES ($1, 'step', 0, $2, 'running', 1)",
+    )
+    .bind(run)
+    .bind(action)
+    .execute(&lp.app.pool)
+    .await
+    .unwrap();
+    run
+}
+
+#[sqlx::test]
+async fn a_step_found_running_after_a_crash_is_not_silently_counted_done(pool: PgPool) {
+    let lp = Loop::full(pool.clone()).await;
+    let plain = Loop::new(pool).await;
+    let svc = service();
+    let case = executing_case(
+        &plain,
+        json!([{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", svc]},
+                "timeout_s": 10, "retry": 0}]),
+    )
+    .await;
+    assert_eq!(lp.app.status(case).await, "EXECUTING");
+    let d = exec_command(&lp, case).await;
+    let run = crashed_run(&lp, &d, "script.exec").await;
+    assert_eq!(lp.executor().handle(&d).await, Disposition::Done);
+    lp.settle().await;
+    plain.settle().await;
+    let (status, error): (String, String) =
+        sqlx::query_as("SELECT status, error FROM exec_run WHERE id = $1")
+            .bind(run)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "interrupted");
+    assert!(error.contains("not safe to repeat"), "{error}");
+    // The script was not run again.
+    let (step, tries): (String, i32) =
+        sqlx::query_as("SELECT status, tries FROM exec_step WHERE run_id = $1")
+            .bind(run)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!((step.as_str(), tries), ("failed", 1));
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert!(park_reason(&lp, case).await.starts_with("interrupted:"));
+}
+
+#[sqlx::test]
+async fn an_idempotent_step_is_rerun_and_finished_steps_never_are(pool: PgPool) {
+    let lp = Loop::full(pool.clone()).await;
+    let plain = Loop::new(pool).await;
+    let case = executing_case(
+        &plain,
+        json!([{"action": "noop", "timeout_s": 10, "retry": 0},
+               {"action": "noop", "timeout_s": 10, "retry": 0}]),
+    )
+    .await;
+    let d = exec_command(&lp, case).await;
+    let run = crashed_run(&lp, &d, "noop").await;
+    assert_eq!(lp.executor().handle(&d).await, Disposition::Done);
+    // Redelivered again: the finished run is not touched.
+    assert_eq!(lp.executor().handle(&d).await, Disposition::Done);
+    let steps: Vec<(i32, String, i32)> =
+        sqlx::query_as("SELECT idx, status, tries FROM exec_step WHERE run_id = $1 ORDER BY idx")
+            .bind(run)
+            .fetch_all(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(steps, [(0, "done".into(), 2), (1, "done".into(), 1)]);
+    lp.settle().await;
+    plain.settle().await;
+    assert!(statuses(&lp, case).await.contains(&"VERIFYING".to_string()));
+    let finished: String = sqlx::query_scalar("SELECT status FROM exec_run WHERE id = $1")
+        .bind(run)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(finished, "done");
+}
+
+#[sqlx::test]
+async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let svc = service();
+    ingest(&lp, &svc, 100.0).await;
+    let case = degraded_case(&lp, &svc).await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+    let version: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    // A late exec.failed from the attempt that ran at EXECUTING's version.
+    let executing_version: i64 = sqlx::query_scalar(
+        "SELECT version FROM case_timeline WHERE case_id = $1 AND to_status = 'EXECUTING'",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    let case_row: opsloop::model::Case = sqlx::query_as(concat!(
+        "SELECT ",
+        opsloop::case_columns!(),
+        " FROM ops_case WHERE id = $1"
+    ))
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    let mut late = Envelope::for_case(
+        &case_row,
+        "evt.exec.failed.v1",
+        "executor",
+        None,
+        json!({"reason": "late result of an old attempt"}),
+    );
+    late.expected_version = Some(executing_version);
+    let mut tx = lp.app.pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, Some(case), &[late], "")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    lp.settle().await;
+    let code: String = sqlx::query_scalar(
+        "SELECT rejection_code FROM case_timeline WHERE case_id = $1 AND kind = 'rejected' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(code, "stale_fact");
+    let after: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(after, version);
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+}
+
+#[sqlx::test]
+async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let good = json!({"resource": "api", "metric": "error_rate", "ts": this_minute(), "avg": 0.01, "max": 0.02});
+    let body = json!({"rows": [
+        good,
+        {"resource": "", "metric": "m", "ts": "2026-11-21T10:00:30Z", "avg": 1, "max": 2},
+        {"resource": "api", "metric": "m", "ts": "yesterday", "avg": "NaN", "max": 0, "extra": 1},
+        {"resource": "api", "metric": "m", "ts": this_minute(), "avg": 5, "max": 1},
+        good
+    ]});
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(SERVICE),
+            &[],
+            Some(body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert_eq!(r.body["code"], "rows_invalid");
+    let errors = r.body["errors"].as_array().unwrap();
+    let at = |row: u64, field: &str| {
+        errors
+            .iter()
+            .any(|e| e["row"] == row && e["field"] == field)
+    };
+    assert!(at(1, "resource") && at(1, "ts"));
+    assert!(at(2, "ts") && at(2, "avg") && at(2, "extra"));
+    assert!(at(3, "avg"));
+    assert!(at(4, "ts"), "a duplicate minute is named: {errors:?}");
+    assert!(!errors.iter().any(|e| e["row"] == 0));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_1m")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(SERVICE),
+            &[],
+            Some(json!({"rows": [good]}).to_string()),
+        )
+        .await;
+    assert_eq!((r.status, r.body["stored"].as_i64()), (200, Some(1)));
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(VIEWER),
+            &[],
+            Some(json!({"rows": [good]}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(SERVICE),
+            &[],
+            Some(json!({"rows": []}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+}
