@@ -49,7 +49,10 @@ fi
 port=$(cat "$port_file" 2>/dev/null || python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 echo "$port" > "$port_file"
 url="http://127.0.0.1:$port"
-OPSLOOP_LISTEN="127.0.0.1:$port" setsid "$bin" serve < /dev/null >> "$state/opsloop.log" 2>&1 &
+# The demo judges the SLO at once on freshly ingested rows (production
+# waits OPSLOOP_VERIFY_DELAY_S, default 60 s, after the change).
+OPSLOOP_VERIFY_DELAY_S="${OPSLOOP_VERIFY_DELAY_S:-0}" OPSLOOP_STEP_BACKOFF_SCALE="${OPSLOOP_STEP_BACKOFF_SCALE:-0.1}" \
+  OPSLOOP_LISTEN="127.0.0.1:$port" setsid "$bin" serve < /dev/null >> "$state/opsloop.log" 2>&1 &
 echo $! > .opsloop/opsloop.pid
 for _ in $(seq 1 100); do
   if python3 -c "import urllib.request,sys; urllib.request.urlopen('$url/readyz', timeout=1)" 2>/dev/null; then break; fi

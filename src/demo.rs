@@ -1,18 +1,10 @@
-//! `opsloop demo`: drives one case through what exists, over the real HTTP
-//! API: the template planner's plan goes through NATS, the orchestrator's
-//! consumer and the gatekeeper to EXECUTING. Facts of workers that do not
-//! exist yet (analysis, execution) are sent with a service token.
+//! `opsloop demo`: the walking skeleton over the real HTTP API and NATS:
+//! metrics are ingested, a case is analysed, planned from a template,
+//! auto-approved, executed (an allowlisted script), verified and closed; a
+//! second case breaches its SLO, parks and is rolled back.
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
-
-/// One step of the demo walk.
-enum Step {
-    /// PATCH a transition as the operator or the service identity.
-    Event(&'static str, &'static str, Value),
-    /// Wait until the workers moved the case to this status.
-    Await(&'static str, &'static str),
-}
 
 pub struct DemoTokens {
     pub operator: String,
@@ -95,155 +87,205 @@ impl Client {
     }
 }
 
+impl Client {
+    async fn ingest(&self, token: &str, service: &str, latency_ms: f64) -> anyhow::Result<()> {
+        use chrono::Timelike;
+        let minute = chrono::Utc::now()
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .context("the current minute")?;
+        let (status, reply) = self
+            .call(
+                reqwest::Method::POST,
+                "/metrics/ingest",
+                token,
+                Some(
+                    json!({"rows": [{"resource": service, "metric": "latency_p95_ms",
+                    "ts": minute.to_rfc3339(), "avg": latency_ms, "max": latency_ms * 1.1}]}),
+                ),
+                None,
+            )
+            .await?;
+        if status != 200 {
+            bail!("ingesting metrics answered {status}: {reply}");
+        }
+        println!("demo: ingested latency_p95_ms = {latency_ms} ms for {service}");
+        Ok(())
+    }
+
+    /// Opens a degraded-service case and starts its analysis.
+    async fn open_case(&self, token: &str, service: &str, key: &str) -> anyhow::Result<String> {
+        let (status, case) = self
+            .call(
+                reqwest::Method::POST,
+                "/case",
+                token,
+                Some(json!({
+                    "title": format!("{service} p95 latency above 800 ms"),
+                    "tenant": "t-001",
+                    "severity": "high",
+                    "kind": "service",
+                    "labels": {"alertname": "ServiceDegraded", "service": service, "env": "staging"}
+                })),
+                None,
+            )
+            .await?;
+        if status != 201 {
+            bail!("creating the demo case answered {status}: {case}");
+        }
+        let id = case["id"].as_str().context("case id")?.to_string();
+        println!("demo: created case {id} for {service} (NEW)");
+        let (status, reply) = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/case/{id}/transition"),
+                token,
+                Some(json!({"event": "start_analysis"})),
+                Some(key),
+            )
+            .await?;
+        if status != 200 {
+            bail!("start_analysis answered {status}: {reply}");
+        }
+        Ok(id)
+    }
+
+    /// Polls until `done` holds for the case's (case, executions), or `secs` pass.
+    async fn wait_for(
+        &self,
+        id: &str,
+        token: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&Value, &Value) -> bool,
+    ) -> anyhow::Result<(Value, Value)> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let case = self.get(&format!("/case/{id}"), token).await?;
+            let execs = self.get(&format!("/case/{id}/executions"), token).await?;
+            if done(&case, &execs) {
+                return Ok((case, execs));
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "case {id}: {what} did not happen within {secs} s; it is {}",
+                    case["status"]
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn print_case(&self, id: &str, token: &str) -> anyhow::Result<usize> {
+        let timeline = self.get(&format!("/case/{id}/timeline"), token).await?;
+        println!("\ndemo: timeline of case {id}");
+        let mut accepted = 0;
+        for e in timeline["items"].as_array().into_iter().flatten() {
+            accepted += usize::from(e["kind"] == "transition");
+            println!(
+                "  v{:<3} {:<10} {:<15} {:>10} -> {:<10} actor={:<12} {}",
+                e["version"],
+                e["kind"].as_str().unwrap_or(""),
+                e["event"].as_str().unwrap_or("-"),
+                e["from_status"].as_str().unwrap_or("-"),
+                e["to_status"].as_str().unwrap_or("-"),
+                e["actor"].as_str().unwrap_or(""),
+                e["rejection_code"]
+                    .as_str()
+                    .or(e["reason"].as_str())
+                    .unwrap_or("")
+            );
+        }
+        let execs = self.get(&format!("/case/{id}/executions"), token).await?;
+        for run in execs["runs"].as_array().into_iter().flatten().rev() {
+            println!(
+                "  execution {} ({}): {}{}",
+                run["id"].as_str().unwrap_or(""),
+                run["kind"].as_str().unwrap_or(""),
+                run["status"].as_str().unwrap_or(""),
+                run["error"]
+                    .as_str()
+                    .map(|e| format!(" - {e}"))
+                    .unwrap_or_default()
+            );
+            for step in run["steps"].as_array().into_iter().flatten() {
+                println!(
+                    "    {} {} {:<12} {:<6} tries={} exit={} out={:?}",
+                    step["phase"].as_str().unwrap_or(""),
+                    step["index"],
+                    step["action"].as_str().unwrap_or(""),
+                    step["status"].as_str().unwrap_or(""),
+                    step["tries"],
+                    step["result"]["exit_code"],
+                    step["result"]["stdout"]["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .trim_end()
+                );
+            }
+        }
+        for v in execs["verifications"].as_array().into_iter().flatten() {
+            println!("  verification: {}", v["outcome"].as_str().unwrap_or(""));
+        }
+        Ok(accepted)
+    }
+}
+
+/// Two cases through the whole loop over the real HTTP API, NATS and
+/// workers: one recovers and closes; one breaches its SLO, parks, and is
+/// rolled back.
 pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> anyhow::Result<()> {
     let client = Client {
         http: reqwest::Client::new(),
         base: base.trim_end_matches('/').to_string(),
     };
-    let (status, case) = client
-        .call(
-            reqwest::Method::POST,
-            "/case",
-            &tokens.operator,
-            Some(json!({
-                "title": "checkout p95 latency above 800 ms",
-                "tenant": "t-001",
-                "severity": "high",
-                "kind": "latency",
-                "labels": {"service": "checkout", "env": "staging"}
-            })),
-            None,
-        )
-        .await?;
-    if status != 201 {
-        bail!("creating the demo case answered {status}: {case}");
-    }
-    let id = case["id"].as_str().context("case id")?.to_string();
-    println!("demo: created case {id} (NEW)");
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let terminal = |c: &Value, _: &Value| c["status"] == "CLOSED" || c["status"] == "PARKED";
 
-    use Step::{Await, Event};
-    let steps = [
-        Event(
-            "operator",
-            "start_analysis",
-            json!({"event": "start_analysis"}),
-        ),
-        Event(
-            "operator",
-            "analysis_done",
-            json!({"event": "analysis_done", "reason": "p95 regression since deploy 42"}),
-        ),
-        Await("template plan, gate, auto-approval (via NATS)", "EXECUTING"),
-        Event(
-            "operator",
-            "start_analysis again (illegal in EXECUTING)",
-            json!({"event": "start_analysis"}),
-        ),
-        Event(
-            "service",
-            "exec_failed (no executor yet)",
-            json!({"event": "exec_failed", "reason": "no executor adapter is installed yet"}),
-        ),
-        Event("operator", "resume", json!({"event": "resume"})),
-        Await("planner: that template plan was already tried", "PARKED"),
-        Event(
-            "operator",
-            "dismiss without a reason (guard)",
-            json!({"event": "dismiss"}),
-        ),
-        Event(
-            "operator",
-            "dismiss",
-            json!({"event": "dismiss", "reason": "resolved by the upstream rollback"}),
-        ),
-    ];
-    for (n, step) in steps.into_iter().enumerate() {
-        let (label, status, reply) = match step {
-            Event(who, label, body) => {
-                let token = if who == "service" {
-                    &tokens.service
-                } else {
-                    &tokens.operator
-                };
-                let key = format!("demo-{id}-{n}");
-                let (status, reply) = client
-                    .call(
-                        reqwest::Method::PATCH,
-                        &format!("/case/{id}/transition"),
-                        token,
-                        Some(body),
-                        Some(&key),
-                    )
-                    .await?;
-                (label, status, reply)
-            }
-            Await(label, want) => {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-                loop {
-                    let case = client.get(&format!("/case/{id}"), &tokens.operator).await?;
-                    if case["status"] == want {
-                        println!("demo: {label:<52} -> {want} (version {})", case["version"]);
-                        break;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        bail!(
-                            "the case did not reach {want} within 15 s; it is {}",
-                            case["status"]
-                        );
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-                continue;
-            }
-        };
-        match status {
-            200 => println!(
-                "demo: {label:<52} -> {} (version {})",
-                reply["case"]["status"].as_str().unwrap_or("?"),
-                reply["case"]["version"]
-            ),
-            _ => println!(
-                "demo: {label:<52} -> {status} {} ({})",
-                reply["code"].as_str().unwrap_or("?"),
-                reply["detail"].as_str().unwrap_or("")
-            ),
-        }
-    }
-
-    let timeline = client
-        .get(&format!("/case/{id}/timeline"), &tokens.operator)
+    println!("demo: case 1 - the restart helps, the SLO holds");
+    let healthy = format!("checkout-{suffix}");
+    client.ingest(&tokens.service, &healthy, 120.0).await?;
+    let first = client
+        .open_case(&tokens.operator, &healthy, &format!("demo-{suffix}-1"))
         .await?;
-    println!("\ndemo: timeline of case {id}");
-    for e in timeline["items"].as_array().into_iter().flatten() {
-        println!(
-            "  v{:<3} {:<10} {:<15} {:>10} -> {:<10} actor={:<14} {}",
-            e["version"],
-            e["kind"].as_str().unwrap_or(""),
-            e["event"].as_str().unwrap_or("-"),
-            e["from_status"].as_str().unwrap_or("-"),
-            e["to_status"].as_str().unwrap_or("-"),
-            e["actor"].as_str().unwrap_or(""),
-            e["rejection_code"]
-                .as_str()
-                .or(e["reason"].as_str())
-                .unwrap_or("")
-        );
-    }
-    let case = client.get(&format!("/case/{id}"), &tokens.operator).await?;
+    let (case, _) = client
+        .wait_for(&first, &tokens.operator, 90, "closing", terminal)
+        .await?;
+    let accepted = client.print_case(&first, &tokens.operator).await?;
     if case["status"] != "CLOSED" {
         bail!(
-            "the demo case ended in {} instead of CLOSED",
-            case["status"]
+            "case 1 ended in {} ({}) instead of CLOSED",
+            case["status"],
+            case["park_reason"]
         );
     }
-    let accepted = timeline["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == "transition")
-        .count();
+
+    println!("\ndemo: case 2 - the SLO is breached after the change: park and roll back");
+    let degraded = format!("payments-{suffix}");
+    client.ingest(&tokens.service, &degraded, 950.0).await?;
+    let second = client
+        .open_case(&tokens.operator, &degraded, &format!("demo-{suffix}-2"))
+        .await?;
+    let rolled_back = |c: &Value, e: &Value| {
+        c["status"] == "PARKED"
+            && e["runs"].as_array().is_some_and(|runs| {
+                runs.iter()
+                    .any(|r| r["kind"] == "rollback" && r["status"] != "running")
+            })
+    };
+    let (case, _) = client
+        .wait_for(&second, &tokens.operator, 90, "the rollback", rolled_back)
+        .await?;
+    client.print_case(&second, &tokens.operator).await?;
+    if case["park_reason"] != "breach" {
+        bail!(
+            "case 2 parked for {} instead of breach",
+            case["park_reason"]
+        );
+    }
+
     if let Some(url) = nats_url {
-        follow_on_nats(url, &id, accepted).await?;
+        follow_on_nats(url, &first, accepted).await?;
     }
     Ok(())
 }

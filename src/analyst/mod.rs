@@ -23,6 +23,9 @@ pub const EVT_FINDINGS: &str = "evt.analysis.findings.v1";
 /// How far back the metrics of the resource are read.
 const LOOKBACK_MINUTES: i32 = 30;
 
+/// (metric, avg, max, p95) of one minute.
+type MetricPoint = (String, f64, f64, Option<f64>);
+
 pub struct Analyst {
     pub pool: PgPool,
 }
@@ -69,22 +72,21 @@ impl Analyst {
             return Ok(Disposition::Done);
         }
         let resource = resource_of(&case);
-        let rows: Vec<(String, f64, f64, Option<f64>, chrono::DateTime<chrono::Utc>)> =
-            match &resource {
-                Some(r) => {
-                    sqlx::query_as(
-                        "SELECT metric, avg, max, p95, ts FROM metric_1m WHERE resource = $1 \
+        let rows: Vec<MetricPoint> = match &resource {
+            Some(r) => {
+                sqlx::query_as(
+                    "SELECT metric, avg, max, p95 FROM metric_1m WHERE resource = $1 \
                      AND ts > now() - make_interval(mins => $2) ORDER BY metric, ts",
-                    )
-                    .bind(r)
-                    .bind(LOOKBACK_MINUTES)
-                    .fetch_all(&mut *tx)
-                    .await?
-                }
-                None => Vec::new(),
-            };
+                )
+                .bind(r)
+                .bind(LOOKBACK_MINUTES)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
         let mut metrics: BTreeMap<String, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();
-        for (metric, avg, max, p95, _) in &rows {
+        for (metric, avg, max, p95) in &rows {
             metrics
                 .entry(metric.clone())
                 .or_default()

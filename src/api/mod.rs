@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod error;
+pub mod executions;
 pub mod extract;
 pub mod metrics;
 pub mod plans;
@@ -44,7 +45,7 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
-    paths(metrics::ingest, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
+    paths(metrics::ingest, executions::list, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
           cases::transition, plans::propose, plans::current, healthz, readyz, metrics),
     components(schemas(crate::problem::Problem, crate::workflow::Status, crate::workflow::EventKind)),
     modifiers(&BearerAuth),
@@ -72,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         .route("/case/{id}/timeline", get(cases::timeline))
         .route("/case/{id}/transition", patch(cases::transition))
         .route("/case/{id}/plan", get(plans::current).post(plans::propose))
+        .route("/case/{id}/executions", get(executions::list))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route("/metrics/ingest", post(metrics::ingest))

@@ -42,7 +42,10 @@ impl ScriptAdapter {
                 json!({"refused": true}),
             ));
         }
-        let path = self.dir.join(name);
+        // Absolute, because the child starts in `dir` and a relative
+        // program path would be looked up from there.
+        let path =
+            std::fs::canonicalize(self.dir.join(name)).unwrap_or_else(|_| self.dir.join(name));
         if !path.is_file() {
             return Err(StepError::new(
                 format!(

@@ -200,6 +200,8 @@ impl Verifier {
                 "a case in VERIFYING without a plan".into(),
             ));
         };
+        // A row covers the minute starting at its `ts`: every minute that
+        // overlaps the window counts, hence the extra 60 s in the query.
         let now = Utc::now();
         let default_resource = resource_of(&case);
         let mut results = Vec::new();
@@ -229,7 +231,7 @@ impl Verifier {
             let values: Vec<f64> = sqlx::query_scalar(
                 "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
                  FROM metric_1m WHERE resource = $1 AND metric = $2 \
-                 AND ts > $3 - make_interval(secs => $4) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
+                 AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
             )
             .bind(&check.resource)
             .bind(&check.metric)
@@ -253,12 +255,7 @@ impl Verifier {
         .bind(&plan_hash)
         .bind(cmd.id)
         .bind(version)
-        .bind(<&'static str>::from(match overall {
-            Verdict::Pass => "pass",
-            Verdict::Breach => "breach",
-            Verdict::NoData => "no_data",
-            Verdict::Inconclusive => "inconclusive",
-        }))
+        .bind(<&'static str>::from(overall))
         .bind(json!(results))
         .bind(now - chrono::Duration::seconds(widest))
         .bind(now)
