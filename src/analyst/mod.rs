@@ -12,9 +12,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
+use crate::pubsub::consumer::{Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, inbox, outbox, subjects};
-use crate::telemetry;
 use crate::verifier::resource_of;
 use crate::workflow::Status;
 
@@ -36,17 +35,11 @@ impl Handler for Analyst {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let env = &d.envelope;
-        if env.kind != subjects::CMD_ANALYSIS_RUN {
-            return Disposition::unknown_type(&env.kind);
-        }
-        let Some(case_id) = env.case_id else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "cmd.analysis.run needs a case_id".into(),
-            );
+        let case_id = match d.case_command(subjects::CMD_ANALYSIS_RUN) {
+            Ok(id) => id,
+            Err(dead) => return dead,
         };
-        self.analyse(env, d, case_id)
+        self.analyse(&d.envelope, d, case_id)
             .await
             .unwrap_or_else(|e| Disposition::Retry(e.to_string()))
     }
@@ -145,14 +138,7 @@ impl Analyst {
             Some(cmd.id),
             json!({"evidence_id": envelope_id, "findings": findings}),
         );
-        let trace = telemetry::trace_id_from(d.traceparent.as_deref());
-        outbox::enqueue(
-            &mut tx,
-            Some(case.id),
-            &[fact],
-            &outbox::traceparent(&trace),
-        )
-        .await?;
+        outbox::enqueue_fact(&mut tx, fact, d.traceparent.as_deref()).await?;
         tx.commit().await?;
         tracing::info!(case.id = %case.id, summary = %summary, "Findings recorded.");
         Ok(Disposition::Done)

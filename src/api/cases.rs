@@ -15,7 +15,7 @@ use super::AppState;
 use super::error::{ApiError, PROBLEM_JSON};
 use super::extract::{ApiJson, ApiQuery, Auth, CaseId};
 use crate::model::{Case, TimelineEntry};
-use crate::orchestrator::{Actor, NewCase, Origin, Outcome, Reply, TransitionRequest};
+use crate::orchestrator::{Actor, NewCase, Origin, Outcome, Reply, TransitionRequest, read_case};
 use crate::problem::Problem;
 use crate::telemetry;
 use crate::workflow::{EventKind, Status};
@@ -166,15 +166,9 @@ pub async fn get_case(
 }
 
 async fn fetch_case(state: &AppState, id: Uuid) -> Result<Case, ApiError> {
-    sqlx::query_as::<_, Case>(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(state.orchestrator.pool())
-    .await?
-    .ok_or(ApiError::CaseNotFound(id))
+    read_case(state.orchestrator.pool(), id)
+        .await?
+        .ok_or(ApiError::CaseNotFound(id))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

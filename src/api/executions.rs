@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, CaseId};
+use crate::orchestrator::read_case;
 
 /// Execution runs (with steps) and verification results of a case.
 #[utoipa::path(get, path = "/case/{id}/executions", tag = "cases",
@@ -22,13 +23,9 @@ pub async fn list(
     CaseId(id): CaseId,
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM ops_case WHERE id = $1)")
-        .bind(id)
-        .fetch_one(pool)
-        .await?;
-    if !exists {
-        return Err(ApiError::CaseNotFound(id));
-    }
+    read_case(pool, id)
+        .await?
+        .ok_or(ApiError::CaseNotFound(id))?;
     let runs: Vec<Value> = sqlx::query_scalar(
         "SELECT jsonb_build_object('id', r.id, 'kind', r.kind, 'status', r.status, 'plan_hash', r.plan_hash, \
            'attempt_id', r.attempt_id, 'error', r.error, 'started_at', r.started_at, 'finished_at', r.finished_at, \

@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::model::Case;
+use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, outbox, subjects};
 use crate::telemetry;
@@ -162,11 +163,25 @@ struct RunRow {
     status: String,
 }
 
-/// How a run ended, for its closing fact.
+/// How a run ended. The closing fact follows from the run's kind and this
+/// status (see `closing_fact`).
 struct Ending {
     status: &'static str,
-    fact: &'static str,
     reason: Option<String>,
+}
+
+impl Ending {
+    fn new(status: &'static str, reason: Option<String>) -> Ending {
+        Ending { status, reason }
+    }
+}
+
+fn closing_fact(kind: RunKind, status: &str) -> &'static str {
+    match (kind, status) {
+        (RunKind::Rollback, _) => EVT_ROLLED_BACK,
+        (RunKind::Run, "done") => EVT_DONE,
+        (RunKind::Run, _) => EVT_FAILED,
+    }
 }
 
 impl Handler for Executor {
@@ -219,16 +234,17 @@ impl Executor {
         version: i64,
         plan_hash: &str,
     ) -> Result<Disposition, sqlx::Error> {
-        let trace = telemetry::trace_id_from(d.traceparent.as_deref());
-        let case: Option<Case> = sqlx::query_as(concat!(
-            "SELECT ",
-            crate::case_columns!(),
-            " FROM ops_case WHERE id = $1"
-        ))
-        .bind(case_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(case) = case else {
+        // A redelivered command finds its run; a finished one needs nothing
+        // more read or done.
+        let existing: Option<RunRow> =
+            sqlx::query_as("SELECT id, status FROM exec_run WHERE attempt_id = $1")
+                .bind(cmd.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        if existing.as_ref().is_some_and(|run| run.status != "running") {
+            return Ok(Disposition::Done);
+        }
+        let Some(case) = read_case(&self.pool, case_id).await? else {
             return Ok(Disposition::DeadLetter(
                 DeadReason::UnknownCase,
                 format!("case {case_id} does not exist"),
@@ -258,16 +274,9 @@ impl Executor {
             case: &case,
             cmd,
             version,
-            trace: &trace,
+            cause: d.traceparent.as_deref(),
         };
-
-        let existing: Option<RunRow> =
-            sqlx::query_as("SELECT id, status FROM exec_run WHERE attempt_id = $1")
-                .bind(cmd.id)
-                .fetch_optional(&self.pool)
-                .await?;
         let run_id = match existing {
-            Some(run) if run.status != "running" => return Ok(Disposition::Done),
             Some(run) => run.id,
             None => {
                 if kind == RunKind::Run && case.version != version {
@@ -281,7 +290,7 @@ impl Executor {
                     RunKind::Rollback => rollback.clone(),
                 };
                 match self
-                    .start_run(&case, cmd.id, version, plan_hash, kind, &targets(&touched))
+                    .start_run(&facts, plan_hash, kind, &targets(&touched))
                     .await?
                 {
                     Ok(id) => id,
@@ -290,8 +299,7 @@ impl Executor {
                     }
                     Err(busy) => {
                         let reason = format!("blocked: {busy}");
-                        self.finish_blocked(&facts, cmd.id, plan_hash, kind, &reason)
-                            .await?;
+                        self.finish_blocked(&facts, plan_hash, kind, reason).await?;
                         return Ok(Disposition::Done);
                     }
                 }
@@ -300,16 +308,10 @@ impl Executor {
 
         let ending = match kind {
             RunKind::Run => match self.run_phase(run_id, Phase::Step, &steps, &facts).await? {
-                PhaseEnd::AllDone => Ending {
-                    status: "done",
-                    fact: EVT_DONE,
-                    reason: None,
-                },
-                PhaseEnd::Interrupted(why) => Ending {
-                    status: "interrupted",
-                    fact: EVT_FAILED,
-                    reason: Some(format!("interrupted: {why}")),
-                },
+                PhaseEnd::AllDone => Ending::new("done", None),
+                PhaseEnd::Interrupted(why) => {
+                    Ending::new("interrupted", Some(format!("interrupted: {why}")))
+                }
                 PhaseEnd::Failed(why) => {
                     let rolled = self
                         .run_phase(run_id, Phase::Rollback, &rollback, &facts)
@@ -323,27 +325,17 @@ impl Executor {
                             ("failed", format!("rollback failed too: {w}"))
                         }
                     };
-                    Ending {
-                        status,
-                        fact: EVT_FAILED,
-                        reason: Some(format!("{why}; {rollback_note}")),
-                    }
+                    Ending::new(status, Some(format!("{why}; {rollback_note}")))
                 }
             },
             RunKind::Rollback => match self
                 .run_phase(run_id, Phase::Rollback, &rollback, &facts)
                 .await?
             {
-                PhaseEnd::AllDone => Ending {
-                    status: "rolled_back",
-                    fact: EVT_ROLLED_BACK,
-                    reason: None,
-                },
-                PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => Ending {
-                    status: "failed",
-                    fact: EVT_ROLLED_BACK,
-                    reason: Some(format!("rollback failed: {w}")),
-                },
+                PhaseEnd::AllDone => Ending::new("rolled_back", None),
+                PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => {
+                    Ending::new("failed", Some(format!("rollback failed: {w}")))
+                }
             },
         };
         self.finish(run_id, plan_hash, kind, &ending, &facts)
@@ -354,27 +346,13 @@ impl Executor {
     /// Creates the run and takes its targets, or says who holds one.
     async fn start_run(
         &self,
-        case: &Case,
-        attempt_id: Uuid,
-        version: i64,
+        facts: &Facts<'_>,
         plan_hash: &str,
         kind: RunKind,
         targets: &[String],
     ) -> Result<Result<Uuid, String>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let run_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running') ON CONFLICT (attempt_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(case.id)
-        .bind(plan_hash)
-        .bind(<&'static str>::from(kind))
-        .bind(attempt_id)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
+        let run_id = insert_run(&mut tx, facts, plan_hash, kind).await?;
         for target in targets {
             let holder: Option<(Uuid, Uuid)> = sqlx::query_as(
                 "WITH taken AS (INSERT INTO exec_target_lock (target, run_id) VALUES ($1, $2) \
@@ -405,16 +383,20 @@ impl Executor {
         steps: &[Step],
         facts: &Facts<'_>,
     ) -> Result<PhaseEnd, sqlx::Error> {
+        // What an earlier delivery of the command already recorded.
+        let recorded: BTreeMap<i32, (String, i32)> = sqlx::query_as::<_, (i32, String, i32)>(
+            "SELECT idx, status, tries FROM exec_step WHERE run_id = $1 AND phase = $2",
+        )
+        .bind(run_id)
+        .bind(<&'static str>::from(phase))
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|(idx, status, tries)| (idx, (status, tries)))
+        .collect();
         for (idx, step) in steps.iter().enumerate() {
             let idx = idx as i32;
-            let stored: Option<(String, i32)> = sqlx::query_as(
-                "SELECT status, tries FROM exec_step WHERE run_id = $1 AND phase = $2 AND idx = $3",
-            )
-            .bind(run_id)
-            .bind(<&'static str>::from(phase))
-            .bind(idx)
-            .fetch_optional(&self.pool)
-            .await?;
+            let stored = recorded.get(&idx).cloned();
             let Some(adapter) = self.adapters.get(step.action.as_str()).cloned() else {
                 let why = format!("{phase} {idx}: no adapter for action {}", step.action);
                 self.record_step(
@@ -565,13 +547,7 @@ impl Executor {
             json!({"run_id": run_id, "attempt_id": facts.cmd.id, "phase": phase.to_string(),
                    "index": idx, "action": step.action, "status": status, "tries": tries}),
         );
-        outbox::enqueue(
-            &mut tx,
-            Some(facts.case.id),
-            &[fact],
-            &outbox::traceparent(facts.trace),
-        )
-        .await?;
+        outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await
     }
 
@@ -598,17 +574,11 @@ impl Executor {
             .execute(&mut *tx)
             .await?;
         let fact = facts.envelope(
-            ending.fact,
+            closing_fact(kind, ending.status),
             json!({"run_id": run_id, "attempt_id": facts.cmd.id, "plan_hash": plan_hash,
                    "kind": <&'static str>::from(kind), "status": ending.status, "reason": ending.reason}),
         );
-        outbox::enqueue(
-            &mut tx,
-            Some(facts.case.id),
-            &[fact],
-            &outbox::traceparent(facts.trace),
-        )
-        .await?;
+        outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await?;
         tracing::info!(case.id = %facts.case.id, run.id = %run_id, status = ending.status, "Execution finished.");
         Ok(())
@@ -618,34 +588,40 @@ impl Executor {
     async fn finish_blocked(
         &self,
         facts: &Facts<'_>,
-        attempt_id: Uuid,
         plan_hash: &str,
         kind: RunKind,
-        reason: &str,
+        reason: String,
     ) -> Result<(), sqlx::Error> {
-        let run_id = Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status, error, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'running', NULL, NULL) ON CONFLICT (attempt_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(facts.case.id)
-        .bind(plan_hash)
-        .bind(<&'static str>::from(kind))
-        .bind(attempt_id)
-        .bind(facts.version)
-        .execute(&self.pool)
-        .await?;
-        let ending = Ending {
-            status: "blocked",
-            fact: match kind {
-                RunKind::Run => EVT_FAILED,
-                RunKind::Rollback => EVT_ROLLED_BACK,
-            },
-            reason: Some(reason.to_string()),
-        };
+        let mut conn = self.pool.acquire().await?;
+        let run_id = insert_run(&mut conn, facts, plan_hash, kind).await?;
+        drop(conn);
+        let ending = Ending::new("blocked", Some(reason));
         self.finish(run_id, plan_hash, kind, &ending, facts).await
     }
+}
+
+/// Inserts the command's run as `running` (the attempt id is the command's
+/// envelope id).
+async fn insert_run(
+    conn: &mut sqlx::PgConnection,
+    facts: &Facts<'_>,
+    plan_hash: &str,
+    kind: RunKind,
+) -> Result<Uuid, sqlx::Error> {
+    let run_id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'running')",
+    )
+    .bind(run_id)
+    .bind(facts.case.id)
+    .bind(plan_hash)
+    .bind(<&'static str>::from(kind))
+    .bind(facts.cmd.id)
+    .bind(facts.version)
+    .execute(&mut *conn)
+    .await?;
+    Ok(run_id)
 }
 
 enum PhaseEnd {
@@ -660,7 +636,8 @@ struct Facts<'a> {
     cmd: &'a Envelope,
     /// The version the command was issued at (the fence).
     version: i64,
-    trace: &'a str,
+    /// The command's `traceparent`, continued by every fact.
+    cause: Option<&'a str>,
 }
 
 impl Facts<'_> {

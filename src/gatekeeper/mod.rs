@@ -15,7 +15,6 @@ use uuid::Uuid;
 
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, inbox, outbox};
-use crate::telemetry;
 use crate::workflow::Status;
 use policy::{GateContext, Policy, Verdict};
 
@@ -37,13 +36,14 @@ impl Handler for Gatekeeper {
 
     async fn handle(&self, d: &Delivery) -> Disposition {
         let env = &d.envelope;
-        if env.kind != CMD_GATE_EVAL {
-            return Disposition::unknown_type(&env.kind);
-        }
-        let (Some(case_id), Some(hash)) = (env.case_id, env.data["plan_hash"].as_str()) else {
+        let case_id = match d.case_command(CMD_GATE_EVAL) {
+            Ok(id) => id,
+            Err(dead) => return dead,
+        };
+        let Some(hash) = env.data["plan_hash"].as_str() else {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
-                "cmd.gate.eval needs case_id and data.plan_hash".into(),
+                "cmd.gate.eval needs data.plan_hash".into(),
             );
         };
         match self
@@ -148,14 +148,7 @@ impl Gatekeeper {
             ),
         };
         let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
-        let trace = telemetry::trace_id_from(traceparent);
-        outbox::enqueue(
-            &mut tx,
-            Some(case.id),
-            &[fact],
-            &outbox::traceparent(&trace),
-        )
-        .await?;
+        outbox::enqueue_fact(&mut tx, fact, traceparent).await?;
         tx.commit().await?;
         tracing::info!(case.id = %case.id, plan.hash = hash, verdict = ?decision.verdict,
                        risk = decision.risk, "Gate decided.");

@@ -22,7 +22,7 @@ use crate::problem::Problem;
 use crate::telemetry;
 use crate::workflow::{self, EventKind, Rejection};
 
-pub use store::{NewCase, lock_case};
+pub use store::{NewCase, lock_case, read_case};
 
 /// Who asked, as authenticated. Never a field the caller typed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -123,6 +123,22 @@ pub async fn store_response(
 }
 
 /// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes first.
+/// The case as it is now, without a lock (for readers and for workers
+/// that only decide whether to start).
+pub async fn read_case<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
 pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT ",

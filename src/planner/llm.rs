@@ -255,7 +255,7 @@ impl LlmPlanner {
                     );
                 }
                 Next::Retry { drop_structured } => {
-                    if drop_structured && structured {
+                    if drop_structured {
                         structured = false;
                     }
                     retries += 1;

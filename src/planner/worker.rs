@@ -15,7 +15,7 @@ use super::contract::{CheckedPlan, PlanLimits};
 use super::llm::{AttemptScope, LlmAnswer, LlmPlanner};
 use super::templates::Templates;
 use super::{ProposeError, Source, propose};
-use crate::model::Case;
+use crate::orchestrator::read_case;
 use crate::planner::context;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, inbox, outbox, subjects};
@@ -39,14 +39,9 @@ impl Handler for Planner {
 
     async fn handle(&self, d: &Delivery) -> Disposition {
         let env = &d.envelope;
-        if env.kind != subjects::CMD_PLAN_GENERATE {
-            return Disposition::unknown_type(&env.kind);
-        }
-        let Some(case_id) = env.case_id else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "cmd.plan.generate needs a case_id".into(),
-            );
+        let case_id = match d.case_command(subjects::CMD_PLAN_GENERATE) {
+            Ok(id) => id,
+            Err(dead) => return dead,
         };
         let feedback = env.data.get("feedback").and_then(|f| f.as_str());
         let template = match env.data.get("template") {
@@ -149,13 +144,7 @@ impl Planner {
                 Some(cmd.id),
                 json!({"reason": reason}),
             );
-            outbox::enqueue(
-                &mut tx,
-                Some(case.id),
-                &[fact],
-                &outbox::traceparent(&trace),
-            )
-            .await?;
+            outbox::enqueue_fact(&mut tx, fact, traceparent).await?;
             tracing::info!(case.id = %case.id, reason = %reason, "No plan.");
         }
         tx.commit().await?;
@@ -178,15 +167,9 @@ impl Planner {
         if template.is_some() {
             return Ok(None);
         }
-        let case: Option<Case> = sqlx::query_as(concat!(
-            "SELECT ",
-            crate::case_columns!(),
-            " FROM ops_case WHERE id = $1"
-        ))
-        .bind(case_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(case) = case else { return Ok(None) };
+        let Some(case) = read_case(&self.pool, case_id).await? else {
+            return Ok(None);
+        };
         let done: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM inbox WHERE consumer = $1 AND message_id = $2)",
         )

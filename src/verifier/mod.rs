@@ -134,13 +134,14 @@ impl Handler for Verifier {
 
     async fn handle(&self, d: &Delivery) -> Disposition {
         let env = &d.envelope;
-        if env.kind != subjects::CMD_VERIFY_RUN {
-            return Disposition::unknown_type(&env.kind);
-        }
-        let (Some(case_id), Some(version)) = (env.case_id, env.expected_version) else {
+        let case_id = match d.case_command(subjects::CMD_VERIFY_RUN) {
+            Ok(id) => id,
+            Err(dead) => return dead,
+        };
+        let Some(version) = env.expected_version else {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
-                "cmd.verify.run needs case_id and expected_version".into(),
+                "cmd.verify.run needs expected_version".into(),
             );
         };
         let started = Instant::now();
@@ -269,14 +270,7 @@ impl Verifier {
             ),
         };
         let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
-        let trace = telemetry::trace_id_from(d.traceparent.as_deref());
-        outbox::enqueue(
-            &mut tx,
-            Some(case.id),
-            &[fact],
-            &outbox::traceparent(&trace),
-        )
-        .await?;
+        outbox::enqueue_fact(&mut tx, fact, d.traceparent.as_deref()).await?;
         tx.commit().await?;
         tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
         Ok(Disposition::Done)

@@ -16,9 +16,8 @@ use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::Planner;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::verifier::{Verifier, VerifySettings};
-use reqwest::Method;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -118,12 +117,7 @@ impl Loop {
     }
 
     async fn build(pool: PgPool, policy: Policy, llm: Option<LlmPlanner>) -> Loop {
-        let app = TestApp::new(pool.clone()).await;
-        let nats = TestNats::start().await;
-        let js = jetstream::new(nats.client().await);
-        streams::ensure(&js, &StreamSettings::default())
-            .await
-            .unwrap();
+        let (app, nats, js) = crate::nats::setup(&pool).await;
         Loop {
             relay: Relay::new(pool.clone(), nats.client().await, RelaySettings::default()),
             facts: consumer::durable(&js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
@@ -200,16 +194,7 @@ impl Loop {
 
     pub async fn propose(&self, plan: &Value) -> (Uuid, String) {
         let case = self.app.case_in("PLANNING").await;
-        let r = self
-            .app
-            .send(
-                Method::POST,
-                &format!("/case/{case}/plan"),
-                Some(OPERATOR),
-                &[],
-                Some(plan.to_string()),
-            )
-            .await;
+        let r = self.app.post_plan(case, OPERATOR, plan).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
         self.settle().await;
         (case, r.body["plan_hash"].as_str().unwrap().to_string())

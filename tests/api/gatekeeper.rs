@@ -82,11 +82,7 @@ async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
     let lp = Loop::new(pool).await;
     let (case, _) = lp.propose(&plan("staging", "kube-system")).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
-    let reason: String = sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
-        .await
-        .unwrap();
+    let reason = lp.app.park_reason(case).await;
     assert!(
         reason.contains("target kube-system is forbidden"),
         "{reason}"
@@ -134,11 +130,7 @@ async fn without_a_matching_template_the_case_parks_with_the_reason(pool: PgPool
     lp.app.event(case, OPERATOR, "analysis_done").await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "PARKED");
-    let reason: String = sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
-        .await
-        .unwrap();
+    let reason = lp.app.park_reason(case).await;
     assert!(reason.starts_with("no template matches"), "{reason}");
 }
 

@@ -162,6 +162,26 @@ impl TestApp {
         .await
     }
 
+    pub async fn park_reason(&self, case: Uuid) -> String {
+        sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+            .bind(case)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// `POST /case/{id}/plan` with `plan` as `token`.
+    pub async fn post_plan(&self, case: Uuid, token: &str, plan: &Value) -> TestResponse {
+        self.send(
+            Method::POST,
+            &format!("/case/{case}/plan"),
+            Some(token),
+            &[],
+            Some(plan.to_string()),
+        )
+        .await
+    }
+
     pub async fn status(&self, case: Uuid) -> String {
         sqlx::query("SELECT status FROM ops_case WHERE id = $1")
             .bind(case)

@@ -72,11 +72,7 @@ impl Run {
     }
 
     async fn park_reason(&self) -> String {
-        sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
-            .bind(self.case)
-            .fetch_one(&self.lp.app.pool)
-            .await
-            .unwrap()
+        self.lp.app.park_reason(self.case).await
     }
 
     /// (outcome, errors) of every attempt, in order.

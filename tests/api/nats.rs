@@ -108,6 +108,17 @@ impl Drop for TestNats {
     }
 }
 
+/// A test app with a private nats-server whose streams are set up.
+pub async fn setup(pool: &sqlx::PgPool) -> (crate::helpers::TestApp, TestNats, jetstream::Context) {
+    let app = crate::helpers::TestApp::new(pool.clone()).await;
+    let nats = TestNats::start().await;
+    let js = jetstream::new(nats.client().await);
+    opsloop::pubsub::streams::ensure(&js, &opsloop::pubsub::streams::StreamSettings::default())
+        .await
+        .unwrap();
+    (app, nats, js)
+}
+
 pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
     js.get_stream(stream)
         .await

