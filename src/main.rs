@@ -250,10 +250,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if roles.verifier {
             let spec = ConsumerSpec::new(CMD_STREAM, verifier::CONSUMER, subjects::CMD_VERIFY_RUN)
                 .with_concurrency(8);
-            let handler = verifier::Verifier {
-                pool: pool.clone(),
-                settings: cfg.verify.clone(),
-            };
+            let handler = verifier::Verifier::new(pool.clone(), cfg.verify.clone())
+                .context("configuring the verifier")?;
             tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
         }
         if roles.orchestrator {

@@ -20,8 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer::PullConsumer};
-use futures::StreamExt;
+use async_nats::jetstream;
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
 use opsloop::orchestrator::{NewCase, Orchestrator};
@@ -29,7 +28,7 @@ use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::consumer;
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::pubsub::subjects;
@@ -42,28 +41,10 @@ mod common;
 #[path = "common/fake_llm.rs"]
 mod fake_llm;
 
-use common::{arg, bench_actor, database, jetstream as connect_jetstream, ms, quantile};
-
-/// A consumer of this run only: it starts at new messages, so the backlog
-/// other programs left in the streams does not count as gate latency.
-async fn durable(
-    js: &jetstream::Context,
-    stream: &'static str,
-    name: &str,
-    subject: &str,
-) -> anyhow::Result<PullConsumer> {
-    let spec = ConsumerSpec {
-        deliver_policy: jetstream::consumer::DeliverPolicy::New,
-        ..ConsumerSpec::new(
-            stream,
-            &format!("bench-{name}-{}", std::process::id()),
-            subject,
-        )
-    };
-    consumer::durable(js, &spec)
-        .await
-        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
-}
+use common::{
+    arg, bench_actor, between, database, direct_step, durable, hop_baseline,
+    jetstream as connect_jetstream, ms, quantile,
+};
 
 async fn drop_consumers(js: &jetstream::Context) {
     for (stream, name) in [
@@ -74,51 +55,6 @@ async fn drop_consumers(js: &jetstream::Context) {
         let durable = format!("bench-{name}-{}", std::process::id());
         let _ = js.delete_consumer_from_stream(&durable, stream).await;
     }
-}
-
-async fn step(orchestrator: &Orchestrator, case: Uuid, event: EventKind) -> anyhow::Result<()> {
-    use opsloop::orchestrator::{Origin, TransitionRequest};
-    orchestrator
-        .transition(TransitionRequest {
-            case_id: case,
-            event,
-            actor: bench_actor(),
-            reason: None,
-            plan_hash: None,
-            meta: serde_json::Value::Null,
-            expected_version: None,
-            origin: Origin::Direct,
-            trace_id: Uuid::new_v4().simple().to_string(),
-        })
-        .await?;
-    Ok(())
-}
-
-/// One JetStream hop as the workers see it: publish with ack, pull, ack.
-async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<Vec<Duration>> {
-    let stream = "OPSLOOP_BENCH_HOP";
-    js.create_or_update_stream(jetstream::stream::Config {
-        name: stream.into(),
-        subjects: vec!["bench.hop".into()],
-        storage: jetstream::stream::StorageType::File,
-        ..Default::default()
-    })
-    .await?;
-    let c = durable(js, "OPSLOOP_BENCH_HOP", "hop", "bench.hop").await?;
-    let mut messages = c.messages().await?;
-    let mut out = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        js.publish("bench.hop", "x".repeat(500).into())
-            .await?
-            .await?;
-        let msg = messages.next().await.context("hop stream ended")??;
-        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        out.push(t.elapsed());
-    }
-    js.delete_stream(stream).await?;
-    out.sort_unstable();
-    Ok(out)
 }
 
 struct Phase {
@@ -244,8 +180,8 @@ async fn run_phase(
             labels: json!({}),
         };
         let case = orchestrator.create_case(new, &bench_actor()).await?.id;
-        step(&orchestrator, case, EventKind::StartAnalysis).await?;
-        step(&orchestrator, case, EventKind::AnalysisDone).await?;
+        direct_step(&orchestrator, case, EventKind::StartAnalysis).await?;
+        direct_step(&orchestrator, case, EventKind::AnalysisDone).await?;
         ids.push(case);
     }
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -266,29 +202,8 @@ async fn run_phase(
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     drop_consumers(&js).await;
-    let between = |from: &'static str, to: &'static str| {
-        let ids = ids.clone();
-        let pool = pool.clone();
-        async move {
-            let mut out: Vec<Duration> = sqlx::query_scalar::<_, f64>(
-                "SELECT extract(epoch FROM b.at - a.at)::float8 FROM case_timeline a \
-                 JOIN case_timeline b ON b.case_id = a.case_id AND b.event = $3 AND b.kind = 'transition' \
-                 WHERE a.case_id = ANY($1) AND a.event = $2 AND a.kind = 'transition'",
-            )
-            .bind(&ids)
-            .bind(from)
-            .bind(to)
-            .fetch_all(&pool)
-            .await?
-            .into_iter()
-            .map(|s| Duration::from_secs_f64(s.max(0.0)))
-            .collect();
-            out.sort_unstable();
-            anyhow::Ok(out)
-        }
-    };
-    let planning = between("analysis_done", "plan_ready").await?;
-    let gate = between("plan_ready", "gate_approved").await?;
+    let planning = between(&pool, &ids, "analysis_done", "plan_ready").await?;
+    let gate = between(&pool, &ids, "plan_ready", "gate_approved").await?;
     Ok(Phase {
         planning,
         gate,

@@ -25,6 +25,20 @@ impl StepError {
             detail,
         }
     }
+
+    /// A try that asking again would not change (bad params, a refusal by
+    /// the target's API): the runner does not retry it.
+    pub fn refused(message: impl Into<String>, mut detail: Value) -> Self {
+        if !detail.is_object() {
+            detail = Value::Object(Default::default());
+        }
+        detail["refused"] = Value::Bool(true);
+        StepError::new(message, detail)
+    }
+
+    pub fn is_refusal(&self) -> bool {
+        self.detail.get("refused").is_some()
+    }
 }
 
 pub trait Adapter: Send + Sync {
@@ -40,6 +54,31 @@ pub trait Adapter: Send + Sync {
         params: &'a Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>>;
+    /// Reads the state a step is about to change. The runner stores it
+    /// before the first try, so an `undo: true` rollback step on the same
+    /// target can hand it to `restore`. `None`: nothing worth keeping.
+    fn snapshot<'a>(
+        &'a self,
+        _params: &'a Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Puts back a state `snapshot` read (one try, same rules as `run`).
+    fn restore<'a>(
+        &'a self,
+        _params: &'a Value,
+        _before: &'a Value,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, StepError>> {
+        let action = self.action();
+        Box::pin(async move {
+            Err(StepError::refused(
+                format!("{action} cannot undo"),
+                Value::Null,
+            ))
+        })
+    }
 }
 
 /// Does nothing, successfully.

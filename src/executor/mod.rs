@@ -11,6 +11,8 @@
 //! redelivered command finds its run and never re-runs a finished step.
 
 pub mod adapter;
+pub mod gateway;
+pub mod k8s;
 pub mod script;
 
 use std::collections::BTreeMap;
@@ -64,6 +66,20 @@ pub struct ExecSettings {
     /// Scale for the plan's retry backoff (tests and demos shorten it).
     #[arg(long, env = "OPSLOOP_STEP_BACKOFF_SCALE", default_value_t = 1.0)]
     pub backoff_scale: f64,
+    /// Kubernetes API server for `k8s.rollout`; unset: the kubeconfig or
+    /// the in-cluster service account.
+    #[arg(long, env = "OPSLOOP_K8S_API_URL")]
+    pub k8s_api_url: Option<String>,
+    /// File holding the bearer token for OPSLOOP_K8S_API_URL.
+    #[arg(long, env = "OPSLOOP_K8S_TOKEN_FILE")]
+    pub k8s_token_file: Option<PathBuf>,
+    /// The gateways `gateway.flip` may change, as `name=admin-url`,
+    /// comma-separated. A plan names a gateway; only these URLs are called.
+    #[arg(long, env = "OPSLOOP_GATEWAYS", value_delimiter = ',')]
+    pub gateways: Vec<gateway::GatewayEntry>,
+    /// File holding the bearer token for the gateways' admin APIs.
+    #[arg(long, env = "OPSLOOP_GATEWAY_TOKEN_FILE")]
+    pub gateway_token_file: Option<PathBuf>,
 }
 
 pub struct Executor {
@@ -86,6 +102,14 @@ impl Executor {
             env_allowlist: settings.script_env.clone(),
             output_cap: settings.output_cap,
         }));
+        e.register(Arc::new(k8s::K8sAdapter::new(
+            settings.k8s_api_url.clone(),
+            settings.k8s_token_file.clone(),
+        )));
+        e.register(Arc::new(gateway::GatewayAdapter::new(
+            &settings.gateways,
+            settings.gateway_token_file.clone(),
+        )));
         e
     }
 
@@ -116,6 +140,8 @@ struct Step {
     params: Value,
     timeout: Duration,
     retry: u32,
+    /// `undo: true`: put back what this plan's steps changed on the target.
+    undo: bool,
 }
 
 fn steps_of(plan: &Value, pointer: &str) -> Vec<Step> {
@@ -128,29 +154,31 @@ fn steps_of(plan: &Value, pointer: &str) -> Vec<Step> {
             params: s.get("params").cloned().unwrap_or(json!({})),
             timeout: Duration::from_secs(s["timeout_s"].as_u64().unwrap_or(10)),
             retry: s["retry"].as_u64().unwrap_or(0).min(3) as u32,
+            undo: s.pointer("/params/undo") == Some(&Value::Bool(true)),
         })
         .collect()
 }
 
-/// The resources a plan changes, for the one-run-per-target rule.
+/// The resource a step changes: the key of the one-run-per-target rule and
+/// of the state an `undo` step restores.
+fn target_of(step: &Step) -> Option<String> {
+    let p = &step.params;
+    let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
+    match step.action.as_str() {
+        "script.exec" => Some(format!(
+            "script:{}:{}",
+            text("script"),
+            p.get("args").map(Value::to_string).unwrap_or_default()
+        )),
+        "k8s.rollout" => Some(format!("k8s:{}/{}", text("namespace"), text("deployment"))),
+        "gateway.flip" => Some(format!("gateway:{}{}", text("gateway"), text("route"))),
+        _ => None,
+    }
+}
+
+/// The resources a plan changes, each once.
 fn targets(steps: &[Step]) -> Vec<String> {
-    let mut out: Vec<String> = steps
-        .iter()
-        .filter_map(|s| {
-            let p = &s.params;
-            let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
-            match s.action.as_str() {
-                "script.exec" => Some(format!(
-                    "script:{}:{}",
-                    text("script"),
-                    p.get("args").map(Value::to_string).unwrap_or_default()
-                )),
-                "k8s.rollout" => Some(format!("k8s:{}/{}", text("namespace"), text("deployment"))),
-                "gateway.flip" => Some(format!("gateway:{}{}", text("gateway"), text("route"))),
-                _ => None,
-            }
-        })
-        .collect();
+    let mut out: Vec<String> = steps.iter().filter_map(target_of).collect();
     out.sort();
     out.dedup();
     out
@@ -274,6 +302,7 @@ impl Executor {
             case: &case,
             cmd,
             version,
+            plan_hash,
             cause: d.traceparent.as_deref(),
         };
         let run_id = match existing {
@@ -384,16 +413,17 @@ impl Executor {
         facts: &Facts<'_>,
     ) -> Result<PhaseEnd, sqlx::Error> {
         // What an earlier delivery of the command already recorded.
-        let recorded: BTreeMap<i32, (String, i32)> = sqlx::query_as::<_, (i32, String, i32)>(
-            "SELECT idx, status, tries FROM exec_step WHERE run_id = $1 AND phase = $2",
-        )
-        .bind(run_id)
-        .bind(<&'static str>::from(phase))
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|(idx, status, tries)| (idx, (status, tries)))
-        .collect();
+        let recorded: BTreeMap<i32, (String, i32, bool)> =
+            sqlx::query_as::<_, (i32, String, i32, bool)>(
+                "SELECT idx, status, tries, before IS NOT NULL FROM exec_step WHERE run_id = $1 AND phase = $2",
+            )
+            .bind(run_id)
+            .bind(<&'static str>::from(phase))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|(idx, status, tries, kept)| (idx, (status, tries, kept)))
+            .collect();
         for (idx, step) in steps.iter().enumerate() {
             let idx = idx as i32;
             let stored = recorded.get(&idx).cloned();
@@ -412,7 +442,7 @@ impl Executor {
                 .await?;
                 return Ok(PhaseEnd::Failed(why));
             };
-            match stored.as_ref().map(|(s, _)| s.as_str()) {
+            match stored.as_ref().map(|(s, ..)| s.as_str()) {
                 Some("done") => continue,
                 Some("failed") => {
                     return Ok(PhaseEnd::Failed(format!(
@@ -440,27 +470,34 @@ impl Executor {
                 }
                 _ => {}
             }
+            let undo_from = match step.undo {
+                false => None,
+                true => match self.state_before(facts, step).await? {
+                    Some(before) => Some(before),
+                    None => {
+                        // Nothing of this plan changed the target, so there is
+                        // nothing to put back.
+                        let note = json!({"undo": "nothing to restore: no step of this plan recorded a state for this target"});
+                        self.record_step(run_id, phase, idx, step, "done", 0, &note, facts)
+                            .await?;
+                        continue;
+                    }
+                },
+            };
+            let mut kept = stored.as_ref().is_some_and(|s| s.2);
             let mut tries = stored.map_or(0, |s| s.1);
             let outcome = loop {
                 tries += 1;
                 self.mark_running(run_id, phase, idx, step, tries).await?;
                 let started = Instant::now();
-                let tried = match tokio::time::timeout(
-                    step.timeout + Duration::from_secs(5),
-                    adapter.run(&step.params, step.timeout),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(StepError::new(
-                        format!("no result within {} s", step.timeout.as_secs()),
-                        json!({"timed_out": true}),
-                    )),
-                };
+                let at = (run_id, phase, idx);
+                let tried = self
+                    .try_once(&*adapter, step, at, undo_from.as_ref(), &mut kept)
+                    .await?;
                 telemetry::adapter_step(adapter.action(), started.elapsed().as_secs_f64());
                 match tried {
                     Ok(detail) => break Ok(detail),
-                    Err(e) if tries as u32 <= step.retry && e.detail.get("refused").is_none() => {
+                    Err(e) if tries as u32 <= step.retry && !e.is_refusal() => {
                         tracing::warn!(step = idx, action = %step.action, error = %e.message, "Step failed; retrying.");
                         let pause = step_backoff(tries as u32 - 1).mul_f64(self.backoff_scale);
                         tokio::time::sleep(pause).await;
@@ -490,6 +527,75 @@ impl Executor {
         Ok(PhaseEnd::AllDone)
     }
 
+    /// One try: the undo's restore, or the snapshot (until one is kept)
+    /// followed by the change. Each adapter call gets the step's timeout.
+    async fn try_once(
+        &self,
+        adapter: &dyn Adapter,
+        step: &Step,
+        (run_id, phase, idx): (Uuid, Phase, i32),
+        undo_from: Option<&Value>,
+        kept: &mut bool,
+    ) -> Result<Result<Value, StepError>, sqlx::Error> {
+        let budget = step.timeout + Duration::from_secs(5);
+        let late = || {
+            StepError::new(
+                format!("no result within {} s", step.timeout.as_secs()),
+                json!({"timed_out": true}),
+            )
+        };
+        if let Some(before) = undo_from {
+            let restored =
+                tokio::time::timeout(budget, adapter.restore(&step.params, before, step.timeout));
+            return Ok(restored.await.unwrap_or_else(|_| Err(late())));
+        }
+        if !*kept {
+            let snapshot =
+                tokio::time::timeout(budget, adapter.snapshot(&step.params, step.timeout));
+            match snapshot.await.unwrap_or_else(|_| Err(late())) {
+                Err(e) => return Ok(Err(e)),
+                Ok(None) => {}
+                Ok(Some(state)) => {
+                    sqlx::query(
+                        "UPDATE exec_step SET before = $4 WHERE run_id = $1 AND phase = $2 AND idx = $3",
+                    )
+                    .bind(run_id)
+                    .bind(<&'static str>::from(phase))
+                    .bind(idx)
+                    .bind(&state)
+                    .execute(&self.pool)
+                    .await?;
+                }
+            }
+            *kept = true;
+        }
+        let ran = tokio::time::timeout(budget, adapter.run(&step.params, step.timeout));
+        Ok(ran.await.unwrap_or_else(|_| Err(late())))
+    }
+
+    /// The state the first step of this plan's latest forward run that
+    /// touched the step's target found before changing it.
+    async fn state_before(
+        &self,
+        facts: &Facts<'_>,
+        step: &Step,
+    ) -> Result<Option<Value>, sqlx::Error> {
+        let Some(target) = target_of(step) else {
+            return Ok(None);
+        };
+        sqlx::query_scalar(
+            "SELECT s.before FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
+             WHERE r.case_id = $1 AND r.plan_hash = $2 AND r.kind = 'run' AND s.phase = 'step' \
+             AND s.target = $3 AND s.before IS NOT NULL \
+             ORDER BY r.started_at DESC, s.idx LIMIT 1",
+        )
+        .bind(facts.case.id)
+        .bind(facts.plan_hash)
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     async fn mark_running(
         &self,
         run_id: Uuid,
@@ -499,7 +605,8 @@ impl Executor {
         tries: i32,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO exec_step (run_id, phase, idx, action, status, tries) VALUES ($1, $2, $3, $4, 'running', $5) \
+            "INSERT INTO exec_step (run_id, phase, idx, action, status, tries, target) \
+             VALUES ($1, $2, $3, $4, 'running', $5, $6) \
              ON CONFLICT (run_id, phase, idx) DO UPDATE SET status = 'running', tries = EXCLUDED.tries, \
              started_at = clock_timestamp(), finished_at = NULL",
         )
@@ -508,6 +615,7 @@ impl Executor {
         .bind(idx)
         .bind(&step.action)
         .bind(tries)
+        .bind(target_of(step))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -636,6 +744,7 @@ struct Facts<'a> {
     cmd: &'a Envelope,
     /// The version the command was issued at (the fence).
     version: i64,
+    plan_hash: &'a str,
     /// The command's `traceparent`, continued by every fact.
     cause: Option<&'a str>,
 }

@@ -131,6 +131,23 @@ fn is_dns_label(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
 }
 
+/// `undo: true` restores what the plan's own steps changed on the same
+/// target, so it means something only after them, in the rollback.
+fn undo_only_in_rollback(params: &Value, at: &str) -> Option<Violation> {
+    match params.get("undo") {
+        None => None,
+        Some(Value::Bool(true)) if at.starts_with("/rollback/") => None,
+        Some(Value::Bool(true)) => Some(completeness(
+            format!("{at}/undo"),
+            "undo is only valid in rollback steps",
+        )),
+        Some(_) => Some(completeness(
+            format!("{at}/undo"),
+            "undo must be true when present",
+        )),
+    }
+}
+
 fn only_keys(params: &Value, allowed: &[&str], at: &str) -> Vec<Violation> {
     params
         .as_object()
@@ -183,7 +200,14 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
         "k8s.rollout" => {
             out.extend(only_keys(
                 params,
-                &["namespace", "deployment", "image", "restart"],
+                &[
+                    "namespace",
+                    "deployment",
+                    "image",
+                    "container",
+                    "restart",
+                    "undo",
+                ],
                 at,
             ));
             if !str_field("namespace").is_some_and(|s| is_dns_label(s, 63)) {
@@ -198,17 +222,31 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
                     "a Deployment name",
                 ));
             }
+            if field("container").is_some()
+                && !str_field("container").is_some_and(|s| is_dns_label(s, 63))
+            {
+                out.push(completeness(format!("{at}/container"), "a container name"));
+            }
             let image = str_field("image").filter(|s| !s.is_empty() && s.len() <= 512);
-            let restart = field("restart").and_then(Value::as_bool) == Some(true);
-            if image.is_some() == restart {
+            let changes = [
+                image.is_some(),
+                field("restart").and_then(Value::as_bool) == Some(true),
+                field("undo").and_then(Value::as_bool) == Some(true),
+            ];
+            if changes.iter().filter(|c| **c).count() != 1 {
                 out.push(completeness(
                     at.into(),
-                    "k8s.rollout sets either an image or restart: true",
+                    "k8s.rollout sets exactly one of: an image, restart: true, undo: true",
                 ));
             }
+            out.extend(undo_only_in_rollback(params, at));
         }
         "gateway.flip" => {
-            out.extend(only_keys(params, &["gateway", "route", "weights"], at));
+            out.extend(only_keys(
+                params,
+                &["gateway", "route", "weights", "undo"],
+                at,
+            ));
             for k in ["gateway", "route"] {
                 if !str_field(k).is_some_and(|s| !s.is_empty() && s.len() <= 200) {
                     out.push(completeness(
@@ -217,18 +255,30 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
                     ));
                 }
             }
-            let weights = field("weights").and_then(Value::as_object);
-            let valid = weights.is_some_and(|w| {
-                !w.is_empty()
-                    && w.values().all(|v| v.as_u64().is_some_and(|n| n <= 100))
-                    && w.values().filter_map(Value::as_u64).sum::<u64>() == 100
-            });
-            if !valid {
-                out.push(completeness(
-                    format!("{at}/weights"),
-                    "weights map backends to integers 0-100 summing to 100",
-                ));
+            let undo = field("undo").and_then(Value::as_bool) == Some(true);
+            match field("weights").and_then(Value::as_object) {
+                None if undo => {}
+                Some(_) if undo => out.push(completeness(
+                    at.into(),
+                    "gateway.flip sets either weights or undo: true",
+                )),
+                weights => {
+                    let valid = weights.is_some_and(|w| {
+                        !w.is_empty()
+                            && w.len() <= 16
+                            && w.keys().all(|k| !k.is_empty() && k.len() <= 100)
+                            && w.values().all(|v| v.as_u64().is_some_and(|n| n <= 100))
+                            && w.values().filter_map(Value::as_u64).sum::<u64>() == 100
+                    });
+                    if !valid {
+                        out.push(completeness(
+                            format!("{at}/weights"),
+                            "weights map backends to integers 0-100 summing to 100",
+                        ));
+                    }
+                }
             }
+            out.extend(undo_only_in_rollback(params, at));
         }
         other => out.push(completeness(at.into(), format!("unknown action {other:?}"))),
     }
@@ -346,6 +396,32 @@ mod tests {
         assert!(
             got.contains(&("/steps/0/params/script".into(), "completeness")),
             "{got:?}"
+        );
+    }
+
+    #[test]
+    fn undo_restores_only_in_rollback_and_replaces_the_change() {
+        let mut p = plan();
+        p["rollback"]["steps"] = json!([
+            {"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "checkout", "undo": true},
+             "timeout_s": 60, "retry": 0},
+            {"action": "gateway.flip", "params": {"gateway": "edge", "route": "/checkout", "undo": true},
+             "timeout_s": 60, "retry": 0}
+        ]);
+        assert!(check(&p, &limits()).is_ok());
+
+        p["steps"][1]["params"] = json!({"namespace": "shop", "deployment": "checkout", "undo": true});
+        p["steps"][2]["params"] = json!({"gateway": "edge", "route": "/checkout", "undo": true});
+        p["rollback"]["steps"][0]["params"]["image"] = json!("checkout:2");
+        p["rollback"]["steps"][1]["params"]["weights"] = json!({"blue": 100});
+        assert_eq!(
+            paths(check(&p, &limits())),
+            [
+                ("/steps/1/params/undo".to_string(), "completeness"),
+                ("/steps/2/params/undo".to_string(), "completeness"),
+                ("/rollback/steps/0/params".to_string(), "completeness"),
+                ("/rollback/steps/1/params".to_string(), "completeness"),
+            ]
         );
     }
 

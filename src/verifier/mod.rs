@@ -1,12 +1,20 @@
 //! The SLO verifier: consumes `cmd.verify.run`, evaluates the approved
-//! plan's `verify.checks` from `metric_1m`, stores a `verify_result`, and
-//! reports `evt.verify.pass.v1` or `evt.verify.failed.v1` with reason
-//! `breach`, `no_data` or `inconclusive`.
+//! plan's `verify.checks` over the window that ends now, stores a
+//! `verify_result`, and reports `evt.verify.pass.v1` or
+//! `evt.verify.failed.v1` with reason `breach`, `no_data` or `inconclusive`.
+//!
+//! A check is answered by Prometheus when the operator's queries file has a
+//! query for its (metric, stat) (`prometheus.rs`), else from `metric_1m`.
+//! Both are read before the transaction that claims the command and records
+//! the result: no network call inside it.
 //!
 //! Missing or thin data is never a pass: NO_DATA and INCONCLUSIVE park the
 //! case like a breach does (without the automatic rollback decision, which
 //! is the orchestrator's and the policy's).
 
+pub mod prometheus;
+
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -14,7 +22,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use self::prometheus::Prometheus;
 use crate::model::Case;
+use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{Envelope, inbox, outbox, subjects};
 use crate::telemetry;
@@ -24,21 +34,51 @@ pub const CONSUMER: &str = "verifier";
 pub const EVT_PASS: &str = "evt.verify.pass.v1";
 pub const EVT_FAILED: &str = "evt.verify.failed.v1";
 
+const DEFAULT_DELAY_S: u64 = 60;
+const DEFAULT_MIN_COVERAGE: f64 = 0.5;
+const DEFAULT_PROMETHEUS_TIMEOUT_MS: u64 = 5000;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifySettings {
     /// Seconds to wait after the execution finished before judging, so the
     /// window holds data from after the change. Production: at least the
     /// longest check window; demos and tests use 0 and ingest fresh rows.
-    #[arg(long, env = "OPSLOOP_VERIFY_DELAY_S", default_value_t = 60)]
+    #[arg(long, env = "OPSLOOP_VERIFY_DELAY_S", default_value_t = DEFAULT_DELAY_S)]
     pub delay_s: u64,
     /// Share of a window's minutes that must have data for a verdict.
-    #[arg(long, env = "OPSLOOP_VERIFY_MIN_COVERAGE", default_value_t = 0.5)]
+    #[arg(long, env = "OPSLOOP_VERIFY_MIN_COVERAGE", default_value_t = DEFAULT_MIN_COVERAGE)]
     pub min_coverage: f64,
+    /// Base URL of a Prometheus server (e.g. http://127.0.0.1:9090) that
+    /// answers the checks named in OPSLOOP_PROMETHEUS_QUERIES.
+    #[arg(long, env = "OPSLOOP_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+    /// TOML file of PromQL templates, metric name → stat → query
+    /// (docs/prometheus.md); checked at start-up.
+    #[arg(long, env = "OPSLOOP_PROMETHEUS_QUERIES")]
+    pub prometheus_queries: Option<PathBuf>,
+    /// Time allowed for one Prometheus query; past it the check is
+    /// inconclusive.
+    #[arg(long, env = "OPSLOOP_PROMETHEUS_TIMEOUT_MS", default_value_t = DEFAULT_PROMETHEUS_TIMEOUT_MS)]
+    pub prometheus_timeout_ms: u64,
+}
+
+impl Default for VerifySettings {
+    /// The flags' defaults: no Prometheus.
+    fn default() -> Self {
+        VerifySettings {
+            delay_s: DEFAULT_DELAY_S,
+            min_coverage: DEFAULT_MIN_COVERAGE,
+            prometheus_url: None,
+            prometheus_queries: None,
+            prometheus_timeout_ms: DEFAULT_PROMETHEUS_TIMEOUT_MS,
+        }
+    }
 }
 
 pub struct Verifier {
-    pub pool: PgPool,
-    pub settings: VerifySettings,
+    pool: PgPool,
+    settings: VerifySettings,
+    prometheus: Option<Prometheus>,
 }
 
 /// The verdict on one check, and on the whole (the worst check wins:
@@ -88,7 +128,7 @@ impl Check {
         })
     }
 
-    fn holds(&self, figure: f64) -> bool {
+    pub(crate) fn holds(&self, figure: f64) -> bool {
         match self.op.as_str() {
             "<" => figure < self.threshold,
             "<=" => figure <= self.threshold,
@@ -151,7 +191,35 @@ impl Handler for Verifier {
     }
 }
 
+/// The checks of one plan, judged.
+struct Evaluation {
+    overall: Verdict,
+    results: Vec<Value>,
+    widest: i64,
+}
+
 impl Verifier {
+    /// Fails when the Prometheus settings are unusable (URL, queries file,
+    /// templates), so a mistake stops the start-up. Needs
+    /// `config::install_tls_provider()` first when Prometheus is configured.
+    pub fn new(
+        pool: PgPool,
+        settings: VerifySettings,
+    ) -> Result<Verifier, prometheus::ConfigError> {
+        let prometheus = Prometheus::from_settings(&settings)?;
+        if let Some(p) = &prometheus {
+            tracing::info!(
+                queries = p.queries().len(),
+                "Prometheus answers the checks its queries file names."
+            );
+        }
+        Ok(Verifier {
+            pool,
+            settings,
+            prometheus,
+        })
+    }
+
     async fn verify(
         &self,
         cmd: &Envelope,
@@ -176,6 +244,18 @@ impl Verifier {
             }
         }
 
+        // Judge the checks before the transaction: Prometheus is a network
+        // call. Every check shares one window end.
+        let now = Utc::now();
+        let mut judged = None;
+        if let Some(case) = read_case(&self.pool, case_id).await?
+            && case.status == Status::Verifying
+            && case.version == version
+            && let Some((plan, plan_hash)) = latest_plan(&self.pool, case_id).await?
+        {
+            judged = Some((plan_hash, self.evaluate(&case, &plan, now).await?));
+        }
+
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
             Ok(case) => case,
@@ -188,65 +268,31 @@ impl Verifier {
             tx.commit().await?;
             return Ok(Disposition::Done);
         }
-        let plan: Option<(Value, String)> = sqlx::query_as(
-            "SELECT plan, plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        let plan_hash: Option<String> = sqlx::query_scalar(
+            "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
         )
         .bind(case_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((plan, plan_hash)) = plan else {
+        let Some(plan_hash) = plan_hash else {
             tx.commit().await?;
             return Ok(Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 "a case in VERIFYING without a plan".into(),
             ));
         };
-        // A row covers the minute starting at its `ts`: every minute that
-        // overlaps the window counts, hence the extra 60 s in the query.
-        let now = Utc::now();
-        let default_resource = resource_of(&case);
-        let mut results = Vec::new();
-        let mut overall = Verdict::Pass;
-        let mut widest = 60;
-        let checks = plan
-            .pointer("/verify/checks")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        if checks.is_empty() {
-            // Nothing to measure is not evidence of health.
-            overall = Verdict::Inconclusive;
-            results
-                .push(json!({"verdict": "inconclusive", "why": "the plan has no verify checks"}));
-        }
-        for raw in &checks {
-            let check = match Check::from_plan(raw, default_resource.as_deref()) {
-                Ok(c) => c,
-                Err(why) => {
-                    overall = overall.max(Verdict::Inconclusive);
-                    results.push(json!({"check": raw, "verdict": "inconclusive", "why": why}));
-                    continue;
-                }
-            };
-            widest = widest.max(check.window_s);
-            let values: Vec<f64> = sqlx::query_scalar(
-                "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
-                 FROM metric_1m WHERE resource = $1 AND metric = $2 \
-                 AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
-            )
-            .bind(&check.resource)
-            .bind(&check.metric)
-            .bind(now)
-            .bind(check.window_s as f64)
-            .bind(&check.stat)
-            .fetch_all(&mut *tx)
-            .await?;
-            let (verdict, detail) = judge(&check, &values, self.settings.min_coverage);
-            overall = overall.max(verdict);
-            results.push(json!({
-                "check": raw, "resource": check.resource, "verdict": verdict.to_string(), "detail": detail
-            }));
-        }
+        let Some((_, judged)) = judged.filter(|(hash, _)| *hash == plan_hash) else {
+            // The case or its plan changed between the read and the lock:
+            // nothing is recorded (the claim rolls back), judge again.
+            return Ok(Disposition::Retry(
+                "the case changed while its checks were evaluated".into(),
+            ));
+        };
+        let Evaluation {
+            overall,
+            results,
+            widest,
+        } = judged;
         sqlx::query(
             "INSERT INTO verify_result (id, case_id, plan_hash, command_id, case_version, outcome, checks, window_from, window_to) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -275,6 +321,94 @@ impl Verifier {
         tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
         Ok(Disposition::Done)
     }
+
+    /// Judges each check of `plan` over the window ending at `now`, from
+    /// Prometheus when its queries name the check, else from `metric_1m`.
+    /// Runs outside any transaction.
+    async fn evaluate(
+        &self,
+        case: &Case,
+        plan: &Value,
+        now: DateTime<Utc>,
+    ) -> Result<Evaluation, sqlx::Error> {
+        let default_resource = resource_of(case);
+        let mut results = Vec::new();
+        let mut overall = Verdict::Pass;
+        let mut widest = 60;
+        let checks = plan
+            .pointer("/verify/checks")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if checks.is_empty() {
+            // Nothing to measure is not evidence of health.
+            overall = Verdict::Inconclusive;
+            results
+                .push(json!({"verdict": "inconclusive", "why": "the plan has no verify checks"}));
+        }
+        for raw in &checks {
+            let check = match Check::from_plan(raw, default_resource.as_deref()) {
+                Ok(c) => c,
+                Err(why) => {
+                    overall = overall.max(Verdict::Inconclusive);
+                    results.push(json!({"check": raw, "verdict": "inconclusive", "why": why}));
+                    continue;
+                }
+            };
+            widest = widest.max(check.window_s);
+            let prometheus = self
+                .prometheus
+                .as_ref()
+                .and_then(|p| Some((p, p.template_for(&check)?)));
+            let (verdict, detail) = match prometheus {
+                Some((p, template)) => p.evaluate(&check, template, now).await,
+                None => self.judge_from_metric_1m(&check, now).await?,
+            };
+            overall = overall.max(verdict);
+            results.push(json!({
+                "check": raw, "resource": check.resource, "verdict": verdict.to_string(), "detail": detail
+            }));
+        }
+        Ok(Evaluation {
+            overall,
+            results,
+            widest,
+        })
+    }
+
+    /// A row covers the minute starting at its `ts`: every minute that
+    /// overlaps the window counts, hence the extra 60 s in the query.
+    async fn judge_from_metric_1m(
+        &self,
+        check: &Check,
+        now: DateTime<Utc>,
+    ) -> Result<(Verdict, Value), sqlx::Error> {
+        let values: Vec<f64> = sqlx::query_scalar(
+            "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
+             FROM metric_1m WHERE resource = $1 AND metric = $2 \
+             AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
+        )
+        .bind(&check.resource)
+        .bind(&check.metric)
+        .bind(now)
+        .bind(check.window_s as f64)
+        .bind(&check.stat)
+        .fetch_all(&self.pool)
+        .await?;
+        let (verdict, mut detail) = judge(check, &values, self.settings.min_coverage);
+        detail["source"] = json!("metric_1m");
+        Ok((verdict, detail))
+    }
+}
+
+/// The case's latest plan and its hash.
+async fn latest_plan(pool: &PgPool, case_id: Uuid) -> Result<Option<(Value, String)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT plan, plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case_id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The resource a case is about: its `resource` label, else `service`.

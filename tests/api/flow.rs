@@ -66,6 +66,10 @@ pub fn exec_settings() -> ExecSettings {
         script_env: vec!["PATH".into()],
         output_cap: 4096,
         backoff_scale: 0.01,
+        k8s_api_url: None,
+        k8s_token_file: None,
+        gateways: Vec::new(),
+        gateway_token_file: None,
     }
 }
 
@@ -101,19 +105,26 @@ impl Loop {
             verify: durable("verifier", "cmd.verify.run").await,
             analyst: Analyst { pool: pool.clone() },
             executor: Executor::new(pool.clone(), &exec_settings(), &allowlist),
-            verifier: Verifier {
+            verifier: Verifier::new(
                 pool,
-                settings: VerifySettings {
+                VerifySettings {
                     delay_s: 0,
                     min_coverage: 0.5,
+                    ..VerifySettings::default()
                 },
-            },
+            )
+            .unwrap(),
         });
         lp
     }
 
     pub fn executor(&self) -> &Executor {
         &self.downstream.as_ref().expect("a full loop").executor
+    }
+
+    /// To register adapters that talk to a test's fake servers.
+    pub fn executor_mut(&mut self) -> &mut Executor {
+        &mut self.downstream.as_mut().expect("a full loop").executor
     }
 
     async fn build(pool: PgPool, policy: Policy, llm: Option<LlmPlanner>) -> Loop {

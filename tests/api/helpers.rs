@@ -299,3 +299,15 @@ impl TestApp {
             .sum()
     }
 }
+
+/// The URL of the test's own database, for processes the test starts.
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().unwrap()
+    )
+}

@@ -3,10 +3,12 @@
 
 mod helpers;
 
+mod adapters;
 mod atomicity;
 mod auth;
 mod bad_input;
 mod concurrency;
+mod fake_k8s;
 mod fake_llm;
 mod flow;
 mod gate;
@@ -18,5 +20,7 @@ mod ops;
 mod plans;
 mod pubsub;
 mod replay;
+mod split;
 mod transitions;
+mod verify_prometheus;
 mod walking_skeleton;

@@ -115,17 +115,6 @@ async fn every_outbox_row_reaches_jetstream_and_transitions_keep_case_order(pool
     assert!(app.metric("outbox_lag_seconds_count").await >= rows.len() as f64);
 }
 
-fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap()
-    )
-}
-
 #[sqlx::test]
 async fn a_relay_killed_between_publish_and_mark_publishes_each_message_once(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;

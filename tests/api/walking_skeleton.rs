@@ -25,6 +25,11 @@ fn this_minute() -> String {
 }
 
 async fn ingest(lp: &Loop, service: &str, latency: f64) {
+    ingest_metric(lp, service, "latency_p95_ms", latency).await;
+}
+
+/// One `metric_1m` row for this minute, through the API.
+pub(crate) async fn ingest_metric(lp: &Loop, resource: &str, metric: &str, value: f64) {
     let r = lp
         .app
         .send(
@@ -32,8 +37,11 @@ async fn ingest(lp: &Loop, service: &str, latency: f64) {
             "/metrics/ingest",
             Some(SERVICE),
             &[],
-            Some(json!({"rows": [{"resource": service, "metric": "latency_p95_ms", "ts": this_minute(),
-                                  "avg": latency, "max": latency + 10.0}]}).to_string()),
+            Some(
+                json!({"rows": [{"resource": resource, "metric": metric, "ts": this_minute(),
+                                  "avg": value, "max": value + 10.0}]})
+                .to_string(),
+            ),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -63,7 +71,7 @@ async fn degraded_case(lp: &Loop, service: &str) -> Uuid {
     case
 }
 
-async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
+pub(crate) async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT to_status FROM case_timeline WHERE case_id = $1 AND kind = 'transition' ORDER BY seq",
     )
@@ -74,7 +82,7 @@ async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
 }
 
 /// (kind, status) of the case's runs, oldest first.
-async fn runs(lp: &Loop, case: Uuid) -> Vec<(String, String)> {
+pub(crate) async fn runs(lp: &Loop, case: Uuid) -> Vec<(String, String)> {
     sqlx::query_as("SELECT kind, status FROM exec_run WHERE case_id = $1 ORDER BY started_at")
         .bind(case)
         .fetch_all(&lp.app.pool)

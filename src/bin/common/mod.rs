@@ -3,7 +3,12 @@
 // Each benchmark binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use opsloop::pubsub::consumer::{self, ConsumerSpec};
 
 use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
 use opsloop::workflow::EventKind;
@@ -87,7 +92,6 @@ pub fn ms(d: Duration) -> f64 {
 
 /// PostgreSQL from `DATABASE_URL`, migrated.
 pub async fn database(max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
-    use anyhow::Context;
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(max_connections)
@@ -99,10 +103,105 @@ pub async fn database(max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
 
 /// NATS from `NATS_URL`, with the product's streams in place.
 pub async fn jetstream() -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
-    use anyhow::Context;
     let url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
     let client = async_nats::connect(url.as_str()).await?;
     let js = async_nats::jetstream::new(client.clone());
     opsloop::pubsub::streams::ensure(&js, &Default::default()).await?;
     Ok((client, js))
+}
+
+/// A consumer of this run only: it starts at new messages, so the backlog
+/// other programs left in the streams does not count in the figures.
+pub async fn durable(
+    js: &jetstream::Context,
+    stream: &'static str,
+    name: &str,
+    subject: &str,
+) -> anyhow::Result<PullConsumer> {
+    let spec = ConsumerSpec {
+        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+        ..ConsumerSpec::new(
+            stream,
+            &format!("bench-{name}-{}", std::process::id()),
+            subject,
+        )
+    };
+    consumer::durable(js, &spec)
+        .await
+        .map_err(|e| anyhow::anyhow!("consumer {name}: {e}"))
+}
+
+/// One JetStream hop as the workers see it: publish with ack, pull, ack.
+pub async fn hop_baseline(js: &jetstream::Context, rounds: usize) -> anyhow::Result<Vec<Duration>> {
+    let stream = "OPSLOOP_BENCH_HOP";
+    js.create_or_update_stream(jetstream::stream::Config {
+        name: stream.into(),
+        subjects: vec!["bench.hop".into()],
+        storage: jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let c = durable(js, "OPSLOOP_BENCH_HOP", "hop", "bench.hop").await?;
+    let mut messages = c.messages().await?;
+    let mut out = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        js.publish("bench.hop", "x".repeat(500).into())
+            .await?
+            .await?;
+        let msg = messages.next().await.context("hop stream ended")??;
+        msg.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(t.elapsed());
+    }
+    js.delete_stream(stream).await?;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// One transition applied directly (no HTTP, no idempotency record).
+pub async fn direct_step(
+    orchestrator: &Orchestrator,
+    case: Uuid,
+    event: EventKind,
+) -> anyhow::Result<()> {
+    use opsloop::orchestrator::{Origin, TransitionRequest};
+    orchestrator
+        .transition(TransitionRequest {
+            case_id: case,
+            event,
+            actor: bench_actor(),
+            reason: None,
+            plan_hash: None,
+            meta: serde_json::Value::Null,
+            expected_version: None,
+            origin: Origin::Direct,
+            trace_id: Uuid::new_v4().simple().to_string(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// Per case, the time from its `from` transition to its `to` transition
+/// (PostgreSQL's clock, from the timeline), sorted.
+pub async fn between(
+    pool: &sqlx::PgPool,
+    ids: &[Uuid],
+    from: &str,
+    to: &str,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut out: Vec<Duration> = sqlx::query_scalar::<_, f64>(
+        "SELECT extract(epoch FROM b.at - a.at)::float8 FROM case_timeline a \
+         JOIN case_timeline b ON b.case_id = a.case_id AND b.event = $3 AND b.kind = 'transition' \
+         WHERE a.case_id = ANY($1) AND a.event = $2 AND a.kind = 'transition'",
+    )
+    .bind(ids)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|s| Duration::from_secs_f64(s.max(0.0)))
+    .collect();
+    out.sort_unstable();
+    Ok(out)
 }

@@ -1,0 +1,267 @@
+//! `gateway.flip`: sets a route's backend weights through a gateway's admin
+//! API; `undo` puts back the weights read before the change.
+//!
+//! The plan names a gateway; its admin URL comes only from configuration
+//! (`OPSLOOP_GATEWAYS=name=url,…`), so no plan, human or LLM, can make the
+//! executor call anywhere else. The admin API, documented in
+//! docs/DECISIONS.md:
+//! - `GET  {admin}/routes/{route}` → `{"route": "/checkout", "weights": {"blue": 90, "green": 10}}`
+//! - `PUT  {admin}/routes/{route}/weights` with `{"weights": {…}}` → the
+//!   route as now set.
+//!
+//! `{route}` is one percent-encoded path segment (`/checkout` → `%2Fcheckout`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+use serde_json::{Value, json};
+
+use super::adapter::{Adapter, BoxFuture, StepError};
+
+/// One allowlisted gateway: `name=http://host:port/admin-base`.
+#[derive(Debug, Clone)]
+pub struct GatewayEntry {
+    pub name: String,
+    pub admin_url: Url,
+}
+
+impl FromStr for GatewayEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, url) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected name=url"))?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(format!("{s:?}: the gateway needs a name"));
+        }
+        let admin_url = Url::parse(url.trim()).map_err(|e| format!("{s:?}: {e}"))?;
+        if !["http", "https"].contains(&admin_url.scheme()) || admin_url.cannot_be_a_base() {
+            return Err(format!("{s:?}: the admin URL must be http(s)"));
+        }
+        Ok(GatewayEntry {
+            name: name.to_string(),
+            admin_url,
+        })
+    }
+}
+
+pub struct GatewayAdapter {
+    gateways: BTreeMap<String, Url>,
+    token_file: Option<PathBuf>,
+    http: reqwest::Client,
+}
+
+impl GatewayAdapter {
+    pub fn new(gateways: &[GatewayEntry], token_file: Option<PathBuf>) -> GatewayAdapter {
+        crate::config::install_tls_provider();
+        GatewayAdapter {
+            gateways: gateways
+                .iter()
+                .map(|g| (g.name.clone(), g.admin_url.clone()))
+                .collect(),
+            token_file,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn route_url(&self, params: &Value, tail: Option<&str>) -> Result<Url, StepError> {
+        let text = |k: &str| {
+            params
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
+        let (Some(gateway), Some(route)) = (text("gateway"), text("route")) else {
+            return Err(StepError::refused(
+                "gateway.flip needs gateway and route",
+                json!({}),
+            ));
+        };
+        let Some(base) = self.gateways.get(gateway) else {
+            return Err(StepError::refused(
+                format!("gateway {gateway:?} is not in OPSLOOP_GATEWAYS"),
+                json!({"known": self.gateways.keys().collect::<Vec<_>>()}),
+            ));
+        };
+        let mut url = base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|_| StepError::refused("the admin URL cannot take a path", json!({})))?;
+            path.pop_if_empty().push("routes").push(route);
+            if let Some(tail) = tail {
+                path.push(tail);
+            }
+        }
+        Ok(url)
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        timeout: Duration,
+        doing: &str,
+    ) -> Result<Value, StepError> {
+        let mut request = request.timeout(timeout);
+        if let Some(path) = &self.token_file {
+            let token = tokio::fs::read_to_string(path).await.map_err(|e| {
+                StepError::refused(format!("reading the gateway token file: {e}"), json!({}))
+            })?;
+            request = request.bearer_auth(token.trim());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| StepError::new(format!("{doing}: {e}"), json!({})))?;
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        let capped: String = body.chars().take(2000).collect();
+        if !status.is_success() {
+            let detail = json!({"http_status": status.as_u16(), "body": capped});
+            let message = format!("{doing}: the gateway answered {status}");
+            // A refusal stays a refusal; overload and server trouble may pass.
+            return Err(
+                if status.is_client_error()
+                    && ![StatusCode::TOO_MANY_REQUESTS, StatusCode::CONFLICT].contains(&status)
+                {
+                    StepError::refused(message, detail)
+                } else {
+                    StepError::new(message, detail)
+                },
+            );
+        }
+        serde_json::from_str(&body).map_err(|e| {
+            StepError::new(
+                format!("{doing}: unreadable answer: {e}"),
+                json!({"body": capped}),
+            )
+        })
+    }
+
+    async fn read_weights(&self, params: &Value, timeout: Duration) -> Result<Value, StepError> {
+        let url = self.route_url(params, None)?;
+        let route = self
+            .send(self.http.get(url), timeout, "reading the route")
+            .await?;
+        match route.get("weights") {
+            Some(w) if w.is_object() => Ok(w.clone()),
+            _ => Err(StepError::new(
+                "the gateway's route has no weights object",
+                json!({"route": route}),
+            )),
+        }
+    }
+
+    /// Sets `weights` and checks the gateway now reports exactly them.
+    async fn set_weights(
+        &self,
+        params: &Value,
+        weights: &Value,
+        timeout: Duration,
+    ) -> Result<Value, StepError> {
+        let url = self.route_url(params, Some("weights"))?;
+        let request = self.http.put(url).json(&json!({"weights": weights}));
+        let route = self.send(request, timeout, "setting the weights").await?;
+        if route.get("weights") != Some(weights) {
+            return Err(StepError::new(
+                "the gateway did not report the weights just set",
+                json!({"asked": weights, "answered": route}),
+            ));
+        }
+        Ok(json!({"weights": weights}))
+    }
+}
+
+impl Adapter for GatewayAdapter {
+    fn action(&self) -> &'static str {
+        "gateway.flip"
+    }
+
+    /// Setting the same weights twice leaves the same state.
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        params: &'a Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
+        Box::pin(async move {
+            let weights = self.read_weights(params, timeout).await?;
+            Ok(Some(json!({"weights": weights})))
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        params: &'a Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(async move {
+            let Some(weights) = params.get("weights").filter(|w| w.is_object()) else {
+                return Err(StepError::refused("gateway.flip needs weights", json!({})));
+            };
+            self.set_weights(params, weights, timeout).await
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        params: &'a Value,
+        before: &'a Value,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Value, StepError>> {
+        Box::pin(async move {
+            let Some(weights) = before.get("weights").filter(|w| w.is_object()) else {
+                return Err(StepError::refused(
+                    "the recorded state has no weights",
+                    json!({"before": before}),
+                ));
+            };
+            let mut done = self.set_weights(params, weights, timeout).await?;
+            done["restored"] = json!(true);
+            Ok(done)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_entries_are_name_equals_http_url() {
+        let g: GatewayEntry = "edge=http://127.0.0.1:9901/admin".parse().unwrap();
+        assert_eq!(g.name, "edge");
+        assert!("edge".parse::<GatewayEntry>().is_err());
+        assert!("=http://x".parse::<GatewayEntry>().is_err());
+        assert!("edge=file:///etc/passwd".parse::<GatewayEntry>().is_err());
+        assert!("edge=not a url".parse::<GatewayEntry>().is_err());
+    }
+
+    #[test]
+    fn a_route_is_one_encoded_segment_under_the_configured_url_only() {
+        let adapter = GatewayAdapter::new(
+            &["edge=http://127.0.0.1:9901/admin/".parse().unwrap()],
+            None,
+        );
+        let url = adapter
+            .route_url(
+                &json!({"gateway": "edge", "route": "/checkout/../x?y"}),
+                Some("weights"),
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:9901/admin/routes/%2Fcheckout%2F..%2Fx%3Fy/weights"
+        );
+        let unknown = adapter.route_url(&json!({"gateway": "http://evil", "route": "/"}), None);
+        assert!(unknown.unwrap_err().is_refusal());
+    }
+}

@@ -1,0 +1,350 @@
+//! `k8s.rollout` against a fake Kubernetes API server and `gateway.flip`
+//! against a fake gateway admin API, through the whole loop over the real
+//! NATS and PostgreSQL: the change, its dry run, the watch, and the undo
+//! that puts back the state read before the change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use opsloop::executor::gateway::GatewayAdapter;
+use opsloop::executor::k8s::K8sAdapter;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::fake_k8s::FakeK8s;
+use crate::flow::Loop;
+use crate::helpers::*;
+use crate::walking_skeleton::{ingest_metric, runs};
+
+/// A loop whose executor talks to `k8s`.
+async fn loop_with_k8s(pool: PgPool, k8s: &FakeK8s) -> Loop {
+    let mut lp = Loop::full(pool).await;
+    lp.executor_mut()
+        .register(Arc::new(K8sAdapter::new(Some(k8s.url.clone()), None)));
+    lp
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// Approves the case's current plan with as many people as its gate asks.
+async fn approve(lp: &Loop, case: Uuid) {
+    for who in [APPROVER, APPROVER2] {
+        if lp.app.status(case).await != "WAIT_GATE" {
+            return;
+        }
+        let hash = lp.app.current_plan(case).await.body["plan_hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = lp
+            .app
+            .patch(
+                case,
+                who,
+                &Uuid::new_v4().to_string(),
+                json!({"event": "gate_approved", "plan_hash": hash}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        lp.settle().await;
+    }
+}
+
+/// The results the executor stored for the case's steps, by phase.
+async fn step_results(lp: &Loop, case: Uuid) -> Vec<(String, String, Value, Option<Value>)> {
+    sqlx::query_as(
+        "SELECT s.phase, s.status, s.result, s.before FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
+         WHERE r.case_id = $1 ORDER BY r.started_at, s.phase DESC, s.idx",
+    )
+    .bind(case)
+    .fetch_all(&lp.app.pool)
+    .await
+    .unwrap()
+}
+
+fn template(d: &Value) -> Value {
+    d["spec"]["template"].clone()
+}
+
+/// The shipped restart-deployment template, chosen by the alert name:
+/// dry run, patch, watch to completion, verify, CLOSED.
+#[sqlx::test]
+async fn a_rollout_restart_is_dry_run_then_watched_to_completion(pool: PgPool) {
+    let k8s = FakeK8s::start(Duration::from_millis(300)).await;
+    let name = unique("api");
+    k8s.add_deployment("shop", &name, "shop/api:1.4", 3);
+    let lp = loop_with_k8s(pool, &k8s).await;
+    // The template's check spans 5 minutes; half of them need data.
+    sqlx::query(
+        "INSERT INTO metric_1m (resource, metric, ts, avg, max) \
+         SELECT $1, 'error_rate', date_trunc('minute', now()) - make_interval(mins => m), 0.001, 0.002 \
+         FROM generate_series(0, 5) m",
+    )
+    .bind(&name)
+    .execute(&lp.app.pool)
+    .await
+    .unwrap();
+    let r = lp
+        .app
+        .send(
+            Method::POST,
+            "/case",
+            Some(OPERATOR),
+            &[],
+            Some(
+                json!({"title": "api crash-loops", "tenant": "t-001", "kind": "crashloop",
+                        "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "deployment": name}})
+                .to_string(),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        lp.app.event(case, OPERATOR, "start_analysis").await.status,
+        200
+    );
+    lp.settle().await;
+    approve(&lp, case).await;
+    assert_eq!(
+        lp.app.status(case).await,
+        "CLOSED",
+        "{}",
+        lp.app.park_reason(case).await
+    );
+
+    let d = k8s.deployment("shop", &name);
+    assert!(
+        d["spec"]["template"]["metadata"]["annotations"]["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{d}"
+    );
+    assert_eq!(d["metadata"]["generation"], 2);
+    // The dry run came first, then the real patch, then the watch.
+    let requests = k8s.requests();
+    let patches: Vec<&String> = requests.iter().filter(|r| r.starts_with("PATCH")).collect();
+    assert_eq!(patches.len(), 2, "{requests:?}");
+    assert!(patches[0].contains("dryRun=All"), "{requests:?}");
+    assert!(!patches[1].contains("dryRun"), "{requests:?}");
+    assert!(
+        requests.iter().any(|r| r.contains("watch=true")),
+        "{requests:?}"
+    );
+
+    let steps = step_results(&lp, case).await;
+    let (phase, status, result, before) = &steps[0];
+    assert_eq!((phase.as_str(), status.as_str()), ("step", "done"));
+    assert_eq!(result["dry_run"]["accepted"], true);
+    assert_eq!(result["dry_run"]["template_changes"], true);
+    assert_eq!(result["rollout"]["updated"], 3);
+    assert_eq!(before.as_ref().unwrap()["images"][&name], "shop/api:1.4");
+}
+
+fn image_plan(name: &str, image: &str) -> Value {
+    json!({
+        "title": format!("roll {name} to {image}"), "environment": "staging",
+        "steps": [{"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": name, "image": image},
+                   "timeout_s": 30, "retry": 0}],
+        "rollback": {"steps": [{"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": name, "undo": true},
+                                "timeout_s": 30, "retry": 0}]},
+        "verify": {"checks": [{"resource": name, "metric": "error_rate", "op": "<", "threshold": 0.01, "window_s": 60}]}
+    })
+}
+
+/// The new image never becomes available: the Deployment reports its
+/// progress deadline exceeded, the step fails, and the rollback puts the
+/// previous pod template back exactly.
+#[sqlx::test]
+async fn a_progress_deadline_fails_the_step_and_the_undo_restores_the_template(pool: PgPool) {
+    let k8s = FakeK8s::start(Duration::from_millis(200)).await;
+    let name = unique("api");
+    k8s.add_deployment("shop", &name, "shop/api:1.4", 2);
+    let original = template(&k8s.deployment("shop", &name));
+    let lp = loop_with_k8s(pool, &k8s).await;
+    let (case, _) = lp.propose(&image_plan(&name, "shop/api:1.5-broken")).await;
+    approve(&lp, case).await;
+
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason = lp.app.park_reason(case).await;
+    assert!(reason.contains("progress deadline"), "{reason}");
+    assert!(reason.contains("rollback succeeded"), "{reason}");
+    assert_eq!(
+        runs(&lp, case).await,
+        [("run".into(), "rolled_back".into())]
+    );
+    let d = k8s.deployment("shop", &name);
+    assert_eq!(template(&d), original);
+    // Broken rollout, then the restore: two new generations.
+    assert_eq!(d["metadata"]["generation"], 3);
+    assert_eq!(d["status"]["observedGeneration"], 3);
+    let steps = step_results(&lp, case).await;
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(
+        (steps[1].0.as_str(), steps[1].1.as_str()),
+        ("rollback", "done")
+    );
+    assert_eq!(steps[1].2["restored"], true);
+}
+
+/// The API server refuses the patch in the dry run: nothing is changed,
+/// the refusal is not retried, and the undo finds nothing to put back.
+#[sqlx::test]
+async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
+    let k8s = FakeK8s::start(Duration::from_millis(100)).await;
+    let name = unique("api");
+    k8s.add_deployment("shop", &name, "shop/api:1.4", 1);
+    let before = k8s.deployment("shop", &name);
+    let lp = loop_with_k8s(pool, &k8s).await;
+    let mut plan = image_plan(&name, "shop/api:invalid");
+    plan["steps"][0]["retry"] = json!(2);
+    let (case, _) = lp.propose(&plan).await;
+    approve(&lp, case).await;
+
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason = lp.app.park_reason(case).await;
+    assert!(reason.contains("server-side dry run"), "{reason}");
+    let patches: Vec<String> = k8s
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH") || r.starts_with("PUT"))
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:?}");
+    assert!(patches[0].contains("dryRun=All"));
+    assert_eq!(k8s.deployment("shop", &name), before);
+    let steps = step_results(&lp, case).await;
+    assert_eq!(steps[1].2["restored"], false, "{steps:?}");
+}
+
+/// A fake gateway admin API: routes with backend weights.
+#[derive(Clone, Default)]
+struct Gateway {
+    routes: Arc<Mutex<BTreeMap<String, Value>>>,
+    puts: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn read_route(State(g): State<Gateway>, Path(route): Path<String>) -> Response {
+    match g.routes.lock().unwrap().get(&route) {
+        Some(w) => Json(json!({"route": route, "weights": w})).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such route").into_response(),
+    }
+}
+
+async fn set_weights(
+    State(g): State<Gateway>,
+    Path(route): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let mut routes = g.routes.lock().unwrap();
+    let Some(w) = routes.get_mut(&route) else {
+        return (StatusCode::NOT_FOUND, "no such route").into_response();
+    };
+    g.puts.lock().unwrap().push(body["weights"].clone());
+    *w = body["weights"].clone();
+    Json(json!({"route": route, "weights": w})).into_response()
+}
+
+async fn start_gateway(g: Gateway) -> String {
+    let app = axum::Router::new()
+        .route("/admin/routes/{route}", get(read_route))
+        .route("/admin/routes/{route}/weights", put(set_weights))
+        .with_state(g);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/admin")
+}
+
+/// Traffic is shifted, the SLO is breached anyway: the case parks and the
+/// rollback puts back the weights the route had before, not the plan's
+/// guess of them.
+#[sqlx::test]
+async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
+    let g = Gateway::default();
+    let route = format!("/{}", unique("checkout"));
+    g.routes
+        .lock()
+        .unwrap()
+        .insert(route.clone(), json!({"blue": 70, "green": 30}));
+    let admin = start_gateway(g.clone()).await;
+    let mut lp = Loop::full(pool).await;
+    lp.executor_mut().register(Arc::new(GatewayAdapter::new(
+        &[format!("edge={admin}").parse().unwrap()],
+        None,
+    )));
+    let plan = json!({
+        "title": "shift to green", "environment": "staging",
+        "steps": [{"action": "gateway.flip", "params": {"gateway": "edge", "route": route, "weights": {"blue": 0, "green": 100}},
+                   "timeout_s": 10, "retry": 1}],
+        "rollback": {"steps": [{"action": "gateway.flip", "params": {"gateway": "edge", "route": route, "undo": true},
+                                "timeout_s": 10, "retry": 1}]},
+        "verify": {"checks": [{"resource": route, "metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
+    });
+    ingest_metric(&lp, &route, "latency_p95_ms", 900.0).await;
+    let (case, _) = lp.propose(&plan).await;
+    approve(&lp, case).await;
+
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(lp.app.park_reason(case).await, "breach");
+    assert_eq!(
+        runs(&lp, case).await,
+        [
+            ("run".into(), "done".into()),
+            ("rollback".into(), "rolled_back".into())
+        ]
+    );
+    assert_eq!(
+        *g.puts.lock().unwrap(),
+        [
+            json!({"blue": 0, "green": 100}),
+            json!({"blue": 70, "green": 30})
+        ]
+    );
+    assert_eq!(
+        g.routes.lock().unwrap()[&route],
+        json!({"blue": 70, "green": 30})
+    );
+}
+
+/// A gateway the configuration does not name is never called, and the
+/// refusal is not retried.
+#[sqlx::test]
+async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
+    let g = Gateway::default();
+    let admin = start_gateway(g.clone()).await;
+    let mut lp = Loop::full(pool).await;
+    lp.executor_mut().register(Arc::new(GatewayAdapter::new(
+        &[format!("edge={admin}").parse().unwrap()],
+        None,
+    )));
+    let plan = json!({
+        "title": "shift", "environment": "staging",
+        "steps": [{"action": "gateway.flip", "params": {"gateway": "internal", "route": "/x", "weights": {"a": 100}},
+                   "timeout_s": 10, "retry": 3}],
+        "rollback": {"steps": []},
+        "verify": {"checks": []}
+    });
+    let (case, _) = lp.propose(&plan).await;
+    approve(&lp, case).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason = lp.app.park_reason(case).await;
+    assert!(reason.contains("not in OPSLOOP_GATEWAYS"), "{reason}");
+    let tries: i32 = sqlx::query_scalar(
+        "SELECT s.tries FROM exec_step s JOIN exec_run r ON r.id = s.run_id WHERE r.case_id = $1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(tries, 1);
+    assert!(g.puts.lock().unwrap().is_empty());
+}

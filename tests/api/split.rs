@@ -1,0 +1,362 @@
+//! The whole loop with its roles split across two `opsloop serve`
+//! processes, the way production runs them: process A holds the API, the
+//! relay, the orchestrator, the gatekeeper and the planner; process B the
+//! analyst, the executor and the verifier (and a relay of its own for the
+//! facts it writes). They share only PostgreSQL and NATS. Each path of the
+//! in-process tests runs here too: happy path to CLOSED, breach, no data,
+//! step failure with rollback, and resume to a new plan.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::fake_llm::{FakeLlm, Reply};
+use crate::helpers::database_url;
+use crate::nats::TestNats;
+
+struct Service {
+    child: Child,
+    /// stderr, where the service logs.
+    log: PathBuf,
+    base: String,
+}
+
+/// Two serving processes and what they need; their logs are printed when
+/// a test fails.
+struct Split {
+    a: Service,
+    b: Service,
+    http: reqwest::Client,
+    operator: String,
+    service: String,
+    pool: PgPool,
+    _nats: TestNats,
+    dir: PathBuf,
+}
+
+impl Drop for Split {
+    fn drop(&mut self) {
+        let _ = self.a.child.start_kill();
+        let _ = self.b.child.start_kill();
+        if std::thread::panicking() {
+            for (name, s) in [("A", &self.a), ("B", &self.b)] {
+                let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- process {name} (last lines) ---");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn manifest(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn token(file: &Path, identity: &str, roles: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_opsloop"))
+        .args([
+            "token",
+            "create",
+            "--identity",
+            identity,
+            "--roles",
+            roles,
+            "--file",
+        ])
+        .arg(file)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+impl Split {
+    async fn start(pool: PgPool, llm: &FakeLlm) -> Split {
+        opsloop::config::install_tls_provider();
+        let nats = TestNats::start().await;
+        let dir = std::env::temp_dir().join(format!("opsloop-split-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("tokens.toml");
+        let operator = token(&tokens, "alice", "operator,approver").await;
+        let service = token(&tokens, "metrics-feed", "service").await;
+        let spawn = |name: &str, roles: &str| {
+            let port = free_port();
+            let log = dir.join(format!("{name}.log"));
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsloop"));
+            cmd.args(["serve", "--roles", roles])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("DATABASE_URL", database_url(&pool))
+                .env("NATS_URL", &nats.url)
+                .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
+                .env("OPSLOOP_TOKENS_FILE", &tokens)
+                .env("OPSLOOP_DB_POOL", "6")
+                .env("OPSLOOP_TEMPLATES_DIR", manifest("templates"))
+                .env("OPSLOOP_SCRIPTS_DIR", manifest("scripts/actions"))
+                .env(
+                    "OPSLOOP_SCRIPT_ALLOWLIST",
+                    "restart-service.sh,restart-checkout.sh",
+                )
+                .env("OPSLOOP_VERIFY_DELAY_S", "0")
+                .env("OPSLOOP_STEP_BACKOFF_SCALE", "0.01")
+                .env("OPENAI_BASE_URL", &llm.base_url)
+                .env("OPENAI_API_KEY", "test-key")
+                .env("OPSLOOP_LLM_MODEL", "fake-model")
+                .env("RUST_LOG", "info,sqlx=warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .kill_on_drop(true);
+            Service {
+                child: cmd.spawn().expect("starting opsloop serve"),
+                log,
+                base: format!("http://127.0.0.1:{port}"),
+            }
+        };
+        let a = spawn("a", "api,relay,orchestrator,gatekeeper,planner");
+        let b = spawn("b", "analyst,executor,verifier,relay");
+        let split = Split {
+            a,
+            b,
+            http: reqwest::Client::new(),
+            operator,
+            service,
+            pool,
+            _nats: nats,
+            dir,
+        };
+        // B serves no HTTP (no api role); its durable consumers pick up
+        // whatever was published before they existed.
+        split.ready(&split.a.base).await;
+        split
+    }
+
+    async fn ready(&self, base: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{base} never became ready");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, token: &str, body: Value) -> Value {
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.a.base))
+            .bearer_auth(token)
+            .header("Idempotency-Key", Uuid::new_v4().to_string())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn ingest(&self, resource: &str, latency: f64) {
+        let minute = chrono::Utc::now().timestamp() / 60 * 60;
+        let ts = chrono::DateTime::from_timestamp(minute, 0)
+            .unwrap()
+            .to_rfc3339();
+        self.call(
+            reqwest::Method::POST,
+            "/metrics/ingest",
+            &self.service.clone(),
+            json!({"rows": [{"resource": resource, "metric": "latency_p95_ms", "ts": ts, "avg": latency, "max": latency}]}),
+        )
+        .await;
+    }
+
+    /// A degraded-service case, started into analysis; the processes take
+    /// it from there.
+    async fn open(&self, service: &str, template: bool) -> Uuid {
+        // With an LLM configured, only a named template keeps it out.
+        let labels = match template {
+            true => json!({"template": "restart-service", "service": service}),
+            false => json!({"service": service}),
+        };
+        let case = self
+            .call(
+                reqwest::Method::POST,
+                "/case",
+                &self.operator.clone(),
+                json!({"title": format!("{service} slow"), "tenant": "t-001", "kind": "latency-report", "labels": labels}),
+            )
+            .await;
+        let id: Uuid = case["id"].as_str().unwrap().parse().unwrap();
+        self.event(id, "start_analysis").await;
+        id
+    }
+
+    async fn event(&self, case: Uuid, event: &str) {
+        self.call(
+            reqwest::Method::PATCH,
+            &format!("/case/{case}/transition"),
+            &self.operator.clone(),
+            json!({"event": event}),
+        )
+        .await;
+    }
+
+    /// Waits until the case rests in CLOSED or PARKED; its status then.
+    async fn rests(&self, case: Uuid) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status,): (String,) = sqlx::query_as("SELECT status FROM ops_case WHERE id = $1")
+                .bind(case)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            let running: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM exec_run WHERE case_id = $1 AND status = 'running'",
+            )
+            .bind(case)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+            if ["CLOSED", "PARKED"].contains(&status.as_str()) && running == 0 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "case {case} still {status}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn park_reason(&self, case: Uuid) -> String {
+        sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+            .bind(case)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// (kind, status) of the case's runs, oldest first, once the rollback
+    /// a parked case may still get has finished.
+    async fn runs(&self, case: Uuid, expected: usize) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let runs: Vec<(String, String)> = sqlx::query_as(
+                "SELECT kind, status FROM exec_run WHERE case_id = $1 ORDER BY started_at",
+            )
+            .bind(case)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap();
+            let settled = runs.iter().all(|(_, s)| s != "running");
+            if (runs.len() >= expected && settled) || Instant::now() > deadline {
+                return runs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn service() -> String {
+    format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn llm_plan(steps: Value, rollback: Value, svc: &str) -> Reply {
+    Reply::Content(
+        json!({
+            "title": "restart checkout", "environment": "staging", "rationale": "test",
+            "steps": steps, "rollback": {"steps": rollback},
+            "verify": {"checks": [{"resource": svc, "metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
+        })
+        .to_string(),
+    )
+}
+
+#[sqlx::test]
+async fn roles_split_across_two_processes_take_every_path(pool: PgPool) {
+    let failing = service();
+    // The LLM's first plan runs an allowlisted script missing from the
+    // folder (the step fails); after `resume` its second plan is a no-op.
+    let llm = FakeLlm::start(vec![
+        llm_plan(
+            json!([{"action": "noop", "timeout_s": 10, "retry": 0},
+                   {"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": []}, "timeout_s": 10, "retry": 0}]),
+            json!([{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", failing, "--undo"]},
+                    "timeout_s": 10, "retry": 0}]),
+            &failing,
+        ),
+        llm_plan(json!([{"action": "noop", "timeout_s": 10, "retry": 0}]), json!([]), &failing),
+    ])
+    .await;
+    let split = Split::start(pool, &llm).await;
+
+    // Happy path: template plan, healthy after the restart → CLOSED.
+    let healthy = service();
+    split.ingest(&healthy, 120.0).await;
+    let case = split.open(&healthy, true).await;
+    assert_eq!(split.rests(case).await, "CLOSED");
+    assert_eq!(split.runs(case, 1).await, [("run".into(), "done".into())]);
+
+    // Breach: PARKED, and process B runs the rollback the FSM asked for.
+    let slow = service();
+    split.ingest(&slow, 900.0).await;
+    let case = split.open(&slow, true).await;
+    assert_eq!(split.rests(case).await, "PARKED");
+    assert_eq!(split.park_reason(case).await, "breach");
+    assert_eq!(
+        split.runs(case, 2).await,
+        [
+            ("run".into(), "done".into()),
+            ("rollback".into(), "rolled_back".into())
+        ]
+    );
+
+    // No data: never a pass.
+    let silent = service();
+    let case = split.open(&silent, true).await;
+    assert_eq!(split.rests(case).await, "PARKED");
+    assert_eq!(split.park_reason(case).await, "no_data");
+
+    // A failing step: the rollback runs, the case parks with both facts.
+    let case = split.open(&failing, false).await;
+    assert_eq!(split.rests(case).await, "PARKED");
+    let reason = split.park_reason(case).await;
+    assert!(reason.contains("step 1 (script.exec) failed"), "{reason}");
+    assert!(reason.contains("rollback succeeded"), "{reason}");
+
+    // resume → PLANNING → the LLM's new plan → CLOSED.
+    split.ingest(&failing, 100.0).await;
+    split.event(case, "resume").await;
+    assert_eq!(split.rests(case).await, "CLOSED");
+    assert_eq!(llm.requests().len(), 2);
+    let sources: Vec<String> =
+        sqlx::query_scalar("SELECT source FROM plan_proposed WHERE case_id = $1 ORDER BY seq")
+            .bind(case)
+            .fetch_all(&split.pool)
+            .await
+            .unwrap();
+    assert_eq!(sources, ["llm", "llm"]);
+}
