@@ -356,8 +356,8 @@ impl Relay {
         Ok(deleted)
     }
 
-    /// Runs until `shutdown` fires: woken by commits in this process, polling
-    /// for other processes' rows, backing off while NATS or PostgreSQL fail.
+    /// Runs until `shutdown` fires: woken by the orchestrator's and the
+    /// workers' commits in this process, polling for other processes' rows, backing off while NATS or PostgreSQL fail.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
@@ -395,6 +395,7 @@ impl Relay {
             }
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = super::outbox::worker_commit() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
