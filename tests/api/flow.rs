@@ -86,8 +86,23 @@ impl Loop {
         Loop::build(pool, Policy::default(), Some(llm)).await
     }
 
-    /// Every role, through execution and verification.
+    /// Every role, through execution and verification; the verifier judges
+    /// from metric_1m.
     pub async fn full(pool: PgPool) -> Loop {
+        Loop::full_with_verify(
+            pool,
+            VerifySettings {
+                delay_s: 0,
+                min_coverage: 0.5,
+                ..VerifySettings::default()
+            },
+        )
+        .await
+    }
+
+    /// Every role, with a verifier built from `verify` (a Prometheus source,
+    /// for one).
+    pub async fn full_with_verify(pool: PgPool, verify: VerifySettings) -> Loop {
         let mut lp = Loop::build(pool.clone(), Policy::default(), None).await;
         let js = jetstream::new(lp._nats.client().await);
         let durable = |name: &'static str, subject: &'static str| {
@@ -105,15 +120,7 @@ impl Loop {
             verify: durable("verifier", "cmd.verify.run").await,
             analyst: Analyst { pool: pool.clone() },
             executor: Executor::new(pool.clone(), &exec_settings(), &allowlist),
-            verifier: Verifier::new(
-                pool,
-                VerifySettings {
-                    delay_s: 0,
-                    min_coverage: 0.5,
-                    ..VerifySettings::default()
-                },
-            )
-            .unwrap(),
+            verifier: Verifier::new(pool, verify).unwrap(),
         });
         lp
     }

@@ -1,12 +1,10 @@
 //! The verifier with Prometheus as its source. A fake Prometheus (a real HTTP
 //! server on loopback speaking `GET /api/v1/query`, keeping every query it
 //! received) answers the checks the operator's queries file names; the case
-//! goes through the real loop: restart-service template → gate → execution →
-//! VERIFYING → CLOSED or PARKED.
-//!
-//! The loop here (`Loop::new`) has no executor nor verifier of its own: the
-//! test hands the executor and a Prometheus-backed verifier their commands,
-//! as `walking_skeleton.rs` does for the executor.
+//! goes through the real loop (`Loop::full_with_verify`, every role consuming
+//! its commands from NATS): analyst → restart-service template → gate →
+//! execution (scripts/actions/restart-service.sh) → VERIFYING, judged by a
+//! Prometheus-backed verifier → CLOSED or PARKED.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,12 +17,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Timelike, Utc};
-use opsloop::orchestrator::read_case;
-use opsloop::pubsub::Envelope;
-use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::verifier::prometheus::Prometheus;
 use opsloop::verifier::{Check, Verdict, Verifier, VerifySettings};
-use opsloop::workflow::Effect;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -185,11 +179,13 @@ fn service() -> String {
     format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
-/// A degraded-service case (the restart-service template matches it),
-/// driven by `plain` and `full`'s executor to VERIFYING.
-async fn verifying_case(plain: &Loop, full: &Loop, svc: &str) -> Uuid {
-    let app = &plain.app;
-    let r = app
+/// A degraded-service case for a fresh service (the restart-service
+/// template matches it), opened and put to analysis: the analyst role does
+/// the rest once the loop settles.
+async fn degraded_case(lp: &Loop) -> (String, Uuid) {
+    let svc = service();
+    let r = lp
+        .app
         .send(
             Method::POST,
             "/case",
@@ -204,79 +200,59 @@ async fn verifying_case(plain: &Loop, full: &Loop, svc: &str) -> Uuid {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-    for event in ["start_analysis", "analysis_done"] {
-        let r = app.event(case, OPERATOR, event).await;
-        assert_eq!(r.status, 200, "{event}: {:?}", r.body);
-    }
-    plain.settle().await;
-    assert_eq!(app.status(case).await, "EXECUTING");
-    let exec = command(plain, case, "cmd.exec.run", json!({"effect": "execute"})).await;
-    assert_eq!(full.executor().handle(&exec).await, Disposition::Done);
-    plain.settle().await;
-    assert_eq!(app.status(case).await, "VERIFYING");
-    case
+    let r = lp.app.event(case, OPERATOR, "start_analysis").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    (svc, case)
 }
 
-/// A command for the case as it is now, as the orchestrator sends it.
-async fn command(lp: &Loop, case: Uuid, kind: &str, mut data: Value) -> Delivery {
-    let case_row = read_case(&lp.app.pool, case).await.unwrap().unwrap();
-    let hash: String = sqlx::query_scalar(
-        "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+/// The statuses the case went through, oldest first.
+async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT to_status FROM case_timeline WHERE case_id = $1 AND kind = 'transition' ORDER BY seq",
     )
     .bind(case)
-    .fetch_one(&lp.app.pool)
+    .fetch_all(&lp.app.pool)
     .await
-    .unwrap();
-    if data.get("effect") == Some(&json!("execute")) {
-        data["plan_hash"] = json!(hash);
-    }
-    Delivery {
-        envelope: Envelope::for_case(&case_row, kind, "orchestrator", None, data),
-        subject: kind.into(),
-        traceparent: None,
-        delivered: 1,
-    }
+    .unwrap()
 }
 
-/// Verifies the case with `verifier`, then lets the orchestrator apply the
-/// verdict.
-async fn verify(plain: &Loop, verifier: &Verifier, case: Uuid) {
-    let d = command(plain, case, "cmd.verify.run", json!(Effect::Verify)).await;
-    assert_eq!(verifier.handle(&d).await, Disposition::Done);
-    plain.settle().await;
+/// The path every case here takes up to its verdict (`end`).
+fn path_to(end: &str) -> Vec<String> {
+    [
+        "ANALYZING",
+        "PLANNING",
+        "WAIT_GATE",
+        "EXECUTING",
+        "VERIFYING",
+        end,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// (outcome, checks, window_to) of the case's verification.
-async fn verify_result(plain: &Loop, case: Uuid) -> (String, Value, DateTime<Utc>) {
+async fn verify_result(lp: &Loop, case: Uuid) -> (String, Value, DateTime<Utc>) {
     sqlx::query_as("SELECT outcome, checks, window_to FROM verify_result WHERE case_id = $1")
         .bind(case)
-        .fetch_one(&plain.app.pool)
+        .fetch_one(&lp.app.pool)
         .await
         .unwrap()
-}
-
-/// The loop, a full loop for its executor, and a case in VERIFYING.
-async fn setup(pool: PgPool) -> (Loop, Loop, String, Uuid) {
-    let plain = Loop::new(pool.clone()).await;
-    let full = Loop::full(pool).await;
-    let svc = service();
-    let case = verifying_case(&plain, &full, &svc).await;
-    (plain, full, svc, case)
 }
 
 #[sqlx::test]
 async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
     let prom = FakePrometheus::start(Answer::Value("120.5")).await;
     let queries = QueriesFile::latency();
-    let (plain, _full, svc, case) = setup(pool.clone()).await;
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (svc, case) = degraded_case(&lp).await;
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "CLOSED");
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+    assert_eq!(statuses(&lp, case).await, path_to("CLOSED"));
     let expected = latency_query(&svc, "60s");
     assert_eq!(prom.queries(), std::slice::from_ref(&expected));
-    let (outcome, checks, window_to) = verify_result(&plain, case).await;
+    let (outcome, checks, window_to) = verify_result(&lp, case).await;
     assert_eq!(outcome, "pass");
     let check = &checks[0];
     assert_eq!(check["verdict"], "pass");
@@ -307,14 +283,15 @@ async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
 async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
     let prom = FakePrometheus::start(Answer::Value("950")).await;
     let queries = QueriesFile::latency();
-    let (plain, _full, svc, case) = setup(pool.clone()).await;
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (svc, case) = degraded_case(&lp).await;
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "PARKED");
-    assert_eq!(plain.app.park_reason(case).await, "breach");
-    let (outcome, checks, _) = verify_result(&plain, case).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    assert_eq!(lp.app.park_reason(case).await, "breach");
+    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "breach");
     assert_eq!(checks[0]["detail"]["figure"], 950.0);
     assert_eq!(checks[0]["detail"]["source"], "prometheus");
@@ -325,14 +302,15 @@ async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
 async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
     let prom = FakePrometheus::start(Answer::Empty).await;
     let queries = QueriesFile::latency();
-    let (plain, _full, _svc, case) = setup(pool.clone()).await;
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (_svc, case) = degraded_case(&lp).await;
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "PARKED");
-    assert_eq!(plain.app.park_reason(case).await, "no_data");
-    let (outcome, checks, _) = verify_result(&plain, case).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    assert_eq!(lp.app.park_reason(case).await, "no_data");
+    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "no_data");
     let why = checks[0]["detail"]["why"].as_str().unwrap();
     assert!(why.contains("no series"), "{why}");
@@ -343,14 +321,15 @@ async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
 async fn a_server_error_parks_inconclusive(pool: PgPool) {
     let prom = FakePrometheus::start(Answer::Status(500)).await;
     let queries = QueriesFile::latency();
-    let (plain, _full, svc, case) = setup(pool.clone()).await;
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (svc, case) = degraded_case(&lp).await;
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "PARKED");
-    assert_eq!(plain.app.park_reason(case).await, "inconclusive");
-    let (outcome, checks, _) = verify_result(&plain, case).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    assert_eq!(lp.app.park_reason(case).await, "inconclusive");
+    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "inconclusive");
     let detail = &checks[0]["detail"];
     let why = detail["why"].as_str().unwrap();
@@ -365,14 +344,15 @@ async fn a_prometheus_error_status_parks_inconclusive(pool: PgPool) {
     ))
     .await;
     let queries = QueriesFile::latency();
-    let (plain, _full, _svc, case) = setup(pool.clone()).await;
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (_svc, case) = degraded_case(&lp).await;
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "PARKED");
-    assert_eq!(plain.app.park_reason(case).await, "inconclusive");
-    let (_, checks, _) = verify_result(&plain, case).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    assert_eq!(lp.app.park_reason(case).await, "inconclusive");
+    let (_, checks, _) = verify_result(&lp, case).await;
     let why = checks[0]["detail"]["why"].as_str().unwrap();
     assert!(
         why.contains("execution") && why.contains("too many samples"),
@@ -397,8 +377,9 @@ async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
     let queries = QueriesFile::new(
         "[error_rate]\navg = 'sum(rate(http_requests_total{service=\"{{resource}}\"}[{{window}}]))'\n",
     );
-    let (plain, _full, svc, case) = setup(pool.clone()).await;
-    let r = plain
+    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let (svc, case) = degraded_case(&lp).await;
+    let r = lp
         .app
         .send(
             Method::POST,
@@ -413,13 +394,13 @@ async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    let verifier = Verifier::new(pool, settings(&prom.base_url, &queries, 5000)).unwrap();
 
-    verify(&plain, &verifier, case).await;
+    lp.settle().await;
 
-    assert_eq!(plain.app.status(case).await, "CLOSED");
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+    assert_eq!(statuses(&lp, case).await, path_to("CLOSED"));
     assert!(prom.queries().is_empty(), "{:?}", prom.queries());
-    let (outcome, checks, _) = verify_result(&plain, case).await;
+    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "pass");
     assert_eq!(checks[0]["detail"]["source"], "metric_1m");
     assert_eq!(checks[0]["detail"]["figure"], 120.0);
