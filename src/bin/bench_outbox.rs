@@ -6,7 +6,10 @@
 //! 2. steady open-loop load at 50 % and 90 % of that peak with the relay on:
 //!    commit -> ack lag p50/p99/max (from `outbox.created_at` to the acked
 //!    row's deletion, PostgreSQL clock), backlog sampled over time;
-//! 3. relay capacity: drain a backlog built with the relay off, rows/s;
+//! 3. relay capacity: drain a backlog built with the relay off, rows/s:
+//!    once with the peak's 8 cases of thousands of transitions each (the
+//!    worst case for per-case order: one row per case in flight), once with
+//!    the backlog spread over many cases of `--per-case` transitions;
 //! 4. baseline: raw JetStream ack'd publishes (async, windowed) of the same
 //!    payload size, msgs/s.
 //!
@@ -30,11 +33,14 @@ use common::{
 
 /// Runs `clients` walkers for `seconds`; with `rate` (transitions/s in
 /// total) they pace themselves (open loop), otherwise they go flat out.
+/// With `per_case`, a walker moves on to a new case after that many
+/// transitions; otherwise it walks one case all along.
 async fn load(
     orchestrator: &Orchestrator,
     clients: usize,
     seconds: f64,
     rate: Option<f64>,
+    per_case: Option<u64>,
 ) -> anyhow::Result<(usize, f64)> {
     let mut cases = Vec::new();
     for _ in 0..clients {
@@ -47,17 +53,22 @@ async fn load(
         let orchestrator = orchestrator.clone();
         let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
         tasks.push(tokio::spawn(async move {
-            let mut step = 0u64;
+            let (mut case, mut step, mut total) = (case, 0u64, 0usize);
             let mut next = Instant::now();
             while Instant::now() < deadline {
                 if let Some(i) = interval {
                     tokio::time::sleep_until(next.into()).await;
                     next += i;
                 }
+                if per_case.is_some_and(|n| step >= n) {
+                    case = new_case(&orchestrator).await?;
+                    step = 0;
+                }
                 orchestrator_step(&orchestrator, case, step).await?;
                 step += 1;
+                total += 1;
             }
-            anyhow::Ok(step as usize)
+            anyhow::Ok(total)
         }));
     }
     let mut n = 0;
@@ -124,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
     println!("bench_outbox: {clients} clients, {seconds} s per phase");
 
     // 1. Peak without and with the relay.
-    let (n, secs) = load(&orchestrator, clients, seconds, None).await?;
+    let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
     let peak = n as f64 / secs;
     let rows_before: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
@@ -146,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
     let capacity = drained as f64 / drain_started.elapsed().as_secs_f64();
 
     let handle = start_relay(&relay, &orchestrator);
-    let (n, secs) = load(&orchestrator, clients, seconds, None).await?;
+    let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
     handle.stop().await;
     drain(&relay).await?;
     let with_relay = n as f64 / secs;
@@ -159,8 +170,28 @@ async fn main() -> anyhow::Result<()> {
         peak * rows_per_transition
     );
     println!(
-        "relay capacity (drain of a {drained}-row backlog): {capacity:.0} rows/s = {:.1}x the row rate at peak (target >= 3x)",
+        "relay capacity (drain of a {drained}-row backlog of {clients} cases): {capacity:.0} rows/s = {:.1}x the row rate at peak (target >= 3x)",
         capacity / (peak * rows_per_transition)
+    );
+
+    // 3b. The same drain when the backlog spreads over many cases, as an
+    // outage's backlog does: each walker moves to a new case every
+    // `per_case` transitions (a case's whole life is about ten).
+    let per_case: u64 = arg("--per-case").map_or(Ok(20), |s| s.parse())?;
+    load(&orchestrator, clients, seconds, None, Some(per_case)).await?;
+    let spread_cases: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT case_id) FROM outbox WHERE failed_at IS NULL")
+            .fetch_one(&pool)
+            .await?;
+    let spread_started = Instant::now();
+    let spread_drained: usize = futures::future::try_join_all((0..workers).map(|_| drain(&relay)))
+        .await?
+        .into_iter()
+        .sum();
+    let spread = spread_drained as f64 / spread_started.elapsed().as_secs_f64();
+    println!(
+        "relay capacity (drain of a {spread_drained}-row backlog of {spread_cases} cases, {per_case} transitions each): {spread:.0} rows/s = {:.1}x the row rate at peak",
+        spread / (peak * rows_per_transition)
     );
 
     // 2. Steady load at 50 % and 90 % of peak, relay on.
@@ -180,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
                 samples
             })
         };
-        let (n, secs) = load(&orchestrator, clients, seconds, Some(rate)).await?;
+        let (n, secs) = load(&orchestrator, clients, seconds, Some(rate), None).await?;
         let backlog = sampler.await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         handle.stop().await;
@@ -238,9 +269,10 @@ async fn main() -> anyhow::Result<()> {
     let raw = f64::from(total) / started.elapsed().as_secs_f64();
     js.delete_stream(raw_stream).await?;
     println!(
-        "raw JetStream publish ({} B payload, window {window}): {raw:.0} msgs/s; relay capacity = {:.0}% of it (target >= 50%)",
+        "raw JetStream publish ({} B payload, window {window}): {raw:.0} msgs/s; relay capacity = {:.0}% of it with {clients} cases, {:.0}% with {spread_cases} cases (target >= 50%)",
         payload.len(),
-        100.0 * capacity / raw
+        100.0 * capacity / raw,
+        100.0 * spread / raw
     );
     Ok(())
 }

@@ -158,15 +158,21 @@ impl Relay {
         // older row of its case is still waiting and not in this batch (another
         // relay's statement may have skipped it, or it is not claimable yet).
         // Such a case's rows are left for a later batch.
-        let keys: Vec<Uuid> = claimed.iter().map(|r| r.order_key).collect();
-        let oldest: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, i64)>(
-            "SELECT case_id, min(id) FROM outbox \
-             WHERE failed_at IS NULL AND case_id = ANY($1) GROUP BY case_id",
+        let mut keys: Vec<Uuid> = claimed.iter().map(|r| r.order_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        // One index probe per case: a GROUP BY would read every pending row
+        // of the batch's cases (thousands for a hot case).
+        let oldest: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, Option<i64>)>(
+            "SELECT k.id, (SELECT o.id FROM outbox o WHERE o.case_id = k.id AND o.failed_at IS NULL \
+                           ORDER BY o.id LIMIT 1) \
+             FROM unnest($1::uuid[]) AS k(id)",
         )
         .bind(&keys)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
+        .filter_map(|(case, min)| Some((case, min?)))
         .collect();
         let mut first_claimed: HashMap<Uuid, i64> = HashMap::new();
         for r in &claimed {
