@@ -77,19 +77,15 @@ struct Phase {
     closed: usize,
 }
 
-async fn drop_consumers(js: &jetstream::Context) {
-    for (stream, name) in [
-        (EVT_STREAM, ORCHESTRATOR),
-        (CMD_STREAM, planner_worker::CONSUMER),
-        (CMD_STREAM, gatekeeper::CONSUMER),
-        (CMD_STREAM, analyst::CONSUMER),
-        (CMD_STREAM, executor::CONSUMER),
-        (CMD_STREAM, verifier::CONSUMER),
-    ] {
-        let durable = format!("bench-{name}-{}", std::process::id());
-        let _ = js.delete_consumer_from_stream(&durable, stream).await;
-    }
-}
+/// The consumers this program creates (see `common::durable`).
+const CONSUMERS: &[(&str, &str)] = &[
+    (EVT_STREAM, ORCHESTRATOR),
+    (CMD_STREAM, planner_worker::CONSUMER),
+    (CMD_STREAM, gatekeeper::CONSUMER),
+    (CMD_STREAM, analyst::CONSUMER),
+    (CMD_STREAM, executor::CONSUMER),
+    (CMD_STREAM, verifier::CONSUMER),
+];
 
 /// Healthy minutes for the resource, enough for both templates' checks.
 async fn healthy_metrics(pool: &sqlx::PgPool, resource: &str) -> anyhow::Result<()> {
@@ -227,7 +223,7 @@ async fn run_phase(
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
-    drop_consumers(js).await;
+    common::drop_consumers(js, CONSUMERS).await;
     let closed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM ops_case WHERE id = ANY($1) AND status = 'CLOSED'",
     )

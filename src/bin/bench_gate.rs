@@ -46,16 +46,12 @@ use common::{
     jetstream as connect_jetstream, ms, quantile,
 };
 
-async fn drop_consumers(js: &jetstream::Context) {
-    for (stream, name) in [
-        (EVT_STREAM, ORCHESTRATOR),
-        (CMD_STREAM, planner_worker::CONSUMER),
-        (CMD_STREAM, gatekeeper::CONSUMER),
-    ] {
-        let durable = format!("bench-{name}-{}", std::process::id());
-        let _ = js.delete_consumer_from_stream(&durable, stream).await;
-    }
-}
+/// The consumers this program creates (see `common::durable`).
+const CONSUMERS: &[(&str, &str)] = &[
+    (EVT_STREAM, ORCHESTRATOR),
+    (CMD_STREAM, planner_worker::CONSUMER),
+    (CMD_STREAM, gatekeeper::CONSUMER),
+];
 
 struct Phase {
     /// analysis_done -> plan_ready: relay, planner (template or LLM), relay, orchestrator.
@@ -201,7 +197,7 @@ async fn run_phase(
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
-    drop_consumers(&js).await;
+    common::drop_consumers(&js, CONSUMERS).await;
     let planning = between(&pool, &ids, "analysis_done", "plan_ready").await?;
     let gate = between(&pool, &ids, "plan_ready", "gate_approved").await?;
     Ok(Phase {

@@ -410,7 +410,8 @@ mod tests {
         ]);
         assert!(check(&p, &limits()).is_ok());
 
-        p["steps"][1]["params"] = json!({"namespace": "shop", "deployment": "checkout", "undo": true});
+        p["steps"][1]["params"] =
+            json!({"namespace": "shop", "deployment": "checkout", "undo": true});
         p["steps"][2]["params"] = json!({"gateway": "edge", "route": "/checkout", "undo": true});
         p["rollback"]["steps"][0]["params"]["image"] = json!("checkout:2");
         p["rollback"]["steps"][1]["params"]["weights"] = json!({"blue": 100});

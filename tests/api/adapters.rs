@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use opsloop::executor::gateway::GatewayAdapter;
 use opsloop::executor::k8s::K8sAdapter;
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -34,30 +33,6 @@ async fn loop_with_k8s(pool: PgPool, k8s: &FakeK8s) -> Loop {
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8])
-}
-
-/// Approves the case's current plan with as many people as its gate asks.
-async fn approve(lp: &Loop, case: Uuid) {
-    for who in [APPROVER, APPROVER2] {
-        if lp.app.status(case).await != "WAIT_GATE" {
-            return;
-        }
-        let hash = lp.app.current_plan(case).await.body["plan_hash"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let r = lp
-            .app
-            .patch(
-                case,
-                who,
-                &Uuid::new_v4().to_string(),
-                json!({"event": "gate_approved", "plan_hash": hash}),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        lp.settle().await;
-    }
 }
 
 /// The results the executor stored for the case's steps, by phase.
@@ -94,28 +69,17 @@ async fn a_rollout_restart_is_dry_run_then_watched_to_completion(pool: PgPool) {
     .execute(&lp.app.pool)
     .await
     .unwrap();
-    let r = lp
+    let case = lp
         .app
-        .send(
-            Method::POST,
-            "/case",
-            Some(OPERATOR),
-            &[],
-            Some(
-                json!({"title": "api crash-loops", "tenant": "t-001", "kind": "crashloop",
-                        "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "deployment": name}})
-                .to_string(),
-            ),
-        )
+        .open_case(json!({"title": "api crash-loops", "tenant": "t-001", "kind": "crashloop",
+                          "labels": {"alertname": "KubePodCrashLooping", "namespace": "shop", "deployment": name}}))
         .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     assert_eq!(
         lp.app.event(case, OPERATOR, "start_analysis").await.status,
         200
     );
     lp.settle().await;
-    approve(&lp, case).await;
+    lp.approve(case).await;
     assert_eq!(
         lp.app.status(case).await,
         "CLOSED",
@@ -172,7 +136,7 @@ async fn a_progress_deadline_fails_the_step_and_the_undo_restores_the_template(p
     let original = template(&k8s.deployment("shop", &name));
     let lp = loop_with_k8s(pool, &k8s).await;
     let (case, _) = lp.propose(&image_plan(&name, "shop/api:1.5-broken")).await;
-    approve(&lp, case).await;
+    lp.approve(case).await;
 
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
@@ -208,7 +172,7 @@ async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
     let mut plan = image_plan(&name, "shop/api:invalid");
     plan["steps"][0]["retry"] = json!(2);
     let (case, _) = lp.propose(&plan).await;
-    approve(&lp, case).await;
+    lp.approve(case).await;
 
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
@@ -291,7 +255,7 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
     });
     ingest_metric(&lp, &route, "latency_p95_ms", 900.0).await;
     let (case, _) = lp.propose(&plan).await;
-    approve(&lp, case).await;
+    lp.approve(case).await;
 
     assert_eq!(lp.app.status(case).await, "PARKED");
     assert_eq!(lp.app.park_reason(case).await, "breach");
@@ -334,7 +298,7 @@ async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
         "verify": {"checks": []}
     });
     let (case, _) = lp.propose(&plan).await;
-    approve(&lp, case).await;
+    lp.approve(case).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
     assert!(reason.contains("not in OPSLOOP_GATEWAYS"), "{reason}");

@@ -2,10 +2,8 @@
 //! gatekeeper's decision → EXECUTING, pending people, or PARKED.
 
 use opsloop::gatekeeper::policy::Policy;
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::flow::Loop;
 use crate::helpers::*;
@@ -98,17 +96,10 @@ async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
 #[sqlx::test]
 async fn a_template_plan_goes_through_the_gate_on_its_own(pool: PgPool) {
     let lp = Loop::new(pool).await;
-    let r = lp
+    let case = lp
         .app
-        .send(
-            Method::POST,
-            "/case",
-            Some(OPERATOR),
-            &[],
-            Some(json!({"title": "p95 high", "tenant": "t-001", "kind": "latency"}).to_string()),
-        )
+        .open_case(json!({"title": "p95 high", "tenant": "t-001", "kind": "latency"}))
         .await;
-    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     lp.app.event(case, OPERATOR, "start_analysis").await;
     lp.app.event(case, OPERATOR, "analysis_done").await;
     lp.settle().await;

@@ -128,13 +128,19 @@ impl TestApp {
     }
 
     pub async fn create_case(&self) -> Uuid {
+        self.open_case(json!({"title": "disk full on db-1", "tenant": "t-001"}))
+            .await
+    }
+
+    /// `POST /case` with this body as the operator; the new case's id.
+    pub async fn open_case(&self, body: Value) -> Uuid {
         let r = self
             .send(
                 Method::POST,
                 "/case",
                 Some(OPERATOR),
                 &[],
-                Some(json!({"title": "disk full on db-1", "tenant": "t-001"}).to_string()),
+                Some(body.to_string()),
             )
             .await;
         assert_eq!(r.status, 201, "{:?}", r.body);

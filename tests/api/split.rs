@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::fake_llm::{FakeLlm, Reply};
 use crate::helpers::database_url;
-use crate::nats::TestNats;
+use crate::nats::{TestNats, free_port};
 
 struct Service {
     child: Child,
@@ -64,14 +64,6 @@ fn manifest(path: &str) -> String {
         .join(path)
         .to_string_lossy()
         .into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn token(file: &Path, identity: &str, roles: &str) -> String {

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::flow::Loop;
 use crate::helpers::*;
+use crate::walking_skeleton::statuses;
 
 /// The shipped restart-service template checks `latency_p95_ms` (avg) < 300
 /// over 60 s.
@@ -184,36 +185,8 @@ fn service() -> String {
 /// the rest once the loop settles.
 async fn degraded_case(lp: &Loop) -> (String, Uuid) {
     let svc = service();
-    let r = lp
-        .app
-        .send(
-            Method::POST,
-            "/case",
-            Some(OPERATOR),
-            &[],
-            Some(
-                json!({"title": format!("{svc} slow"), "tenant": "t-001", "kind": "service",
-                        "labels": {"alertname": "ServiceDegraded", "service": svc}})
-                .to_string(),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
-    let r = lp.app.event(case, OPERATOR, "start_analysis").await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    let case = crate::walking_skeleton::degraded_case(lp, &svc).await;
     (svc, case)
-}
-
-/// The statuses the case went through, oldest first.
-async fn statuses(lp: &Loop, case: Uuid) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT to_status FROM case_timeline WHERE case_id = $1 AND kind = 'transition' ORDER BY seq",
-    )
-    .bind(case)
-    .fetch_all(&lp.app.pool)
-    .await
-    .unwrap()
 }
 
 /// The path every case here takes up to its verdict (`end`).

@@ -49,23 +49,14 @@ pub(crate) async fn ingest_metric(lp: &Loop, resource: &str, metric: &str, value
 
 /// A degraded-service case (the restart-service template matches it),
 /// started into analysis.
-async fn degraded_case(lp: &Loop, service: &str) -> Uuid {
-    let r = lp
+pub(crate) async fn degraded_case(lp: &Loop, service: &str) -> Uuid {
+    let case = lp
         .app
-        .send(
-            Method::POST,
-            "/case",
-            Some(OPERATOR),
-            &[],
-            Some(
-                json!({"title": format!("{service} slow"), "tenant": "t-001", "kind": "service",
-                        "labels": {"alertname": "ServiceDegraded", "service": service}})
-                .to_string(),
-            ),
+        .open_case(
+            json!({"title": format!("{service} slow"), "tenant": "t-001", "kind": "service",
+                   "labels": {"alertname": "ServiceDegraded", "service": service}}),
         )
         .await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
-    let case: Uuid = r.body["id"].as_str().unwrap().parse().unwrap();
     let r = lp.app.event(case, OPERATOR, "start_analysis").await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     case
@@ -292,20 +283,8 @@ async fn executing_case(lp: &Loop, steps: Value) -> Uuid {
         "rollback": {"steps": []}, "verify": {"checks": []}
     });
     // Without the downstream roles the case stops in EXECUTING.
-    let (case, hash) = lp.propose(&plan).await;
-    if lp.app.status(case).await == "WAIT_GATE" {
-        let r = lp
-            .app
-            .patch(
-                case,
-                APPROVER,
-                &Uuid::new_v4().to_string(),
-                json!({"event": "gate_approved", "plan_hash": hash}),
-            )
-            .await;
-        assert_eq!(r.status, 200, "{:?}", r.body);
-        lp.settle().await;
-    }
+    let (case, _) = lp.propose(&plan).await;
+    lp.approve(case).await;
     case
 }
 

@@ -205,3 +205,11 @@ pub async fn between(
     out.sort_unstable();
     Ok(out)
 }
+
+/// Removes this run's consumers (see `durable`) from their streams.
+pub async fn drop_consumers(js: &jetstream::Context, consumers: &[(&str, &str)]) {
+    for (stream, name) in consumers {
+        let durable = format!("bench-{name}-{}", std::process::id());
+        let _ = js.delete_consumer_from_stream(&durable, *stream).await;
+    }
+}
