@@ -55,10 +55,7 @@ impl Analyst {
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
             Ok(case) => case,
-            Err(nothing_to_do) => {
-                tx.commit().await?;
-                return Ok(nothing_to_do);
-            }
+            Err(nothing_to_do) => return Ok(nothing_to_do),
         };
         if case.status != Status::Analyzing {
             tx.commit().await?;

@@ -33,19 +33,16 @@ use opsloop::orchestrator::{NewCase, Orchestrator};
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::consumer;
-use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::pubsub::subjects;
 use opsloop::verifier::{self, Verifier, VerifySettings};
 use opsloop::workflow::EventKind;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
 use common::{
-    arg, bench_actor, between, database, direct_step, durable, hop_baseline,
+    Workers, arg, bench_actor, between, database, direct_step, hop_baseline,
     jetstream as connect_jetstream, ms, quantile,
 };
 
@@ -77,16 +74,6 @@ struct Phase {
     closed: usize,
 }
 
-/// The consumers this program creates (see `common::durable`).
-const CONSUMERS: &[(&str, &str)] = &[
-    (EVT_STREAM, ORCHESTRATOR),
-    (CMD_STREAM, planner_worker::CONSUMER),
-    (CMD_STREAM, gatekeeper::CONSUMER),
-    (CMD_STREAM, analyst::CONSUMER),
-    (CMD_STREAM, executor::CONSUMER),
-    (CMD_STREAM, verifier::CONSUMER),
-];
-
 /// Healthy minutes for the resource, enough for both templates' checks.
 async fn healthy_metrics(pool: &sqlx::PgPool, resource: &str) -> anyhow::Result<()> {
     sqlx::query(
@@ -110,11 +97,7 @@ async fn run_phase(
     rate: f64,
 ) -> anyhow::Result<Phase> {
     let orchestrator = Orchestrator::new(pool.clone());
-    let shutdown = CancellationToken::new();
-    let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
-    let mut tasks = vec![tokio::spawn(
-        relay.run(orchestrator.outbox_ready(), shutdown.clone()),
-    )];
+    let mut workers = Workers::start(pool, client, js, &orchestrator);
     let limits = PlanLimits {
         script_allowlist: [SCRIPT.to_string()].into(),
         ..PlanLimits::default()
@@ -122,69 +105,70 @@ async fn run_phase(
     let templates = Templates::load(Path::new("templates"), &limits)
         .context("run from the repository root (templates/)")?;
     let s = settings();
-    macro_rules! role {
-        ($stream:expr, $name:expr, $subject:expr, $handler:expr, $n:expr) => {
-            tasks.push(tokio::spawn(consumer::run(
-                durable(js, $stream, $name, $subject).await?,
-                pool.clone(),
-                $handler,
-                $n,
-                shutdown.clone(),
-            )))
-        };
-    }
-    role!(
-        EVT_STREAM,
-        ORCHESTRATOR,
-        "evt.>",
-        FactConsumer {
-            orchestrator: orchestrator.clone()
-        },
-        1
-    );
-    role!(
-        CMD_STREAM,
-        analyst::CONSUMER,
-        subjects::CMD_ANALYSIS_RUN,
-        Analyst { pool: pool.clone() },
-        4
-    );
-    role!(
-        CMD_STREAM,
-        planner_worker::CONSUMER,
-        subjects::CMD_PLAN_GENERATE,
-        Planner {
-            pool: pool.clone(),
-            templates,
-            limits,
-            llm: None,
-        },
-        4
-    );
-    role!(
-        CMD_STREAM,
-        gatekeeper::CONSUMER,
-        gatekeeper::CMD_GATE_EVAL,
-        Gatekeeper {
-            pool: pool.clone(),
-            policy: Policy::default(),
-        },
-        4
-    );
-    role!(
-        CMD_STREAM,
-        executor::CONSUMER,
-        "cmd.exec.>",
-        Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()]),
-        8
-    );
-    role!(
-        CMD_STREAM,
-        verifier::CONSUMER,
-        subjects::CMD_VERIFY_RUN,
-        Verifier::new(pool.clone(), s.verify.clone())?,
-        8
-    );
+    workers
+        .add(
+            EVT_STREAM,
+            ORCHESTRATOR,
+            "evt.>",
+            FactConsumer {
+                orchestrator: orchestrator.clone(),
+            },
+            1,
+        )
+        .await?;
+    workers
+        .add(
+            CMD_STREAM,
+            analyst::CONSUMER,
+            subjects::CMD_ANALYSIS_RUN,
+            Analyst { pool: pool.clone() },
+            4,
+        )
+        .await?;
+    workers
+        .add(
+            CMD_STREAM,
+            planner_worker::CONSUMER,
+            subjects::CMD_PLAN_GENERATE,
+            Planner {
+                pool: pool.clone(),
+                templates,
+                limits,
+                llm: None,
+            },
+            4,
+        )
+        .await?;
+    workers
+        .add(
+            CMD_STREAM,
+            gatekeeper::CONSUMER,
+            gatekeeper::CMD_GATE_EVAL,
+            Gatekeeper {
+                pool: pool.clone(),
+                policy: Policy::default(),
+            },
+            4,
+        )
+        .await?;
+    workers
+        .add(
+            CMD_STREAM,
+            executor::CONSUMER,
+            "cmd.exec.>",
+            Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()]),
+            8,
+        )
+        .await?;
+    workers
+        .add(
+            CMD_STREAM,
+            verifier::CONSUMER,
+            subjects::CMD_VERIFY_RUN,
+            Verifier::new(pool.clone(), s.verify.clone())?,
+            8,
+        )
+        .await?;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);
@@ -219,11 +203,7 @@ async fn run_phase(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    common::drop_consumers(js, CONSUMERS).await;
+    workers.stop().await;
     let closed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM ops_case WHERE id = ANY($1) AND status = 'CLOSED'",
     )
@@ -274,7 +254,6 @@ fn line(label: &str, d: &[Duration]) -> String {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    opsloop::config::install_tls_provider();
     let cases: usize = arg("--cases").map_or(Ok(40), |s| s.parse())?;
     let rate: f64 = arg("--rate").map_or(Ok(4.0), |s| s.parse())?;
     let pool = database(16).await?;

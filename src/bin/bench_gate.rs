@@ -28,13 +28,10 @@ use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::consumer;
-use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use opsloop::pubsub::subjects;
 use opsloop::workflow::EventKind;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 mod common;
@@ -42,16 +39,9 @@ mod common;
 mod fake_llm;
 
 use common::{
-    arg, bench_actor, between, database, direct_step, durable, hop_baseline,
+    Workers, arg, bench_actor, between, database, direct_step, hop_baseline,
     jetstream as connect_jetstream, ms, quantile,
 };
-
-/// The consumers this program creates (see `common::durable`).
-const CONSUMERS: &[(&str, &str)] = &[
-    (EVT_STREAM, ORCHESTRATOR),
-    (CMD_STREAM, planner_worker::CONSUMER),
-    (CMD_STREAM, gatekeeper::CONSUMER),
-];
 
 struct Phase {
     /// analysis_done -> plan_ready: relay, planner (template or LLM), relay, orchestrator.
@@ -101,13 +91,8 @@ async fn run_phase(
     llm_url: Option<&str>,
 ) -> anyhow::Result<Phase> {
     let pool = pool.clone();
-    let js = js.clone();
     let orchestrator = Orchestrator::new(pool.clone());
-    let shutdown = CancellationToken::new();
-    let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
-    let mut tasks = vec![tokio::spawn(
-        relay.run(orchestrator.outbox_ready(), shutdown.clone()),
-    )];
+    let mut workers = Workers::start(&pool, client, js, &orchestrator);
     let limits = PlanLimits {
         script_allowlist: ["restart-service.sh".to_string()].into(),
         ..PlanLimits::default()
@@ -118,49 +103,45 @@ async fn run_phase(
         None => None,
         Some(url) => LlmPlanner::from_settings(&llm_settings(url))?,
     };
-    tasks.push(tokio::spawn(consumer::run(
-        durable(&js, EVT_STREAM, ORCHESTRATOR, "evt.>").await?,
-        pool.clone(),
-        FactConsumer {
-            orchestrator: orchestrator.clone(),
-        },
-        1,
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(consumer::run(
-        durable(
-            &js,
+    workers
+        .add(
+            EVT_STREAM,
+            ORCHESTRATOR,
+            "evt.>",
+            FactConsumer {
+                orchestrator: orchestrator.clone(),
+            },
+            1,
+        )
+        .await?;
+    let planner = Planner {
+        pool: pool.clone(),
+        templates,
+        limits,
+        llm,
+    };
+    workers
+        .add(
             CMD_STREAM,
             planner_worker::CONSUMER,
             subjects::CMD_PLAN_GENERATE,
+            planner,
+            4,
         )
-        .await?,
-        pool.clone(),
-        Planner {
-            pool: pool.clone(),
-            templates,
-            limits,
-            llm,
-        },
-        4,
-        shutdown.clone(),
-    )));
-    tasks.push(tokio::spawn(consumer::run(
-        durable(
-            &js,
+        .await?;
+    let gate = Gatekeeper {
+        pool: pool.clone(),
+        policy: Policy::default(),
+    };
+    workers
+        .add(
             CMD_STREAM,
             gatekeeper::CONSUMER,
             gatekeeper::CMD_GATE_EVAL,
+            gate,
+            4,
         )
-        .await?,
-        pool.clone(),
-        Gatekeeper {
-            pool: pool.clone(),
-            policy: Policy::default(),
-        },
-        4,
-        shutdown.clone(),
-    )));
+        .await?;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);
@@ -193,11 +174,7 @@ async fn run_phase(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    shutdown.cancel();
-    for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-    }
-    common::drop_consumers(&js, CONSUMERS).await;
+    workers.stop().await;
     let planning = between(&pool, &ids, "analysis_done", "plan_ready").await?;
     let gate = between(&pool, &ids, "plan_ready", "gate_approved").await?;
     Ok(Phase {

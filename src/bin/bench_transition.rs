@@ -202,7 +202,6 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    opsloop::config::install_tls_provider();
     let seconds: u64 = arg("--seconds").map_or(Ok(3), |s| s.parse())?;
     let rounds: usize = arg("--rounds").map_or(Ok(3), |s| s.parse())?;
     let client_counts: Vec<usize> = arg("--clients")
@@ -234,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx {
         pool,
         orchestrator,
-        http: reqwest::Client::builder()
+        http: opsloop::config::http_client()
             .pool_max_idle_per_host(max_clients)
             .build()?,
         base,

@@ -58,14 +58,17 @@ pub struct GatewayAdapter {
 
 impl GatewayAdapter {
     pub fn new(gateways: &[GatewayEntry], token_file: Option<PathBuf>) -> GatewayAdapter {
-        crate::config::install_tls_provider();
         GatewayAdapter {
             gateways: gateways
                 .iter()
                 .map(|g| (g.name.clone(), g.admin_url.clone()))
                 .collect(),
             token_file,
-            http: reqwest::Client::new(),
+            // Default settings cannot fail to build (reqwest's own
+            // `Client::new` makes the same assumption).
+            http: crate::config::http_client()
+                .build()
+                .expect("an HTTP client with default settings"),
         }
     }
 

@@ -41,6 +41,23 @@ pub const EVT_ROLLED_BACK: &str = "evt.exec.rolled_back.v1";
 
 /// Deliveries a command waits for a busy target before the case is parked.
 const WAIT_FOR_TARGET_DELIVERIES: i64 = 4;
+/// An adapter call bounded by the step's timeout (plus a grace the adapter
+/// should never need: it is told the timeout and must keep it itself).
+async fn within<T>(
+    step: &Step,
+    call: impl std::future::Future<Output = Result<T, StepError>>,
+) -> Result<T, StepError> {
+    let budget = step.timeout + Duration::from_secs(5);
+    tokio::time::timeout(budget, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StepError::new(
+                format!("no result within {} s", step.timeout.as_secs()),
+                json!({"timed_out": true}),
+            ))
+        })
+}
+
 /// Pause before retry `n` of a failed step: 1 s doubling, at most 30 s.
 fn step_backoff(n: u32) -> Duration {
     Duration::from_secs((1u64 << n.min(5)).min(30))
@@ -303,6 +320,7 @@ impl Executor {
             cmd,
             version,
             plan_hash,
+            kind,
             cause: d.traceparent.as_deref(),
         };
         let run_id = match existing {
@@ -318,17 +336,14 @@ impl Executor {
                     RunKind::Run => [steps.clone(), rollback.clone()].concat(),
                     RunKind::Rollback => rollback.clone(),
                 };
-                match self
-                    .start_run(&facts, plan_hash, kind, &targets(&touched))
-                    .await?
-                {
+                match self.start_run(&facts, &targets(&touched)).await? {
                     Ok(id) => id,
                     Err(busy) if d.delivered < WAIT_FOR_TARGET_DELIVERIES => {
                         return Ok(Disposition::Retry(busy));
                     }
                     Err(busy) => {
                         let reason = format!("blocked: {busy}");
-                        self.finish_blocked(&facts, plan_hash, kind, reason).await?;
+                        self.finish_blocked(&facts, reason).await?;
                         return Ok(Disposition::Done);
                     }
                 }
@@ -367,8 +382,7 @@ impl Executor {
                 }
             },
         };
-        self.finish(run_id, plan_hash, kind, &ending, &facts)
-            .await?;
+        self.finish(run_id, &ending, &facts).await?;
         Ok(Disposition::Done)
     }
 
@@ -376,12 +390,10 @@ impl Executor {
     async fn start_run(
         &self,
         facts: &Facts<'_>,
-        plan_hash: &str,
-        kind: RunKind,
         targets: &[String],
     ) -> Result<Result<Uuid, String>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let run_id = insert_run(&mut tx, facts, plan_hash, kind).await?;
+        let run_id = insert_run(&mut tx, facts).await?;
         for target in targets {
             let holder: Option<(Uuid, Uuid)> = sqlx::query_as(
                 "WITH taken AS (INSERT INTO exec_target_lock (target, run_id) VALUES ($1, $2) \
@@ -426,20 +438,16 @@ impl Executor {
             .collect();
         for (idx, step) in steps.iter().enumerate() {
             let idx = idx as i32;
+            let at = StepAt {
+                run: run_id,
+                phase,
+                idx,
+            };
             let stored = recorded.get(&idx).cloned();
             let Some(adapter) = self.adapters.get(step.action.as_str()).cloned() else {
                 let why = format!("{phase} {idx}: no adapter for action {}", step.action);
-                self.record_step(
-                    run_id,
-                    phase,
-                    idx,
-                    step,
-                    "failed",
-                    0,
-                    &json!({"error": why}),
-                    facts,
-                )
-                .await?;
+                self.record_step(at, step, "failed", 0, &json!({"error": why}), facts)
+                    .await?;
                 return Ok(PhaseEnd::Failed(why));
             };
             match stored.as_ref().map(|(s, ..)| s.as_str()) {
@@ -455,17 +463,9 @@ impl Executor {
                         "{phase} {idx} ({}) was running when the executor stopped, and is not safe to repeat",
                         step.action
                     );
-                    self.record_step(
-                        run_id,
-                        phase,
-                        idx,
-                        step,
-                        "failed",
-                        stored.map_or(0, |s| s.1),
-                        &json!({"error": why}),
-                        facts,
-                    )
-                    .await?;
+                    let tries = stored.map_or(0, |s| s.1);
+                    self.record_step(at, step, "failed", tries, &json!({"error": why}), facts)
+                        .await?;
                     return Ok(PhaseEnd::Interrupted(why));
                 }
                 _ => {}
@@ -478,8 +478,7 @@ impl Executor {
                         // Nothing of this plan changed the target, so there is
                         // nothing to put back.
                         let note = json!({"undo": "nothing to restore: no step of this plan recorded a state for this target"});
-                        self.record_step(run_id, phase, idx, step, "done", 0, &note, facts)
-                            .await?;
+                        self.record_step(at, step, "done", 0, &note, facts).await?;
                         continue;
                     }
                 },
@@ -488,9 +487,8 @@ impl Executor {
             let mut tries = stored.map_or(0, |s| s.1);
             let outcome = loop {
                 tries += 1;
-                self.mark_running(run_id, phase, idx, step, tries).await?;
+                self.mark_running(at, step, tries).await?;
                 let started = Instant::now();
-                let at = (run_id, phase, idx);
                 let tried = self
                     .try_once(&*adapter, step, at, undo_from.as_ref(), &mut kept)
                     .await?;
@@ -507,7 +505,7 @@ impl Executor {
             };
             match outcome {
                 Ok(detail) => {
-                    self.record_step(run_id, phase, idx, step, "done", tries, &detail, facts)
+                    self.record_step(at, step, "done", tries, &detail, facts)
                         .await?;
                 }
                 Err(e) => {
@@ -515,7 +513,7 @@ impl Executor {
                     if let Some(m) = detail.as_object_mut() {
                         m.insert("error".into(), json!(e.message));
                     }
-                    self.record_step(run_id, phase, idx, step, "failed", tries, &detail, facts)
+                    self.record_step(at, step, "failed", tries, &detail, facts)
                         .await?;
                     return Ok(PhaseEnd::Failed(format!(
                         "{phase} {idx} ({}) failed after {tries} tries: {}",
@@ -533,35 +531,24 @@ impl Executor {
         &self,
         adapter: &dyn Adapter,
         step: &Step,
-        (run_id, phase, idx): (Uuid, Phase, i32),
+        at: StepAt,
         undo_from: Option<&Value>,
         kept: &mut bool,
     ) -> Result<Result<Value, StepError>, sqlx::Error> {
-        let budget = step.timeout + Duration::from_secs(5);
-        let late = || {
-            StepError::new(
-                format!("no result within {} s", step.timeout.as_secs()),
-                json!({"timed_out": true}),
-            )
-        };
         if let Some(before) = undo_from {
-            let restored =
-                tokio::time::timeout(budget, adapter.restore(&step.params, before, step.timeout));
-            return Ok(restored.await.unwrap_or_else(|_| Err(late())));
+            return Ok(within(step, adapter.restore(&step.params, before, step.timeout)).await);
         }
         if !*kept {
-            let snapshot =
-                tokio::time::timeout(budget, adapter.snapshot(&step.params, step.timeout));
-            match snapshot.await.unwrap_or_else(|_| Err(late())) {
+            match within(step, adapter.snapshot(&step.params, step.timeout)).await {
                 Err(e) => return Ok(Err(e)),
                 Ok(None) => {}
                 Ok(Some(state)) => {
                     sqlx::query(
                         "UPDATE exec_step SET before = $4 WHERE run_id = $1 AND phase = $2 AND idx = $3",
                     )
-                    .bind(run_id)
-                    .bind(<&'static str>::from(phase))
-                    .bind(idx)
+                    .bind(at.run)
+                    .bind(<&'static str>::from(at.phase))
+                    .bind(at.idx)
                     .bind(&state)
                     .execute(&self.pool)
                     .await?;
@@ -569,8 +556,7 @@ impl Executor {
             }
             *kept = true;
         }
-        let ran = tokio::time::timeout(budget, adapter.run(&step.params, step.timeout));
-        Ok(ran.await.unwrap_or_else(|_| Err(late())))
+        Ok(within(step, adapter.run(&step.params, step.timeout)).await)
     }
 
     /// The state the first step of this plan's latest forward run that
@@ -596,23 +582,16 @@ impl Executor {
         .await
     }
 
-    async fn mark_running(
-        &self,
-        run_id: Uuid,
-        phase: Phase,
-        idx: i32,
-        step: &Step,
-        tries: i32,
-    ) -> Result<(), sqlx::Error> {
+    async fn mark_running(&self, at: StepAt, step: &Step, tries: i32) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO exec_step (run_id, phase, idx, action, status, tries, target) \
              VALUES ($1, $2, $3, $4, 'running', $5, $6) \
              ON CONFLICT (run_id, phase, idx) DO UPDATE SET status = 'running', tries = EXCLUDED.tries, \
              started_at = clock_timestamp(), finished_at = NULL",
         )
-        .bind(run_id)
-        .bind(<&'static str>::from(phase))
-        .bind(idx)
+        .bind(at.run)
+        .bind(<&'static str>::from(at.phase))
+        .bind(at.idx)
         .bind(&step.action)
         .bind(tries)
         .bind(target_of(step))
@@ -622,12 +601,9 @@ impl Executor {
     }
 
     /// Stores a step's end and its `evt.exec.step_result.v1` together.
-    #[allow(clippy::too_many_arguments)]
     async fn record_step(
         &self,
-        run_id: Uuid,
-        phase: Phase,
-        idx: i32,
+        at: StepAt,
         step: &Step,
         status: &str,
         tries: i32,
@@ -641,9 +617,9 @@ impl Executor {
              ON CONFLICT (run_id, phase, idx) DO UPDATE SET status = EXCLUDED.status, tries = EXCLUDED.tries, \
              result = EXCLUDED.result, finished_at = EXCLUDED.finished_at",
         )
-        .bind(run_id)
-        .bind(<&'static str>::from(phase))
-        .bind(idx)
+        .bind(at.run)
+        .bind(<&'static str>::from(at.phase))
+        .bind(at.idx)
         .bind(&step.action)
         .bind(status)
         .bind(tries)
@@ -652,8 +628,8 @@ impl Executor {
         .await?;
         let fact = facts.envelope(
             EVT_STEP_RESULT,
-            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "phase": phase.to_string(),
-                   "index": idx, "action": step.action, "status": status, "tries": tries}),
+            json!({"run_id": at.run, "attempt_id": facts.cmd.id, "phase": at.phase.to_string(),
+                   "index": at.idx, "action": step.action, "status": status, "tries": tries}),
         );
         outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await
@@ -663,8 +639,6 @@ impl Executor {
     async fn finish(
         &self,
         run_id: Uuid,
-        plan_hash: &str,
-        kind: RunKind,
         ending: &Ending,
         facts: &Facts<'_>,
     ) -> Result<(), sqlx::Error> {
@@ -682,9 +656,9 @@ impl Executor {
             .execute(&mut *tx)
             .await?;
         let fact = facts.envelope(
-            closing_fact(kind, ending.status),
-            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "plan_hash": plan_hash,
-                   "kind": <&'static str>::from(kind), "status": ending.status, "reason": ending.reason}),
+            closing_fact(facts.kind, ending.status),
+            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "plan_hash": facts.plan_hash,
+                   "kind": <&'static str>::from(facts.kind), "status": ending.status, "reason": ending.reason}),
         );
         outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await?;
@@ -693,29 +667,18 @@ impl Executor {
     }
 
     /// A command that never got its targets: recorded as a blocked run.
-    async fn finish_blocked(
-        &self,
-        facts: &Facts<'_>,
-        plan_hash: &str,
-        kind: RunKind,
-        reason: String,
-    ) -> Result<(), sqlx::Error> {
+    async fn finish_blocked(&self, facts: &Facts<'_>, reason: String) -> Result<(), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
-        let run_id = insert_run(&mut conn, facts, plan_hash, kind).await?;
+        let run_id = insert_run(&mut conn, facts).await?;
         drop(conn);
         let ending = Ending::new("blocked", Some(reason));
-        self.finish(run_id, plan_hash, kind, &ending, facts).await
+        self.finish(run_id, &ending, facts).await
     }
 }
 
 /// Inserts the command's run as `running` (the attempt id is the command's
 /// envelope id).
-async fn insert_run(
-    conn: &mut sqlx::PgConnection,
-    facts: &Facts<'_>,
-    plan_hash: &str,
-    kind: RunKind,
-) -> Result<Uuid, sqlx::Error> {
+async fn insert_run(conn: &mut sqlx::PgConnection, facts: &Facts<'_>) -> Result<Uuid, sqlx::Error> {
     let run_id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
@@ -723,13 +686,21 @@ async fn insert_run(
     )
     .bind(run_id)
     .bind(facts.case.id)
-    .bind(plan_hash)
-    .bind(<&'static str>::from(kind))
+    .bind(facts.plan_hash)
+    .bind(<&'static str>::from(facts.kind))
     .bind(facts.cmd.id)
     .bind(facts.version)
     .execute(&mut *conn)
     .await?;
     Ok(run_id)
+}
+
+/// Where a step record lives: its run, phase and index.
+#[derive(Debug, Clone, Copy)]
+struct StepAt {
+    run: Uuid,
+    phase: Phase,
+    idx: i32,
 }
 
 enum PhaseEnd {
@@ -744,7 +715,9 @@ struct Facts<'a> {
     cmd: &'a Envelope,
     /// The version the command was issued at (the fence).
     version: i64,
+    /// The approved plan the command names.
     plan_hash: &'a str,
+    kind: RunKind,
     /// The command's `traceparent`, continued by every fact.
     cause: Option<&'a str>,
 }

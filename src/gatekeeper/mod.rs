@@ -68,10 +68,7 @@ impl Gatekeeper {
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
             Ok(case) => case,
-            Err(nothing_to_do) => {
-                tx.commit().await?;
-                return Ok(nothing_to_do);
-            }
+            Err(nothing_to_do) => return Ok(nothing_to_do),
         };
         let row =
             sqlx::query("SELECT id, plan FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2")

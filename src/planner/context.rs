@@ -46,7 +46,6 @@ pub async fn for_case(
     .bind(case.id)
     .fetch_all(pool)
     .await?;
-    let schema: Value = serde_json::from_str(contract::SCHEMA_JSON).unwrap_or(Value::Null);
     Ok(json!({
         "case": {
             "id": case.id,
@@ -73,6 +72,6 @@ pub async fn for_case(
         },
         "script_allowlist": limits.script_allowlist,
         "limits": {"max_plan_bytes": limits.max_bytes, "min_timeout_s": 10, "max_retry": 3},
-        "schema": schema,
+        "schema": &*contract::SCHEMA,
     }))
 }

@@ -16,9 +16,12 @@ use sha2::{Digest, Sha256};
 /// The schema text, also served to LLMs as `response_format` and to readers.
 pub const SCHEMA_JSON: &str = include_str!("changeplan.schema.json");
 
+/// The schema, parsed once: for the validator and for every LLM request.
+pub static SCHEMA: LazyLock<Value> =
+    LazyLock::new(|| serde_json::from_str(SCHEMA_JSON).expect("the shipped schema is JSON"));
+
 static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
-    let schema: Value = serde_json::from_str(SCHEMA_JSON).expect("the shipped schema is JSON");
-    jsonschema::validator_for(&schema).expect("the shipped schema is a valid 2020-12 schema")
+    jsonschema::validator_for(&SCHEMA).expect("the shipped schema is a valid 2020-12 schema")
 });
 
 /// What a plan may contain beyond the schema.

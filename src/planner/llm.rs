@@ -158,7 +158,6 @@ pub struct LlmPlanner {
     client: Client<OpenAIConfig>,
     settings: LlmSettings,
     prompt: Prompt,
-    schema: Value,
 }
 
 /// Who the attempts are recorded for.
@@ -186,13 +185,12 @@ impl LlmPlanner {
             return Ok(None);
         };
         let prompt = Prompt::load(&settings.prompts_dir, &settings.prompt)?;
-        crate::config::install_tls_provider();
         let config = OpenAIConfig::new()
             .with_api_base(base_url.trim_end_matches('/'))
             .with_api_key(&settings.api_key);
         // The per-request deadline is enforced around each call; this one
         // only bounds connection set-up.
-        let http = reqwest::Client::builder()
+        let http = crate::config::http_client()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         // The plain transport, without async-openai's own retry layer: we
@@ -202,7 +200,6 @@ impl LlmPlanner {
             client,
             settings: settings.clone(),
             prompt,
-            schema: serde_json::from_str(contract::SCHEMA_JSON)?,
         }))
     }
 
@@ -382,7 +379,7 @@ impl LlmPlanner {
                 json_schema: ResponseFormatJsonSchema {
                     name: "ChangePlan".into(),
                     description: Some("A remediation plan for an opsloop case.".into()),
-                    schema: self.schema.clone(),
+                    schema: contract::SCHEMA.clone(),
                     // Strict mode accepts only a subset of JSON Schema that
                     // ours does not keep to; we validate regardless.
                     strict: Some(false),

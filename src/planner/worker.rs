@@ -88,10 +88,7 @@ impl Planner {
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
             Ok(case) => case,
-            Err(nothing_to_do) => {
-                tx.commit().await?;
-                return Ok(nothing_to_do);
-            }
+            Err(nothing_to_do) => return Ok(nothing_to_do),
         };
         if case.status != Status::Planning {
             tx.commit().await?;

@@ -34,7 +34,8 @@ pub async fn claim(
 
 /// A worker's first step for a command about a case: claim the message,
 /// then lock the case. `Err(disposition)` when there is nothing to do (a
-/// duplicate) or nothing can be done (an unknown case).
+/// duplicate) or nothing can be done (an unknown case): the caller returns
+/// it and drops the transaction, which holds nothing worth keeping.
 pub async fn claim_case(
     conn: &mut PgConnection,
     consumer: &str,

@@ -200,8 +200,7 @@ struct Evaluation {
 
 impl Verifier {
     /// Fails when the Prometheus settings are unusable (URL, queries file,
-    /// templates), so a mistake stops the start-up. Needs
-    /// `config::install_tls_provider()` first when Prometheus is configured.
+    /// templates), so a mistake stops the start-up.
     pub fn new(
         pool: PgPool,
         settings: VerifySettings,
@@ -259,33 +258,19 @@ impl Verifier {
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
             Ok(case) => case,
-            Err(nothing_to_do) => {
-                tx.commit().await?;
-                return Ok(nothing_to_do);
-            }
+            Err(nothing_to_do) => return Ok(nothing_to_do),
         };
         if case.status != Status::Verifying || case.version != version {
             tx.commit().await?;
             return Ok(Disposition::Done);
         }
-        let plan_hash: Option<String> = sqlx::query_scalar(
-            "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(case_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(plan_hash) = plan_hash else {
+        // Versions only grow and a plan changes only with the version, so
+        // the unlocked read above saw this very case and plan.
+        let Some((plan_hash, judged)) = judged else {
             tx.commit().await?;
             return Ok(Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 "a case in VERIFYING without a plan".into(),
-            ));
-        };
-        let Some((_, judged)) = judged.filter(|(hash, _)| *hash == plan_hash) else {
-            // The case or its plan changed between the read and the lock:
-            // nothing is recorded (the claim rolls back), judge again.
-            return Ok(Disposition::Retry(
-                "the case changed while its checks were evaluated".into(),
             ));
         };
         let Evaluation {

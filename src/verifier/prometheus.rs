@@ -373,7 +373,6 @@ pub struct Prometheus {
 impl Prometheus {
     /// `None` when Prometheus is not configured. Checks everything it can
     /// (URL, file, templates), so a mistake stops the start-up.
-    /// `opsloop::config::install_tls_provider()` must have run.
     pub fn from_settings(s: &VerifySettings) -> Result<Option<Prometheus>, ConfigError> {
         let (base, path) = match (&s.prometheus_url, &s.prometheus_queries) {
             (None, None) => return Ok(None),
@@ -387,7 +386,7 @@ impl Prometheus {
         let query_url = query_url(base)?;
         let queries = Queries::load(path)?;
         let timeout = Duration::from_millis(s.prometheus_timeout_ms);
-        let http = reqwest::Client::builder()
+        let http = crate::config::http_client()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
@@ -635,7 +634,6 @@ mod tests {
 
     #[test]
     fn settings_are_checked_at_start_up() {
-        crate::config::install_tls_provider();
         let example =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus-queries.example.toml");
         assert!(

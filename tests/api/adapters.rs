@@ -26,13 +26,11 @@ use crate::walking_skeleton::{ingest_metric, runs};
 /// A loop whose executor talks to `k8s`.
 async fn loop_with_k8s(pool: PgPool, k8s: &FakeK8s) -> Loop {
     let mut lp = Loop::full(pool).await;
-    lp.executor_mut()
-        .register(Arc::new(K8sAdapter::new(Some(k8s.url.clone()), None)));
+    lp.executor_mut().register(Arc::new(K8sAdapter::new(
+        Some(k8s.server.url.clone()),
+        None,
+    )));
     lp
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// The results the executor stored for the case's steps, by phase.
@@ -217,15 +215,13 @@ async fn set_weights(
     Json(json!({"route": route, "weights": w})).into_response()
 }
 
-async fn start_gateway(g: Gateway) -> String {
+/// Serves `g`; the gateway's admin API is under `/admin`.
+async fn start_gateway(g: Gateway) -> TestServer {
     let app = axum::Router::new()
         .route("/admin/routes/{route}", get(read_route))
         .route("/admin/routes/{route}/weights", put(set_weights))
         .with_state(g);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}/admin")
+    TestServer::start(app).await
 }
 
 /// Traffic is shifted, the SLO is breached anyway: the case parks and the
@@ -242,7 +238,7 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
     let admin = start_gateway(g.clone()).await;
     let mut lp = Loop::full(pool).await;
     lp.executor_mut().register(Arc::new(GatewayAdapter::new(
-        &[format!("edge={admin}").parse().unwrap()],
+        &[format!("edge={}/admin", admin.url).parse().unwrap()],
         None,
     )));
     let plan = json!({
@@ -287,7 +283,7 @@ async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
     let admin = start_gateway(g.clone()).await;
     let mut lp = Loop::full(pool).await;
     lp.executor_mut().register(Arc::new(GatewayAdapter::new(
-        &[format!("edge={admin}").parse().unwrap()],
+        &[format!("edge={}/admin", admin.url).parse().unwrap()],
         None,
     )));
     let plan = json!({

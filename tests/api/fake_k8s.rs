@@ -18,6 +18,8 @@ use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use crate::helpers::TestServer;
+
 type Key = (String, String);
 
 struct Cluster {
@@ -36,15 +38,8 @@ struct Shared {
 }
 
 pub struct FakeK8s {
-    pub url: String,
+    pub server: TestServer,
     shared: Shared,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeK8s {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 fn status(code: u16, reason: &str, message: String) -> Response {
@@ -285,15 +280,9 @@ impl FakeK8s {
             )
             .route("/apis/apps/v1/namespaces/{ns}/deployments", get(list))
             .with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
         FakeK8s {
-            url: format!("http://{addr}"),
+            server: TestServer::start(app).await,
             shared,
-            task,
         }
     }
 

@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+use crate::helpers::TestServer;
+
 /// One scripted answer.
 #[derive(Debug, Clone)]
 pub enum Reply {
@@ -37,13 +39,7 @@ struct Script {
 pub struct FakeLlm {
     pub base_url: String,
     script: Arc<Mutex<Script>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakeLlm {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: TestServer,
 }
 
 impl FakeLlm {
@@ -55,15 +51,11 @@ impl FakeLlm {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(complete))
             .with_state(script.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let server = TestServer::start(app).await;
         FakeLlm {
-            base_url: format!("http://{addr}/v1"),
+            base_url: format!("{}/v1", server.url),
             script,
-            task,
+            _server: server,
         }
     }
 

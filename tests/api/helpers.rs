@@ -61,7 +61,6 @@ impl TestApp {
     }
 
     pub async fn with_hooks(pool: PgPool, hooks: Hooks) -> Self {
-        opsloop::config::install_tls_provider();
         if std::env::var("TEST_LOG").is_ok() {
             opsloop::telemetry::init("debug");
         }
@@ -89,7 +88,7 @@ impl TestApp {
         TestApp {
             pool,
             base,
-            http: reqwest::Client::builder()
+            http: opsloop::config::http_client()
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
@@ -316,4 +315,39 @@ pub fn database_url(pool: &PgPool) -> String {
         o.get_port(),
         o.get_database().unwrap()
     )
+}
+
+/// A name no other test uses: `{prefix}-` and 8 hex digits.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A fresh service name, so tests never share metrics or targets.
+pub fn service() -> String {
+    unique("svc")
+}
+
+/// A fake server of a test (LLM, Kubernetes, Prometheus, gateway): a real
+/// HTTP server on a free loopback port, stopped when dropped.
+pub struct TestServer {
+    /// `http://127.0.0.1:<port>`
+    pub url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(app: axum::Router) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        TestServer { url, task }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

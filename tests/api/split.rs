@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::fake_llm::{FakeLlm, Reply};
-use crate::helpers::database_url;
+use crate::helpers::{database_url, service};
 use crate::nats::{TestNats, free_port};
 
 struct Service {
@@ -87,7 +87,6 @@ async fn token(file: &Path, identity: &str, roles: &str) -> String {
 
 impl Split {
     async fn start(pool: PgPool, llm: &FakeLlm) -> Split {
-        opsloop::config::install_tls_provider();
         let nats = TestNats::start().await;
         let dir = std::env::temp_dir().join(format!("opsloop-split-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -132,7 +131,7 @@ impl Split {
         let split = Split {
             a,
             b,
-            http: reqwest::Client::new(),
+            http: opsloop::config::http_client().build().unwrap(),
             operator,
             service,
             pool,
@@ -270,10 +269,6 @@ impl Split {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn service() -> String {
-    format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
 }
 
 fn llm_plan(steps: Value, rollback: Value, svc: &str) -> Reply {

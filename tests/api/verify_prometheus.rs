@@ -60,15 +60,8 @@ struct Fake {
 }
 
 struct FakePrometheus {
-    base_url: String,
+    server: TestServer,
     state: Arc<Mutex<Fake>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for FakePrometheus {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 impl FakePrometheus {
@@ -80,15 +73,9 @@ impl FakePrometheus {
         let app = axum::Router::new()
             .route("/api/v1/query", get(instant_query))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
         FakePrometheus {
-            base_url: format!("http://{addr}"),
+            server: TestServer::start(app).await,
             state,
-            task,
         }
     }
 
@@ -176,10 +163,6 @@ fn settings(url: &str, queries: &QueriesFile, timeout_ms: u64) -> VerifySettings
     }
 }
 
-fn service() -> String {
-    format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
-}
-
 /// A degraded-service case for a fresh service (the restart-service
 /// template matches it), opened and put to analysis: the analyst role does
 /// the rest once the loop settles.
@@ -212,12 +195,41 @@ async fn verify_result(lp: &Loop, case: Uuid) -> (String, Value, DateTime<Utc>) 
         .unwrap()
 }
 
+/// What one loop test holds: the fake, the queries file (removed on drop),
+/// the loop, and its degraded-service case.
+struct Run {
+    prom: FakePrometheus,
+    _queries: QueriesFile,
+    lp: Loop,
+    svc: String,
+    case: Uuid,
+}
+
+/// A loop whose verifier asks a fake Prometheus answering `answer`, with
+/// the latency queries file, and a fresh degraded-service case in it.
+async fn run(pool: PgPool, answer: Answer) -> Run {
+    let prom = FakePrometheus::start(answer).await;
+    let queries = QueriesFile::latency();
+    let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
+    let (svc, case) = degraded_case(&lp).await;
+    Run {
+        prom,
+        _queries: queries,
+        lp,
+        svc,
+        case,
+    }
+}
+
 #[sqlx::test]
 async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Value("120.5")).await;
-    let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
-    let (svc, case) = degraded_case(&lp).await;
+    let Run {
+        prom,
+        lp,
+        svc,
+        case,
+        _queries,
+    } = run(pool, Answer::Value("120.5")).await;
 
     lp.settle().await;
 
@@ -254,10 +266,13 @@ async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Value("950")).await;
-    let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
-    let (svc, case) = degraded_case(&lp).await;
+    let Run {
+        prom,
+        lp,
+        svc,
+        case,
+        _queries,
+    } = run(pool, Answer::Value("950")).await;
 
     lp.settle().await;
 
@@ -273,10 +288,13 @@ async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
 
 #[sqlx::test]
 async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Empty).await;
-    let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
-    let (_svc, case) = degraded_case(&lp).await;
+    let Run {
+        prom,
+        lp,
+        svc: _svc,
+        case,
+        _queries,
+    } = run(pool, Answer::Empty).await;
 
     lp.settle().await;
 
@@ -292,10 +310,13 @@ async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_server_error_parks_inconclusive(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Status(500)).await;
-    let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
-    let (svc, case) = degraded_case(&lp).await;
+    let Run {
+        prom: _prom,
+        lp,
+        svc,
+        case,
+        _queries,
+    } = run(pool, Answer::Status(500)).await;
 
     lp.settle().await;
 
@@ -317,7 +338,7 @@ async fn a_prometheus_error_status_parks_inconclusive(pool: PgPool) {
     ))
     .await;
     let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
     let (_svc, case) = degraded_case(&lp).await;
 
     lp.settle().await;
@@ -350,7 +371,7 @@ async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
     let queries = QueriesFile::new(
         "[error_rate]\navg = 'sum(rate(http_requests_total{service=\"{{resource}}\"}[{{window}}]))'\n",
     );
-    let lp = Loop::full_with_verify(pool, settings(&prom.base_url, &queries, 5000)).await;
+    let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
     let (svc, case) = degraded_case(&lp).await;
     let r = lp
         .app
@@ -391,7 +412,6 @@ fn check(resource: &str) -> Check {
 }
 
 async fn prometheus(url: &str, queries: &QueriesFile, timeout_ms: u64) -> Prometheus {
-    opsloop::config::install_tls_provider();
     Prometheus::from_settings(&settings(url, queries, timeout_ms))
         .unwrap()
         .unwrap()
@@ -401,7 +421,7 @@ async fn prometheus(url: &str, queries: &QueriesFile, timeout_ms: u64) -> Promet
 async fn a_resource_that_could_inject_promql_is_never_sent() {
     let prom = FakePrometheus::start(Answer::Value("1")).await;
     let queries = QueriesFile::latency();
-    let p = prometheus(&prom.base_url, &queries, 5000).await;
+    let p = prometheus(&prom.server.url, &queries, 5000).await;
     for resource in ["x\"} or vector(1) #", "x\"}", "a b", ""] {
         let c = check(resource);
         let template = p.template_for(&c).unwrap();
@@ -425,7 +445,7 @@ async fn a_resource_that_could_inject_promql_is_never_sent() {
 async fn a_silent_or_absent_server_is_inconclusive() {
     let prom = FakePrometheus::start(Answer::Hang(Duration::from_secs(5))).await;
     let queries = QueriesFile::latency();
-    let p = prometheus(&prom.base_url, &queries, 200).await;
+    let p = prometheus(&prom.server.url, &queries, 200).await;
     let c = check("checkout");
     let started = std::time::Instant::now();
     let (verdict, detail) = p
@@ -448,7 +468,6 @@ async fn a_silent_or_absent_server_is_inconclusive() {
 
 #[tokio::test]
 async fn a_bad_queries_file_stops_the_start_up() {
-    opsloop::config::install_tls_provider();
     let pool = PgPool::connect_lazy("postgres://127.0.0.1:1/unused").unwrap();
     let bad = QueriesFile::new("[latency_p95_ms]\navg = 'up{service=\"{{service}}\"}'\n");
     let e = Verifier::new(pool.clone(), settings("http://127.0.0.1:9090", &bad, 5000))

@@ -81,10 +81,6 @@ pub(crate) async fn runs(lp: &Loop, case: Uuid) -> Vec<(String, String)> {
         .unwrap()
 }
 
-fn service() -> String {
-    format!("svc-{}", &Uuid::new_v4().simple().to_string()[..8])
-}
-
 #[sqlx::test]
 async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
     let lp = Loop::full(pool).await;

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::consumer::{self, ConsumerSpec, Handler};
+use opsloop::pubsub::relay::{Relay, RelaySettings};
+use tokio_util::sync::CancellationToken;
 
 use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
 use opsloop::workflow::EventKind;
@@ -206,10 +208,65 @@ pub async fn between(
     Ok(out)
 }
 
-/// Removes this run's consumers (see `durable`) from their streams.
-pub async fn drop_consumers(js: &jetstream::Context, consumers: &[(&str, &str)]) {
-    for (stream, name) in consumers {
-        let durable = format!("bench-{name}-{}", std::process::id());
-        let _ = js.delete_consumer_from_stream(&durable, *stream).await;
+/// The relay and the workers of one benchmark phase, each worker on a
+/// consumer of this run only (see `durable`); `stop` removes them.
+pub struct Workers {
+    js: jetstream::Context,
+    pool: sqlx::PgPool,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<(&'static str, String)>,
+}
+
+impl Workers {
+    /// Starts a relay woken by `orchestrator`'s commits.
+    pub fn start(
+        pool: &sqlx::PgPool,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        orchestrator: &Orchestrator,
+    ) -> Workers {
+        let shutdown = CancellationToken::new();
+        let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
+        let relay = tokio::spawn(relay.run(orchestrator.outbox_ready(), shutdown.clone()));
+        Workers {
+            js: js.clone(),
+            pool: pool.clone(),
+            shutdown,
+            tasks: vec![relay],
+            consumers: Vec::new(),
+        }
+    }
+
+    /// Runs `handler` on `subject`, `concurrency` messages at a time.
+    pub async fn add<H: Handler + 'static>(
+        &mut self,
+        stream: &'static str,
+        name: &str,
+        subject: &str,
+        handler: H,
+        concurrency: usize,
+    ) -> anyhow::Result<()> {
+        let consumer = durable(&self.js, stream, name, subject).await?;
+        self.consumers.push((stream, name.to_string()));
+        self.tasks.push(tokio::spawn(consumer::run(
+            consumer,
+            self.pool.clone(),
+            handler,
+            concurrency,
+            self.shutdown.clone(),
+        )));
+        Ok(())
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        for (stream, name) in &self.consumers {
+            let durable = format!("bench-{name}-{}", std::process::id());
+            let _ = self.js.delete_consumer_from_stream(&durable, *stream).await;
+        }
     }
 }
