@@ -45,6 +45,15 @@ pub struct ServeConfig {
     pub roles: Vec<String>,
     #[command(flatten)]
     pub streams: crate::pubsub::streams::StreamSettings,
+    /// Outbox rows the relay claims per transaction.
+    #[arg(long, env = "OPSLOOP_RELAY_BATCH", default_value_t = 1024,
+          value_parser = clap::value_parser!(i64).range(1..=65_536))]
+    pub relay_batch: i64,
+    /// Relay batches in flight at once while a backlog lasts; each extra
+    /// loop only wakes when the first finds a full batch.
+    #[arg(long, env = "OPSLOOP_RELAY_LOOPS", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub relay_loops: u64,
     /// Script names `script.exec` steps may use (comma-separated file names
     /// in the scripts folder). The default is the shipped demo script.
     #[arg(

@@ -185,6 +185,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         ensure_streams(&js, &cfg.streams).await?;
         if roles.relay {
             let settings = RelaySettings {
+                batch: cfg.relay_batch,
+                loops: usize::try_from(cfg.relay_loops).unwrap_or(1),
                 stall_after_publish: std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
                     .is_ok_and(|v| v == "1"),
                 ..RelaySettings::default()

@@ -1,19 +1,28 @@
 //! bench_outbox: the outbox relay under load, against the real PostgreSQL
 //! and NATS JetStream, with its baselines measured in the same run.
 //!
+//! In `--rounds` rounds (medians reported; each ratio pairs figures of the
+//! same round, as this VM's background load swings single phases by 20 %
+//! and more):
 //! 1. peak: closed-loop transitions (8 clients, orchestrator path) with the
-//!    relay off, then with the relay on (ratio = relay overhead);
-//! 2. steady open-loop load at 50 % and 90 % of that peak with the relay on:
-//!    commit -> ack lag p50/p99/max (from `outbox.created_at` to the acked
-//!    row's deletion, PostgreSQL clock), backlog sampled over time;
-//! 3. relay capacity: drain a backlog built with the relay off, rows/s:
-//!    once with the peak's 8 cases of thousands of transitions each (the
-//!    worst case for per-case order: one row per case in flight), once with
-//!    the backlog spread over many cases of `--per-case` transitions;
-//! 4. baseline: raw JetStream ack'd publishes (async, windowed) of the same
-//!    payload size, msgs/s.
+//!    relay off and on (ratio = relay overhead);
+//! 3. relay capacity: the relay's run loop drains a backlog built with the
+//!    relay off, rows/s: the peak's 8 cases of thousands of transitions each
+//!    (the worst case for per-case order: one row per case and subject in
+//!    flight), and a backlog spread over many cases of `--per-case`
+//!    transitions;
+//! 4. baseline: raw JetStream ack'd publishes (async, window 256) of the
+//!    same message (payload and traceparent header) right after the drains;
+//!    and with a window of two per case, the most the 8-case drain may have
+//!    in flight.
 //!
-//! Usage: DATABASE_URL=... NATS_URL=... bench_outbox [--seconds 6] [--clients 8] [--batch 256]
+//! Then once:
+//! 2. steady open-loop load at 50 % and 90 % of the median peak with the
+//!    relay on: commit -> ack lag p50/p99/max (from `outbox.created_at` to
+//!    the acked row's deletion, PostgreSQL clock), backlog sampled over time.
+//!
+//! Usage: DATABASE_URL=... NATS_URL=... bench_outbox [--seconds 6] [--clients 8]
+//!        [--rounds 3] [--batch 1024] [--loops 3] [--per-case 20]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,87 +120,219 @@ async fn drain(relay: &Relay) -> anyhow::Result<usize> {
     }
 }
 
+/// Drains the waiting backlog with the relay's own run loop (helpers
+/// included), counting acked rows as they are deleted; rows/s.
+async fn capacity(
+    relay: &Relay,
+    orchestrator: &Orchestrator,
+    samples: &Arc<std::sync::Mutex<Vec<f64>>>,
+    rows: usize,
+) -> f64 {
+    samples.lock().expect("lag samples").clear();
+    let started = Instant::now();
+    let handle = start_relay(relay, orchestrator);
+    while samples.lock().expect("lag samples").len() < rows {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    handle.stop().await;
+    rows as f64 / secs
+}
+
+async fn pending(pool: &sqlx::PgPool) -> anyhow::Result<usize> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
+        .fetch_one(pool)
+        .await?;
+    Ok(usize::try_from(n)?)
+}
+
+/// Raw JetStream ack'd publishes of `message` (payload and traceparent, so
+/// the same bytes as the relay's messages), `window` in flight, to a stream
+/// of its own configured like the product's (its messages never reach
+/// opsloop's consumers); msgs/s.
+async fn raw_publish(
+    js: &jetstream::Context,
+    message: &(String, String),
+    window: usize,
+    total: u32,
+) -> anyhow::Result<f64> {
+    let (payload, traceparent) = message;
+    let raw_stream = "OPSLOOP_BENCH_RAW";
+    js.create_or_update_stream(jetstream::stream::Config {
+        name: raw_stream.into(),
+        subjects: vec!["bench.raw".into()],
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(StreamSettings::default().duplicate_window_s),
+        ..Default::default()
+    })
+    .await?;
+    let started = Instant::now();
+    let mut in_flight = std::collections::VecDeque::new();
+    for _ in 0..total {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("traceparent", traceparent.as_str());
+        let publish = PublishMessage::build()
+            .payload(payload.clone().into())
+            .headers(headers)
+            .message_id(Uuid::now_v7().to_string());
+        in_flight.push_back(js.send_publish("bench.raw", publish).await?);
+        if in_flight.len() >= window
+            && let Some(ack) = in_flight.pop_front()
+        {
+            ack.await?;
+        }
+    }
+    for ack in in_flight {
+        ack.await?;
+    }
+    let raw = f64::from(total) / started.elapsed().as_secs_f64();
+    js.delete_stream(raw_stream).await?;
+    Ok(raw)
+}
+
+/// Figures of every round, in round order.
+#[derive(Default)]
+struct Rounds {
+    off: Vec<f64>,
+    on: Vec<f64>,
+    capacity_8: Vec<f64>,
+    spread: Vec<f64>,
+    spread_cases: Vec<f64>,
+    raw: Vec<f64>,
+    raw_narrow: Vec<f64>,
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut xs = xs.to_vec();
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `scale * a[i] / b[i]` for each round.
+fn ratios(a: &[f64], b: &[f64], scale: f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(a, b)| scale * a / b).collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let seconds: f64 = arg("--seconds").map_or(Ok(6.0), |s| s.parse())?;
     let clients: usize = arg("--clients").map_or(Ok(8), |s| s.parse())?;
+    let rounds: usize = arg("--rounds").map_or(Ok(3), |s| s.parse())?;
     let pool = database(u32::try_from(clients + 8)?).await?;
     let (client, js) = connect_jetstream().await?;
     let orchestrator = Orchestrator::new(pool.clone());
     let lag_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let defaults = RelaySettings::default();
     let settings = RelaySettings {
         lag_samples: Some(lag_samples.clone()),
-        batch: arg("--batch").map_or(Ok(RelaySettings::default().batch), |s| s.parse())?,
-        ..RelaySettings::default()
+        batch: arg("--batch").map_or(Ok(defaults.batch), |s| s.parse())?,
+        loops: arg("--loops").map_or(Ok(defaults.loops), |s| s.parse())?,
+        ..defaults
     };
-    let workers: usize = arg("--relays").map_or(Ok(1), |s| s.parse())?;
     println!(
-        "relay batch size {}, {workers} relay loop(s)",
-        settings.batch
+        "bench_outbox: {clients} clients, {seconds} s per phase; relay batch {}, {} loop(s)",
+        settings.batch, settings.loops
     );
     let relay = Relay::new(pool.clone(), client.clone(), settings);
     drain(&relay).await?; // start from an empty backlog
 
-    println!("bench_outbox: {clients} clients, {seconds} s per phase");
-
-    // 1. Peak without and with the relay.
-    let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
-    let peak = n as f64 / secs;
-    let rows_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
-            .fetch_one(&pool)
-            .await?;
-    let rows_per_transition = rows_before as f64 / n as f64;
-    // A real transition event, for the raw-publish baseline's payload size.
-    let payload: String = sqlx::query_scalar(
-        "SELECT payload FROM outbox WHERE subject = 'evt.case.transition.v1' ORDER BY id DESC LIMIT 1",
-    )
-    .fetch_one(&pool)
-    .await?;
-
-    let drain_started = Instant::now();
-    let drained: usize = futures::future::try_join_all((0..workers).map(|_| drain(&relay)))
-        .await?
-        .into_iter()
-        .sum();
-    let capacity = drained as f64 / drain_started.elapsed().as_secs_f64();
-
-    let handle = start_relay(&relay, &orchestrator);
-    let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
-    handle.stop().await;
-    drain(&relay).await?;
-    let with_relay = n as f64 / secs;
-    println!(
-        "peak transitions/s: relay off {peak:.0}, relay on {with_relay:.0} (ratio {:.2}, target >= 0.80)",
-        with_relay / peak
-    );
-    println!(
-        "outbox rows per transition {rows_per_transition:.2}; row rate at peak {:.0}/s",
-        peak * rows_per_transition
-    );
-    println!(
-        "relay capacity (drain of a {drained}-row backlog of {clients} cases): {capacity:.0} rows/s = {:.1}x the row rate at peak (target >= 3x)",
-        capacity / (peak * rows_per_transition)
-    );
-
-    // 3b. The same drain when the backlog spreads over many cases, as an
-    // outage's backlog does: each walker moves to a new case every
-    // `per_case` transitions (a case's whole life is about ten).
+    // 1 and 3. Rounds (this VM's background load swings single phases by
+    // 20 % and more, so every figure is paired with its baseline from the
+    // same round, and medians are reported). A round: peak with the relay
+    // off, whose backlog (the peak's 8 cases of thousands of transitions
+    // each: the worst case for per-case order, one row per case and subject
+    // in flight) the relay's run loop drains; peak with the relay on; a
+    // backlog spread over many cases, as an outage leaves behind (each
+    // walker moves to a new case every `per_case` transitions; a case's
+    // whole life is about ten), drained; then the raw publish baseline.
     let per_case: u64 = arg("--per-case").map_or(Ok(20), |s| s.parse())?;
-    load(&orchestrator, clients, seconds, None, Some(per_case)).await?;
-    let spread_cases: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT case_id) FROM outbox WHERE failed_at IS NULL")
+    let mut r = Rounds::default();
+    let mut message = (String::new(), String::new());
+    let mut rows_per_transition = 0.0;
+    for round in 0..rounds {
+        let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
+        r.off.push(n as f64 / secs);
+        let backlog_8 = pending(&pool).await?;
+        if round == 0 {
+            rows_per_transition = backlog_8 as f64 / n as f64;
+            // A real transition event, for the raw baseline's message.
+            message = sqlx::query_as(
+                "SELECT payload, COALESCE(traceparent, '') FROM outbox WHERE subject = 'evt.case.transition.v1' ORDER BY id DESC LIMIT 1",
+            )
             .fetch_one(&pool)
             .await?;
-    let spread_started = Instant::now();
-    let spread_drained: usize = futures::future::try_join_all((0..workers).map(|_| drain(&relay)))
-        .await?
-        .into_iter()
-        .sum();
-    let spread = spread_drained as f64 / spread_started.elapsed().as_secs_f64();
+        }
+        r.capacity_8
+            .push(capacity(&relay, &orchestrator, &lag_samples, backlog_8).await);
+        drain(&relay).await?;
+
+        let handle = start_relay(&relay, &orchestrator);
+        let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
+        handle.stop().await;
+        drain(&relay).await?;
+        r.on.push(n as f64 / secs);
+
+        load(&orchestrator, clients, seconds, None, Some(per_case)).await?;
+        let cases: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT case_id) FROM outbox WHERE failed_at IS NULL",
+        )
+        .fetch_one(&pool)
+        .await?;
+        r.spread_cases.push(cases as f64);
+        let rows = pending(&pool).await?;
+        r.spread
+            .push(capacity(&relay, &orchestrator, &lag_samples, rows).await);
+        drain(&relay).await?;
+        r.raw.push(raw_publish(&js, &message, 256, 20_000).await?);
+        r.raw_narrow
+            .push(raw_publish(&js, &message, clients * 2, 20_000).await?);
+        println!(
+            "round {}: peak off {:.0}/s, on {:.0}/s; drain {} rows of {clients} cases {:.0} rows/s, {rows} rows of {cases} cases {:.0} rows/s; raw publish window 256 {:.0}/s, window {} {:.0}/s",
+            round + 1,
+            r.off[round],
+            r.on[round],
+            backlog_8,
+            r.capacity_8[round],
+            r.spread[round],
+            r.raw[round],
+            clients * 2,
+            r.raw_narrow[round],
+        );
+    }
+    let peak = median(&r.off);
+    let row_rate = peak * rows_per_transition;
     println!(
-        "relay capacity (drain of a {spread_drained}-row backlog of {spread_cases} cases, {per_case} transitions each): {spread:.0} rows/s = {:.1}x the row rate at peak",
-        spread / (peak * rows_per_transition)
+        "peak transitions/s (median of {rounds} rounds): relay off {peak:.0}, relay on {:.0}; on/off per round {:.2?}, median {:.2} (target >= 0.80)",
+        median(&r.on),
+        ratios(&r.on, &r.off, 1.0),
+        median(&ratios(&r.on, &r.off, 1.0))
+    );
+    println!(
+        "outbox rows per transition {rows_per_transition:.2}; row rate at peak {row_rate:.0}/s"
+    );
+    println!(
+        "relay capacity, {clients} cases: median {:.0} rows/s = {:.1}x the row rate at peak (target >= 3x); {:.0}% of raw publish at window 256 (per round {:.0?}), {:.0}% of raw publish at window {} (its ceiling)",
+        median(&r.capacity_8),
+        median(&r.capacity_8) / row_rate,
+        median(&ratios(&r.capacity_8, &r.raw, 100.0)),
+        ratios(&r.capacity_8, &r.raw, 100.0),
+        median(&ratios(&r.capacity_8, &r.raw_narrow, 100.0)),
+        clients * 2
+    );
+    println!(
+        "relay capacity, ~{:.0} cases of {per_case} transitions: median {:.0} rows/s = {:.1}x the row rate at peak; {:.0}% of raw publish at window 256 (per round {:.0?}; target >= 50%)",
+        median(&r.spread_cases),
+        median(&r.spread),
+        median(&r.spread) / row_rate,
+        median(&ratios(&r.spread, &r.raw, 100.0)),
+        ratios(&r.spread, &r.raw, 100.0),
+    );
+    println!(
+        "raw JetStream publish ({} B payload + traceparent): window 256 median {:.0} msgs/s, window {} median {:.0} msgs/s",
+        message.0.len(),
+        median(&r.raw),
+        clients * 2,
+        median(&r.raw_narrow)
     );
 
     // 2. Steady load at 50 % and 90 % of peak, relay on.
@@ -236,43 +377,5 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    // 4. Raw JetStream publish baseline with the same payload size, windowed.
-    // Its own stream, configured like the product's, so the baseline's
-    // messages never reach opsloop's consumers.
-    let raw_stream = "OPSLOOP_BENCH_RAW";
-    js.create_or_update_stream(jetstream::stream::Config {
-        name: raw_stream.into(),
-        subjects: vec!["bench.raw".into()],
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(StreamSettings::default().duplicate_window_s),
-        ..Default::default()
-    })
-    .await?;
-    let total = 20_000;
-    let window = 256;
-    let started = Instant::now();
-    let mut in_flight = std::collections::VecDeque::new();
-    for _ in 0..total {
-        let publish = PublishMessage::build()
-            .payload(payload.clone().into())
-            .message_id(Uuid::now_v7().to_string());
-        in_flight.push_back(js.send_publish("bench.raw", publish).await?);
-        if in_flight.len() >= window
-            && let Some(ack) = in_flight.pop_front()
-        {
-            ack.await?;
-        }
-    }
-    for ack in in_flight {
-        ack.await?;
-    }
-    let raw = f64::from(total) / started.elapsed().as_secs_f64();
-    js.delete_stream(raw_stream).await?;
-    println!(
-        "raw JetStream publish ({} B payload, window {window}): {raw:.0} msgs/s; relay capacity = {:.0}% of it with {clients} cases, {:.0}% with {spread_cases} cases (target >= 50%)",
-        payload.len(),
-        100.0 * capacity / raw,
-        100.0 * spread / raw
-    );
     Ok(())
 }

@@ -6,22 +6,25 @@
 //!   and mark re-publishes with the same `Nats-Msg-Id`, which JetStream drops
 //!   inside its duplicate window;
 //! - per-case order: a relay claims a case's rows only while holding a
-//!   transaction-scoped advisory lock on that case, so one case is published
-//!   by one relay at a time, in id order, on one connection (NATS keeps the
-//!   order of one connection); a batch stops at the first transient failure,
-//!   so a later row of a case never overtakes an earlier one;
+//!   transaction-scoped advisory lock on that case, and always its oldest
+//!   waiting rows (see `claim`), so one case is published by one relay at a
+//!   time, in id order; within a batch a case's next row is sent only after
+//!   the previous one was acked, so a failed ack cannot let a later row
+//!   overtake an earlier one;
 //! - a row that can never be published (larger than the server's max
 //!   payload) is marked failed with the reason and does not block the rest.
 //!
 //! It must not decide anything about cases: it only moves rows.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
-use sqlx::{PgPool, Row};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -39,6 +42,10 @@ const CASE_LOCK_NAMESPACE: i32 = 0x6f70_6c70; // "oplp"
 pub struct RelaySettings {
     /// Rows claimed per transaction.
     pub batch: i64,
+    /// Batches in flight at once while a backlog lasts (1 = no overlap).
+    /// Each holds other cases, so their database work overlaps the others'
+    /// publishing and more cases have a message in flight.
+    pub loops: usize,
     /// Fallback poll for rows committed by other processes.
     pub poll: Duration,
     /// Idempotency keys are deleted after this long.
@@ -56,6 +63,7 @@ impl Default for RelaySettings {
     fn default() -> Self {
         RelaySettings {
             batch: 1024,
+            loops: 3,
             poll: Duration::from_millis(250),
             idempotency_retention: Duration::from_secs(24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
@@ -98,6 +106,32 @@ struct Row_ {
     traceparent: Option<String>,
 }
 
+/// An ack on its way, with the row it is for.
+type InFlight<'r> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = (
+                    &'r Row_,
+                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+                ),
+            > + Send
+            + 'r,
+    >,
+>;
+
+/// What publishing one batch gave.
+#[derive(Default)]
+struct Published {
+    report: RelayReport,
+    acked: Vec<i64>,
+    /// Rows that can never be published, with the reason.
+    failed: Vec<(i64, String)>,
+    /// The first row the server refused (its attempts are counted).
+    rejected: Option<(i64, String)>,
+    /// The first error; rows behind it stay pending.
+    error: Option<RelayError>,
+}
+
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
@@ -107,7 +141,17 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// The relay connects to `pool`'s database with a small pool of its own
+    /// (`loops + 1` connections) that skips the liveness ping sqlx sends
+    /// before handing out a connection: that ping was a quarter of a small
+    /// batch's round trips. A dead connection fails one batch, which the
+    /// loop retries with backoff like any database error.
     pub fn new(pool: PgPool, client: async_nats::Client, settings: RelaySettings) -> Self {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(u32::try_from(settings.loops.max(1) + 1).unwrap_or(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
+            .connect_lazy_with((*pool.connect_options()).clone());
         Relay {
             pool,
             js: jetstream::new(client.clone()),
@@ -123,141 +167,18 @@ impl Relay {
             return Err(RelayError::NotConnected);
         }
         let mut tx = self.pool.begin().await?;
-        let claimed: Vec<Row_> = sqlx::query(
-            // The advisory lock filter sits inside the LIMITed scan of the
-            // pending index, so it runs only for rows being claimed (rows of
-            // cases another relay holds are skipped). Outside the CTE the
-            // planner may push it onto a scan of the whole table and lock
-            // every case.
-            "WITH candidate AS MATERIALIZED ( \
-                 SELECT id FROM outbox WHERE failed_at IS NULL \
-                   AND pg_try_advisory_xact_lock($2, hashtext(COALESCE(case_id, message_id)::text)) \
-                 ORDER BY id LIMIT $1) \
-             SELECT o.id, o.message_id, COALESCE(o.case_id, o.message_id) AS order_key, \
-                    o.subject, o.payload, o.traceparent FROM outbox o \
-             WHERE o.id = ANY(ARRAY(SELECT id FROM candidate)) \
-             ORDER BY o.id FOR UPDATE OF o SKIP LOCKED",
-        )
-        .bind(self.settings.batch)
-        .bind(CASE_LOCK_NAMESPACE)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Row_ {
-                id: r.try_get("id")?,
-                message_id: r.try_get("message_id")?,
-                order_key: r.try_get("order_key")?,
-                subject: r.try_get("subject")?,
-                payload: r.try_get("payload")?,
-                traceparent: r.try_get("traceparent")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-        // The invariant per-case order rests on: never publish a row while an
-        // older row of its case is still waiting and not in this batch (another
-        // relay's statement may have skipped it, or it is not claimable yet).
-        // Such a case's rows are left for a later batch.
-        let mut keys: Vec<Uuid> = claimed.iter().map(|r| r.order_key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        // One index probe per case: a GROUP BY would read every pending row
-        // of the batch's cases (thousands for a hot case).
-        let oldest: HashMap<Uuid, i64> = sqlx::query_as::<_, (Uuid, Option<i64>)>(
-            "SELECT k.id, (SELECT o.id FROM outbox o WHERE o.case_id = k.id AND o.failed_at IS NULL \
-                           ORDER BY o.id LIMIT 1) \
-             FROM unnest($1::uuid[]) AS k(id)",
-        )
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .filter_map(|(case, min)| Some((case, min?)))
-        .collect();
-        let mut first_claimed: HashMap<Uuid, i64> = HashMap::new();
-        for r in &claimed {
-            first_claimed.entry(r.order_key).or_insert(r.id);
-        }
-        let rows: Vec<Row_> = claimed
-            .into_iter()
-            .filter(|r| {
-                oldest
-                    .get(&r.order_key)
-                    .is_none_or(|min| first_claimed[&r.order_key] <= *min)
-            })
-            .collect();
+        let rows = claim(&mut tx, self.settings.batch).await?;
         if rows.is_empty() {
             return Ok(RelayReport::default());
         }
 
-        let mut report = RelayReport::default();
-        let mut failed: Vec<(i64, String)> = Vec::new();
-        let mut acked: Vec<i64> = Vec::with_capacity(rows.len());
-        let mut rejected: Option<(i64, String)> = None;
-        let mut error = None;
-        // Waves: the n-th row of every (case, subject) goes out in wave n, all
-        // of a wave pipelined, and a row is sent only after the previous row
-        // of its case and subject was acked. A failed ack can then never let
-        // a later row of that case overtake it in the stream.
-        let mut blocked: HashSet<(Uuid, &str)> = HashSet::new();
-        for wave in waves(&rows) {
-            let mut in_flight = Vec::with_capacity(wave.len());
-            for row in wave {
-                let key = (row.order_key, row.subject.as_str());
-                if blocked.contains(&key) {
-                    continue;
-                }
-                let mut headers = HeaderMap::new();
-                if let Some(tp) = &row.traceparent {
-                    headers.insert("traceparent", tp.as_str());
-                }
-                let publish = PublishMessage::build()
-                    .payload(row.payload.clone().into())
-                    .headers(headers)
-                    .message_id(row.message_id.to_string());
-                match self.js.send_publish(row.subject.clone(), publish).await {
-                    Ok(ack) => in_flight.push((row, ack)),
-                    Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                        failed.push((row.id, format!("never publishable: {e}")));
-                    }
-                    Err(source) => {
-                        blocked.insert(key);
-                        error.get_or_insert(RelayError::Publish {
-                            subject: row.subject.clone(),
-                            source,
-                        });
-                        break;
-                    }
-                }
-            }
-            for (row, ack) in in_flight {
-                match ack.await {
-                    Ok(ack) => {
-                        let status = if ack.duplicate { "duplicate" } else { "ok" };
-                        report.duplicates += usize::from(ack.duplicate);
-                        telemetry::outbox_published(&row.subject, status);
-                        acked.push(row.id);
-                    }
-                    Err(source) => {
-                        telemetry::outbox_published(&row.subject, "error");
-                        blocked.insert((row.order_key, row.subject.as_str()));
-                        if rejected.is_none() && rejected_by_server(source.kind()) {
-                            rejected = Some((row.id, source.to_string()));
-                        }
-                        error.get_or_insert(RelayError::Publish {
-                            subject: row.subject.clone(),
-                            source,
-                        });
-                    }
-                }
-            }
-            if error.is_some()
-                && !matches!(&error, Some(RelayError::Publish { source, .. }) if rejected_by_server(source.kind()))
-            {
-                // Unreachable server: stop; everything not acked stays pending.
-                break;
-            }
-        }
+        let Published {
+            mut report,
+            acked,
+            failed,
+            rejected,
+            error,
+        } = self.publish(&rows).await;
         if self.settings.stall_after_publish && !acked.is_empty() {
             warn!(
                 rows = acked.len(),
@@ -330,6 +251,110 @@ impl Relay {
         }
     }
 
+    /// Publishes `rows` (id order) with one row per (case, subject) in
+    /// flight: a case's next row goes out as soon as the previous one is
+    /// acked, so a failed ack can never let a later row of that case
+    /// overtake it in the stream, and rows of different cases never wait
+    /// for each other.
+    async fn publish<'r>(&self, rows: &'r [Row_]) -> Published {
+        let mut out = Published::default();
+        let mut queues: HashMap<(Uuid, &'r str), VecDeque<&'r Row_>> = HashMap::new();
+        let mut heads: Vec<(Uuid, &'r str)> = Vec::new();
+        for row in rows {
+            let key = (row.order_key, row.subject.as_str());
+            let queue = queues.entry(key).or_default();
+            if queue.is_empty() {
+                heads.push(key);
+            }
+            queue.push_back(row);
+        }
+        let mut in_flight = FuturesUnordered::new();
+        // Sending stops for good once the server is unreachable; what is in
+        // flight is still collected.
+        let mut sending = true;
+        for key in heads {
+            if !sending {
+                break;
+            }
+            sending = self
+                .send_next(key, &mut queues, &mut in_flight, &mut out)
+                .await;
+        }
+        while let Some((row, ack)) = in_flight.next().await {
+            let row: &Row_ = row;
+            match ack {
+                Ok(ack) => {
+                    let ack: jetstream::publish::PublishAck = ack;
+                    let status = if ack.duplicate { "duplicate" } else { "ok" };
+                    out.report.duplicates += usize::from(ack.duplicate);
+                    telemetry::outbox_published(&row.subject, status);
+                    out.acked.push(row.id);
+                    if sending {
+                        let key = (row.order_key, row.subject.as_str());
+                        sending = self
+                            .send_next(key, &mut queues, &mut in_flight, &mut out)
+                            .await;
+                    }
+                }
+                Err(source) => {
+                    telemetry::outbox_published(&row.subject, "error");
+                    let by_server = rejected_by_server(source.kind());
+                    if by_server && out.rejected.is_none() {
+                        out.rejected = Some((row.id, source.to_string()));
+                    }
+                    // The case's later rows stay pending behind this one.
+                    out.error.get_or_insert(RelayError::Publish {
+                        subject: row.subject.clone(),
+                        source,
+                    });
+                    sending &= by_server;
+                }
+            }
+        }
+        out
+    }
+
+    /// Sends the next row of `key`, skipping rows that can never be
+    /// published. Returns false when the server is unreachable.
+    async fn send_next<'r>(
+        &self,
+        key: (Uuid, &'r str),
+        queues: &mut HashMap<(Uuid, &'r str), VecDeque<&'r Row_>>,
+        in_flight: &mut FuturesUnordered<InFlight<'r>>,
+        out: &mut Published,
+    ) -> bool {
+        let Some(queue) = queues.get_mut(&key) else {
+            return true;
+        };
+        while let Some(row) = queue.pop_front() {
+            let mut headers = HeaderMap::new();
+            if let Some(tp) = &row.traceparent {
+                headers.insert("traceparent", tp.as_str());
+            }
+            let publish = PublishMessage::build()
+                .payload(row.payload.clone().into())
+                .headers(headers)
+                .message_id(row.message_id.to_string());
+            match self.js.send_publish(row.subject.clone(), publish).await {
+                Ok(ack) => {
+                    in_flight.push(Box::pin(async move { (row, ack.await) }));
+                    return true;
+                }
+                Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    out.failed.push((row.id, format!("never publishable: {e}")));
+                }
+                Err(source) => {
+                    out.error.get_or_insert(RelayError::Publish {
+                        subject: row.subject.clone(),
+                        source,
+                    });
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Rows still waiting; also exported as the `outbox_backlog` gauge.
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
@@ -363,14 +388,23 @@ impl Relay {
     }
 
     /// Runs until `shutdown` fires: woken by the orchestrator's and the
-    /// workers' commits in this process, polling for other processes' rows, backing off while NATS or PostgreSQL fail.
+    /// workers' commits in this process, polling for other processes' rows,
+    /// backing off while NATS or PostgreSQL fail. While batches come back
+    /// full (a backlog), `loops - 1` helpers drain alongside.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        let backlog = Arc::new(Notify::new());
+        let helpers: Vec<_> = (1..self.settings.loops.max(1))
+            .map(|_| tokio::spawn(self.clone().help(backlog.clone(), shutdown.clone())))
+            .collect();
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_backlog = tokio::time::Instant::now();
         loop {
             let wait = match self.relay_once().await {
-                Ok(r) if r.published + r.failed >= self.settings.batch as usize => Duration::ZERO,
+                Ok(r) if self.full(&r) => {
+                    backlog.notify_waiters();
+                    Duration::ZERO
+                }
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
                     self.settings.poll
@@ -396,6 +430,9 @@ impl Relay {
                     warn!(error = %e, "Cannot read the outbox backlog.");
                 }
             }
+            if shutdown.is_cancelled() {
+                break;
+            }
             if wait.is_zero() {
                 continue;
             }
@@ -403,10 +440,102 @@ impl Relay {
                 _ = wake.notified() => {}
                 _ = super::outbox::worker_commit() => {}
                 _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        for helper in helpers {
+            let _ = helper.await;
+        }
+    }
+
+    /// A helper loop: asleep until the main loop reports a backlog, then
+    /// drains alongside it until a batch comes back short. Idle helpers
+    /// cost nothing, so under a light load one loop takes every commit's
+    /// rows in as few transactions as it can.
+    async fn help(self, backlog: Arc<Notify>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = backlog.notified() => {}
                 _ = shutdown.cancelled() => return,
+            }
+            while !shutdown.is_cancelled() {
+                match self.relay_once().await {
+                    Ok(r) if self.full(&r) => {}
+                    Ok(_) => break,
+                    // The main loop reports and backs off.
+                    Err(_) => break,
+                }
             }
         }
     }
+
+    fn full(&self, r: &RelayReport) -> bool {
+        r.published + r.failed >= usize::try_from(self.settings.batch).unwrap_or(usize::MAX)
+    }
+}
+
+/// Claims up to about `batch` of the oldest waiting rows, in id order, with
+/// every waiting row up to the cut-off of each case claimed.
+///
+/// Two statements, no row locks. The first walks the pending index in id
+/// order and takes each row's case lock (transaction-scoped advisory lock;
+/// a row of a case another relay holds is passed over), and returns the
+/// cases it holds and the last id it took. The second reads those cases'
+/// rows up to that id under a snapshot taken after the locks were granted,
+/// so it sees everything a previous holder of a case deleted: the result
+/// is always the oldest waiting rows of each case, never a later row
+/// without the earlier ones.
+async fn claim(tx: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::Error> {
+    let (keys, cut_off, _): (Option<Vec<Uuid>>, Option<i64>, String) = sqlx::query_as(
+        // The lock filter sits above the LIMITed scan of the pending index,
+        // so it runs only for the rows looked at. The scan stops after
+        // `4 * batch` rows: when other relays hold the oldest cases, this
+        // one takes what it finds near the head rather than walking (and
+        // trying a lock for) the whole backlog.
+        //
+        // The relay's commit does not wait for its WAL flush (one fsync less
+        // per batch, off the lag): a delete lost in a database crash only
+        // re-publishes acked rows under their old `Nats-Msg-Id`, which
+        // JetStream drops inside its duplicate window and subscribers
+        // de-duplicate by envelope id in any case.
+        "SELECT array_agg(DISTINCT k), max(id), \
+                set_config('synchronous_commit', 'off', true) FROM ( \
+             SELECT id, k FROM ( \
+                 SELECT id, COALESCE(case_id, message_id) AS k FROM outbox \
+                 WHERE failed_at IS NULL ORDER BY id LIMIT $1 * 4) head \
+             WHERE pg_try_advisory_xact_lock($2, hashtext(k::text)) \
+             LIMIT $1) taken",
+    )
+    .bind(batch)
+    .bind(CASE_LOCK_NAMESPACE)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (Some(keys), Some(cut_off)) = (keys, cut_off) else {
+        return Ok(Vec::new());
+    };
+    sqlx::query(
+        "SELECT id, message_id, COALESCE(case_id, message_id) AS order_key, subject, payload, \
+                traceparent FROM outbox \
+         WHERE failed_at IS NULL AND id <= $2 \
+           AND (case_id = ANY($1) OR (case_id IS NULL AND message_id = ANY($1))) \
+         ORDER BY id",
+    )
+    .bind(&keys)
+    .bind(cut_off)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(Row_ {
+            id: r.try_get("id")?,
+            message_id: r.try_get("message_id")?,
+            order_key: r.try_get("order_key")?,
+            subject: r.try_get("subject")?,
+            payload: r.try_get("payload")?,
+            traceparent: r.try_get("traceparent")?,
+        })
+    })
+    .collect()
 }
 
 /// The server refused this very message (as opposed to being unreachable).
@@ -421,22 +550,4 @@ fn rejected_by_server(kind: PublishErrorKind) -> bool {
         | PublishErrorKind::MaxAckPending
         | PublishErrorKind::MaxPayloadExceeded => false,
     }
-}
-
-/// Splits a batch (in id order) into waves: wave n holds the n-th row of
-/// every (case, subject), in id order.
-fn waves(rows: &[Row_]) -> Vec<Vec<&Row_>> {
-    let mut seen: HashMap<(Uuid, &str), usize> = HashMap::new();
-    let mut waves: Vec<Vec<&Row_>> = Vec::new();
-    for row in rows {
-        let n = seen
-            .entry((row.order_key, row.subject.as_str()))
-            .or_insert(0);
-        if waves.len() <= *n {
-            waves.push(Vec::new());
-        }
-        waves[*n].push(row);
-        *n += 1;
-    }
-    waves
 }

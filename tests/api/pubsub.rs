@@ -296,6 +296,61 @@ async fn two_relays_at_once_publish_without_duplicates_in_case_order(pool: PgPoo
 }
 
 #[sqlx::test]
+async fn relay_loops_with_helpers_keep_case_order_while_transitions_commit(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    // A backlog first, so both relays' helpers join in from the start.
+    walk(&app, 12).await;
+    let shutdown = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let settings = RelaySettings {
+            batch: 4,
+            loops: 3,
+            ..RelaySettings::default()
+        };
+        let relay = Relay::new(pool.clone(), nats.client().await, settings);
+        tasks.push(tokio::spawn(
+            relay.run(app.orchestrator.outbox_ready(), shutdown.clone()),
+        ));
+    }
+    // More cases move while the six loops publish.
+    futures::future::join_all((0..4).map(|_| walk(&app, 3))).await;
+    let watcher = relay(&pool, &nats, 4).await;
+    let mut waited = 0;
+    while watcher.backlog().await.unwrap() > 0 {
+        assert!(waited < 300, "the backlog never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    shutdown.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let events = read_stream(&js, EVT_STREAM).await;
+    let commands = read_stream(&js, CMD_STREAM).await;
+    assert_eq!(assert_per_case_order(&events), 24);
+    let ids: HashSet<Uuid> = events.iter().chain(&commands).map(|(_, e)| e.id).collect();
+    assert_eq!(
+        ids.len(),
+        events.len() + commands.len(),
+        "nothing published twice"
+    );
+    let (transitions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let published = events
+        .iter()
+        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
+        .count();
+    assert_eq!(
+        published as i64, transitions,
+        "every transition reached the stream"
+    );
+}
+
+#[sqlx::test]
 async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;
     let case = app.case_in("ANALYZING").await;
