@@ -477,51 +477,24 @@ impl Relay {
 /// Claims up to about `batch` of the oldest waiting rows, in id order, with
 /// every waiting row up to the cut-off of each case claimed.
 ///
-/// Two statements, no row locks. The first walks the pending index in id
-/// order and takes each row's case lock (transaction-scoped advisory lock;
-/// a row of a case another relay holds is passed over), and returns the
-/// cases it holds and the last id it took. The second reads those cases'
-/// rows up to that id under a snapshot taken after the locks were granted,
-/// so it sees everything a previous holder of a case deleted: the result
-/// is always the oldest waiting rows of each case, never a later row
-/// without the earlier ones.
+/// No row locks; one round trip to `outbox_claim` (migration 11), which runs
+/// two statements. The first walks the pending index in id order and takes
+/// each row's case lock (transaction-scoped advisory lock; a row of a case
+/// another relay holds is passed over), noting the cases it holds and the
+/// last id it took. The second reads those cases' rows up to that id under
+/// a snapshot taken after the locks were granted, so it sees everything a
+/// previous holder of a case deleted: the result is always the oldest
+/// waiting rows of each case, never a later row without the earlier ones.
+/// The function also turns off `synchronous_commit` for the relay's
+/// transaction (one fsync less per batch): a delete lost in a database
+/// crash only re-publishes acked rows under their old `Nats-Msg-Id`.
 async fn claim(tx: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::Error> {
-    let (keys, cut_off, _): (Option<Vec<Uuid>>, Option<i64>, String) = sqlx::query_as(
-        // The lock filter sits above the LIMITed scan of the pending index,
-        // so it runs only for the rows looked at. The scan stops after
-        // `4 * batch` rows: when other relays hold the oldest cases, this
-        // one takes what it finds near the head rather than walking (and
-        // trying a lock for) the whole backlog.
-        //
-        // The relay's commit does not wait for its WAL flush (one fsync less
-        // per batch, off the lag): a delete lost in a database crash only
-        // re-publishes acked rows under their old `Nats-Msg-Id`, which
-        // JetStream drops inside its duplicate window and subscribers
-        // de-duplicate by envelope id in any case.
-        "SELECT array_agg(DISTINCT k), max(id), \
-                set_config('synchronous_commit', 'off', true) FROM ( \
-             SELECT id, k FROM ( \
-                 SELECT id, COALESCE(case_id, message_id) AS k FROM outbox \
-                 WHERE failed_at IS NULL ORDER BY id LIMIT $1 * 4) head \
-             WHERE pg_try_advisory_xact_lock($2, hashtext(k::text)) \
-             LIMIT $1) taken",
+    sqlx::query(
+        "SELECT id, message_id, order_key, subject, payload, traceparent \
+         FROM outbox_claim($1, $2)",
     )
     .bind(batch)
     .bind(CASE_LOCK_NAMESPACE)
-    .fetch_one(&mut *tx)
-    .await?;
-    let (Some(keys), Some(cut_off)) = (keys, cut_off) else {
-        return Ok(Vec::new());
-    };
-    sqlx::query(
-        "SELECT id, message_id, COALESCE(case_id, message_id) AS order_key, subject, payload, \
-                traceparent FROM outbox \
-         WHERE failed_at IS NULL AND id <= $2 \
-           AND (case_id = ANY($1) OR (case_id IS NULL AND message_id = ANY($1))) \
-         ORDER BY id",
-    )
-    .bind(&keys)
-    .bind(cut_off)
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
