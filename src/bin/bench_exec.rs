@@ -28,12 +28,11 @@ use opsloop::executor::adapter::{Adapter, Noop};
 use opsloop::executor::script::ScriptAdapter;
 use opsloop::executor::{self, ExecSettings, Executor};
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
-use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
 use opsloop::orchestrator::{NewCase, Orchestrator};
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+use opsloop::pubsub::streams::CMD_STREAM;
 use opsloop::pubsub::subjects;
 use opsloop::verifier::{self, Verifier, VerifySettings};
 use opsloop::workflow::EventKind;
@@ -97,7 +96,7 @@ async fn run_phase(
     rate: f64,
 ) -> anyhow::Result<Phase> {
     let orchestrator = Orchestrator::new(pool.clone());
-    let mut workers = Workers::start(pool, client, js, &orchestrator);
+    let mut workers = Workers::start(pool, client, js, &orchestrator).await?;
     let limits = PlanLimits {
         script_allowlist: [SCRIPT.to_string()].into(),
         ..PlanLimits::default()
@@ -105,17 +104,6 @@ async fn run_phase(
     let templates = Templates::load(Path::new("templates"), &limits)
         .context("run from the repository root (templates/)")?;
     let s = settings();
-    workers
-        .add(
-            EVT_STREAM,
-            ORCHESTRATOR,
-            "evt.>",
-            FactConsumer {
-                orchestrator: orchestrator.clone(),
-            },
-            1,
-        )
-        .await?;
     workers
         .add(
             CMD_STREAM,

@@ -22,13 +22,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream;
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
-use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
 use opsloop::orchestrator::{NewCase, Orchestrator};
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+use opsloop::pubsub::streams::CMD_STREAM;
 use opsloop::pubsub::subjects;
 use opsloop::workflow::EventKind;
 use serde_json::json;
@@ -92,7 +91,7 @@ async fn run_phase(
 ) -> anyhow::Result<Phase> {
     let pool = pool.clone();
     let orchestrator = Orchestrator::new(pool.clone());
-    let mut workers = Workers::start(&pool, client, js, &orchestrator);
+    let mut workers = Workers::start(&pool, client, js, &orchestrator).await?;
     let limits = PlanLimits {
         script_allowlist: ["restart-service.sh".to_string()].into(),
         ..PlanLimits::default()
@@ -103,17 +102,6 @@ async fn run_phase(
         None => None,
         Some(url) => LlmPlanner::from_settings(&llm_settings(url))?,
     };
-    workers
-        .add(
-            EVT_STREAM,
-            ORCHESTRATOR,
-            "evt.>",
-            FactConsumer {
-                orchestrator: orchestrator.clone(),
-            },
-            1,
-        )
-        .await?;
     let planner = Planner {
         pool: pool.clone(),
         templates,

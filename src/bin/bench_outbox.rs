@@ -139,13 +139,6 @@ async fn capacity(
     rows as f64 / secs
 }
 
-async fn pending(pool: &sqlx::PgPool) -> anyhow::Result<usize> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
-        .fetch_one(pool)
-        .await?;
-    Ok(usize::try_from(n)?)
-}
-
 /// Raw JetStream ack'd publishes of `message` (payload and traceparent, so
 /// the same bytes as the relay's messages), `window` in flight, to a stream
 /// of its own configured like the product's (its messages never reach
@@ -157,6 +150,7 @@ async fn raw_publish(
     total: u32,
 ) -> anyhow::Result<f64> {
     let (payload, traceparent) = message;
+    // A fresh stream for every measurement, so each starts from the same state.
     let raw_stream = "OPSLOOP_BENCH_RAW";
     js.create_or_update_stream(jetstream::stream::Config {
         name: raw_stream.into(),
@@ -252,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
         r.off.push(n as f64 / secs);
-        let backlog_8 = pending(&pool).await?;
+        let backlog_8 = usize::try_from(relay.backlog().await?)?;
         if round == 0 {
             rows_per_transition = backlog_8 as f64 / n as f64;
             // A real transition event, for the raw baseline's message.
@@ -279,7 +273,7 @@ async fn main() -> anyhow::Result<()> {
         .fetch_one(&pool)
         .await?;
         r.spread_cases.push(cases as f64);
-        let rows = pending(&pool).await?;
+        let rows = usize::try_from(relay.backlog().await?)?;
         r.spread
             .push(capacity(&relay, &orchestrator, &lag_samples, rows).await);
         drain(&relay).await?;

@@ -293,6 +293,13 @@ async fn watch_rollout(
     }
 }
 
+/// The deployment as the API server has it now.
+async fn read(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, StepError> {
+    api.get(name)
+        .await
+        .map_err(|e| api_error(&format!("reading deployment {ns}/{name}"), e))
+}
+
 impl Adapter for K8sAdapter {
     fn action(&self) -> &'static str {
         "k8s.rollout"
@@ -312,10 +319,7 @@ impl Adapter for K8sAdapter {
         Box::pin(async move {
             let (ns, name) = deployment_of(params)?;
             let api = self.api(ns).await?;
-            let current = api
-                .get(name)
-                .await
-                .map_err(|e| api_error(&format!("reading deployment {ns}/{name}"), e))?;
+            let current = read(&api, ns, name).await?;
             Ok(Some(json!({
                 "template": template_of(&current),
                 "generation": current.metadata.generation,
@@ -333,10 +337,7 @@ impl Adapter for K8sAdapter {
             let deadline = Instant::now() + timeout;
             let (ns, name) = deployment_of(params)?;
             let api = self.api(ns).await?;
-            let current = api
-                .get(name)
-                .await
-                .map_err(|e| api_error(&format!("reading deployment {ns}/{name}"), e))?;
+            let current = read(&api, ns, name).await?;
             let patch = patch_for(params, &current)?;
             let write = PatchParams {
                 field_manager: Some(FIELD_MANAGER.into()),
@@ -395,10 +396,7 @@ impl Adapter for K8sAdapter {
             // change a conflict instead of a silent overwrite.
             let mut conflicts = 0;
             let (restored, changed) = loop {
-                let mut current = api
-                    .get(name)
-                    .await
-                    .map_err(|e| api_error(&format!("reading deployment {ns}/{name}"), e))?;
+                let mut current = read(&api, ns, name).await?;
                 let spec = current.spec.get_or_insert_with(Default::default);
                 if spec.template == template {
                     break (current, false);
@@ -434,42 +432,22 @@ mod tests {
 
     #[test]
     fn a_rollout_completes_only_when_every_replica_is_new_and_available() {
-        assert_eq!(
-            rollout_of(
-                &with_status(
-                    json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2})
-                ),
-                3
-            ),
-            Rollout::Progressing
-        );
-        assert_eq!(
-            rollout_of(
-                &with_status(
-                    json!({"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2, "availableReplicas": 2})
-                ),
-                3
-            ),
-            Rollout::Progressing
-        );
-        assert_eq!(
-            rollout_of(
-                &with_status(
-                    json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 1})
-                ),
-                3
-            ),
-            Rollout::Progressing
-        );
-        assert_eq!(
-            rollout_of(
-                &with_status(
-                    json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2})
-                ),
-                3
-            ),
-            Rollout::Complete
-        );
+        let replicas = |observed: i64, total: i64, updated: i64, available: i64| {
+            json!({"observedGeneration": observed, "replicas": total,
+                   "updatedReplicas": updated, "availableReplicas": available})
+        };
+        for (status, expected) in [
+            (replicas(2, 2, 2, 2), Rollout::Progressing),
+            (replicas(3, 3, 2, 2), Rollout::Progressing),
+            (replicas(3, 2, 2, 1), Rollout::Progressing),
+            (replicas(3, 2, 2, 2), Rollout::Complete),
+        ] {
+            assert_eq!(
+                rollout_of(&with_status(status.clone()), 3),
+                expected,
+                "{status}"
+            );
+        }
     }
 
     #[test]

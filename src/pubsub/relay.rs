@@ -21,8 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
@@ -80,7 +83,7 @@ pub enum RelayError {
     #[error("publishing {subject}: {source}")]
     Publish {
         subject: String,
-        source: jetstream::context::PublishError,
+        source: PublishError,
     },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
@@ -107,17 +110,7 @@ struct Row_ {
 }
 
 /// An ack on its way, with the row it is for.
-type InFlight<'r> = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = (
-                    &'r Row_,
-                    Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
-                ),
-            > + Send
-            + 'r,
-    >,
->;
+type InFlight<'r> = BoxFuture<'r, (&'r Row_, Result<PublishAck, PublishError>)>;
 
 /// What publishing one batch gave.
 #[derive(Default)]
@@ -259,20 +252,16 @@ impl Relay {
     async fn publish<'r>(&self, rows: &'r [Row_]) -> Published {
         let mut out = Published::default();
         let mut queues: HashMap<(Uuid, &'r str), VecDeque<&'r Row_>> = HashMap::new();
-        let mut heads: Vec<(Uuid, &'r str)> = Vec::new();
         for row in rows {
             let key = (row.order_key, row.subject.as_str());
-            let queue = queues.entry(key).or_default();
-            if queue.is_empty() {
-                heads.push(key);
-            }
-            queue.push_back(row);
+            queues.entry(key).or_default().push_back(row);
         }
+        let keys: Vec<_> = queues.keys().copied().collect();
         let mut in_flight = FuturesUnordered::new();
         // Sending stops for good once the server is unreachable; what is in
         // flight is still collected.
         let mut sending = true;
-        for key in heads {
+        for key in keys {
             if !sending {
                 break;
             }
@@ -281,10 +270,8 @@ impl Relay {
                 .await;
         }
         while let Some((row, ack)) = in_flight.next().await {
-            let row: &Row_ = row;
             match ack {
                 Ok(ack) => {
-                    let ack: jetstream::publish::PublishAck = ack;
                     let status = if ack.duplicate { "duplicate" } else { "ok" };
                     out.report.duplicates += usize::from(ack.duplicate);
                     telemetry::outbox_published(&row.subject, status);
@@ -475,19 +462,13 @@ impl Relay {
 }
 
 /// Claims up to about `batch` of the oldest waiting rows, in id order, with
-/// every waiting row up to the cut-off of each case claimed.
-///
-/// No row locks; one round trip to `outbox_claim` (migration 11), which runs
-/// two statements. The first walks the pending index in id order and takes
-/// each row's case lock (transaction-scoped advisory lock; a row of a case
-/// another relay holds is passed over), noting the cases it holds and the
-/// last id it took. The second reads those cases' rows up to that id under
-/// a snapshot taken after the locks were granted, so it sees everything a
-/// previous holder of a case deleted: the result is always the oldest
-/// waiting rows of each case, never a later row without the earlier ones.
-/// The function also turns off `synchronous_commit` for the relay's
-/// transaction (one fsync less per batch): a delete lost in a database
-/// crash only re-publishes acked rows under their old `Nats-Msg-Id`.
+/// every waiting row up to the cut-off of each case claimed, in one round
+/// trip to `outbox_claim` (migration 11, where the two statements and why
+/// they are two are explained). No row locks: the case locks it takes are
+/// transaction-scoped advisory locks, and the second statement's snapshot,
+/// taken after they were granted, sees every delete of the case's previous
+/// holder, so a later row of a case is never claimed without the earlier
+/// ones. It also turns off `synchronous_commit` for this transaction.
 async fn claim(tx: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::Error> {
     sqlx::query(
         "SELECT id, message_id, order_key, subject, payload, traceparent \

@@ -16,12 +16,11 @@ use opsloop::executor::gateway::GatewayAdapter;
 use opsloop::executor::k8s::K8sAdapter;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::fake_k8s::FakeK8s;
 use crate::flow::Loop;
 use crate::helpers::*;
-use crate::walking_skeleton::{ingest_metric, runs};
+use crate::walking_skeleton::{ingest_metric, runs, steps};
 
 /// A loop whose executor talks to `k8s`.
 async fn loop_with_k8s(pool: PgPool, k8s: &FakeK8s) -> Loop {
@@ -31,18 +30,6 @@ async fn loop_with_k8s(pool: PgPool, k8s: &FakeK8s) -> Loop {
         None,
     )));
     lp
-}
-
-/// The results the executor stored for the case's steps, by phase.
-async fn step_results(lp: &Loop, case: Uuid) -> Vec<(String, String, Value, Option<Value>)> {
-    sqlx::query_as(
-        "SELECT s.phase, s.status, s.result, s.before FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
-         WHERE r.case_id = $1 ORDER BY r.started_at, s.phase DESC, s.idx",
-    )
-    .bind(case)
-    .fetch_all(&lp.app.pool)
-    .await
-    .unwrap()
 }
 
 fn template(d: &Value) -> Value {
@@ -103,13 +90,19 @@ async fn a_rollout_restart_is_dry_run_then_watched_to_completion(pool: PgPool) {
         "{requests:?}"
     );
 
-    let steps = step_results(&lp, case).await;
-    let (phase, status, result, before) = &steps[0];
-    assert_eq!((phase.as_str(), status.as_str()), ("step", "done"));
-    assert_eq!(result["dry_run"]["accepted"], true);
-    assert_eq!(result["dry_run"]["template_changes"], true);
-    assert_eq!(result["rollout"]["updated"], 3);
-    assert_eq!(before.as_ref().unwrap()["images"][&name], "shop/api:1.4");
+    let steps = steps(&lp, case).await;
+    let step = &steps[0];
+    assert_eq!(
+        (step.phase.as_str(), step.status.as_str()),
+        ("step", "done")
+    );
+    assert_eq!(step.result["dry_run"]["accepted"], true);
+    assert_eq!(step.result["dry_run"]["template_changes"], true);
+    assert_eq!(step.result["rollout"]["updated"], 3);
+    assert_eq!(
+        step.before.as_ref().unwrap()["images"][&name],
+        "shop/api:1.4"
+    );
 }
 
 fn image_plan(name: &str, image: &str) -> Value {
@@ -149,13 +142,13 @@ async fn a_progress_deadline_fails_the_step_and_the_undo_restores_the_template(p
     // Broken rollout, then the restore: two new generations.
     assert_eq!(d["metadata"]["generation"], 3);
     assert_eq!(d["status"]["observedGeneration"], 3);
-    let steps = step_results(&lp, case).await;
+    let steps = steps(&lp, case).await;
     assert_eq!(steps.len(), 2, "{steps:?}");
     assert_eq!(
-        (steps[1].0.as_str(), steps[1].1.as_str()),
+        (steps[1].phase.as_str(), steps[1].status.as_str()),
         ("rollback", "done")
     );
-    assert_eq!(steps[1].2["restored"], true);
+    assert_eq!(steps[1].result["restored"], true);
 }
 
 /// The API server refuses the patch in the dry run: nothing is changed,
@@ -183,8 +176,8 @@ async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert!(patches[0].contains("dryRun=All"));
     assert_eq!(k8s.deployment("shop", &name), before);
-    let steps = step_results(&lp, case).await;
-    assert_eq!(steps[1].2["restored"], false, "{steps:?}");
+    let steps = steps(&lp, case).await;
+    assert_eq!(steps[1].result["restored"], false, "{steps:?}");
 }
 
 /// A fake gateway admin API: routes with backend weights.
@@ -215,13 +208,20 @@ async fn set_weights(
     Json(json!({"route": route, "weights": w})).into_response()
 }
 
-/// Serves `g`; the gateway's admin API is under `/admin`.
-async fn start_gateway(g: Gateway) -> TestServer {
+/// A loop whose executor knows one gateway, `edge`: `g`, served with its
+/// admin API under `/admin` for as long as the returned server lives.
+async fn loop_with_gateway(pool: PgPool, g: &Gateway) -> (Loop, TestServer) {
     let app = axum::Router::new()
         .route("/admin/routes/{route}", get(read_route))
         .route("/admin/routes/{route}/weights", put(set_weights))
-        .with_state(g);
-    TestServer::start(app).await
+        .with_state(g.clone());
+    let admin = TestServer::start(app).await;
+    let mut lp = Loop::full(pool).await;
+    lp.executor_mut().register(Arc::new(GatewayAdapter::new(
+        &[format!("edge={}/admin", admin.url).parse().unwrap()],
+        None,
+    )));
+    (lp, admin)
 }
 
 /// Traffic is shifted, the SLO is breached anyway: the case parks and the
@@ -235,12 +235,7 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
         .lock()
         .unwrap()
         .insert(route.clone(), json!({"blue": 70, "green": 30}));
-    let admin = start_gateway(g.clone()).await;
-    let mut lp = Loop::full(pool).await;
-    lp.executor_mut().register(Arc::new(GatewayAdapter::new(
-        &[format!("edge={}/admin", admin.url).parse().unwrap()],
-        None,
-    )));
+    let (lp, _admin) = loop_with_gateway(pool, &g).await;
     let plan = json!({
         "title": "shift to green", "environment": "staging",
         "steps": [{"action": "gateway.flip", "params": {"gateway": "edge", "route": route, "weights": {"blue": 0, "green": 100}},
@@ -280,12 +275,7 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
 #[sqlx::test]
 async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
     let g = Gateway::default();
-    let admin = start_gateway(g.clone()).await;
-    let mut lp = Loop::full(pool).await;
-    lp.executor_mut().register(Arc::new(GatewayAdapter::new(
-        &[format!("edge={}/admin", admin.url).parse().unwrap()],
-        None,
-    )));
+    let (lp, _admin) = loop_with_gateway(pool, &g).await;
     let plan = json!({
         "title": "shift", "environment": "staging",
         "steps": [{"action": "gateway.flip", "params": {"gateway": "internal", "route": "/x", "weights": {"a": 100}},
@@ -298,13 +288,6 @@ async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
     assert!(reason.contains("not in OPSLOOP_GATEWAYS"), "{reason}");
-    let tries: i32 = sqlx::query_scalar(
-        "SELECT s.tries FROM exec_step s JOIN exec_run r ON r.id = s.run_id WHERE r.case_id = $1",
-    )
-    .bind(case)
-    .fetch_one(&lp.app.pool)
-    .await
-    .unwrap();
-    assert_eq!(tries, 1);
+    assert_eq!(steps(&lp, case).await[0].tries, 1);
     assert!(g.puts.lock().unwrap().is_empty());
 }

@@ -16,17 +16,16 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use opsloop::verifier::prometheus::Prometheus;
 use opsloop::verifier::{Check, Verdict, Verifier, VerifySettings};
-use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::flow::Loop;
 use crate::helpers::*;
-use crate::walking_skeleton::statuses;
+use crate::walking_skeleton::{ingest_metric, statuses};
 
 /// The shipped restart-service template checks `latency_p95_ms` (avg) < 300
 /// over 60 s.
@@ -354,15 +353,6 @@ async fn a_prometheus_error_status_parks_inconclusive(pool: PgPool) {
     );
 }
 
-/// The current minute, as metric rows want it.
-fn this_minute() -> String {
-    let now = Utc::now();
-    now.with_second(0)
-        .and_then(|t| t.with_nanosecond(0))
-        .unwrap()
-        .to_rfc3339()
-}
-
 #[sqlx::test]
 async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
     let prom = FakePrometheus::start(Answer::Value("950")).await;
@@ -373,21 +363,7 @@ async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
     );
     let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
     let (svc, case) = degraded_case(&lp).await;
-    let r = lp
-        .app
-        .send(
-            Method::POST,
-            "/metrics/ingest",
-            Some(SERVICE),
-            &[],
-            Some(
-                json!({"rows": [{"resource": svc, "metric": "latency_p95_ms", "ts": this_minute(),
-                                  "avg": 120.0, "max": 130.0}]})
-                .to_string(),
-            ),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    ingest_metric(&lp, &svc, "latency_p95_ms", 120.0).await;
 
     lp.settle().await;
 

@@ -81,6 +81,32 @@ pub(crate) async fn runs(lp: &Loop, case: Uuid) -> Vec<(String, String)> {
         .unwrap()
 }
 
+/// One step the executor stored for a case.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct StepRow {
+    /// The run's kind: `run` or `rollback`.
+    pub kind: String,
+    pub phase: String,
+    pub idx: i32,
+    pub status: String,
+    pub tries: i32,
+    pub result: Value,
+    pub before: Option<Value>,
+}
+
+/// The case's steps: oldest run first, forward steps before rollback steps.
+pub(crate) async fn steps(lp: &Loop, case: Uuid) -> Vec<StepRow> {
+    sqlx::query_as(
+        "SELECT r.kind, s.phase, s.idx, s.status, s.tries, s.result, s.before \
+         FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
+         WHERE r.case_id = $1 ORDER BY r.started_at, s.phase DESC, s.idx",
+    )
+    .bind(case)
+    .fetch_all(&lp.app.pool)
+    .await
+    .unwrap()
+}
+
 #[sqlx::test]
 async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
     let lp = Loop::full(pool).await;
@@ -118,15 +144,9 @@ async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
     .unwrap();
     assert_eq!(evidence, 1);
     // The script ran once, with its argv, and its output is stored.
-    let step: (String, i32, Value) = sqlx::query_as(
-        "SELECT s.status, s.tries, s.result FROM exec_step s JOIN exec_run r ON r.id = s.run_id WHERE r.case_id = $1",
-    )
-    .bind(case)
-    .fetch_one(&lp.app.pool)
-    .await
-    .unwrap();
-    assert_eq!((step.0.as_str(), step.1), ("done", 1));
-    assert_eq!(step.2["stdout"]["text"], format!("restarted {svc}\n"));
+    let step = &steps(&lp, case).await[0];
+    assert_eq!((step.status.as_str(), step.tries), ("done", 1));
+    assert_eq!(step.result["stdout"]["text"], format!("restarted {svc}\n"));
     let outcome: String =
         sqlx::query_scalar("SELECT outcome FROM verify_result WHERE case_id = $1")
             .bind(case)
@@ -159,14 +179,8 @@ async fn a_breach_parks_the_case_and_rolls_back(pool: PgPool) {
             ("rollback".into(), "rolled_back".into())
         ]
     );
-    let undo: Value = sqlx::query_scalar(
-        "SELECT s.result FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
-         WHERE r.case_id = $1 AND r.kind = 'rollback'",
-    )
-    .bind(case)
-    .fetch_one(&lp.app.pool)
-    .await
-    .unwrap();
+    let steps = steps(&lp, case).await;
+    let undo = &steps.iter().find(|s| s.kind == "rollback").unwrap().result;
     assert_eq!(
         undo["stdout"]["text"],
         format!("restored previous instance of {svc}\n")
@@ -209,14 +223,12 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
         [("run".into(), "rolled_back".into())]
     );
     // A refusal is not retried: nothing would change by asking again.
-    let tries: i32 = sqlx::query_scalar(
-        "SELECT s.tries FROM exec_step s JOIN exec_run r ON r.id = s.run_id \
-         WHERE r.case_id = $1 AND s.phase = 'step' AND s.idx = 1",
-    )
-    .bind(case)
-    .fetch_one(&lp.app.pool)
-    .await
-    .unwrap();
+    let tries = steps(&lp, case)
+        .await
+        .iter()
+        .find(|s| s.phase == "step" && s.idx == 1)
+        .unwrap()
+        .tries;
     assert_eq!(tries, 1);
 
     // resume → PLANNING → a person's new plan goes through again.

@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
+use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
 use opsloop::pubsub::consumer::{self, ConsumerSpec, Handler};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::streams::EVT_STREAM;
 use tokio_util::sync::CancellationToken;
 
 use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
@@ -219,23 +221,31 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts a relay woken by `orchestrator`'s commits.
-    pub fn start(
+    /// Starts a relay woken by `orchestrator`'s commits, and `orchestrator`
+    /// applying the workers' facts (one at a time, as `opsloop serve` does).
+    pub async fn start(
         pool: &sqlx::PgPool,
         client: &async_nats::Client,
         js: &jetstream::Context,
         orchestrator: &Orchestrator,
-    ) -> Workers {
+    ) -> anyhow::Result<Workers> {
         let shutdown = CancellationToken::new();
         let relay = Relay::new(pool.clone(), client.clone(), RelaySettings::default());
         let relay = tokio::spawn(relay.run(orchestrator.outbox_ready(), shutdown.clone()));
-        Workers {
+        let mut workers = Workers {
             js: js.clone(),
             pool: pool.clone(),
             shutdown,
             tasks: vec![relay],
             consumers: Vec::new(),
-        }
+        };
+        let facts = FactConsumer {
+            orchestrator: orchestrator.clone(),
+        };
+        workers
+            .add(EVT_STREAM, ORCHESTRATOR, "evt.>", facts, 1)
+            .await?;
+        Ok(workers)
     }
 
     /// Runs `handler` on `subject`, `concurrency` messages at a time.
