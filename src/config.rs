@@ -54,6 +54,11 @@ pub struct ServeConfig {
     #[arg(long, env = "OPSLOOP_RELAY_LOOPS", default_value_t = 3,
           value_parser = clap::value_parser!(u64).range(1..=16))]
     pub relay_loops: u64,
+    /// After a commit wakes the relay, it waits this long (ms) for more
+    /// commits to take in the same batch; 0 publishes at once.
+    #[arg(long, env = "OPSLOOP_RELAY_LINGER_MS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub relay_linger_ms: u64,
     /// Script names `script.exec` steps may use (comma-separated file names
     /// in the scripts folder). The default is the shipped demo script.
     #[arg(

@@ -18,19 +18,25 @@
 //!
 //! Then once:
 //! 2. steady open-loop load at 50 % and 90 % of the median peak with the
-//!    relay on: commit -> ack lag p50/p99/max (from `outbox.created_at` to
-//!    the acked row's deletion, PostgreSQL clock), backlog sampled over time.
+//!    relay on: commit -> ack lag p50/p99/max of every transition event
+//!    (from the instant `Orchestrator::transition` returned after its commit
+//!    to the instant the relay took the event's JetStream ack, both on this
+//!    process's clock), beside the relay's own insert -> ack figure over all
+//!    rows (`outbox_lag_seconds`); backlog sampled over time.
 //!
 //! Usage: DATABASE_URL=... NATS_URL=... bench_outbox [--seconds 6] [--clients 8]
-//!        [--rounds 3] [--batch 1024] [--loops 3] [--per-case 20]
+//!        [--rounds 3] [--batch 1024] [--loops 3] [--linger-us 1000] [--per-case 20]
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use opsloop::orchestrator::Orchestrator;
-use opsloop::pubsub::relay::{Relay, RelaySettings};
+use opsloop::pubsub::envelope::Envelope;
+use opsloop::pubsub::relay::{AckSample, Relay, RelaySettings};
 use opsloop::pubsub::streams::StreamSettings;
+use opsloop::pubsub::subjects;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -39,6 +45,22 @@ mod common;
 use common::{
     arg, database, jetstream as connect_jetstream, ms, new_case, orchestrator_step, quantile,
 };
+
+/// When each transition's commit returned, by case and version.
+type Commits = HashMap<(Uuid, i64), Instant>;
+
+/// What a load phase did.
+struct Load {
+    transitions: usize,
+    seconds: f64,
+    commits: Commits,
+}
+
+impl Load {
+    fn rate(&self) -> f64 {
+        self.transitions as f64 / self.seconds
+    }
+}
 
 /// Runs `clients` walkers for `seconds`; with `rate` (transitions/s in
 /// total) they pace themselves (open loop), otherwise they go flat out.
@@ -50,7 +72,7 @@ async fn load(
     seconds: f64,
     rate: Option<f64>,
     per_case: Option<u64>,
-) -> anyhow::Result<(usize, f64)> {
+) -> anyhow::Result<Load> {
     let mut cases = Vec::new();
     for _ in 0..clients {
         cases.push(new_case(orchestrator).await?);
@@ -62,7 +84,8 @@ async fn load(
         let orchestrator = orchestrator.clone();
         let interval = rate.map(|r| Duration::from_secs_f64(clients as f64 / r));
         tasks.push(tokio::spawn(async move {
-            let (mut case, mut step, mut total) = (case, 0u64, 0usize);
+            let (mut case, mut step) = (case, 0u64);
+            let mut commits = Vec::new();
             let mut next = Instant::now();
             while Instant::now() < deadline {
                 if let Some(i) = interval {
@@ -73,18 +96,48 @@ async fn load(
                     case = new_case(&orchestrator).await?;
                     step = 0;
                 }
-                orchestrator_step(&orchestrator, case, step).await?;
+                let version = orchestrator_step(&orchestrator, case, step).await?;
+                commits.push(((case, version), Instant::now()));
                 step += 1;
-                total += 1;
             }
-            anyhow::Ok(total)
+            anyhow::Ok(commits)
         }));
     }
-    let mut n = 0;
+    let mut commits = Commits::new();
     for t in tasks {
-        n += t.await??;
+        commits.extend(t.await??);
     }
-    Ok((n, started.elapsed().as_secs_f64()))
+    Ok(Load {
+        transitions: commits.len(),
+        seconds: started.elapsed().as_secs_f64(),
+        commits,
+    })
+}
+
+/// Commit -> ack of every transition event acked in `acks` whose commit is
+/// in `commits`, sorted; and how many acks came before their commit's
+/// return was noted (the two tasks' scheduling; counted as zero).
+fn commit_to_ack(acks: &[AckSample], commits: &Commits) -> (Vec<Duration>, usize) {
+    let mut lags = Vec::new();
+    let mut early = 0;
+    for ack in acks
+        .iter()
+        .filter(|a| a.subject == subjects::EVT_CASE_TRANSITION)
+    {
+        let Ok(envelope) = serde_json::from_str::<Envelope>(&ack.payload) else {
+            continue;
+        };
+        let (Some(case), Some(version)) = (envelope.case_id, envelope.data["version"].as_i64())
+        else {
+            continue;
+        };
+        if let Some(committed) = commits.get(&(case, version)) {
+            early += usize::from(ack.acked_at < *committed);
+            lags.push(ack.acked_at.saturating_duration_since(*committed));
+        }
+    }
+    lags.sort_unstable();
+    (lags, early)
 }
 
 struct RelayHandle {
@@ -125,13 +178,13 @@ async fn drain(relay: &Relay) -> anyhow::Result<usize> {
 async fn capacity(
     relay: &Relay,
     orchestrator: &Orchestrator,
-    samples: &Arc<std::sync::Mutex<Vec<f64>>>,
+    acks: &Mutex<Vec<AckSample>>,
     rows: usize,
 ) -> f64 {
-    samples.lock().expect("lag samples").clear();
+    acks.lock().expect("acks").clear();
     let started = Instant::now();
     let handle = start_relay(relay, orchestrator);
-    while samples.lock().expect("lag samples").len() < rows {
+    while acks.lock().expect("acks").len() < rows {
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -215,17 +268,20 @@ async fn main() -> anyhow::Result<()> {
     let pool = database(u32::try_from(clients + 8)?).await?;
     let (client, js) = connect_jetstream().await?;
     let orchestrator = Orchestrator::new(pool.clone());
-    let lag_samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let acks = Arc::new(Mutex::new(Vec::new()));
     let defaults = RelaySettings::default();
     let settings = RelaySettings {
-        lag_samples: Some(lag_samples.clone()),
+        acks: Some(acks.clone()),
         batch: arg("--batch").map_or(Ok(defaults.batch), |s| s.parse())?,
         loops: arg("--loops").map_or(Ok(defaults.loops), |s| s.parse())?,
+        linger: arg("--linger-us").map_or(Ok(defaults.linger), |s| {
+            s.parse().map(Duration::from_micros)
+        })?,
         ..defaults
     };
     println!(
-        "bench_outbox: {clients} clients, {seconds} s per phase; relay batch {}, {} loop(s)",
-        settings.batch, settings.loops
+        "bench_outbox: {clients} clients, {seconds} s per phase; relay batch {}, {} loop(s), linger {:?}",
+        settings.batch, settings.loops, settings.linger
     );
     let relay = Relay::new(pool.clone(), client.clone(), settings);
     drain(&relay).await?; // start from an empty backlog
@@ -244,11 +300,11 @@ async fn main() -> anyhow::Result<()> {
     let mut message = (String::new(), String::new());
     let mut rows_per_transition = 0.0;
     for round in 0..rounds {
-        let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
-        r.off.push(n as f64 / secs);
+        let off = load(&orchestrator, clients, seconds, None, None).await?;
+        r.off.push(off.rate());
         let backlog_8 = usize::try_from(relay.backlog().await?)?;
         if round == 0 {
-            rows_per_transition = backlog_8 as f64 / n as f64;
+            rows_per_transition = backlog_8 as f64 / off.transitions as f64;
             // A real transition event, for the raw baseline's message.
             message = sqlx::query_as(
                 "SELECT payload, COALESCE(traceparent, '') FROM outbox WHERE subject = 'evt.case.transition.v1' ORDER BY id DESC LIMIT 1",
@@ -257,14 +313,14 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         }
         r.capacity_8
-            .push(capacity(&relay, &orchestrator, &lag_samples, backlog_8).await);
+            .push(capacity(&relay, &orchestrator, &acks, backlog_8).await);
         drain(&relay).await?;
 
         let handle = start_relay(&relay, &orchestrator);
-        let (n, secs) = load(&orchestrator, clients, seconds, None, None).await?;
+        let on = load(&orchestrator, clients, seconds, None, None).await?;
         handle.stop().await;
         drain(&relay).await?;
-        r.on.push(n as f64 / secs);
+        r.on.push(on.rate());
 
         load(&orchestrator, clients, seconds, None, Some(per_case)).await?;
         let cases: i64 = sqlx::query_scalar(
@@ -275,7 +331,7 @@ async fn main() -> anyhow::Result<()> {
         r.spread_cases.push(cases as f64);
         let rows = usize::try_from(relay.backlog().await?)?;
         r.spread
-            .push(capacity(&relay, &orchestrator, &lag_samples, rows).await);
+            .push(capacity(&relay, &orchestrator, &acks, rows).await);
         drain(&relay).await?;
         r.raw.push(raw_publish(&js, &message, 256, 20_000).await?);
         r.raw_narrow
@@ -333,7 +389,7 @@ async fn main() -> anyhow::Result<()> {
     for share in [0.5, 0.9] {
         let rate = peak * share;
         let handle = start_relay(&relay, &orchestrator);
-        lag_samples.lock().expect("lag samples").clear();
+        acks.lock().expect("acks").clear();
         let sampler = {
             let relay = relay.clone();
             tokio::spawn(async move {
@@ -346,27 +402,28 @@ async fn main() -> anyhow::Result<()> {
                 samples
             })
         };
-        let (n, secs) = load(&orchestrator, clients, seconds, Some(rate), None).await?;
+        let steady = load(&orchestrator, clients, seconds, Some(rate), None).await?;
         let backlog = sampler.await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         handle.stop().await;
         drain(&relay).await?;
-        let mut lags: Vec<Duration> = lag_samples
-            .lock()
-            .expect("lag samples")
-            .iter()
-            .map(|s| Duration::from_secs_f64(s.max(0.0)))
-            .collect();
-        lags.sort_unstable();
+        let acks = std::mem::take(&mut *acks.lock().expect("acks"));
+        let (lags, early) = commit_to_ack(&acks, &steady.commits);
+        let mut inserted: Vec<Duration> = acks.iter().map(|a| a.lag).collect();
+        inserted.sort_unstable();
         println!(
-            "load {:>3.0}% ({:.0} transitions/s offered, {:.0} achieved): lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} rows; backlog every 0.5 s: {:?}",
+            "load {:>3.0}% ({:.0} transitions/s offered, {:.0} achieved): commit -> ack lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} of {} transition events ({early} acked before the commit's return was noted); insert -> ack (all {} rows) p50 {:.2} ms, p99 {:.2} ms; backlog every 0.5 s: {:?}",
             share * 100.0,
             rate,
-            n as f64 / secs,
+            steady.rate(),
             ms(quantile(&lags, 0.5)),
             ms(quantile(&lags, 0.99)),
             ms(lags.last().copied().unwrap_or_default()),
             lags.len(),
+            steady.transitions,
+            inserted.len(),
+            ms(quantile(&inserted, 0.5)),
+            ms(quantile(&inserted, 0.99)),
             backlog
         );
     }

@@ -178,7 +178,9 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                 let t = Instant::now();
                 match mode {
                     Mode::Raw => raw_step(&ctx.pool, case, step, &meta).await?,
-                    Mode::Orchestrator => orchestrator_step(&ctx.orchestrator, case, step).await?,
+                    Mode::Orchestrator => {
+                        orchestrator_step(&ctx.orchestrator, case, step).await?;
+                    }
                     Mode::Http => http_step(&ctx, case, step).await?,
                 }
                 lat.push(t.elapsed());

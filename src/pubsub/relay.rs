@@ -17,8 +17,9 @@
 //! It must not decide anything about cases: it only moves rows.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -27,7 +28,8 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -51,6 +53,11 @@ pub struct RelaySettings {
     pub loops: usize,
     /// Fallback poll for rows committed by other processes.
     pub poll: Duration,
+    /// After a commit's wake-up, wait this long for more commits, so that
+    /// one batch takes them together: at a high commit rate a batch of one
+    /// or two rows costs the relay as much as one of ten, and the CPU it
+    /// takes is the transitions' (see docs/BENCHMARKS.md).
+    pub linger: Duration,
     /// Idempotency keys are deleted after this long.
     pub idempotency_retention: Duration,
     /// Inbox records are deleted after this long; keep it above the streams'
@@ -58,8 +65,20 @@ pub struct RelaySettings {
     pub inbox_retention: Duration,
     /// Test-only: after the acks, stall instead of marking (the crash window).
     pub stall_after_publish: bool,
-    /// Benchmarks: every commit -> ack lag in seconds is appended here.
-    pub lag_samples: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
+    /// Benchmarks: every acked row is appended here once its batch is
+    /// committed.
+    pub acks: Option<Arc<std::sync::Mutex<Vec<AckSample>>>>,
+}
+
+/// Benchmarks: one acked row as the relay saw it.
+#[derive(Debug, Clone)]
+pub struct AckSample {
+    pub subject: String,
+    pub payload: String,
+    /// When the relay took the ack, on this process's clock.
+    pub acked_at: Instant,
+    /// From the row's insert to its ack (`outbox_lag_seconds`).
+    pub lag: Duration,
 }
 
 impl Default for RelaySettings {
@@ -68,10 +87,11 @@ impl Default for RelaySettings {
             batch: 1024,
             loops: 3,
             poll: Duration::from_millis(250),
+            linger: Duration::from_millis(1),
             idempotency_retention: Duration::from_secs(24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
             stall_after_publish: false,
-            lag_samples: None,
+            acks: None,
         }
     }
 }
@@ -107,6 +127,8 @@ struct Row_ {
     subject: String,
     payload: String,
     traceparent: Option<String>,
+    /// Seconds since its insert when it was claimed (database clock).
+    age: f64,
 }
 
 /// An ack on its way, with the row it is for.
@@ -114,9 +136,10 @@ type InFlight<'r> = BoxFuture<'r, (&'r Row_, Result<PublishAck, PublishError>)>;
 
 /// What publishing one batch gave.
 #[derive(Default)]
-struct Published {
+struct Published<'r> {
     report: RelayReport,
-    acked: Vec<i64>,
+    /// With the instant each ack was taken.
+    acked: Vec<(&'r Row_, Instant)>,
     /// Rows that can never be published, with the reason.
     failed: Vec<(i64, String)>,
     /// The first row the server refused (its attempts are counted).
@@ -128,24 +151,21 @@ struct Published {
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
+    /// For the run loops' own connections.
+    options: PgConnectOptions,
     js: jetstream::Context,
     client: async_nats::Client,
     settings: RelaySettings,
 }
 
 impl Relay {
-    /// The relay connects to `pool`'s database with a small pool of its own
-    /// (`loops + 1` connections) that skips the liveness ping sqlx sends
-    /// before handing out a connection: that ping was a quarter of a small
-    /// batch's round trips. A dead connection fails one batch, which the
-    /// loop retries with backoff like any database error.
     pub fn new(pool: PgPool, client: async_nats::Client, settings: RelaySettings) -> Self {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(u32::try_from(settings.loops.max(1) + 1).unwrap_or(2))
-            .acquire_timeout(Duration::from_secs(5))
-            .test_before_acquire(false)
-            .connect_lazy_with((*pool.connect_options()).clone());
         Relay {
+            // Named, so that an operator can tell the relay's connections
+            // (and its open transactions) in pg_stat_activity.
+            options: (*pool.connect_options())
+                .clone()
+                .application_name("opsloop-relay"),
             pool,
             js: jetstream::new(client.clone()),
             client,
@@ -153,15 +173,41 @@ impl Relay {
         }
     }
 
-    /// Claims one batch, publishes it, marks what was acked. Only the relay
-    /// holds a transaction across network calls: small batches, bounded waits.
+    /// Claims one batch, publishes it, marks what was acked, on a connection
+    /// of its own (the run loops keep theirs, see `Link`): a pooled one could
+    /// go back to the pool inside the cycle's transaction if this future
+    /// were dropped.
     pub async fn relay_once(&self) -> Result<RelayReport, RelayError> {
+        let mut link = Link::new(self, None);
+        let result = link.relay_once().await;
+        link.close().await;
+        result
+    }
+
+    /// One batch in two round trips to PostgreSQL: `BEGIN` and the claim in
+    /// one, the delete of the acked rows and `COMMIT` in the other. Only the
+    /// relay holds a transaction across network calls: small batches,
+    /// bounded waits. sqlx does not know about this transaction, so after a
+    /// `Database` error the caller must drop `conn`.
+    /// A full claim wakes the helper loops waiting on `backlog` at once, so
+    /// that their claims overlap this batch's publishing.
+    async fn cycle(
+        &self,
+        conn: &mut PgConnection,
+        backlog: Option<&Notify>,
+    ) -> Result<RelayReport, RelayError> {
         if self.client.connection_state() != async_nats::connection::State::Connected {
             return Err(RelayError::NotConnected);
         }
-        let mut tx = self.pool.begin().await?;
-        let rows = claim(&mut tx, self.settings.batch).await?;
+        let rows = claim(conn, self.settings.batch).await?;
+        let claimed = Instant::now();
+        if let Some(backlog) = backlog
+            && i64::try_from(rows.len()).unwrap_or(i64::MAX) >= self.settings.batch
+        {
+            backlog.notify_waiters();
+        }
         if rows.is_empty() {
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
             return Ok(RelayReport::default());
         }
 
@@ -180,22 +226,6 @@ impl Relay {
             std::future::pending::<()>().await;
         }
 
-        // Acked rows leave the outbox: JetStream is the record of what was
-        // published (and deleting is far cheaper than updating wide rows).
-        let lags: Vec<f64> = sqlx::query_scalar(
-            "DELETE FROM outbox WHERE id = ANY($1) \
-             RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
-        )
-        .bind(&acked)
-        .fetch_all(&mut *tx)
-        .await?;
-        for lag in &lags {
-            telemetry::outbox_lag(*lag);
-        }
-        if let Some(sink) = &self.settings.lag_samples {
-            sink.lock().unwrap_or_else(|e| e.into_inner()).extend(lags);
-        }
-        report.published = acked.len();
         for (id, reason) in &failed {
             sqlx::query(
                 "UPDATE outbox SET failed_at = clock_timestamp(), attempts = attempts + 1, \
@@ -203,7 +233,7 @@ impl Relay {
             )
             .bind(id)
             .bind(reason)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
             let subject = rows
                 .iter()
@@ -223,7 +253,7 @@ impl Relay {
             .bind(id)
             .bind(&reason)
             .bind(MAX_PUBLISH_ATTEMPTS)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *conn)
             .await?;
             if let Some(subject) = gave_up {
                 telemetry::outbox_published(&subject, "failed");
@@ -232,7 +262,13 @@ impl Relay {
             }
         }
         report.failed += failed.len();
-        tx.commit().await?;
+        // Acked rows leave the outbox: JetStream is the record of what was
+        // published (and deleting is far cheaper than updating wide rows).
+        sqlx::raw_sql(AssertSqlSafe(delete_and_commit(&acked)))
+            .execute(&mut *conn)
+            .await?;
+        report.published = acked.len();
+        self.record_lags(&acked, claimed);
         match error {
             Some(e) if report.published == 0 && report.failed == 0 => Err(e),
             Some(e) => {
@@ -244,12 +280,35 @@ impl Relay {
         }
     }
 
+    /// Insert -> ack lag: the row's age at the claim (database clock) plus
+    /// the time from the claim to its ack (this process's clock), so no
+    /// clock is shared between the two hosts.
+    fn record_lags(&self, acked: &[(&Row_, Instant)], claimed: Instant) {
+        let mut sink = self
+            .settings
+            .acks
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
+        for (row, acked_at) in acked {
+            let lag = Duration::from_secs_f64(row.age.max(0.0)) + acked_at.duration_since(claimed);
+            telemetry::outbox_lag(lag.as_secs_f64());
+            if let Some(sink) = sink.as_mut() {
+                sink.push(AckSample {
+                    subject: row.subject.clone(),
+                    payload: row.payload.clone(),
+                    acked_at: *acked_at,
+                    lag,
+                });
+            }
+        }
+    }
+
     /// Publishes `rows` (id order) with one row per (case, subject) in
     /// flight: a case's next row goes out as soon as the previous one is
     /// acked, so a failed ack can never let a later row of that case
     /// overtake it in the stream, and rows of different cases never wait
     /// for each other.
-    async fn publish<'r>(&self, rows: &'r [Row_]) -> Published {
+    async fn publish<'r>(&self, rows: &'r [Row_]) -> Published<'r> {
         let mut out = Published::default();
         let mut queues: HashMap<(Uuid, &'r str), VecDeque<&'r Row_>> = HashMap::new();
         for row in rows {
@@ -275,7 +334,7 @@ impl Relay {
                     let status = if ack.duplicate { "duplicate" } else { "ok" };
                     out.report.duplicates += usize::from(ack.duplicate);
                     telemetry::outbox_published(&row.subject, status);
-                    out.acked.push(row.id);
+                    out.acked.push((row, Instant::now()));
                     if sending {
                         let key = (row.order_key, row.subject.as_str());
                         sending = self
@@ -308,7 +367,7 @@ impl Relay {
         key: (Uuid, &'r str),
         queues: &mut HashMap<(Uuid, &'r str), VecDeque<&'r Row_>>,
         in_flight: &mut FuturesUnordered<InFlight<'r>>,
-        out: &mut Published,
+        out: &mut Published<'r>,
     ) -> bool {
         let Some(queue) = queues.get_mut(&key) else {
             return true;
@@ -383,15 +442,13 @@ impl Relay {
         let helpers: Vec<_> = (1..self.settings.loops.max(1))
             .map(|_| tokio::spawn(self.clone().help(backlog.clone(), shutdown.clone())))
             .collect();
+        let mut link = Link::new(&self, Some(backlog.clone()));
         let mut backoff = Duration::from_millis(100);
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_backlog = tokio::time::Instant::now();
         loop {
-            let wait = match self.relay_once().await {
-                Ok(r) if self.full(&r) => {
-                    backlog.notify_waiters();
-                    Duration::ZERO
-                }
+            let wait = match link.relay_once().await {
+                Ok(r) if self.full(&r) => Duration::ZERO,
                 Ok(_) => {
                     backoff = Duration::from_millis(100);
                     self.settings.poll
@@ -423,30 +480,35 @@ impl Relay {
             if wait.is_zero() {
                 continue;
             }
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = super::outbox::worker_commit() => {}
-                _ = tokio::time::sleep(wait) => {}
+            let woken = tokio::select! {
+                _ = wake.notified() => true,
+                _ = super::outbox::worker_commit() => true,
+                _ = tokio::time::sleep(wait) => false,
                 _ = shutdown.cancelled() => break,
+            };
+            if woken && !self.settings.linger.is_zero() {
+                tokio::time::sleep(self.settings.linger).await;
             }
         }
+        link.close().await;
         for helper in helpers {
             let _ = helper.await;
         }
     }
 
-    /// A helper loop: asleep until the main loop reports a backlog, then
-    /// drains alongside it until a batch comes back short. Idle helpers
+    /// A helper loop: asleep until a loop claims a full batch (a backlog),
+    /// then drains alongside until a batch comes back short. Idle helpers
     /// cost nothing, so under a light load one loop takes every commit's
     /// rows in as few transactions as it can.
     async fn help(self, backlog: Arc<Notify>, shutdown: CancellationToken) {
+        let mut link = Link::new(&self, Some(backlog.clone()));
         loop {
             tokio::select! {
                 _ = backlog.notified() => {}
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
             }
             while !shutdown.is_cancelled() {
-                match self.relay_once().await {
+                match link.relay_once().await {
                     Ok(r) if self.full(&r) => {}
                     Ok(_) => break,
                     // The main loop reports and backs off.
@@ -454,6 +516,7 @@ impl Relay {
                 }
             }
         }
+        link.close().await;
     }
 
     fn full(&self, r: &RelayReport) -> bool {
@@ -461,35 +524,92 @@ impl Relay {
     }
 }
 
-/// Claims up to about `batch` of the oldest waiting rows, in id order, with
-/// every waiting row up to the cut-off of each case claimed, in one round
-/// trip to `outbox_claim` (migration 11, where the two statements and why
-/// they are two are explained). No row locks: the case locks it takes are
+/// A run loop's own connection, outside any pool: a pool pings each
+/// connection before handing it out or when it comes back, a round trip as
+/// dear as a third of a small batch's. A database error drops it, and with
+/// it any transaction the cycle left open and that transaction's case locks.
+struct Link {
+    relay: Relay,
+    conn: Option<PgConnection>,
+    /// Where the helper loops wait for a backlog.
+    backlog: Option<Arc<Notify>>,
+}
+
+impl Link {
+    fn new(relay: &Relay, backlog: Option<Arc<Notify>>) -> Self {
+        Link {
+            relay: relay.clone(),
+            conn: None,
+            backlog,
+        }
+    }
+
+    async fn relay_once(&mut self) -> Result<RelayReport, RelayError> {
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.relay.options).await?,
+        };
+        let result = self.relay.cycle(&mut conn, self.backlog.as_deref()).await;
+        if !matches!(result, Err(RelayError::Database(_))) {
+            self.conn = Some(conn);
+        }
+        result
+    }
+
+    async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Opens the cycle's transaction and claims up to about `batch` of the
+/// oldest waiting rows, in id order, with every waiting row up to the
+/// cut-off of each case claimed, in one round trip: `BEGIN` and a call of
+/// `outbox_claim` (migrations 11 and 12, where its two statements and why
+/// they are two are explained) sent as one simple query, as sqlx would send
+/// `BEGIN` on its own. No row locks: the case locks it takes are
 /// transaction-scoped advisory locks, and the second statement's snapshot,
 /// taken after they were granted, sees every delete of the case's previous
 /// holder, so a later row of a case is never claimed without the earlier
 /// ones. It also turns off `synchronous_commit` for this transaction.
-async fn claim(tx: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::Error> {
-    sqlx::query(
-        "SELECT id, message_id, order_key, subject, payload, traceparent \
-         FROM outbox_claim($1, $2)",
-    )
-    .bind(batch)
-    .bind(CASE_LOCK_NAMESPACE)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .map(|r| {
-        Ok(Row_ {
-            id: r.try_get("id")?,
-            message_id: r.try_get("message_id")?,
-            order_key: r.try_get("order_key")?,
-            subject: r.try_get("subject")?,
-            payload: r.try_get("payload")?,
-            traceparent: r.try_get("traceparent")?,
+async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::Error> {
+    // Both are integers: nothing here can carry SQL.
+    let sql = format!(
+        "BEGIN; SELECT id, message_id, order_key, subject, payload, traceparent, age \
+         FROM outbox_claim({batch}, {CASE_LOCK_NAMESPACE})"
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Row_ {
+                id: r.try_get("id")?,
+                message_id: r.try_get("message_id")?,
+                order_key: r.try_get("order_key")?,
+                subject: r.try_get("subject")?,
+                payload: r.try_get("payload")?,
+                traceparent: r.try_get("traceparent")?,
+                age: r.try_get("age")?,
+            })
         })
-    })
-    .collect()
+        .collect()
+}
+
+/// Deletes the acked rows and commits, in one simple query (ids are
+/// integers: nothing here can carry SQL).
+fn delete_and_commit(acked: &[(&Row_, Instant)]) -> String {
+    if acked.is_empty() {
+        return "COMMIT".into();
+    }
+    let mut sql = String::from("DELETE FROM outbox WHERE id = ANY('{");
+    for (i, (row, _)) in acked.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let _ = write!(sql, "{sep}{}", row.id);
+    }
+    sql.push_str("}'::bigint[]); COMMIT");
+    sql
 }
 
 /// The server refused this very message (as opposed to being unreachable).

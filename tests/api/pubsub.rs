@@ -351,6 +351,72 @@ async fn relay_loops_with_helpers_keep_case_order_while_transitions_commit(pool:
 }
 
 #[sqlx::test]
+async fn a_relay_whose_connections_are_cut_reconnects_and_loses_nothing(pool: PgPool) {
+    let (app, nats, js) = setup(&pool).await;
+    walk(&app, 6).await;
+    let shutdown = CancellationToken::new();
+    let settings = RelaySettings {
+        batch: 2,
+        loops: 2,
+        ..RelaySettings::default()
+    };
+    let cut_off = Relay::new(pool.clone(), nats.client().await, settings);
+    let task = tokio::spawn(cut_off.run(app.orchestrator.outbox_ready(), shutdown.clone()));
+    // Cut the relay's connections again and again, mid-transaction or not,
+    // while more cases move.
+    let cutter = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut cut = 0;
+            for _ in 0..40 {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE application_name = 'opsloop-relay' AND datname = current_database()",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                cut += n;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            cut
+        })
+    };
+    walk(&app, 6).await;
+    let cut = cutter.await.unwrap();
+    assert!(cut > 0, "no relay connection was cut");
+    let watcher = relay(&pool, &nats, 4).await;
+    let mut waited = 0;
+    while watcher.backlog().await.unwrap() > 0 {
+        assert!(waited < 300, "the backlog never drained after {cut} cuts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(held, 0, "no case lock outlives the relay");
+    let events = read_stream(&js, EVT_STREAM).await;
+    assert_eq!(assert_per_case_order(&events), 12);
+    let (transitions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let published = events
+        .iter()
+        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
+        .count();
+    assert_eq!(
+        published as i64, transitions,
+        "every transition reached the stream"
+    );
+}
+
+#[sqlx::test]
 async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;
     let case = app.case_in("ANALYZING").await;

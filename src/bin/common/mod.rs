@@ -47,12 +47,13 @@ pub async fn new_case(orchestrator: &Orchestrator) -> anyhow::Result<Uuid> {
     Ok(orchestrator.create_case(new, &bench_actor()).await?.id)
 }
 
-/// One transition through `Orchestrator::transition`, keyed like an HTTP request.
+/// One transition through `Orchestrator::transition`, keyed like an HTTP
+/// request; the case's version after it.
 pub async fn orchestrator_step(
     orchestrator: &Orchestrator,
     case: Uuid,
     step: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     let outcome = orchestrator
         .transition(TransitionRequest {
             case_id: case,
@@ -70,7 +71,9 @@ pub async fn orchestrator_step(
         })
         .await?;
     match outcome {
-        Outcome::Applied(_) => Ok(()),
+        Outcome::Applied(reply) => reply.body["case"]["version"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no version in {}", reply.body)),
         other => anyhow::bail!("unexpected outcome {other:?}"),
     }
 }
