@@ -60,7 +60,7 @@ fn metrics() -> &'static Metrics {
         let outbox_lag = Histogram::with_opts(
             HistogramOpts::new(
                 "outbox_lag_seconds",
-                "From the outbox insert to the JetStream ack being recorded.",
+                "From the outbox insert to its JetStream ack (insert age at the claim on the database clock, plus claim to ack on the relay's).",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -69,6 +69,33 @@ fn assert_per_case_order(messages: &[(String, Envelope)]) -> usize {
     versions.len()
 }
 
+/// Waits (up to 15 s) until `relay` sees no waiting row.
+async fn wait_until_drained(relay: &Relay, context: &str) {
+    let mut waited = 0;
+    while relay.backlog().await.unwrap() > 0 {
+        assert!(waited < 300, "the backlog never drained {context}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+}
+
+/// Every transition in the timeline has its event in `events`.
+async fn assert_every_transition_published(pool: &PgPool, events: &[(String, Envelope)]) {
+    let (transitions,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let published = events
+        .iter()
+        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
+        .count();
+    assert_eq!(
+        published as i64, transitions,
+        "every transition reached the stream"
+    );
+}
+
 async fn walk(app: &TestApp, cases: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for _ in 0..cases {
@@ -315,13 +342,7 @@ async fn relay_loops_with_helpers_keep_case_order_while_transitions_commit(pool:
     }
     // More cases move while the six loops publish.
     futures::future::join_all((0..4).map(|_| walk(&app, 3))).await;
-    let watcher = relay(&pool, &nats, 4).await;
-    let mut waited = 0;
-    while watcher.backlog().await.unwrap() > 0 {
-        assert!(waited < 300, "the backlog never drained");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
+    wait_until_drained(&relay(&pool, &nats, 4).await, "").await;
     shutdown.cancel();
     for task in tasks {
         task.await.unwrap();
@@ -335,19 +356,7 @@ async fn relay_loops_with_helpers_keep_case_order_while_transitions_commit(pool:
         events.len() + commands.len(),
         "nothing published twice"
     );
-    let (transitions,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let published = events
-        .iter()
-        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
-        .count();
-    assert_eq!(
-        published as i64, transitions,
-        "every transition reached the stream"
-    );
+    assert_every_transition_published(&pool, &events).await;
 }
 
 #[sqlx::test]
@@ -385,35 +394,20 @@ async fn a_relay_whose_connections_are_cut_reconnects_and_loses_nothing(pool: Pg
     walk(&app, 6).await;
     let cut = cutter.await.unwrap();
     assert!(cut > 0, "no relay connection was cut");
-    let watcher = relay(&pool, &nats, 4).await;
-    let mut waited = 0;
-    while watcher.backlog().await.unwrap() > 0 {
-        assert!(waited < 300, "the backlog never drained after {cut} cuts");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        waited += 1;
-    }
+    wait_until_drained(&relay(&pool, &nats, 4).await, &format!("after {cut} cuts")).await;
     shutdown.cancel();
     task.await.unwrap();
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(held, 0, "no case lock outlives the relay");
     let events = read_stream(&js, EVT_STREAM).await;
     assert_eq!(assert_per_case_order(&events), 12);
-    let (transitions,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    let published = events
-        .iter()
-        .filter(|(s, _)| s == subjects::EVT_CASE_TRANSITION)
-        .count();
-    assert_eq!(
-        published as i64, transitions,
-        "every transition reached the stream"
-    );
+    assert_every_transition_published(&pool, &events).await;
 }
 
 #[sqlx::test]
