@@ -52,8 +52,8 @@ pub struct ServeConfig {
     /// Relay batches in flight at once while a backlog lasts; each extra
     /// loop only wakes when the first finds a full batch.
     #[arg(long, env = "OPSLOOP_RELAY_LOOPS", default_value_t = 3,
-          value_parser = clap::value_parser!(u64).range(1..=16))]
-    pub relay_loops: u64,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    pub relay_loops: usize,
     /// After a commit wakes the relay, it waits this long (ms) for more
     /// commits to take in the same batch; 0 publishes at once.
     #[arg(long, env = "OPSLOOP_RELAY_LINGER_MS", default_value_t = 1,

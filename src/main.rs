@@ -186,7 +186,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if roles.relay {
             let settings = RelaySettings {
                 batch: cfg.relay_batch,
-                loops: usize::try_from(cfg.relay_loops).unwrap_or(1),
+                loops: cfg.relay_loops,
                 linger: Duration::from_millis(cfg.relay_linger_ms),
                 stall_after_publish: std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
                     .is_ok_and(|v| v == "1"),

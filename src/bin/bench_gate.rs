@@ -89,9 +89,8 @@ async fn run_phase(
     rate: f64,
     llm_url: Option<&str>,
 ) -> anyhow::Result<Phase> {
-    let pool = pool.clone();
     let orchestrator = Orchestrator::new(pool.clone());
-    let mut workers = Workers::start(&pool, client, js, &orchestrator).await?;
+    let mut workers = Workers::start(pool, client, js, &orchestrator).await?;
     let limits = PlanLimits {
         script_allowlist: ["restart-service.sh".to_string()].into(),
         ..PlanLimits::default()
@@ -155,7 +154,7 @@ async fn run_phase(
             "SELECT count(*) FROM ops_case WHERE id = ANY($1) AND status = 'EXECUTING'",
         )
         .bind(&ids)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
         if n as usize == cases || Instant::now() > deadline {
             break n;
@@ -163,8 +162,8 @@ async fn run_phase(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     workers.stop().await;
-    let planning = between(&pool, &ids, "analysis_done", "plan_ready").await?;
-    let gate = between(&pool, &ids, "plan_ready", "gate_approved").await?;
+    let planning = between(pool, &ids, "analysis_done", "plan_ready").await?;
+    let gate = between(pool, &ids, "plan_ready", "gate_approved").await?;
     Ok(Phase {
         planning,
         gate,

@@ -31,10 +31,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use opsloop::orchestrator::Orchestrator;
 use opsloop::pubsub::envelope::Envelope;
-use opsloop::pubsub::relay::{AckSample, Relay, RelaySettings};
+use opsloop::pubsub::relay::{self, AckSample, Relay, RelaySettings};
 use opsloop::pubsub::streams::StreamSettings;
 use opsloop::pubsub::subjects;
 use tokio_util::sync::CancellationToken;
@@ -51,14 +51,13 @@ type Commits = HashMap<(Uuid, i64), Instant>;
 
 /// What a load phase did.
 struct Load {
-    transitions: usize,
     seconds: f64,
     commits: Commits,
 }
 
 impl Load {
     fn rate(&self) -> f64 {
-        self.transitions as f64 / self.seconds
+        self.commits.len() as f64 / self.seconds
     }
 }
 
@@ -108,7 +107,6 @@ async fn load(
         commits.extend(t.await??);
     }
     Ok(Load {
-        transitions: commits.len(),
         seconds: started.elapsed().as_secs_f64(),
         commits,
     })
@@ -198,7 +196,7 @@ async fn capacity(
 /// opsloop's consumers); msgs/s.
 async fn raw_publish(
     js: &jetstream::Context,
-    message: &(String, String),
+    message: &(String, Option<String>),
     window: usize,
     total: u32,
 ) -> anyhow::Result<f64> {
@@ -216,12 +214,7 @@ async fn raw_publish(
     let started = Instant::now();
     let mut in_flight = std::collections::VecDeque::new();
     for _ in 0..total {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("traceparent", traceparent.as_str());
-        let publish = PublishMessage::build()
-            .payload(payload.clone().into())
-            .headers(headers)
-            .message_id(Uuid::now_v7().to_string());
+        let publish = relay::message(payload, traceparent.as_deref(), Uuid::now_v7());
         in_flight.push_back(js.send_publish("bench.raw", publish).await?);
         if in_flight.len() >= window
             && let Some(ack) = in_flight.pop_front()
@@ -297,17 +290,17 @@ async fn main() -> anyhow::Result<()> {
     // whole life is about ten), drained; then the raw publish baseline.
     let per_case: u64 = arg("--per-case").map_or(Ok(20), |s| s.parse())?;
     let mut r = Rounds::default();
-    let mut message = (String::new(), String::new());
+    let mut message = (String::new(), None);
     let mut rows_per_transition = 0.0;
     for round in 0..rounds {
         let off = load(&orchestrator, clients, seconds, None, None).await?;
         r.off.push(off.rate());
         let backlog_8 = usize::try_from(relay.backlog().await?)?;
         if round == 0 {
-            rows_per_transition = backlog_8 as f64 / off.transitions as f64;
+            rows_per_transition = backlog_8 as f64 / off.commits.len() as f64;
             // A real transition event, for the raw baseline's message.
             message = sqlx::query_as(
-                "SELECT payload, COALESCE(traceparent, '') FROM outbox WHERE subject = 'evt.case.transition.v1' ORDER BY id DESC LIMIT 1",
+                "SELECT payload, traceparent FROM outbox WHERE subject = 'evt.case.transition.v1' ORDER BY id DESC LIMIT 1",
             )
             .fetch_one(&pool)
             .await?;
@@ -351,11 +344,14 @@ async fn main() -> anyhow::Result<()> {
     }
     let peak = median(&r.off);
     let row_rate = peak * rows_per_transition;
+    let on_off = ratios(&r.on, &r.off, 1.0);
+    let hot_of_raw = ratios(&r.capacity_8, &r.raw, 100.0);
+    let spread_of_raw = ratios(&r.spread, &r.raw, 100.0);
     println!(
         "peak transitions/s (median of {rounds} rounds): relay off {peak:.0}, relay on {:.0}; on/off per round {:.2?}, median {:.2} (target >= 0.80)",
         median(&r.on),
-        ratios(&r.on, &r.off, 1.0),
-        median(&ratios(&r.on, &r.off, 1.0))
+        on_off,
+        median(&on_off)
     );
     println!(
         "outbox rows per transition {rows_per_transition:.2}; row rate at peak {row_rate:.0}/s"
@@ -364,8 +360,8 @@ async fn main() -> anyhow::Result<()> {
         "relay capacity, {clients} cases: median {:.0} rows/s = {:.1}x the row rate at peak (target >= 3x); {:.0}% of raw publish at window 256 (per round {:.0?}), {:.0}% of raw publish at window {} (its ceiling)",
         median(&r.capacity_8),
         median(&r.capacity_8) / row_rate,
-        median(&ratios(&r.capacity_8, &r.raw, 100.0)),
-        ratios(&r.capacity_8, &r.raw, 100.0),
+        median(&hot_of_raw),
+        hot_of_raw,
         median(&ratios(&r.capacity_8, &r.raw_narrow, 100.0)),
         clients * 2
     );
@@ -374,8 +370,8 @@ async fn main() -> anyhow::Result<()> {
         median(&r.spread_cases),
         median(&r.spread),
         median(&r.spread) / row_rate,
-        median(&ratios(&r.spread, &r.raw, 100.0)),
-        ratios(&r.spread, &r.raw, 100.0),
+        median(&spread_of_raw),
+        spread_of_raw,
     );
     println!(
         "raw JetStream publish ({} B payload + traceparent): window 256 median {:.0} msgs/s, window {} median {:.0} msgs/s",
@@ -420,7 +416,7 @@ async fn main() -> anyhow::Result<()> {
             ms(quantile(&lags, 0.99)),
             ms(lags.last().copied().unwrap_or_default()),
             lags.len(),
-            steady.transitions,
+            steady.commits.len(),
             inserted.len(),
             ms(quantile(&inserted, 0.5)),
             ms(quantile(&inserted, 0.99)),

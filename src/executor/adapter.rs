@@ -41,6 +41,12 @@ impl StepError {
     }
 }
 
+/// Whether an HTTP status from a target's API is a refusal: a 4xx other than
+/// a conflict or throttling, which asking again would not change.
+pub fn refuses(http_status: u16) -> bool {
+    (400..500).contains(&http_status) && ![409, 429].contains(&http_status)
+}
+
 pub trait Adapter: Send + Sync {
     /// The plan action this adapter runs (`script.exec`, `noop`, …).
     fn action(&self) -> &'static str;

@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use reqwest::{StatusCode, Url};
+use reqwest::Url;
 use serde_json::{Value, json};
 
-use super::adapter::{Adapter, BoxFuture, StepError};
+use super::adapter::{Adapter, BoxFuture, StepError, refuses};
 
 /// One allowlisted gateway: `name=http://host:port/admin-base`.
 #[derive(Debug, Clone)]
@@ -128,15 +128,11 @@ impl GatewayAdapter {
             let detail = json!({"http_status": status.as_u16(), "body": capped});
             let message = format!("{doing}: the gateway answered {status}");
             // A refusal stays a refusal; overload and server trouble may pass.
-            return Err(
-                if status.is_client_error()
-                    && ![StatusCode::TOO_MANY_REQUESTS, StatusCode::CONFLICT].contains(&status)
-                {
-                    StepError::refused(message, detail)
-                } else {
-                    StepError::new(message, detail)
-                },
-            );
+            return Err(if refuses(status.as_u16()) {
+                StepError::refused(message, detail)
+            } else {
+                StepError::new(message, detail)
+            });
         }
         serde_json::from_str(&body).map_err(|e| {
             StepError::new(

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-use super::adapter::{Adapter, BoxFuture, StepError};
+use super::adapter::{Adapter, BoxFuture, StepError, refuses};
 
 /// Who the API server records as the changer.
 const FIELD_MANAGER: &str = "opsloop";
@@ -107,14 +107,10 @@ fn deployment_of(params: &Value) -> Result<(&str, &str), StepError> {
 /// retried; server errors and transport trouble are.
 fn api_error(doing: &str, e: kube::Error) -> StepError {
     match e {
-        kube::Error::Api(status)
-            if (400..500).contains(&status.code) && ![409, 429].contains(&status.code) =>
-        {
-            StepError::refused(
-                format!("{doing}: {} ({})", status.message, status.code),
-                json!({"api_status": status.code, "api_reason": status.reason}),
-            )
-        }
+        kube::Error::Api(status) if refuses(status.code) => StepError::refused(
+            format!("{doing}: {} ({})", status.message, status.code),
+            json!({"api_status": status.code, "api_reason": status.reason}),
+        ),
         other => StepError::new(format!("{doing}: {other}"), json!({})),
     }
 }

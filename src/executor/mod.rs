@@ -470,18 +470,17 @@ impl Executor {
                 }
                 _ => {}
             }
-            let undo_from = match step.undo {
-                false => None,
-                true => match self.state_before(facts, step).await? {
-                    Some(before) => Some(before),
-                    None => {
-                        // Nothing of this plan changed the target, so there is
-                        // nothing to put back.
-                        let note = json!({"undo": "nothing to restore: no step of this plan recorded a state for this target"});
-                        self.record_step(at, step, "done", 0, &note, facts).await?;
-                        continue;
-                    }
-                },
+            let undo_from = if step.undo {
+                let Some(before) = self.state_before(facts, step).await? else {
+                    // Nothing of this plan changed the target, so there is
+                    // nothing to put back.
+                    let note = json!({"undo": "nothing to restore: no step of this plan recorded a state for this target"});
+                    self.record_step(at, step, "done", 0, &note, facts).await?;
+                    continue;
+                };
+                Some(before)
+            } else {
+                None
             };
             let mut kept = stored.as_ref().is_some_and(|s| s.2);
             let mut tries = stored.map_or(0, |s| s.1);

@@ -37,9 +37,9 @@ impl ScriptAdapter {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !plain || !self.allowlist.contains(name) {
-            return Err(StepError::new(
+            return Err(StepError::refused(
                 format!("script {name:?} is not in the allowlist"),
-                json!({"refused": true}),
+                json!({}),
             ));
         }
         // Absolute, because the child starts in `dir` and a relative
@@ -47,12 +47,12 @@ impl ScriptAdapter {
         let path =
             std::fs::canonicalize(self.dir.join(name)).unwrap_or_else(|_| self.dir.join(name));
         if !path.is_file() {
-            return Err(StepError::new(
+            return Err(StepError::refused(
                 format!(
                     "script {name:?} is allowlisted but not found in {}",
                     self.dir.display()
                 ),
-                json!({"refused": true}),
+                json!({}),
             ));
         }
         Ok(path)
@@ -67,12 +67,9 @@ impl ScriptAdapter {
                 .iter()
                 .map(|v| v.as_str().map(str::to_string))
                 .collect::<Option<_>>()
-                .ok_or_else(|| StepError::new("args must be strings", json!({"refused": true})))?,
+                .ok_or_else(|| StepError::refused("args must be strings", json!({})))?,
             Some(_) => {
-                return Err(StepError::new(
-                    "args must be an array",
-                    json!({"refused": true}),
-                ));
+                return Err(StepError::refused("args must be an array", json!({})));
             }
         };
         let mut cmd = Command::new(&path);

@@ -29,7 +29,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, Connection, FromRow, PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -119,6 +119,7 @@ pub struct RelayReport {
     pub interrupted: bool,
 }
 
+#[derive(FromRow)]
 struct Row_ {
     id: i64,
     message_id: Uuid,
@@ -141,9 +142,9 @@ struct Published<'r> {
     /// With the instant each ack was taken.
     acked: Vec<(&'r Row_, Instant)>,
     /// Rows that can never be published, with the reason.
-    failed: Vec<(i64, String)>,
+    failed: Vec<(&'r Row_, String)>,
     /// The first row the server refused (its attempts are counted).
-    rejected: Option<(i64, String)>,
+    rejected: Option<(&'r Row_, String)>,
     /// The first error; rows behind it stay pending.
     error: Option<RelayError>,
 }
@@ -189,6 +190,7 @@ impl Relay {
     /// relay holds a transaction across network calls: small batches,
     /// bounded waits. sqlx does not know about this transaction, so after a
     /// `Database` error the caller must drop `conn`.
+    ///
     /// A full claim wakes the helper loops waiting on `backlog` at once, so
     /// that their claims overlap this batch's publishing.
     async fn cycle(
@@ -202,7 +204,7 @@ impl Relay {
         let rows = claim(conn, self.settings.batch).await?;
         let claimed = Instant::now();
         if let Some(backlog) = backlog
-            && i64::try_from(rows.len()).unwrap_or(i64::MAX) >= self.settings.batch
+            && self.fills_batch(rows.len())
         {
             backlog.notify_waiters();
         }
@@ -226,38 +228,34 @@ impl Relay {
             std::future::pending::<()>().await;
         }
 
-        for (id, reason) in &failed {
+        for (row, reason) in &failed {
             sqlx::query(
                 "UPDATE outbox SET failed_at = clock_timestamp(), attempts = attempts + 1, \
                  last_error = $2 WHERE id = $1",
             )
-            .bind(id)
+            .bind(row.id)
             .bind(reason)
             .execute(&mut *conn)
             .await?;
-            let subject = rows
-                .iter()
-                .find(|r| r.id == *id)
-                .map(|r| r.subject.as_str());
-            telemetry::outbox_published(subject.unwrap_or("unknown"), "failed");
-            warn!(outbox.id = id, reason = %reason, "Outbox row can never be published; marked failed.");
+            telemetry::outbox_published(&row.subject, "failed");
+            warn!(outbox.id = row.id, reason = %reason, "Outbox row can never be published; marked failed.");
         }
         // A row the server keeps rejecting would stall every row behind it:
         // count its attempts and give up on it after a few.
-        if let Some((id, reason)) = rejected {
-            let gave_up: Option<String> = sqlx::query_scalar(
+        if let Some((row, reason)) = rejected {
+            let gave_up: bool = sqlx::query_scalar(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
                  failed_at = CASE WHEN attempts + 1 >= $3 THEN clock_timestamp() END \
-                 WHERE id = $1 RETURNING CASE WHEN failed_at IS NOT NULL THEN subject END",
+                 WHERE id = $1 RETURNING failed_at IS NOT NULL",
             )
-            .bind(id)
+            .bind(row.id)
             .bind(&reason)
             .bind(MAX_PUBLISH_ATTEMPTS)
             .fetch_one(&mut *conn)
             .await?;
-            if let Some(subject) = gave_up {
-                telemetry::outbox_published(&subject, "failed");
-                warn!(outbox.id = id, reason = %reason, "Outbox row rejected too often; marked failed.");
+            if gave_up {
+                telemetry::outbox_published(&row.subject, "failed");
+                warn!(outbox.id = row.id, reason = %reason, "Outbox row rejected too often; marked failed.");
                 report.failed += 1;
             }
         }
@@ -346,7 +344,7 @@ impl Relay {
                     telemetry::outbox_published(&row.subject, "error");
                     let by_server = rejected_by_server(source.kind());
                     if by_server && out.rejected.is_none() {
-                        out.rejected = Some((row.id, source.to_string()));
+                        out.rejected = Some((row, source.to_string()));
                     }
                     // The case's later rows stay pending behind this one.
                     out.error.get_or_insert(RelayError::Publish {
@@ -373,21 +371,14 @@ impl Relay {
             return true;
         };
         while let Some(row) = queue.pop_front() {
-            let mut headers = HeaderMap::new();
-            if let Some(tp) = &row.traceparent {
-                headers.insert("traceparent", tp.as_str());
-            }
-            let publish = PublishMessage::build()
-                .payload(row.payload.clone().into())
-                .headers(headers)
-                .message_id(row.message_id.to_string());
+            let publish = message(&row.payload, row.traceparent.as_deref(), row.message_id);
             match self.js.send_publish(row.subject.clone(), publish).await {
                 Ok(ack) => {
                     in_flight.push(Box::pin(async move { (row, ack.await) }));
                     return true;
                 }
                 Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
-                    out.failed.push((row.id, format!("never publishable: {e}")));
+                    out.failed.push((row, format!("never publishable: {e}")));
                 }
                 Err(source) => {
                     out.error.get_or_insert(RelayError::Publish {
@@ -520,7 +511,11 @@ impl Relay {
     }
 
     fn full(&self, r: &RelayReport) -> bool {
-        r.published + r.failed >= usize::try_from(self.settings.batch).unwrap_or(usize::MAX)
+        self.fills_batch(r.published + r.failed)
+    }
+
+    fn fills_batch(&self, rows: usize) -> bool {
+        rows >= usize::try_from(self.settings.batch).unwrap_or(usize::MAX)
     }
 }
 
@@ -582,19 +577,24 @@ async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::E
     sqlx::raw_sql(AssertSqlSafe(sql))
         .fetch_all(&mut *conn)
         .await?
-        .into_iter()
-        .map(|r| {
-            Ok(Row_ {
-                id: r.try_get("id")?,
-                message_id: r.try_get("message_id")?,
-                order_key: r.try_get("order_key")?,
-                subject: r.try_get("subject")?,
-                payload: r.try_get("payload")?,
-                traceparent: r.try_get("traceparent")?,
-                age: r.try_get("age")?,
-            })
-        })
+        .iter()
+        .map(Row_::from_row)
         .collect()
+}
+
+/// The JetStream message for an outbox row: its envelope, its
+/// `traceparent` header, and its id as `Nats-Msg-Id` (JetStream's
+/// de-duplication key). Public so that bench_outbox's raw baseline sends
+/// exactly what the relay sends.
+pub fn message(payload: &str, traceparent: Option<&str>, id: Uuid) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    if let Some(tp) = traceparent {
+        headers.insert("traceparent", tp);
+    }
+    PublishMessage::build()
+        .payload(payload.to_owned().into())
+        .headers(headers)
+        .message_id(id.to_string())
 }
 
 /// Deletes the acked rows and commits, in one simple query (ids are

@@ -128,13 +128,22 @@ impl Check {
         })
     }
 
-    pub(crate) fn holds(&self, figure: f64) -> bool {
+    fn holds(&self, figure: f64) -> bool {
         match self.op.as_str() {
             "<" => figure < self.threshold,
             "<=" => figure <= self.threshold,
             ">" => figure > self.threshold,
             ">=" => figure >= self.threshold,
             _ => false,
+        }
+    }
+
+    /// The verdict on a figure read from any source.
+    pub(crate) fn verdict(&self, figure: f64) -> Verdict {
+        if self.holds(figure) {
+            Verdict::Pass
+        } else {
+            Verdict::Breach
         }
     }
 }
@@ -156,13 +165,8 @@ pub fn judge(check: &Check, values: &[f64], min_coverage: f64) -> (Verdict, Valu
         "max" | "p95" => values.iter().copied().fold(f64::MIN, f64::max),
         _ => values.iter().sum::<f64>() / values.len() as f64,
     };
-    let verdict = if check.holds(figure) {
-        Verdict::Pass
-    } else {
-        Verdict::Breach
-    };
     (
-        verdict,
+        check.verdict(figure),
         json!({"points": values.len(), "expected": expected, "figure": figure}),
     )
 }

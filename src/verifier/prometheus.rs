@@ -440,11 +440,7 @@ impl Prometheus {
             Reading::Figure { figure, series } => {
                 detail["figure"] = json!(figure);
                 detail["series"] = series;
-                if check.holds(figure) {
-                    Verdict::Pass
-                } else {
-                    Verdict::Breach
-                }
+                check.verdict(figure)
             }
             Reading::NoData { why, series } => {
                 detail["why"] = json!(why);

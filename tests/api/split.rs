@@ -43,18 +43,17 @@ impl Drop for Split {
     fn drop(&mut self) {
         let _ = self.a.child.start_kill();
         let _ = self.b.child.start_kill();
-        if std::thread::panicking() {
-            for (name, s) in [("A", &self.a), ("B", &self.b)] {
-                let log = std::fs::read_to_string(&s.log).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                eprintln!("--- process {name} (last lines) ---");
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            return;
+        }
+        for (name, s) in [("A", &self.a), ("B", &self.b)] {
+            let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- process {name} (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
         }
     }
 }
@@ -174,14 +173,11 @@ impl Split {
     }
 
     async fn ingest(&self, resource: &str, latency: f64) {
-        let minute = chrono::Utc::now().timestamp() / 60 * 60;
-        let ts = chrono::DateTime::from_timestamp(minute, 0)
-            .unwrap()
-            .to_rfc3339();
+        let ts = crate::walking_skeleton::this_minute();
         self.call(
             reqwest::Method::POST,
             "/metrics/ingest",
-            &self.service.clone(),
+            &self.service,
             json!({"rows": [{"resource": resource, "metric": "latency_p95_ms", "ts": ts, "avg": latency, "max": latency}]}),
         )
         .await;
@@ -199,7 +195,7 @@ impl Split {
             .call(
                 reqwest::Method::POST,
                 "/case",
-                &self.operator.clone(),
+                &self.operator,
                 json!({"title": format!("{service} slow"), "tenant": "t-001", "kind": "latency-report", "labels": labels}),
             )
             .await;
@@ -212,7 +208,7 @@ impl Split {
         self.call(
             reqwest::Method::PATCH,
             &format!("/case/{case}/transition"),
-            &self.operator.clone(),
+            &self.operator,
             json!({"event": event}),
         )
         .await;

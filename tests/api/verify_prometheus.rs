@@ -207,8 +207,11 @@ struct Run {
 /// A loop whose verifier asks a fake Prometheus answering `answer`, with
 /// the latency queries file, and a fresh degraded-service case in it.
 async fn run(pool: PgPool, answer: Answer) -> Run {
+    run_with(pool, answer, QueriesFile::latency()).await
+}
+
+async fn run_with(pool: PgPool, answer: Answer, queries: QueriesFile) -> Run {
     let prom = FakePrometheus::start(answer).await;
-    let queries = QueriesFile::latency();
     let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
     let (svc, case) = degraded_case(&lp).await;
     Run {
@@ -220,23 +223,28 @@ async fn run(pool: PgPool, answer: Answer) -> Run {
     }
 }
 
+/// Lets the loop settle, checks that the case took the path to `end`, and
+/// returns its verification.
+async fn settled(lp: &Loop, case: Uuid, end: &str) -> (String, Value, DateTime<Utc>) {
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, end);
+    assert_eq!(statuses(lp, case).await, path_to(end));
+    verify_result(lp, case).await
+}
+
 #[sqlx::test]
 async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
     let Run {
         prom,
+        _queries,
         lp,
         svc,
         case,
-        _queries,
     } = run(pool, Answer::Value("120.5")).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "CLOSED");
-    assert_eq!(statuses(&lp, case).await, path_to("CLOSED"));
+    let (outcome, checks, window_to) = settled(&lp, case, "CLOSED").await;
     let expected = latency_query(&svc, "60s");
     assert_eq!(prom.queries(), std::slice::from_ref(&expected));
-    let (outcome, checks, window_to) = verify_result(&lp, case).await;
     assert_eq!(outcome, "pass");
     let check = &checks[0];
     assert_eq!(check["verdict"], "pass");
@@ -267,18 +275,14 @@ async fn a_figure_under_the_threshold_closes_the_case(pool: PgPool) {
 async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
     let Run {
         prom,
+        _queries,
         lp,
         svc,
         case,
-        _queries,
     } = run(pool, Answer::Value("950")).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    let (outcome, checks, _) = settled(&lp, case, "PARKED").await;
     assert_eq!(lp.app.park_reason(case).await, "breach");
-    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "breach");
     assert_eq!(checks[0]["detail"]["figure"], 950.0);
     assert_eq!(checks[0]["detail"]["source"], "prometheus");
@@ -289,18 +293,14 @@ async fn a_figure_over_the_threshold_parks_with_breach(pool: PgPool) {
 async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
     let Run {
         prom,
-        lp,
-        svc: _svc,
-        case,
         _queries,
+        lp,
+        svc: _,
+        case,
     } = run(pool, Answer::Empty).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    let (outcome, checks, _) = settled(&lp, case, "PARKED").await;
     assert_eq!(lp.app.park_reason(case).await, "no_data");
-    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "no_data");
     let why = checks[0]["detail"]["why"].as_str().unwrap();
     assert!(why.contains("no series"), "{why}");
@@ -311,18 +311,14 @@ async fn an_empty_answer_parks_with_no_data(pool: PgPool) {
 async fn a_server_error_parks_inconclusive(pool: PgPool) {
     let Run {
         prom: _prom,
+        _queries,
         lp,
         svc,
         case,
-        _queries,
     } = run(pool, Answer::Status(500)).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    let (outcome, checks, _) = settled(&lp, case, "PARKED").await;
     assert_eq!(lp.app.park_reason(case).await, "inconclusive");
-    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "inconclusive");
     let detail = &checks[0]["detail"];
     let why = detail["why"].as_str().unwrap();
@@ -332,20 +328,20 @@ async fn a_server_error_parks_inconclusive(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_prometheus_error_status_parks_inconclusive(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Error(
-        "query processing would load too many samples into memory",
-    ))
+    let Run {
+        prom: _prom,
+        _queries,
+        lp,
+        svc: _,
+        case,
+    } = run(
+        pool,
+        Answer::Error("query processing would load too many samples into memory"),
+    )
     .await;
-    let queries = QueriesFile::latency();
-    let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
-    let (_svc, case) = degraded_case(&lp).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "PARKED");
-    assert_eq!(statuses(&lp, case).await, path_to("PARKED"));
+    let (_, checks, _) = settled(&lp, case, "PARKED").await;
     assert_eq!(lp.app.park_reason(case).await, "inconclusive");
-    let (_, checks, _) = verify_result(&lp, case).await;
     let why = checks[0]["detail"]["why"].as_str().unwrap();
     assert!(
         why.contains("execution") && why.contains("too many samples"),
@@ -355,22 +351,22 @@ async fn a_prometheus_error_status_parks_inconclusive(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_check_without_a_query_is_judged_from_metric_1m(pool: PgPool) {
-    let prom = FakePrometheus::start(Answer::Value("950")).await;
     // Only error_rate has a query: the template's latency check is not
     // Prometheus's.
     let queries = QueriesFile::new(
         "[error_rate]\navg = 'sum(rate(http_requests_total{service=\"{{resource}}\"}[{{window}}]))'\n",
     );
-    let lp = Loop::full_with_verify(pool, settings(&prom.server.url, &queries, 5000)).await;
-    let (svc, case) = degraded_case(&lp).await;
+    let Run {
+        prom,
+        _queries,
+        lp,
+        svc,
+        case,
+    } = run_with(pool, Answer::Value("950"), queries).await;
     ingest_metric(&lp, &svc, "latency_p95_ms", 120.0).await;
 
-    lp.settle().await;
-
-    assert_eq!(lp.app.status(case).await, "CLOSED");
-    assert_eq!(statuses(&lp, case).await, path_to("CLOSED"));
+    let (outcome, checks, _) = settled(&lp, case, "CLOSED").await;
     assert!(prom.queries().is_empty(), "{:?}", prom.queries());
-    let (outcome, checks, _) = verify_result(&lp, case).await;
     assert_eq!(outcome, "pass");
     assert_eq!(checks[0]["detail"]["source"], "metric_1m");
     assert_eq!(checks[0]["detail"]["figure"], 120.0);

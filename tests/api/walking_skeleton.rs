@@ -16,7 +16,7 @@ use crate::flow::Loop;
 use crate::helpers::*;
 
 /// The current minute, as metric rows want it.
-fn this_minute() -> String {
+pub(crate) fn this_minute() -> String {
     let now = Utc::now();
     now.with_second(0)
         .and_then(|t| t.with_nanosecond(0))

@@ -118,6 +118,11 @@ pub async fn jetstream() -> anyhow::Result<(async_nats::Client, async_nats::jets
 }
 
 /// A consumer of this run only: it starts at new messages, so the backlog
+/// This process's name for a benchmark's durable consumer `name`.
+fn durable_name(name: &str) -> String {
+    format!("bench-{name}-{}", std::process::id())
+}
+
 /// other programs left in the streams does not count in the figures.
 pub async fn durable(
     js: &jetstream::Context,
@@ -127,11 +132,7 @@ pub async fn durable(
 ) -> anyhow::Result<PullConsumer> {
     let spec = ConsumerSpec {
         deliver_policy: jetstream::consumer::DeliverPolicy::New,
-        ..ConsumerSpec::new(
-            stream,
-            &format!("bench-{name}-{}", std::process::id()),
-            subject,
-        )
+        ..ConsumerSpec::new(stream, &durable_name(name), subject)
     };
     consumer::durable(js, &spec)
         .await
@@ -171,7 +172,6 @@ pub async fn direct_step(
     case: Uuid,
     event: EventKind,
 ) -> anyhow::Result<()> {
-    use opsloop::orchestrator::{Origin, TransitionRequest};
     orchestrator
         .transition(TransitionRequest {
             case_id: case,
@@ -278,8 +278,10 @@ impl Workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         for (stream, name) in &self.consumers {
-            let durable = format!("bench-{name}-{}", std::process::id());
-            let _ = self.js.delete_consumer_from_stream(&durable, *stream).await;
+            let _ = self
+                .js
+                .delete_consumer_from_stream(&durable_name(name), *stream)
+                .await;
         }
     }
 }
