@@ -14,11 +14,11 @@ pub struct DemoTokens {
 /// Reads the case's `evt.case.transition.v1` messages back from JetStream,
 /// as an external subscriber would, until `versions` arrived or 10 s passed.
 async fn follow_on_nats(nats_url: &str, case: &str, versions: usize) -> anyhow::Result<()> {
+    use crate::contract::fact::{EVT_CASE_TRANSITION, Fact};
     use futures::StreamExt;
-    let mut messages = crate::pubsub::feed::transitions(nats_url, true).await?;
+    let mut messages = crate::pubsub::feed::follow(nats_url, EVT_CASE_TRANSITION, true).await?;
     println!(
-        "\ndemo: the same transitions as a NATS subscriber sees them ({}):",
-        crate::pubsub::subjects::EVT_CASE_TRANSITION
+        "\ndemo: the same transitions as a NATS subscriber sees them ({EVT_CASE_TRANSITION}):"
     );
     let mut seen = 0;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -27,20 +27,23 @@ async fn follow_on_nats(nats_url: &str, case: &str, versions: usize) -> anyhow::
             bail!("only {seen} of {versions} transitions arrived on NATS within 10 s");
         };
         // Other producers share the stream; only this case's envelopes count.
-        let Ok(env) = serde_json::from_slice::<crate::pubsub::Envelope>(&msg.payload) else {
+        let Ok(message) = crate::contract::Message::<Fact>::from_bytes(&msg.payload) else {
             continue;
         };
-        if env.case_id.map(|c| c.to_string()).as_deref() != Some(case) {
+        let Fact::CaseTransition(t) = &message.body else {
+            continue;
+        };
+        if message.case_id.to_string() != case {
             continue;
         }
         seen += 1;
         println!(
             "  v{:<3} {:>10} -> {:<10} {:<15} id={}",
-            env.data["version"],
-            env.data["from"].as_str().unwrap_or("?"),
-            env.data["to"].as_str().unwrap_or("?"),
-            env.data["event"].as_str().unwrap_or("?"),
-            env.id
+            t.version,
+            t.from.as_str(),
+            t.to.as_str(),
+            t.event.as_str(),
+            message.id
         );
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod analyst;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod contract;
 pub mod demo;
 pub mod executor;
 pub mod gatekeeper;

@@ -12,6 +12,9 @@ use opsloop::analyst;
 use opsloop::api::{self, AppState};
 use opsloop::auth::{self, Role, TokenStore};
 use opsloop::config::{self, ServeConfig};
+use opsloop::contract::Message;
+use opsloop::contract::command as subjects;
+use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::executor;
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
@@ -23,7 +26,6 @@ use opsloop::planner::worker as planner_worker;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
-use opsloop::pubsub::subjects;
 use opsloop::verifier;
 use tokio_util::sync::CancellationToken;
 
@@ -227,9 +229,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 Some(path) => Policy::load(path)?,
                 None => Policy::default(),
             };
-            let spec =
-                ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, gatekeeper::CMD_GATE_EVAL)
-                    .with_concurrency(4);
+            let spec = ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, subjects::CMD_GATE_EVAL)
+                .with_concurrency(4);
             let handler = Gatekeeper {
                 pool: pool.clone(),
                 policy,
@@ -400,33 +401,36 @@ impl Roles {
 
 async fn tail(nats_url: &str, all: bool, case: Option<uuid::Uuid>) -> anyhow::Result<()> {
     use futures::StreamExt;
-    let mut messages = opsloop::pubsub::feed::transitions(nats_url, all).await?;
-    eprintln!(
-        "tail: following {} (Ctrl-C to stop)",
-        subjects::EVT_CASE_TRANSITION
-    );
+    let mut messages = opsloop::pubsub::feed::follow(nats_url, EVT_CASE_TRANSITION, all).await?;
+    eprintln!("tail: following {EVT_CASE_TRANSITION} (Ctrl-C to stop)");
     while let Some(msg) = messages.next().await {
         let msg = msg.map_err(|e| anyhow::anyhow!("receiving: {e}"))?;
-        let Ok(env) = serde_json::from_slice::<opsloop::pubsub::Envelope>(&msg.payload) else {
-            eprintln!("tail: skipping a message that is not an envelope");
+        let message = match Message::<Fact>::from_bytes(&msg.payload) {
+            Ok(message) => message,
+            Err(e) => {
+                eprintln!("tail: skipping a message: {e}");
+                continue;
+            }
+        };
+        let Fact::CaseTransition(t) = &message.body else {
             continue;
         };
-        if case.is_some() && env.case_id != case {
+        if case.is_some_and(|c| c != message.case_id.uuid()) {
             continue;
         }
-        let d = &env.data;
         println!(
             "{} case={} v{} {} -> {} event={} actor={}{}",
-            env.occurred_at
+            message
+                .occurred_at
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            env.case_id.map(|c| c.to_string()).unwrap_or_default(),
-            d["version"],
-            d["from"].as_str().unwrap_or("?"),
-            d["to"].as_str().unwrap_or("?"),
-            d["event"].as_str().unwrap_or("?"),
-            d["actor"].as_str().unwrap_or("?"),
-            d["reason"]
-                .as_str()
+            message.case_id,
+            t.version,
+            t.from,
+            t.to,
+            t.event,
+            t.actor,
+            t.reason
+                .as_deref()
                 .map(|r| format!(" reason={r:?}"))
                 .unwrap_or_default(),
         );

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::contract::Tenant;
 use crate::workflow::{EventKind, Status};
 
 impl TryFrom<String> for Status {
@@ -24,7 +25,9 @@ impl TryFrom<String> for EventKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Case {
     pub id: Uuid,
-    pub tenant: String,
+    #[sqlx(try_from = "String")]
+    #[schema(value_type = String)]
+    pub tenant: Tenant,
     pub title: String,
     pub severity: String,
     pub kind: Option<String>,

@@ -12,13 +12,14 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::contract::fact::{EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef};
+use crate::contract::{CommandMsg, Fact, Message};
 use crate::pubsub::consumer::{Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, inbox, outbox, subjects};
+use crate::pubsub::{inbox, outbox};
 use crate::verifier::resource_of;
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "analyst";
-pub const EVT_FINDINGS: &str = "evt.analysis.findings.v1";
 /// How far back the metrics of the resource are read.
 const LOOKBACK_MINUTES: i32 = 30;
 
@@ -35,11 +36,14 @@ impl Handler for Analyst {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let case_id = match d.case_command(subjects::CMD_ANALYSIS_RUN) {
-            Ok(id) => id,
-            Err(dead) => return dead,
+        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
+            Ok(cmd) => cmd,
+            Err(e) => return e.into(),
         };
-        self.analyse(&d.envelope, d, case_id)
+        let CommandMsg::RunAnalysis(_) = &cmd.body else {
+            return Disposition::unknown_type(&d.envelope.kind);
+        };
+        self.analyse(&cmd, d)
             .await
             .unwrap_or_else(|e| Disposition::Retry(e.to_string()))
     }
@@ -48,10 +52,10 @@ impl Handler for Analyst {
 impl Analyst {
     async fn analyse(
         &self,
-        cmd: &Envelope,
+        cmd: &Message<CommandMsg>,
         d: &Delivery,
-        case_id: Uuid,
     ) -> Result<Disposition, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
             Ok(case) => case,
@@ -82,14 +86,17 @@ impl Analyst {
                 .or_default()
                 .push((*avg, *max, *p95));
         }
-        let metrics: BTreeMap<String, Value> = metrics
+        let metrics: BTreeMap<String, MetricSummary> = metrics
             .into_iter()
             .map(|(name, points)| {
                 let n = points.len() as f64;
-                let last = points.last().map(|p| p.0);
-                let peak = points.iter().map(|p| p.1).fold(f64::MIN, f64::max);
-                let mean = points.iter().map(|p| p.0).sum::<f64>() / n;
-                (name, json!({"minutes": points.len(), "last_avg": last, "mean_avg": mean, "peak": peak}))
+                let summary = MetricSummary {
+                    minutes: points.len(),
+                    last_avg: points.last().map(|p| p.0),
+                    mean_avg: points.iter().map(|p| p.0).sum::<f64>() / n,
+                    peak: points.iter().map(|p| p.1).fold(f64::MIN, f64::max),
+                };
+                (name, summary)
             })
             .collect();
         let signals: Vec<(Uuid, String, Value)> = sqlx::query_as(
@@ -107,18 +114,21 @@ impl Analyst {
                 metrics.len()
             ),
         };
-        let findings = json!({
-            "resource": resource,
-            "summary": summary,
-            "metrics": metrics,
-            "signals": signals.iter().map(|(id, t, data)| json!({"id": id, "type": t, "data": data})).collect::<Vec<_>>(),
-        });
+        let findings = FindingsReport {
+            resource,
+            summary: summary.clone(),
+            metrics,
+            signals: signals
+                .into_iter()
+                .map(|(id, kind, data)| SignalRef { id, kind, data })
+                .collect(),
+        };
         let envelope_id = Uuid::now_v7();
         sqlx::query("INSERT INTO event_envelope (id, type, source, data) VALUES ($1, $2, $3, $4)")
             .bind(envelope_id)
             .bind(EVT_FINDINGS)
             .bind(CONSUMER)
-            .bind(&findings)
+            .bind(json!(findings))
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -128,14 +138,16 @@ impl Analyst {
         .bind(envelope_id)
         .execute(&mut *tx)
         .await?;
-        let fact = Envelope::for_case(
+        let fact = Message::for_case(
             &case,
-            EVT_FINDINGS,
             CONSUMER,
             Some(cmd.id),
-            json!({"evidence_id": envelope_id, "findings": findings}),
+            Fact::Findings(Findings {
+                evidence_id: envelope_id,
+                findings,
+            }),
         );
-        outbox::enqueue_fact(&mut tx, fact, d.traceparent.as_deref()).await?;
+        outbox::enqueue_fact(&mut tx, fact.to_envelope(), d.traceparent.as_deref()).await?;
         tx.commit().await?;
         tracing::info!(case.id = %case.id, summary = %summary, "Findings recorded.");
         Ok(Disposition::Done)

@@ -14,6 +14,8 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, PROBLEM_JSON};
 use super::extract::{ApiJson, ApiQuery, Auth, CaseId};
+use crate::contract::ids::is_slug;
+use crate::contract::{IdempotencyKey, PlanHash, Tenant};
 use crate::model::{Case, TimelineEntry};
 use crate::orchestrator::{Actor, NewCase, Origin, Outcome, Reply, TransitionRequest, read_case};
 use crate::problem::Problem;
@@ -49,14 +51,6 @@ fn contains_nul(v: &Value) -> bool {
     }
 }
 
-fn is_slug(s: &str, extra: &[u8]) -> bool {
-    let b = s.as_bytes();
-    (1..=64).contains(&b.len())
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
-}
-
 fn invalid(field: &'static str, detail: &str) -> ApiError {
     ApiError::InvalidField {
         field,
@@ -73,12 +67,8 @@ impl CreateCase {
                 "1-200 characters without control characters",
             ));
         }
-        if !is_slug(&self.tenant, b"_-") {
-            return Err(invalid(
-                "tenant",
-                "1-64 of [a-z0-9_-], starting alphanumeric",
-            ));
-        }
+        let tenant =
+            Tenant::try_from(self.tenant).map_err(|_| invalid("tenant", Tenant::EXPECTED))?;
         let severity = self.severity.unwrap_or_else(|| "medium".into());
         if !SEVERITIES.contains(&severity.as_str()) {
             return Err(invalid(
@@ -110,7 +100,7 @@ impl CreateCase {
             }
         }
         Ok(NewCase {
-            tenant: self.tenant,
+            tenant,
             title,
             severity,
             kind: self.kind,
@@ -210,14 +200,11 @@ pub async fn list_cases(
                 "one of NEW, ANALYZING, PLANNING, WAIT_GATE, EXECUTING, VERIFYING, CLOSED, PARKED",
             )
         })?;
-    if let Some(tenant) = &q.tenant
-        && !is_slug(tenant, b"_-")
-    {
-        return Err(invalid(
-            "tenant",
-            "1-64 of [a-z0-9_-], starting alphanumeric",
-        ));
-    }
+    let tenant = q
+        .tenant
+        .map(Tenant::try_from)
+        .transpose()
+        .map_err(|_| invalid("tenant", Tenant::EXPECTED))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(invalid("limit", "between 1 and 200"));
@@ -236,7 +223,7 @@ pub async fn list_cases(
          ORDER BY id DESC LIMIT $4"
     ))
     .bind(status.map(Status::as_str))
-    .bind(q.tenant)
+    .bind(tenant.as_ref().map(Tenant::as_str))
     .bind(cursor)
     .bind(i64::from(limit) + 1)
     .fetch_all(state.orchestrator.pool())
@@ -287,6 +274,7 @@ pub struct TransitionBody {
     event: String,
     reason: Option<String>,
     /// The hash of the plan a person judges (`gate_approved`, `gate_rejected`).
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{64}$")]
     plan_hash: Option<String>,
     /// Free-form context kept in the timeline meta.
     #[schema(value_type = Object)]
@@ -299,17 +287,15 @@ pub struct TransitionReply {
     transition: TimelineEntry,
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let value = headers
         .get("idempotency-key")
         .ok_or(ApiError::IdempotencyKeyMissing)?;
     let key = value
         .to_str()
         .map_err(|_| invalid("Idempotency-Key", "visible ASCII only"))?;
-    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid("Idempotency-Key", "1-200 visible ASCII characters"));
-    }
-    Ok(key.to_string())
+    key.parse()
+        .map_err(|_| invalid("Idempotency-Key", IdempotencyKey::EXPECTED))
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
@@ -383,17 +369,16 @@ pub async fn transition(
     }
     let human_judgement =
         who.is_human() && matches!(event, EventKind::GateApproved | EventKind::GateRejected);
-    match &body.plan_hash {
-        Some(h) if h.len() != 64 || !h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
-            return Err(invalid("plan_hash", "64 lowercase hex digits (sha256)"));
-        }
-        None if human_judgement => {
-            return Err(invalid(
-                "plan_hash",
-                "required: the hash of the plan you judge",
-            ));
-        }
-        Some(_) | None => {}
+    let plan_hash = body
+        .plan_hash
+        .map(PlanHash::try_from)
+        .transpose()
+        .map_err(|_| invalid("plan_hash", PlanHash::EXPECTED))?;
+    if plan_hash.is_none() && human_judgement {
+        return Err(invalid(
+            "plan_hash",
+            "required: the hash of the plan you judge",
+        ));
     }
     let trace_id =
         telemetry::trace_id_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));
@@ -407,7 +392,7 @@ pub async fn transition(
                 human: who.is_human(),
             },
             reason: body.reason,
-            plan_hash: body.plan_hash,
+            plan_hash,
             meta: body.meta.unwrap_or(Value::Null),
             expected_version,
             origin: Origin::Http {

@@ -13,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth, CaseId};
 use crate::auth::Role;
+use crate::contract::PlanHash;
 use crate::orchestrator::lock_case;
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
@@ -22,7 +23,8 @@ use crate::workflow::Status;
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Proposed {
     plan_id: Uuid,
-    plan_hash: String,
+    #[schema(value_type = String)]
+    plan_hash: PlanHash,
     source: String,
     author: String,
 }

@@ -24,6 +24,7 @@ use anyhow::Context;
 use async_nats::jetstream;
 use clap::Parser;
 use opsloop::analyst::{self, Analyst};
+use opsloop::contract::command as subjects;
 use opsloop::executor::adapter::{Adapter, Noop};
 use opsloop::executor::script::ScriptAdapter;
 use opsloop::executor::{self, ExecSettings, Executor};
@@ -33,7 +34,6 @@ use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
 use opsloop::pubsub::streams::CMD_STREAM;
-use opsloop::pubsub::subjects;
 use opsloop::verifier::{self, Verifier, VerifySettings};
 use opsloop::workflow::EventKind;
 use serde_json::{Value, json};
@@ -131,7 +131,7 @@ async fn run_phase(
         .add(
             CMD_STREAM,
             gatekeeper::CONSUMER,
-            gatekeeper::CMD_GATE_EVAL,
+            subjects::CMD_GATE_EVAL,
             Gatekeeper {
                 pool: pool.clone(),
                 policy: Policy::default(),
@@ -168,7 +168,7 @@ async fn run_phase(
         let service = format!("bench-{}-{i}", std::process::id());
         healthy_metrics(pool, &service).await?;
         let new = NewCase {
-            tenant: "bench".into(),
+            tenant: "bench".parse().expect("a valid tenant"),
             title: "bench exec".into(),
             severity: "low".into(),
             kind: Some("service".into()),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
+use opsloop::contract::command as subjects;
 use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
 use opsloop::orchestrator::{NewCase, Orchestrator};
 use opsloop::planner::contract::PlanLimits;
@@ -28,7 +29,6 @@ use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::{self as planner_worker, Planner};
 use opsloop::pubsub::streams::CMD_STREAM;
-use opsloop::pubsub::subjects;
 use opsloop::workflow::EventKind;
 use serde_json::json;
 use uuid::Uuid;
@@ -124,7 +124,7 @@ async fn run_phase(
         .add(
             CMD_STREAM,
             gatekeeper::CONSUMER,
-            gatekeeper::CMD_GATE_EVAL,
+            subjects::CMD_GATE_EVAL,
             gate,
             4,
         )
@@ -137,7 +137,7 @@ async fn run_phase(
         tokio::time::sleep_until(next.into()).await;
         next += interval;
         let new = NewCase {
-            tenant: "bench".into(),
+            tenant: "bench".parse().expect("a valid tenant"),
             title: "bench gate".into(),
             severity: "low".into(),
             kind: Some("demo".into()),

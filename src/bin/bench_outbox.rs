@@ -32,11 +32,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use opsloop::contract::Message;
+use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::orchestrator::Orchestrator;
-use opsloop::pubsub::envelope::Envelope;
 use opsloop::pubsub::relay::{self, AckSample, Relay, RelaySettings};
 use opsloop::pubsub::streams::StreamSettings;
-use opsloop::pubsub::subjects;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -118,17 +118,14 @@ async fn load(
 fn commit_to_ack(acks: &[AckSample], commits: &Commits) -> (Vec<Duration>, usize) {
     let mut lags = Vec::new();
     let mut early = 0;
-    for ack in acks
-        .iter()
-        .filter(|a| a.subject == subjects::EVT_CASE_TRANSITION)
-    {
-        let Ok(envelope) = serde_json::from_str::<Envelope>(&ack.payload) else {
+    for ack in acks.iter().filter(|a| a.subject == EVT_CASE_TRANSITION) {
+        let Ok(message) = Message::<Fact>::from_bytes(ack.payload.as_bytes()) else {
             continue;
         };
-        let (Some(case), Some(version)) = (envelope.case_id, envelope.data["version"].as_i64())
-        else {
+        let Fact::CaseTransition(t) = &message.body else {
             continue;
         };
+        let (case, version) = (message.case_id.uuid(), t.version);
         if let Some(committed) = commits.get(&(case, version)) {
             early += usize::from(ack.acked_at < *committed);
             lags.push(ack.acked_at.saturating_duration_since(*committed));

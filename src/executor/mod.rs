@@ -24,20 +24,17 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::contract::fact::{RunEnded, StepResult};
+pub use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStatus};
+use crate::contract::{CommandMsg, Fact, Message, PlanHash, Version};
 use crate::model::Case;
 use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, outbox, subjects};
+use crate::pubsub::outbox;
 use crate::telemetry;
 use adapter::{Adapter, StepError};
 
 pub const CONSUMER: &str = "executor";
-pub const EVT_STEP_RESULT: &str = "evt.exec.step_result.v1";
-pub const EVT_DONE: &str = "evt.exec.done.v1";
-pub const EVT_FAILED: &str = "evt.exec.failed.v1";
-/// A rollback command's outcome; for people and tools, not for the FSM
-/// (the case is already PARKED).
-pub const EVT_ROLLED_BACK: &str = "evt.exec.rolled_back.v1";
 
 /// Deliveries a command waits for a busy target before the case is parked.
 const WAIT_FOR_TARGET_DELIVERIES: i64 = 4;
@@ -136,20 +133,6 @@ impl Executor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
-#[strum(serialize_all = "snake_case")]
-enum Phase {
-    Step,
-    Rollback,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
-#[strum(serialize_all = "snake_case")]
-enum RunKind {
-    Run,
-    Rollback,
-}
-
 /// One step of the plan as the runner needs it.
 #[derive(Debug, Clone)]
 struct Step {
@@ -211,21 +194,26 @@ struct RunRow {
 /// How a run ended. The closing fact follows from the run's kind and this
 /// status (see `closing_fact`).
 struct Ending {
-    status: &'static str,
+    status: RunStatus,
     reason: Option<String>,
 }
 
 impl Ending {
-    fn new(status: &'static str, reason: Option<String>) -> Ending {
+    fn new(status: RunStatus, reason: Option<String>) -> Ending {
         Ending { status, reason }
     }
 }
 
-fn closing_fact(kind: RunKind, status: &str) -> &'static str {
-    match (kind, status) {
-        (RunKind::Rollback, _) => EVT_ROLLED_BACK,
-        (RunKind::Run, "done") => EVT_DONE,
-        (RunKind::Run, _) => EVT_FAILED,
+/// A rollback command's outcome is for people and tools, not for the FSM
+/// (the case is already PARKED).
+fn closing_fact(ended: RunEnded) -> Fact {
+    match (ended.kind, ended.status) {
+        (RunKind::Rollback, _) => Fact::RolledBack(ended),
+        (RunKind::Run, RunStatus::Done) => Fact::ExecDone(ended),
+        (
+            RunKind::Run,
+            RunStatus::Failed | RunStatus::RolledBack | RunStatus::Interrupted | RunStatus::Blocked,
+        ) => Fact::ExecFailed(ended),
     }
 }
 
@@ -235,34 +223,26 @@ impl Handler for Executor {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let env = &d.envelope;
-        let kind = match env.kind.as_str() {
-            subjects::CMD_EXEC_RUN => RunKind::Run,
-            subjects::CMD_EXEC_ROLLBACK => RunKind::Rollback,
-            other => return Disposition::unknown_type(other),
+        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
+            Ok(cmd) => cmd,
+            Err(e) => return e.into(),
         };
-        let (Some(case_id), Some(version)) = (env.case_id, env.expected_version) else {
+        let (kind, plan_hash) = match &cmd.body {
+            CommandMsg::Execute(p) => (RunKind::Run, p.plan_hash.clone()),
+            CommandMsg::Rollback(p) => (RunKind::Rollback, p.plan_hash.clone()),
+            CommandMsg::RunAnalysis(_)
+            | CommandMsg::GeneratePlan(_)
+            | CommandMsg::EvaluateGate(_)
+            | CommandMsg::Verify(_) => return Disposition::unknown_type(&d.envelope.kind),
+        };
+        let Some(version) = cmd.expected_version else {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 "an exec command needs case_id and expected_version".into(),
             );
         };
-        let Some(plan_hash) = env
-            .data
-            .get("plan_hash")
-            .and_then(Value::as_str)
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-        else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "data.plan_hash must be a sha256 hex digest".into(),
-            );
-        };
         let _in_flight = telemetry::execution_started();
-        match self
-            .execute(env, d, kind, case_id, version, plan_hash)
-            .await
-        {
+        match self.execute(&cmd, d, kind, version, &plan_hash).await {
             Ok(disposition) => disposition,
             Err(e) => Disposition::Retry(e.to_string()),
         }
@@ -272,13 +252,13 @@ impl Handler for Executor {
 impl Executor {
     async fn execute(
         &self,
-        cmd: &Envelope,
+        cmd: &Message<CommandMsg>,
         d: &Delivery,
         kind: RunKind,
-        case_id: Uuid,
-        version: i64,
-        plan_hash: &str,
+        version: Version,
+        plan_hash: &PlanHash,
     ) -> Result<Disposition, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
         // A redelivered command finds its run; a finished one needs nothing
         // more read or done.
         let existing: Option<RunRow> =
@@ -326,7 +306,7 @@ impl Executor {
         let run_id = match existing {
             Some(run) => run.id,
             None => {
-                if kind == RunKind::Run && case.version != version {
+                if kind == RunKind::Run && case.version != version.get() {
                     // The case moved on before this command was handled:
                     // nothing to run for an attempt that no longer counts.
                     tracing::info!(case.id = %case.id, "Exec command for an older case version; skipped.");
@@ -352,9 +332,9 @@ impl Executor {
 
         let ending = match kind {
             RunKind::Run => match self.run_phase(run_id, Phase::Step, &steps, &facts).await? {
-                PhaseEnd::AllDone => Ending::new("done", None),
+                PhaseEnd::AllDone => Ending::new(RunStatus::Done, None),
                 PhaseEnd::Interrupted(why) => {
-                    Ending::new("interrupted", Some(format!("interrupted: {why}")))
+                    Ending::new(RunStatus::Interrupted, Some(format!("interrupted: {why}")))
                 }
                 PhaseEnd::Failed(why) => {
                     let rolled = self
@@ -362,11 +342,13 @@ impl Executor {
                         .await?;
                     let (status, rollback_note) = match rolled {
                         PhaseEnd::AllDone if rollback.is_empty() => {
-                            ("failed", "no rollback steps".to_string())
+                            (RunStatus::Failed, "no rollback steps".to_string())
                         }
-                        PhaseEnd::AllDone => ("rolled_back", "rollback succeeded".to_string()),
+                        PhaseEnd::AllDone => {
+                            (RunStatus::RolledBack, "rollback succeeded".to_string())
+                        }
                         PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => {
-                            ("failed", format!("rollback failed too: {w}"))
+                            (RunStatus::Failed, format!("rollback failed too: {w}"))
                         }
                     };
                     Ending::new(status, Some(format!("{why}; {rollback_note}")))
@@ -376,9 +358,9 @@ impl Executor {
                 .run_phase(run_id, Phase::Rollback, &rollback, &facts)
                 .await?
             {
-                PhaseEnd::AllDone => Ending::new("rolled_back", None),
+                PhaseEnd::AllDone => Ending::new(RunStatus::RolledBack, None),
                 PhaseEnd::Failed(w) | PhaseEnd::Interrupted(w) => {
-                    Ending::new("failed", Some(format!("rollback failed: {w}")))
+                    Ending::new(RunStatus::Failed, Some(format!("rollback failed: {w}")))
                 }
             },
         };
@@ -446,8 +428,15 @@ impl Executor {
             let stored = recorded.get(&idx).cloned();
             let Some(adapter) = self.adapters.get(step.action.as_str()).cloned() else {
                 let why = format!("{phase} {idx}: no adapter for action {}", step.action);
-                self.record_step(at, step, "failed", 0, &json!({"error": why}), facts)
-                    .await?;
+                self.record_step(
+                    at,
+                    step,
+                    StepStatus::Failed,
+                    0,
+                    &json!({"error": why}),
+                    facts,
+                )
+                .await?;
                 return Ok(PhaseEnd::Failed(why));
             };
             match stored.as_ref().map(|(s, ..)| s.as_str()) {
@@ -464,8 +453,15 @@ impl Executor {
                         step.action
                     );
                     let tries = stored.map_or(0, |s| s.1);
-                    self.record_step(at, step, "failed", tries, &json!({"error": why}), facts)
-                        .await?;
+                    self.record_step(
+                        at,
+                        step,
+                        StepStatus::Failed,
+                        tries,
+                        &json!({"error": why}),
+                        facts,
+                    )
+                    .await?;
                     return Ok(PhaseEnd::Interrupted(why));
                 }
                 _ => {}
@@ -475,7 +471,8 @@ impl Executor {
                     // Nothing of this plan changed the target, so there is
                     // nothing to put back.
                     let note = json!({"undo": "nothing to restore: no step of this plan recorded a state for this target"});
-                    self.record_step(at, step, "done", 0, &note, facts).await?;
+                    self.record_step(at, step, StepStatus::Done, 0, &note, facts)
+                        .await?;
                     continue;
                 };
                 Some(before)
@@ -504,7 +501,7 @@ impl Executor {
             };
             match outcome {
                 Ok(detail) => {
-                    self.record_step(at, step, "done", tries, &detail, facts)
+                    self.record_step(at, step, StepStatus::Done, tries, &detail, facts)
                         .await?;
                 }
                 Err(e) => {
@@ -512,7 +509,7 @@ impl Executor {
                     if let Some(m) = detail.as_object_mut() {
                         m.insert("error".into(), json!(e.message));
                     }
-                    self.record_step(at, step, "failed", tries, &detail, facts)
+                    self.record_step(at, step, StepStatus::Failed, tries, &detail, facts)
                         .await?;
                     return Ok(PhaseEnd::Failed(format!(
                         "{phase} {idx} ({}) failed after {tries} tries: {}",
@@ -604,7 +601,7 @@ impl Executor {
         &self,
         at: StepAt,
         step: &Step,
-        status: &str,
+        status: StepStatus,
         tries: i32,
         detail: &Value,
         facts: &Facts<'_>,
@@ -620,16 +617,20 @@ impl Executor {
         .bind(<&'static str>::from(at.phase))
         .bind(at.idx)
         .bind(&step.action)
-        .bind(status)
+        .bind(<&'static str>::from(status))
         .bind(tries)
         .bind(detail)
         .execute(&mut *tx)
         .await?;
-        let fact = facts.envelope(
-            EVT_STEP_RESULT,
-            json!({"run_id": at.run, "attempt_id": facts.cmd.id, "phase": at.phase.to_string(),
-                   "index": at.idx, "action": step.action, "status": status, "tries": tries}),
-        );
+        let fact = facts.envelope(Fact::StepResult(StepResult {
+            run_id: at.run,
+            attempt_id: facts.cmd.id,
+            phase: at.phase,
+            index: at.idx,
+            action: step.action.clone(),
+            status,
+            tries,
+        }));
         outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await
     }
@@ -646,7 +647,7 @@ impl Executor {
             "UPDATE exec_run SET status = $2, error = $3, finished_at = clock_timestamp() WHERE id = $1",
         )
         .bind(run_id)
-        .bind(ending.status)
+        .bind(<&'static str>::from(ending.status))
         .bind(&ending.reason)
         .execute(&mut *tx)
         .await?;
@@ -654,14 +655,17 @@ impl Executor {
             .bind(run_id)
             .execute(&mut *tx)
             .await?;
-        let fact = facts.envelope(
-            closing_fact(facts.kind, ending.status),
-            json!({"run_id": run_id, "attempt_id": facts.cmd.id, "plan_hash": facts.plan_hash,
-                   "kind": <&'static str>::from(facts.kind), "status": ending.status, "reason": ending.reason}),
-        );
+        let fact = facts.envelope(closing_fact(RunEnded {
+            run_id,
+            attempt_id: facts.cmd.id,
+            plan_hash: facts.plan_hash.clone(),
+            kind: facts.kind,
+            status: ending.status,
+            reason: ending.reason.clone(),
+        }));
         outbox::enqueue_fact(&mut tx, fact, facts.cause).await?;
         tx.commit().await?;
-        tracing::info!(case.id = %facts.case.id, run.id = %run_id, status = ending.status, "Execution finished.");
+        tracing::info!(case.id = %facts.case.id, run.id = %run_id, status = %ending.status, "Execution finished.");
         Ok(())
     }
 
@@ -670,7 +674,7 @@ impl Executor {
         let mut conn = self.pool.acquire().await?;
         let run_id = insert_run(&mut conn, facts).await?;
         drop(conn);
-        let ending = Ending::new("blocked", Some(reason));
+        let ending = Ending::new(RunStatus::Blocked, Some(reason));
         self.finish(run_id, &ending, facts).await
     }
 }
@@ -688,7 +692,7 @@ async fn insert_run(conn: &mut sqlx::PgConnection, facts: &Facts<'_>) -> Result<
     .bind(facts.plan_hash)
     .bind(<&'static str>::from(facts.kind))
     .bind(facts.cmd.id)
-    .bind(facts.version)
+    .bind(facts.version.get())
     .execute(&mut *conn)
     .await?;
     Ok(run_id)
@@ -711,21 +715,22 @@ enum PhaseEnd {
 /// What every fact of one command shares.
 struct Facts<'a> {
     case: &'a Case,
-    cmd: &'a Envelope,
+    cmd: &'a Message<CommandMsg>,
     /// The version the command was issued at (the fence).
-    version: i64,
+    version: Version,
     /// The approved plan the command names.
-    plan_hash: &'a str,
+    plan_hash: &'a PlanHash,
     kind: RunKind,
     /// The command's `traceparent`, continued by every fact.
     cause: Option<&'a str>,
 }
 
 impl Facts<'_> {
-    fn envelope(&self, kind: &str, data: Value) -> Envelope {
-        let mut env = Envelope::for_case(self.case, kind, CONSUMER, Some(self.cmd.id), data);
-        env.expected_version = Some(self.version);
-        env
+    /// A fact of this command: about the version the command was issued at.
+    fn envelope(&self, body: Fact) -> crate::pubsub::Envelope {
+        let mut message = Message::for_case(self.case, CONSUMER, Some(self.cmd.id), body);
+        message.expected_version = Some(self.version);
+        message.to_envelope()
     }
 }
 

@@ -13,16 +13,14 @@ use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::contract::fact::{GateJudged, GatePending, PlanRejected};
+use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, inbox, outbox};
+use crate::pubsub::{inbox, outbox};
 use crate::workflow::Status;
 use policy::{GateContext, Policy, Verdict};
 
 pub const CONSUMER: &str = "gatekeeper";
-pub const CMD_GATE_EVAL: &str = crate::pubsub::subjects::CMD_GATE_EVAL;
-pub const EVT_PLAN_APPROVED: &str = "evt.plan.approved.v1";
-pub const EVT_GATE_PENDING: &str = "evt.gate.pending.v1";
-pub const EVT_PLAN_REJECTED: &str = "evt.plan.rejected.v1";
 
 pub struct Gatekeeper {
     pub pool: PgPool,
@@ -35,19 +33,15 @@ impl Handler for Gatekeeper {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let env = &d.envelope;
-        let case_id = match d.case_command(CMD_GATE_EVAL) {
-            Ok(id) => id,
-            Err(dead) => return dead,
+        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
+            Ok(cmd) => cmd,
+            Err(e) => return e.into(),
         };
-        let Some(hash) = env.data["plan_hash"].as_str() else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "cmd.gate.eval needs data.plan_hash".into(),
-            );
+        let CommandMsg::EvaluateGate(args) = &cmd.body else {
+            return Disposition::unknown_type(&d.envelope.kind);
         };
         match self
-            .evaluate(env, case_id, hash, &d.subject, d.traceparent.as_deref())
+            .evaluate(&cmd, &args.plan_hash, &d.subject, d.traceparent.as_deref())
             .await
         {
             Ok(disposition) => disposition,
@@ -59,12 +53,12 @@ impl Handler for Gatekeeper {
 impl Gatekeeper {
     async fn evaluate(
         &self,
-        cmd: &Envelope,
-        case_id: Uuid,
-        hash: &str,
+        cmd: &Message<CommandMsg>,
+        hash: &PlanHash,
         subject: &str,
         traceparent: Option<&str>,
     ) -> Result<Disposition, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
         let mut tx = self.pool.begin().await?;
         let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
             Ok(case) => case,
@@ -91,7 +85,7 @@ impl Gatekeeper {
         let plan: Value = row.try_get("plan")?;
         let ctx = GateContext {
             now: chrono::Utc::now(),
-            tenant: &case.tenant,
+            tenant: case.tenant.as_str(),
         };
         let decision = policy::evaluate(&plan, &self.policy, &ctx);
         let mut stored = json!(decision);
@@ -110,7 +104,12 @@ impl Gatekeeper {
         .bind(required)
         .execute(&mut *tx)
         .await?;
-        let (kind, data) = match &decision.verdict {
+        let judged = GateJudged {
+            plan_hash: hash.clone(),
+            risk: decision.risk,
+            reasons: decision.reasons.clone(),
+        };
+        let body = match &decision.verdict {
             Verdict::AutoApprove => {
                 sqlx::query(
                     "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind, reasons) \
@@ -123,31 +122,29 @@ impl Gatekeeper {
                 .bind(json!(decision.reasons))
                 .execute(&mut *tx)
                 .await?;
-                (
-                    EVT_PLAN_APPROVED,
-                    json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons}),
-                )
+                Fact::PlanApproved(judged)
             }
-            Verdict::RequireApprovers { count } => (
-                EVT_GATE_PENDING,
-                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
-                       "required_approvers": count}),
-            ),
-            Verdict::BreakGlass { count, freeze } => (
-                EVT_GATE_PENDING,
-                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
-                       "required_approvers": count, "break_glass": true, "freeze": freeze}),
-            ),
-            Verdict::Deny => (
-                EVT_PLAN_REJECTED,
-                json!({"plan_hash": hash, "risk": decision.risk, "reasons": decision.reasons,
-                       "reason": format!("gate denied: {}", decision.reasons.join("; "))}),
-            ),
+            Verdict::RequireApprovers { count } => Fact::GatePending(GatePending {
+                judged,
+                required_approvers: *count,
+                break_glass: None,
+                freeze: None,
+            }),
+            Verdict::BreakGlass { count, freeze } => Fact::GatePending(GatePending {
+                judged,
+                required_approvers: *count,
+                break_glass: Some(true),
+                freeze: Some(freeze.clone()),
+            }),
+            Verdict::Deny => Fact::PlanRejected(PlanRejected {
+                reason: format!("gate denied: {}", decision.reasons.join("; ")),
+                judged,
+            }),
         };
-        let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
+        let fact = Message::for_case(&case, CONSUMER, Some(cmd.id), body).to_envelope();
         outbox::enqueue_fact(&mut tx, fact, traceparent).await?;
         tx.commit().await?;
-        tracing::info!(case.id = %case.id, plan.hash = hash, verdict = ?decision.verdict,
+        tracing::info!(case.id = %case.id, plan.hash = %hash, verdict = ?decision.verdict,
                        risk = decision.risk, "Gate decided.");
         Ok(Disposition::Done)
     }

@@ -5,11 +5,13 @@
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use super::Origin;
 use super::TransitionRequest;
 use super::store::HumanApproval;
+use crate::contract::PlanHash;
 use crate::model::Case;
 use crate::workflow::{
-    ApprovalFact, ApprovalKind, Decision, EventKind, ExecFact, Facts, Judgement, PlanFact,
+    ApprovalFact, ApprovalKind, Decision, EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact,
     Rejection, Status,
 };
 
@@ -38,12 +40,12 @@ impl Loaded {
             Err(Rejection::GuardFailed(failures)) => failures
                 .iter()
                 .all(|f| f.guard == "approval_for_current_plan"),
-            Err(Rejection::IllegalTransition { .. }) => false,
+            Err(Rejection::IllegalTransition { .. } | Rejection::StaleFact(_)) => false,
         };
         let valid = req.event == EventKind::GateApproved
             && status == Status::WaitGate
             && only_quorum_missing
-            && judgement.plan_hash == plan.hash
+            && judgement.plan_hash.as_ref() == Some(&plan.hash)
             && judgement.actor != plan.author;
         valid.then(|| HumanApproval {
             plan_id,
@@ -65,16 +67,28 @@ pub async fn load(
         ..Facts::default()
     };
     let mut plan_id = None;
-    let needs_plan = match req.event {
-        E::PlanReady | E::GateApproved | E::GateRejected | E::ExecDone | E::VerifyFailed => true,
-        E::StartAnalysis
-        | E::AnalysisDone
-        | E::PlanFailed
-        | E::ExecFailed
-        | E::VerifyPass
-        | E::Resume
-        | E::Dismiss => false,
-    };
+    let from_worker = matches!(req.origin, Origin::Message { .. });
+    if from_worker {
+        facts.fact = Some(FactRef {
+            expected_version: req.expected_version,
+            case_version: case.version,
+            plan_hash: req.plan_hash.clone(),
+        });
+    }
+    let names_plan = from_worker && req.plan_hash.is_some();
+    let needs_plan = names_plan
+        || match req.event {
+            E::PlanReady | E::GateApproved | E::GateRejected | E::ExecDone | E::VerifyFailed => {
+                true
+            }
+            E::StartAnalysis
+            | E::AnalysisDone
+            | E::PlanFailed
+            | E::ExecFailed
+            | E::VerifyPass
+            | E::Resume
+            | E::Dismiss => false,
+        };
     if needs_plan && let Some(row) = current_plan(conn, case.id).await? {
         let (id, plan, required, auto_rollback) = row;
         plan_id = Some(id);
@@ -88,13 +102,13 @@ pub async fn load(
     if req.actor.human && matches!(req.event, E::GateApproved | E::GateRejected) {
         facts.judgement = Some(Judgement {
             actor: req.actor.id.clone(),
-            plan_hash: req.plan_hash.clone().unwrap_or_default(),
+            plan_hash: req.plan_hash.clone(),
         });
     }
     if req.event == E::ExecDone {
         // The latest run for this case version: a run of an older attempt
         // (an earlier visit to EXECUTING) never counts.
-        let run: Option<(String, String)> = sqlx::query_as(
+        let run: Option<(PlanHash, String)> = sqlx::query_as(
             "SELECT plan_hash, status FROM exec_run \
              WHERE case_id = $1 AND kind = 'run' AND case_version = $2 \
              ORDER BY started_at DESC LIMIT 1",

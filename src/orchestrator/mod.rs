@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
+use crate::contract::{IdempotencyKey, PlanHash};
 use crate::model::Case;
 use crate::problem::Problem;
 use crate::telemetry;
@@ -39,7 +40,7 @@ pub enum Origin {
     /// `Idempotency-Key`, scoped by actor; `request_hash` tells a replay
     /// from a reuse of the key for another request.
     Http {
-        idempotency_key: String,
+        idempotency_key: IdempotencyKey,
         request_hash: String,
     },
     /// A consumed message: its id is recorded in `inbox` for `consumer`.
@@ -58,8 +59,9 @@ pub struct TransitionRequest {
     pub event: EventKind,
     pub actor: Actor,
     pub reason: Option<String>,
-    /// The plan a person judges with `gate_*`.
-    pub plan_hash: Option<String>,
+    /// A person's request: the plan they judge with `gate_*`. A worker's
+    /// fact: the plan it is about, which must be the case's current plan.
+    pub plan_hash: Option<PlanHash>,
     /// Free-form caller context, stored in the timeline meta.
     pub meta: Value,
     /// `If-Match` (HTTP) or `expected_version` (message).
@@ -189,9 +191,13 @@ impl Orchestrator {
                 idempotency_key,
                 request_hash,
             } => {
-                if let Some(stored) =
-                    store::claim_idempotency(&mut tx, &req.actor.id, idempotency_key, request_hash)
-                        .await?
+                if let Some(stored) = store::claim_idempotency(
+                    &mut tx,
+                    &req.actor.id,
+                    idempotency_key.as_str(),
+                    request_hash,
+                )
+                .await?
                 {
                     return match stored {
                         store::Claim::Replay(reply) => Ok(Outcome::Replayed(reply)),
@@ -223,27 +229,12 @@ impl Orchestrator {
         let case = store::lock_case(&mut tx, req.case_id)
             .await?
             .ok_or(TransitionError::CaseNotFound(req.case_id))?;
+        // A worker's fact about an older version is not an error but a
+        // stale fact, which `decide` rejects and the timeline records.
         if let Some(expected) = req.expected_version
             && expected != case.version
+            && !matches!(req.origin, Origin::Message { .. })
         {
-            // A worker's fact about an older version is recorded and answered,
-            // not retried: the case moved on without it.
-            if let Origin::Message { message_id, .. } = &req.origin {
-                let problem = Problem::new(
-                    409,
-                    "stale_fact",
-                    "Stale fact",
-                    format!("fact about version {expected}, case is at {}", case.version),
-                );
-                let meta = json!({"trace_id": req.trace_id, "message_id": message_id});
-                store::append_rejection(&mut tx, &case, req, "stale_fact", &meta).await?;
-                tx.commit().await?;
-                info!(case.id = %case.id, expected, actual = case.version, "Stale fact recorded.");
-                return Ok(Outcome::Rejected(Reply {
-                    status: problem.status,
-                    body: problem.to_value(),
-                }));
-            }
             return Err(TransitionError::VersionMismatch {
                 expected,
                 actual: case.version,
@@ -272,7 +263,7 @@ impl Orchestrator {
                 let problem = rejection_problem(&rejection, &case);
                 store::append_rejection(&mut tx, &case, req, problem.code.as_str(), &meta).await?;
                 info!(case.id = %case.id, status = %case.status, event.kind = req.event.as_str(),
-                      code = %problem.code, "Transition rejected.");
+                      code = %problem.code, detail = %problem.detail, "Transition rejected.");
                 let reply = Reply {
                     status: problem.status,
                     body: problem.to_value(),
@@ -285,19 +276,7 @@ impl Orchestrator {
                 if let Some(hook) = &self.hooks.after_timeline_insert {
                     hook().map_err(TransitionError::Injected)?;
                 }
-                let causation = match &req.origin {
-                    Origin::Message { message_id, .. } => Some(*message_id),
-                    Origin::Http { .. } | Origin::Direct => None,
-                };
-                store::enqueue(
-                    &mut tx,
-                    &updated,
-                    &entry,
-                    &decision.effects,
-                    causation,
-                    &req.trace_id,
-                )
-                .await?;
+                store::enqueue(&mut tx, &case, &updated, &entry, req, &decision.effects).await?;
                 let reply = Reply {
                     status: 200,
                     body: json!({ "case": updated, "transition": entry }),
@@ -315,7 +294,7 @@ impl Orchestrator {
             store::store_response(
                 &mut tx,
                 &req.actor.id,
-                idempotency_key,
+                idempotency_key.as_str(),
                 case_id_for_key,
                 reply,
             )
@@ -344,6 +323,7 @@ fn rejection_problem(rejection: &Rejection, case: &Case) -> Problem {
         )
         .with("case_status", json!(from))
         .with("version", json!(case.version)),
+        Rejection::StaleFact(why) => Problem::new(409, "stale_fact", "Stale fact", why.clone()),
         Rejection::GuardFailed(failures) => Problem::new(
             422,
             "guard_failed",

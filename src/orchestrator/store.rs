@@ -1,19 +1,21 @@
 //! SQL of the transition transaction. Every function takes the open
 //! transaction: nothing here commits.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{Reply, TransitionRequest};
+use super::{Origin, Reply, TransitionRequest};
+use crate::contract::fact::CaseTransition;
+use crate::contract::{CommandMsg, Fact, Message, PlanHash, Tenant};
 use crate::model::{Case, TimelineEntry};
-use crate::pubsub::{Envelope, outbox, subjects};
+use crate::pubsub::outbox;
 use crate::workflow::{Effect, Status};
 use crate::{case_columns, timeline_columns};
 
 #[derive(Debug, Clone)]
 pub struct NewCase {
-    pub tenant: String,
+    pub tenant: Tenant,
     pub title: String,
     pub severity: String,
     pub kind: Option<String>,
@@ -32,7 +34,7 @@ pub async fn insert_case(
         case_columns!()
     ))
     .bind(id)
-    .bind(&new.tenant)
+    .bind(new.tenant.as_str())
     .bind(&new.title)
     .bind(&new.severity)
     .bind(&new.kind)
@@ -240,7 +242,7 @@ pub async fn append_rejection(
 
 pub struct HumanApproval {
     pub plan_id: Uuid,
-    pub plan_hash: String,
+    pub plan_hash: PlanHash,
     pub approver: String,
 }
 
@@ -265,36 +267,40 @@ pub async fn record_human_approval(
 /// one statement. Message ids are fixed here, so a re-publish reuses them.
 pub async fn enqueue(
     conn: &mut PgConnection,
-    case: &Case,
+    before: &Case,
+    after: &Case,
     entry: &TimelineEntry,
+    req: &TransitionRequest,
     effects: &[Effect],
-    causation_id: Option<Uuid>,
-    trace_id: &str,
 ) -> Result<(), sqlx::Error> {
-    let causation = causation_id.or(Some(entry.id));
-    let envelope =
-        |kind: &str, data: Value| Envelope::for_case(case, kind, &entry.actor, causation, data);
-    let mut messages: Vec<Envelope> = effects
+    // A fact's commands continue from the fact; a person's from the entry.
+    let causation = match &req.origin {
+        Origin::Message { message_id, .. } => *message_id,
+        Origin::Http { .. } | Origin::Direct => entry.id,
+    };
+    let mut messages: Vec<_> = effects
         .iter()
-        .map(|e| envelope(subjects::for_effect(e), json!(e)))
+        .map(|e| {
+            Message::for_case(after, &entry.actor, Some(causation), CommandMsg::from(e))
+                .to_envelope()
+        })
         .collect();
-    messages.push(envelope(
-        subjects::EVT_CASE_TRANSITION,
-        json!({
-            "from": entry.from_status,
-            "to": entry.to_status,
-            "event": entry.event,
-            "version": case.version,
-            "actor": entry.actor,
-            "reason": entry.reason,
-            "timeline_id": entry.id,
-        }),
-    ));
+    let transition = Fact::CaseTransition(CaseTransition {
+        from: before.status,
+        to: after.status,
+        event: req.event,
+        version: after.version,
+        actor: entry.actor.clone(),
+        reason: entry.reason.clone(),
+        timeline_id: entry.id,
+    });
+    messages
+        .push(Message::for_case(after, &entry.actor, Some(causation), transition).to_envelope());
     outbox::enqueue(
         conn,
-        Some(case.id),
+        Some(after.id),
         &messages,
-        &outbox::traceparent(trace_id),
+        &outbox::traceparent(&req.trace_id),
     )
     .await?;
     Ok(())

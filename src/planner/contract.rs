@@ -11,7 +11,8 @@ use std::sync::LazyLock;
 
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
+
+use crate::contract::PlanHash;
 
 /// The schema text, also served to LLMs as `response_format` and to readers.
 pub const SCHEMA_JSON: &str = include_str!("changeplan.schema.json");
@@ -64,7 +65,7 @@ fn completeness(path: String, message: impl Into<String>) -> Violation {
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedPlan {
     pub plan: Value,
-    pub hash: String,
+    pub hash: PlanHash,
 }
 
 /// Checks a plan against the schema, then the completeness guard; returns
@@ -94,8 +95,8 @@ pub fn check(plan: &Value, limits: &PlanLimits) -> Result<CheckedPlan, Vec<Viola
 /// SHA-256 of the canonical JSON: keys sorted (serde_json's map is ordered),
 /// no whitespace. The same content always hashes the same, whatever the
 /// key order it arrived in.
-pub fn canonical_hash(plan: &Value) -> String {
-    hex::encode(Sha256::digest(plan.to_string().as_bytes()))
+pub fn canonical_hash(plan: &Value) -> PlanHash {
+    PlanHash::of(plan.to_string().as_bytes())
 }
 
 fn guard(plan: &Value, limits: &PlanLimits) -> Vec<Violation> {
@@ -329,7 +330,7 @@ mod tests {
     #[test]
     fn a_complete_plan_passes_and_shell_text_in_argv_is_just_an_argument() {
         let checked = check(&plan(), &limits()).unwrap();
-        assert_eq!(checked.hash.len(), 64);
+        assert_eq!(checked.hash.as_str().len(), 64);
     }
 
     #[test]

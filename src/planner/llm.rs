@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::contract::{self, CheckedPlan, PlanLimits, Violation};
+use crate::contract::PlanHash;
 use crate::telemetry;
 
 /// Where the LLM is and how patient to be with it. Without
@@ -175,7 +176,7 @@ struct Attempt {
     completion_tokens: Option<u32>,
     errors: Vec<String>,
     reply: Option<String>,
-    plan_hash: Option<String>,
+    plan_hash: Option<PlanHash>,
 }
 
 impl LlmPlanner {

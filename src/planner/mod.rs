@@ -12,24 +12,15 @@ pub mod llm;
 pub mod templates;
 pub mod worker;
 
-use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::contract::fact::PlanProposed;
+pub use crate::contract::fact::PlanSource as Source;
+use crate::contract::{Fact, Message};
 use crate::model::Case;
-use crate::pubsub::{Envelope, outbox};
+use crate::pubsub::outbox;
 use contract::CheckedPlan;
-
-pub const EVT_PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
-
-/// Who wrote a plan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
-#[strum(serialize_all = "snake_case")]
-pub enum Source {
-    Template,
-    Llm,
-    Human,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {
@@ -66,13 +57,22 @@ pub async fn propose(
     if inserted == 0 {
         return Err(ProposeError::Duplicate);
     }
-    let fact = Envelope::for_case(
+    let fact = Message::for_case(
         case,
-        EVT_PLAN_PROPOSED,
         author,
         None,
-        json!({"plan_id": id, "plan_hash": plan.hash, "source": source.to_string()}),
+        Fact::PlanProposed(PlanProposed {
+            plan_id: id,
+            plan_hash: plan.hash.clone(),
+            source,
+        }),
     );
-    outbox::enqueue(conn, Some(case.id), &[fact], &outbox::traceparent(trace_id)).await?;
+    outbox::enqueue(
+        conn,
+        Some(case.id),
+        &[fact.to_envelope()],
+        &outbox::traceparent(trace_id),
+    )
+    .await?;
     Ok(id)
 }

@@ -8,22 +8,23 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
 use sqlx::PgPool;
 
 use super::contract::{CheckedPlan, PlanLimits};
 use super::llm::{AttemptScope, LlmAnswer, LlmPlanner};
 use super::templates::Templates;
 use super::{ProposeError, Source, propose};
+use crate::contract::command::GeneratePlan;
+use crate::contract::fact::PlanFailed;
+use crate::contract::{CommandMsg, Fact, Message};
 use crate::orchestrator::read_case;
 use crate::planner::context;
-use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, inbox, outbox, subjects};
+use crate::pubsub::consumer::{Delivery, Disposition, Handler};
+use crate::pubsub::{inbox, outbox};
 use crate::telemetry;
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "planner";
-pub const EVT_PLAN_FAILED: &str = "evt.plan.failed.v1";
 
 pub struct Planner {
     pub pool: PgPool,
@@ -38,31 +39,15 @@ impl Handler for Planner {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let env = &d.envelope;
-        let case_id = match d.case_command(subjects::CMD_PLAN_GENERATE) {
-            Ok(id) => id,
-            Err(dead) => return dead,
+        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
+            Ok(cmd) => cmd,
+            Err(e) => return e.into(),
         };
-        let feedback = env.data.get("feedback").and_then(|f| f.as_str());
-        let template = match env.data.get("template") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(t)) => Some(t.clone()),
-            Some(_) => {
-                return Disposition::DeadLetter(
-                    DeadReason::InvalidData,
-                    "data.template must be a string".into(),
-                );
-            }
+        let CommandMsg::GeneratePlan(args) = &cmd.body else {
+            return Disposition::unknown_type(&d.envelope.kind);
         };
         match self
-            .plan(
-                env,
-                case_id,
-                template.as_deref(),
-                feedback,
-                &d.subject,
-                d.traceparent.as_deref(),
-            )
+            .plan(&cmd, args, &d.subject, d.traceparent.as_deref())
             .await
         {
             Ok(disposition) => disposition,
@@ -74,15 +59,18 @@ impl Handler for Planner {
 impl Planner {
     async fn plan(
         &self,
-        cmd: &Envelope,
-        case_id: uuid::Uuid,
-        template: Option<&str>,
-        feedback: Option<&str>,
+        cmd: &Message<CommandMsg>,
+        args: &GeneratePlan,
         subject: &str,
         traceparent: Option<&str>,
     ) -> Result<Disposition, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
+        let template = args.template.as_deref();
         let asked = match &self.llm {
-            Some(llm) => self.ask_llm(llm, cmd, case_id, template, feedback).await?,
+            Some(llm) => {
+                self.ask_llm(llm, cmd, template, args.feedback.as_deref())
+                    .await?
+            }
             None => None,
         };
         let mut tx = self.pool.begin().await?;
@@ -126,7 +114,7 @@ impl Planner {
                     }
                     Err(ProposeError::Duplicate) => Some(format!(
                         "{by} gives plan {} again, which was already tried; a person should propose another",
-                        &checked.hash[..12]
+                        checked.hash.short()
                     )),
                     Err(ProposeError::Database(e)) => return Err(e),
                 }
@@ -134,14 +122,15 @@ impl Planner {
             Err(reason) => Some(reason),
         };
         if let Some(reason) = failure {
-            let fact = Envelope::for_case(
+            let fact = Message::for_case(
                 &case,
-                EVT_PLAN_FAILED,
                 CONSUMER,
                 Some(cmd.id),
-                json!({"reason": reason}),
+                Fact::PlanFailed(PlanFailed {
+                    reason: reason.clone(),
+                }),
             );
-            outbox::enqueue_fact(&mut tx, fact, traceparent).await?;
+            outbox::enqueue_fact(&mut tx, fact.to_envelope(), traceparent).await?;
             tracing::info!(case.id = %case.id, reason = %reason, "No plan.");
         }
         tx.commit().await?;
@@ -156,11 +145,11 @@ impl Planner {
     async fn ask_llm(
         &self,
         llm: &LlmPlanner,
-        cmd: &Envelope,
-        case_id: uuid::Uuid,
+        cmd: &Message<CommandMsg>,
         template: Option<&str>,
         feedback: Option<&str>,
     ) -> Result<Option<LlmAnswer>, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
         if template.is_some() {
             return Ok(None);
         }

@@ -68,19 +68,6 @@ pub struct Delivery {
     pub delivered: i64,
 }
 
-impl Delivery {
-    /// The case a command of type `kind` is for. Another type, or no case,
-    /// is a dead letter: the handler can do nothing with it.
-    pub fn case_command(&self, kind: &str) -> Result<uuid::Uuid, Disposition> {
-        if self.envelope.kind != kind {
-            return Err(Disposition::unknown_type(&self.envelope.kind));
-        }
-        self.envelope.case_id.ok_or_else(|| {
-            Disposition::DeadLetter(DeadReason::InvalidData, format!("{kind} needs a case_id"))
-        })
-    }
-}
-
 pub trait Handler: Send + Sync {
     /// The consumer's durable name; also its inbox scope.
     fn name(&self) -> &str;

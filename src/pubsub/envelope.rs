@@ -1,4 +1,5 @@
-//! The envelope every message carries; its `id` is also the `Nats-Msg-Id`.
+//! The envelope every message carries, as it travels; its `id` is also the
+//! `Nats-Msg-Id`. `crate::contract::Message` is its parsed form.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,29 +19,4 @@ pub struct Envelope {
     pub causation_id: Option<Uuid>,
     pub expected_version: Option<i64>,
     pub data: Value,
-}
-
-impl Envelope {
-    /// A message about `case` as it is now: `expected_version` is the case's
-    /// current version, the correlation id is the case's flow.
-    pub fn for_case(
-        case: &crate::model::Case,
-        kind: &str,
-        actor: &str,
-        causation_id: Option<Uuid>,
-        data: Value,
-    ) -> Envelope {
-        Envelope {
-            id: Uuid::now_v7(),
-            kind: kind.to_string(),
-            case_id: Some(case.id),
-            tenant: case.tenant.clone(),
-            occurred_at: Utc::now(),
-            actor: actor.to_string(),
-            correlation_id: case.correlation_id,
-            causation_id,
-            expected_version: Some(case.version),
-            data,
-        }
-    }
 }

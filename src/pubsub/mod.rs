@@ -1,8 +1,10 @@
-//! The message contract of DESIGN §5 and its plumbing: subjects, the
-//! envelope, the JetStream streams, the outbox relay and durable consumers.
+//! The plumbing of DESIGN §5: the envelope (wire form), the JetStream
+//! streams, the outbox relay and durable consumers.
 //!
-//! Owns how messages move. Must not decide anything about cases; producers
-//! put envelopes in the outbox inside their own transaction.
+//! Owns how messages move. Knows envelopes and bytes only: what a message
+//! means is `crate::contract`'s, and nothing here decides anything about
+//! cases; producers put envelopes in the outbox inside their own
+//! transaction.
 
 pub mod consumer;
 pub mod envelope;
@@ -11,6 +13,5 @@ pub mod inbox;
 pub mod outbox;
 pub mod relay;
 pub mod streams;
-pub mod subjects;
 
 pub use envelope::Envelope;

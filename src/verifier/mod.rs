@@ -23,16 +23,16 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use self::prometheus::Prometheus;
+use crate::contract::fact::{VerifyFailed, VerifyFailure, VerifyPassed};
+use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::Case;
 use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{Envelope, inbox, outbox, subjects};
+use crate::pubsub::{inbox, outbox};
 use crate::telemetry;
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "verifier";
-pub const EVT_PASS: &str = "evt.verify.pass.v1";
-pub const EVT_FAILED: &str = "evt.verify.failed.v1";
 
 const DEFAULT_DELAY_S: u64 = 60;
 const DEFAULT_MIN_COVERAGE: f64 = 0.5;
@@ -92,6 +92,18 @@ pub enum Verdict {
     Inconclusive,
     NoData,
     Breach,
+}
+
+impl Verdict {
+    /// Why the case fails verification, unless it passed.
+    pub fn failure(self) -> Option<VerifyFailure> {
+        match self {
+            Verdict::Pass => None,
+            Verdict::Inconclusive => Some(VerifyFailure::Inconclusive),
+            Verdict::NoData => Some(VerifyFailure::NoData),
+            Verdict::Breach => Some(VerifyFailure::Breach),
+        }
+    }
 }
 
 /// One check as stated in the plan.
@@ -177,19 +189,23 @@ impl Handler for Verifier {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        let env = &d.envelope;
-        let case_id = match d.case_command(subjects::CMD_VERIFY_RUN) {
-            Ok(id) => id,
-            Err(dead) => return dead,
+        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
+            Ok(cmd) => cmd,
+            Err(e) => return e.into(),
         };
-        let Some(version) = env.expected_version else {
+        let CommandMsg::Verify(args) = &cmd.body else {
+            return Disposition::unknown_type(&d.envelope.kind);
+        };
+        let Some(version) = cmd.expected_version else {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 "cmd.verify.run needs expected_version".into(),
             );
         };
         let started = Instant::now();
-        let result = self.verify(env, d, case_id, version).await;
+        let result = self
+            .verify(&cmd, d, version.get(), args.plan_hash.as_ref())
+            .await;
         telemetry::verify_latency(started.elapsed().as_secs_f64());
         result.unwrap_or_else(|e| Disposition::Retry(e.to_string()))
     }
@@ -225,11 +241,12 @@ impl Verifier {
 
     async fn verify(
         &self,
-        cmd: &Envelope,
+        cmd: &Message<CommandMsg>,
         d: &Delivery,
-        case_id: Uuid,
         version: i64,
+        ran: Option<&PlanHash>,
     ) -> Result<Disposition, sqlx::Error> {
+        let case_id = cmd.case_id.uuid();
         // Wait (outside any transaction) until the window after the
         // execution has passed.
         let finished: Option<DateTime<Utc>> = sqlx::query_scalar(
@@ -254,7 +271,7 @@ impl Verifier {
         if let Some(case) = read_case(&self.pool, case_id).await?
             && case.status == Status::Verifying
             && case.version == version
-            && let Some((plan, plan_hash)) = latest_plan(&self.pool, case_id).await?
+            && let Some((plan, plan_hash)) = plan_to_judge(&self.pool, case_id, ran).await?
         {
             judged = Some((plan_hash, self.evaluate(&case, &plan, now).await?));
         }
@@ -297,15 +314,20 @@ impl Verifier {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let (kind, data) = match overall {
-            Verdict::Pass => (EVT_PASS, json!({"checks": results})),
-            other => (
-                EVT_FAILED,
-                json!({"reason": other.to_string(), "checks": results}),
-            ),
+        let plan_hash = Some(plan_hash);
+        let body = match overall.failure() {
+            None => Fact::VerifyPass(VerifyPassed {
+                plan_hash,
+                checks: results,
+            }),
+            Some(reason) => Fact::VerifyFailed(VerifyFailed {
+                plan_hash,
+                reason,
+                checks: results,
+            }),
         };
-        let fact = Envelope::for_case(&case, kind, CONSUMER, Some(cmd.id), data);
-        outbox::enqueue_fact(&mut tx, fact, d.traceparent.as_deref()).await?;
+        let fact = Message::for_case(&case, CONSUMER, Some(cmd.id), body);
+        outbox::enqueue_fact(&mut tx, fact.to_envelope(), d.traceparent.as_deref()).await?;
         tx.commit().await?;
         tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
         Ok(Disposition::Done)
@@ -390,12 +412,19 @@ impl Verifier {
     }
 }
 
-/// The case's latest plan and its hash.
-async fn latest_plan(pool: &PgPool, case_id: Uuid) -> Result<Option<(Value, String)>, sqlx::Error> {
+/// The plan the command names, or (for a command of an older release
+/// that names none) the case's latest plan; and its hash.
+async fn plan_to_judge(
+    pool: &PgPool,
+    case_id: Uuid,
+    ran: Option<&PlanHash>,
+) -> Result<Option<(Value, PlanHash)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT plan, plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        "SELECT plan, plan_hash FROM plan_proposed WHERE case_id = $1 \
+         AND ($2::text IS NULL OR plan_hash = $2) ORDER BY seq DESC LIMIT 1",
     )
     .bind(case_id)
+    .bind(ran)
     .fetch_optional(pool)
     .await
 }

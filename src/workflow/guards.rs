@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use super::{ApprovalKind, Facts};
+use super::{ApprovalKind, Facts, Judgement};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct GuardFailure {
@@ -63,12 +63,24 @@ pub(super) fn plan_complete(facts: &Facts) -> Guard {
 /// A person judges a specific plan; judging an older one counts for nothing.
 pub(super) fn judged_plan_is_current(facts: &Facts) -> Guard {
     match (&facts.judgement, &facts.plan) {
-        (Some(j), Some(p)) if j.plan_hash != p.hash => fail(
+        (
+            Some(Judgement {
+                plan_hash: None, ..
+            }),
+            _,
+        ) => fail("judged_plan_is_current", "the judgement names no plan_hash"),
+        (
+            Some(Judgement {
+                plan_hash: Some(judged),
+                ..
+            }),
+            Some(p),
+        ) if *judged != p.hash => fail(
             "judged_plan_is_current",
             format!(
                 "plan_hash {} is not the current plan {}",
-                short(&j.plan_hash),
-                short(&p.hash)
+                judged.short(),
+                p.hash.short()
             ),
         ),
         (Some(_), None) => fail("judged_plan_is_current", "no plan is stored for this case"),
@@ -102,7 +114,7 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
         .map(|a| a.approver.as_str())
         .collect();
     if let Some(j) = &facts.judgement
-        && j.plan_hash == plan.hash
+        && j.plan_hash.as_ref() == Some(&plan.hash)
         && j.actor != plan.author
     {
         humans.insert(j.actor.as_str());
@@ -112,7 +124,7 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
             "approval_for_current_plan",
             format!(
                 "the gatekeeper has not evaluated plan {} yet",
-                short(&plan.hash)
+                plan.hash.short()
             ),
         );
     };
@@ -126,7 +138,7 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
                 "{} of {} required approvals for plan {}",
                 humans.len(),
                 required,
-                short(&plan.hash)
+                plan.hash.short()
             ),
         )
     }
@@ -157,8 +169,4 @@ pub(super) fn reason_given(facts: &Facts) -> Guard {
         Some(r) if !r.is_empty() => Ok(()),
         Some(_) | None => fail("reason_given", "a reason is required"),
     }
-}
-
-fn short(hash: &str) -> &str {
-    hash.get(..12).unwrap_or(hash)
 }

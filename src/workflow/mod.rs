@@ -11,6 +11,7 @@ mod tests;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::contract::ids::PlanHash;
 pub use guards::GuardFailure;
 
 /// Where a case is in its life. Serialised as `NEW` … `PARKED`.
@@ -96,10 +97,10 @@ impl EventKind {
     }
 }
 
-/// What we intend to happen after commit: one outbox command each.
-/// Every variant names its consumer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "effect", rename_all = "snake_case")]
+/// What we intend to happen after commit: one outbox command each
+/// (`contract::CommandMsg` is its wire form). Every variant names its
+/// consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
     /// `cmd.analysis.run`, consumed by the analyst.
     RunAnalysis,
@@ -107,19 +108,19 @@ pub enum Effect {
     /// park reason when a parked case is resumed.
     GeneratePlan { feedback: Option<String> },
     /// `cmd.gate.eval`, consumed by the gatekeeper for this exact plan.
-    EvaluateGate { plan_hash: String },
+    EvaluateGate { plan_hash: PlanHash },
     /// `cmd.exec.run`, consumed by the executor for the approved plan.
-    Execute { plan_hash: String },
-    /// `cmd.verify.run`, consumed by the verifier.
-    Verify,
+    Execute { plan_hash: PlanHash },
+    /// `cmd.verify.run`, consumed by the verifier, for the plan that ran.
+    Verify { plan_hash: PlanHash },
     /// `cmd.exec.rollback`, consumed by the executor.
-    Rollback { plan_hash: String },
+    Rollback { plan_hash: PlanHash },
 }
 
 /// The current plan as stored for the case (the latest one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanFact {
-    pub hash: String,
+    pub hash: PlanHash,
     pub author: String,
     pub schema_valid: bool,
     pub complete: bool,
@@ -137,7 +138,7 @@ pub enum ApprovalKind {
 /// A stored approval, bound to the plan hash it judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalFact {
-    pub plan_hash: String,
+    pub plan_hash: PlanHash,
     pub approver: String,
     pub kind: ApprovalKind,
 }
@@ -146,13 +147,26 @@ pub struct ApprovalFact {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Judgement {
     pub actor: String,
-    pub plan_hash: String,
+    /// `None` when the person named no plan: then the judgement counts for
+    /// nothing (fail-closed), whatever else holds.
+    pub plan_hash: Option<PlanHash>,
+}
+
+/// What a worker's fact claims to be about: the case version it was
+/// issued at and, for facts about a plan, that plan. A fact about a version
+/// or a plan the case has left is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactRef {
+    /// The case version when the fact was asked for, and the version now.
+    pub expected_version: Option<i64>,
+    pub case_version: i64,
+    pub plan_hash: Option<PlanHash>,
 }
 
 /// The result of the last execution run of the case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecFact {
-    pub plan_hash: String,
+    pub plan_hash: PlanHash,
     pub all_steps_succeeded: bool,
 }
 
@@ -174,6 +188,9 @@ pub struct Facts {
     /// Whether the verification result of the current run is `pass`.
     pub verify_passed: Option<bool>,
     pub auto_rollback_allowed: bool,
+    /// Set when the event comes from a worker's fact (not from a person).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fact: Option<FactRef>,
 }
 
 /// An accepted move: the next status and the commands to emit.
@@ -203,11 +220,18 @@ pub enum Rejection {
     IllegalTransition { from: Status, event: EventKind },
     #[error("guards failed: {}", .0.iter().map(|g| g.guard).collect::<Vec<_>>().join(", "))]
     GuardFailed(Vec<GuardFailure>),
+    /// A worker's fact about a case version or a plan the case has left:
+    /// recorded and acknowledged, never retried.
+    #[error("stale fact: {0}")]
+    StaleFact(String),
 }
 
 /// Decides the move for `event` in `status`, given `facts`. Pure.
 pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decision, Rejection> {
     use self::{EventKind as E, Status as S};
+    if let Some(fact) = &facts.fact {
+        stale(fact, facts.plan.as_ref()).map_or(Ok(()), |why| Err(Rejection::StaleFact(why)))?;
+    }
     match (status, event) {
         (S::New, E::StartAnalysis) => Ok(Decision::to(S::Analyzing).effect(Effect::RunAnalysis)),
         (S::Analyzing, E::AnalysisDone) => {
@@ -239,7 +263,8 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
         }
         (S::Executing, E::ExecDone) => {
             guards::check(&[guards::execution_succeeded(facts)])?;
-            Ok(Decision::to(S::Verifying).effect(Effect::Verify))
+            let plan_hash = current_plan_hash(facts);
+            Ok(Decision::to(S::Verifying).effect(Effect::Verify { plan_hash }))
         }
         (S::Executing, E::ExecFailed) => Ok(Decision::to(S::Parked)),
         (S::Verifying, E::VerifyPass) => {
@@ -267,13 +292,38 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
     }
 }
 
+/// Why a worker's fact no longer applies, if it does not: the case moved
+/// past the version it was issued at, or its plan is not the current one.
+fn stale(fact: &FactRef, plan: Option<&PlanFact>) -> Option<String> {
+    if let Some(expected) = fact.expected_version
+        && expected != fact.case_version
+    {
+        return Some(format!(
+            "fact about version {expected}, case is at {}",
+            fact.case_version
+        ));
+    }
+    match (&fact.plan_hash, plan) {
+        (Some(named), Some(current)) if *named != current.hash => Some(format!(
+            "fact about plan {}, the current plan is {}",
+            named.short(),
+            current.hash.short()
+        )),
+        (Some(named), None) => Some(format!(
+            "fact about plan {}, the case has no plan",
+            named.short()
+        )),
+        (Some(_), Some(_)) | (None, _) => None,
+    }
+}
+
 /// Only called after `plan_present` held.
-fn current_plan_hash(facts: &Facts) -> String {
+fn current_plan_hash(facts: &Facts) -> PlanHash {
     facts
         .plan
         .as_ref()
         .map(|p| p.hash.clone())
-        .unwrap_or_default()
+        .expect("plan_present held")
 }
 
 /// Replays accepted `(event, facts)` pairs from `NEW`; the status they lead

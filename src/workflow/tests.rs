@@ -7,9 +7,13 @@ use super::*;
 const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 
+fn h(hash: &str) -> PlanHash {
+    hash.parse().unwrap()
+}
+
 fn plan(hash: &str) -> PlanFact {
     PlanFact {
-        hash: hash.into(),
+        hash: h(hash),
         author: "planner".into(),
         schema_valid: true,
         complete: true,
@@ -24,18 +28,19 @@ fn all_good() -> Facts {
         park_reason: Some("verify breach".into()),
         plan: Some(plan(H1)),
         approvals: vec![ApprovalFact {
-            plan_hash: H1.into(),
+            plan_hash: h(H1),
             approver: "gatekeeper".into(),
             kind: ApprovalKind::Auto,
         }],
         required_approvers: Some(1),
         judgement: None,
         exec: Some(ExecFact {
-            plan_hash: H1.into(),
+            plan_hash: h(H1),
             all_steps_succeeded: true,
         }),
         verify_passed: Some(true),
         auto_rollback_allowed: true,
+        fact: None,
     }
 }
 
@@ -60,25 +65,21 @@ fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
             S::Planning,
             E::PlanReady,
             S::WaitGate,
-            vec![Effect::EvaluateGate {
-                plan_hash: H1.into(),
-            }],
+            vec![Effect::EvaluateGate { plan_hash: h(H1) }],
         ),
         (S::Planning, E::PlanFailed, S::Parked, vec![]),
         (
             S::WaitGate,
             E::GateApproved,
             S::Executing,
-            vec![Effect::Execute {
-                plan_hash: H1.into(),
-            }],
+            vec![Effect::Execute { plan_hash: h(H1) }],
         ),
         (S::WaitGate, E::GateRejected, S::Parked, vec![]),
         (
             S::Executing,
             E::ExecDone,
             S::Verifying,
-            vec![Effect::Verify],
+            vec![Effect::Verify { plan_hash: h(H1) }],
         ),
         (S::Executing, E::ExecFailed, S::Parked, vec![]),
         (S::Verifying, E::VerifyPass, S::Closed, vec![]),
@@ -86,9 +87,7 @@ fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
             S::Verifying,
             E::VerifyFailed,
             S::Parked,
-            vec![Effect::Rollback {
-                plan_hash: H1.into(),
-            }],
+            vec![Effect::Rollback { plan_hash: h(H1) }],
         ),
         (
             S::Parked,
@@ -154,15 +153,15 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<&'stati
 #[case::plan_ready_incomplete(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { complete: false, schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid", "plan_complete"])]
 #[case::no_execution_without_approval(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::approval_of_older_hash_does_not_count(Status::WaitGate, EventKind::GateApproved, Facts { plan: Some(plan(H2)), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
-#[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
-#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: H2.into() }), ..all_good() }, vec!["judged_plan_is_current"])]
-#[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
+#[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
+#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, vec!["judged_plan_is_current"])]
+#[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::exec_done_without_run(Status::Executing, EventKind::ExecDone, Facts { exec: None, ..all_good() }, vec!["execution_succeeded"])]
-#[case::exec_done_with_failed_step(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H1.into(), all_steps_succeeded: false }), ..all_good() }, vec!["execution_succeeded"])]
-#[case::exec_done_of_other_plan(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: H2.into(), all_steps_succeeded: true }), ..all_good() }, vec!["execution_succeeded"])]
+#[case::exec_done_with_failed_step(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: h(H1), all_steps_succeeded: false }), ..all_good() }, vec!["execution_succeeded"])]
+#[case::exec_done_of_other_plan(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: h(H2), all_steps_succeeded: true }), ..all_good() }, vec!["execution_succeeded"])]
 #[case::verify_pass_without_result(Status::Verifying, EventKind::VerifyPass, Facts { verify_passed: None, ..all_good() }, vec!["verification_passed"])]
 #[case::verify_pass_with_fail_result(Status::Verifying, EventKind::VerifyPass, Facts { verify_passed: Some(false), ..all_good() }, vec!["verification_passed"])]
 #[case::dismiss_without_reason(Status::New, EventKind::Dismiss, Facts { reason: None, ..all_good() }, vec!["reason_given"])]
@@ -177,8 +176,8 @@ fn guard_fails(
 }
 
 #[rstest]
-#[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
-#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: H1.into(), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: H1.into() }), ..all_good() })]
+#[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() })]
+#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() })]
 #[case::automatic_approval(all_good())]
 fn gate_opens(#[case] facts: Facts) {
     assert_eq!(
@@ -225,10 +224,63 @@ fn statuses_and_events_use_the_wire_names() {
     );
 }
 
+// ---- stale facts ---------------------------------------------------------
+
+fn from_worker(expected_version: i64, plan_hash: Option<&str>) -> Facts {
+    Facts {
+        fact: Some(FactRef {
+            expected_version: Some(expected_version),
+            case_version: 5,
+            plan_hash: plan_hash.map(h),
+        }),
+        ..all_good()
+    }
+}
+
+#[rstest]
+#[case::about_an_older_version(Status::Executing, EventKind::ExecDone, from_worker(4, Some(H1)))]
+#[case::about_another_plan(Status::Executing, EventKind::ExecDone, from_worker(5, Some(H2)))]
+#[case::proposing_a_plan_that_is_not_current(
+    Status::Planning,
+    EventKind::PlanReady,
+    from_worker(5, Some(H2))
+)]
+#[case::approving_a_plan_that_is_not_current(
+    Status::WaitGate,
+    EventKind::GateApproved,
+    from_worker(5, Some(H2))
+)]
+#[case::verifying_another_plan(
+    Status::Verifying,
+    EventKind::VerifyFailed,
+    from_worker(5, Some(H2))
+)]
+#[case::about_a_plan_when_there_is_none(Status::Executing, EventKind::ExecFailed, Facts { plan: None, ..from_worker(5, Some(H1)) })]
+fn a_stale_fact_is_rejected_as_stale(
+    #[case] status: Status,
+    #[case] event: EventKind,
+    #[case] facts: Facts,
+) {
+    assert!(matches!(
+        decide(status, event, &facts),
+        Err(Rejection::StaleFact(_))
+    ));
+}
+
+#[rstest]
+#[case::same_version_and_plan(from_worker(5, Some(H1)))]
+#[case::a_fact_about_no_plan(from_worker(5, None))]
+fn a_current_fact_is_decided_as_usual(#[case] facts: Facts) {
+    assert_eq!(
+        decide(Status::Executing, EventKind::ExecDone, &facts).map(|d| d.to),
+        Ok(Status::Verifying)
+    );
+}
+
 // ---- properties ----------------------------------------------------------
 
-fn hash_strategy() -> impl Strategy<Value = String> {
-    prop_oneof![Just(H1.to_string()), Just(H2.to_string())]
+fn hash_strategy() -> impl Strategy<Value = PlanHash> {
+    prop_oneof![Just(h(H1)), Just(h(H2))]
 }
 
 fn facts_strategy() -> impl Strategy<Value = Facts> {
@@ -260,7 +312,7 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         )
             .prop_map(|(plan_hash, actor)| Judgement {
                 actor: actor.into(),
-                plan_hash,
+                plan_hash: Some(plan_hash),
             }),
     );
     let exec = prop::option::of((hash_strategy(), any::<bool>()).prop_map(
@@ -291,6 +343,7 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
                     exec,
                     verify_passed,
                     auto_rollback_allowed: rb,
+                    fact: None,
                 }
             },
         )
@@ -322,7 +375,7 @@ fn approved_for_current_plan(facts: &Facts) -> bool {
             facts
                 .judgement
                 .iter()
-                .filter(|j| j.plan_hash == plan.hash)
+                .filter(|j| j.plan_hash.as_ref() == Some(&plan.hash))
                 .map(|j| j.actor.as_str()),
         )
         .filter(|who| *who != plan.author)

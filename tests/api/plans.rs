@@ -27,7 +27,10 @@ async fn a_person_proposes_a_plan_that_is_stored_with_its_fact(pool: PgPool) {
     let r = app.post_plan(case, OPERATOR, &plan()).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let hash = r.body["plan_hash"].as_str().unwrap().to_string();
-    assert_eq!(hash, opsloop::planner::contract::canonical_hash(&plan()));
+    assert_eq!(
+        hash,
+        opsloop::planner::contract::canonical_hash(&plan()).as_str()
+    );
     assert_eq!(
         (r.body["source"].as_str(), r.body["author"].as_str()),
         (Some("human"), Some("alice"))

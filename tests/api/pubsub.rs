@@ -2,11 +2,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use opsloop::contract::fact as subjects;
 use opsloop::orchestrator::consumer::FactConsumer;
+use opsloop::pubsub::Envelope;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
 use opsloop::pubsub::relay::{Relay, RelayReport, RelaySettings};
 use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
-use opsloop::pubsub::{Envelope, subjects};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -535,7 +536,21 @@ async fn publish_raw(js: &jetstream::Context, subject: &str, nats_id: &str, body
     .unwrap();
 }
 
+/// A worker's fact of type `kind`, with data of the shape its type has.
 fn fact(kind: &str, case: Uuid, version: i64) -> Envelope {
+    fact_about(kind, case, version, &"0".repeat(64))
+}
+
+fn fact_about(kind: &str, case: Uuid, version: i64, plan_hash: &str) -> Envelope {
+    let data = match kind {
+        "evt.analysis.findings.v1" => json!({"evidence_id": Uuid::now_v7(), "findings": {
+            "resource": null, "summary": "p95 doubled after deploy", "metrics": {}, "signals": []}}),
+        "evt.plan.proposed.v1" => {
+            json!({"plan_id": Uuid::now_v7(), "plan_hash": plan_hash, "source": "template"})
+        }
+        "evt.verify.pass.v1" => json!({"plan_hash": plan_hash, "checks": []}),
+        _ => json!({"reason": "p95 doubled after deploy"}),
+    };
     Envelope {
         id: Uuid::now_v7(),
         kind: kind.into(),
@@ -546,7 +561,7 @@ fn fact(kind: &str, case: Uuid, version: i64) -> Envelope {
         correlation_id: Uuid::now_v7(),
         causation_id: None,
         expected_version: Some(version),
-        data: json!({"reason": "p95 doubled after deploy"}),
+        data,
     }
 }
 
@@ -612,7 +627,7 @@ async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
     let case = app.case_in("PLANNING").await; // version 3
     let hash = app.store_plan(case, "planner", Some(1)).await;
     for (kind, version) in [("evt.plan.proposed.v1", 3), ("evt.plan.failed.v1", 3)] {
-        let body = serde_json::to_vec(&fact(kind, case, version)).unwrap();
+        let body = serde_json::to_vec(&fact_about(kind, case, version, &hash)).unwrap();
         publish_raw(&js, kind, &Uuid::new_v4().to_string(), body).await;
     }
     let handler = FactConsumer {
@@ -644,6 +659,62 @@ async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(inbox, 2, "the stale fact is recorded as handled too");
+}
+
+/// A worker's fact about a plan that is no longer the case's current one
+/// (a person posted another while the planner worked) is stale: it is
+/// recorded, and the case does not move on the strength of the wrong plan.
+#[sqlx::test]
+async fn a_fact_about_a_plan_that_is_not_current_is_stale(pool: PgPool) {
+    let (app, _nats, js) = setup(&pool).await;
+    let case = app.case_in("PLANNING").await; // version 3
+    let older = app.store_plan(case, "planner", Some(1)).await;
+    let current = app.store_plan(case, "alice", Some(1)).await;
+    assert_ne!(older, current);
+    let before = opsloop::orchestrator::read_case(&pool, case)
+        .await
+        .unwrap()
+        .unwrap();
+    let outbox_before = app.outbox_subjects(case).await;
+    let body = serde_json::to_vec(&fact_about("evt.plan.proposed.v1", case, 3, &older)).unwrap();
+    publish_raw(&js, "evt.plan.proposed.v1", "stale-plan", body).await;
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    assert_eq!(
+        consume_all(&orchestrator_consumer(&js).await, &pool, &handler).await,
+        1
+    );
+
+    let after = opsloop::orchestrator::read_case(&pool, case)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (after.status, after.version),
+        (before.status, before.version)
+    );
+    assert_eq!(app.outbox_subjects(case).await, outbox_before);
+    let rejected: Vec<_> = app
+        .timeline(case)
+        .await
+        .into_iter()
+        .filter(|t| t.0 == "rejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].1.as_deref(), Some("plan_ready"));
+    assert_eq!(rejected[0].3.as_deref(), Some("stale_fact"));
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0, "a stale fact is answered, not dead-lettered");
+
+    // The fact about the current plan moves the case.
+    let body = serde_json::to_vec(&fact_about("evt.plan.proposed.v1", case, 3, &current)).unwrap();
+    publish_raw(&js, "evt.plan.proposed.v1", "current-plan", body).await;
+    consume_all(&orchestrator_consumer(&js).await, &pool, &handler).await;
+    assert_eq!(app.status(case).await, "WAIT_GATE");
 }
 
 #[sqlx::test]

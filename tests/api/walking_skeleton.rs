@@ -4,6 +4,8 @@
 //! fencing rules, and metrics intake.
 
 use chrono::{Timelike, Utc};
+use opsloop::contract::fact::{RunEnded, RunKind, RunStatus};
+use opsloop::contract::{Fact, Message};
 use opsloop::orchestrator::read_case;
 use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::pubsub::{Envelope, outbox};
@@ -268,7 +270,7 @@ async fn exec_command(lp: &Loop, case: Uuid) -> Delivery {
             id: Uuid::now_v7(),
             kind: "cmd.exec.run".into(),
             case_id: Some(case),
-            tenant: case_row.tenant,
+            tenant: case_row.tenant.to_string(),
             occurred_at: Utc::now(),
             actor: "orchestrator".into(),
             correlation_id: case_row.correlation_id,
@@ -415,14 +417,24 @@ async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
     .await
     .unwrap();
     let case_row = read_case(&lp.app.pool, case).await.unwrap().unwrap();
-    let mut late = Envelope::for_case(
-        &case_row,
-        "evt.exec.failed.v1",
-        "executor",
-        None,
-        json!({"reason": "late result of an old attempt"}),
-    );
-    late.expected_version = Some(executing_version);
+    let plan_hash = sqlx::query_scalar(
+        "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    let ended = RunEnded {
+        run_id: Uuid::now_v7(),
+        attempt_id: Uuid::now_v7(),
+        plan_hash,
+        kind: RunKind::Run,
+        status: RunStatus::Failed,
+        reason: Some("late result of an old attempt".into()),
+    };
+    let mut late = Message::for_case(&case_row, "executor", None, Fact::ExecFailed(ended));
+    late.expected_version = Some(executing_version.try_into().unwrap());
+    let late = late.to_envelope();
     let mut tx = lp.app.pool.begin().await.unwrap();
     outbox::enqueue(&mut tx, Some(case), &[late], "")
         .await

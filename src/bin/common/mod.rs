@@ -38,7 +38,7 @@ pub fn bench_actor() -> Actor {
 
 pub async fn new_case(orchestrator: &Orchestrator) -> anyhow::Result<Uuid> {
     let new = NewCase {
-        tenant: "bench".into(),
+        tenant: "bench".parse().expect("a valid tenant"),
         title: "bench case".into(),
         severity: "low".into(),
         kind: None,
@@ -64,7 +64,7 @@ pub async fn orchestrator_step(
             meta: Value::Null,
             expected_version: None,
             origin: Origin::Http {
-                idempotency_key: Uuid::now_v7().to_string(),
+                idempotency_key: Uuid::now_v7().to_string().parse().expect("a valid key"),
                 request_hash: "0".repeat(64),
             },
             trace_id: Uuid::new_v4().simple().to_string(),

@@ -1,0 +1,385 @@
+//! Facts: what happened, one struct per `evt.*` subject. Workers report
+//! their results as facts; the orchestrator turns the ones that drive the
+//! FSM into events; `evt.case.transition.v1` is the feed for everyone.
+//!
+//! The JSON of each is documented in `docs/events.md` and pinned by the
+//! golden files in `tests/golden/`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::ids::PlanHash;
+use super::message::{Body, ContractError, MAX_REASON, invalid};
+use crate::workflow::{EventKind, Status};
+
+pub const EVT_CASE_TRANSITION: &str = "evt.case.transition.v1";
+pub const EVT_FINDINGS: &str = "evt.analysis.findings.v1";
+pub const EVT_PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
+pub const EVT_PLAN_FAILED: &str = "evt.plan.failed.v1";
+pub const EVT_GATE_PENDING: &str = "evt.gate.pending.v1";
+pub const EVT_PLAN_APPROVED: &str = "evt.plan.approved.v1";
+pub const EVT_PLAN_REJECTED: &str = "evt.plan.rejected.v1";
+pub const EVT_STEP_RESULT: &str = "evt.exec.step_result.v1";
+pub const EVT_EXEC_DONE: &str = "evt.exec.done.v1";
+pub const EVT_EXEC_FAILED: &str = "evt.exec.failed.v1";
+pub const EVT_ROLLED_BACK: &str = "evt.exec.rolled_back.v1";
+pub const EVT_VERIFY_PASS: &str = "evt.verify.pass.v1";
+pub const EVT_VERIFY_FAILED: &str = "evt.verify.failed.v1";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    /// The orchestrator, for every accepted transition; for UIs, ChatOps
+    /// and external subscribers.
+    CaseTransition(CaseTransition),
+    /// The analyst → `analysis_done`.
+    Findings(Findings),
+    /// The planner (or a person's plan) → `plan_ready`.
+    PlanProposed(PlanProposed),
+    /// The planner → `plan_failed`.
+    PlanFailed(PlanFailed),
+    /// The gatekeeper: people must approve. Informational.
+    GatePending(GatePending),
+    /// The gatekeeper's automatic approval → `gate_approved`.
+    PlanApproved(GateJudged),
+    /// The gatekeeper's denial → `gate_rejected`.
+    PlanRejected(PlanRejected),
+    /// The executor, per finished step. Informational.
+    StepResult(StepResult),
+    /// The executor → `exec_done`.
+    ExecDone(RunEnded),
+    /// The executor → `exec_failed`.
+    ExecFailed(RunEnded),
+    /// The executor, after a rollback command. Informational: the case is
+    /// already PARKED.
+    RolledBack(RunEnded),
+    /// The verifier → `verify_pass`.
+    VerifyPass(VerifyPassed),
+    /// The verifier → `verify_failed`.
+    VerifyFailed(VerifyFailed),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseTransition {
+    pub from: Status,
+    pub to: Status,
+    pub event: EventKind,
+    /// The case version after the transition.
+    pub version: i64,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub timeline_id: Uuid,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Findings {
+    /// The `event_envelope` row that keeps them as evidence.
+    pub evidence_id: Uuid,
+    pub findings: FindingsReport,
+}
+
+/// What the analyst found: figures, no model involved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FindingsReport {
+    pub resource: Option<String>,
+    pub summary: String,
+    pub metrics: BTreeMap<String, MetricSummary>,
+    pub signals: Vec<SignalRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    pub minutes: usize,
+    pub last_avg: Option<f64>,
+    pub mean_avg: f64,
+    pub peak: f64,
+}
+
+/// A signal linked to the case, as stored (its data is the signal's own).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalRef {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Who wrote a plan.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum PlanSource {
+    Template,
+    Llm,
+    Human,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanProposed {
+    pub plan_id: Uuid,
+    pub plan_hash: PlanHash,
+    pub source: PlanSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanFailed {
+    pub reason: String,
+}
+
+/// The gatekeeper's judgement of a plan: its computed risk and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateJudged {
+    pub plan_hash: PlanHash,
+    pub risk: f64,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatePending {
+    #[serde(flatten)]
+    pub judged: GateJudged,
+    pub required_approvers: u8,
+    /// Set when the plan falls in a change freeze: the approvals are a
+    /// break-glass override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanRejected {
+    #[serde(flatten)]
+    pub judged: GateJudged,
+    pub reason: String,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StepPhase {
+    Step,
+    Rollback,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum StepStatus {
+    Done,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepResult {
+    pub run_id: Uuid,
+    /// The command's envelope id.
+    pub attempt_id: Uuid,
+    pub phase: StepPhase,
+    pub index: i32,
+    pub action: String,
+    pub status: StepStatus,
+    pub tries: i32,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RunKind {
+    Run,
+    Rollback,
+}
+
+/// How a run ended (`exec_run.status`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum RunStatus {
+    Done,
+    Failed,
+    RolledBack,
+    Interrupted,
+    Blocked,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunEnded {
+    pub run_id: Uuid,
+    pub attempt_id: Uuid,
+    pub plan_hash: PlanHash,
+    pub kind: RunKind,
+    pub status: RunStatus,
+    pub reason: Option<String>,
+}
+
+/// Why verification did not pass; missing data is never a pass.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::Display,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum VerifyFailure {
+    Breach,
+    NoData,
+    Inconclusive,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyPassed {
+    /// The plan whose checks were judged. Absent in messages of releases
+    /// before it was added: those are judged against the current plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<PlanHash>,
+    /// Each check's verdict and figures, as stored in `verify_result`.
+    pub checks: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyFailed {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_hash: Option<PlanHash>,
+    pub reason: VerifyFailure,
+    pub checks: Vec<Value>,
+}
+
+impl Fact {
+    /// The FSM event this fact proposes; `None` for informational facts.
+    pub fn event(&self) -> Option<EventKind> {
+        use EventKind as E;
+        Some(match self {
+            Fact::Findings(_) => E::AnalysisDone,
+            Fact::PlanProposed(_) => E::PlanReady,
+            Fact::PlanFailed(_) => E::PlanFailed,
+            Fact::PlanApproved(_) => E::GateApproved,
+            Fact::PlanRejected(_) => E::GateRejected,
+            Fact::ExecDone(_) => E::ExecDone,
+            Fact::ExecFailed(_) => E::ExecFailed,
+            Fact::VerifyPass(_) => E::VerifyPass,
+            Fact::VerifyFailed(_) => E::VerifyFailed,
+            Fact::CaseTransition(_)
+            | Fact::GatePending(_)
+            | Fact::StepResult(_)
+            | Fact::RolledBack(_) => return None,
+        })
+    }
+
+    /// The plan the fact is about; the orchestrator rejects a fact about a
+    /// plan that is no longer the case's current one as stale.
+    pub fn plan_hash(&self) -> Option<&PlanHash> {
+        match self {
+            Fact::PlanProposed(p) => Some(&p.plan_hash),
+            Fact::PlanApproved(j) | Fact::GatePending(GatePending { judged: j, .. }) => {
+                Some(&j.plan_hash)
+            }
+            Fact::PlanRejected(r) => Some(&r.judged.plan_hash),
+            Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => Some(&r.plan_hash),
+            Fact::VerifyPass(v) => v.plan_hash.as_ref(),
+            Fact::VerifyFailed(v) => v.plan_hash.as_ref(),
+            Fact::CaseTransition(_)
+            | Fact::Findings(_)
+            | Fact::PlanFailed(_)
+            | Fact::StepResult(_) => None,
+        }
+    }
+
+    /// The reason the transition records (and a park keeps).
+    pub fn reason(&self) -> Option<String> {
+        match self {
+            Fact::PlanFailed(f) => Some(f.reason.clone()),
+            Fact::PlanRejected(r) => Some(r.reason.clone()),
+            Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => r.reason.clone(),
+            Fact::VerifyFailed(v) => Some(v.reason.to_string()),
+            Fact::CaseTransition(t) => t.reason.clone(),
+            Fact::Findings(_)
+            | Fact::PlanProposed(_)
+            | Fact::GatePending(_)
+            | Fact::PlanApproved(_)
+            | Fact::StepResult(_)
+            | Fact::VerifyPass(_) => None,
+        }
+    }
+
+    fn data<T: Serialize>(inner: &T) -> Value {
+        serde_json::to_value(inner).expect("facts serialise")
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(subject: &str, data: &Value) -> Result<T, ContractError> {
+    T::deserialize(data).map_err(|e| invalid(subject, e))
+}
+
+impl Body for Fact {
+    fn subject(&self) -> &'static str {
+        match self {
+            Fact::CaseTransition(_) => EVT_CASE_TRANSITION,
+            Fact::Findings(_) => EVT_FINDINGS,
+            Fact::PlanProposed(_) => EVT_PLAN_PROPOSED,
+            Fact::PlanFailed(_) => EVT_PLAN_FAILED,
+            Fact::GatePending(_) => EVT_GATE_PENDING,
+            Fact::PlanApproved(_) => EVT_PLAN_APPROVED,
+            Fact::PlanRejected(_) => EVT_PLAN_REJECTED,
+            Fact::StepResult(_) => EVT_STEP_RESULT,
+            Fact::ExecDone(_) => EVT_EXEC_DONE,
+            Fact::ExecFailed(_) => EVT_EXEC_FAILED,
+            Fact::RolledBack(_) => EVT_ROLLED_BACK,
+            Fact::VerifyPass(_) => EVT_VERIFY_PASS,
+            Fact::VerifyFailed(_) => EVT_VERIFY_FAILED,
+        }
+    }
+
+    fn to_data(&self) -> Value {
+        match self {
+            Fact::CaseTransition(x) => Fact::data(x),
+            Fact::Findings(x) => Fact::data(x),
+            Fact::PlanProposed(x) => Fact::data(x),
+            Fact::PlanFailed(x) => Fact::data(x),
+            Fact::GatePending(x) => Fact::data(x),
+            Fact::PlanApproved(x) => Fact::data(x),
+            Fact::PlanRejected(x) => Fact::data(x),
+            Fact::StepResult(x) => Fact::data(x),
+            Fact::ExecDone(x) | Fact::ExecFailed(x) | Fact::RolledBack(x) => Fact::data(x),
+            Fact::VerifyPass(x) => Fact::data(x),
+            Fact::VerifyFailed(x) => Fact::data(x),
+        }
+    }
+
+    fn parse(subject: &str, data: &Value) -> Result<Self, ContractError> {
+        let s = subject;
+        let fact = match subject {
+            EVT_CASE_TRANSITION => Fact::CaseTransition(parse(s, data)?),
+            EVT_FINDINGS => Fact::Findings(parse(s, data)?),
+            EVT_PLAN_PROPOSED => Fact::PlanProposed(parse(s, data)?),
+            EVT_PLAN_FAILED => Fact::PlanFailed(parse(s, data)?),
+            EVT_GATE_PENDING => Fact::GatePending(parse(s, data)?),
+            EVT_PLAN_APPROVED => Fact::PlanApproved(parse(s, data)?),
+            EVT_PLAN_REJECTED => Fact::PlanRejected(parse(s, data)?),
+            EVT_STEP_RESULT => Fact::StepResult(parse(s, data)?),
+            EVT_EXEC_DONE => Fact::ExecDone(parse(s, data)?),
+            EVT_EXEC_FAILED => Fact::ExecFailed(parse(s, data)?),
+            EVT_ROLLED_BACK => Fact::RolledBack(parse(s, data)?),
+            EVT_VERIFY_PASS => Fact::VerifyPass(parse(s, data)?),
+            EVT_VERIFY_FAILED => Fact::VerifyFailed(parse(s, data)?),
+            other => return Err(ContractError::UnknownType(other.to_string())),
+        };
+        if let Some(reason) = fact.reason()
+            && (reason.chars().count() > MAX_REASON || reason.contains('\0'))
+        {
+            return Err(ContractError::Invalid(
+                "data.reason must be a string of at most 2000 characters, without NUL".into(),
+            ));
+        }
+        Ok(fact)
+    }
+}

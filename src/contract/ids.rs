@@ -1,0 +1,278 @@
+//! Domain newtypes, parsed once where bytes enter (HTTP, NATS, the
+//! database) so that code past the edge cannot hold a malformed one
+//! ("parse, don't validate").
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a value could not become a domain type; says what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {expected}")]
+pub struct ParseError {
+    pub what: &'static str,
+    pub expected: &'static str,
+}
+
+/// The canonical SHA-256 of a stored ChangePlan, as 64 lowercase hex
+/// digits. Approvals, runs and verification results bind to it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PlanHash(String);
+
+impl PlanHash {
+    pub const EXPECTED: &'static str = "64 lowercase hex digits (sha256)";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 12 digits, for people reading logs and reasons.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+
+    /// The hash of `bytes`; how `planner::contract::canonical_hash` names a plan.
+    pub fn of(bytes: &[u8]) -> PlanHash {
+        use sha2::{Digest, Sha256};
+        PlanHash(hex::encode(Sha256::digest(bytes)))
+    }
+}
+
+impl TryFrom<String> for PlanHash {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(PlanHash(s))
+        } else {
+            Err(ParseError {
+                what: "plan_hash",
+                expected: PlanHash::EXPECTED,
+            })
+        }
+    }
+}
+
+impl std::str::FromStr for PlanHash {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        PlanHash::try_from(s.to_string())
+    }
+}
+
+impl From<PlanHash> for String {
+    fn from(h: PlanHash) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for PlanHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl sqlx::Type<sqlx::Postgres> for PlanHash {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <String as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Postgres> for PlanHash {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.0.as_str(), buf)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PlanHash {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let s = <String as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        Ok(PlanHash::try_from(s)?)
+    }
+}
+
+/// A case's id.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(transparent)]
+#[sqlx(transparent)]
+pub struct CaseId(pub Uuid);
+
+impl CaseId {
+    pub fn uuid(self) -> Uuid {
+        self.0
+    }
+}
+
+impl From<Uuid> for CaseId {
+    fn from(id: Uuid) -> CaseId {
+        CaseId(id)
+    }
+}
+
+impl fmt::Display for CaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A tenant: 1-64 of `[a-z0-9_-]`, starting alphanumeric.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Tenant(String);
+
+impl Tenant {
+    pub const EXPECTED: &'static str = "1-64 of [a-z0-9_-], starting alphanumeric";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// 1-64 bytes of lowercase ASCII letters, digits and `extra`, starting
+/// alphanumeric: tenants, case kinds.
+pub fn is_slug(s: &str, extra: &[u8]) -> bool {
+    let b = s.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || extra.contains(c))
+}
+
+impl TryFrom<String> for Tenant {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, ParseError> {
+        if is_slug(&s, b"_-") {
+            Ok(Tenant(s))
+        } else {
+            Err(ParseError {
+                what: "tenant",
+                expected: Tenant::EXPECTED,
+            })
+        }
+    }
+}
+
+impl std::str::FromStr for Tenant {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Tenant::try_from(s.to_string())
+    }
+}
+
+impl From<Tenant> for String {
+    fn from(t: Tenant) -> String {
+        t.0
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An HTTP `Idempotency-Key`: 1-200 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const EXPECTED: &'static str = "1-200 visible ASCII characters";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for IdempotencyKey {
+    type Err = ParseError;
+    fn from_str(key: &str) -> Result<Self, ParseError> {
+        if !key.is_empty() && key.len() <= 200 && key.bytes().all(|b| b.is_ascii_graphic()) {
+            Ok(IdempotencyKey(key.to_string()))
+        } else {
+            Err(ParseError {
+                what: "Idempotency-Key",
+                expected: IdempotencyKey::EXPECTED,
+            })
+        }
+    }
+}
+
+/// A case version: 1 at creation, one more with every accepted transition.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, sqlx::Type,
+)]
+#[serde(try_from = "i64", into = "i64")]
+#[sqlx(transparent)]
+pub struct Version(i64);
+
+impl Version {
+    pub fn get(self) -> i64 {
+        self.0
+    }
+}
+
+impl TryFrom<i64> for Version {
+    type Error = ParseError;
+    fn try_from(v: i64) -> Result<Self, ParseError> {
+        if v >= 1 {
+            Ok(Version(v))
+        } else {
+            Err(ParseError {
+                what: "version",
+                expected: "a case version, 1 or more",
+            })
+        }
+    }
+}
+
+impl From<Version> for i64 {
+    fn from(v: Version) -> i64 {
+        v.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_hash_is_64_lowercase_hex_digits() {
+        let good = "a".repeat(64);
+        assert_eq!(good.parse::<PlanHash>().unwrap().as_str(), good);
+        for bad in ["", &"A".repeat(64), &"a".repeat(63), &"g".repeat(64)] {
+            assert!(bad.parse::<PlanHash>().is_err(), "{bad:?}");
+        }
+        let json = format!("\"{good}\"");
+        let parsed: PlanHash = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), json);
+        assert!(serde_json::from_str::<PlanHash>("\"abc\"").is_err());
+    }
+
+    #[test]
+    fn tenants_keys_and_versions_refuse_what_the_api_refuses() {
+        assert!(Tenant::try_from("t-001".to_string()).is_ok());
+        assert!(Tenant::try_from("T-001".to_string()).is_err());
+        assert!(Tenant::try_from(String::new()).is_err());
+        assert!("k-1".parse::<IdempotencyKey>().is_ok());
+        assert!("with space".parse::<IdempotencyKey>().is_err());
+        assert!("x".repeat(201).parse::<IdempotencyKey>().is_err());
+        assert!(Version::try_from(0).is_err());
+        assert_eq!(serde_json::from_str::<Version>("3").unwrap().get(), 3);
+        assert!(serde_json::from_str::<Version>("-1").is_err());
+    }
+}
