@@ -101,7 +101,8 @@ pub async fn current(
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
     let row = sqlx::query(
-        "SELECT id, plan, plan_hash, source, author, required_approvers, gate_decision, created_at \
+        "SELECT id, plan, plan_hash, source, author, required_approvers, created_at, \
+         gate_verdict, gate_risk, gate_reasons, gate_freeze, gate_auto_rollback \
          FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(id)
@@ -141,10 +142,44 @@ pub async fn current(
         "gate": {
             "evaluated": required.is_some() || automatic,
             "required_approvers": required,
-            "decision": row.try_get::<Option<Value>, _>("gate_decision")?,
+            "decision": GateShown::from_row(&row, required)?,
             "approved": automatic || required.is_some_and(|r| humans >= r as usize),
         },
     })))
+}
+
+/// The gatekeeper's decision as `GET /case/{id}/plan` has always shown it.
+#[derive(Debug, Serialize)]
+struct GateShown {
+    verdict: String,
+    /// Distinct approvers required (`require_approvers`, `break_glass`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<i16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    freeze: Option<String>,
+    risk: f64,
+    reasons: Vec<String>,
+    auto_rollback: bool,
+}
+
+impl GateShown {
+    /// `None` until the gatekeeper has decided.
+    fn from_row(
+        row: &sqlx::postgres::PgRow,
+        required: Option<i16>,
+    ) -> Result<Option<GateShown>, sqlx::Error> {
+        let Some(verdict) = row.try_get::<Option<String>, _>("gate_verdict")? else {
+            return Ok(None);
+        };
+        Ok(Some(GateShown {
+            verdict,
+            count: required,
+            freeze: row.try_get("gate_freeze")?,
+            risk: row.try_get("gate_risk")?,
+            reasons: row.try_get("gate_reasons")?,
+            auto_rollback: row.try_get("gate_auto_rollback")?,
+        }))
+    }
 }
 
 /// The ChangePlan JSON Schema, as validated.

@@ -25,6 +25,7 @@ use async_nats::jetstream;
 use clap::Parser;
 use opsloop::analyst::{self, Analyst};
 use opsloop::contract::command as subjects;
+use opsloop::contract::plan::{Action, ScriptParams};
 use opsloop::executor::adapter::{Adapter, Noop};
 use opsloop::executor::script::ScriptAdapter;
 use opsloop::executor::{self, ExecSettings, Executor};
@@ -36,7 +37,7 @@ use opsloop::planner::worker::{self as planner_worker, Planner};
 use opsloop::pubsub::streams::CMD_STREAM;
 use opsloop::verifier::{self, Verifier, VerifySettings};
 use opsloop::workflow::EventKind;
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
 
@@ -217,7 +218,7 @@ async fn run_phase(
 }
 
 /// The adapter alone, `rounds` times in a row.
-async fn adapter_alone(adapter: &dyn Adapter, params: &Value, rounds: usize) -> Vec<Duration> {
+async fn adapter_alone(adapter: &dyn Adapter, params: &Action, rounds: usize) -> Vec<Duration> {
     let mut out = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let t = Instant::now();
@@ -258,8 +259,11 @@ async fn main() -> anyhow::Result<()> {
         env_allowlist: s.exec.script_env.clone(),
         output_cap: s.exec.output_cap,
     };
-    let script_params = json!({"script": SCRIPT, "args": ["--service", "bench-direct"]});
-    let noop_alone = adapter_alone(&Noop, &json!({}), 200).await;
+    let script_params = Action::ScriptExec(ScriptParams {
+        script: SCRIPT.into(),
+        args: Some(vec!["--service".into(), "bench-direct".into()]),
+    });
+    let noop_alone = adapter_alone(&Noop, &Action::Noop, 200).await;
     let script_alone = adapter_alone(&direct, &script_params, cases.max(20)).await;
     let hop = hop_baseline(&js, 200).await?;
 

@@ -10,6 +10,7 @@ pub mod command;
 pub mod fact;
 pub mod ids;
 pub mod message;
+pub mod plan;
 #[cfg(test)]
 mod tests;
 
@@ -17,3 +18,4 @@ pub use command::CommandMsg;
 pub use fact::Fact;
 pub use ids::{CaseId, IdempotencyKey, PlanHash, Tenant, Version};
 pub use message::{Body, ContractError, Message};
+pub use plan::ChangePlan;

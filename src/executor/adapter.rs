@@ -1,5 +1,5 @@
 //! The adapter trait: one implementation per plan action. An adapter gets
-//! the step's checked `params` and a deadline, does its one change, and says
+//! the step's typed action (with its checked params) and a deadline, does its one change, and says
 //! what happened; retries, timeouts around it, records and facts belong to
 //! the runner.
 
@@ -8,6 +8,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::Value;
+
+pub use crate::contract::plan::Action;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -47,6 +49,15 @@ pub fn refuses(http_status: u16) -> bool {
     (400..500).contains(&http_status) && ![409, 429].contains(&http_status)
 }
 
+/// The step handed to an adapter is not of its action: the runner routes
+/// by action, so this is a refusal, never retried.
+pub fn not_mine(adapter: &str, action: &Action) -> StepError {
+    StepError::refused(
+        format!("{adapter} cannot run a {} step", action.name()),
+        Value::Null,
+    )
+}
+
 pub trait Adapter: Send + Sync {
     /// The plan action this adapter runs (`script.exec`, `noop`, …).
     fn action(&self) -> &'static str;
@@ -57,7 +68,7 @@ pub trait Adapter: Send + Sync {
     /// running behind it.
     fn run<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>>;
     /// Reads the state a step is about to change. The runner stores it
@@ -65,7 +76,7 @@ pub trait Adapter: Send + Sync {
     /// target can hand it to `restore`. `None`: nothing worth keeping.
     fn snapshot<'a>(
         &'a self,
-        _params: &'a Value,
+        _action: &'a Action,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
         Box::pin(async { Ok(None) })
@@ -73,7 +84,7 @@ pub trait Adapter: Send + Sync {
     /// Puts back a state `snapshot` read (one try, same rules as `run`).
     fn restore<'a>(
         &'a self,
-        _params: &'a Value,
+        _action: &'a Action,
         _before: &'a Value,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
@@ -99,7 +110,7 @@ impl Adapter for Noop {
         true
     }
 
-    fn run<'a>(&'a self, _: &'a Value, _: Duration) -> BoxFuture<'a, Result<Value, StepError>> {
+    fn run<'a>(&'a self, _: &'a Action, _: Duration) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async { Ok(Value::Object(Default::default())) })
     }
 }

@@ -19,7 +19,8 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_json::{Value, json};
 
-use super::adapter::{Adapter, BoxFuture, StepError, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine, refuses};
+use crate::contract::plan::FlipParams;
 
 /// One allowlisted gateway: `name=http://host:port/admin-base`.
 #[derive(Debug, Clone)]
@@ -72,19 +73,14 @@ impl GatewayAdapter {
         }
     }
 
-    fn route_url(&self, params: &Value, tail: Option<&str>) -> Result<Url, StepError> {
-        let text = |k: &str| {
-            params
-                .get(k)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        };
-        let (Some(gateway), Some(route)) = (text("gateway"), text("route")) else {
+    fn route_url(&self, params: &FlipParams, tail: Option<&str>) -> Result<Url, StepError> {
+        let (gateway, route) = (params.gateway.as_str(), params.route.as_str());
+        if gateway.is_empty() || route.is_empty() {
             return Err(StepError::refused(
                 "gateway.flip needs gateway and route",
                 json!({}),
             ));
-        };
+        }
         let Some(base) = self.gateways.get(gateway) else {
             return Err(StepError::refused(
                 format!("gateway {gateway:?} is not in OPSLOOP_GATEWAYS"),
@@ -142,7 +138,11 @@ impl GatewayAdapter {
         })
     }
 
-    async fn read_weights(&self, params: &Value, timeout: Duration) -> Result<Value, StepError> {
+    async fn read_weights(
+        &self,
+        params: &FlipParams,
+        timeout: Duration,
+    ) -> Result<Value, StepError> {
         let url = self.route_url(params, None)?;
         let route = self
             .send(self.http.get(url), timeout, "reading the route")
@@ -159,7 +159,7 @@ impl GatewayAdapter {
     /// Sets `weights` and checks the gateway now reports exactly them.
     async fn set_weights(
         &self,
-        params: &Value,
+        params: &FlipParams,
         weights: &Value,
         timeout: Duration,
     ) -> Result<Value, StepError> {
@@ -176,6 +176,13 @@ impl GatewayAdapter {
     }
 }
 
+fn flip_of(action: &Action) -> Result<&FlipParams, StepError> {
+    match action {
+        Action::GatewayFlip(params) => Ok(params),
+        other => Err(not_mine(Action::GATEWAY_FLIP, other)),
+    }
+}
+
 impl Adapter for GatewayAdapter {
     fn action(&self) -> &'static str {
         "gateway.flip"
@@ -188,10 +195,11 @@ impl Adapter for GatewayAdapter {
 
     fn snapshot<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
         Box::pin(async move {
+            let params = flip_of(action)?;
             let weights = self.read_weights(params, timeout).await?;
             Ok(Some(json!({"weights": weights})))
         })
@@ -199,24 +207,26 @@ impl Adapter for GatewayAdapter {
 
     fn run<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
-            let Some(weights) = params.get("weights").filter(|w| w.is_object()) else {
+            let params = flip_of(action)?;
+            let Some(weights) = &params.weights else {
                 return Err(StepError::refused("gateway.flip needs weights", json!({})));
             };
-            self.set_weights(params, weights, timeout).await
+            self.set_weights(params, &json!(weights), timeout).await
         })
     }
 
     fn restore<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         before: &'a Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
+            let params = flip_of(action)?;
             let Some(weights) = before.get("weights").filter(|w| w.is_object()) else {
                 return Err(StepError::refused(
                     "the recorded state has no weights",
@@ -252,7 +262,8 @@ mod tests {
         );
         let url = adapter
             .route_url(
-                &json!({"gateway": "edge", "route": "/checkout/../x?y"}),
+                &serde_json::from_value(json!({"gateway": "edge", "route": "/checkout/../x?y"}))
+                    .unwrap(),
                 Some("weights"),
             )
             .unwrap();
@@ -260,7 +271,10 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:9901/admin/routes/%2Fcheckout%2F..%2Fx%3Fy/weights"
         );
-        let unknown = adapter.route_url(&json!({"gateway": "http://evil", "route": "/"}), None);
+        let unknown = adapter.route_url(
+            &serde_json::from_value(json!({"gateway": "http://evil", "route": "/"})).unwrap(),
+            None,
+        );
         assert!(unknown.unwrap_err().is_refusal());
     }
 }

@@ -17,7 +17,8 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-use super::adapter::{Adapter, BoxFuture, StepError, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine, refuses};
+use crate::contract::plan::RolloutParams;
 
 /// Who the API server records as the changer.
 const FIELD_MANAGER: &str = "opsloop";
@@ -86,20 +87,18 @@ impl K8sAdapter {
     }
 }
 
-/// The step's Deployment, from params the plan contract already checked.
-fn deployment_of(params: &Value) -> Result<(&str, &str), StepError> {
-    let text = |k: &str| {
-        params
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+/// The step's params and its Deployment, from params the plan contract
+/// already checked.
+fn deployment_of(action: &Action) -> Result<(&RolloutParams, &str, &str), StepError> {
+    let Action::K8sRollout(params) = action else {
+        return Err(not_mine(Action::K8S_ROLLOUT, action));
     };
-    match (text("namespace"), text("deployment")) {
-        (Some(ns), Some(name)) => Ok((ns, name)),
-        _ => Err(StepError::refused(
+    match (params.namespace.as_str(), params.deployment.as_str()) {
+        ("", _) | (_, "") => Err(StepError::refused(
             "k8s.rollout needs namespace and deployment",
             json!({}),
         )),
+        (ns, name) => Ok((params, ns, name)),
     }
 }
 
@@ -137,14 +136,14 @@ fn template_of(d: &Deployment) -> PodTemplateSpec {
 }
 
 /// The strategic-merge patch for a new image or a restart.
-fn patch_for(params: &Value, current: &Deployment) -> Result<Value, StepError> {
-    if params.get("restart") == Some(&Value::Bool(true)) {
+fn patch_for(params: &RolloutParams, current: &Deployment) -> Result<Value, StepError> {
+    if params.restart {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         return Ok(
             json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: now}}}}}),
         );
     }
-    let Some(image) = params.get("image").and_then(Value::as_str) else {
+    let Some(image) = params.image.as_deref() else {
         return Err(StepError::refused(
             "k8s.rollout needs image or restart: true",
             json!({}),
@@ -154,7 +153,7 @@ fn patch_for(params: &Value, current: &Deployment) -> Result<Value, StepError> {
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
-    let container = match params.get("container").and_then(Value::as_str) {
+    let container = match params.container.as_deref() {
         Some(c) if names.iter().any(|n| n == c) => c.to_string(),
         Some(c) => {
             return Err(StepError::refused(
@@ -309,11 +308,11 @@ impl Adapter for K8sAdapter {
 
     fn snapshot<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         _timeout: Duration,
     ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
         Box::pin(async move {
-            let (ns, name) = deployment_of(params)?;
+            let (_, ns, name) = deployment_of(action)?;
             let api = self.api(ns).await?;
             let current = read(&api, ns, name).await?;
             Ok(Some(json!({
@@ -326,12 +325,12 @@ impl Adapter for K8sAdapter {
 
     fn run<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
-            let (ns, name) = deployment_of(params)?;
+            let (params, ns, name) = deployment_of(action)?;
             let api = self.api(ns).await?;
             let current = read(&api, ns, name).await?;
             let patch = patch_for(params, &current)?;
@@ -368,13 +367,13 @@ impl Adapter for K8sAdapter {
 
     fn restore<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         before: &'a Value,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
-            let (ns, name) = deployment_of(params)?;
+            let (_, ns, name) = deployment_of(action)?;
             let template: PodTemplateSpec = serde_json::from_value(before["template"].clone())
                 .map_err(|e| {
                     StepError::refused(
@@ -413,6 +412,15 @@ impl Adapter for K8sAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Params of a step on shop/api, with `extra` on top.
+    fn rollout(extra: Value) -> RolloutParams {
+        let mut v = json!({"namespace": "shop", "deployment": "api"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::from_value(v).unwrap()
+    }
 
     fn deployment(v: Value) -> Deployment {
         serde_json::from_value(v).unwrap()
@@ -462,7 +470,7 @@ mod tests {
     fn an_image_patch_names_the_only_container_or_the_one_asked_for() {
         let one = with_status(json!({}));
         assert_eq!(
-            patch_for(&json!({"image": "api:2"}), &one).unwrap(),
+            patch_for(&rollout(json!({"image": "api:2"})), &one).unwrap(),
             json!({"spec": {"template": {"spec": {"containers": [{"name": "api", "image": "api:2"}]}}}})
         );
         let two = deployment(
@@ -470,21 +478,27 @@ mod tests {
             "containers": [{"name": "api", "image": "api:1"}, {"name": "proxy", "image": "envoy:1"}]}}}}),
         );
         assert!(
-            patch_for(&json!({"image": "api:2"}), &two)
+            patch_for(&rollout(json!({"image": "api:2"})), &two)
                 .unwrap_err()
                 .is_refusal()
         );
         assert!(
-            patch_for(&json!({"image": "api:2", "container": "web"}), &two)
-                .unwrap_err()
-                .is_refusal()
+            patch_for(
+                &rollout(json!({"image": "api:2", "container": "web"})),
+                &two
+            )
+            .unwrap_err()
+            .is_refusal()
         );
         assert_eq!(
-            patch_for(&json!({"image": "envoy:2", "container": "proxy"}), &two).unwrap()["spec"]["template"]
-                ["spec"]["containers"][0]["name"],
+            patch_for(
+                &rollout(json!({"image": "envoy:2", "container": "proxy"})),
+                &two
+            )
+            .unwrap()["spec"]["template"]["spec"]["containers"][0]["name"],
             "proxy"
         );
-        let restart = patch_for(&json!({"restart": true}), &one).unwrap();
+        let restart = patch_for(&rollout(json!({"restart": true})), &one).unwrap();
         assert!(restart["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());
     }
 }

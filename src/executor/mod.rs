@@ -26,7 +26,8 @@ use uuid::Uuid;
 
 use crate::contract::fact::{RunEnded, StepResult};
 pub use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStatus};
-use crate::contract::{CommandMsg, Fact, Message, PlanHash, Version};
+use crate::contract::plan::{self, Action};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash, Version};
 use crate::model::Case;
 use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
@@ -136,49 +137,32 @@ impl Executor {
 /// One step of the plan as the runner needs it.
 #[derive(Debug, Clone)]
 struct Step {
-    action: String,
-    params: Value,
+    action: Action,
     timeout: Duration,
     retry: u32,
-    /// `undo: true`: put back what this plan's steps changed on the target.
-    undo: bool,
 }
 
-fn steps_of(plan: &Value, pointer: &str) -> Vec<Step> {
-    plan.pointer(pointer)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .map(|s| Step {
-            action: s["action"].as_str().unwrap_or_default().to_string(),
-            params: s.get("params").cloned().unwrap_or(json!({})),
-            timeout: Duration::from_secs(s["timeout_s"].as_u64().unwrap_or(10)),
-            retry: s["retry"].as_u64().unwrap_or(0).min(3) as u32,
-            undo: s.pointer("/params/undo") == Some(&Value::Bool(true)),
-        })
-        .collect()
-}
-
-/// The resource a step changes: the key of the one-run-per-target rule and
-/// of the state an `undo` step restores.
-fn target_of(step: &Step) -> Option<String> {
-    let p = &step.params;
-    let text = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default();
-    match step.action.as_str() {
-        "script.exec" => Some(format!(
-            "script:{}:{}",
-            text("script"),
-            p.get("args").map(Value::to_string).unwrap_or_default()
-        )),
-        "k8s.rollout" => Some(format!("k8s:{}/{}", text("namespace"), text("deployment"))),
-        "gateway.flip" => Some(format!("gateway:{}{}", text("gateway"), text("route"))),
-        _ => None,
+impl Step {
+    fn of(step: &plan::Step) -> Step {
+        Step {
+            action: step.action.clone(),
+            timeout: Duration::from_secs(step.timeout_s),
+            retry: step.retry.min(3),
+        }
     }
+
+    fn name(&self) -> &'static str {
+        self.action.name()
+    }
+}
+
+fn steps_of(steps: &[plan::Step]) -> Vec<Step> {
+    steps.iter().map(Step::of).collect()
 }
 
 /// The resources a plan changes, each once.
 fn targets(steps: &[Step]) -> Vec<String> {
-    let mut out: Vec<String> = steps.iter().filter_map(target_of).collect();
+    let mut out: Vec<String> = steps.iter().filter_map(|s| s.action.target()).collect();
     out.sort();
     out.dedup();
     out
@@ -277,7 +261,7 @@ impl Executor {
         };
         // The plan must be the approved one: an approval row for this very
         // hash, whatever the command says.
-        let plan: Option<Value> = sqlx::query_scalar(
+        let stored: Option<Value> = sqlx::query_scalar(
             "SELECT p.plan FROM plan_proposed p WHERE p.case_id = $1 AND p.plan_hash = $2 \
              AND EXISTS (SELECT 1 FROM plan_approved a WHERE a.plan_id = p.id AND a.plan_hash = p.plan_hash)",
         )
@@ -285,16 +269,17 @@ impl Executor {
         .bind(plan_hash)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(plan) = plan else {
+        let Some(stored) = stored else {
             return Ok(Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 format!("no approved plan {plan_hash} for case {case_id}"),
             ));
         };
-        let (steps, rollback) = (
-            steps_of(&plan, "/steps"),
-            steps_of(&plan, "/rollback/steps"),
-        );
+        let plan = match ChangePlan::from_stored(&stored) {
+            Ok(plan) => plan,
+            Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
+        };
+        let (steps, rollback) = (steps_of(&plan.steps), steps_of(&plan.rollback.steps));
         let facts = Facts {
             case: &case,
             cmd,
@@ -426,8 +411,8 @@ impl Executor {
                 idx,
             };
             let stored = recorded.get(&idx).cloned();
-            let Some(adapter) = self.adapters.get(step.action.as_str()).cloned() else {
-                let why = format!("{phase} {idx}: no adapter for action {}", step.action);
+            let Some(adapter) = self.adapters.get(step.name()).cloned() else {
+                let why = format!("{phase} {idx}: no adapter for action {}", step.name());
                 self.record_step(
                     at,
                     step,
@@ -444,13 +429,13 @@ impl Executor {
                 Some("failed") => {
                     return Ok(PhaseEnd::Failed(format!(
                         "{phase} {idx} ({}) failed",
-                        step.action
+                        step.name()
                     )));
                 }
                 Some(_running) if !adapter.idempotent() => {
                     let why = format!(
                         "{phase} {idx} ({}) was running when the executor stopped, and is not safe to repeat",
-                        step.action
+                        step.name()
                     );
                     let tries = stored.map_or(0, |s| s.1);
                     self.record_step(
@@ -466,7 +451,7 @@ impl Executor {
                 }
                 _ => {}
             }
-            let undo_from = if step.undo {
+            let undo_from = if step.action.is_undo() {
                 let Some(before) = self.state_before(facts, step).await? else {
                     // Nothing of this plan changed the target, so there is
                     // nothing to put back.
@@ -492,7 +477,7 @@ impl Executor {
                 match tried {
                     Ok(detail) => break Ok(detail),
                     Err(e) if tries as u32 <= step.retry && !e.is_refusal() => {
-                        tracing::warn!(step = idx, action = %step.action, error = %e.message, "Step failed; retrying.");
+                        tracing::warn!(step = idx, action = step.name(), error = %e.message, "Step failed; retrying.");
                         let pause = step_backoff(tries as u32 - 1).mul_f64(self.backoff_scale);
                         tokio::time::sleep(pause).await;
                     }
@@ -513,7 +498,8 @@ impl Executor {
                         .await?;
                     return Ok(PhaseEnd::Failed(format!(
                         "{phase} {idx} ({}) failed after {tries} tries: {}",
-                        step.action, e.message
+                        step.name(),
+                        e.message
                     )));
                 }
             }
@@ -532,10 +518,10 @@ impl Executor {
         kept: &mut bool,
     ) -> Result<Result<Value, StepError>, sqlx::Error> {
         if let Some(before) = undo_from {
-            return Ok(within(step, adapter.restore(&step.params, before, step.timeout)).await);
+            return Ok(within(step, adapter.restore(&step.action, before, step.timeout)).await);
         }
         if !*kept {
-            match within(step, adapter.snapshot(&step.params, step.timeout)).await {
+            match within(step, adapter.snapshot(&step.action, step.timeout)).await {
                 Err(e) => return Ok(Err(e)),
                 Ok(None) => {}
                 Ok(Some(state)) => {
@@ -552,7 +538,7 @@ impl Executor {
             }
             *kept = true;
         }
-        Ok(within(step, adapter.run(&step.params, step.timeout)).await)
+        Ok(within(step, adapter.run(&step.action, step.timeout)).await)
     }
 
     /// The state the first step of this plan's latest forward run that
@@ -562,7 +548,7 @@ impl Executor {
         facts: &Facts<'_>,
         step: &Step,
     ) -> Result<Option<Value>, sqlx::Error> {
-        let Some(target) = target_of(step) else {
+        let Some(target) = step.action.target() else {
             return Ok(None);
         };
         sqlx::query_scalar(
@@ -588,9 +574,9 @@ impl Executor {
         .bind(at.run)
         .bind(<&'static str>::from(at.phase))
         .bind(at.idx)
-        .bind(&step.action)
+        .bind(step.name())
         .bind(tries)
-        .bind(target_of(step))
+        .bind(step.action.target())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -616,7 +602,7 @@ impl Executor {
         .bind(at.run)
         .bind(<&'static str>::from(at.phase))
         .bind(at.idx)
-        .bind(&step.action)
+        .bind(step.name())
         .bind(<&'static str>::from(status))
         .bind(tries)
         .bind(detail)
@@ -627,7 +613,7 @@ impl Executor {
             attempt_id: facts.cmd.id,
             phase: at.phase,
             index: at.idx,
-            action: step.action.clone(),
+            action: step.name().to_string(),
             status,
             tries,
         }));
@@ -740,14 +726,15 @@ mod tests {
 
     #[test]
     fn targets_name_each_changed_resource_once() {
-        let plan = json!({"steps": [
+        let plan = json!({"title": "t", "steps": [
             {"action": "noop", "timeout_s": 10, "retry": 0},
             {"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "api", "restart": true}, "timeout_s": 60, "retry": 0},
             {"action": "k8s.rollout", "params": {"namespace": "shop", "deployment": "api", "image": "x:2"}, "timeout_s": 60, "retry": 0},
             {"action": "gateway.flip", "params": {"gateway": "edge", "route": "/api", "weights": {"a": 100}}, "timeout_s": 60, "retry": 0}
         ]});
+        let plan = ChangePlan::from_stored(&plan).unwrap();
         assert_eq!(
-            targets(&steps_of(&plan, "/steps")),
+            targets(&steps_of(&plan.steps)),
             ["gateway:edge/api", "k8s:shop/api"]
         );
     }

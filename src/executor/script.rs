@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::adapter::{Adapter, BoxFuture, StepError};
+use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine};
+use crate::contract::plan::ScriptParams;
 
 #[derive(Debug, Clone)]
 pub struct ScriptAdapter {
@@ -58,22 +59,12 @@ impl ScriptAdapter {
         Ok(path)
     }
 
-    async fn exec(&self, params: &Value, timeout: Duration) -> Result<Value, StepError> {
-        let name = params.get("script").and_then(Value::as_str).unwrap_or("");
+    async fn exec(&self, params: &ScriptParams, timeout: Duration) -> Result<Value, StepError> {
+        let name = params.script.as_str();
         let path = self.resolve(name)?;
-        let args: Vec<String> = match params.get("args") {
-            None => Vec::new(),
-            Some(Value::Array(a)) => a
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<_>>()
-                .ok_or_else(|| StepError::refused("args must be strings", json!({})))?,
-            Some(_) => {
-                return Err(StepError::refused("args must be an array", json!({})));
-            }
-        };
+        let args: &[String] = params.args.as_deref().unwrap_or_default();
         let mut cmd = Command::new(&path);
-        cmd.args(&args)
+        cmd.args(args)
             .current_dir(&self.dir)
             .env_clear()
             .stdin(Stdio::null())
@@ -181,10 +172,15 @@ impl Adapter for ScriptAdapter {
 
     fn run<'a>(
         &'a self,
-        params: &'a Value,
+        action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, StepError>> {
-        Box::pin(self.exec(params, timeout))
+        Box::pin(async move {
+            let Action::ScriptExec(params) = action else {
+                return Err(not_mine(self.action(), action));
+            };
+            self.exec(params, timeout).await
+        })
     }
 }
 
@@ -210,8 +206,11 @@ mod tests {
         }
     }
 
-    fn params(script: &str, args: &[&str]) -> Value {
-        json!({"script": script, "args": args})
+    fn params(script: &str, args: &[&str]) -> Action {
+        Action::ScriptExec(ScriptParams {
+            script: script.into(),
+            args: Some(args.iter().map(|a| a.to_string()).collect()),
+        })
     }
 
     #[tokio::test]

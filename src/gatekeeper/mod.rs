@@ -14,7 +14,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::contract::fact::{GateJudged, GatePending, PlanRejected};
-use crate::contract::{CommandMsg, Fact, Message, PlanHash};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{inbox, outbox};
 use crate::workflow::Status;
@@ -82,26 +82,28 @@ impl Gatekeeper {
             return Ok(Disposition::Done);
         }
         let plan_id: Uuid = row.try_get("id")?;
-        let plan: Value = row.try_get("plan")?;
+        let plan = match ChangePlan::from_stored(&row.try_get::<Value, _>("plan")?) {
+            Ok(plan) => plan,
+            Err(why) => {
+                return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why));
+            }
+        };
         let ctx = GateContext {
             now: chrono::Utc::now(),
             tenant: case.tenant.as_str(),
         };
         let decision = policy::evaluate(&plan, &self.policy, &ctx);
-        let mut stored = json!(decision);
-        stored["auto_rollback"] = json!(self.policy.auto_rollback);
-        let required = match decision.verdict {
-            Verdict::RequireApprovers { count } | Verdict::BreakGlass { count, .. } => {
-                Some(i16::from(count))
-            }
-            Verdict::AutoApprove | Verdict::Deny => None,
-        };
         sqlx::query(
-            "UPDATE plan_proposed SET gate_decision = $2, required_approvers = $3 WHERE id = $1",
+            "UPDATE plan_proposed SET required_approvers = $2, gate_verdict = $3, gate_risk = $4, \
+             gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7 WHERE id = $1",
         )
         .bind(plan_id)
-        .bind(&stored)
-        .bind(required)
+        .bind(decision.verdict.required_approvers().map(i16::from))
+        .bind(decision.verdict.name())
+        .bind(decision.risk)
+        .bind(&decision.reasons)
+        .bind(decision.verdict.freeze())
+        .bind(self.policy.auto_rollback)
         .execute(&mut *tx)
         .await?;
         let judged = GateJudged {

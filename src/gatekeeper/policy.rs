@@ -9,7 +9,9 @@ use std::path::Path;
 
 use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::contract::ChangePlan;
+use crate::contract::plan::Action;
 
 /// The policy file (`OPSLOOP_POLICY_FILE`, TOML); every field has the
 /// default shipped in DESIGN §4.
@@ -192,6 +194,34 @@ pub enum Verdict {
     Deny,
 }
 
+impl Verdict {
+    /// The name stored in `plan_proposed.gate_verdict`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Verdict::AutoApprove => "auto_approve",
+            Verdict::RequireApprovers { .. } => "require_approvers",
+            Verdict::BreakGlass { .. } => "break_glass",
+            Verdict::Deny => "deny",
+        }
+    }
+
+    /// Distinct people who must approve; `None` when none can (automatic
+    /// approval, denial).
+    pub fn required_approvers(&self) -> Option<u8> {
+        match self {
+            Verdict::RequireApprovers { count } | Verdict::BreakGlass { count, .. } => Some(*count),
+            Verdict::AutoApprove | Verdict::Deny => None,
+        }
+    }
+
+    pub fn freeze(&self) -> Option<&str> {
+        match self {
+            Verdict::BreakGlass { freeze, .. } => Some(freeze),
+            Verdict::AutoApprove | Verdict::RequireApprovers { .. } | Verdict::Deny => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateDecision {
     #[serde(flatten)]
@@ -200,57 +230,39 @@ pub struct GateDecision {
     pub reasons: Vec<String>,
 }
 
-fn action_risk(action: &str) -> f64 {
+fn action_risk(action: &Action) -> f64 {
     match action {
-        "noop" => 0.0,
-        "script.exec" => 0.2,
-        "gateway.flip" => 0.3,
-        "k8s.rollout" => 0.35,
-        _ => 1.0,
+        Action::Noop => 0.0,
+        Action::ScriptExec(_) => 0.2,
+        Action::GatewayFlip(_) => 0.3,
+        Action::K8sRollout(_) => 0.35,
     }
 }
 
-fn steps(plan: &Value, pointer: &str) -> Vec<Value> {
-    plan.pointer(pointer)
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Every name a step touches, for the forbidden-target rule.
-fn targets(step: &Value) -> Vec<String> {
-    let p = &step["params"];
-    ["namespace", "deployment", "gateway", "route", "script"]
-        .iter()
-        .filter_map(|k| p.get(*k).and_then(Value::as_str).map(String::from))
-        .collect()
-}
-
 /// The computed risk and its reasons, from the plan's content only.
-pub fn risk(plan: &Value, policy: &Policy) -> (f64, Vec<String>) {
-    let all: Vec<Value> = [steps(plan, "/steps"), steps(plan, "/rollback/steps")].concat();
+pub fn risk(plan: &ChangePlan, policy: &Policy) -> (f64, Vec<String>) {
     let mut reasons = Vec::new();
-    let mut risk = all
-        .iter()
-        .map(|s| action_risk(s["action"].as_str().unwrap_or("")))
+    let mut risk = plan
+        .all_steps()
+        .map(|s| action_risk(&s.action))
         .fold(0.0, f64::max);
     reasons.push(format!("riskiest action weighs {risk:.2}"));
-    let n = steps(plan, "/steps").len();
+    let n = plan.steps.len();
     if n > 1 {
         let extra = 0.03 * (n - 1) as f64;
         risk += extra;
         reasons.push(format!("{n} steps add {extra:.2}"));
     }
-    if steps(plan, "/rollback/steps").is_empty() {
+    if !plan.has_rollback() {
         risk += 0.2;
         reasons.push("no rollback steps add 0.20".into());
     }
-    let env = plan["environment"].as_str().unwrap_or("");
+    let env = plan.environment.as_deref().unwrap_or("");
     if policy.prod_environments.contains(env) {
         risk += 0.3;
         reasons.push(format!("environment {env} adds 0.30"));
     }
-    if let Some(own) = plan["risk_score"].as_f64()
+    if let Some(own) = plan.risk_score
         && own > risk
     {
         reasons.push(format!("the plan's own risk_score {own:.2} raises it"));
@@ -260,25 +272,24 @@ pub fn risk(plan: &Value, policy: &Policy) -> (f64, Vec<String>) {
 }
 
 /// The gate's verdict for a plan that already passed the ChangePlan contract.
-pub fn evaluate(plan: &Value, policy: &Policy, ctx: &GateContext) -> GateDecision {
+pub fn evaluate(plan: &ChangePlan, policy: &Policy, ctx: &GateContext) -> GateDecision {
     let (risk, mut reasons) = risk(plan, policy);
-    let all: Vec<Value> = [steps(plan, "/steps"), steps(plan, "/rollback/steps")].concat();
     let mut denials = Vec::new();
-    for step in &all {
-        let action = step["action"].as_str().unwrap_or("");
+    for step in plan.all_steps() {
+        let action = step.action.name();
         if !policy.allowed_actions.contains(action) {
             denials.push(format!("action {action} is not allowed"));
         }
-        for t in targets(step) {
-            if policy.forbidden_targets.contains(&t) {
+        for t in step.action.names() {
+            if policy.forbidden_targets.contains(t) {
                 denials.push(format!("target {t} is forbidden"));
             }
         }
     }
-    if steps(plan, "/steps").len() > policy.max_steps {
+    if plan.steps.len() > policy.max_steps {
         denials.push(format!("more than {} steps", policy.max_steps));
     }
-    let environment = plan["environment"].as_str().unwrap_or("");
+    let environment = plan.environment.as_deref().unwrap_or("");
     let prod = policy.prod_environments.contains(environment);
     let freeze = policy
         .freeze_windows
@@ -324,15 +335,24 @@ pub fn evaluate(plan: &Value, policy: &Policy, ctx: &GateContext) -> GateDecisio
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 
-    fn plan(action: &str, env: &str, own: Option<f64>, rollback: bool) -> Value {
+    fn plan(action: &str, env: &str, own: Option<f64>, rollback: bool) -> ChangePlan {
+        ChangePlan::from_stored(&plan_json(action, env, own, rollback)).unwrap()
+    }
+
+    fn plan_json(action: &str, env: &str, own: Option<f64>, rollback: bool) -> Value {
+        let params = match action {
+            "k8s.rollout" => json!({"namespace": "shop", "deployment": "api", "restart": true}),
+            "gateway.flip" => json!({"gateway": "edge", "route": "/api", "weights": {"a": 100}}),
+            "script.exec" => json!({"script": "restart.sh"}),
+            _ => json!({}),
+        };
         let mut p = json!({
             "title": "t", "environment": env,
-            "steps": [{"action": action, "params": {"namespace": "shop", "deployment": "api", "restart": true},
-                       "timeout_s": 60, "retry": 0}],
+            "steps": [{"action": action, "params": params, "timeout_s": 60, "retry": 0}],
             "rollback": {"steps": if rollback { json!([{"action": "noop", "timeout_s": 10, "retry": 0}]) } else { json!([]) }},
             "verify": {"checks": []}
         });
@@ -350,7 +370,7 @@ mod tests {
         }
     }
 
-    fn verdict(p: &Value) -> Verdict {
+    fn verdict(p: &ChangePlan) -> Verdict {
         evaluate(p, &Policy::default(), &ctx()).verdict
     }
 
@@ -398,8 +418,9 @@ mod tests {
 
     #[test]
     fn forbidden_targets_and_actions_are_denied_with_reasons() {
-        let mut p = plan("k8s.rollout", "staging", None, true);
+        let mut p = plan_json("k8s.rollout", "staging", None, true);
         p["steps"][0]["params"]["namespace"] = json!("kube-system");
+        let p = ChangePlan::from_stored(&p).unwrap();
         let d = evaluate(&p, &Policy::default(), &ctx());
         assert_eq!(d.verdict, Verdict::Deny);
         assert!(

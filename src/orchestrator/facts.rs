@@ -142,9 +142,7 @@ async fn current_plan(
 ) -> Result<Option<(Uuid, PlanFact, Option<u8>, bool)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, plan_hash, author, schema_valid, complete, required_approvers, \
-         COALESCE((gate_decision->>'auto_rollback')::boolean, false) AS auto_rollback, \
-         CASE WHEN jsonb_typeof(plan #> '{rollback,steps}') = 'array' \
-         THEN jsonb_array_length(plan #> '{rollback,steps}') > 0 ELSE false END AS has_rollback \
+         COALESCE(gate_auto_rollback, false) AS auto_rollback, has_rollback \
          FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(case_id)

@@ -21,8 +21,9 @@ pub async fn for_case(
     feedback: Option<&str>,
     limits: &PlanLimits,
 ) -> Result<Value, sqlx::Error> {
-    let tried: Vec<(Value, Option<Value>)> = sqlx::query_as(
-        "SELECT plan, gate_decision FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT $2",
+    let tried: Vec<(Value, Option<String>, Option<Vec<String>>)> = sqlx::query_as(
+        "SELECT plan, gate_verdict, gate_reasons FROM plan_proposed WHERE case_id = $1 \
+         ORDER BY seq DESC LIMIT $2",
     )
     .bind(case.id)
     .bind(PLANS_SHOWN)
@@ -30,10 +31,10 @@ pub async fn for_case(
     .await?;
     let tried: Vec<Value> = tried
         .into_iter()
-        .map(|(plan, gate)| {
+        .map(|(plan, verdict, reasons)| {
             json!({
                 "plan": plan,
-                "gate": gate.map(|g| json!({"verdict": g.get("verdict"), "reasons": g.get("reasons")})),
+                "gate": verdict.map(|v| json!({"verdict": v, "reasons": reasons})),
             })
         })
         .collect();

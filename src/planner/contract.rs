@@ -9,10 +9,10 @@
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::contract::PlanHash;
+use crate::contract::{ChangePlan, PlanHash};
 
 /// The schema text, also served to LLMs as `response_format` and to readers.
 pub const SCHEMA_JSON: &str = include_str!("changeplan.schema.json");
@@ -61,11 +61,13 @@ fn completeness(path: String, message: impl Into<String>) -> Violation {
     }
 }
 
-/// A plan that passed the schema and the completeness guard.
+/// A plan that passed the schema and the completeness guard: the JSON as
+/// stored (what the hash names) and its typed model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckedPlan {
     pub plan: Value,
     pub hash: PlanHash,
+    pub model: ChangePlan,
 }
 
 /// Checks a plan against the schema, then the completeness guard; returns
@@ -82,14 +84,22 @@ pub fn check(plan: &Value, limits: &PlanLimits) -> Result<CheckedPlan, Vec<Viola
     if violations.is_empty() {
         violations.extend(guard(plan, limits));
     }
-    if violations.is_empty() {
-        Ok(CheckedPlan {
-            plan: plan.clone(),
-            hash: canonical_hash(plan),
-        })
-    } else {
-        Err(violations)
+    if !violations.is_empty() {
+        return Err(violations);
     }
+    // The guard admits only what the model can hold; a plan it admits and
+    // the model refuses is a bug here, refused rather than stored.
+    let model = ChangePlan::deserialize(plan).map_err(|e| {
+        vec![completeness(
+            String::new(),
+            format!("the plan does not fit the model: {e}"),
+        )]
+    })?;
+    Ok(CheckedPlan {
+        plan: plan.clone(),
+        hash: canonical_hash(plan),
+        model,
+    })
 }
 
 /// SHA-256 of the canonical JSON: keys sorted (serde_json's map is ordered),

@@ -147,7 +147,7 @@ pub enum Outcome {
 /// The end of a planning run.
 #[derive(Debug)]
 pub enum LlmAnswer {
-    Plan(CheckedPlan),
+    Plan(Box<CheckedPlan>),
     /// No valid plan; the reason goes into `evt.plan.failed.v1`.
     Failed(String),
 }
@@ -356,7 +356,7 @@ impl LlmPlanner {
             Ok(checked) => {
                 attempt.outcome = Outcome::Valid;
                 attempt.plan_hash = Some(checked.hash.clone());
-                (attempt, Next::Done(checked))
+                (attempt, Next::Done(Box::new(checked)))
             }
             Err(violations) => {
                 attempt.errors = violations.iter().map(describe).collect();
@@ -424,7 +424,7 @@ impl LlmPlanner {
 }
 
 enum Next {
-    Done(CheckedPlan),
+    Done(Box<CheckedPlan>),
     /// Send the violations back and ask again.
     Repair,
     /// The server misbehaved; ask again after a pause.

@@ -42,8 +42,9 @@ pub async fn propose(
 ) -> Result<Uuid, ProposeError> {
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
-        "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete) \
-         VALUES ($1, $2, $3, $4, $5, $6, true, true) ON CONFLICT (case_id, plan_hash) DO NOTHING",
+        "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete, \
+         has_rollback) VALUES ($1, $2, $3, $4, $5, $6, true, true, $7) \
+         ON CONFLICT (case_id, plan_hash) DO NOTHING",
     )
     .bind(id)
     .bind(case.id)
@@ -51,6 +52,7 @@ pub async fn propose(
     .bind(&plan.hash)
     .bind(<&'static str>::from(source))
     .bind(author)
+    .bind(plan.model.has_rollback())
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -91,7 +91,7 @@ impl Planner {
             .collect();
         let trace = telemetry::trace_id_from(traceparent);
         let made: Result<(String, Source, CheckedPlan), String> = match asked {
-            Some(LlmAnswer::Plan(checked)) => Ok(("the LLM".into(), Source::Llm, checked)),
+            Some(LlmAnswer::Plan(checked)) => Ok(("the LLM".into(), Source::Llm, *checked)),
             Some(LlmAnswer::Failed(reason)) => Err(reason),
             None => self
                 .templates

@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use self::prometheus::Prometheus;
 use crate::contract::fact::{VerifyFailed, VerifyFailure, VerifyPassed};
-use crate::contract::{CommandMsg, Fact, Message, PlanHash};
+use crate::contract::plan::{self, Op, Stat};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
 use crate::model::Case;
 use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
@@ -106,53 +107,40 @@ impl Verdict {
     }
 }
 
-/// One check as stated in the plan.
+/// One check of the plan, with its resource settled.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub resource: String,
     pub metric: String,
-    pub stat: String,
-    pub op: String,
+    pub stat: Stat,
+    pub op: Op,
     pub threshold: f64,
     pub window_s: i64,
 }
 
 impl Check {
-    fn from_plan(v: &Value, default_resource: Option<&str>) -> Result<Check, String> {
-        let text = |k: &str| v.get(k).and_then(Value::as_str);
-        let resource = text("resource")
+    fn from_plan(check: &plan::Check, default_resource: Option<&str>) -> Result<Check, String> {
+        let resource = check
+            .resource
+            .as_deref()
             .or(default_resource)
             .ok_or("a check names no resource and the case has no resource label")?;
         Ok(Check {
             resource: resource.to_string(),
-            metric: text("metric").ok_or("a check without metric")?.to_string(),
-            stat: text("stat").unwrap_or("avg").to_string(),
-            op: text("op").ok_or("a check without op")?.to_string(),
-            threshold: v
-                .get("threshold")
-                .and_then(Value::as_f64)
-                .ok_or("a check without threshold")?,
-            window_s: v
-                .get("window_s")
-                .and_then(Value::as_i64)
-                .unwrap_or(60)
-                .max(60),
+            metric: check.metric.clone(),
+            stat: check.stat.unwrap_or(Stat::Avg),
+            op: check.op,
+            threshold: check
+                .threshold
+                .as_f64()
+                .ok_or("a check whose threshold is not a number")?,
+            window_s: i64::try_from(check.window_s).unwrap_or(i64::MAX).max(60),
         })
-    }
-
-    fn holds(&self, figure: f64) -> bool {
-        match self.op.as_str() {
-            "<" => figure < self.threshold,
-            "<=" => figure <= self.threshold,
-            ">" => figure > self.threshold,
-            ">=" => figure >= self.threshold,
-            _ => false,
-        }
     }
 
     /// The verdict on a figure read from any source.
     pub(crate) fn verdict(&self, figure: f64) -> Verdict {
-        if self.holds(figure) {
+        if self.op.holds(figure, self.threshold) {
             Verdict::Pass
         } else {
             Verdict::Breach
@@ -173,9 +161,9 @@ pub fn judge(check: &Check, values: &[f64], min_coverage: f64) -> (Verdict, Valu
                    "why": "too few minutes with data in the window"}),
         );
     }
-    let figure = match check.stat.as_str() {
-        "max" | "p95" => values.iter().copied().fold(f64::MIN, f64::max),
-        _ => values.iter().sum::<f64>() / values.len() as f64,
+    let figure = match check.stat {
+        Stat::Max | Stat::P95 => values.iter().copied().fold(f64::MIN, f64::max),
+        Stat::Avg => values.iter().sum::<f64>() / values.len() as f64,
     };
     (
         check.verdict(figure),
@@ -346,11 +334,16 @@ impl Verifier {
         let mut results = Vec::new();
         let mut overall = Verdict::Pass;
         let mut widest = 60;
-        let checks = plan
-            .pointer("/verify/checks")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let checks = match ChangePlan::from_stored(plan) {
+            Ok(plan) => plan.verify.checks,
+            Err(why) => {
+                return Ok(Evaluation {
+                    overall: Verdict::Inconclusive,
+                    results: vec![json!({"verdict": "inconclusive", "why": why})],
+                    widest,
+                });
+            }
+        };
         if checks.is_empty() {
             // Nothing to measure is not evidence of health.
             overall = Verdict::Inconclusive;
@@ -403,7 +396,7 @@ impl Verifier {
         .bind(&check.metric)
         .bind(now)
         .bind(check.window_s as f64)
-        .bind(&check.stat)
+        .bind(check.stat.as_str())
         .fetch_all(&self.pool)
         .await?;
         let (verdict, mut detail) = judge(check, &values, self.settings.min_coverage);
@@ -445,8 +438,8 @@ mod tests {
         Check {
             resource: "checkout".into(),
             metric: "latency_p95_ms".into(),
-            stat: "avg".into(),
-            op: op.into(),
+            stat: Stat::Avg,
+            op: serde_json::from_value(json!(op)).unwrap(),
             threshold,
             window_s,
         }

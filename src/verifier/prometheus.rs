@@ -405,7 +405,7 @@ impl Prometheus {
 
     /// The operator's template for this check, if Prometheus answers it.
     pub fn template_for(&self, check: &Check) -> Option<&Template> {
-        self.queries.get(&check.metric, &check.stat)
+        self.queries.get(&check.metric, check.stat.as_str())
     }
 
     /// Asks Prometheus for the check's figure at `at`, the window's end, and

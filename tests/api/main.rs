@@ -15,6 +15,7 @@ mod gate;
 mod gatekeeper;
 mod idempotency;
 mod llm;
+mod migrations;
 mod nats;
 mod ops;
 mod plans;

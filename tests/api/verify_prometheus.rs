@@ -376,8 +376,8 @@ fn check(resource: &str) -> Check {
     Check {
         resource: resource.into(),
         metric: "latency_p95_ms".into(),
-        stat: "avg".into(),
-        op: "<".into(),
+        stat: opsloop::contract::plan::Stat::Avg,
+        op: opsloop::contract::plan::Op::Lt,
         threshold: 300.0,
         window_s: 300,
     }

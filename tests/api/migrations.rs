@@ -1,0 +1,130 @@
+//! Migrations that rewrite data, tested on rows written before them.
+
+use std::borrow::Cow;
+
+use serde_json::json;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use uuid::Uuid;
+
+/// The migrations before `version`, as a database of that release had them.
+fn migrator_before(version: i64) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(
+            opsloop::MIGRATOR
+                .migrations
+                .iter()
+                .filter(|m| m.version < version)
+                .cloned()
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
+async fn old_plan(
+    pool: &PgPool,
+    case: Uuid,
+    n: u8,
+    rollback: serde_json::Value,
+    gate: Option<serde_json::Value>,
+) -> Uuid {
+    let id = Uuid::now_v7();
+    let plan = json!({"title": "t", "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
+                      "rollback": rollback, "verify": {"checks": []}, "n": n});
+    sqlx::query(
+        "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, \
+         complete, required_approvers, gate_decision) VALUES ($1, $2, $3, $4, 'template', 'planner', \
+         true, true, $5, $6)",
+    )
+    .bind(id)
+    .bind(case)
+    .bind(&plan)
+    .bind(format!("{n:064x}"))
+    .bind(gate.as_ref().and_then(|g| g["count"].as_i64()).map(|c| c as i16))
+    .bind(gate)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
+
+#[sqlx::test(migrations = false)]
+async fn gate_decisions_recorded_before_the_gate_columns_are_backfilled(pool: PgPool) {
+    migrator_before(20261130000013).run(&pool).await.unwrap();
+    let case = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO ops_case (id, tenant, title, correlation_id, created_by) \
+         VALUES ($1, 't-001', 'old case', $2, 'alice')",
+    )
+    .bind(case)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let steps = json!({"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]});
+    let pending = old_plan(&pool, case, 1, steps.clone(), Some(json!({
+        "verdict": "break_glass", "count": 2, "freeze": "black-friday", "risk": 0.35,
+        "reasons": ["riskiest action weighs 0.35", "change freeze black-friday"], "auto_rollback": true}))).await;
+    let auto = old_plan(
+        &pool,
+        case,
+        2,
+        json!({"steps": []}),
+        Some(json!({
+        "verdict": "auto_approve", "risk": 0.2, "reasons": ["risk 0.20 <= 0.30"]})),
+    )
+    .await;
+    let undecided = old_plan(&pool, case, 3, json!({}), None).await;
+
+    opsloop::MIGRATOR.run(&pool).await.unwrap();
+
+    type Row = (
+        Option<String>,
+        Option<f64>,
+        Option<Vec<String>>,
+        Option<String>,
+        Option<bool>,
+        bool,
+    );
+    let read = |id: Uuid| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, Row>(
+                "SELECT gate_verdict, gate_risk, gate_reasons, gate_freeze, gate_auto_rollback, \
+                 has_rollback FROM plan_proposed WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(
+        read(pending).await,
+        (
+            Some("break_glass".into()),
+            Some(0.35),
+            Some(vec![
+                "riskiest action weighs 0.35".into(),
+                "change freeze black-friday".into()
+            ]),
+            Some("black-friday".into()),
+            Some(true),
+            true
+        )
+    );
+    assert_eq!(
+        read(auto).await,
+        (
+            Some("auto_approve".into()),
+            Some(0.2),
+            Some(vec!["risk 0.20 <= 0.30".into()]),
+            None,
+            Some(false),
+            false
+        ),
+        "a decision recorded before auto_rollback was stored never rolled back by itself"
+    );
+    assert_eq!(read(undecided).await, (None, None, None, None, None, false));
+}
