@@ -239,7 +239,7 @@ impl Client {
 /// rolled back.
 pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> anyhow::Result<()> {
     let client = Client {
-        http: crate::config::http_client().build()?,
+        http: crate::http_client::http_client().build()?,
         base: base.trim_end_matches('/').to_string(),
     };
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..6];

@@ -95,7 +95,7 @@ enum TokenCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    config::install_tls_provider();
+    opsloop::http_client::install_tls_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(cfg) => serve(*cfg).await,

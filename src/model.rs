@@ -34,6 +34,7 @@ pub struct Case {
     #[schema(value_type = Object)]
     pub labels: Value,
     #[sqlx(try_from = "String")]
+    #[schema(value_type = crate::api::schema::StatusDoc)]
     pub status: Status,
     /// Increases by one with every accepted transition; the HTTP `ETag`.
     pub version: i64,

@@ -7,19 +7,21 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::AppState;
 use super::error::{ApiError, PROBLEM_JSON};
 use super::extract::{ApiJson, ApiQuery, Auth, CaseId};
+use super::state::AppState;
 use crate::contract::ids::is_slug;
 use crate::contract::{IdempotencyKey, PlanHash, Tenant};
 use crate::model::{Case, TimelineEntry};
-use crate::orchestrator::{Actor, NewCase, Origin, Outcome, Reply, TransitionRequest, read_case};
+use crate::orchestrator::{Actor, Answer, Origin, Outcome, StoredAnswer, TransitionRequest};
 use crate::problem::Problem;
+use crate::store::{NewCase, read_case};
 use crate::telemetry;
+use crate::workflow::Rejection;
 use crate::workflow::{EventKind, Status};
 use crate::{case_columns, timeline_columns};
 
@@ -403,8 +405,16 @@ pub async fn transition(
         })
         .await?;
     Ok(match outcome {
-        Outcome::Applied(reply) | Outcome::Rejected(reply) => reply_response(&reply, false),
-        Outcome::Replayed(reply) => reply_response(&reply, true),
+        Outcome::Answered(answer) => reply_response(render(&answer), version_of(&answer), false),
+        Outcome::Replayed(StoredAnswer::Typed(answer)) => {
+            reply_response(render(&answer), version_of(&answer), true)
+        }
+        Outcome::Replayed(StoredAnswer::Rendered { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            // Stored by an older release: its version is in the stored body.
+            let version = body["case"]["version"].as_i64();
+            reply_response((status, body), version, true)
+        }
         Outcome::Duplicate => {
             return Err(ApiError::Internal(anyhow::anyhow!(
                 "an HTTP request was treated as a duplicate message"
@@ -413,14 +423,72 @@ pub async fn transition(
     })
 }
 
-fn reply_response(reply: &Reply, replayed: bool) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Json(&reply.body)).into_response();
+/// The HTTP form of a transition's answer: 200 `{case, transition}`, or the
+/// rejection as problem+json. The same answer always renders the same
+/// bytes (bodies go through `Value`, whose keys are sorted), which is what
+/// makes an idempotent replay identical to the first reply.
+fn render(answer: &Answer) -> (StatusCode, Value) {
+    match answer {
+        Answer::Applied { case, transition } => (
+            StatusCode::OK,
+            json!({"case": case, "transition": transition}),
+        ),
+        Answer::Rejected {
+            rejection,
+            case_status,
+            case_version,
+        } => {
+            let problem = match rejection {
+                Rejection::IllegalTransition { from, event } => Problem::new(
+                    409,
+                    rejection.code(),
+                    "Illegal transition",
+                    format!("{event} is not accepted in {from}"),
+                )
+                .with("case_status", json!(case_status))
+                .with("version", json!(case_version)),
+                Rejection::StaleFact { detail } => {
+                    Problem::new(409, rejection.code(), "Stale fact", detail.clone())
+                }
+                Rejection::GuardFailed { failures, .. } => Problem::new(
+                    422,
+                    rejection.code(),
+                    "Guard failed",
+                    failures
+                        .iter()
+                        .map(|f| format!("{}: {}", f.guard, f.detail))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                )
+                .with("guards", json!(failures))
+                .with("version", json!(case_version)),
+            };
+            let status =
+                StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, problem.to_value())
+        }
+    }
+}
+
+/// The case version an applied answer leaves (the reply's `ETag`).
+fn version_of(answer: &Answer) -> Option<i64> {
+    match answer {
+        Answer::Applied { case, .. } => Some(case.version),
+        Answer::Rejected { .. } => None,
+    }
+}
+
+fn reply_response(
+    (status, body): (StatusCode, Value),
+    version: Option<i64>,
+    replayed: bool,
+) -> Response {
+    let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     if status.is_client_error() {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     }
-    if let Some(v) = reply.body["case"]["version"].as_i64()
+    if let Some(v) = version
         && let Ok(v) = HeaderValue::from_str(&format!("\"{v}\""))
     {
         headers.insert(header::ETAG, v);

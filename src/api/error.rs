@@ -3,6 +3,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -10,6 +11,15 @@ use crate::orchestrator::TransitionError;
 use crate::problem::Problem;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One invalid row of a `/metrics/ingest` request: where, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RowError {
+    /// Index of the row in `rows`.
+    pub row: usize,
+    pub field: String,
+    pub message: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -34,7 +44,7 @@ pub enum ApiError {
     #[error("case {0} has no plan")]
     PlanNotFound(Uuid),
     #[error("{} row(s) are invalid; nothing was stored", .0.len())]
-    InvalidRows(Vec<crate::api::metrics::RowError>),
+    InvalidRows(Vec<RowError>),
     #[error("the plan breaks {} rule(s) of the ChangePlan contract", .0.len())]
     PlanInvalid(Vec<crate::planner::contract::Violation>),
     #[error("{detail}")]
@@ -133,7 +143,7 @@ impl From<TransitionError> for ApiError {
                 ApiError::VersionMismatch { expected, actual }
             }
             TransitionError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-            e @ (TransitionError::Injected(_) | TransitionError::Database(_)) => {
+            e @ TransitionError::Database(_) => {
                 ApiError::Internal(anyhow::Error::new(e).context("applying transition"))
             }
         }

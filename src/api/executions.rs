@@ -6,10 +6,10 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{Auth, CaseId};
-use crate::orchestrator::read_case;
+use super::state::AppState;
+use crate::store::read_case;
 
 /// Execution runs (with steps) and verification results of a case.
 #[utoipa::path(get, path = "/case/{id}/executions", tag = "cases",

@@ -7,8 +7,8 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::AppState;
 use super::error::ApiError;
+use super::state::AppState;
 use crate::auth::Identity;
 
 /// The authenticated caller.

@@ -7,25 +7,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Timelike, Utc};
-use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, RowError};
 use super::extract::{ApiJson, Auth};
+use super::state::AppState;
 use crate::auth::Role;
 
 /// Rows accepted in one request.
 pub const MAX_ROWS: usize = 5000;
 const ROW_FIELDS: [&str; 7] = ["resource", "metric", "ts", "avg", "max", "p95", "count"];
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RowError {
-    /// Index of the row in `rows`.
-    pub row: usize,
-    pub field: String,
-    pub message: String,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {

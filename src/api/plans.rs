@@ -9,14 +9,14 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth, CaseId};
+use super::state::AppState;
 use crate::auth::Role;
 use crate::contract::PlanHash;
-use crate::orchestrator::lock_case;
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
+use crate::store::lock_case;
 use crate::telemetry;
 use crate::workflow::Status;
 
@@ -111,26 +111,17 @@ pub async fn current(
     .ok_or(ApiError::PlanNotFound(id))?;
     let plan_id: Uuid = row.try_get("id")?;
     let hash: String = row.try_get("plan_hash")?;
-    let approvals: Vec<Value> = sqlx::query(
+    let approvals: Vec<ApprovalShown> = sqlx::query_as(
         "SELECT approver, kind, decided_at FROM plan_approved WHERE plan_id = $1 AND plan_hash = $2 \
          ORDER BY decided_at",
     )
     .bind(plan_id)
     .bind(&hash)
     .fetch_all(pool)
-    .await?
-    .iter()
-    .map(|a| {
-        Ok(json!({
-            "approver": a.try_get::<String, _>("approver")?,
-            "kind": a.try_get::<String, _>("kind")?,
-            "decided_at": a.try_get::<chrono::DateTime<chrono::Utc>, _>("decided_at")?,
-        }))
-    })
-    .collect::<Result<_, sqlx::Error>>()?;
+    .await?;
     let required: Option<i16> = row.try_get("required_approvers")?;
-    let automatic = approvals.iter().any(|a| a["kind"] == "auto");
-    let humans = approvals.iter().filter(|a| a["kind"] == "human").count();
+    let automatic = approvals.iter().any(|a| a.kind == "auto");
+    let humans = approvals.iter().filter(|a| a.kind == "human").count();
     Ok(Json(json!({
         "plan_id": plan_id,
         "plan_hash": hash,
@@ -146,6 +137,15 @@ pub async fn current(
             "approved": automatic || required.is_some_and(|r| humans >= r as usize),
         },
     })))
+}
+
+/// One approval of the current plan.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct ApprovalShown {
+    approver: String,
+    /// `auto` (the gatekeeper) or `human`.
+    kind: String,
+    decided_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The gatekeeper's decision as `GET /case/{id}/plan` has always shown it.

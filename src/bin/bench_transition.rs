@@ -235,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
     let ctx = Arc::new(Ctx {
         pool,
         orchestrator,
-        http: opsloop::config::http_client()
+        http: opsloop::http_client::http_client()
             .pool_max_idle_per_host(max_clients)
             .build()?,
         base,

@@ -67,7 +67,7 @@ impl GatewayAdapter {
             token_file,
             // Default settings cannot fail to build (reqwest's own
             // `Client::new` makes the same assumption).
-            http: crate::config::http_client()
+            http: crate::http_client::http_client()
                 .build()
                 .expect("an HTTP client with default settings"),
         }

@@ -29,9 +29,9 @@ pub use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStat
 use crate::contract::plan::{self, Action};
 use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash, Version};
 use crate::model::Case;
-use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::outbox;
+use crate::store::read_case;
 use crate::telemetry;
 use adapter::{Adapter, StepError};
 

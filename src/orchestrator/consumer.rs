@@ -60,9 +60,7 @@ impl Handler for FactConsumer {
                 telemetry::inbox_dedup(CONSUMER);
                 Disposition::Done
             }
-            Ok(Outcome::Applied(_) | Outcome::Rejected(_) | Outcome::Replayed(_)) => {
-                Disposition::Done
-            }
+            Ok(Outcome::Answered(_) | Outcome::Replayed(_)) => Disposition::Done,
             Err(TransitionError::CaseNotFound(id)) => Disposition::DeadLetter(
                 DeadReason::UnknownCase,
                 format!("case {id} does not exist"),
@@ -71,9 +69,7 @@ impl Handler for FactConsumer {
                 e @ (TransitionError::VersionMismatch { .. }
                 | TransitionError::IdempotencyKeyReused),
             ) => Disposition::DeadLetter(DeadReason::InvalidData, e.to_string()),
-            Err(e @ (TransitionError::Database(_) | TransitionError::Injected(_))) => {
-                Disposition::Retry(e.to_string())
-            }
+            Err(e @ TransitionError::Database(_)) => Disposition::Retry(e.to_string()),
         }
     }
 }

@@ -5,14 +5,12 @@
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::Origin;
-use super::TransitionRequest;
+use super::request::{Origin, TransitionRequest};
 use super::store::HumanApproval;
 use crate::contract::PlanHash;
 use crate::model::Case;
 use crate::workflow::{
-    ApprovalFact, ApprovalKind, Decision, EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact,
-    Rejection, Status,
+    ApprovalFact, ApprovalKind, EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact,
 };
 
 pub struct Loaded {
@@ -21,36 +19,15 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// A person's valid approval of the plan at the gate is a fact on its
-    /// own, kept even when the quorum is not yet met; in any other status, or
-    /// when another guard failed, nothing is recorded.
-    pub fn human_approval_to_record(
-        &self,
-        req: &TransitionRequest,
-        status: Status,
-        decision: &Result<Decision, Rejection>,
-    ) -> Option<HumanApproval> {
-        let (plan, plan_id, judgement) = (
-            self.facts.plan.as_ref()?,
-            self.plan_id?,
-            self.facts.judgement.as_ref()?,
-        );
-        let only_quorum_missing = match decision {
-            Ok(_) => true,
-            Err(Rejection::GuardFailed(failures)) => failures
-                .iter()
-                .all(|f| f.guard == "approval_for_current_plan"),
-            Err(Rejection::IllegalTransition { .. } | Rejection::StaleFact(_)) => false,
-        };
-        let valid = req.event == EventKind::GateApproved
-            && status == Status::WaitGate
-            && only_quorum_missing
-            && judgement.plan_hash.as_ref() == Some(&plan.hash)
-            && judgement.actor != plan.author;
-        valid.then(|| HumanApproval {
+    /// The approval this request's person gives the current plan, to
+    /// record when the decision says it counts.
+    pub fn human_approval(&self, req: &TransitionRequest) -> Option<HumanApproval> {
+        let (plan, plan_id) = (self.facts.plan.as_ref()?, self.plan_id?);
+        let judgement = self.facts.judgement.as_ref()?;
+        (judgement.plan_hash.as_ref() == Some(&plan.hash)).then(|| HumanApproval {
             plan_id,
             plan_hash: plan.hash.clone(),
-            approver: judgement.actor.clone(),
+            approver: req.actor.id.clone(),
         })
     }
 }

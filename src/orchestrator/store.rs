@@ -5,59 +5,17 @@ use serde_json::Value;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::{Origin, Reply, TransitionRequest};
+use super::outcome::{Answer, StoredAnswer};
+use super::request::{Origin, TransitionRequest};
 use crate::contract::fact::CaseTransition;
-use crate::contract::{CommandMsg, Fact, Message, PlanHash, Tenant};
+use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::{Case, TimelineEntry};
 use crate::pubsub::outbox;
-use crate::workflow::{Effect, Status};
+use crate::workflow::{Decision, Effect};
 use crate::{case_columns, timeline_columns};
 
-#[derive(Debug, Clone)]
-pub struct NewCase {
-    pub tenant: Tenant,
-    pub title: String,
-    pub severity: String,
-    pub kind: Option<String>,
-    pub labels: Value,
-}
-
-pub async fn insert_case(
-    conn: &mut PgConnection,
-    new: &NewCase,
-    actor: &str,
-) -> Result<Case, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let case: Case = sqlx::query_as(concat!(
-        "INSERT INTO ops_case (id, tenant, title, severity, kind, labels, correlation_id, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
-        case_columns!()
-    ))
-    .bind(id)
-    .bind(new.tenant.as_str())
-    .bind(&new.title)
-    .bind(&new.severity)
-    .bind(&new.kind)
-    .bind(&new.labels)
-    .bind(Uuid::now_v7())
-    .bind(actor)
-    .fetch_one(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
-         VALUES ($1, $2, 'created', 'NEW', 1, $3, $4)",
-    )
-    .bind(Uuid::now_v7())
-    .bind(case.id)
-    .bind(actor)
-    .bind(case.correlation_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(case)
-}
-
 pub enum Claim {
-    Replay(Reply),
+    Replay(StoredAnswer),
     Reused,
 }
 
@@ -84,7 +42,7 @@ pub async fn claim_idempotency(
         return Ok(None);
     }
     let row = sqlx::query(
-        "SELECT request_hash, response_status, response_body FROM idempotency \
+        "SELECT request_hash, answer, response_status, response_body FROM idempotency \
          WHERE actor = $1 AND key = $2",
     )
     .bind(actor)
@@ -95,92 +53,49 @@ pub async fn claim_idempotency(
     if stored_hash != request_hash {
         return Ok(Some(Claim::Reused));
     }
+    if let Some(answer) = row.try_get::<Option<Value>, _>("answer")? {
+        let answer: Answer =
+            serde_json::from_value(answer).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        return Ok(Some(Claim::Replay(StoredAnswer::Typed(answer))));
+    }
     let status: Option<i16> = row.try_get("response_status")?;
     let body: Option<Value> = row.try_get("response_body")?;
-    Ok(Some(Claim::Replay(Reply {
+    Ok(Some(Claim::Replay(StoredAnswer::Rendered {
         status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
         body: body.unwrap_or(Value::Null),
     })))
 }
 
-pub async fn store_response(
+pub async fn store_answer(
     conn: &mut PgConnection,
     actor: &str,
     key: &str,
     case_id: Uuid,
-    reply: &Reply,
+    answer: &Answer,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE idempotency SET response_status = $3, response_body = $4, case_id = $5 \
-         WHERE actor = $1 AND key = $2",
-    )
-    .bind(actor)
-    .bind(key)
-    .bind(i16::try_from(reply.status).unwrap_or(500))
-    .bind(&reply.body)
-    .bind(case_id)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("UPDATE idempotency SET answer = $3, case_id = $4 WHERE actor = $1 AND key = $2")
+        .bind(actor)
+        .bind(key)
+        .bind(serde_json::to_value(answer).map_err(|e| sqlx::Error::Encode(e.into()))?)
+        .bind(case_id)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
-}
-
-/// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes first.
-/// The case as it is now, without a lock (for readers and for workers
-/// that only decide whether to start).
-pub async fn read_case<'e>(
-    db: impl sqlx::PgExecutor<'e>,
-    id: Uuid,
-) -> Result<Option<Case>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db)
-    .await
-}
-
-pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
 }
 
 pub async fn set_status(
     conn: &mut PgConnection,
     case: &Case,
-    to: Status,
-    req: &TransitionRequest,
+    decision: &Decision,
 ) -> Result<Case, sqlx::Error> {
-    // Entering PARKED remembers why (feedback for the next plan); leaving it clears it.
-    let park_reason = match to {
-        Status::Parked => Some(
-            req.reason
-                .clone()
-                .unwrap_or_else(|| req.event.as_str().to_string()),
-        ),
-        Status::New
-        | Status::Analyzing
-        | Status::Planning
-        | Status::WaitGate
-        | Status::Executing
-        | Status::Verifying
-        | Status::Closed => None,
-    };
     sqlx::query_as(concat!(
         "UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
          updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
         case_columns!()
     ))
     .bind(case.id)
-    .bind(to.as_str())
-    .bind(park_reason)
+    .bind(decision.to.as_str())
+    .bind(&decision.park_reason)
     .bind(case.version)
     .fetch_one(&mut *conn)
     .await

@@ -191,7 +191,7 @@ impl LlmPlanner {
             .with_api_key(&settings.api_key);
         // The per-request deadline is enforced around each call; this one
         // only bounds connection set-up.
-        let http = crate::config::http_client()
+        let http = crate::http_client::http_client()
             .connect_timeout(Duration::from_secs(5))
             .build()?;
         // The plain transport, without async-openai's own retry layer: we

@@ -17,10 +17,10 @@ use super::{ProposeError, Source, propose};
 use crate::contract::command::GeneratePlan;
 use crate::contract::fact::PlanFailed;
 use crate::contract::{CommandMsg, Fact, Message};
-use crate::orchestrator::read_case;
 use crate::planner::context;
 use crate::pubsub::consumer::{Delivery, Disposition, Handler};
 use crate::pubsub::{inbox, outbox};
+use crate::store::read_case;
 use crate::telemetry;
 use crate::workflow::Status;
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::consumer::{DeadReason, Disposition};
 use crate::model::Case;
-use crate::orchestrator::lock_case;
+use crate::store::lock_case;
 use crate::telemetry;
 
 /// `false` when `consumer` already applied `message_id`. A concurrent twin

@@ -12,9 +12,13 @@
 //! case like a breach does (without the automatic rollback decision, which
 //! is the orchestrator's and the policy's).
 
+mod check;
 pub mod prometheus;
+mod settings;
 
-use std::path::PathBuf;
+pub use check::{Check, Verdict, judge};
+pub use settings::VerifySettings;
+
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -23,152 +27,21 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use self::prometheus::Prometheus;
-use crate::contract::fact::{VerifyFailed, VerifyFailure, VerifyPassed};
-use crate::contract::plan::{self, Op, Stat};
+use crate::contract::fact::{VerifyFailed, VerifyPassed};
 use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
 use crate::model::Case;
-use crate::orchestrator::read_case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::{inbox, outbox};
+use crate::store::read_case;
 use crate::telemetry;
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "verifier";
 
-const DEFAULT_DELAY_S: u64 = 60;
-const DEFAULT_MIN_COVERAGE: f64 = 0.5;
-const DEFAULT_PROMETHEUS_TIMEOUT_MS: u64 = 5000;
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct VerifySettings {
-    /// Seconds to wait after the execution finished before judging, so the
-    /// window holds data from after the change. Production: at least the
-    /// longest check window; demos and tests use 0 and ingest fresh rows.
-    #[arg(long, env = "OPSLOOP_VERIFY_DELAY_S", default_value_t = DEFAULT_DELAY_S)]
-    pub delay_s: u64,
-    /// Share of a window's minutes that must have data for a verdict.
-    #[arg(long, env = "OPSLOOP_VERIFY_MIN_COVERAGE", default_value_t = DEFAULT_MIN_COVERAGE)]
-    pub min_coverage: f64,
-    /// Base URL of a Prometheus server (e.g. http://127.0.0.1:9090) that
-    /// answers the checks named in OPSLOOP_PROMETHEUS_QUERIES.
-    #[arg(long, env = "OPSLOOP_PROMETHEUS_URL")]
-    pub prometheus_url: Option<String>,
-    /// TOML file of PromQL templates, metric name → stat → query
-    /// (docs/prometheus.md); checked at start-up.
-    #[arg(long, env = "OPSLOOP_PROMETHEUS_QUERIES")]
-    pub prometheus_queries: Option<PathBuf>,
-    /// Time allowed for one Prometheus query; past it the check is
-    /// inconclusive.
-    #[arg(long, env = "OPSLOOP_PROMETHEUS_TIMEOUT_MS", default_value_t = DEFAULT_PROMETHEUS_TIMEOUT_MS)]
-    pub prometheus_timeout_ms: u64,
-}
-
-impl Default for VerifySettings {
-    /// The flags' defaults: no Prometheus.
-    fn default() -> Self {
-        VerifySettings {
-            delay_s: DEFAULT_DELAY_S,
-            min_coverage: DEFAULT_MIN_COVERAGE,
-            prometheus_url: None,
-            prometheus_queries: None,
-            prometheus_timeout_ms: DEFAULT_PROMETHEUS_TIMEOUT_MS,
-        }
-    }
-}
-
 pub struct Verifier {
     pool: PgPool,
     settings: VerifySettings,
     prometheus: Option<Prometheus>,
-}
-
-/// The verdict on one check, and on the whole (the worst check wins:
-/// breach, then no_data, then inconclusive, then pass).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, strum::IntoStaticStr, strum::Display,
-)]
-#[strum(serialize_all = "snake_case")]
-pub enum Verdict {
-    Pass,
-    Inconclusive,
-    NoData,
-    Breach,
-}
-
-impl Verdict {
-    /// Why the case fails verification, unless it passed.
-    pub fn failure(self) -> Option<VerifyFailure> {
-        match self {
-            Verdict::Pass => None,
-            Verdict::Inconclusive => Some(VerifyFailure::Inconclusive),
-            Verdict::NoData => Some(VerifyFailure::NoData),
-            Verdict::Breach => Some(VerifyFailure::Breach),
-        }
-    }
-}
-
-/// One check of the plan, with its resource settled.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub resource: String,
-    pub metric: String,
-    pub stat: Stat,
-    pub op: Op,
-    pub threshold: f64,
-    pub window_s: i64,
-}
-
-impl Check {
-    fn from_plan(check: &plan::Check, default_resource: Option<&str>) -> Result<Check, String> {
-        let resource = check
-            .resource
-            .as_deref()
-            .or(default_resource)
-            .ok_or("a check names no resource and the case has no resource label")?;
-        Ok(Check {
-            resource: resource.to_string(),
-            metric: check.metric.clone(),
-            stat: check.stat.unwrap_or(Stat::Avg),
-            op: check.op,
-            threshold: check
-                .threshold
-                .as_f64()
-                .ok_or("a check whose threshold is not a number")?,
-            window_s: i64::try_from(check.window_s).unwrap_or(i64::MAX).max(60),
-        })
-    }
-
-    /// The verdict on a figure read from any source.
-    pub(crate) fn verdict(&self, figure: f64) -> Verdict {
-        if self.op.holds(figure, self.threshold) {
-            Verdict::Pass
-        } else {
-            Verdict::Breach
-        }
-    }
-}
-
-/// Judges a check from the per-minute values in its window (pure).
-pub fn judge(check: &Check, values: &[f64], min_coverage: f64) -> (Verdict, Value) {
-    let expected = (check.window_s / 60).max(1) as usize;
-    if values.is_empty() {
-        return (Verdict::NoData, json!({"points": 0, "expected": expected}));
-    }
-    if (values.len() as f64) < (expected as f64 * min_coverage).ceil() {
-        return (
-            Verdict::Inconclusive,
-            json!({"points": values.len(), "expected": expected,
-                   "why": "too few minutes with data in the window"}),
-        );
-    }
-    let figure = match check.stat {
-        Stat::Max | Stat::P95 => values.iter().copied().fold(f64::MIN, f64::max),
-        Stat::Avg => values.iter().sum::<f64>() / values.len() as f64,
-    };
-    (
-        check.verdict(figure),
-        json!({"points": values.len(), "expected": expected, "figure": figure}),
-    )
 }
 
 impl Handler for Verifier {
@@ -428,57 +301,4 @@ pub fn resource_of(case: &Case) -> Option<String> {
         .iter()
         .find_map(|k| case.labels.get(*k).and_then(Value::as_str))
         .map(str::to_string)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(op: &str, threshold: f64, window_s: i64) -> Check {
-        Check {
-            resource: "checkout".into(),
-            metric: "latency_p95_ms".into(),
-            stat: Stat::Avg,
-            op: serde_json::from_value(json!(op)).unwrap(),
-            threshold,
-            window_s,
-        }
-    }
-
-    #[test]
-    fn no_points_is_no_data_and_few_points_inconclusive() {
-        assert_eq!(judge(&check("<", 300.0, 300), &[], 0.5).0, Verdict::NoData);
-        assert_eq!(
-            judge(&check("<", 300.0, 300), &[100.0, 120.0], 0.5).0,
-            Verdict::Inconclusive
-        );
-        assert_eq!(
-            judge(&check("<", 300.0, 300), &[100.0, 120.0, 90.0], 0.5).0,
-            Verdict::Pass
-        );
-    }
-
-    #[test]
-    fn the_figure_is_compared_with_the_operator() {
-        assert_eq!(
-            judge(&check("<", 300.0, 60), &[350.0], 0.5).0,
-            Verdict::Breach
-        );
-        assert_eq!(
-            judge(&check("<=", 300.0, 60), &[300.0], 0.5).0,
-            Verdict::Pass
-        );
-        assert_eq!(
-            judge(&check(">", 0.99, 60), &[0.98], 0.5).0,
-            Verdict::Breach
-        );
-        assert_eq!(judge(&check(">=", 0.99, 60), &[0.99], 0.5).0, Verdict::Pass);
-    }
-
-    #[test]
-    fn the_worst_verdict_wins() {
-        assert!(Verdict::Breach > Verdict::NoData);
-        assert!(Verdict::NoData > Verdict::Inconclusive);
-        assert!(Verdict::Inconclusive > Verdict::Pass);
-    }
 }

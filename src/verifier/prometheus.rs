@@ -20,7 +20,8 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Check, Verdict, VerifySettings};
+use super::check::{Check, Verdict};
+use super::settings::VerifySettings;
 
 /// The stats a plan's check may name (DESIGN §4).
 const STATS: [&str; 3] = ["avg", "max", "p95"];
@@ -386,7 +387,7 @@ impl Prometheus {
         let query_url = query_url(base)?;
         let queries = Queries::load(path)?;
         let timeout = Duration::from_millis(s.prometheus_timeout_ms);
-        let http = crate::config::http_client()
+        let http = crate::http_client::http_client()
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()

@@ -3,34 +3,19 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
-
-use super::{ApprovalKind, Facts, Judgement};
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct GuardFailure {
-    /// Stable name of the guard, e.g. `approval_for_current_plan`.
-    pub guard: &'static str,
-    /// What an on-call reader needs to know.
-    pub detail: String,
-}
+use super::types::{ApprovalKind, Facts, GuardFailure, Judgement};
 
 type Guard = Result<(), GuardFailure>;
 
 fn fail(guard: &'static str, detail: impl Into<String>) -> Guard {
     Err(GuardFailure {
-        guard,
+        guard: guard.into(),
         detail: detail.into(),
     })
 }
 
-pub(super) fn check(results: &[Guard]) -> Result<(), super::Rejection> {
-    let failures: Vec<GuardFailure> = results.iter().filter_map(|r| r.clone().err()).collect();
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(super::Rejection::GuardFailed(failures))
-    }
+pub(super) fn failures(results: &[Guard]) -> Vec<GuardFailure> {
+    results.iter().filter_map(|r| r.clone().err()).collect()
 }
 
 pub(super) fn plan_present(facts: &Facts) -> Guard {

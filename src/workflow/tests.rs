@@ -110,16 +110,11 @@ fn every_pair_is_accepted_exactly_as_the_table_says() {
     let table = table();
     for from in Status::iter() {
         for event in EventKind::iter() {
-            let got = decide(from, event, &facts);
+            let got = decide(from, event, &facts).map(|d| (d.to, d.effects));
             match table.iter().find(|(f, e, _, _)| *f == from && *e == event) {
-                Some((_, _, to, effects)) => assert_eq!(
-                    got,
-                    Ok(Decision {
-                        to: *to,
-                        effects: effects.clone()
-                    }),
-                    "{from} + {event}"
-                ),
+                Some((_, _, to, effects)) => {
+                    assert_eq!(got, Ok((*to, effects.clone())), "{from} + {event}")
+                }
                 None => assert_eq!(
                     got,
                     Err(Rejection::IllegalTransition { from, event }),
@@ -140,9 +135,11 @@ fn closed_accepts_nothing() {
     }
 }
 
-fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<&'static str> {
+fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<String> {
     match decide(status, event, facts) {
-        Err(Rejection::GuardFailed(f)) => f.iter().map(|g| g.guard).collect(),
+        Err(Rejection::GuardFailed { failures, .. }) => {
+            failures.iter().map(|g| g.guard.to_string()).collect()
+        }
         other => panic!("expected a guard failure, got {other:?}"),
     }
 }
@@ -201,11 +198,8 @@ fn verify_failed_rolls_back_only_when_plan_has_one_and_policy_allows() {
     };
     for facts in [no_rollback, not_allowed] {
         assert_eq!(
-            decide(Status::Verifying, EventKind::VerifyFailed, &facts),
-            Ok(Decision {
-                to: Status::Parked,
-                effects: vec![]
-            })
+            decide(Status::Verifying, EventKind::VerifyFailed, &facts).map(|d| (d.to, d.effects)),
+            Ok((Status::Parked, vec![]))
         );
     }
 }
@@ -222,6 +216,40 @@ fn statuses_and_events_use_the_wire_names() {
         "gate_approved".parse::<EventKind>(),
         Ok(EventKind::GateApproved)
     );
+}
+
+// ---- what the orchestrator records ---------------------------------------
+
+#[test]
+fn parking_keeps_the_reason_and_leaving_clears_it() {
+    let parked = decide(Status::Executing, EventKind::ExecFailed, &all_good()).unwrap();
+    assert_eq!(parked.park_reason.as_deref(), Some("duplicate of INC-7"));
+    let no_reason = Facts {
+        reason: None,
+        ..all_good()
+    };
+    let parked = decide(Status::Planning, EventKind::PlanFailed, &no_reason).unwrap();
+    assert_eq!(parked.park_reason.as_deref(), Some("plan_failed"));
+    let resumed = decide(Status::Parked, EventKind::Resume, &all_good()).unwrap();
+    assert_eq!(resumed.park_reason, None);
+    assert!(!resumed.note.is_empty());
+}
+
+#[rstest]
+#[case::meets_the_quorum(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, true)]
+#[case::short_of_the_quorum(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, true)]
+#[case::of_another_plan(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, false)]
+#[case::by_the_author(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)) }), ..all_good() }, false)]
+#[case::automatic(all_good(), false)]
+fn a_persons_approval_is_recorded_when_it_counts(#[case] facts: Facts, #[case] recorded: bool) {
+    let got = match decide(Status::WaitGate, EventKind::GateApproved, &facts) {
+        Ok(d) => d.record_approval,
+        Err(Rejection::GuardFailed {
+            record_approval, ..
+        }) => record_approval,
+        Err(other) => panic!("{other:?}"),
+    };
+    assert_eq!(got, recorded);
 }
 
 // ---- stale facts ---------------------------------------------------------
@@ -263,7 +291,7 @@ fn a_stale_fact_is_rejected_as_stale(
 ) {
     assert!(matches!(
         decide(status, event, &facts),
-        Err(Rejection::StaleFact(_))
+        Err(Rejection::StaleFact { .. })
     ));
 }
 

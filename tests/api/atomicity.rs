@@ -1,25 +1,28 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opsloop::orchestrator::Hooks;
+use opsloop::orchestrator::FaultPoints;
 use sqlx::PgPool;
 
 use crate::helpers::*;
 
+/// Fails the transaction after the timeline insert while armed.
+struct Armed(Arc<AtomicBool>);
+
+impl FaultPoints for Armed {
+    fn after_timeline_insert(&self) -> std::io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            Err(std::io::Error::other("disk on fire"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 #[sqlx::test]
 async fn a_fault_after_the_timeline_insert_leaves_no_trace(pool: PgPool) {
     let armed = Arc::new(AtomicBool::new(false));
-    let flag = armed.clone();
-    let hooks = Hooks {
-        after_timeline_insert: Some(Arc::new(move || {
-            if flag.load(Ordering::SeqCst) {
-                Err("disk on fire".into())
-            } else {
-                Ok(())
-            }
-        })),
-    };
-    let app = TestApp::with_hooks(pool, hooks).await;
+    let app = TestApp::with_faults(pool, Arc::new(Armed(armed.clone()))).await;
     let case = app.create_case().await;
     armed.store(true, Ordering::SeqCst);
     let r = app.event(case, OPERATOR, "start_analysis").await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use opsloop::api::{self, AppState};
 use opsloop::auth::{Identity, Role, TokenStore};
-use opsloop::orchestrator::{Hooks, Orchestrator};
+use opsloop::orchestrator::{Faults, NoFaults, Orchestrator};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::{PgPool, Row};
@@ -23,6 +23,8 @@ pub const SERVICE: &str = "tok-planner-service";
 pub struct TestResponse {
     pub status: u16,
     pub body: Value,
+    /// The body's bytes as sent (a replay must repeat them exactly).
+    pub text: String,
     pub headers: reqwest::header::HeaderMap,
 }
 
@@ -57,10 +59,10 @@ pub fn nats_url() -> String {
 
 impl TestApp {
     pub async fn new(pool: PgPool) -> Self {
-        Self::with_hooks(pool, Hooks::default()).await
+        Self::with_faults(pool, Arc::new(NoFaults)).await
     }
 
-    pub async fn with_hooks(pool: PgPool, hooks: Hooks) -> Self {
+    pub async fn with_faults(pool: PgPool, faults: Faults) -> Self {
         if std::env::var("TEST_LOG").is_ok() {
             opsloop::telemetry::init("debug");
         }
@@ -73,7 +75,7 @@ impl TestApp {
         let nats = async_nats::connect(nats_url())
             .await
             .expect("connecting to the test NATS server");
-        let orchestrator = Orchestrator::new(pool.clone()).with_hooks(hooks);
+        let orchestrator = Orchestrator::new(pool.clone()).with_faults(faults);
         let state = AppState {
             orchestrator: orchestrator.clone(),
             tokens: Arc::new(tokens),
@@ -88,7 +90,7 @@ impl TestApp {
         TestApp {
             pool,
             base,
-            http: opsloop::config::http_client()
+            http: opsloop::http_client::http_client()
                 .pool_max_idle_per_host(64)
                 .build()
                 .unwrap(),
@@ -118,10 +120,11 @@ impl TestApp {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap_or_default();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
         TestResponse {
             status,
             body,
+            text,
             headers,
         }
     }

@@ -12,6 +12,7 @@ async fn same_key_same_body_replays_the_stored_reply(pool: PgPool) {
     let again = app.patch(case, OPERATOR, "k-1", body).await;
     assert_eq!(first.status, 200);
     assert_eq!((again.status, &again.body), (first.status, &first.body));
+    assert_eq!(again.text, first.text, "a replay repeats the bytes");
     assert_eq!(first.header("idempotent-replayed"), None);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     let transitions = app
@@ -37,12 +38,45 @@ async fn a_replayed_rejection_is_the_same_rejection(pool: PgPool) {
         .await;
     assert_eq!(first.status, 409);
     assert_eq!((again.status, &again.body), (409, &first.body));
+    assert_eq!(again.text, first.text, "a replay repeats the bytes");
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(
         app.timeline(case).await.len(),
         2,
         "created + one rejected attempt"
     );
+}
+
+/// A key stored by a release that kept the rendered reply (before typed
+/// answers) is replayed exactly as it was stored.
+#[sqlx::test]
+async fn a_reply_stored_before_typed_answers_is_replayed_as_stored(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.create_case().await;
+    let body = json!({"event": "start_analysis"});
+    let request_hash = {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(format!("PATCH /case/{case}/transition\n"));
+        h.update(body.to_string());
+        hex::encode(h.finalize())
+    };
+    let stored =
+        json!({"case": {"id": case, "version": 2, "status": "ANALYZING"}, "transition": {}});
+    sqlx::query(
+        "INSERT INTO idempotency (actor, key, request_hash, case_id, response_status, response_body) \
+         VALUES ('alice', 'k-old', $1, $2, 200, $3)",
+    )
+    .bind(&request_hash)
+    .bind(case)
+    .bind(&stored)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let r = app.patch(case, OPERATOR, "k-old", body).await;
+    assert_eq!((r.status, &r.body), (200, &stored));
+    assert_eq!(r.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.status(case).await, "NEW", "nothing was applied again");
 }
 
 #[sqlx::test]
@@ -128,7 +162,7 @@ async fn twenty_concurrent_requests_with_one_key_have_one_effect(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
-    use opsloop::orchestrator::{Actor, Origin, Outcome, TransitionRequest};
+    use opsloop::orchestrator::{Actor, Answer, Origin, Outcome, TransitionRequest};
     let app = TestApp::new(pool).await;
     let case = app.case_in("ANALYZING").await;
     let message_id = uuid::Uuid::now_v7();
@@ -151,7 +185,7 @@ async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
     };
     let first = app.orchestrator.transition(request.clone()).await.unwrap();
-    assert!(matches!(first, Outcome::Applied(_)));
+    assert!(matches!(first, Outcome::Answered(Answer::Applied { .. })));
     let again = app.orchestrator.transition(request).await.unwrap();
     assert_eq!(again, Outcome::Duplicate);
     assert_eq!(app.status(case).await, "PLANNING");

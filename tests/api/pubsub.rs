@@ -671,7 +671,7 @@ async fn a_fact_about_a_plan_that_is_not_current_is_stale(pool: PgPool) {
     let older = app.store_plan(case, "planner", Some(1)).await;
     let current = app.store_plan(case, "alice", Some(1)).await;
     assert_ne!(older, current);
-    let before = opsloop::orchestrator::read_case(&pool, case)
+    let before = opsloop::store::read_case(&pool, case)
         .await
         .unwrap()
         .unwrap();
@@ -686,7 +686,7 @@ async fn a_fact_about_a_plan_that_is_not_current_is_stale(pool: PgPool) {
         1
     );
 
-    let after = opsloop::orchestrator::read_case(&pool, case)
+    let after = opsloop::store::read_case(&pool, case)
         .await
         .unwrap()
         .unwrap();

@@ -130,7 +130,7 @@ impl Split {
         let split = Split {
             a,
             b,
-            http: opsloop::config::http_client().build().unwrap(),
+            http: opsloop::http_client::http_client().build().unwrap(),
             operator,
             service,
             pool,

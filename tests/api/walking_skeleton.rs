@@ -6,9 +6,9 @@
 use chrono::{Timelike, Utc};
 use opsloop::contract::fact::{RunEnded, RunKind, RunStatus};
 use opsloop::contract::{Fact, Message};
-use opsloop::orchestrator::read_case;
 use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::pubsub::{Envelope, outbox};
+use opsloop::store::read_case;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -14,7 +14,8 @@ use opsloop::pubsub::relay::{Relay, RelaySettings};
 use opsloop::pubsub::streams::EVT_STREAM;
 use tokio_util::sync::CancellationToken;
 
-use opsloop::orchestrator::{Actor, NewCase, Orchestrator, Origin, Outcome, TransitionRequest};
+use opsloop::orchestrator::{Actor, Answer, Orchestrator, Origin, Outcome, TransitionRequest};
+use opsloop::store::NewCase;
 use opsloop::workflow::EventKind;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -71,9 +72,7 @@ pub async fn orchestrator_step(
         })
         .await?;
     match outcome {
-        Outcome::Applied(reply) => reply.body["case"]["version"]
-            .as_i64()
-            .ok_or_else(|| anyhow::anyhow!("no version in {}", reply.body)),
+        Outcome::Answered(Answer::Applied { case, .. }) => Ok(case.version),
         other => anyhow::bail!("unexpected outcome {other:?}"),
     }
 }

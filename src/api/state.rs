@@ -1,0 +1,16 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use crate::auth::TokenStore;
+use crate::orchestrator::Orchestrator;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub orchestrator: Orchestrator,
+    pub tokens: Arc<TokenStore>,
+    /// `None` when no NATS is configured; `/readyz` then says so.
+    pub nats: Option<async_nats::Client>,
+    /// What proposed plans may contain beyond the schema.
+    pub plan_limits: Arc<crate::planner::contract::PlanLimits>,
+}

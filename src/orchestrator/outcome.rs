@@ -1,0 +1,78 @@
+//! What a transition answers, typed: the API renders it (status codes,
+//! problem+json), the consumer acknowledges it. The same value is stored
+//! with an idempotent request inside the transition's transaction, so a
+//! replay renders exactly what the first answer rendered.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::model::{Case, TimelineEntry};
+use crate::workflow::{Rejection, Status};
+
+/// The answer to one transition request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum Answer {
+    /// Committed: the case after the move and its timeline entry.
+    Applied {
+        case: Box<Case>,
+        transition: Box<TimelineEntry>,
+    },
+    /// Refused by the FSM and recorded in the timeline; the case as it was.
+    Rejected {
+        rejection: Rejection,
+        case_status: Status,
+        case_version: i64,
+    },
+}
+
+/// An answer stored for an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredAnswer {
+    Typed(Answer),
+    /// Written by a release before typed answers: the rendered reply.
+    Rendered {
+        status: u16,
+        body: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// This request's answer (applied, or rejected and recorded).
+    Answered(Answer),
+    /// The same `Idempotency-Key` and request were seen: the stored answer.
+    Replayed(StoredAnswer),
+    /// The same message id was already applied by this consumer.
+    Duplicate,
+}
+
+/// Failures that leave nothing behind (the transaction rolled back).
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("case {0} not found")]
+    CaseNotFound(Uuid),
+    #[error("expected version {expected}, case is at {actual}")]
+    VersionMismatch { expected: i64, actual: i64 },
+    #[error("the Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Points inside the transition's transaction where a test may fail it, as
+/// a lost database connection would. Production runs with `NoFaults`.
+pub trait FaultPoints: Send + Sync {
+    fn after_timeline_insert(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub struct NoFaults;
+
+impl FaultPoints for NoFaults {}
+
+pub type Faults = Arc<dyn FaultPoints>;

@@ -1,0 +1,82 @@
+//! Cases: creating one, reading one, and the row lock every writer of a
+//! case takes first.
+
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::case_columns;
+use crate::contract::Tenant;
+use crate::model::Case;
+
+#[derive(Debug, Clone)]
+pub struct NewCase {
+    pub tenant: Tenant,
+    pub title: String,
+    pub severity: String,
+    pub kind: Option<String>,
+    pub labels: Value,
+}
+
+pub async fn insert_case(
+    conn: &mut PgConnection,
+    new: &NewCase,
+    actor: &str,
+) -> Result<Case, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let case: Case = sqlx::query_as(concat!(
+        "INSERT INTO ops_case (id, tenant, title, severity, kind, labels, correlation_id, created_by) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+        case_columns!()
+    ))
+    .bind(id)
+    .bind(new.tenant.as_str())
+    .bind(&new.title)
+    .bind(&new.severity)
+    .bind(&new.kind)
+    .bind(&new.labels)
+    .bind(Uuid::now_v7())
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
+         VALUES ($1, $2, 'created', 'NEW', 1, $3, $4)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(case.id)
+    .bind(actor)
+    .bind(case.correlation_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(case)
+}
+
+/// The case as it is now, without a lock (for readers and for workers
+/// that only decide whether to start).
+pub async fn read_case<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await
+}
+
+/// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes
+/// first.
+pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
