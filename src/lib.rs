@@ -16,9 +16,11 @@ pub mod orchestrator;
 pub mod planner;
 pub mod problem;
 pub mod pubsub;
+pub mod roles;
 pub mod store;
 pub mod telemetry;
 pub mod verifier;
+pub mod worker;
 pub mod workflow;
 
 /// The schema migrations, embedded at build time from `migrations/`.

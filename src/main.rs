@@ -10,13 +10,12 @@ use tracing::{info, warn};
 
 use opsloop::analyst;
 use opsloop::api::{self, AppState};
-use opsloop::auth::{self, Role, TokenStore};
+use opsloop::auth::{self, TokenStore};
 use opsloop::config::{self, ServeConfig};
 use opsloop::contract::Message;
-use opsloop::contract::command as subjects;
 use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::executor;
-use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
+use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
 use opsloop::planner::contract::PlanLimits;
@@ -24,9 +23,11 @@ use opsloop::planner::llm::LlmPlanner;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker as planner_worker;
 use opsloop::pubsub::consumer::{self, ConsumerSpec};
-use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::relay::{NoHooks, Relay, RelaySettings, StallAfterPublish};
+use opsloop::pubsub::streams::{self, StreamSettings};
+use opsloop::roles::{self, Role, Roles};
 use opsloop::verifier;
+use opsloop::worker::Runner;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -83,7 +84,7 @@ enum TokenCommand {
         identity: String,
         /// Comma-separated: viewer, operator, approver, admin, service.
         #[arg(long, value_delimiter = ',', required = true)]
-        roles: Vec<Role>,
+        roles: Vec<auth::Role>,
         #[arg(
             long,
             env = "OPSLOOP_TOKENS_FILE",
@@ -147,9 +148,9 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     opsloop::telemetry::init("info,sqlx=warn");
-    let roles = Roles::parse(&cfg.roles)?;
+    let roles = Roles::parse(&cfg.roles).map_err(anyhow::Error::msg)?;
     // Read the tokens before anything starts, so a bad file fails fast.
-    let tokens = if roles.api {
+    let tokens = if roles.has(Role::Api) {
         Some(TokenStore::load(&cfg.tokens_file)?)
     } else {
         None
@@ -185,13 +186,18 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     if let Some(client) = nats.clone() {
         let js = async_nats::jetstream::new(client.clone());
         ensure_streams(&js, &cfg.streams).await?;
-        if roles.relay {
+        if roles.has(Role::Relay) {
             let settings = RelaySettings {
                 batch: cfg.relay_batch,
                 loops: cfg.relay_loops,
                 linger: Duration::from_millis(cfg.relay_linger_ms),
-                stall_after_publish: std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
-                    .is_ok_and(|v| v == "1"),
+                hooks: if std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
+                    .is_ok_and(|v| v == "1")
+                {
+                    Arc::new(StallAfterPublish)
+                } else {
+                    Arc::new(NoHooks)
+                },
                 ..RelaySettings::default()
             };
             let relay = Relay::new(pool.clone(), client.clone(), settings);
@@ -199,73 +205,60 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 relay.run(orchestrator.outbox_ready(), shutdown.clone()),
             ));
         }
-        if roles.planner {
+        let wake = orchestrator.outbox_ready();
+        let spec = |role: Role| role.consumer().expect("a consuming role");
+        if roles.has(Role::Planner) {
             let templates =
                 Templates::load(&cfg.templates_dir, &plan_limits).with_context(|| {
                     format!("loading templates from {}", cfg.templates_dir.display())
                 })?;
             info!(templates = templates.len(), "Template planner ready.");
-            let spec = ConsumerSpec::new(
-                CMD_STREAM,
-                planner_worker::CONSUMER,
-                subjects::CMD_PLAN_GENERATE,
-            )
-            .with_concurrency(4);
-            let handler = planner_worker::Planner {
+            let planner = planner_worker::Planner {
                 pool: pool.clone(),
                 templates,
                 limits: plan_limits.clone(),
                 llm: LlmPlanner::from_settings(&cfg.llm)?,
             };
-            match &handler.llm {
+            match &planner.llm {
                 Some(llm) => info!(model = %cfg.llm.model, prompt = %llm.prompt().version,
                                    prompt.hash = %llm.prompt().hash, "LLM planner ready."),
                 None => info!("No LLM configured (OPENAI_BASE_URL): templates only."),
             }
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+            let handler = Runner::new(planner, pool.clone(), wake.clone());
+            tasks.push(spawn(&js, &spec(Role::Planner), &pool, handler, &shutdown).await?);
         }
-        if roles.gatekeeper {
+        if roles.has(Role::Gatekeeper) {
             let policy = match &cfg.policy_file {
                 Some(path) => Policy::load(path)?,
                 None => Policy::default(),
             };
-            let spec = ConsumerSpec::new(CMD_STREAM, gatekeeper::CONSUMER, subjects::CMD_GATE_EVAL)
-                .with_concurrency(4);
-            let handler = Gatekeeper {
-                pool: pool.clone(),
-                policy,
-            };
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+            let handler = Runner::new(Gatekeeper { policy }, pool.clone(), wake.clone());
+            tasks.push(spawn(&js, &spec(Role::Gatekeeper), &pool, handler, &shutdown).await?);
         }
-        if roles.analyst {
-            let spec = ConsumerSpec::new(CMD_STREAM, analyst::CONSUMER, subjects::CMD_ANALYSIS_RUN)
-                .with_concurrency(4);
-            let handler = analyst::Analyst { pool: pool.clone() };
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+        if roles.has(Role::Analyst) {
+            let handler = Runner::new(analyst::Analyst, pool.clone(), wake.clone());
+            tasks.push(spawn(&js, &spec(Role::Analyst), &pool, handler, &shutdown).await?);
         }
-        if roles.executor {
-            // Both exec subjects on one consumer: a rollback and a run of the
-            // same target share the executor's target locks.
-            let spec =
-                ConsumerSpec::new(CMD_STREAM, executor::CONSUMER, "cmd.exec.>").with_concurrency(8);
-            let handler = executor::Executor::new(pool.clone(), &cfg.exec, &cfg.script_allowlist);
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+        if roles.has(Role::Executor) {
+            let handler = executor::Executor::new(
+                pool.clone(),
+                &cfg.exec,
+                &cfg.script_allowlist,
+                wake.clone(),
+            );
+            tasks.push(spawn(&js, &spec(Role::Executor), &pool, handler, &shutdown).await?);
         }
-        if roles.verifier {
-            let spec = ConsumerSpec::new(CMD_STREAM, verifier::CONSUMER, subjects::CMD_VERIFY_RUN)
-                .with_concurrency(8);
-            let handler = verifier::Verifier::new(pool.clone(), cfg.verify.clone())
+        if roles.has(Role::Verifier) {
+            let verifier = verifier::Verifier::new(pool.clone(), cfg.verify.clone())
                 .context("configuring the verifier")?;
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+            let handler = Runner::new(verifier, pool.clone(), wake.clone());
+            tasks.push(spawn(&js, &spec(Role::Verifier), &pool, handler, &shutdown).await?);
         }
-        if roles.orchestrator {
-            // One at a time: facts are applied in the order the relay
-            // published them (per-case order, docs/events.md).
-            let spec = ConsumerSpec::new(EVT_STREAM, consumer_mod::CONSUMER, "evt.>");
+        if roles.has(Role::Orchestrator) {
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
             };
-            tasks.push(spawn_consumer(&js, &spec, &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, &spec(Role::Orchestrator), &pool, handler, &shutdown).await?);
         }
     }
     info!(roles = ?cfg.roles, "opsloop started.");
@@ -297,23 +290,16 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
 
 /// Creates (or updates) the durable consumer and runs `handler` on it until
 /// shutdown.
-async fn spawn_consumer<H: consumer::Handler + 'static>(
+async fn spawn<H: consumer::Handler + 'static>(
     js: &async_nats::jetstream::Context,
     spec: &ConsumerSpec,
     pool: &sqlx::PgPool,
     handler: H,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let consumer = consumer::durable(js, spec)
+    roles::spawn_consumer(js, spec, pool, handler, shutdown)
         .await
-        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))?;
-    Ok(tokio::spawn(consumer::run(
-        consumer,
-        pool.clone(),
-        handler,
-        spec.concurrency,
-        shutdown.clone(),
-    )))
+        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))
 }
 
 /// Streams are created at start-up; while NATS is unreachable we wait for it
@@ -333,69 +319,6 @@ async fn ensure_streams(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-#[derive(Default)]
-struct Roles {
-    api: bool,
-    relay: bool,
-    orchestrator: bool,
-    gatekeeper: bool,
-    planner: bool,
-    analyst: bool,
-    executor: bool,
-    verifier: bool,
-}
-
-const ROLE_NAMES: &str =
-    "api, relay, orchestrator, gatekeeper, planner, analyst, executor, verifier";
-
-impl Roles {
-    fn parse(names: &[String]) -> anyhow::Result<Roles> {
-        let mut roles = Roles::default();
-        for name in names {
-            let all = name.trim() == "all";
-            let flag = match name.trim() {
-                "all" => None,
-                "api" => Some(&mut roles.api),
-                "relay" => Some(&mut roles.relay),
-                "orchestrator" => Some(&mut roles.orchestrator),
-                "gatekeeper" => Some(&mut roles.gatekeeper),
-                "planner" => Some(&mut roles.planner),
-                "analyst" => Some(&mut roles.analyst),
-                "executor" => Some(&mut roles.executor),
-                "verifier" => Some(&mut roles.verifier),
-                other => anyhow::bail!("unknown role {other:?}: expected {ROLE_NAMES} or all"),
-            };
-            match flag {
-                Some(f) => *f = true,
-                None if all => {
-                    roles = Roles {
-                        api: true,
-                        relay: true,
-                        orchestrator: true,
-                        gatekeeper: true,
-                        planner: true,
-                        analyst: true,
-                        executor: true,
-                        verifier: true,
-                    }
-                }
-                None => {}
-            }
-        }
-        Ok(roles)
-    }
-
-    fn any_worker(&self) -> bool {
-        self.relay
-            || self.orchestrator
-            || self.gatekeeper
-            || self.planner
-            || self.analyst
-            || self.executor
-            || self.verifier
     }
 }
 

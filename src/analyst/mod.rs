@@ -9,14 +9,15 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::contract::fact::{EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef};
 use crate::contract::{CommandMsg, Fact, Message};
-use crate::pubsub::consumer::{Delivery, Disposition, Handler};
-use crate::pubsub::{inbox, outbox};
+use crate::model::Case;
+use crate::pubsub::consumer::Delivery;
 use crate::verifier::resource_of;
+use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "analyst";
@@ -26,46 +27,37 @@ const LOOKBACK_MINUTES: i32 = 30;
 /// (metric, avg, max, p95) of one minute.
 type MetricPoint = (String, f64, f64, Option<f64>);
 
-pub struct Analyst {
-    pub pool: PgPool,
-}
+/// The analysis step; run it with `worker::Runner`.
+pub struct Analyst;
 
-impl Handler for Analyst {
-    fn name(&self) -> &str {
+impl CaseWorker for Analyst {
+    type Prepared = ();
+
+    fn name(&self) -> &'static str {
         CONSUMER
     }
 
-    async fn handle(&self, d: &Delivery) -> Disposition {
-        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
-            Ok(cmd) => cmd,
-            Err(e) => return e.into(),
-        };
-        let CommandMsg::RunAnalysis(_) = &cmd.body else {
-            return Disposition::unknown_type(&d.envelope.kind);
-        };
-        self.analyse(&cmd, d)
-            .await
-            .unwrap_or_else(|e| Disposition::Retry(e.to_string()))
+    fn accepts(&self, cmd: &CommandMsg) -> bool {
+        matches!(cmd, CommandMsg::RunAnalysis(_))
     }
-}
 
-impl Analyst {
-    async fn analyse(
+    async fn prepare(&self, _: &Message<CommandMsg>, _: &Delivery) -> Result<(), WorkError> {
+        Ok(())
+    }
+
+    fn applies(&self, _: &Message<CommandMsg>, case: &Case) -> bool {
+        case.status == Status::Analyzing
+    }
+
+    async fn apply(
         &self,
-        cmd: &Message<CommandMsg>,
-        d: &Delivery,
-    ) -> Result<Disposition, sqlx::Error> {
-        let case_id = cmd.case_id.uuid();
-        let mut tx = self.pool.begin().await?;
-        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
-            Ok(case) => case,
-            Err(nothing_to_do) => return Ok(nothing_to_do),
-        };
-        if case.status != Status::Analyzing {
-            tx.commit().await?;
-            return Ok(Disposition::Done);
-        }
-        let resource = resource_of(&case);
+        tx: &mut PgConnection,
+        _: &Message<CommandMsg>,
+        case: &Case,
+        (): (),
+    ) -> Result<Vec<Fact>, WorkError> {
+        let case_id = case.id;
+        let resource = resource_of(case);
         let rows: Vec<MetricPoint> = match &resource {
             Some(r) => {
                 sqlx::query_as(
@@ -138,18 +130,10 @@ impl Analyst {
         .bind(envelope_id)
         .execute(&mut *tx)
         .await?;
-        let fact = Message::for_case(
-            &case,
-            CONSUMER,
-            Some(cmd.id),
-            Fact::Findings(Findings {
-                evidence_id: envelope_id,
-                findings,
-            }),
-        );
-        outbox::enqueue_fact(&mut tx, fact.to_envelope(), d.traceparent.as_deref()).await?;
-        tx.commit().await?;
         tracing::info!(case.id = %case.id, summary = %summary, "Findings recorded.");
-        Ok(Disposition::Done)
+        Ok(vec![Fact::Findings(Findings {
+            evidence_id: envelope_id,
+            findings,
+        })])
     }
 }

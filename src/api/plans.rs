@@ -13,9 +13,11 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Auth, CaseId};
 use super::state::AppState;
 use crate::auth::Role;
-use crate::contract::PlanHash;
+use crate::contract::fact::PlanProposed;
+use crate::contract::{Fact, Message, PlanHash};
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
+use crate::pubsub::outbox;
 use crate::store::lock_case;
 use crate::telemetry;
 use crate::workflow::Status;
@@ -67,8 +69,7 @@ pub async fn propose(
             ),
         });
     }
-    let trace_id = telemetry::trace_id_from(None);
-    let plan_id = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id, &trace_id)
+    let fact = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id)
         .await
         .map_err(|e| match e {
             ProposeError::Duplicate => ApiError::Conflict {
@@ -77,8 +78,23 @@ pub async fn propose(
             },
             ProposeError::Database(e) => e.into(),
         })?;
+    let Fact::PlanProposed(PlanProposed { plan_id, .. }) = &fact else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "propose answered {fact:?}"
+        )));
+    };
+    let plan_id = *plan_id;
+    let trace_id = telemetry::trace_id_from(None);
+    let message = Message::for_case(&case, &who.id, None, fact);
+    outbox::enqueue(
+        &mut tx,
+        Some(case.id),
+        &[message.to_envelope()],
+        &outbox::traceparent(&trace_id),
+    )
+    .await?;
     tx.commit().await?;
-    state.orchestrator.outbox_ready().notify_one();
+    state.orchestrator.outbox_ready().wake();
     let body = Proposed {
         plan_id,
         plan_hash: checked.hash,

@@ -23,20 +23,19 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream;
 use clap::Parser;
-use opsloop::analyst::{self, Analyst};
-use opsloop::contract::command as subjects;
+use opsloop::analyst::Analyst;
 use opsloop::contract::plan::{Action, ScriptParams};
 use opsloop::executor::adapter::{Adapter, Noop};
 use opsloop::executor::script::ScriptAdapter;
-use opsloop::executor::{self, ExecSettings, Executor};
-use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
+use opsloop::executor::{ExecSettings, Executor};
+use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::templates::Templates;
-use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::streams::CMD_STREAM;
+use opsloop::planner::worker::Planner;
+use opsloop::roles::Role;
 use opsloop::store::NewCase;
-use opsloop::verifier::{self, Verifier, VerifySettings};
+use opsloop::verifier::{Verifier, VerifySettings};
 use opsloop::workflow::EventKind;
 use serde_json::json;
 
@@ -106,59 +105,22 @@ async fn run_phase(
     let templates = Templates::load(Path::new("templates"), &limits)
         .context("run from the repository root (templates/)")?;
     let s = settings();
-    workers
-        .add(
-            CMD_STREAM,
-            analyst::CONSUMER,
-            subjects::CMD_ANALYSIS_RUN,
-            Analyst { pool: pool.clone() },
-            4,
-        )
-        .await?;
-    workers
-        .add(
-            CMD_STREAM,
-            planner_worker::CONSUMER,
-            subjects::CMD_PLAN_GENERATE,
-            Planner {
-                pool: pool.clone(),
-                templates,
-                limits,
-                llm: None,
-            },
-            4,
-        )
-        .await?;
-    workers
-        .add(
-            CMD_STREAM,
-            gatekeeper::CONSUMER,
-            subjects::CMD_GATE_EVAL,
-            Gatekeeper {
-                pool: pool.clone(),
-                policy: Policy::default(),
-            },
-            4,
-        )
-        .await?;
-    workers
-        .add(
-            CMD_STREAM,
-            executor::CONSUMER,
-            "cmd.exec.>",
-            Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()]),
-            8,
-        )
-        .await?;
-    workers
-        .add(
-            CMD_STREAM,
-            verifier::CONSUMER,
-            subjects::CMD_VERIFY_RUN,
-            Verifier::new(pool.clone(), s.verify.clone())?,
-            8,
-        )
-        .await?;
+    workers.add_worker(Role::Analyst, Analyst).await?;
+    let planner = Planner {
+        pool: pool.clone(),
+        templates,
+        limits,
+        llm: None,
+    };
+    workers.add_worker(Role::Planner, planner).await?;
+    let gate = Gatekeeper {
+        policy: Policy::default(),
+    };
+    workers.add_worker(Role::Gatekeeper, gate).await?;
+    let executor = Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()], workers.wake());
+    workers.add(Role::Executor, executor).await?;
+    let verifier = Verifier::new(pool.clone(), s.verify.clone())?;
+    workers.add_worker(Role::Verifier, verifier).await?;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);

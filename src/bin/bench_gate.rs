@@ -21,14 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use opsloop::contract::command as subjects;
-use opsloop::gatekeeper::{self, Gatekeeper, policy::Policy};
+use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::{LlmPlanner, LlmSettings};
 use opsloop::planner::templates::Templates;
-use opsloop::planner::worker::{self as planner_worker, Planner};
-use opsloop::pubsub::streams::CMD_STREAM;
+use opsloop::planner::worker::Planner;
+use opsloop::roles::Role;
 use opsloop::store::NewCase;
 use opsloop::workflow::EventKind;
 use serde_json::json;
@@ -108,28 +107,11 @@ async fn run_phase(
         limits,
         llm,
     };
-    workers
-        .add(
-            CMD_STREAM,
-            planner_worker::CONSUMER,
-            subjects::CMD_PLAN_GENERATE,
-            planner,
-            4,
-        )
-        .await?;
+    workers.add_worker(Role::Planner, planner).await?;
     let gate = Gatekeeper {
-        pool: pool.clone(),
         policy: Policy::default(),
     };
-    workers
-        .add(
-            CMD_STREAM,
-            gatekeeper::CONSUMER,
-            subjects::CMD_GATE_EVAL,
-            gate,
-            4,
-        )
-        .await?;
+    workers.add_worker(Role::Gatekeeper, gate).await?;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);

@@ -35,7 +35,7 @@ use async_nats::jetstream;
 use opsloop::contract::Message;
 use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::orchestrator::Orchestrator;
-use opsloop::pubsub::relay::{self, AckSample, Relay, RelaySettings};
+use opsloop::pubsub::relay::{self, AckSample, Relay, RelayHooks, RelaySettings};
 use opsloop::pubsub::streams::StreamSettings;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -170,12 +170,26 @@ async fn drain(relay: &Relay) -> anyhow::Result<usize> {
 
 /// Drains the waiting backlog with the relay's own run loop (helpers
 /// included), counting acked rows as they are deleted; rows/s.
-async fn capacity(
-    relay: &Relay,
-    orchestrator: &Orchestrator,
-    acks: &Mutex<Vec<AckSample>>,
-    rows: usize,
-) -> f64 {
+/// Every row the relay acked, for the lag figures (the relay's hook).
+#[derive(Debug, Default)]
+struct Acks(Mutex<Vec<AckSample>>);
+
+impl RelayHooks for Acks {
+    fn acked(&self, sample: AckSample) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sample);
+    }
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::LockResult<std::sync::MutexGuard<'_, Vec<AckSample>>> {
+        self.0.lock()
+    }
+}
+
+async fn capacity(relay: &Relay, orchestrator: &Orchestrator, acks: &Acks, rows: usize) -> f64 {
     acks.lock().expect("acks").clear();
     let started = Instant::now();
     let handle = start_relay(relay, orchestrator);
@@ -258,10 +272,10 @@ async fn main() -> anyhow::Result<()> {
     let pool = database(u32::try_from(clients + 8)?).await?;
     let (client, js) = connect_jetstream().await?;
     let orchestrator = Orchestrator::new(pool.clone());
-    let acks = Arc::new(Mutex::new(Vec::new()));
+    let acks = Arc::new(Acks::default());
     let defaults = RelaySettings::default();
     let settings = RelaySettings {
-        acks: Some(acks.clone()),
+        hooks: acks.clone(),
         batch: arg("--batch").map_or(Ok(defaults.batch), |s| s.parse())?,
         loops: arg("--loops").map_or(Ok(defaults.loops), |s| s.parse())?,
         linger: arg("--linger-us").map_or(Ok(defaults.linger), |s| {

@@ -13,33 +13,72 @@ pub use crate::contract::plan::Action;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// How a try failed, which decides whether to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The target could not be reached or answered with trouble.
+    Unavailable,
+    /// A try that asking again would not change (bad params, a refusal by
+    /// the target's API).
+    Refused,
+    /// No result within the step's timeout.
+    Timeout,
+}
+
 /// A failed try, with what the adapter saw (stored with the step).
 #[derive(Debug, Clone)]
-pub struct StepError {
+pub struct ExecError {
+    pub kind: ErrorKind,
     pub message: String,
     pub detail: Value,
 }
 
-impl StepError {
+impl ExecError {
     pub fn new(message: impl Into<String>, detail: Value) -> Self {
-        StepError {
+        ExecError {
+            kind: ErrorKind::Unavailable,
             message: message.into(),
             detail,
         }
     }
 
-    /// A try that asking again would not change (bad params, a refusal by
-    /// the target's API): the runner does not retry it.
-    pub fn refused(message: impl Into<String>, mut detail: Value) -> Self {
-        if !detail.is_object() {
-            detail = Value::Object(Default::default());
+    pub fn refused(message: impl Into<String>, detail: Value) -> Self {
+        ExecError {
+            kind: ErrorKind::Refused,
+            ..ExecError::new(message, detail)
         }
-        detail["refused"] = Value::Bool(true);
-        StepError::new(message, detail)
     }
 
-    pub fn is_refusal(&self) -> bool {
-        self.detail.get("refused").is_some()
+    pub fn timeout(after: Duration) -> Self {
+        ExecError {
+            kind: ErrorKind::Timeout,
+            ..ExecError::new(
+                format!("no result within {} s", after.as_secs()),
+                serde_json::json!({"timed_out": true}),
+            )
+        }
+    }
+
+    /// Whether the runner may try the step again (within its `retry`).
+    pub fn is_retryable(&self) -> bool {
+        match self.kind {
+            ErrorKind::Unavailable | ErrorKind::Timeout => true,
+            ErrorKind::Refused => false,
+        }
+    }
+
+    /// What is stored with the failed step: the adapter's detail, the
+    /// error, and `refused: true` for a refusal.
+    pub fn record(&self) -> Value {
+        let mut detail = match &self.detail {
+            Value::Object(m) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        detail.insert("error".into(), Value::String(self.message.clone()));
+        if self.kind == ErrorKind::Refused {
+            detail.insert("refused".into(), Value::Bool(true));
+        }
+        Value::Object(detail)
     }
 }
 
@@ -51,8 +90,8 @@ pub fn refuses(http_status: u16) -> bool {
 
 /// The step handed to an adapter is not of its action: the runner routes
 /// by action, so this is a refusal, never retried.
-pub fn not_mine(adapter: &str, action: &Action) -> StepError {
-    StepError::refused(
+pub fn not_mine(adapter: &str, action: &Action) -> ExecError {
+    ExecError::refused(
         format!("{adapter} cannot run a {} step", action.name()),
         Value::Null,
     )
@@ -70,7 +109,7 @@ pub trait Adapter: Send + Sync {
         &'a self,
         action: &'a Action,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>>;
+    ) -> BoxFuture<'a, Result<Value, ExecError>>;
     /// Reads the state a step is about to change. The runner stores it
     /// before the first try, so an `undo: true` rollback step on the same
     /// target can hand it to `restore`. `None`: nothing worth keeping.
@@ -78,7 +117,7 @@ pub trait Adapter: Send + Sync {
         &'a self,
         _action: &'a Action,
         _timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
+    ) -> BoxFuture<'a, Result<Option<Value>, ExecError>> {
         Box::pin(async { Ok(None) })
     }
     /// Puts back a state `snapshot` read (one try, same rules as `run`).
@@ -87,10 +126,10 @@ pub trait Adapter: Send + Sync {
         _action: &'a Action,
         _before: &'a Value,
         _timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         let action = self.action();
         Box::pin(async move {
-            Err(StepError::refused(
+            Err(ExecError::refused(
                 format!("{action} cannot undo"),
                 Value::Null,
             ))
@@ -110,7 +149,7 @@ impl Adapter for Noop {
         true
     }
 
-    fn run<'a>(&'a self, _: &'a Action, _: Duration) -> BoxFuture<'a, Result<Value, StepError>> {
+    fn run<'a>(&'a self, _: &'a Action, _: Duration) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async { Ok(Value::Object(Default::default())) })
     }
 }

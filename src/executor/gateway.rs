@@ -19,7 +19,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_json::{Value, json};
 
-use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine, refuses};
 use crate::contract::plan::FlipParams;
 
 /// One allowlisted gateway: `name=http://host:port/admin-base`.
@@ -73,16 +73,16 @@ impl GatewayAdapter {
         }
     }
 
-    fn route_url(&self, params: &FlipParams, tail: Option<&str>) -> Result<Url, StepError> {
+    fn route_url(&self, params: &FlipParams, tail: Option<&str>) -> Result<Url, ExecError> {
         let (gateway, route) = (params.gateway.as_str(), params.route.as_str());
         if gateway.is_empty() || route.is_empty() {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 "gateway.flip needs gateway and route",
                 json!({}),
             ));
         }
         let Some(base) = self.gateways.get(gateway) else {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 format!("gateway {gateway:?} is not in OPSLOOP_GATEWAYS"),
                 json!({"known": self.gateways.keys().collect::<Vec<_>>()}),
             ));
@@ -91,7 +91,7 @@ impl GatewayAdapter {
         {
             let mut path = url
                 .path_segments_mut()
-                .map_err(|_| StepError::refused("the admin URL cannot take a path", json!({})))?;
+                .map_err(|_| ExecError::refused("the admin URL cannot take a path", json!({})))?;
             path.pop_if_empty().push("routes").push(route);
             if let Some(tail) = tail {
                 path.push(tail);
@@ -105,18 +105,18 @@ impl GatewayAdapter {
         request: reqwest::RequestBuilder,
         timeout: Duration,
         doing: &str,
-    ) -> Result<Value, StepError> {
+    ) -> Result<Value, ExecError> {
         let mut request = request.timeout(timeout);
         if let Some(path) = &self.token_file {
             let token = tokio::fs::read_to_string(path).await.map_err(|e| {
-                StepError::refused(format!("reading the gateway token file: {e}"), json!({}))
+                ExecError::refused(format!("reading the gateway token file: {e}"), json!({}))
             })?;
             request = request.bearer_auth(token.trim());
         }
         let response = request
             .send()
             .await
-            .map_err(|e| StepError::new(format!("{doing}: {e}"), json!({})))?;
+            .map_err(|e| ExecError::new(format!("{doing}: {e}"), json!({})))?;
         let status = response.status();
         let body = response.text().await.unwrap_or_default();
         let capped: String = body.chars().take(2000).collect();
@@ -125,13 +125,13 @@ impl GatewayAdapter {
             let message = format!("{doing}: the gateway answered {status}");
             // A refusal stays a refusal; overload and server trouble may pass.
             return Err(if refuses(status.as_u16()) {
-                StepError::refused(message, detail)
+                ExecError::refused(message, detail)
             } else {
-                StepError::new(message, detail)
+                ExecError::new(message, detail)
             });
         }
         serde_json::from_str(&body).map_err(|e| {
-            StepError::new(
+            ExecError::new(
                 format!("{doing}: unreadable answer: {e}"),
                 json!({"body": capped}),
             )
@@ -142,14 +142,14 @@ impl GatewayAdapter {
         &self,
         params: &FlipParams,
         timeout: Duration,
-    ) -> Result<Value, StepError> {
+    ) -> Result<Value, ExecError> {
         let url = self.route_url(params, None)?;
         let route = self
             .send(self.http.get(url), timeout, "reading the route")
             .await?;
         match route.get("weights") {
             Some(w) if w.is_object() => Ok(w.clone()),
-            _ => Err(StepError::new(
+            _ => Err(ExecError::new(
                 "the gateway's route has no weights object",
                 json!({"route": route}),
             )),
@@ -162,12 +162,12 @@ impl GatewayAdapter {
         params: &FlipParams,
         weights: &Value,
         timeout: Duration,
-    ) -> Result<Value, StepError> {
+    ) -> Result<Value, ExecError> {
         let url = self.route_url(params, Some("weights"))?;
         let request = self.http.put(url).json(&json!({"weights": weights}));
         let route = self.send(request, timeout, "setting the weights").await?;
         if route.get("weights") != Some(weights) {
-            return Err(StepError::new(
+            return Err(ExecError::new(
                 "the gateway did not report the weights just set",
                 json!({"asked": weights, "answered": route}),
             ));
@@ -176,7 +176,7 @@ impl GatewayAdapter {
     }
 }
 
-fn flip_of(action: &Action) -> Result<&FlipParams, StepError> {
+fn flip_of(action: &Action) -> Result<&FlipParams, ExecError> {
     match action {
         Action::GatewayFlip(params) => Ok(params),
         other => Err(not_mine(Action::GATEWAY_FLIP, other)),
@@ -197,7 +197,7 @@ impl Adapter for GatewayAdapter {
         &'a self,
         action: &'a Action,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
+    ) -> BoxFuture<'a, Result<Option<Value>, ExecError>> {
         Box::pin(async move {
             let params = flip_of(action)?;
             let weights = self.read_weights(params, timeout).await?;
@@ -209,11 +209,11 @@ impl Adapter for GatewayAdapter {
         &'a self,
         action: &'a Action,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async move {
             let params = flip_of(action)?;
             let Some(weights) = &params.weights else {
-                return Err(StepError::refused("gateway.flip needs weights", json!({})));
+                return Err(ExecError::refused("gateway.flip needs weights", json!({})));
             };
             self.set_weights(params, &json!(weights), timeout).await
         })
@@ -224,11 +224,11 @@ impl Adapter for GatewayAdapter {
         action: &'a Action,
         before: &'a Value,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async move {
             let params = flip_of(action)?;
             let Some(weights) = before.get("weights").filter(|w| w.is_object()) else {
-                return Err(StepError::refused(
+                return Err(ExecError::refused(
                     "the recorded state has no weights",
                     json!({"before": before}),
                 ));
@@ -275,6 +275,6 @@ mod tests {
             &serde_json::from_value(json!({"gateway": "http://evil", "route": "/"})).unwrap(),
             None,
         );
-        assert!(unknown.unwrap_err().is_refusal());
+        assert!(!unknown.unwrap_err().is_retryable());
     }
 }

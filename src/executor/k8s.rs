@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine, refuses};
 use crate::contract::plan::RolloutParams;
 
 /// Who the API server records as the changer.
@@ -53,7 +53,7 @@ impl K8sAdapter {
         }
     }
 
-    async fn api(&self, namespace: &str) -> Result<Api<Deployment>, StepError> {
+    async fn api(&self, namespace: &str) -> Result<Api<Deployment>, ExecError> {
         let mut slot = self.client.lock().await;
         if let Some(client) = slot.as_ref() {
             return Ok(Api::namespaced(client.clone(), namespace));
@@ -61,7 +61,7 @@ impl K8sAdapter {
         let config = match &self.api_url {
             Some(url) => {
                 let uri = url.parse().map_err(|e| {
-                    StepError::refused(
+                    ExecError::refused(
                         format!("OPSLOOP_K8S_API_URL {url:?} is not a URL: {e}"),
                         json!({}),
                     )
@@ -74,14 +74,14 @@ impl K8sAdapter {
                 config
             }
             None => kube::Config::infer().await.map_err(|e| {
-                StepError::refused(
+                ExecError::refused(
                     format!("no Kubernetes API configured (OPSLOOP_K8S_API_URL, kubeconfig or in-cluster): {e}"),
                     json!({}),
                 )
             })?,
         };
         let client = kube::Client::try_from(config)
-            .map_err(|e| StepError::refused(format!("Kubernetes client: {e}"), json!({})))?;
+            .map_err(|e| ExecError::refused(format!("Kubernetes client: {e}"), json!({})))?;
         *slot = Some(client.clone());
         Ok(Api::namespaced(client, namespace))
     }
@@ -89,12 +89,12 @@ impl K8sAdapter {
 
 /// The step's params and its Deployment, from params the plan contract
 /// already checked.
-fn deployment_of(action: &Action) -> Result<(&RolloutParams, &str, &str), StepError> {
+fn deployment_of(action: &Action) -> Result<(&RolloutParams, &str, &str), ExecError> {
     let Action::K8sRollout(params) = action else {
         return Err(not_mine(Action::K8S_ROLLOUT, action));
     };
     match (params.namespace.as_str(), params.deployment.as_str()) {
-        ("", _) | (_, "") => Err(StepError::refused(
+        ("", _) | (_, "") => Err(ExecError::refused(
             "k8s.rollout needs namespace and deployment",
             json!({}),
         )),
@@ -104,13 +104,13 @@ fn deployment_of(action: &Action) -> Result<(&RolloutParams, &str, &str), StepEr
 
 /// A failed API call: refusals (4xx but conflicts and throttling) are not
 /// retried; server errors and transport trouble are.
-fn api_error(doing: &str, e: kube::Error) -> StepError {
+fn api_error(doing: &str, e: kube::Error) -> ExecError {
     match e {
-        kube::Error::Api(status) if refuses(status.code) => StepError::refused(
+        kube::Error::Api(status) if refuses(status.code) => ExecError::refused(
             format!("{doing}: {} ({})", status.message, status.code),
             json!({"api_status": status.code, "api_reason": status.reason}),
         ),
-        other => StepError::new(format!("{doing}: {other}"), json!({})),
+        other => ExecError::new(format!("{doing}: {other}"), json!({})),
     }
 }
 
@@ -136,7 +136,7 @@ fn template_of(d: &Deployment) -> PodTemplateSpec {
 }
 
 /// The strategic-merge patch for a new image or a restart.
-fn patch_for(params: &RolloutParams, current: &Deployment) -> Result<Value, StepError> {
+fn patch_for(params: &RolloutParams, current: &Deployment) -> Result<Value, ExecError> {
     if params.restart {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         return Ok(
@@ -144,7 +144,7 @@ fn patch_for(params: &RolloutParams, current: &Deployment) -> Result<Value, Step
         );
     }
     let Some(image) = params.image.as_deref() else {
-        return Err(StepError::refused(
+        return Err(ExecError::refused(
             "k8s.rollout needs image or restart: true",
             json!({}),
         ));
@@ -156,14 +156,14 @@ fn patch_for(params: &RolloutParams, current: &Deployment) -> Result<Value, Step
     let container = match params.container.as_deref() {
         Some(c) if names.iter().any(|n| n == c) => c.to_string(),
         Some(c) => {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 format!("the pod template has no container {c:?}"),
                 json!({"containers": names}),
             ));
         }
         None if names.len() == 1 => names[0].clone(),
         None => {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 format!(
                     "the pod template has {} containers; the step must name one",
                     names.len()
@@ -223,17 +223,17 @@ async fn watch_rollout(
     name: &str,
     mut latest: Deployment,
     deadline: Instant,
-) -> Result<Value, StepError> {
+) -> Result<Value, ExecError> {
     let generation = latest.metadata.generation.unwrap_or(0);
     loop {
         match rollout_of(&latest, generation) {
             Rollout::Complete => return Ok(summary(&latest)),
-            Rollout::Failed(why) => return Err(StepError::new(why, summary(&latest))),
+            Rollout::Failed(why) => return Err(ExecError::new(why, summary(&latest))),
             Rollout::Progressing => {}
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(StepError::new(
+            return Err(ExecError::new(
                 "the rollout did not complete within the step's timeout",
                 summary(&latest),
             ));
@@ -266,7 +266,7 @@ async fn watch_rollout(
             Err(_) => continue,
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
-                return Err(StepError::refused(
+                return Err(ExecError::refused(
                     format!("deployment {name} was deleted during the rollout"),
                     summary(&latest),
                 ));
@@ -289,7 +289,7 @@ async fn watch_rollout(
 }
 
 /// The deployment as the API server has it now.
-async fn read(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, StepError> {
+async fn read(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, ExecError> {
     api.get(name)
         .await
         .map_err(|e| api_error(&format!("reading deployment {ns}/{name}"), e))
@@ -310,7 +310,7 @@ impl Adapter for K8sAdapter {
         &'a self,
         action: &'a Action,
         _timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<Value>, StepError>> {
+    ) -> BoxFuture<'a, Result<Option<Value>, ExecError>> {
         Box::pin(async move {
             let (_, ns, name) = deployment_of(action)?;
             let api = self.api(ns).await?;
@@ -327,7 +327,7 @@ impl Adapter for K8sAdapter {
         &'a self,
         action: &'a Action,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let (params, ns, name) = deployment_of(action)?;
@@ -370,13 +370,13 @@ impl Adapter for K8sAdapter {
         action: &'a Action,
         before: &'a Value,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async move {
             let deadline = Instant::now() + timeout;
             let (_, ns, name) = deployment_of(action)?;
             let template: PodTemplateSpec = serde_json::from_value(before["template"].clone())
                 .map_err(|e| {
-                    StepError::refused(
+                    ExecError::refused(
                         format!("the recorded pod template is unreadable: {e}"),
                         json!({}),
                     )
@@ -480,7 +480,8 @@ mod tests {
         assert!(
             patch_for(&rollout(json!({"image": "api:2"})), &two)
                 .unwrap_err()
-                .is_refusal()
+                .kind
+                == crate::executor::adapter::ErrorKind::Refused
         );
         assert!(
             patch_for(
@@ -488,7 +489,8 @@ mod tests {
                 &two
             )
             .unwrap_err()
-            .is_refusal()
+            .kind
+                == crate::executor::adapter::ErrorKind::Refused
         );
         assert_eq!(
             patch_for(

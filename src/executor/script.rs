@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::adapter::{Action, Adapter, BoxFuture, StepError, not_mine};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine};
 use crate::contract::plan::ScriptParams;
 
 #[derive(Debug, Clone)]
@@ -31,14 +31,14 @@ pub struct ScriptAdapter {
 impl ScriptAdapter {
     /// Resolves a script name to its file, refusing anything that is not a
     /// plain allowlisted file name in the folder.
-    fn resolve(&self, name: &str) -> Result<PathBuf, StepError> {
+    fn resolve(&self, name: &str) -> Result<PathBuf, ExecError> {
         let plain = !name.is_empty()
             && !name.starts_with('.')
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !plain || !self.allowlist.contains(name) {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 format!("script {name:?} is not in the allowlist"),
                 json!({}),
             ));
@@ -48,7 +48,7 @@ impl ScriptAdapter {
         let path =
             std::fs::canonicalize(self.dir.join(name)).unwrap_or_else(|_| self.dir.join(name));
         if !path.is_file() {
-            return Err(StepError::refused(
+            return Err(ExecError::refused(
                 format!(
                     "script {name:?} is allowlisted but not found in {}",
                     self.dir.display()
@@ -59,7 +59,7 @@ impl ScriptAdapter {
         Ok(path)
     }
 
-    async fn exec(&self, params: &ScriptParams, timeout: Duration) -> Result<Value, StepError> {
+    async fn exec(&self, params: &ScriptParams, timeout: Duration) -> Result<Value, ExecError> {
         let name = params.script.as_str();
         let path = self.resolve(name)?;
         let args: &[String] = params.args.as_deref().unwrap_or_default();
@@ -80,7 +80,7 @@ impl ScriptAdapter {
         let started = std::time::Instant::now();
         let mut child = cmd
             .spawn()
-            .map_err(|e| StepError::new(format!("cannot start {name}: {e}"), json!({})))?;
+            .map_err(|e| ExecError::new(format!("cannot start {name}: {e}"), json!({})))?;
         let pgid = child.id();
         let stdout = capture(child.stdout.take(), self.output_cap);
         let stderr = capture(child.stderr.take(), self.output_cap);
@@ -92,7 +92,7 @@ impl ScriptAdapter {
         match waited {
             Ok((status, out, err)) => {
                 let status = status
-                    .map_err(|e| StepError::new(format!("waiting for {name}: {e}"), json!({})))?;
+                    .map_err(|e| ExecError::new(format!("waiting for {name}: {e}"), json!({})))?;
                 let detail = json!({
                     "script": name, "args": args, "exit_code": status.code(),
                     "stdout": out, "stderr": err,
@@ -101,7 +101,7 @@ impl ScriptAdapter {
                 if status.success() {
                     Ok(detail)
                 } else {
-                    Err(StepError::new(
+                    Err(ExecError::new(
                         format!(
                             "{name} exited with {}",
                             status.code().map_or("a signal".into(), |c| c.to_string())
@@ -116,7 +116,7 @@ impl ScriptAdapter {
                     kill_group(pgid);
                 }
                 let _ = child.wait().await;
-                Err(StepError::new(
+                Err(ExecError::new(
                     format!(
                         "{name} timed out after {} s; its process group was killed",
                         timeout.as_secs()
@@ -174,7 +174,7 @@ impl Adapter for ScriptAdapter {
         &'a self,
         action: &'a Action,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Value, StepError>> {
+    ) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async move {
             let Action::ScriptExec(params) = action else {
                 return Err(not_mine(self.action(), action));

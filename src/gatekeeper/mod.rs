@@ -10,60 +10,55 @@
 pub mod policy;
 
 use serde_json::{Value, json};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::contract::fact::{GateJudged, GatePending, PlanRejected};
-use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
-use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{inbox, outbox};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message};
+use crate::model::Case;
+use crate::pubsub::consumer::Delivery;
+use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
 use policy::{GateContext, Policy, Verdict};
 
 pub const CONSUMER: &str = "gatekeeper";
 
+/// The gate; run it with `worker::Runner`.
 pub struct Gatekeeper {
-    pub pool: PgPool,
     pub policy: Policy,
 }
 
-impl Handler for Gatekeeper {
-    fn name(&self) -> &str {
+impl CaseWorker for Gatekeeper {
+    type Prepared = ();
+
+    fn name(&self) -> &'static str {
         CONSUMER
     }
 
-    async fn handle(&self, d: &Delivery) -> Disposition {
-        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
-            Ok(cmd) => cmd,
-            Err(e) => return e.into(),
-        };
-        let CommandMsg::EvaluateGate(args) = &cmd.body else {
-            return Disposition::unknown_type(&d.envelope.kind);
-        };
-        match self
-            .evaluate(&cmd, &args.plan_hash, &d.subject, d.traceparent.as_deref())
-            .await
-        {
-            Ok(disposition) => disposition,
-            Err(e) => Disposition::Retry(e.to_string()),
-        }
+    fn accepts(&self, cmd: &CommandMsg) -> bool {
+        matches!(cmd, CommandMsg::EvaluateGate(_))
     }
-}
 
-impl Gatekeeper {
-    async fn evaluate(
+    async fn prepare(&self, _: &Message<CommandMsg>, _: &Delivery) -> Result<(), WorkError> {
+        Ok(())
+    }
+
+    /// A case that moved on (e.g. dismissed) has nothing to decide any more.
+    fn applies(&self, _: &Message<CommandMsg>, case: &Case) -> bool {
+        case.status == Status::WaitGate
+    }
+
+    async fn apply(
         &self,
+        tx: &mut PgConnection,
         cmd: &Message<CommandMsg>,
-        hash: &PlanHash,
-        subject: &str,
-        traceparent: Option<&str>,
-    ) -> Result<Disposition, sqlx::Error> {
-        let case_id = cmd.case_id.uuid();
-        let mut tx = self.pool.begin().await?;
-        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
-            Ok(case) => case,
-            Err(nothing_to_do) => return Ok(nothing_to_do),
+        case: &Case,
+        (): (),
+    ) -> Result<Vec<Fact>, WorkError> {
+        let CommandMsg::EvaluateGate(args) = &cmd.body else {
+            return Err(WorkError::Invalid("not a cmd.gate.eval".into()));
         };
+        let (case_id, hash) = (case.id, &args.plan_hash);
         let row =
             sqlx::query("SELECT id, plan FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2")
                 .bind(case_id)
@@ -71,23 +66,13 @@ impl Gatekeeper {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(row) = row else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                format!("no plan {hash} for case {case_id}"),
-            ));
+            return Err(WorkError::Invalid(format!(
+                "no plan {hash} for case {case_id}"
+            )));
         };
-        if case.status != Status::WaitGate {
-            // The case moved on (e.g. dismissed): nothing to decide any more.
-            tx.commit().await?;
-            return Ok(Disposition::Done);
-        }
         let plan_id: Uuid = row.try_get("id")?;
-        let plan = match ChangePlan::from_stored(&row.try_get::<Value, _>("plan")?) {
-            Ok(plan) => plan,
-            Err(why) => {
-                return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why));
-            }
-        };
+        let plan = ChangePlan::from_stored(&row.try_get::<Value, _>("plan")?)
+            .map_err(WorkError::Invalid)?;
         let ctx = GateContext {
             now: chrono::Utc::now(),
             tenant: case.tenant.as_str(),
@@ -143,11 +128,8 @@ impl Gatekeeper {
                 judged,
             }),
         };
-        let fact = Message::for_case(&case, CONSUMER, Some(cmd.id), body).to_envelope();
-        outbox::enqueue_fact(&mut tx, fact, traceparent).await?;
-        tx.commit().await?;
         tracing::info!(case.id = %case.id, plan.hash = %hash, verdict = ?decision.verdict,
                        risk = decision.risk, "Gate decided.");
-        Ok(Disposition::Done)
+        Ok(vec![body])
     }
 }

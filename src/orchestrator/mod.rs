@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span};
 
 pub use outcome::{Answer, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError};
 pub use request::{Actor, Origin, TransitionRequest};
 
 use crate::model::Case;
+use crate::pubsub::outbox::CommitWake;
 use crate::store::NewCase;
 use crate::telemetry;
 use crate::workflow;
@@ -31,7 +31,7 @@ use crate::workflow;
 pub struct Orchestrator {
     pool: PgPool,
     faults: Faults,
-    outbox_ready: Arc<Notify>,
+    outbox_ready: CommitWake,
 }
 
 impl Orchestrator {
@@ -39,7 +39,7 @@ impl Orchestrator {
         Orchestrator {
             pool,
             faults: Arc::new(NoFaults),
-            outbox_ready: Arc::new(Notify::new()),
+            outbox_ready: CommitWake::default(),
         }
     }
 
@@ -53,8 +53,10 @@ impl Orchestrator {
         &self.pool
     }
 
-    /// Woken after each commit that wrote outbox rows; the relay waits on it.
-    pub fn outbox_ready(&self) -> Arc<Notify> {
+    /// This process's commit wake-up: woken after each commit that wrote
+    /// outbox rows; the relay waits on it, and every writer of the process
+    /// (workers, the API) wakes it.
+    pub fn outbox_ready(&self) -> CommitWake {
         self.outbox_ready.clone()
     }
 
@@ -219,7 +221,7 @@ impl Orchestrator {
                 after.status.as_str(),
                 req.event.as_str(),
             );
-            self.outbox_ready.notify_one();
+            self.outbox_ready.wake();
             info!(case.id = %case.id, from = %case.status, to = %after.status,
                   event.kind = req.event.as_str(), "Case transitioned.");
         }

@@ -15,11 +15,10 @@ pub mod worker;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::contract::Fact;
 use crate::contract::fact::PlanProposed;
 pub use crate::contract::fact::PlanSource as Source;
-use crate::contract::{Fact, Message};
 use crate::model::Case;
-use crate::pubsub::outbox;
 use contract::CheckedPlan;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +29,16 @@ pub enum ProposeError {
     Database(#[from] sqlx::Error),
 }
 
-/// Stores a checked plan for `case` (locked by the caller) and puts
-/// `evt.plan.proposed.v1` in the outbox, in the caller's transaction.
+/// Stores a checked plan for `case` (locked by the caller), in the
+/// caller's transaction, and answers its `evt.plan.proposed.v1`, which the
+/// caller puts in the outbox in that same transaction.
 pub async fn propose(
     conn: &mut PgConnection,
     case: &Case,
     plan: &CheckedPlan,
     source: Source,
     author: &str,
-    trace_id: &str,
-) -> Result<Uuid, ProposeError> {
+) -> Result<Fact, ProposeError> {
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete, \
@@ -59,22 +58,9 @@ pub async fn propose(
     if inserted == 0 {
         return Err(ProposeError::Duplicate);
     }
-    let fact = Message::for_case(
-        case,
-        author,
-        None,
-        Fact::PlanProposed(PlanProposed {
-            plan_id: id,
-            plan_hash: plan.hash.clone(),
-            source,
-        }),
-    );
-    outbox::enqueue(
-        conn,
-        Some(case.id),
-        &[fact.to_envelope()],
-        &outbox::traceparent(trace_id),
-    )
-    .await?;
-    Ok(id)
+    Ok(Fact::PlanProposed(PlanProposed {
+        plan_id: id,
+        plan_hash: plan.hash.clone(),
+        source,
+    }))
 }

@@ -8,20 +8,19 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::contract::{CheckedPlan, PlanLimits};
 use super::llm::{AttemptScope, LlmAnswer, LlmPlanner};
 use super::templates::Templates;
 use super::{ProposeError, Source, propose};
-use crate::contract::command::GeneratePlan;
 use crate::contract::fact::PlanFailed;
 use crate::contract::{CommandMsg, Fact, Message};
+use crate::model::Case;
 use crate::planner::context;
-use crate::pubsub::consumer::{Delivery, Disposition, Handler};
-use crate::pubsub::{inbox, outbox};
+use crate::pubsub::consumer::Delivery;
 use crate::store::read_case;
-use crate::telemetry;
+use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "planner";
@@ -33,55 +32,47 @@ pub struct Planner {
     pub llm: Option<LlmPlanner>,
 }
 
-impl Handler for Planner {
-    fn name(&self) -> &str {
+impl CaseWorker for Planner {
+    /// The LLM's answer, when the LLM is this case's planner.
+    type Prepared = Option<LlmAnswer>;
+
+    fn name(&self) -> &'static str {
         CONSUMER
     }
 
-    async fn handle(&self, d: &Delivery) -> Disposition {
-        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
-            Ok(cmd) => cmd,
-            Err(e) => return e.into(),
-        };
-        let CommandMsg::GeneratePlan(args) = &cmd.body else {
-            return Disposition::unknown_type(&d.envelope.kind);
-        };
-        match self
-            .plan(&cmd, args, &d.subject, d.traceparent.as_deref())
-            .await
-        {
-            Ok(disposition) => disposition,
-            Err(e) => Disposition::Retry(e.to_string()),
-        }
+    fn accepts(&self, cmd: &CommandMsg) -> bool {
+        matches!(cmd, CommandMsg::GeneratePlan(_))
     }
-}
 
-impl Planner {
-    async fn plan(
+    /// The LLM is asked here, before the proposing transaction, never
+    /// inside it.
+    async fn prepare(
         &self,
         cmd: &Message<CommandMsg>,
-        args: &GeneratePlan,
-        subject: &str,
-        traceparent: Option<&str>,
-    ) -> Result<Disposition, sqlx::Error> {
-        let case_id = cmd.case_id.uuid();
-        let template = args.template.as_deref();
-        let asked = match &self.llm {
-            Some(llm) => {
-                self.ask_llm(llm, cmd, template, args.feedback.as_deref())
-                    .await?
-            }
-            None => None,
+        _: &Delivery,
+    ) -> Result<Option<LlmAnswer>, WorkError> {
+        let (Some(llm), CommandMsg::GeneratePlan(args)) = (&self.llm, &cmd.body) else {
+            return Ok(None);
         };
-        let mut tx = self.pool.begin().await?;
-        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, subject, case_id).await? {
-            Ok(case) => case,
-            Err(nothing_to_do) => return Ok(nothing_to_do),
+        Ok(self
+            .ask_llm(llm, cmd, args.template.as_deref(), args.feedback.as_deref())
+            .await?)
+    }
+
+    fn applies(&self, _: &Message<CommandMsg>, case: &Case) -> bool {
+        case.status == Status::Planning
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        cmd: &Message<CommandMsg>,
+        case: &Case,
+        asked: Option<LlmAnswer>,
+    ) -> Result<Vec<Fact>, WorkError> {
+        let CommandMsg::GeneratePlan(args) = &cmd.body else {
+            return Err(WorkError::Invalid("not a cmd.plan.generate".into()));
         };
-        if case.status != Status::Planning {
-            tx.commit().await?;
-            return Ok(Disposition::Done);
-        }
         let labels: BTreeMap<String, String> = case
             .labels
             .as_object()
@@ -89,14 +80,15 @@ impl Planner {
             .flatten()
             .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
             .collect();
-        let trace = telemetry::trace_id_from(traceparent);
         let made: Result<(String, Source, CheckedPlan), String> = match asked {
             Some(LlmAnswer::Plan(checked)) => Ok(("the LLM".into(), Source::Llm, *checked)),
             Some(LlmAnswer::Failed(reason)) => Err(reason),
             None => self
                 .templates
                 .plan_for(
-                    template.or(labels.get("template").map(String::as_str)),
+                    args.template
+                        .as_deref()
+                        .or(labels.get("template").map(String::as_str)),
                     case.kind.as_deref(),
                     &labels,
                     &self.limits,
@@ -104,37 +96,25 @@ impl Planner {
                 .map(|(name, checked)| (format!("template {name}"), Source::Template, checked))
                 .map_err(|no_plan| no_plan.to_string()),
         };
-        let failure = match made {
+        let reason = match made {
             Ok((by, source, checked)) => {
-                match propose(&mut tx, &case, &checked, source, CONSUMER, &trace).await {
-                    Ok(_) => {
+                match propose(tx, case, &checked, source, CONSUMER).await {
+                    Ok(proposed) => {
                         tracing::info!(case.id = %case.id, by = %by, plan.hash = %checked.hash,
                                        "Plan proposed.");
-                        None
+                        return Ok(vec![proposed]);
                     }
-                    Err(ProposeError::Duplicate) => Some(format!(
+                    Err(ProposeError::Duplicate) => format!(
                         "{by} gives plan {} again, which was already tried; a person should propose another",
                         checked.hash.short()
-                    )),
-                    Err(ProposeError::Database(e)) => return Err(e),
+                    ),
+                    Err(ProposeError::Database(e)) => return Err(e.into()),
                 }
             }
-            Err(reason) => Some(reason),
+            Err(reason) => reason,
         };
-        if let Some(reason) = failure {
-            let fact = Message::for_case(
-                &case,
-                CONSUMER,
-                Some(cmd.id),
-                Fact::PlanFailed(PlanFailed {
-                    reason: reason.clone(),
-                }),
-            );
-            outbox::enqueue_fact(&mut tx, fact.to_envelope(), traceparent).await?;
-            tracing::info!(case.id = %case.id, reason = %reason, "No plan.");
-        }
-        tx.commit().await?;
-        Ok(Disposition::Done)
+        tracing::info!(case.id = %case.id, reason = %reason, "No plan.");
+        Ok(vec![Fact::PlanFailed(PlanFailed { reason })])
     }
 }
 

@@ -216,10 +216,7 @@ pub async fn process<H: Handler>(
         other => other,
     };
     match disposition {
-        Disposition::Done => {
-            super::outbox::worker_committed();
-            msg.ack().await
-        }
+        Disposition::Done => msg.ack().await,
         Disposition::Retry(why) => {
             let delay = retry_delay(delivered);
             warn!(consumer = handler.name(), subject = %subject, delivered, error = %why,

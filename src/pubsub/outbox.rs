@@ -1,6 +1,8 @@
 //! Writing to the outbox: every producer calls this inside the transaction
 //! that changes its own state, so the messages commit with it or not at all.
 
+use std::sync::Arc;
+
 use serde_json::json;
 use sqlx::PgConnection;
 use tokio::sync::Notify;
@@ -50,18 +52,21 @@ pub fn traceparent(trace_id: &str) -> String {
     format!("00-{trace_id}-{}-01", &span[..16])
 }
 
-/// Outbox rows a worker in this process just committed. Without this, a
-/// worker's fact waits for the relay's fallback poll, and the loop's five
-/// worker facts added a poll each to every case (measured by bench_exec).
-static WORKER_COMMITS: Notify = Notify::const_new();
+/// Wakes this process's relay after a commit that wrote outbox rows, so a
+/// message leaves at once instead of at the relay's fallback poll (which
+/// still finds rows other processes committed). One handle per process,
+/// cloned into every writer: the orchestrator, the workers, the API.
+/// Wakes coalesce into one pass; correctness never depends on one.
+#[derive(Debug, Clone, Default)]
+pub struct CommitWake(Arc<Notify>);
 
-/// Tells this process's relay that a handler committed its effects (and
-/// with them, usually, outbox rows). Wakes coalesce into one pass.
-pub fn worker_committed() {
-    WORKER_COMMITS.notify_one();
-}
+impl CommitWake {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
 
-/// Resolves on the next `worker_committed` (or at once for one already made).
-pub async fn worker_commit() {
-    WORKER_COMMITS.notified().await
+    /// Resolves on the next `wake` (or at once for one already made).
+    pub async fn woken(&self) {
+        self.0.notified().await
+    }
 }

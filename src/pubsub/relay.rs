@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
+use super::outbox::CommitWake;
 use crate::telemetry;
 
 /// A row the server rejects this many times is marked failed (poison).
@@ -63,11 +64,39 @@ pub struct RelaySettings {
     /// Inbox records are deleted after this long; keep it above the streams'
     /// max age, or a re-created consumer could apply an old message again.
     pub inbox_retention: Duration,
-    /// Test-only: after the acks, stall instead of marking (the crash window).
-    pub stall_after_publish: bool,
-    /// Benchmarks: every acked row is appended here once its batch is
-    /// committed.
-    pub acks: Option<Arc<std::sync::Mutex<Vec<AckSample>>>>,
+    /// Where tests and benchmarks watch or disturb the relay; production
+    /// runs with `NoHooks`.
+    pub hooks: Arc<dyn RelayHooks>,
+}
+
+/// Points where a test or a benchmark sees into the relay, injected through
+/// `RelaySettings::hooks`.
+pub trait RelayHooks: Send + Sync + std::fmt::Debug {
+    /// After a batch's acks, before their rows are deleted: `true` stalls
+    /// the relay there for good (the crash window a test needs to hold open).
+    fn stall_after_publish(&self) -> bool {
+        false
+    }
+
+    /// Every acked row, as the relay measured it.
+    fn acked(&self, _sample: AckSample) {}
+}
+
+#[derive(Debug)]
+pub struct NoHooks;
+
+impl RelayHooks for NoHooks {}
+
+/// `OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH=1`: a test starts the real
+/// binary with it to find out what a relay that dies between its acks and
+/// its delete leaves behind.
+#[derive(Debug)]
+pub struct StallAfterPublish;
+
+impl RelayHooks for StallAfterPublish {
+    fn stall_after_publish(&self) -> bool {
+        true
+    }
 }
 
 /// Benchmarks: one acked row as the relay saw it.
@@ -90,8 +119,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(1),
             idempotency_retention: Duration::from_secs(24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
-            stall_after_publish: false,
-            acks: None,
+            hooks: Arc::new(NoHooks),
         }
     }
 }
@@ -220,7 +248,7 @@ impl Relay {
             rejected,
             error,
         } = self.publish(&rows).await;
-        if self.settings.stall_after_publish && !acked.is_empty() {
+        if !acked.is_empty() && self.settings.hooks.stall_after_publish() {
             warn!(
                 rows = acked.len(),
                 "Relay stalling after publish (test fault)."
@@ -282,22 +310,15 @@ impl Relay {
     /// the time from the claim to its ack (this process's clock), so no
     /// clock is shared between the two hosts.
     fn record_lags(&self, acked: &[(&Row_, Instant)], claimed: Instant) {
-        let mut sink = self
-            .settings
-            .acks
-            .as_ref()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()));
         for (row, acked_at) in acked {
             let lag = Duration::from_secs_f64(row.age.max(0.0)) + acked_at.duration_since(claimed);
             telemetry::outbox_lag(lag.as_secs_f64());
-            if let Some(sink) = sink.as_mut() {
-                sink.push(AckSample {
-                    subject: row.subject.clone(),
-                    payload: row.payload.clone(),
-                    acked_at: *acked_at,
-                    lag,
-                });
-            }
+            self.settings.hooks.acked(AckSample {
+                subject: row.subject.clone(),
+                payload: row.payload.clone(),
+                acked_at: *acked_at,
+                lag,
+            });
         }
     }
 
@@ -428,7 +449,7 @@ impl Relay {
     /// workers' commits in this process, polling for other processes' rows,
     /// backing off while NATS or PostgreSQL fail. While batches come back
     /// full (a backlog), `loops - 1` helpers drain alongside.
-    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+    pub async fn run(self, wake: CommitWake, shutdown: CancellationToken) {
         let backlog = Arc::new(Notify::new());
         let helpers: Vec<_> = (1..self.settings.loops.max(1))
             .map(|_| tokio::spawn(self.clone().help(backlog.clone(), shutdown.clone())))
@@ -472,8 +493,7 @@ impl Relay {
                 continue;
             }
             let woken = tokio::select! {
-                _ = wake.notified() => true,
-                _ = super::outbox::worker_commit() => true,
+                _ = wake.woken() => true,
                 _ = tokio::time::sleep(wait) => false,
                 _ = shutdown.cancelled() => break,
             };

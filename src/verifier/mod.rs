@@ -23,17 +23,17 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use self::prometheus::Prometheus;
 use crate::contract::fact::{VerifyFailed, VerifyPassed};
 use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
 use crate::model::Case;
-use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
-use crate::pubsub::{inbox, outbox};
+use crate::pubsub::consumer::Delivery;
 use crate::store::read_case;
 use crate::telemetry;
+use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "verifier";
@@ -44,36 +44,88 @@ pub struct Verifier {
     prometheus: Option<Prometheus>,
 }
 
-impl Handler for Verifier {
-    fn name(&self) -> &str {
+impl CaseWorker for Verifier {
+    /// The plan judged, its checks' verdicts, and the window's end; `None`
+    /// when the case was no longer verifying when the checks were read.
+    type Prepared = Option<(PlanHash, Evaluation, DateTime<Utc>)>;
+
+    fn name(&self) -> &'static str {
         CONSUMER
     }
 
-    async fn handle(&self, d: &Delivery) -> Disposition {
-        let cmd = match Message::<CommandMsg>::from_envelope(&d.envelope) {
-            Ok(cmd) => cmd,
-            Err(e) => return e.into(),
-        };
-        let CommandMsg::Verify(args) = &cmd.body else {
-            return Disposition::unknown_type(&d.envelope.kind);
-        };
-        let Some(version) = cmd.expected_version else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "cmd.verify.run needs expected_version".into(),
-            );
-        };
+    fn accepts(&self, cmd: &CommandMsg) -> bool {
+        matches!(cmd, CommandMsg::Verify(_))
+    }
+
+    async fn prepare(
+        &self,
+        cmd: &Message<CommandMsg>,
+        _: &Delivery,
+    ) -> Result<Self::Prepared, WorkError> {
         let started = Instant::now();
-        let result = self
-            .verify(&cmd, d, version.get(), args.plan_hash.as_ref())
-            .await;
+        let prepared = self.judge(cmd).await;
         telemetry::verify_latency(started.elapsed().as_secs_f64());
-        result.unwrap_or_else(|e| Disposition::Retry(e.to_string()))
+        prepared
+    }
+
+    fn applies(&self, cmd: &Message<CommandMsg>, case: &Case) -> bool {
+        case.status == Status::Verifying
+            && cmd.expected_version.map(i64::from) == Some(case.version)
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        cmd: &Message<CommandMsg>,
+        case: &Case,
+        judged: Self::Prepared,
+    ) -> Result<Vec<Fact>, WorkError> {
+        // Versions only grow and a plan changes only with the version, so
+        // the unlocked read in `prepare` saw this very case and plan.
+        let Some((plan_hash, judged, now)) = judged else {
+            return Err(WorkError::Invalid(
+                "a case in VERIFYING without a plan".into(),
+            ));
+        };
+        let Evaluation {
+            overall,
+            results,
+            widest,
+        } = judged;
+        sqlx::query(
+            "INSERT INTO verify_result (id, case_id, plan_hash, command_id, case_version, outcome, checks, window_from, window_to) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(case.id)
+        .bind(&plan_hash)
+        .bind(cmd.id)
+        .bind(case.version)
+        .bind(<&'static str>::from(overall))
+        .bind(json!(results))
+        .bind(now - chrono::Duration::seconds(widest))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let plan_hash = Some(plan_hash);
+        let body = match overall.failure() {
+            None => Fact::VerifyPass(VerifyPassed {
+                plan_hash,
+                checks: results,
+            }),
+            Some(reason) => Fact::VerifyFailed(VerifyFailed {
+                plan_hash,
+                reason,
+                checks: results,
+            }),
+        };
+        tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
+        Ok(vec![body])
     }
 }
 
 /// The checks of one plan, judged.
-struct Evaluation {
+pub struct Evaluation {
     overall: Verdict,
     results: Vec<Value>,
     widest: i64,
@@ -100,16 +152,22 @@ impl Verifier {
         })
     }
 
-    async fn verify(
+    /// Waits until the window after the execution has passed, then judges
+    /// the plan's checks (Prometheus is a network call: never inside a
+    /// transaction). Every check shares one window end.
+    async fn judge(
         &self,
         cmd: &Message<CommandMsg>,
-        d: &Delivery,
-        version: i64,
-        ran: Option<&PlanHash>,
-    ) -> Result<Disposition, sqlx::Error> {
+    ) -> Result<Option<(PlanHash, Evaluation, DateTime<Utc>)>, WorkError> {
         let case_id = cmd.case_id.uuid();
-        // Wait (outside any transaction) until the window after the
-        // execution has passed.
+        let CommandMsg::Verify(args) = &cmd.body else {
+            return Err(WorkError::Invalid("not a cmd.verify.run".into()));
+        };
+        let Some(version) = cmd.expected_version else {
+            return Err(WorkError::Invalid(
+                "cmd.verify.run needs expected_version".into(),
+            ));
+        };
         let finished: Option<DateTime<Utc>> = sqlx::query_scalar(
             "SELECT finished_at FROM exec_run WHERE case_id = $1 AND kind = 'run' \
              AND status = 'done' ORDER BY started_at DESC LIMIT 1",
@@ -124,74 +182,20 @@ impl Verifier {
                 tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
             }
         }
-
-        // Judge the checks before the transaction: Prometheus is a network
-        // call. Every check shares one window end.
         let now = Utc::now();
-        let mut judged = None;
         if let Some(case) = read_case(&self.pool, case_id).await?
             && case.status == Status::Verifying
-            && case.version == version
-            && let Some((plan, plan_hash)) = plan_to_judge(&self.pool, case_id, ran).await?
+            && case.version == version.get()
+            && let Some((plan, plan_hash)) =
+                plan_to_judge(&self.pool, case_id, args.plan_hash.as_ref()).await?
         {
-            judged = Some((plan_hash, self.evaluate(&case, &plan, now).await?));
-        }
-
-        let mut tx = self.pool.begin().await?;
-        let case = match inbox::claim_case(&mut tx, CONSUMER, cmd.id, &d.subject, case_id).await? {
-            Ok(case) => case,
-            Err(nothing_to_do) => return Ok(nothing_to_do),
-        };
-        if case.status != Status::Verifying || case.version != version {
-            tx.commit().await?;
-            return Ok(Disposition::Done);
-        }
-        // Versions only grow and a plan changes only with the version, so
-        // the unlocked read above saw this very case and plan.
-        let Some((plan_hash, judged)) = judged else {
-            tx.commit().await?;
-            return Ok(Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                "a case in VERIFYING without a plan".into(),
-            ));
-        };
-        let Evaluation {
-            overall,
-            results,
-            widest,
-        } = judged;
-        sqlx::query(
-            "INSERT INTO verify_result (id, case_id, plan_hash, command_id, case_version, outcome, checks, window_from, window_to) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(case_id)
-        .bind(&plan_hash)
-        .bind(cmd.id)
-        .bind(version)
-        .bind(<&'static str>::from(overall))
-        .bind(json!(results))
-        .bind(now - chrono::Duration::seconds(widest))
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        let plan_hash = Some(plan_hash);
-        let body = match overall.failure() {
-            None => Fact::VerifyPass(VerifyPassed {
+            return Ok(Some((
                 plan_hash,
-                checks: results,
-            }),
-            Some(reason) => Fact::VerifyFailed(VerifyFailed {
-                plan_hash,
-                reason,
-                checks: results,
-            }),
-        };
-        let fact = Message::for_case(&case, CONSUMER, Some(cmd.id), body);
-        outbox::enqueue_fact(&mut tx, fact.to_envelope(), d.traceparent.as_deref()).await?;
-        tx.commit().await?;
-        tracing::info!(case.id = %case.id, outcome = %overall, "Verification recorded.");
-        Ok(Disposition::Done)
+                self.evaluate(&case, &plan, now).await?,
+                now,
+            )));
+        }
+        Ok(None)
     }
 
     /// Judges each check of `plan` over the window ending at `now`, from

@@ -14,16 +14,24 @@ use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::LlmPlanner;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker::Planner;
-use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::consumer;
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+use opsloop::roles::Role;
 use opsloop::verifier::{Verifier, VerifySettings};
+use opsloop::worker::Runner;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::nats::TestNats;
+
+/// The durable consumer `role` reads, as `opsloop serve` creates it.
+async fn durable(js: &jetstream::Context, role: Role) -> jetstream::consumer::PullConsumer {
+    consumer::durable(js, &role.consumer().unwrap())
+        .await
+        .unwrap()
+}
 
 /// The limits the workers check plans against (the API's are the same).
 pub fn plan_limits() -> PlanLimits {
@@ -45,8 +53,8 @@ pub struct Loop {
     gate: jetstream::consumer::PullConsumer,
     plans: jetstream::consumer::PullConsumer,
     orchestrator: FactConsumer,
-    gatekeeper: Gatekeeper,
-    planner: Planner,
+    gatekeeper: Runner<Gatekeeper>,
+    planner: Runner<Planner>,
     downstream: Option<Downstream>,
 }
 
@@ -55,9 +63,9 @@ pub struct Downstream {
     analysis: jetstream::consumer::PullConsumer,
     exec: jetstream::consumer::PullConsumer,
     verify: jetstream::consumer::PullConsumer,
-    analyst: Analyst,
+    analyst: Runner<Analyst>,
     pub executor: Executor,
-    verifier: Verifier,
+    verifier: Runner<Verifier>,
 }
 
 pub fn exec_settings() -> ExecSettings {
@@ -105,22 +113,15 @@ impl Loop {
     pub async fn full_with_verify(pool: PgPool, verify: VerifySettings) -> Loop {
         let mut lp = Loop::build(pool.clone(), Policy::default(), None).await;
         let js = jetstream::new(lp._nats.client().await);
-        let durable = |name: &'static str, subject: &'static str| {
-            let js = js.clone();
-            async move {
-                consumer::durable(&js, &ConsumerSpec::new(CMD_STREAM, name, subject))
-                    .await
-                    .unwrap()
-            }
-        };
         let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
+        let wake = lp.app.orchestrator.outbox_ready();
         lp.downstream = Some(Downstream {
-            analysis: durable("analyst", "cmd.analysis.run").await,
-            exec: durable("executor", "cmd.exec.>").await,
-            verify: durable("verifier", "cmd.verify.run").await,
-            analyst: Analyst { pool: pool.clone() },
-            executor: Executor::new(pool.clone(), &exec_settings(), &allowlist),
-            verifier: Verifier::new(pool, verify).unwrap(),
+            analysis: durable(&js, Role::Analyst).await,
+            exec: durable(&js, Role::Executor).await,
+            verify: durable(&js, Role::Verifier).await,
+            analyst: Runner::new(Analyst, pool.clone(), wake.clone()),
+            executor: Executor::new(pool.clone(), &exec_settings(), &allowlist, wake.clone()),
+            verifier: Runner::new(Verifier::new(pool.clone(), verify).unwrap(), pool, wake),
         });
         lp
     }
@@ -136,40 +137,27 @@ impl Loop {
 
     async fn build(pool: PgPool, policy: Policy, llm: Option<LlmPlanner>) -> Loop {
         let (app, nats, js) = crate::nats::setup(&pool).await;
+        let wake = app.orchestrator.outbox_ready();
+        let planner = Planner {
+            pool: pool.clone(),
+            templates: Templates::load(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
+                &plan_limits(),
+            )
+            .unwrap(),
+            limits: plan_limits(),
+            llm,
+        };
         Loop {
             relay: Relay::new(pool.clone(), nats.client().await, RelaySettings::default()),
-            facts: consumer::durable(&js, &ConsumerSpec::new(EVT_STREAM, "orchestrator", "evt.>"))
-                .await
-                .unwrap(),
-            gate: consumer::durable(
-                &js,
-                &ConsumerSpec::new(CMD_STREAM, "gatekeeper", "cmd.gate.eval"),
-            )
-            .await
-            .unwrap(),
-            plans: consumer::durable(
-                &js,
-                &ConsumerSpec::new(CMD_STREAM, "planner", "cmd.plan.generate"),
-            )
-            .await
-            .unwrap(),
-            planner: Planner {
-                pool: pool.clone(),
-                templates: Templates::load(
-                    &Path::new(env!("CARGO_MANIFEST_DIR")).join("templates"),
-                    &plan_limits(),
-                )
-                .unwrap(),
-                limits: plan_limits(),
-                llm,
-            },
+            facts: durable(&js, Role::Orchestrator).await,
+            gate: durable(&js, Role::Gatekeeper).await,
+            plans: durable(&js, Role::Planner).await,
+            planner: Runner::new(planner, pool.clone(), wake.clone()),
             orchestrator: FactConsumer {
                 orchestrator: app.orchestrator.clone(),
             },
-            gatekeeper: Gatekeeper {
-                pool: pool.clone(),
-                policy,
-            },
+            gatekeeper: Runner::new(Gatekeeper { policy }, pool.clone(), wake),
             app,
             _nats: nats,
             downstream: None,

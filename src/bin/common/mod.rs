@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use opsloop::orchestrator::consumer::{CONSUMER as ORCHESTRATOR, FactConsumer};
+use opsloop::orchestrator::consumer::FactConsumer;
 use opsloop::pubsub::consumer::{self, ConsumerSpec, Handler};
+use opsloop::pubsub::outbox::CommitWake;
 use opsloop::pubsub::relay::{Relay, RelaySettings};
-use opsloop::pubsub::streams::EVT_STREAM;
+use opsloop::roles::Role;
+use opsloop::worker::{CaseWorker, Runner};
 use tokio_util::sync::CancellationToken;
 
 use opsloop::orchestrator::{Actor, Answer, Orchestrator, Origin, Outcome, TransitionRequest};
@@ -217,6 +219,7 @@ pub async fn between(
 pub struct Workers {
     js: jetstream::Context,
     pool: sqlx::PgPool,
+    wake: CommitWake,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     consumers: Vec<(&'static str, String)>,
@@ -237,6 +240,7 @@ impl Workers {
         let mut workers = Workers {
             js: js.clone(),
             pool: pool.clone(),
+            wake: orchestrator.outbox_ready(),
             shutdown,
             tasks: vec![relay],
             consumers: Vec::new(),
@@ -244,31 +248,41 @@ impl Workers {
         let facts = FactConsumer {
             orchestrator: orchestrator.clone(),
         };
-        workers
-            .add(EVT_STREAM, ORCHESTRATOR, "evt.>", facts, 1)
-            .await?;
+        workers.add(Role::Orchestrator, facts).await?;
         Ok(workers)
     }
 
-    /// Runs `handler` on `subject`, `concurrency` messages at a time.
+    /// Runs `handler` as `role` runs in `opsloop serve` (its subjects and
+    /// concurrency), on a consumer of this run only.
     pub async fn add<H: Handler + 'static>(
         &mut self,
-        stream: &'static str,
-        name: &str,
-        subject: &str,
+        role: Role,
         handler: H,
-        concurrency: usize,
     ) -> anyhow::Result<()> {
-        let consumer = durable(&self.js, stream, name, subject).await?;
-        self.consumers.push((stream, name.to_string()));
+        let spec = role
+            .consumer()
+            .ok_or_else(|| anyhow::anyhow!("{role} consumes nothing"))?;
+        let consumer = durable(&self.js, spec.stream, &spec.durable, &spec.filter_subject).await?;
+        self.consumers.push((spec.stream, spec.durable.clone()));
         self.tasks.push(tokio::spawn(consumer::run(
             consumer,
             self.pool.clone(),
             handler,
-            concurrency,
+            spec.concurrency,
             self.shutdown.clone(),
         )));
         Ok(())
+    }
+
+    /// Runs a case worker as `role`, waking this run's relay on its commits.
+    pub async fn add_worker<W: CaseWorker>(&mut self, role: Role, worker: W) -> anyhow::Result<()> {
+        let runner = Runner::new(worker, self.pool.clone(), self.wake.clone());
+        self.add(role, runner).await
+    }
+
+    /// This run's commit wake-up (the orchestrator's).
+    pub fn wake(&self) -> CommitWake {
+        self.wake.clone()
     }
 
     pub async fn stop(self) {

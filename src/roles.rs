@@ -1,0 +1,151 @@
+//! The roles an `opsloop serve` process can run, and what each worker role
+//! consumes: the one registry `main.rs`, the tests and the benchmarks wire
+//! their consumers from (stream, durable name, subjects, concurrency).
+
+use std::collections::BTreeSet;
+
+use strum::IntoEnumIterator;
+use tokio_util::sync::CancellationToken;
+
+use crate::contract::command::{
+    CMD_ANALYSIS_RUN, CMD_GATE_EVAL, CMD_PLAN_GENERATE, CMD_VERIFY_RUN,
+};
+use crate::pubsub::consumer::{self, ConsumerSpec, Handler};
+use crate::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::EnumString,
+    strum::EnumIter,
+    strum::Display,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum Role {
+    /// The HTTP API.
+    Api,
+    /// Publishes the outbox.
+    Relay,
+    /// Applies the workers' facts to cases.
+    Orchestrator,
+    Gatekeeper,
+    Planner,
+    Analyst,
+    Executor,
+    Verifier,
+}
+
+impl Role {
+    /// The durable consumer this role reads, for the roles that consume.
+    pub fn consumer(self) -> Option<ConsumerSpec> {
+        let spec = |stream, subject: &str, concurrency| {
+            ConsumerSpec::new(stream, self.into(), subject).with_concurrency(concurrency)
+        };
+        Some(match self {
+            Role::Api | Role::Relay => return None,
+            // One at a time: facts are applied in the order the relay
+            // published them (per-case order, docs/events.md).
+            Role::Orchestrator => spec(EVT_STREAM, "evt.>", 1),
+            Role::Gatekeeper => spec(CMD_STREAM, CMD_GATE_EVAL, 4),
+            // Handlers that wait on the outside world (an LLM, a script, a
+            // rollout, a verification window) take several at once, or one
+            // slow case holds up every other.
+            Role::Planner => spec(CMD_STREAM, CMD_PLAN_GENERATE, 4),
+            Role::Analyst => spec(CMD_STREAM, CMD_ANALYSIS_RUN, 4),
+            // Both exec subjects on one consumer: a rollback and a run of the
+            // same target share the executor's target locks.
+            Role::Executor => spec(CMD_STREAM, "cmd.exec.>", 8),
+            Role::Verifier => spec(CMD_STREAM, CMD_VERIFY_RUN, 8),
+        })
+    }
+
+    /// Whether the role needs NATS.
+    pub fn is_worker(self) -> bool {
+        self != Role::Api
+    }
+}
+
+/// The roles of one process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Roles(BTreeSet<Role>);
+
+impl Roles {
+    /// Comma-separated names as `--roles` takes them; `all` is every role.
+    pub fn parse(names: &[String]) -> Result<Roles, String> {
+        let mut roles = BTreeSet::new();
+        for name in names.iter().map(|n| n.trim()) {
+            if name == "all" {
+                roles.extend(Role::iter());
+                continue;
+            }
+            let role = name.parse::<Role>().map_err(|_| {
+                let known: Vec<&str> = Role::iter().map(<&'static str>::from).collect();
+                format!(
+                    "unknown role {name:?}: expected {} or all",
+                    known.join(", ")
+                )
+            })?;
+            roles.insert(role);
+        }
+        Ok(Roles(roles))
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.0.contains(&role)
+    }
+
+    pub fn any_worker(&self) -> bool {
+        self.0.iter().any(|r| r.is_worker())
+    }
+}
+
+/// Creates (or updates) `spec`'s durable consumer and runs `handler` on it
+/// until `shutdown`.
+pub async fn spawn_consumer<H: Handler + 'static>(
+    js: &async_nats::jetstream::Context,
+    spec: &ConsumerSpec,
+    pool: &sqlx::PgPool,
+    handler: H,
+    shutdown: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
+    let consumer = consumer::durable(js, spec).await?;
+    Ok(tokio::spawn(consumer::run(
+        consumer,
+        pool.clone(),
+        handler,
+        spec.concurrency,
+        shutdown.clone(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_by_name_and_all_means_every_one() {
+        let all = Roles::parse(&["all".into()]).unwrap();
+        assert!(Role::iter().all(|r| all.has(r)));
+        let some = Roles::parse(&["api".into(), " relay".into()]).unwrap();
+        assert!(some.has(Role::Relay) && !some.has(Role::Planner));
+        assert!(some.any_worker());
+        assert!(!Roles::parse(&["api".into()]).unwrap().any_worker());
+        let err = Roles::parse(&["planer".into()]).unwrap_err();
+        assert!(err.contains("unknown role \"planer\""), "{err}");
+    }
+
+    #[test]
+    fn every_worker_role_but_the_relay_has_one_consumer() {
+        for role in Role::iter() {
+            let expected = !matches!(role, Role::Api | Role::Relay);
+            assert_eq!(role.consumer().is_some(), expected, "{role}");
+        }
+    }
+}
