@@ -9,46 +9,34 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 
 use crate::workflow::{EventKind, Status};
 
-fn string_enum(values: impl Iterator<Item = &'static str>, description: &str) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(values))
-        .description(Some(description))
-        .into()
+/// `$doc` documents `$ty` under `$name`: a string enum of `$ty`'s names.
+macro_rules! string_enum_doc {
+    ($doc:ident, $ty:ty, $name:literal, $description:literal) => {
+        #[doc = concat!("`", $name, "` as the API documents it.")]
+        pub struct $doc;
+
+        impl utoipa::PartialSchema for $doc {
+            fn schema() -> RefOr<Schema> {
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(<$ty>::iter().map(<$ty>::as_str)))
+                    .description(Some($description))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $doc {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    };
 }
 
-/// `Status` as the API documents it.
-pub struct StatusDoc;
-
-impl utoipa::PartialSchema for StatusDoc {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            Status::iter().map(Status::as_str),
-            "Where a case is in its life.",
-        )
-    }
-}
-
-impl utoipa::ToSchema for StatusDoc {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("Status")
-    }
-}
-
-/// `EventKind` as the API documents it.
-pub struct EventKindDoc;
-
-impl utoipa::PartialSchema for EventKindDoc {
-    fn schema() -> RefOr<Schema> {
-        string_enum(
-            EventKind::iter().map(EventKind::as_str),
-            "What happened to a case: the input of a transition.",
-        )
-    }
-}
-
-impl utoipa::ToSchema for EventKindDoc {
-    fn name() -> Cow<'static, str> {
-        Cow::Borrowed("EventKind")
-    }
-}
+string_enum_doc!(StatusDoc, Status, "Status", "Where a case is in its life.");
+string_enum_doc!(
+    EventKindDoc,
+    EventKind,
+    "EventKind",
+    "What happened to a case: the input of a transition."
+);

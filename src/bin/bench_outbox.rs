@@ -35,7 +35,7 @@ use async_nats::jetstream;
 use opsloop::contract::Message;
 use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::orchestrator::Orchestrator;
-use opsloop::pubsub::relay::{self, AckSample, Relay, RelayHooks, RelaySettings};
+use opsloop::pubsub::relay::{self, Relay, RelayHooks, RelaySettings};
 use opsloop::pubsub::streams::StreamSettings;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -168,14 +168,29 @@ async fn drain(relay: &Relay) -> anyhow::Result<usize> {
     }
 }
 
-/// Drains the waiting backlog with the relay's own run loop (helpers
-/// included), counting acked rows as they are deleted; rows/s.
+/// One acked row as the relay saw it.
+#[derive(Debug, Clone)]
+pub struct AckSample {
+    pub subject: String,
+    pub payload: String,
+    /// When the relay took the ack, on this process's clock.
+    pub acked_at: Instant,
+    /// From the row's insert to its ack (`outbox_lag_seconds`).
+    pub lag: Duration,
+}
+
 /// Every row the relay acked, for the lag figures (the relay's hook).
 #[derive(Debug, Default)]
 struct Acks(Mutex<Vec<AckSample>>);
 
 impl RelayHooks for Acks {
-    fn acked(&self, sample: AckSample) {
+    fn acked(&self, subject: &str, payload: &str, acked_at: Instant, lag: Duration) {
+        let sample = AckSample {
+            subject: subject.to_string(),
+            payload: payload.to_string(),
+            acked_at,
+            lag,
+        };
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -15,6 +15,40 @@ pub struct ParseError {
     pub expected: &'static str,
 }
 
+/// What a text newtype shares once its `TryFrom<String>` says what is
+/// valid: parsing from `&str`, back into `String`, `Display`, `as_str`.
+macro_rules! text_newtype {
+    ($t:ident) => {
+        impl $t {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, ParseError> {
+                $t::try_from(s.to_string())
+            }
+        }
+
+        impl From<$t> for String {
+            fn from(v: $t) -> String {
+                v.0
+            }
+        }
+
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+text_newtype!(PlanHash);
+text_newtype!(Tenant);
+
 /// The canonical SHA-256 of a stored ChangePlan, as 64 lowercase hex
 /// digits. Approvals, runs and verification results bind to it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -23,10 +57,6 @@ pub struct PlanHash(String);
 
 impl PlanHash {
     pub const EXPECTED: &'static str = "64 lowercase hex digits (sha256)";
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 
     /// The first 12 digits, for people reading logs and reasons.
     pub fn short(&self) -> &str {
@@ -51,25 +81,6 @@ impl TryFrom<String> for PlanHash {
                 expected: PlanHash::EXPECTED,
             })
         }
-    }
-}
-
-impl std::str::FromStr for PlanHash {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        PlanHash::try_from(s.to_string())
-    }
-}
-
-impl From<PlanHash> for String {
-    fn from(h: PlanHash) -> String {
-        h.0
-    }
-}
-
-impl fmt::Display for PlanHash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -131,10 +142,6 @@ pub struct Tenant(String);
 
 impl Tenant {
     pub const EXPECTED: &'static str = "1-64 of [a-z0-9_-], starting alphanumeric";
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 /// 1-64 bytes of lowercase ASCII letters, digits and `extra`, starting
@@ -158,25 +165,6 @@ impl TryFrom<String> for Tenant {
                 expected: Tenant::EXPECTED,
             })
         }
-    }
-}
-
-impl std::str::FromStr for Tenant {
-    type Err = ParseError;
-    fn from_str(s: &str) -> Result<Self, ParseError> {
-        Tenant::try_from(s.to_string())
-    }
-}
-
-impl From<Tenant> for String {
-    fn from(t: Tenant) -> String {
-        t.0
-    }
-}
-
-impl fmt::Display for Tenant {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

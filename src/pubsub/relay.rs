@@ -78,8 +78,10 @@ pub trait RelayHooks: Send + Sync + std::fmt::Debug {
         false
     }
 
-    /// Every acked row, as the relay measured it.
-    fn acked(&self, _sample: AckSample) {}
+    /// Every acked row, as the relay measured it. Called per row on the
+    /// relay's hot path: takes references, so the production no-op costs
+    /// nothing.
+    fn acked(&self, _subject: &str, _payload: &str, _acked_at: Instant, _lag: Duration) {}
 }
 
 #[derive(Debug)]
@@ -97,17 +99,6 @@ impl RelayHooks for StallAfterPublish {
     fn stall_after_publish(&self) -> bool {
         true
     }
-}
-
-/// Benchmarks: one acked row as the relay saw it.
-#[derive(Debug, Clone)]
-pub struct AckSample {
-    pub subject: String,
-    pub payload: String,
-    /// When the relay took the ack, on this process's clock.
-    pub acked_at: Instant,
-    /// From the row's insert to its ack (`outbox_lag_seconds`).
-    pub lag: Duration,
 }
 
 impl Default for RelaySettings {
@@ -313,12 +304,9 @@ impl Relay {
         for (row, acked_at) in acked {
             let lag = Duration::from_secs_f64(row.age.max(0.0)) + acked_at.duration_since(claimed);
             telemetry::outbox_lag(lag.as_secs_f64());
-            self.settings.hooks.acked(AckSample {
-                subject: row.subject.clone(),
-                payload: row.payload.clone(),
-                acked_at: *acked_at,
-                lag,
-            });
+            self.settings
+                .hooks
+                .acked(&row.subject, &row.payload, *acked_at, lag);
         }
     }
 
