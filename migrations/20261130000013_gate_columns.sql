@@ -28,9 +28,12 @@ UPDATE plan_proposed SET
     gate_auto_rollback = COALESCE((gate_decision->>'auto_rollback')::boolean, false)
 WHERE gate_decision IS NOT NULL;
 
+-- CASE, not AND: PostgreSQL may evaluate AND's operands in any order, and
+-- jsonb_array_length fails on a non-array.
 UPDATE plan_proposed SET has_rollback = true
-WHERE jsonb_typeof(plan #> '{rollback,steps}') = 'array'
-  AND jsonb_array_length(plan #> '{rollback,steps}') > 0;
+WHERE CASE WHEN jsonb_typeof(plan #> '{rollback,steps}') = 'array'
+           THEN jsonb_array_length(plan #> '{rollback,steps}') > 0
+           ELSE false END;
 
 COMMENT ON COLUMN plan_proposed.gate_decision IS
     'Superseded by the gate_* columns (migration 13); no longer written or read.';

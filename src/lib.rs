@@ -11,6 +11,7 @@ pub mod demo;
 pub mod executor;
 pub mod gatekeeper;
 pub mod http_client;
+pub mod ids;
 pub mod model;
 pub mod orchestrator;
 pub mod planner;

@@ -126,14 +126,7 @@ impl<W: CaseWorker> Runner<W> {
             .map(|f| Message::for_case(&case, name, Some(cmd.id), f).to_envelope())
             .collect();
         if !envelopes.is_empty() {
-            let trace = telemetry::trace_id_from(d.traceparent.as_deref());
-            outbox::enqueue(
-                &mut tx,
-                Some(case.id),
-                &envelopes,
-                &outbox::traceparent(&trace),
-            )
-            .await?;
+            outbox::enqueue_caused(&mut tx, case.id, &envelopes, d.traceparent.as_deref()).await?;
         }
         tx.commit().await?;
         self.wake.wake();

@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{ApiError, PROBLEM_JSON};
-use super::extract::{ApiJson, ApiQuery, Auth, CaseId};
+use super::extract::{ApiJson, ApiQuery, Auth, CasePath};
 use super::state::AppState;
-use crate::contract::ids::is_slug;
 use crate::contract::{IdempotencyKey, PlanHash, Tenant};
+use crate::ids::is_slug;
 use crate::model::{Case, TimelineEntry};
 use crate::orchestrator::{Actor, Answer, Origin, Outcome, StoredAnswer, TransitionRequest};
 use crate::problem::Problem;
@@ -151,7 +151,7 @@ pub async fn create_case(
 pub async fn get_case(
     State(state): State<AppState>,
     Auth(_who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
 ) -> Result<Response, ApiError> {
     let case = fetch_case(&state, id).await?;
     Ok(with_etag(StatusCode::OK, &case, &case))
@@ -251,7 +251,7 @@ pub struct Timeline {
 pub async fn timeline(
     State(state): State<AppState>,
     Auth(_who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
 ) -> Result<Json<Timeline>, ApiError> {
     let pool = state.orchestrator.pool();
     let items: Vec<TimelineEntry> = sqlx::query_as(concat!(
@@ -331,7 +331,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 pub async fn transition(
     State(state): State<AppState>,
     Auth(who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
     headers: HeaderMap,
     ApiJson(raw): ApiJson<Value>,
 ) -> Result<Response, ApiError> {

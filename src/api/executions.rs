@@ -7,7 +7,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::error::ApiError;
-use super::extract::{Auth, CaseId};
+use super::extract::{Auth, CasePath};
 use super::state::AppState;
 use crate::store::read_case;
 
@@ -20,7 +20,7 @@ use crate::store::read_case;
 pub async fn list(
     State(state): State<AppState>,
     Auth(_who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
     read_case(pool, id)

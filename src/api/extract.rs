@@ -99,9 +99,9 @@ where
 }
 
 /// A case id from the path; a non-UUID is a 400, not a 404.
-pub struct CaseId(pub Uuid);
+pub struct CasePath(pub Uuid);
 
-impl<S: Send + Sync> FromRequestParts<S> for CaseId {
+impl<S: Send + Sync> FromRequestParts<S> for CasePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
@@ -110,7 +110,7 @@ impl<S: Send + Sync> FromRequestParts<S> for CaseId {
                 .await
                 .map_err(|e| ApiError::Malformed(e.body_text()))?;
         Uuid::parse_str(&raw)
-            .map(CaseId)
+            .map(CasePath)
             .map_err(|_| ApiError::InvalidField {
                 field: "id",
                 detail: "must be a UUID".into(),

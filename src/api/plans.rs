@@ -10,7 +10,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::extract::{ApiJson, Auth, CaseId};
+use super::extract::{ApiJson, Auth, CasePath};
 use super::state::AppState;
 use crate::auth::Role;
 use crate::contract::fact::PlanProposed;
@@ -43,7 +43,7 @@ pub struct Proposed {
 pub async fn propose(
     State(state): State<AppState>,
     Auth(who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
     ApiJson(plan): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     if !who.has(Role::Operator) {
@@ -113,7 +113,7 @@ pub async fn propose(
 pub async fn current(
     State(state): State<AppState>,
     Auth(_who): Auth,
-    CaseId(id): CaseId,
+    CasePath(id): CasePath,
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
     let row = sqlx::query(

@@ -131,7 +131,7 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
     .bind("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     .execute(&mut *tx)
     .await?;
-    sqlx::query("UPDATE idempotency SET response_status = 200, response_body = $3, case_id = $4 WHERE actor = $1 AND key = $2")
+    sqlx::query("UPDATE idempotency SET answer = $3, case_id = $4 WHERE actor = $1 AND key = $2")
         .bind("bench")
         .bind(&key)
         .bind(meta)

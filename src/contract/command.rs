@@ -1,6 +1,6 @@
 //! Commands: what the orchestrator asks a worker to do, one struct per
-//! `cmd.*` subject. The orchestrator produces them from the FSM's effects;
-//! each worker consumes its own.
+//! `cmd.*` subject. The orchestrator produces them from the FSM's effects
+//! (`orchestrator::store::command_for`); each worker consumes its own.
 //!
 //! Wire form (unchanged since the first release): the envelope's `data` is
 //! the effect, tagged by `effect`, e.g. `{"effect": "execute", "plan_hash": "…"}`.
@@ -10,7 +10,6 @@ use serde_json::Value;
 
 use super::ids::PlanHash;
 use super::message::{Body, ContractError, invalid};
-use crate::workflow::Effect;
 
 pub const CMD_ANALYSIS_RUN: &str = "cmd.analysis.run";
 pub const CMD_PLAN_GENERATE: &str = "cmd.plan.generate";
@@ -73,27 +72,6 @@ pub struct Verify {
     pub plan_hash: Option<PlanHash>,
 }
 
-impl From<&Effect> for CommandMsg {
-    fn from(effect: &Effect) -> CommandMsg {
-        let plan = |h: &PlanHash| PlanCommand {
-            plan_hash: h.clone(),
-        };
-        match effect {
-            Effect::RunAnalysis => CommandMsg::RunAnalysis(RunAnalysis {}),
-            Effect::GeneratePlan { feedback } => CommandMsg::GeneratePlan(GeneratePlan {
-                feedback: feedback.clone(),
-                template: None,
-            }),
-            Effect::EvaluateGate { plan_hash } => CommandMsg::EvaluateGate(plan(plan_hash)),
-            Effect::Execute { plan_hash } => CommandMsg::Execute(plan(plan_hash)),
-            Effect::Verify { plan_hash } => CommandMsg::Verify(Verify {
-                plan_hash: Some(plan_hash.clone()),
-            }),
-            Effect::Rollback { plan_hash } => CommandMsg::Rollback(plan(plan_hash)),
-        }
-    }
-}
-
 impl Body for CommandMsg {
     fn subject(&self) -> &'static str {
         match self {
@@ -122,18 +100,5 @@ impl Body for CommandMsg {
             )));
         }
         Ok(cmd)
-    }
-}
-
-impl CommandMsg {
-    /// The plan the command is about, for those about one.
-    pub fn plan_hash(&self) -> Option<&PlanHash> {
-        match self {
-            CommandMsg::EvaluateGate(p) | CommandMsg::Execute(p) | CommandMsg::Rollback(p) => {
-                Some(&p.plan_hash)
-            }
-            CommandMsg::Verify(v) => v.plan_hash.as_ref(),
-            CommandMsg::RunAnalysis(_) | CommandMsg::GeneratePlan(_) => None,
-        }
     }
 }

@@ -29,6 +29,16 @@ pub const EVT_ROLLED_BACK: &str = "evt.exec.rolled_back.v1";
 pub const EVT_VERIFY_PASS: &str = "evt.verify.pass.v1";
 pub const EVT_VERIFY_FAILED: &str = "evt.verify.failed.v1";
 
+/// Facts for other readers (the feed, notifiers, people), not for the FSM.
+/// The orchestrator acknowledges them unread: a subscriber's concern is not
+/// a reason to dead-letter them there.
+pub const INFORMATIONAL: [&str; 4] = [
+    EVT_CASE_TRANSITION,
+    EVT_GATE_PENDING,
+    EVT_STEP_RESULT,
+    EVT_ROLLED_BACK,
+];
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fact {
     /// The orchestrator, for every accepted transition; for UIs, ChatOps

@@ -8,14 +8,15 @@
 
 pub mod command;
 pub mod fact;
-pub mod ids;
 pub mod message;
 pub mod plan;
 #[cfg(test)]
 mod tests;
 
+/// The domain ids live in `crate::ids` (the pure workflow uses them too);
+/// re-exported here, where messages carry them.
+pub use crate::ids::{self, CaseId, IdempotencyKey, PlanHash, Tenant, Version};
 pub use command::CommandMsg;
 pub use fact::Fact;
-pub use ids::{CaseId, IdempotencyKey, PlanHash, Tenant, Version};
 pub use message::{Body, ContractError, Message};
 pub use plan::ChangePlan;

@@ -42,6 +42,8 @@ impl ExecError {
         }
     }
 
+    /// A try that asking again would not change (bad params, a refusal by
+    /// the target's API): the runner does not retry it.
     pub fn refused(message: impl Into<String>, detail: Value) -> Self {
         ExecError {
             kind: ErrorKind::Refused,

@@ -65,11 +65,6 @@ impl Machine {
                 format!("no approved plan {plan_hash} for case {case_id}"),
             ));
         };
-        let plan = match ChangePlan::from_stored(&stored) {
-            Ok(plan) => plan,
-            Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
-        };
-        let (steps, rollback) = (steps_of(&plan.steps), steps_of(&plan.rollback.steps));
         let attempt = Attempt {
             case: &case,
             cmd,
@@ -78,6 +73,19 @@ impl Machine {
             kind,
             cause: d.traceparent.as_deref(),
         };
+        let plan = match ChangePlan::from_stored(&stored) {
+            Ok(plan) => plan,
+            Err(why) if existing.is_none() => {
+                // An approved plan stored before the model that the model
+                // cannot read: the run fails with the reason; the case parks.
+                self.store
+                    .finish_unrun(&attempt, RunStatus::Failed, why)
+                    .await?;
+                return Ok(Disposition::Done);
+            }
+            Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
+        };
+        let (steps, rollback) = (steps_of(&plan.steps), steps_of(&plan.rollback.steps));
         let run_id = match existing {
             Some(run) => run.id,
             None => {
@@ -98,7 +106,9 @@ impl Machine {
                     }
                     Err(busy) => {
                         let reason = format!("blocked: {busy}");
-                        self.store.finish_blocked(&attempt, reason).await?;
+                        self.store
+                            .finish_unrun(&attempt, RunStatus::Blocked, reason)
+                            .await?;
                         return Ok(Disposition::Done);
                     }
                 }

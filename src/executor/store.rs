@@ -260,7 +260,7 @@ impl Store {
             status,
             tries,
         }));
-        outbox::enqueue_fact(&mut tx, fact, attempt.cause).await?;
+        outbox::enqueue_caused(&mut tx, attempt.case.id, &[fact], attempt.cause).await?;
         tx.commit().await?;
         self.wake.wake();
         Ok(())
@@ -294,23 +294,25 @@ impl Store {
             status: ending.status,
             reason: ending.reason.clone(),
         }));
-        outbox::enqueue_fact(&mut tx, fact, attempt.cause).await?;
+        outbox::enqueue_caused(&mut tx, attempt.case.id, &[fact], attempt.cause).await?;
         tx.commit().await?;
         self.wake.wake();
         tracing::info!(case.id = %attempt.case.id, run.id = %run_id, status = %ending.status, "Execution finished.");
         Ok(())
     }
 
-    /// A command that never got its targets: recorded as a blocked run.
-    pub async fn finish_blocked(
+    /// A command that never ran a step (its targets stayed busy, or its
+    /// plan cannot be read): recorded as a run that ended so, with the reason.
+    pub async fn finish_unrun(
         &self,
         attempt: &Attempt<'_>,
+        status: RunStatus,
         reason: String,
     ) -> Result<(), sqlx::Error> {
         let mut conn = self.pool.acquire().await?;
         let run_id = insert_run(&mut conn, attempt).await?;
         drop(conn);
-        let ending = Ending::new(RunStatus::Blocked, Some(reason));
+        let ending = Ending::new(status, Some(reason));
         self.finish(run_id, &ending, attempt).await
     }
 }

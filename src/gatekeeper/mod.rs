@@ -19,7 +19,7 @@ use crate::model::Case;
 use crate::pubsub::consumer::Delivery;
 use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
-use policy::{GateContext, Policy, Verdict};
+use policy::{GateContext, GateDecision, Policy, Verdict};
 
 pub const CONSUMER: &str = "gatekeeper";
 
@@ -71,13 +71,20 @@ impl CaseWorker for Gatekeeper {
             )));
         };
         let plan_id: Uuid = row.try_get("id")?;
-        let plan = ChangePlan::from_stored(&row.try_get::<Value, _>("plan")?)
-            .map_err(WorkError::Invalid)?;
         let ctx = GateContext {
             now: chrono::Utc::now(),
             tenant: case.tenant.as_str(),
         };
-        let decision = policy::evaluate(&plan, &self.policy, &ctx);
+        // A stored plan the model cannot read (stored before the model
+        // existed) is denied with the reason, never left in WAIT_GATE.
+        let decision = match ChangePlan::from_stored(&row.try_get::<Value, _>("plan")?) {
+            Ok(plan) => policy::evaluate(&plan, &self.policy, &ctx),
+            Err(why) => GateDecision {
+                verdict: Verdict::Deny,
+                risk: 1.0,
+                reasons: vec![why],
+            },
+        };
         sqlx::query(
             "UPDATE plan_proposed SET required_approvers = $2, gate_verdict = $3, gate_risk = $4, \
              gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7 WHERE id = $1",

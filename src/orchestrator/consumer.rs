@@ -8,6 +8,7 @@
 use serde_json::json;
 
 use super::{Actor, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest};
+use crate::contract::fact::INFORMATIONAL;
 use crate::contract::{Fact, Message};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::telemetry;
@@ -24,12 +25,14 @@ impl Handler for FactConsumer {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
+        if INFORMATIONAL.contains(&d.envelope.kind.as_str()) {
+            return Disposition::Done;
+        }
         let fact = match Message::<Fact>::from_envelope(&d.envelope) {
             Ok(fact) => fact,
             Err(e) => return e.into(),
         };
         let Some(event) = fact.body.event() else {
-            // For other readers (the feed, notifiers), not for the FSM.
             return Disposition::Done;
         };
         let mut meta = json!({"subject": d.subject, "causation_id": fact.causation_id});

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use super::outcome::{Answer, StoredAnswer};
 use super::request::{Origin, TransitionRequest};
+use crate::contract::command::{GeneratePlan, PlanCommand, RunAnalysis, Verify};
 use crate::contract::fact::CaseTransition;
 use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::{Case, TimelineEntry};
@@ -196,8 +197,7 @@ pub async fn enqueue(
     let mut messages: Vec<_> = effects
         .iter()
         .map(|e| {
-            Message::for_case(after, &entry.actor, Some(causation), CommandMsg::from(e))
-                .to_envelope()
+            Message::for_case(after, &entry.actor, Some(causation), command_for(e)).to_envelope()
         })
         .collect();
     let transition = Fact::CaseTransition(CaseTransition {
@@ -219,4 +219,24 @@ pub async fn enqueue(
     )
     .await?;
     Ok(())
+}
+
+/// The command that carries out an effect.
+fn command_for(effect: &Effect) -> CommandMsg {
+    let plan = |h: &PlanHash| PlanCommand {
+        plan_hash: h.clone(),
+    };
+    match effect {
+        Effect::RunAnalysis => CommandMsg::RunAnalysis(RunAnalysis {}),
+        Effect::GeneratePlan { feedback } => CommandMsg::GeneratePlan(GeneratePlan {
+            feedback: feedback.clone(),
+            template: None,
+        }),
+        Effect::EvaluateGate { plan_hash } => CommandMsg::EvaluateGate(plan(plan_hash)),
+        Effect::Execute { plan_hash } => CommandMsg::Execute(plan(plan_hash)),
+        Effect::Verify { plan_hash } => CommandMsg::Verify(Verify {
+            plan_hash: Some(plan_hash.clone()),
+        }),
+        Effect::Rollback { plan_hash } => CommandMsg::Rollback(plan(plan_hash)),
+    }
 }

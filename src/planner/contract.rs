@@ -241,6 +241,21 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
             {
                 out.push(completeness(format!("{at}/container"), "a container name"));
             }
+            // Typed here, so every plan the guard admits fits the model.
+            if field("restart").is_some_and(|v| !v.is_boolean()) {
+                out.push(completeness(
+                    format!("{at}/restart"),
+                    "restart is true or false",
+                ));
+            }
+            if field("image")
+                .is_some_and(|v| !v.as_str().is_some_and(|s| !s.is_empty() && s.len() <= 512))
+            {
+                out.push(completeness(
+                    format!("{at}/image"),
+                    "an image reference of 1-512 characters",
+                ));
+            }
             let image = str_field("image").filter(|s| !s.is_empty() && s.len() <= 512);
             let changes = [
                 image.is_some(),
@@ -270,13 +285,14 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
                 }
             }
             let undo = field("undo").and_then(Value::as_bool) == Some(true);
-            match field("weights").and_then(Value::as_object) {
+            match field("weights") {
                 None if undo => {}
                 Some(_) if undo => out.push(completeness(
                     at.into(),
                     "gateway.flip sets either weights or undo: true",
                 )),
                 weights => {
+                    let weights = weights.and_then(Value::as_object);
                     let valid = weights.is_some_and(|w| {
                         !w.is_empty()
                             && w.len() <= 16
@@ -335,6 +351,29 @@ mod tests {
             .into_iter()
             .map(|v| (v.path, v.rule))
             .collect()
+    }
+
+    /// Every plan the guard admits must fit the typed model; these used to
+    /// pass the guard and would have been refused only by the model.
+    #[test]
+    fn params_of_the_wrong_type_are_refused_where_they_are() {
+        let mut p = plan();
+        p["steps"][1]["params"]["restart"] = json!("yes");
+        assert!(
+            paths(check(&p, &limits()))
+                .contains(&("/steps/1/params/restart".into(), "completeness"))
+        );
+        let mut p = plan();
+        p["steps"][1]["params"] =
+            json!({"namespace": "shop", "deployment": "checkout", "image": 7, "restart": true});
+        assert!(
+            paths(check(&p, &limits())).contains(&("/steps/1/params/image".into(), "completeness"))
+        );
+        let mut p = plan();
+        p["rollback"]["steps"] = json!([{"action": "gateway.flip", "timeout_s": 30, "retry": 0,
+            "params": {"gateway": "edge", "route": "/checkout", "undo": true, "weights": "all"}}]);
+        assert!(!paths(check(&p, &limits())).is_empty());
+        assert!(check(&plan(), &limits()).is_ok());
     }
 
     #[test]

@@ -35,18 +35,20 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// A W3C `traceparent` for messages of the trace `trace_id`.
-/// Puts one worker fact in the outbox, continuing the trace of the message
-/// that caused it (`cause`: that message's `traceparent` header).
-pub async fn enqueue_fact(
+/// Puts a worker's facts about one case in the outbox, continuing the trace
+/// of the message that caused them (`cause`: that message's `traceparent`
+/// header).
+pub async fn enqueue_caused(
     conn: &mut PgConnection,
-    fact: Envelope,
+    case_id: Uuid,
+    facts: &[Envelope],
     cause: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     let trace = crate::telemetry::trace_id_from(cause);
-    enqueue(conn, fact.case_id, &[fact], &traceparent(&trace)).await
+    enqueue(conn, Some(case_id), facts, &traceparent(&trace)).await
 }
 
+/// A W3C `traceparent` for messages of the trace `trace_id`.
 pub fn traceparent(trace_id: &str) -> String {
     let span = Uuid::new_v4().simple().to_string();
     format!("00-{trace_id}-{}-01", &span[..16])

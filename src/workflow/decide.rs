@@ -41,7 +41,7 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
                 guards::plan_schema_valid(facts),
                 guards::plan_complete(facts),
             ])?;
-            let plan_hash = current_plan_hash(facts);
+            let plan_hash = current_plan_hash(facts)?;
             let note = format!(
                 "plan {} passed the contract; the gate evaluates it",
                 plan_hash.short()
@@ -68,7 +68,7 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
                     record_approval: counts,
                 });
             }
-            let plan_hash = current_plan_hash(facts);
+            let plan_hash = current_plan_hash(facts)?;
             let by = facts
                 .judgement
                 .as_ref()
@@ -87,7 +87,7 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
         }
         (S::Executing, E::ExecDone) => {
             check(&[guards::execution_succeeded(facts)])?;
-            let plan_hash = current_plan_hash(facts);
+            let plan_hash = current_plan_hash(facts)?;
             let note = format!(
                 "every step of plan {} succeeded; verification requested",
                 plan_hash.short()
@@ -178,13 +178,16 @@ fn stale(fact: &FactRef, plan: Option<&PlanFact>) -> Option<String> {
     }
 }
 
-/// Only called after `plan_present` held.
-fn current_plan_hash(facts: &Facts) -> PlanHash {
-    facts
-        .plan
-        .as_ref()
-        .map(|p| p.hash.clone())
-        .expect("plan_present held")
+/// The current plan's hash; a move that needs one and finds no plan fails
+/// `plan_present` (never a panic, whatever the other guards let through).
+fn current_plan_hash(facts: &Facts) -> Result<PlanHash, Rejection> {
+    match &facts.plan {
+        Some(plan) => Ok(plan.hash.clone()),
+        None => Err(Rejection::GuardFailed {
+            failures: guards::failures(&[guards::plan_present(facts)]),
+            record_approval: false,
+        }),
+    }
 }
 
 /// Replays accepted `(event, facts)` pairs from `NEW`; the status they lead

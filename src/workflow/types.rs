@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::contract::ids::PlanHash;
+pub use crate::ids::PlanHash;
 
 /// Where a case is in its life. Serialised as `NEW` … `PARKED`.
 #[derive(

@@ -173,3 +173,45 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
         "the override's approvers are recorded"
     );
 }
+
+/// A plan stored before the typed model, that the model cannot read, is
+/// denied with the reason: the case parks instead of waiting at the gate.
+#[sqlx::test]
+async fn a_stored_plan_the_model_cannot_read_is_denied(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let case = lp.app.case_in("PLANNING").await;
+    let mut odd = plan("staging", "shop");
+    odd["steps"][1]["params"]["restart"] = json!("yes");
+    let hash = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(odd.to_string().as_bytes()))
+    };
+    sqlx::query(
+        "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete) \
+         VALUES ($1, $2, $3, $4, 'template', 'planner', true, true)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(case)
+    .bind(&odd)
+    .bind(&hash)
+    .execute(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(lp.app.event(case, SERVICE, "plan_ready").await.status, 200);
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason: String = sqlx::query_scalar("SELECT park_reason FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert!(
+        reason.contains("the stored plan does not parse"),
+        "{reason}"
+    );
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter")
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+}

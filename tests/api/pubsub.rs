@@ -717,6 +717,42 @@ async fn a_fact_about_a_plan_that_is_not_current_is_stale(pool: PgPool) {
     assert_eq!(app.status(case).await, "WAIT_GATE");
 }
 
+/// Facts for other readers are none of the orchestrator's business: it
+/// acknowledges them without reading their data, whatever it holds.
+#[sqlx::test]
+async fn informational_facts_are_acked_unread(pool: PgPool) {
+    let (app, _nats, js) = setup(&pool).await;
+    let case = app.case_in("ANALYZING").await;
+    for kind in [
+        "evt.exec.step_result.v1",
+        "evt.gate.pending.v1",
+        "evt.exec.rolled_back.v1",
+    ] {
+        let mut odd = fact(kind, case, 2);
+        odd.data = json!({"made_by": "a newer release", "reason": "x".repeat(3000)});
+        publish_raw(
+            &js,
+            kind,
+            &Uuid::new_v4().to_string(),
+            serde_json::to_vec(&odd).unwrap(),
+        )
+        .await;
+    }
+    let handler = FactConsumer {
+        orchestrator: app.orchestrator.clone(),
+    };
+    assert_eq!(
+        consume_all(&orchestrator_consumer(&js).await, &pool, &handler).await,
+        3
+    );
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letter")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    assert_eq!(app.status(case).await, "ANALYZING");
+}
+
 #[sqlx::test]
 async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
     let (app, _nats, js) = setup(&pool).await;

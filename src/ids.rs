@@ -1,6 +1,7 @@
 //! Domain newtypes, parsed once where bytes enter (HTTP, NATS, the
 //! database) so that code past the edge cannot hold a malformed one
-//! ("parse, don't validate").
+//! ("parse, don't validate"). Pure: the workflow and the contract both use
+//! them.
 
 use std::fmt;
 
