@@ -57,13 +57,11 @@ impl Machine {
                 format!("case {case_id} does not exist"),
             ));
         };
-        // The plan must be the approved one.
+        // The plan must be this hash's, approved by the quorum.
         let stored = self.store.approved_plan(case_id, plan_hash).await?;
-        let Some(stored) = stored else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                format!("no approved plan {plan_hash} for case {case_id}"),
-            ));
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
         };
         let attempt = Attempt {
             case: &case,

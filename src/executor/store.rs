@@ -15,6 +15,7 @@ use crate::contract::fact::{
 use crate::contract::{CommandMsg, Fact, Message, PlanHash, Version};
 use crate::model::Case;
 use crate::pubsub::outbox::{self, CommitWake};
+use crate::workflow::{self, Facts, PlanFact};
 
 /// A run as stored.
 #[derive(Debug, sqlx::FromRow)]
@@ -77,6 +78,15 @@ impl Attempt<'_> {
         message.expected_version = Some(self.version);
         message.to_envelope()
     }
+}
+
+/// A plan as the executor checks it before running it.
+#[derive(sqlx::FromRow)]
+struct PlanRow {
+    id: Uuid,
+    plan: Value,
+    author: String,
+    required_approvers: Option<i16>,
 }
 
 /// The executor's consumer name; also its facts' actor.
@@ -162,21 +172,42 @@ impl Store {
             .await
     }
 
-    /// The plan of `case` with this hash, only if an approval names that
-    /// very hash, whatever the command says.
+    /// The plan of `case` with this hash, only if the approvals recorded
+    /// for this very hash meet the quorum the gate recorded, whatever the
+    /// command says. `Err`: why it may not run.
     pub async fn approved_plan(
         &self,
         case_id: Uuid,
         plan_hash: &PlanHash,
-    ) -> Result<Option<Value>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT p.plan FROM plan_proposed p WHERE p.case_id = $1 AND p.plan_hash = $2 \
-             AND EXISTS (SELECT 1 FROM plan_approved a WHERE a.plan_id = p.id AND a.plan_hash = p.plan_hash)",
+    ) -> Result<Result<Value, String>, sqlx::Error> {
+        let row: Option<PlanRow> = sqlx::query_as(
+            "SELECT id, plan, author, required_approvers FROM plan_proposed \
+             WHERE case_id = $1 AND plan_hash = $2",
         )
         .bind(case_id)
         .bind(plan_hash)
         .fetch_optional(&self.pool)
-        .await
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(format!("no plan {plan_hash} for case {case_id}")));
+        };
+        let facts = Facts {
+            plan: Some(PlanFact {
+                hash: plan_hash.clone(),
+                author: row.author,
+                schema_valid: true,
+                complete: true,
+                has_rollback: false,
+            }),
+            approvals: crate::store::approvals(&self.pool, row.id).await?,
+            required_approvers: row
+                .required_approvers
+                .map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
+            ..Facts::default()
+        };
+        Ok(workflow::approvals_meet_quorum(&facts)
+            .map(|()| row.plan)
+            .map_err(|f| format!("plan {plan_hash} is not approved: {}", f.detail)))
     }
 
     /// The state the first step of this plan's latest forward run that

@@ -9,9 +9,7 @@ use super::request::{Origin, TransitionRequest};
 use super::store::HumanApproval;
 use crate::contract::PlanHash;
 use crate::model::Case;
-use crate::workflow::{
-    ApprovalFact, ApprovalKind, EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact,
-};
+use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact};
 
 pub struct Loaded {
     pub facts: Facts,
@@ -72,7 +70,7 @@ pub async fn load(
         facts.required_approvers = required;
         facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
-            facts.approvals = approvals(conn, id).await?;
+            facts.approvals = crate::store::approvals(&mut *conn, id).await?;
         }
         facts.plan = Some(plan);
     }
@@ -141,29 +139,4 @@ async fn current_plan(
         required.map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
         row.try_get("auto_rollback")?,
     )))
-}
-
-async fn approvals(
-    conn: &mut PgConnection,
-    plan_id: Uuid,
-) -> Result<Vec<ApprovalFact>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT plan_hash, approver, kind FROM plan_approved WHERE plan_id = $1")
-            .bind(plan_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    rows.iter()
-        .map(|r| {
-            let kind: String = r.try_get("kind")?;
-            Ok(ApprovalFact {
-                plan_hash: r.try_get("plan_hash")?,
-                approver: r.try_get("approver")?,
-                kind: if kind == "auto" {
-                    ApprovalKind::Auto
-                } else {
-                    ApprovalKind::Human
-                },
-            })
-        })
-        .collect()
 }

@@ -1,7 +1,9 @@
 //! Reading and writing the rows several roles share: cases (and the lock
-//! every writer of a case takes first). Used by the orchestrator, the
+//! every writer of a case takes first) and a plan's approvals. Used by the orchestrator, the
 //! workers and the API; it decides nothing.
 
 pub mod cases;
+pub mod plans;
 
 pub use cases::{NewCase, insert_case, lock_case, read_case};
+pub use plans::approvals;

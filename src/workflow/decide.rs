@@ -133,6 +133,17 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
     }
 }
 
+/// Whether the approvals recorded for the current plan meet the quorum the
+/// gate recorded: an automatic approval, or enough distinct people, never
+/// the plan's author. The same rule as the gate's guard, asked again by the
+/// executor before it runs anything (a forged or early `cmd.exec.run`).
+pub fn approvals_meet_quorum(facts: &Facts) -> Result<(), GuardFailure> {
+    guards::approval_for_current_plan(&Facts {
+        judgement: None,
+        ..facts.clone()
+    })
+}
+
 /// Every guard of a move is evaluated, so a rejection lists each failure.
 fn check(results: &[Result<(), GuardFailure>]) -> Result<(), Rejection> {
     let failures = guards::failures(results);

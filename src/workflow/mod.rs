@@ -11,7 +11,7 @@ mod guards;
 mod tests;
 mod types;
 
-pub use decide::{decide, replay};
+pub use decide::{approvals_meet_quorum, decide, replay};
 pub use types::{
     ApprovalFact, ApprovalKind, Decision, Effect, EventKind, ExecFact, FactRef, Facts,
     GuardFailure, Judgement, PlanFact, PlanHash, Rejection, Status,

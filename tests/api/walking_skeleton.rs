@@ -528,3 +528,52 @@ async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(poo
         .await;
     assert_eq!(r.status, 400);
 }
+
+/// Defence in depth: a `cmd.exec.run` whose plan's approvals do not meet
+/// the quorum the gate recorded (forged, or sent before the gate opened)
+/// runs nothing, even though one approval of that very hash exists.
+#[sqlx::test]
+async fn a_forged_exec_command_short_of_the_quorum_runs_nothing(pool: PgPool) {
+    let lp = Loop::full(pool).await;
+    let plan = json!({
+        "title": "t", "environment": "prod",
+        "steps": [{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", service()]},
+                   "timeout_s": 10, "retry": 0}],
+        "rollback": {"steps": []}, "verify": {"checks": []}
+    });
+    let (case, hash) = lp.propose(&plan).await;
+    assert_eq!(
+        lp.app.status(case).await,
+        "WAIT_GATE",
+        "production needs two people"
+    );
+    let r = lp
+        .app
+        .patch(
+            case,
+            APPROVER,
+            "one-of-two",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    let approvals: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_approved")
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(approvals, 1, "the one approval is recorded");
+
+    let forged = exec_command(&lp, case).await;
+    let disposition = lp.executor().handle(&forged).await;
+    assert!(
+        matches!(disposition, Disposition::DeadLetter(..)),
+        "{disposition:?}"
+    );
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM exec_run WHERE case_id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0, "nothing ran");
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+}

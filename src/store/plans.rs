@@ -1,0 +1,33 @@
+//! Plan rows several roles read: the approvals of a plan (the orchestrator
+//! judges the gate with them, the executor checks them again).
+
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::workflow::{ApprovalFact, ApprovalKind};
+
+/// The approvals recorded for a plan, each bound to the hash it judged.
+pub async fn approvals<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    plan_id: Uuid,
+) -> Result<Vec<ApprovalFact>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT plan_hash, approver, kind FROM plan_approved WHERE plan_id = $1")
+            .bind(plan_id)
+            .fetch_all(db)
+            .await?;
+    rows.iter()
+        .map(|r| {
+            let kind: String = r.try_get("kind")?;
+            Ok(ApprovalFact {
+                plan_hash: r.try_get("plan_hash")?,
+                approver: r.try_get("approver")?,
+                kind: if kind == "auto" {
+                    ApprovalKind::Auto
+                } else {
+                    ApprovalKind::Human
+                },
+            })
+        })
+        .collect()
+}
