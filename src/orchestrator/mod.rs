@@ -166,8 +166,15 @@ impl Orchestrator {
             "trace_id": req.trace_id,
             "facts": loaded.facts,
         });
+        // A worker fact's own data and a person's free-form `meta` are kept
+        // under different keys: what a caller types can never pass for a
+        // worker's findings (the planner shows `fact.findings` to the LLM).
         if !req.meta.is_null() {
-            meta["request"] = req.meta.clone();
+            let key = match req.origin {
+                Origin::Message { .. } => "fact",
+                Origin::Http { .. } | Origin::Direct => "request",
+            };
+            meta[key] = req.meta.clone();
         }
         if let Origin::Message { message_id, .. } = &req.origin {
             meta["message_id"] = json!(message_id);

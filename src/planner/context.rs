@@ -39,9 +39,9 @@ pub async fn for_case(
         })
         .collect();
     let findings: Vec<Value> = sqlx::query_scalar(
-        "SELECT meta #> '{request,findings}' FROM case_timeline \
+        "SELECT meta #> '{fact,findings}' FROM case_timeline \
          WHERE case_id = $1 AND kind = 'transition' AND event = 'analysis_done' \
-           AND meta #> '{request,findings}' IS NOT NULL \
+           AND meta #> '{fact,findings}' IS NOT NULL \
          ORDER BY seq DESC LIMIT 1",
     )
     .bind(case.id)

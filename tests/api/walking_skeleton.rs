@@ -129,7 +129,7 @@ async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
     );
     // Findings were gathered, stored as evidence and kept with the move.
     let findings: Value = sqlx::query_scalar(
-        "SELECT meta #> '{request,findings}' FROM case_timeline WHERE case_id = $1 AND event = 'analysis_done'",
+        "SELECT meta #> '{fact,findings}' FROM case_timeline WHERE case_id = $1 AND event = 'analysis_done'",
     )
     .bind(case)
     .fetch_one(&lp.app.pool)
