@@ -309,7 +309,9 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
         .ok()
         .map(|v| v.trim().trim_matches('"'))
         .and_then(|v| v.parse::<i64>().ok())
-        .filter(|v| *v >= 1)
+        // Any version number is a precondition; one the case is not at
+        // (0 included) is a mismatch, answered 412 by the orchestrator.
+        .filter(|v| *v >= 0)
         .map(Some)
         .ok_or_else(|| invalid("If-Match", "a case version as returned in ETag, e.g. \"3\""))
 }

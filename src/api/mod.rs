@@ -52,6 +52,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(refuse_oversize))
         .layer(middleware::from_fn(log_failures))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
@@ -61,6 +62,23 @@ pub fn app(state: AppState) -> Router {
             Duration::from_secs(30),
         ))
         .with_state(state)
+}
+
+/// A declared body above the limit is refused from the headers: the client
+/// learns at once, and nothing waits for (or reads) a body it will refuse.
+async fn refuse_oversize(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > BODY_LIMIT as u64 => ApiError::PayloadTooLarge(format!(
+            "the request body is {n} bytes; the limit is {BODY_LIMIT}"
+        ))
+        .into_response(),
+        Some(_) | None => next.run(req).await,
+    }
 }
 
 /// Logs the cause chain of every 5xx; clients never see it.

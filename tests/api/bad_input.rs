@@ -231,3 +231,51 @@ async fn bad_ids_routes_and_headers(pool: PgPool) {
     assert_healthy(&app).await;
     assert_eq!(app.status(case).await, "NEW");
 }
+
+/// A `Content-Length` above the body limit is refused from the headers,
+/// before any of the body is read or waited for.
+#[sqlx::test]
+async fn an_oversize_content_length_is_refused_up_front(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::new(pool).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /case HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
+         Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), conn.read(&mut answer))
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert_healthy(&app).await;
+}
+
+/// `If-Match` names a version: one the case is not at is 412, whatever the
+/// number (0 included), like any other mismatch.
+#[sqlx::test]
+async fn if_match_zero_is_a_version_mismatch(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.create_case().await;
+    let r = app
+        .send(
+            Method::PATCH,
+            &format!("/case/{case}/transition"),
+            Some(OPERATOR),
+            &[("idempotency-key", "m-0"), ("if-match", "\"0\"")],
+            Some(json!({"event": "start_analysis"}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (412, "version_mismatch"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(app.status(case).await, "NEW");
+}
