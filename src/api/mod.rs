@@ -19,12 +19,10 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use error::{ApiError, InternalCause};
 pub use openapi::ApiDoc;
@@ -33,7 +31,15 @@ pub use state::AppState;
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// How long a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub fn app(state: AppState) -> Router {
+    app_with(state, REQUEST_TIMEOUT)
+}
+
+/// The app with its own request deadline (tests shorten it).
+pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
         .route("/case", post(cases::create_case))
         .route("/case/create", post(cases::create_case))
@@ -57,11 +63,30 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_secs(30),
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            within_deadline,
         ))
         .with_state(state)
+}
+
+/// A request that does not finish by the deadline is answered 503 with a
+/// problem body. Its work is dropped where it stood: a transaction not yet
+/// committed rolls back, and a retry with the same `Idempotency-Key` tells
+/// whether one had committed.
+async fn within_deadline(
+    axum::extract::State(deadline): axum::extract::State<Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request did not finish within {} s; retry it (with the same Idempotency-Key) to learn its outcome",
+            deadline.as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// A declared body above the limit is refused from the headers: the client

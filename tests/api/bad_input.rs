@@ -279,3 +279,32 @@ async fn if_match_zero_is_a_version_mismatch(pool: PgPool) {
     );
     assert_eq!(app.status(case).await, "NEW");
 }
+
+/// A request that does not finish in time (here: a body that never comes
+/// whole) is answered 503 with a problem body, never an empty one.
+#[sqlx::test]
+async fn a_request_past_its_deadline_gets_a_problem_not_an_empty_503(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::new(pool).await;
+    let server = TestServer::start(opsloop::api::app_with(
+        app.state.clone(),
+        std::time::Duration::from_secs(1),
+    ))
+    .await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /case HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"title\""
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("answered at the deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"unavailable\""), "{text}");
+}

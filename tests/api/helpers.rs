@@ -42,6 +42,8 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub orchestrator: Orchestrator,
+    /// To serve the same app with other settings.
+    pub state: AppState,
 }
 
 fn identity(id: &str, roles: &[Role]) -> Identity {
@@ -84,10 +86,12 @@ impl TestApp {
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = api::app(state.clone());
         tokio::spawn(async move {
-            axum::serve(listener, api::app(state)).await.unwrap();
+            axum::serve(listener, app).await.unwrap();
         });
         TestApp {
+            state,
             pool,
             base,
             http: opsloop::http_client::http_client()
