@@ -18,6 +18,15 @@ pub struct ServeConfig {
     /// Address the HTTP API listens on.
     #[arg(long, env = "OPSLOOP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Seconds a client has to send a request's headers (slow clients are
+    /// cut off).
+    #[arg(long, env = "OPSLOOP_HTTP_HEADER_TIMEOUT_S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub http_header_timeout_s: u64,
+    /// HTTP connections open at once; more are closed when accepted.
+    #[arg(long, env = "OPSLOOP_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub http_max_connections: usize,
     /// TOML file of bearer-token digests (see `opsloop token create`).
     #[arg(
         long,

@@ -274,9 +274,12 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {}", cfg.listen))?;
         info!(listen = %cfg.listen, "HTTP API serving.");
-        axum::serve(listener, api::app(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
+        let settings = api::ServeSettings {
+            header_timeout: Duration::from_secs(cfg.http_header_timeout_s),
+            max_connections: cfg.http_max_connections,
+            ..api::ServeSettings::default()
+        };
+        api::serve(listener, api::app(state), settings, shutdown_signal()).await;
     } else {
         shutdown_signal().await;
     }

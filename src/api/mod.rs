@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plans;
 pub mod schema;
+pub mod serve;
 pub mod state;
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 use error::{ApiError, InternalCause};
 pub use openapi::ApiDoc;
+pub use serve::{ServeSettings, serve};
 pub use state::AppState;
 
 /// Request bodies above this are refused with 413.

@@ -308,3 +308,72 @@ async fn a_request_past_its_deadline_gets_a_problem_not_an_empty_503(pool: PgPoo
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.contains("\"code\":\"unavailable\""), "{text}");
 }
+
+/// A client that sends its headers slowly (slowloris) is cut off at the
+/// header deadline, and past the connection cap a connection is closed at
+/// once instead of waiting its turn.
+#[sqlx::test]
+async fn slow_headers_are_cut_off_and_connections_are_capped(pool: PgPool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::new(pool).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let settings = opsloop::api::ServeSettings {
+        header_timeout: std::time::Duration::from_secs(1),
+        max_connections: 2,
+        ..Default::default()
+    };
+    tokio::spawn(opsloop::api::serve(
+        listener,
+        opsloop::api::app(app.state.clone()),
+        settings,
+        std::future::pending(),
+    ));
+    // Read until the server closes the connection; what it sent first.
+    async fn until_closed(conn: &mut tokio::net::TcpStream, within: u64) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(within), async {
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            read.is_ok(),
+            "the connection is still open after {within} s"
+        );
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(conn);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = until_closed(&mut third, 1).await;
+    assert!(!answer.contains("200 OK"), "over the cap: {answer}");
+
+    for conn in &mut slow {
+        let answer = until_closed(conn, 3).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+    // The slots are free again: a well-behaved client is served.
+    let mut fine = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fine.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut fine, 3).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
