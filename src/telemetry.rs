@@ -235,6 +235,12 @@ pub fn outbox_backlog(rows: i64) {
     metrics().outbox_backlog.set(rows);
 }
 
+/// A consumer starts: its `inbox_dedup_total` series exists (at 0) from
+/// now on, so a dashboard sees it before the first duplicate.
+pub fn consumer_started(consumer: &str) {
+    metrics().inbox_dedup.with_label_values(&[consumer]);
+}
+
 pub fn inbox_dedup(consumer: &str) {
     metrics().inbox_dedup.with_label_values(&[consumer]).inc();
 }

@@ -241,33 +241,78 @@ pub async fn list_cases(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Timeline {
     items: Vec<TimelineEntry>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
 }
 
-/// Accepted and rejected entries, oldest first.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TimelineQuery {
+    /// 1-1000, default 100.
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A timeline entry with its position, for paging.
+#[derive(sqlx::FromRow)]
+struct Positioned {
+    seq: i64,
+    #[sqlx(flatten)]
+    entry: TimelineEntry,
+}
+
+/// Accepted and rejected entries, oldest first, a page at a time.
 #[utoipa::path(get, path = "/case/{id}/timeline", tag = "cases",
-    params(("id" = Uuid, Path)),
-    responses((status = 200, body = Timeline), (status = 404, body = Problem)),
+    params(("id" = Uuid, Path), TimelineQuery),
+    responses((status = 200, body = Timeline), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
 pub async fn timeline(
     State(state): State<AppState>,
     Auth(_who): Auth,
     CasePath(id): CasePath,
+    ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Timeline>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid("limit", "between 1 and 1000"));
+    }
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<i64>().ok().filter(|n| *n >= 0))
+        .map(|c| c.ok_or_else(|| invalid("cursor", "not a cursor this API returned")))
+        .transpose()?;
     let pool = state.orchestrator.pool();
-    let items: Vec<TimelineEntry> = sqlx::query_as(concat!(
-        "SELECT ",
+    let mut rows: Vec<Positioned> = sqlx::query_as(concat!(
+        "SELECT seq, ",
         timeline_columns!(),
-        " FROM case_timeline WHERE case_id = $1 ORDER BY seq"
+        " FROM case_timeline WHERE case_id = $1 AND ($2::bigint IS NULL OR seq > $2) \
+         ORDER BY seq LIMIT $3"
     ))
     .bind(id)
+    .bind(after)
+    .bind(i64::from(limit) + 1)
     .fetch_all(pool)
     .await?;
-    if items.is_empty() {
-        // Every case has its `created` entry, so no rows means no case.
+    // Every case has its `created` entry: no rows on the first page means
+    // no case; a later page may be empty for a real one.
+    if rows.is_empty() && (after.is_none() || read_case(pool, id).await?.is_none()) {
         return Err(ApiError::CaseNotFound(id));
     }
-    Ok(Json(Timeline { items }))
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| r.seq.to_string()))
+        .flatten();
+    Ok(Json(Timeline {
+        items: rows.into_iter().map(|r| r.entry).collect(),
+        next_cursor,
+    }))
 }
+
+/// What a caller may store in a transition's `meta`, serialised.
+const MAX_META_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -370,6 +415,13 @@ pub async fn transition(
         && (!meta.is_object() || contains_nul(meta))
     {
         return Err(invalid("meta", "must be an object without NUL characters"));
+    }
+    if let Some(meta) = &body.meta
+        && meta.to_string().len() > MAX_META_BYTES
+    {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "meta is stored with the timeline entry: at most {MAX_META_BYTES} bytes"
+        )));
     }
     let human_judgement =
         who.is_human() && matches!(event, EventKind::GateApproved | EventKind::GateRejected);

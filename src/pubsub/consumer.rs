@@ -292,6 +292,7 @@ pub async fn run<H: Handler + 'static>(
 ) {
     let concurrency = concurrency.max(1);
     let ack_wait = consumer.cached_info().config.ack_wait;
+    telemetry::consumer_started(handler.name());
     let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(concurrency));
     let mut in_hand = JoinSet::new();

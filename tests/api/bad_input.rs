@@ -377,3 +377,74 @@ async fn slow_headers_are_cut_off_and_connections_are_capped(pool: PgPool) {
     let answer = until_closed(&mut fine, 3).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// The timeline pages (`limit` default 100, at most 1000, `cursor`), oldest
+/// first, and a page past the end of a real case is empty, not 404.
+#[sqlx::test]
+async fn the_timeline_pages(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PARKED").await; // created + 3 transitions
+    let page = |q: String| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::GET,
+                &format!("/case/{case}/timeline{q}"),
+                Some(VIEWER),
+                &[],
+                None,
+            )
+            .await
+        }
+    };
+    let all = page(String::new()).await;
+    assert_eq!(all.status, 200);
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 4);
+    assert_eq!(all.body["next_cursor"], serde_json::Value::Null);
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let r = page(format!("?limit=3{cursor}")).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        for item in r.body["items"].as_array().unwrap() {
+            seen.push(item["id"].clone());
+        }
+        match r.body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let ids: Vec<_> = all.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].clone())
+        .collect();
+    assert_eq!(seen, ids, "pages give every entry once, in order");
+    for bad in ["?limit=0", "?limit=1001", "?cursor=nope"] {
+        let r = page(bad.to_string()).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_field"), "{bad}");
+    }
+}
+
+/// What a caller stores in `meta` is capped (16 KiB): more is 413.
+#[sqlx::test]
+async fn oversize_meta_is_refused(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.create_case().await;
+    let r = app
+        .patch(
+            case,
+            OPERATOR,
+            "big-meta",
+            json!({"event": "start_analysis", "meta": {"note": "x".repeat(20_000)}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (413, "payload_too_large"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(app.status(case).await, "NEW");
+}

@@ -861,3 +861,45 @@ async fn malformed_commands_are_dead_lettered(pool: PgPool) {
         ]
     );
 }
+
+/// A consumer's `inbox_dedup_total` series is there from its start, at 0.
+#[sqlx::test]
+async fn a_consumers_dedup_counter_exists_from_its_start(pool: PgPool) {
+    struct Quiet(String);
+    impl consumer::Handler for Quiet {
+        fn name(&self) -> &str {
+            &self.0
+        }
+        async fn handle(&self, _d: &consumer::Delivery) -> consumer::Disposition {
+            consumer::Disposition::Done
+        }
+    }
+    let (app, _nats, js) = setup(&pool).await;
+    let name = format!("probe-{}", Uuid::new_v4().simple());
+    let c = consumer::durable(&js, &ConsumerSpec::new(CMD_STREAM, &name, "cmd.verify.run"))
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        c,
+        pool.clone(),
+        Quiet(name.clone()),
+        1,
+        shutdown.clone(),
+    ));
+    let series = format!("inbox_dedup_total{{consumer=\"{name}\"}} 0");
+    let mut seen = false;
+    for _ in 0..50 {
+        let r = app
+            .send(reqwest::Method::GET, "/metrics", None, &[], None)
+            .await;
+        if r.body.as_str().unwrap_or_default().contains(&series) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    let _ = task.await;
+    assert!(seen, "{series} is not exposed");
+}
