@@ -376,6 +376,14 @@ async fn slow_headers_are_cut_off_and_connections_are_capped(pool: PgPool) {
         .unwrap();
     let answer = until_closed(&mut fine, 3).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A kept-alive connection idle past the header deadline is closed too.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut idle, 3).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 /// The timeline pages (`limit` default 100, at most 1000, `cursor`), oldest
