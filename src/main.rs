@@ -227,12 +227,20 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = Runner::new(planner, pool.clone(), wake.clone());
             tasks.push(spawn(&js, &spec(Role::Planner), &pool, handler, &shutdown).await?);
         }
+        // The gatekeeper decides with the policy; the executor enforces its
+        // change freezes again before each step. Both read the same file.
+        let policy = match &cfg.policy_file {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default(),
+        };
         if roles.has(Role::Gatekeeper) {
-            let policy = match &cfg.policy_file {
-                Some(path) => Policy::load(path)?,
-                None => Policy::default(),
-            };
-            let handler = Runner::new(Gatekeeper { policy }, pool.clone(), wake.clone());
+            let handler = Runner::new(
+                Gatekeeper {
+                    policy: policy.clone(),
+                },
+                pool.clone(),
+                wake.clone(),
+            );
             tasks.push(spawn(&js, &spec(Role::Gatekeeper), &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Analyst) {
@@ -240,12 +248,13 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tasks.push(spawn(&js, &spec(Role::Analyst), &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Executor) {
-            let handler = executor::Executor::new(
+            let mut handler = executor::Executor::new(
                 pool.clone(),
                 &cfg.exec,
                 &cfg.script_allowlist,
                 wake.clone(),
             );
+            handler.set_freezes(policy.freeze_windows.clone());
             tasks.push(spawn(&js, &spec(Role::Executor), &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Verifier) {

@@ -16,6 +16,7 @@ use super::plan::{Step, step_backoff, steps_of, targets, within};
 use super::store::{Attempt, Ending, StepAt, Store};
 use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStatus};
 use crate::contract::{ChangePlan, CommandMsg, Message, PlanHash, Version};
+use crate::gatekeeper::policy::FreezeWindow;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition};
 use crate::store::read_case;
 use crate::telemetry;
@@ -33,9 +34,21 @@ pub(super) struct Machine {
     pub store: Store,
     pub adapters: BTreeMap<&'static str, Arc<dyn Adapter>>,
     pub backoff_scale: f64,
+    /// The change freezes of the gate's policy, checked again before each
+    /// forward step: a freeze that began after the gate still holds.
+    pub freezes: Vec<FreezeWindow>,
 }
 
 impl Machine {
+    /// The change freeze covering this plan now, if any.
+    fn freeze_now(&self, attempt: &Attempt<'_>) -> Option<&str> {
+        let now = chrono::Utc::now();
+        self.freezes
+            .iter()
+            .find(|w| w.active(now, attempt.environment, attempt.case.tenant.as_str()))
+            .map(|w| w.name.as_str())
+    }
+
     pub async fn execute(
         &self,
         cmd: &Message<CommandMsg>,
@@ -59,10 +72,16 @@ impl Machine {
         };
         // The plan must be this hash's, approved by the quorum.
         let stored = self.store.approved_plan(case_id, plan_hash).await?;
-        let stored = match stored {
-            Ok(stored) => stored,
+        let approved = match stored {
+            Ok(approved) => approved,
             Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
         };
+        let parsed = ChangePlan::from_stored(&approved.plan);
+        let environment = parsed
+            .as_ref()
+            .ok()
+            .and_then(|p| p.environment.clone())
+            .unwrap_or_default();
         let attempt = Attempt {
             case: &case,
             cmd,
@@ -70,8 +89,10 @@ impl Machine {
             plan_hash,
             kind,
             cause: d.traceparent.as_deref(),
+            environment: &environment,
+            break_glass: approved.break_glass,
         };
-        let plan = match ChangePlan::from_stored(&stored) {
+        let plan = match parsed {
             Ok(plan) => plan,
             Err(why) if existing.is_none() => {
                 // An approved plan stored before the model that the model
@@ -213,6 +234,27 @@ impl Machine {
                     return Ok(PhaseEnd::Interrupted(why));
                 }
                 _ => {}
+            }
+            if phase == Phase::Step
+                && !attempt.break_glass
+                && let Some(freeze) = self.freeze_now(attempt)
+            {
+                let why = format!(
+                    "{phase} {idx} ({}) not run: inside change freeze {freeze}, and no break-glass override was approved",
+                    step.name()
+                );
+                let tries = stored.map_or(0, |s| s.1);
+                self.store
+                    .record_step(
+                        at,
+                        step,
+                        StepStatus::Failed,
+                        tries,
+                        &json!({"error": why, "refused": true}),
+                        attempt,
+                    )
+                    .await?;
+                return Ok(PhaseEnd::Failed(why));
             }
             let undo_from = if step.action.is_undo() {
                 let Some(before) = self.store.state_before(attempt, step).await? else {

@@ -53,6 +53,7 @@ impl Executor {
                 store: Store { pool, wake },
                 adapters: BTreeMap::new(),
                 backoff_scale: settings.backoff_scale.max(0.0),
+                freezes: Vec::new(),
             },
         };
         e.register(Arc::new(adapter::Noop));
@@ -71,6 +72,12 @@ impl Executor {
             settings.gateway_token_file.clone(),
         )));
         e
+    }
+
+    /// The change freezes to enforce before each forward step (the same
+    /// policy file the gatekeeper reads).
+    pub fn set_freezes(&mut self, freezes: Vec<crate::gatekeeper::policy::FreezeWindow>) {
+        self.machine.freezes = freezes;
     }
 
     /// Adds or replaces the adapter for its action.

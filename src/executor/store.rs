@@ -69,6 +69,11 @@ pub(super) struct Attempt<'a> {
     pub kind: RunKind,
     /// The command's `traceparent`, continued by every fact.
     pub cause: Option<&'a str>,
+    /// The plan's environment, for the change-freeze check.
+    pub environment: &'a str,
+    /// The gate's verdict was a break-glass override (approved by the
+    /// quorum): a change freeze does not stop this plan.
+    pub break_glass: bool,
 }
 
 impl Attempt<'_> {
@@ -87,6 +92,14 @@ struct PlanRow {
     plan: Value,
     author: String,
     required_approvers: Option<i16>,
+    gate_verdict: Option<String>,
+}
+
+/// A plan the quorum approved, as stored, and how.
+pub(super) struct ApprovedPlan {
+    pub plan: Value,
+    /// Approved as a break-glass override of a change freeze.
+    pub break_glass: bool,
 }
 
 /// The executor's consumer name; also its facts' actor.
@@ -179,9 +192,9 @@ impl Store {
         &self,
         case_id: Uuid,
         plan_hash: &PlanHash,
-    ) -> Result<Result<Value, String>, sqlx::Error> {
+    ) -> Result<Result<ApprovedPlan, String>, sqlx::Error> {
         let row: Option<PlanRow> = sqlx::query_as(
-            "SELECT id, plan, author, required_approvers FROM plan_proposed \
+            "SELECT id, plan, author, required_approvers, gate_verdict FROM plan_proposed \
              WHERE case_id = $1 AND plan_hash = $2",
         )
         .bind(case_id)
@@ -205,8 +218,12 @@ impl Store {
                 .map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
             ..Facts::default()
         };
+        let break_glass = row.gate_verdict.as_deref() == Some("break_glass");
         Ok(workflow::approvals_meet_quorum(&facts)
-            .map(|()| row.plan)
+            .map(|()| ApprovedPlan {
+                plan: row.plan,
+                break_glass,
+            })
             .map_err(|f| format!("plan {plan_hash} is not approved: {}", f.detail)))
     }
 

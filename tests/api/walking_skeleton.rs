@@ -577,3 +577,43 @@ async fn a_forged_exec_command_short_of_the_quorum_runs_nothing(pool: PgPool) {
     assert_eq!(runs, 0, "nothing ran");
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
 }
+
+/// A change freeze that starts after the gate approved a plan still stops
+/// its execution: the executor checks the freeze before each forward step
+/// (fail closed), and only a break-glass approval lets a step through.
+#[sqlx::test]
+async fn a_freeze_that_starts_after_the_gate_blocks_execution(pool: PgPool) {
+    let mut lp = Loop::full(pool).await;
+    let now = Utc::now();
+    lp.executor_mut()
+        .set_freezes(vec![opsloop::gatekeeper::policy::FreezeWindow {
+            name: "release-freeze".into(),
+            from: Some(now - chrono::Duration::hours(1)),
+            until: Some(now + chrono::Duration::hours(1)),
+            days: vec![],
+            start: None,
+            end: None,
+            environments: Default::default(),
+            tenants: Default::default(),
+        }]);
+    let svc = service();
+    let plan = json!({
+        "title": "restart", "environment": "staging",
+        "steps": [{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", svc]},
+                   "timeout_s": 10, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": []}
+    });
+    // The gate (no freeze in its policy) approves it on its own.
+    let (case, _) = lp.propose(&plan).await;
+    assert_eq!(lp.app.status(case).await, "PARKED");
+    let reason = lp.app.park_reason(case).await;
+    assert!(reason.contains("change freeze release-freeze"), "{reason}");
+    let step = steps(&lp, case)
+        .await
+        .into_iter()
+        .find(|s| s.phase == "step" && s.idx == 0)
+        .unwrap();
+    assert_eq!(step.status, "failed");
+    assert_eq!(step.tries, 0, "the script never ran");
+}
