@@ -225,14 +225,21 @@ pub fn create_token(
         problem: e.to_string(),
     })?;
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let write_error = |source| AuthConfigError::Write {
+        path: shown.clone(),
+        source,
+    };
+    // Who may act is the owner's alone to read or change: a new file is
+    // created 0600, and an existing one is tightened to it.
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
-        .map_err(|source| AuthConfigError::Write {
-            path: shown.clone(),
-            source,
-        })?;
+        .map_err(write_error)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(write_error)?;
     writeln!(file, "\n{block}").map_err(|source| AuthConfigError::Write {
         path: shown,
         source,
@@ -265,6 +272,24 @@ mod tests {
                 .may_send(EventKind::ExecDone)
         );
         assert!(store.authenticate("olp_wrong").is_none());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The file holds digests, not tokens, but who may act is still nobody
+    /// else's to read or change: it is the owner's alone, new or not.
+    #[test]
+    fn the_tokens_file_is_written_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("opsloop-auth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        create_token(&path, "alice", &[Role::Operator]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        create_token(&path, "bob", &[Role::Approver]).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "an existing file is tightened too: {mode:o}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

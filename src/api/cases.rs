@@ -320,7 +320,8 @@ pub struct TransitionBody {
     /// `start_analysis` … `dismiss`.
     event: String,
     reason: Option<String>,
-    /// The hash of the plan a person judges (`gate_approved`, `gate_rejected`).
+    /// The hash of the plan judged: required with `gate_approved` and
+    /// `gate_rejected`, whoever sends them.
     #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{64}$")]
     plan_hash: Option<String>,
     /// Free-form context kept in the timeline meta.
@@ -423,14 +424,14 @@ pub async fn transition(
             "meta is stored with the timeline entry: at most {MAX_META_BYTES} bytes"
         )));
     }
-    let human_judgement =
-        who.is_human() && matches!(event, EventKind::GateApproved | EventKind::GateRejected);
+    // Every gate verdict names the plan it judges, whoever gives it.
+    let verdict = matches!(event, EventKind::GateApproved | EventKind::GateRejected);
     let plan_hash = body
         .plan_hash
         .map(PlanHash::try_from)
         .transpose()
         .map_err(|_| invalid("plan_hash", PlanHash::EXPECTED))?;
-    if plan_hash.is_none() && human_judgement {
+    if plan_hash.is_none() && verdict {
         return Err(invalid(
             "plan_hash",
             "required: the hash of the plan you judge",

@@ -42,7 +42,11 @@ pub async fn load(
         ..Facts::default()
     };
     let mut plan_id = None;
-    let from_worker = matches!(req.origin, Origin::Message { .. });
+    // A worker's fact, or a service's verdict over HTTP: about a plan (and,
+    // for facts, a version) that must still be the case's. A person's
+    // verdict is a judgement instead (its own guards, 422).
+    let from_worker = matches!(req.origin, Origin::Message { .. })
+        || (!req.actor.human && req.plan_hash.is_some());
     if from_worker {
         facts.fact = Some(FactRef {
             expected_version: req.expected_version,

@@ -128,8 +128,15 @@ async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
 #[sqlx::test]
 async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let (case, _) = waiting_for_gate(&app, "planner", Some(1)).await;
-    let r = app.event(case, SERVICE, "gate_approved").await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
+    let r = app
+        .patch(
+            case,
+            SERVICE,
+            "svc-open",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
     assert_eq!((r.status, r.code()), (422, "guard_failed"));
     assert_eq!(app.status(case).await, "WAIT_GATE");
     let r = app.event(case, SERVICE, "exec_done").await;
@@ -213,4 +220,37 @@ async fn an_approval_outside_the_gate_is_refused_and_not_recorded(pool: PgPool) 
         .await
         .unwrap();
     assert_eq!(approvals, 0);
+}
+
+/// Every gate verdict over HTTP names the plan it judges, a service's too:
+/// without one it is refused, and a verdict on a plan that is no longer
+/// the current one is stale and changes nothing.
+#[sqlx::test]
+async fn a_services_gate_verdict_names_the_current_plan(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, older) = waiting_for_gate(&app, "planner", Some(1)).await;
+    let r = app.event(case, SERVICE, "gate_rejected").await;
+    assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+
+    // A newer plan replaces the one the verdict names.
+    let current = app.store_plan(case, "planner", Some(1)).await;
+    let verdict = |hash: &str, key: &str| {
+        let (app, hash, key) = (&app, hash.to_string(), key.to_string());
+        async move {
+            app.patch(
+                case,
+                SERVICE,
+                &key,
+                json!({"event": "gate_rejected", "plan_hash": hash, "reason": "denied"}),
+            )
+            .await
+        }
+    };
+    let r = verdict(&older, "v-old").await;
+    assert_eq!((r.status, r.code()), (409, "stale_fact"), "{:?}", r.body);
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = verdict(&current, "v-current").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(app.status(case).await, "PARKED");
 }
