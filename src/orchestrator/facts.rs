@@ -101,7 +101,7 @@ pub async fn load(
             all_steps_succeeded: status == "done",
         });
     }
-    if req.event == E::VerifyPass {
+    if matches!(req.event, E::VerifyPass | E::VerifyFailed) {
         let outcome: Option<String> = sqlx::query_scalar(
             "SELECT outcome FROM verify_result WHERE case_id = $1 AND case_version = $2 \
              ORDER BY at DESC LIMIT 1",

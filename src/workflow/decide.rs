@@ -99,25 +99,27 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
             check(&[guards::verification_passed(facts)])?;
             Ok(to(S::Closed, "verification passed".into()))
         }
-        (S::Verifying, E::VerifyFailed) => match &facts.plan {
-            Some(plan) if plan.has_rollback && facts.auto_rollback_allowed => {
-                let note = format!(
-                    "verification failed; rolling back plan {}",
-                    plan.hash.short()
-                );
-                Ok(to(S::Parked, note).effect(Effect::Rollback {
-                    plan_hash: plan.hash.clone(),
-                }))
+        (S::Verifying, E::VerifyFailed) => {
+            match check(&[guards::verification_failed(facts)]).map(|()| &facts.plan)? {
+                Some(plan) if plan.has_rollback && facts.auto_rollback_allowed => {
+                    let note = format!(
+                        "verification failed; rolling back plan {}",
+                        plan.hash.short()
+                    );
+                    Ok(to(S::Parked, note).effect(Effect::Rollback {
+                        plan_hash: plan.hash.clone(),
+                    }))
+                }
+                Some(plan) if plan.has_rollback => Ok(to(
+                    S::Parked,
+                    "verification failed; policy leaves the rollback to a person".into(),
+                )),
+                Some(_) | None => Ok(to(
+                    S::Parked,
+                    "verification failed; the plan has no rollback".into(),
+                )),
             }
-            Some(plan) if plan.has_rollback => Ok(to(
-                S::Parked,
-                "verification failed; policy leaves the rollback to a person".into(),
-            )),
-            Some(_) | None => Ok(to(
-                S::Parked,
-                "verification failed; the plan has no rollback".into(),
-            )),
-        },
+        }
         (S::Parked, E::Resume) => Ok(to(
             S::Planning,
             "resumed; a new plan is requested with the park reason".into(),

@@ -149,6 +149,16 @@ pub(super) fn verification_passed(facts: &Facts) -> Guard {
     }
 }
 
+/// `verify_failed` parks the case and may roll the change back: its
+/// evidence is a recorded result of this attempt that did not pass.
+pub(super) fn verification_failed(facts: &Facts) -> Guard {
+    match facts.verify_passed {
+        Some(false) => Ok(()),
+        Some(true) => fail("verification_failed", "the verification result is pass"),
+        None => fail("verification_failed", "no verification result"),
+    }
+}
+
 pub(super) fn reason_given(facts: &Facts) -> Guard {
     match facts.reason.as_deref().map(str::trim) {
         Some(r) if !r.is_empty() => Ok(()),

@@ -176,7 +176,8 @@ pub struct Facts {
     pub required_approvers: Option<u8>,
     pub judgement: Option<Judgement>,
     pub exec: Option<ExecFact>,
-    /// Whether the verification result of the current run is `pass`.
+    /// Whether the verification result of the current attempt is `pass`
+    /// (`verify_pass` needs it, `verify_failed` needs its opposite).
     pub verify_passed: Option<bool>,
     pub auto_rollback_allowed: bool,
     /// Set when the event comes from a worker's fact (not from a person).

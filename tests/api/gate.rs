@@ -254,3 +254,44 @@ async fn a_services_gate_verdict_names_the_current_plan(pool: PgPool) {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(app.status(case).await, "PARKED");
 }
+
+/// `verify_failed` parks the case and may roll the change back: it needs
+/// its evidence, a recorded verification result of this attempt that did
+/// not pass. Without one it is refused and nothing rolls back.
+#[sqlx::test]
+async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
+    let r = app
+        .patch(
+            case,
+            APPROVER,
+            "ok",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    // The run of this attempt finished, as the executor records it.
+    sqlx::query(
+        "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status, finished_at) \
+         SELECT $1, id, $2, 'run', $3, version, 'done', now() FROM ops_case WHERE id = $4",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(&hash)
+    .bind(uuid::Uuid::now_v7())
+    .bind(case)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(app.event(case, SERVICE, "exec_done").await.status, 200);
+    assert_eq!(app.status(case).await, "VERIFYING");
+
+    let r = app.event(case, SERVICE, "verify_failed").await;
+    assert_eq!((r.status, r.code()), (422, "guard_failed"), "{:?}", r.body);
+    assert_eq!(app.status(case).await, "VERIFYING");
+    assert!(
+        !app.outbox_subjects(case)
+            .await
+            .contains(&"cmd.exec.rollback".to_string())
+    );
+}
