@@ -231,7 +231,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, api::app(state)).await });
+    // The product's own accept loop, as `opsloop serve` runs it.
+    tokio::spawn(api::serve(
+        listener,
+        api::app(state),
+        api::ServeSettings::default(),
+        std::future::pending(),
+    ));
     let ctx = Arc::new(Ctx {
         pool,
         orchestrator,

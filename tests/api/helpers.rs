@@ -87,9 +87,12 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let app = api::app(state.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        tokio::spawn(api::serve(
+            listener,
+            app,
+            api::ServeSettings::default(),
+            std::future::pending(),
+        ));
         TestApp {
             state,
             pool,
@@ -346,9 +349,12 @@ impl TestServer {
     pub async fn start(app: axum::Router) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let task = tokio::spawn(opsloop::api::serve(
+            listener,
+            app,
+            opsloop::api::ServeSettings::default(),
+            std::future::pending(),
+        ));
         TestServer { url, task }
     }
 }
