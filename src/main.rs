@@ -175,7 +175,14 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             None
         }
     };
-    let orchestrator = Orchestrator::new(pool.clone());
+    // The gatekeeper decides with the policy; the orchestrator (a guard on
+    // `gate_approved`) and the executor (before each step) enforce its
+    // change freezes again. All read the same file.
+    let policy = match &cfg.policy_file {
+        Some(path) => Policy::load(path)?,
+        None => Policy::default(),
+    };
+    let orchestrator = Orchestrator::new(pool.clone()).with_freezes(policy.freeze_windows.clone());
     let shutdown = CancellationToken::new();
     let plan_limits = PlanLimits {
         script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
@@ -227,12 +234,6 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = Runner::new(planner, pool.clone(), wake.clone());
             tasks.push(spawn(&js, &spec(Role::Planner), &pool, handler, &shutdown).await?);
         }
-        // The gatekeeper decides with the policy; the executor enforces its
-        // change freezes again before each step. Both read the same file.
-        let policy = match &cfg.policy_file {
-            Some(path) => Policy::load(path)?,
-            None => Policy::default(),
-        };
         if roles.has(Role::Gatekeeper) {
             let handler = Runner::new(
                 Gatekeeper {

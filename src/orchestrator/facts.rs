@@ -7,7 +7,8 @@ use uuid::Uuid;
 
 use super::request::{Origin, TransitionRequest};
 use super::store::HumanApproval;
-use crate::contract::PlanHash;
+use crate::contract::{ChangePlan, PlanHash};
+use crate::gatekeeper::policy::FreezeWindow;
 use crate::model::Case;
 use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact};
 
@@ -34,6 +35,7 @@ pub async fn load(
     conn: &mut PgConnection,
     case: &Case,
     req: &TransitionRequest,
+    freezes: &[FreezeWindow],
 ) -> Result<Loaded, sqlx::Error> {
     use EventKind as E;
     let mut facts = Facts {
@@ -75,6 +77,9 @@ pub async fn load(
         facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
             facts.approvals = crate::store::approvals(&mut *conn, id).await?;
+            if !freezes.is_empty() {
+                facts.freeze = active_freeze(conn, id, case, freezes).await?;
+            }
         }
         facts.plan = Some(plan);
     }
@@ -143,4 +148,33 @@ async fn current_plan(
         required.map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
         row.try_get("auto_rollback")?,
     )))
+}
+
+/// The change freeze covering the plan now, unless the gate approved it as
+/// a break-glass override. The plan's environment is read from the model.
+async fn active_freeze(
+    conn: &mut PgConnection,
+    plan_id: Uuid,
+    case: &Case,
+    freezes: &[FreezeWindow],
+) -> Result<Option<String>, sqlx::Error> {
+    let (plan, verdict): (serde_json::Value, Option<String>) =
+        sqlx::query_as("SELECT plan, gate_verdict FROM plan_proposed WHERE id = $1")
+            .bind(plan_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    if verdict.as_deref() == Some("break_glass") {
+        return Ok(None);
+    }
+    // A plan the model cannot read gets no environment: freezes scoped to
+    // all environments still hold for it.
+    let environment = ChangePlan::from_stored(&plan)
+        .ok()
+        .and_then(|p| p.environment)
+        .unwrap_or_default();
+    let now = chrono::Utc::now();
+    Ok(freezes
+        .iter()
+        .find(|w| w.active(now, &environment, case.tenant.as_str()))
+        .map(|w| w.name.clone()))
 }

@@ -21,6 +21,7 @@ use tracing::{Instrument, info, info_span};
 pub use outcome::{Answer, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError};
 pub use request::{Actor, Origin, TransitionRequest};
 
+use crate::gatekeeper::policy::FreezeWindow;
 use crate::model::Case;
 use crate::pubsub::outbox::CommitWake;
 use crate::store::NewCase;
@@ -32,6 +33,8 @@ pub struct Orchestrator {
     pool: PgPool,
     faults: Faults,
     outbox_ready: CommitWake,
+    /// The policy's change freezes: a guard on `gate_approved`.
+    freezes: Arc<Vec<FreezeWindow>>,
 }
 
 impl Orchestrator {
@@ -40,7 +43,15 @@ impl Orchestrator {
             pool,
             faults: Arc::new(NoFaults),
             outbox_ready: CommitWake::default(),
+            freezes: Arc::new(Vec::new()),
         }
+    }
+
+    /// The change freezes of the gate's policy (the same policy file the
+    /// gatekeeper and the executor read).
+    pub fn with_freezes(mut self, freezes: Vec<FreezeWindow>) -> Self {
+        self.freezes = Arc::new(freezes);
+        self
     }
 
     /// Tests: fail the transaction at the given points.
@@ -150,7 +161,7 @@ impl Orchestrator {
         }
 
         // 4. Facts, then the pure decision.
-        let loaded = facts::load(&mut tx, &case, req).await?;
+        let loaded = facts::load(&mut tx, &case, req, &self.freezes).await?;
         let decision = workflow::decide(case.status, req.event, &loaded.facts);
         let record_approval = match &decision {
             Ok(d) => d.record_approval,

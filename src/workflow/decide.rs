@@ -55,6 +55,7 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
                 guards::judged_plan_is_current(facts),
                 guards::approver_is_not_author(facts),
                 guards::approval_for_current_plan(facts),
+                guards::outside_change_freeze(facts),
             ]);
             // A person's approval of the current plan counts once every
             // other guard held, even while the quorum is not met yet.

@@ -149,6 +149,20 @@ pub(super) fn verification_passed(facts: &Facts) -> Guard {
     }
 }
 
+/// Nothing executes inside a change freeze unless the gate's verdict was a
+/// break-glass override (then the quorum approved it as such).
+pub(super) fn outside_change_freeze(facts: &Facts) -> Guard {
+    match &facts.freeze {
+        Some(name) => fail(
+            "outside_change_freeze",
+            format!(
+                "inside change freeze {name}: execution needs a break-glass override approved by the quorum"
+            ),
+        ),
+        None => Ok(()),
+    }
+}
+
 /// `verify_failed` parks the case and may roll the change back: its
 /// evidence is a recorded result of this attempt that did not pass.
 pub(super) fn verification_failed(facts: &Facts) -> Guard {

@@ -52,6 +52,7 @@ fn all_good() -> Facts {
         }),
         verify_passed: Some(true),
         auto_rollback_allowed: true,
+        freeze: None,
         fact: None,
     }
 }
@@ -166,6 +167,7 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<String>
 #[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
 #[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::inside_a_change_freeze(Status::WaitGate, EventKind::GateApproved, Facts { freeze: Some("release".into()), ..all_good() }, vec!["outside_change_freeze"])]
 #[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, vec!["judged_plan_is_current"])]
 #[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::exec_done_without_run(Status::Executing, EventKind::ExecDone, Facts { exec: None, ..all_good() }, vec!["execution_succeeded"])]
@@ -383,6 +385,7 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
                     exec,
                     verify_passed,
                     auto_rollback_allowed: rb,
+                    freeze: None,
                     fact: None,
                 }
             },

@@ -180,6 +180,10 @@ pub struct Facts {
     /// (`verify_pass` needs it, `verify_failed` needs its opposite).
     pub verify_passed: Option<bool>,
     pub auto_rollback_allowed: bool,
+    /// A change freeze that covers the current plan now, when the gate did
+    /// not approve a break-glass override for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
     /// Set when the event comes from a worker's fact (not from a person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fact: Option<FactRef>,

@@ -295,3 +295,48 @@ async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
             .contains(&"cmd.exec.rollback".to_string())
     );
 }
+
+/// A change freeze that began after the gate's verdict is a guard on
+/// `gate_approved`: a person's approval inside it is refused (and not
+/// recorded) unless the gate approved a break-glass override.
+#[sqlx::test]
+async fn no_approval_opens_the_gate_inside_a_change_freeze(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
+    let now = chrono::Utc::now();
+    let freeze = opsloop::gatekeeper::policy::FreezeWindow {
+        name: "release-freeze".into(),
+        from: Some(now - chrono::Duration::hours(1)),
+        until: Some(now + chrono::Duration::hours(1)),
+        days: vec![],
+        start: None,
+        end: None,
+        environments: Default::default(),
+        tenants: Default::default(),
+    };
+    let mut state = app.state.clone();
+    state.orchestrator =
+        opsloop::orchestrator::Orchestrator::new(app.pool.clone()).with_freezes(vec![freeze]);
+    let frozen = TestServer::start(opsloop::api::app(state)).await;
+    let r = app
+        .http
+        .patch(format!("{}/case/{case}/transition", frozen.url))
+        .bearer_auth(APPROVER)
+        .header("idempotency-key", "in-freeze")
+        .json(&json!({"event": "gate_approved", "plan_hash": hash}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["detail"].as_str().unwrap().contains("release-freeze"),
+        "{body}"
+    );
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let approvals: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_approved")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(approvals, 0);
+}
