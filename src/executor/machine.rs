@@ -40,6 +40,21 @@ pub(super) struct Machine {
 }
 
 impl Machine {
+    /// Records a step that failed without an adapter result (no adapter, a
+    /// crash mid-step, a change freeze): its reason is the detail.
+    async fn fail_step(
+        &self,
+        at: StepAt,
+        step: &Step,
+        tries: i32,
+        detail: serde_json::Value,
+        attempt: &Attempt<'_>,
+    ) -> Result<(), sqlx::Error> {
+        self.store
+            .record_step(at, step, StepStatus::Failed, tries, &detail, attempt)
+            .await
+    }
+
     /// The change freeze covering this plan now, if any.
     fn freeze_now(&self, attempt: &Attempt<'_>) -> Option<&str> {
         let now = chrono::Utc::now();
@@ -195,15 +210,7 @@ impl Machine {
             let stored = recorded.get(&idx).cloned();
             let Some(adapter) = self.adapters.get(step.name()).cloned() else {
                 let why = format!("{phase} {idx}: no adapter for action {}", step.name());
-                self.store
-                    .record_step(
-                        at,
-                        step,
-                        StepStatus::Failed,
-                        0,
-                        &json!({"error": why}),
-                        attempt,
-                    )
+                self.fail_step(at, step, 0, json!({"error": why}), attempt)
                     .await?;
                 return Ok(PhaseEnd::Failed(why));
             };
@@ -221,15 +228,7 @@ impl Machine {
                         step.name()
                     );
                     let tries = stored.map_or(0, |s| s.1);
-                    self.store
-                        .record_step(
-                            at,
-                            step,
-                            StepStatus::Failed,
-                            tries,
-                            &json!({"error": why}),
-                            attempt,
-                        )
+                    self.fail_step(at, step, tries, json!({"error": why}), attempt)
                         .await?;
                     return Ok(PhaseEnd::Interrupted(why));
                 }
@@ -244,16 +243,14 @@ impl Machine {
                     step.name()
                 );
                 let tries = stored.map_or(0, |s| s.1);
-                self.store
-                    .record_step(
-                        at,
-                        step,
-                        StepStatus::Failed,
-                        tries,
-                        &json!({"error": why, "refused": true}),
-                        attempt,
-                    )
-                    .await?;
+                self.fail_step(
+                    at,
+                    step,
+                    tries,
+                    json!({"error": why, "refused": true}),
+                    attempt,
+                )
+                .await?;
                 return Ok(PhaseEnd::Failed(why));
             }
             let undo_from = if step.action.is_undo() {

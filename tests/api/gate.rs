@@ -303,17 +303,7 @@ async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
 async fn no_approval_opens_the_gate_inside_a_change_freeze(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
-    let now = chrono::Utc::now();
-    let freeze = opsloop::gatekeeper::policy::FreezeWindow {
-        name: "release-freeze".into(),
-        from: Some(now - chrono::Duration::hours(1)),
-        until: Some(now + chrono::Duration::hours(1)),
-        days: vec![],
-        start: None,
-        end: None,
-        environments: Default::default(),
-        tenants: Default::default(),
-    };
+    let freeze = freeze_now("release-freeze");
     let mut state = app.state.clone();
     state.orchestrator =
         opsloop::orchestrator::Orchestrator::new(app.pool.clone()).with_freezes(vec![freeze]);

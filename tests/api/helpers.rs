@@ -364,3 +364,19 @@ impl Drop for TestServer {
         self.task.abort();
     }
 }
+
+/// A change freeze (absolute window) that covers now: every environment,
+/// every tenant.
+pub fn freeze_now(name: &str) -> opsloop::gatekeeper::policy::FreezeWindow {
+    let now = chrono::Utc::now();
+    opsloop::gatekeeper::policy::FreezeWindow {
+        name: name.into(),
+        from: Some(now - chrono::Duration::hours(1)),
+        until: Some(now + chrono::Duration::hours(1)),
+        days: vec![],
+        start: None,
+        end: None,
+        environments: Default::default(),
+        tenants: Default::default(),
+    }
+}

@@ -584,18 +584,8 @@ async fn a_forged_exec_command_short_of_the_quorum_runs_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn a_freeze_that_starts_after_the_gate_blocks_execution(pool: PgPool) {
     let mut lp = Loop::full(pool).await;
-    let now = Utc::now();
     lp.executor_mut()
-        .set_freezes(vec![opsloop::gatekeeper::policy::FreezeWindow {
-            name: "release-freeze".into(),
-            from: Some(now - chrono::Duration::hours(1)),
-            until: Some(now + chrono::Duration::hours(1)),
-            days: vec![],
-            start: None,
-            end: None,
-            environments: Default::default(),
-            tenants: Default::default(),
-        }]);
+        .set_freezes(vec![freeze_now("release-freeze")]);
     let svc = service();
     let plan = json!({
         "title": "restart", "environment": "staging",
