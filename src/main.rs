@@ -22,7 +22,7 @@ use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::LlmPlanner;
 use opsloop::planner::templates::Templates;
 use opsloop::planner::worker as planner_worker;
-use opsloop::pubsub::consumer::{self, ConsumerSpec};
+use opsloop::pubsub::consumer;
 use opsloop::pubsub::relay::{NoHooks, Relay, RelaySettings, StallAfterPublish};
 use opsloop::pubsub::streams::{self, StreamSettings};
 use opsloop::roles::{self, Role, Roles};
@@ -213,7 +213,6 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             ));
         }
         let wake = orchestrator.outbox_ready();
-        let spec = |role: Role| role.consumer().expect("a consuming role");
         if roles.has(Role::Planner) {
             let templates =
                 Templates::load(&cfg.templates_dir, &plan_limits).with_context(|| {
@@ -232,7 +231,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 None => info!("No LLM configured (OPENAI_BASE_URL): templates only."),
             }
             let handler = Runner::new(planner, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, &spec(Role::Planner), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Planner, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Gatekeeper) {
             let handler = Runner::new(
@@ -242,11 +241,11 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 pool.clone(),
                 wake.clone(),
             );
-            tasks.push(spawn(&js, &spec(Role::Gatekeeper), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Gatekeeper, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Analyst) {
             let handler = Runner::new(analyst::Analyst, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, &spec(Role::Analyst), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Analyst, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Executor) {
             let mut handler = executor::Executor::new(
@@ -256,19 +255,19 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 wake.clone(),
             );
             handler.set_freezes(policy.freeze_windows.clone());
-            tasks.push(spawn(&js, &spec(Role::Executor), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Executor, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Verifier) {
             let verifier = verifier::Verifier::new(pool.clone(), cfg.verify.clone())
                 .context("configuring the verifier")?;
             let handler = Runner::new(verifier, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, &spec(Role::Verifier), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Verifier, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Orchestrator) {
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
             };
-            tasks.push(spawn(&js, &spec(Role::Orchestrator), &pool, handler, &shutdown).await?);
+            tasks.push(spawn(&js, Role::Orchestrator, &pool, handler, &shutdown).await?);
         }
     }
     info!(roles = ?cfg.roles, "opsloop started.");
@@ -301,16 +300,19 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates (or updates) the durable consumer and runs `handler` on it until
-/// shutdown.
+/// Creates (or updates) the durable consumer `role` reads and runs `handler`
+/// on it until shutdown.
 async fn spawn<H: consumer::Handler + 'static>(
     js: &async_nats::jetstream::Context,
-    spec: &ConsumerSpec,
+    role: Role,
     pool: &sqlx::PgPool,
     handler: H,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    roles::spawn_consumer(js, spec, pool, handler, shutdown)
+    let spec = role
+        .consumer()
+        .ok_or_else(|| anyhow::anyhow!("the {role:?} role reads no stream"))?;
+    roles::spawn_consumer(js, &spec, pool, handler, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))
 }

@@ -460,15 +460,13 @@ pub async fn transition(
         })
         .await?;
     Ok(match outcome {
-        Outcome::Answered(answer) => reply_response(render(&answer), version_of(&answer), false),
-        Outcome::Replayed(StoredAnswer::Typed(answer)) => {
-            reply_response(render(&answer), version_of(&answer), true)
-        }
+        Outcome::Answered(answer) => reply_response(render(&answer), false),
+        Outcome::Replayed(StoredAnswer::Typed(answer)) => reply_response(render(&answer), true),
         Outcome::Replayed(StoredAnswer::Rendered { status, body }) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             // Stored by an older release: its version is in the stored body.
             let version = body["case"]["version"].as_i64();
-            reply_response((status, body), version, true)
+            reply_response((status, body, version), true)
         }
         Outcome::Duplicate => {
             return Err(ApiError::Internal(anyhow::anyhow!(
@@ -481,12 +479,14 @@ pub async fn transition(
 /// The HTTP form of a transition's answer: 200 `{case, transition}`, or the
 /// rejection as problem+json. The same answer always renders the same
 /// bytes (bodies go through `Value`, whose keys are sorted), which is what
-/// makes an idempotent replay identical to the first reply.
-fn render(answer: &Answer) -> (StatusCode, Value) {
+/// makes an idempotent replay identical to the first reply. An applied
+/// answer also gives the case version it leaves (the reply's `ETag`).
+fn render(answer: &Answer) -> (StatusCode, Value, Option<i64>) {
     match answer {
         Answer::Applied { case, transition } => (
             StatusCode::OK,
             json!({"case": case, "transition": transition}),
+            Some(case.version),
         ),
         Answer::Rejected {
             rejection,
@@ -520,22 +520,13 @@ fn render(answer: &Answer) -> (StatusCode, Value) {
             };
             let status =
                 StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, problem.to_value())
+            (status, problem.to_value(), None)
         }
     }
 }
 
-/// The case version an applied answer leaves (the reply's `ETag`).
-fn version_of(answer: &Answer) -> Option<i64> {
-    match answer {
-        Answer::Applied { case, .. } => Some(case.version),
-        Answer::Rejected { .. } => None,
-    }
-}
-
 fn reply_response(
-    (status, body): (StatusCode, Value),
-    version: Option<i64>,
+    (status, body, version): (StatusCode, Value, Option<i64>),
     replayed: bool,
 ) -> Response {
     let mut response = (status, Json(body)).into_response();

@@ -13,7 +13,6 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Auth, CasePath};
 use super::state::AppState;
 use crate::auth::Role;
-use crate::contract::fact::PlanProposed;
 use crate::contract::{Fact, Message, PlanHash};
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
@@ -69,7 +68,7 @@ pub async fn propose(
             ),
         });
     }
-    let fact = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id)
+    let proposed = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id)
         .await
         .map_err(|e| match e {
             ProposeError::Duplicate => ApiError::Conflict {
@@ -78,21 +77,9 @@ pub async fn propose(
             },
             ProposeError::Database(e) => e.into(),
         })?;
-    let Fact::PlanProposed(PlanProposed { plan_id, .. }) = &fact else {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "propose answered {fact:?}"
-        )));
-    };
-    let plan_id = *plan_id;
-    let trace_id = telemetry::trace_id_from(None);
-    let message = Message::for_case(&case, &who.id, None, fact);
-    outbox::enqueue(
-        &mut tx,
-        Some(case.id),
-        &[message.to_envelope()],
-        &outbox::traceparent(&trace_id),
-    )
-    .await?;
+    let plan_id = proposed.plan_id;
+    let message = Message::for_case(&case, &who.id, None, Fact::PlanProposed(proposed));
+    outbox::enqueue_caused(&mut tx, case.id, &[message.to_envelope()], None).await?;
     tx.commit().await?;
     state.orchestrator.outbox_ready().wake();
     let body = Proposed {

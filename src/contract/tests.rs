@@ -65,6 +65,20 @@ fn every_fact_subject_keeps_its_json() {
     }
 }
 
+/// The orchestrator skips `INFORMATIONAL` subjects before parsing them; that
+/// list must name exactly the facts that propose no FSM event.
+#[test]
+fn informational_subjects_are_the_facts_without_an_event() {
+    for (subject, text) in FACTS {
+        let fact = round_trip::<Fact>(subject, text);
+        assert_eq!(
+            fact::INFORMATIONAL.contains(&subject),
+            fact.body.event().is_none(),
+            "{subject}"
+        );
+    }
+}
+
 /// Verification facts now name their plan; those written before still
 /// parse (judged against the current plan), and the new field is the only
 /// difference.

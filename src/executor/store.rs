@@ -213,9 +213,7 @@ impl Store {
                 has_rollback: false,
             }),
             approvals: crate::store::approvals(&self.pool, row.id).await?,
-            required_approvers: row
-                .required_approvers
-                .map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
+            required_approvers: crate::store::required_approvers(row.required_approvers),
             ..Facts::default()
         };
         let break_glass = row.gate_verdict.as_deref() == Some("break_glass");

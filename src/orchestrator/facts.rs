@@ -145,7 +145,7 @@ async fn current_plan(
             complete: row.try_get("complete")?,
             has_rollback: row.try_get("has_rollback")?,
         },
-        required.map(|r| u8::try_from(r).unwrap_or(u8::MAX)),
+        crate::store::required_approvers(required),
         row.try_get("auto_rollback")?,
     )))
 }

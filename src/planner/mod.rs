@@ -15,7 +15,6 @@ pub mod worker;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::contract::Fact;
 use crate::contract::fact::PlanProposed;
 pub use crate::contract::fact::PlanSource as Source;
 use crate::model::Case;
@@ -38,7 +37,7 @@ pub async fn propose(
     plan: &CheckedPlan,
     source: Source,
     author: &str,
-) -> Result<Fact, ProposeError> {
+) -> Result<PlanProposed, ProposeError> {
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete, \
@@ -58,9 +57,9 @@ pub async fn propose(
     if inserted == 0 {
         return Err(ProposeError::Duplicate);
     }
-    Ok(Fact::PlanProposed(PlanProposed {
+    Ok(PlanProposed {
         plan_id: id,
         plan_hash: plan.hash.clone(),
         source,
-    }))
+    })
 }

@@ -102,7 +102,7 @@ impl CaseWorker for Planner {
                     Ok(proposed) => {
                         tracing::info!(case.id = %case.id, by = %by, plan.hash = %checked.hash,
                                        "Plan proposed.");
-                        return Ok(vec![proposed]);
+                        return Ok(vec![Fact::PlanProposed(proposed)]);
                     }
                     Err(ProposeError::Duplicate) => format!(
                         "{by} gives plan {} again, which was already tried; a person should propose another",

@@ -6,4 +6,4 @@ pub mod cases;
 pub mod plans;
 
 pub use cases::{NewCase, insert_case, lock_case, read_case};
-pub use plans::approvals;
+pub use plans::{approvals, required_approvers};

@@ -31,3 +31,9 @@ pub async fn approvals<'e>(
         })
         .collect()
 }
+
+/// The gate's quorum as stored (`smallint`). A value outside `u8` saturates so
+/// an out-of-range row demands more approvers than exist rather than fewer.
+pub fn required_approvers(stored: Option<i16>) -> Option<u8> {
+    stored.map(|r| u8::try_from(r).unwrap_or(u8::MAX))
+}
