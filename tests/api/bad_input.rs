@@ -232,25 +232,34 @@ async fn bad_ids_routes_and_headers(pool: PgPool) {
     assert_eq!(app.status(case).await, "NEW");
 }
 
+/// Writes `head` on a raw connection (a request no HTTP client would send)
+/// and answers the first bytes back, which must come within `within` s.
+async fn first_answer(addr: &str, head: &str, within: u64, expect: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(within),
+        conn.read(&mut answer),
+    )
+    .await
+    .expect(expect)
+    .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 /// A `Content-Length` above the body limit is refused from the headers,
 /// before any of the body is read or waited for.
 #[sqlx::test]
 async fn an_oversize_content_length_is_refused_up_front(pool: PgPool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::new(pool).await;
     let addr = app.base.trim_start_matches("http://").to_string();
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /case HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
          Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n"
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(3), conn.read(&mut answer))
-        .await
-        .expect("answered without waiting for the body")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let text = first_answer(&addr, &head, 3, "answered without waiting for the body").await;
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
     assert_healthy(&app).await;
@@ -284,7 +293,6 @@ async fn if_match_zero_is_a_version_mismatch(pool: PgPool) {
 /// whole) is answered 503 with a problem body, never an empty one.
 #[sqlx::test]
 async fn a_request_past_its_deadline_gets_a_problem_not_an_empty_503(pool: PgPool) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::new(pool).await;
     let server = TestServer::start(opsloop::api::app_with(
         app.state.clone(),
@@ -292,18 +300,11 @@ async fn a_request_past_its_deadline_gets_a_problem_not_an_empty_503(pool: PgPoo
     ))
     .await;
     let addr = server.url.trim_start_matches("http://").to_string();
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST /case HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {OPERATOR}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"title\""
     );
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut answer))
-        .await
-        .expect("answered at the deadline")
-        .unwrap();
-    let text = String::from_utf8_lossy(&answer[..n]);
+    let text = first_answer(&addr, &head, 5, "answered at the deadline").await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.contains("\"code\":\"unavailable\""), "{text}");
