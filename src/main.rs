@@ -311,7 +311,7 @@ async fn spawn<H: consumer::Handler + 'static>(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let spec = role
         .consumer()
-        .ok_or_else(|| anyhow::anyhow!("the {role:?} role reads no stream"))?;
+        .ok_or_else(|| anyhow::anyhow!("the {role} role reads no stream"))?;
     roles::spawn_consumer(js, &spec, pool, handler, shutdown)
         .await
         .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))
