@@ -28,13 +28,14 @@ cargo build --locked --bin opsloop
 
 # Demo identities; the clear tokens stay in the local state folder only.
 export OPSLOOP_TOKENS_FILE="$state/tokens.toml"
-if [ ! -s "$state/demo-tokens.env" ] || [ ! -s "$OPSLOOP_TOKENS_FILE" ]; then
+# A tokens file from before tenants existed would be refused at start-up.
+if [ ! -s "$state/demo-tokens.env" ] || ! grep -q '^tenants' "$OPSLOOP_TOKENS_FILE" 2>/dev/null; then
   rm -f "$OPSLOOP_TOKENS_FILE"
   umask 077
   {
-    echo "OPSLOOP_DEMO_OPERATOR_TOKEN=$("$bin" token create --identity demo-operator --roles operator,approver --file "$OPSLOOP_TOKENS_FILE")"
-    echo "OPSLOOP_DEMO_SERVICE_TOKEN=$("$bin" token create --identity demo-worker --roles service --file "$OPSLOOP_TOKENS_FILE")"
-    echo "OPSLOOP_DEMO_VIEWER_TOKEN=$("$bin" token create --identity demo-viewer --roles viewer --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_OPERATOR_TOKEN=$("$bin" token create --identity demo-operator --roles operator,approver --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_SERVICE_TOKEN=$("$bin" token create --identity demo-worker --roles service --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_VIEWER_TOKEN=$("$bin" token create --identity demo-viewer --roles viewer --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
   } > "$state/demo-tokens.env"
 fi
 set -a; . "$state/demo-tokens.env"; set +a

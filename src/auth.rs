@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::contract::Tenant;
 use crate::workflow::EventKind;
 
 #[derive(
@@ -36,13 +37,79 @@ pub enum Role {
     Service,
 }
 
+/// The tenants an identity may act for: named ones, or every tenant (a
+/// platform admin, `*` in the tokens file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantScope {
+    All,
+    Only(BTreeSet<Tenant>),
+}
+
+impl TenantScope {
+    /// `["*"]` or tenant names, as the tokens file and `--tenants` write them.
+    pub fn parse<S: AsRef<str>>(names: &[S]) -> Result<TenantScope, String> {
+        if names.is_empty() {
+            return Err("no tenants".into());
+        }
+        if names.iter().any(|n| n.as_ref() == "*") {
+            return if names.len() == 1 {
+                Ok(TenantScope::All)
+            } else {
+                Err("`*` (every tenant) stands alone".into())
+            };
+        }
+        names
+            .iter()
+            .map(|n| {
+                Tenant::try_from(n.as_ref().to_string())
+                    .map_err(|_| format!("tenant {:?}: {}", n.as_ref(), Tenant::EXPECTED))
+            })
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map(TenantScope::Only)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            TenantScope::All => vec!["*".into()],
+            TenantScope::Only(set) => set.iter().map(|t| t.as_str().to_string()).collect(),
+        }
+    }
+
+    pub fn includes(&self, tenant: &Tenant) -> bool {
+        match self {
+            TenantScope::All => true,
+            TenantScope::Only(set) => set.contains(tenant),
+        }
+    }
+
+    /// For a query's `($n::text[] IS NULL OR tenant = ANY($n))`: the
+    /// scope is applied by the database, in the same statement that reads
+    /// the rows, never by filtering what came back.
+    pub fn sql(&self) -> Option<Vec<String>> {
+        match self {
+            TenantScope::All => None,
+            TenantScope::Only(set) => Some(set.iter().map(|t| t.as_str().to_string()).collect()),
+        }
+    }
+
+    /// One tenant: what a message about a case of that tenant may touch.
+    pub fn one(tenant: &Tenant) -> TenantScope {
+        TenantScope::Only([tenant.clone()].into())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub id: String,
     pub roles: BTreeSet<Role>,
+    pub tenants: TenantScope,
 }
 
 impl Identity {
+    pub fn may_act_for(&self, tenant: &Tenant) -> bool {
+        self.tenants.includes(tenant)
+    }
+
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role) || self.roles.contains(&Role::Admin)
     }
@@ -91,6 +158,10 @@ struct TokenFile {
 struct TokenEntry {
     identity: String,
     roles: Vec<Role>,
+    /// Tenant names, or `["*"]` for every tenant. Required: an entry
+    /// without it is refused at load (fail closed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tenants: Option<Vec<String>>,
     /// Hex SHA-256 of the bearer token.
     sha256: String,
 }
@@ -160,11 +231,23 @@ impl TokenStore {
             if !valid_identity(&entry.identity) {
                 return Err(bad("identity must be 1-64 of [A-Za-z0-9_.@-]"));
             }
+            let tenants = match &entry.tenants {
+                None => {
+                    return Err(bad(
+                        "no tenants: an identity acts for named tenants only. Add \
+                         `tenants = [\"<tenant>\", ...]` (or `[\"*\"]` for a platform \
+                         admin) to this entry, or create the token anew with \
+                         `opsloop token create --tenants ...`",
+                    ));
+                }
+                Some(names) => TenantScope::parse(names).map_err(|e| bad(&e))?,
+            };
             store.by_digest.insert(
                 key,
                 Identity {
                     id: entry.identity,
                     roles: entry.roles.into_iter().collect(),
+                    tenants,
                 },
             );
         }
@@ -201,19 +284,22 @@ pub fn create_token(
     path: &Path,
     identity: &str,
     roles: &[Role],
+    tenants: &TenantScope,
 ) -> Result<String, AuthConfigError> {
     let shown = path.display().to_string();
-    if !valid_identity(identity) || roles.is_empty() {
+    let names = tenants.names();
+    if !valid_identity(identity) || roles.is_empty() || TenantScope::parse(&names).is_err() {
         return Err(AuthConfigError::Entry {
             path: shown,
             identity: identity.to_string(),
-            problem: "identity must be 1-64 of [A-Za-z0-9_.@-] and roles non-empty".into(),
+            problem: "identity must be 1-64 of [A-Za-z0-9_.@-], roles and tenants non-empty".into(),
         });
     }
     let token = generate_token()?;
     let entry = TokenEntry {
         identity: identity.to_string(),
         roles: roles.to_vec(),
+        tenants: Some(names),
         sha256: hex::encode(digest(&token)),
     };
     let block = toml::to_string(&TokenFile {
@@ -256,13 +342,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opsloop-auth-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.toml");
-        let alice = create_token(&path, "alice", &[Role::Operator, Role::Approver]).unwrap();
-        let bot = create_token(&path, "planner", &[Role::Service]).unwrap();
+        let t1 = TenantScope::parse(&["t-001"]).unwrap();
+        let alice = create_token(&path, "alice", &[Role::Operator, Role::Approver], &t1).unwrap();
+        let bot = create_token(&path, "planner", &[Role::Service], &TenantScope::All).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&alice) && !text.contains(&bot));
         let store = TokenStore::load(&path).unwrap();
         let id = store.authenticate(&alice).unwrap();
         assert_eq!(id.id, "alice");
+        assert_eq!(id.tenants, t1);
+        assert_eq!(store.authenticate(&bot).unwrap().tenants, TenantScope::All);
         assert!(id.may_send(EventKind::GateApproved) && id.is_human());
         assert!(!id.may_send(EventKind::ExecDone));
         assert!(
@@ -283,11 +372,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opsloop-auth-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.toml");
-        create_token(&path, "alice", &[Role::Operator]).unwrap();
+        create_token(&path, "alice", &[Role::Operator], &TenantScope::All).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        create_token(&path, "bob", &[Role::Approver]).unwrap();
+        create_token(&path, "bob", &[Role::Approver], &TenantScope::All).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "an existing file is tightened too: {mode:o}");
         std::fs::remove_dir_all(dir).unwrap();
@@ -298,8 +387,48 @@ mod tests {
         let viewer = Identity {
             id: "v".into(),
             roles: [Role::Viewer].into(),
+            tenants: TenantScope::All,
         };
         assert!(viewer.may_read() && !viewer.may_create_cases());
         assert!(<EventKind as strum::IntoEnumIterator>::iter().all(|e| !viewer.may_send(e)));
+    }
+
+    /// An entry written before tenants existed acts for no one: the
+    /// service refuses to start and says how to fix the file.
+    #[test]
+    fn an_entry_without_tenants_fails_closed_with_the_fix() {
+        let dir = std::env::temp_dir().join(format!("opsloop-auth-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.toml");
+        let sha = hex::encode(digest("olp_x"));
+        std::fs::write(
+            &path,
+            format!("[[token]]\nidentity = \"old\"\nroles = [\"operator\"]\nsha256 = \"{sha}\"\n"),
+        )
+        .unwrap();
+        let err = TokenStore::load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("no tenants") && err.contains("--tenants"),
+            "{err}"
+        );
+        std::fs::write(
+            &path,
+            format!("[[token]]\nidentity = \"old\"\nroles = [\"operator\"]\ntenants = [\"*\", \"t-1\"]\nsha256 = \"{sha}\"\n"),
+        )
+        .unwrap();
+        assert!(TokenStore::load(&path).is_err(), "`*` stands alone");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn scopes_answer_for_their_tenants_only() {
+        let t1 = Tenant::try_from("t-001".to_string()).unwrap();
+        let t2 = Tenant::try_from("t-002".to_string()).unwrap();
+        let scope = TenantScope::parse(&["t-001"]).unwrap();
+        assert!(scope.includes(&t1) && !scope.includes(&t2));
+        assert_eq!(scope.sql(), Some(vec!["t-001".to_string()]));
+        assert!(TenantScope::All.includes(&t2) && TenantScope::All.sql().is_none());
+        assert!(TenantScope::parse::<&str>(&[]).is_err());
+        assert!(TenantScope::parse(&["Bad Tenant"]).is_err());
     }
 }

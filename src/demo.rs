@@ -6,6 +6,9 @@
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+/// The tenant of the demo's cases; the demo's tokens act for it (scripts/demo.sh).
+const TENANT: &str = "t-001";
+
 pub struct DemoTokens {
     pub operator: String,
     pub service: String,
@@ -103,13 +106,13 @@ impl Client {
                 "/metrics/ingest",
                 token,
                 Some(
-                    json!({"rows": [{"resource": service, "metric": "latency_p95_ms",
-                    "ts": minute.to_rfc3339(), "avg": latency_ms, "max": latency_ms * 1.1}]}),
+                    json!({"rows": [{"tenant": TENANT, "resource": service, "metric": "latency_p95_ms",
+                    "bucket": minute.to_rfc3339(), "avg": latency_ms, "max": latency_ms * 1.1}]}),
                 ),
                 None,
             )
             .await?;
-        if status != 200 {
+        if status != 202 {
             bail!("ingesting metrics answered {status}: {reply}");
         }
         println!("demo: ingested latency_p95_ms = {latency_ms} ms for {service}");
@@ -125,7 +128,7 @@ impl Client {
                 token,
                 Some(json!({
                     "title": format!("{service} p95 latency above 800 ms"),
-                    "tenant": "t-001",
+                    "tenant": TENANT,
                     "severity": "high",
                     "kind": "service",
                     "labels": {"alertname": "ServiceDegraded", "service": service, "env": "staging"}

@@ -85,6 +85,10 @@ enum TokenCommand {
         /// Comma-separated: viewer, operator, approver, admin, service.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<auth::Role>,
+        /// Comma-separated tenants the identity acts for, or `*` for every
+        /// tenant (platform admins).
+        #[arg(long, value_delimiter = ',', required = true)]
+        tenants: Vec<String>,
         #[arg(
             long,
             env = "OPSLOOP_TOKENS_FILE",
@@ -112,13 +116,16 @@ async fn main() -> anyhow::Result<()> {
                 TokenCommand::Create {
                     identity,
                     roles,
+                    tenants,
                     file,
                 },
         } => {
+            let tenants = auth::TenantScope::parse(&tenants)
+                .map_err(|e| anyhow::anyhow!("--tenants: {e}"))?;
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let token = auth::create_token(&file, &identity, &roles)?;
+            let token = auth::create_token(&file, &identity, &roles, &tenants)?;
             println!("{token}");
             Ok(())
         }

@@ -13,12 +13,13 @@ use std::future::Future;
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::auth::TenantScope;
 use crate::contract::{Body, CommandMsg, Fact, Message};
 use crate::model::Case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::pubsub::inbox;
 use crate::pubsub::outbox::{self, CommitWake};
-use crate::store::lock_case;
+use crate::store::lock_case_in;
 use crate::telemetry;
 
 /// Why a command could not be handled now.
@@ -109,11 +110,15 @@ impl<W: CaseWorker> Runner<W> {
             telemetry::inbox_dedup(name);
             return Ok(Disposition::Done);
         }
-        let Some(case) = lock_case(&mut tx, cmd.case_id.uuid()).await? else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::UnknownCase,
-                format!("case {} does not exist", cmd.case_id),
-            ));
+        let scope = TenantScope::one(&cmd.tenant);
+        let Some(case) = lock_case_in(&mut tx, cmd.case_id.uuid(), &scope).await? else {
+            drop(tx);
+            return Ok(Disposition::case_not_found(
+                &self.pool,
+                cmd.case_id.uuid(),
+                cmd.tenant.as_str(),
+            )
+            .await?);
         };
         if !self.worker.applies(cmd, &case) {
             // Claimed, so a redelivery finds nothing to do either.

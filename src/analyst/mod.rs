@@ -59,16 +59,15 @@ impl CaseWorker for Analyst {
         let case_id = case.id;
         let resource = resource_of(case);
         let rows: Vec<MetricPoint> = match &resource {
-            Some(r) => {
-                sqlx::query_as(
-                    "SELECT metric, avg, max, p95 FROM metric_1m WHERE resource = $1 \
+            Some(r) => sqlx::query_as(
+                "SELECT metric, avg, max, p95 FROM metric_1m WHERE tenant = $3 AND resource = $1 \
                      AND ts > now() - make_interval(mins => $2) ORDER BY metric, ts",
-                )
-                .bind(r)
-                .bind(LOOKBACK_MINUTES)
-                .fetch_all(&mut *tx)
-                .await?
-            }
+            )
+            .bind(r)
+            .bind(LOOKBACK_MINUTES)
+            .bind(case.tenant.as_str())
+            .fetch_all(&mut *tx)
+            .await?,
             None => Vec::new(),
         };
         let mut metrics: BTreeMap<String, Vec<(f64, f64, Option<f64>)>> = BTreeMap::new();

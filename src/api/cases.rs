@@ -14,12 +14,13 @@ use uuid::Uuid;
 use super::error::{ApiError, PROBLEM_JSON};
 use super::extract::{ApiJson, ApiQuery, Auth, CasePath};
 use super::state::AppState;
+use crate::auth::Identity;
 use crate::contract::{IdempotencyKey, PlanHash, Tenant};
 use crate::ids::is_slug;
 use crate::model::{Case, TimelineEntry};
 use crate::orchestrator::{Actor, Answer, Origin, Outcome, StoredAnswer, TransitionRequest};
 use crate::problem::Problem;
-use crate::store::{NewCase, read_case};
+use crate::store::{NewCase, read_case_in};
 use crate::telemetry;
 use crate::workflow::Rejection;
 use crate::workflow::{EventKind, Status};
@@ -121,7 +122,8 @@ fn with_etag(status: StatusCode, case: &Case, body: impl Serialize) -> Response 
 
 /// Create a case in `NEW`.
 #[utoipa::path(post, path = "/case", request_body = CreateCase, tag = "cases",
-    responses((status = 201, body = Case), (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem)),
+    responses((status = 201, body = Case), (status = 400, body = Problem), (status = 401, body = Problem),
+              (status = 403, body = Problem, description = "forbidden (role), tenant_forbidden (a tenant the caller lacks)")),
     security(("bearer" = [])))]
 pub async fn create_case(
     State(state): State<AppState>,
@@ -135,6 +137,9 @@ pub async fn create_case(
         )));
     }
     let new = body.validate()?;
+    if !who.may_act_for(&new.tenant) {
+        return Err(tenant_forbidden(&who, &new.tenant));
+    }
     let actor = Actor {
         id: who.id.clone(),
         human: who.is_human(),
@@ -150,17 +155,24 @@ pub async fn create_case(
     security(("bearer" = [])))]
 pub async fn get_case(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    Auth(who): Auth,
     CasePath(id): CasePath,
 ) -> Result<Response, ApiError> {
-    let case = fetch_case(&state, id).await?;
+    let case = fetch_case(&state, &who, id).await?;
     Ok(with_etag(StatusCode::OK, &case, &case))
 }
 
-async fn fetch_case(state: &AppState, id: Uuid) -> Result<Case, ApiError> {
-    read_case(state.orchestrator.pool(), id)
+/// The case if `who` acts for its tenant; another tenant's case is not
+/// found, with the same answer as an id that exists nowhere.
+pub async fn fetch_case(state: &AppState, who: &Identity, id: Uuid) -> Result<Case, ApiError> {
+    read_case_in(state.orchestrator.pool(), id, &who.tenants)
         .await?
         .ok_or(ApiError::CaseNotFound(id))
+}
+
+/// A write (or a filter) names a tenant the caller does not act for.
+pub fn tenant_forbidden(who: &Identity, tenant: &Tenant) -> ApiError {
+    ApiError::TenantForbidden(format!("{} does not act for tenant {tenant}", who.id))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -184,11 +196,12 @@ pub struct CaseList {
 
 /// Cases, newest first.
 #[utoipa::path(get, path = "/cases", tag = "cases", params(ListQuery),
-    responses((status = 200, body = CaseList), (status = 400, body = Problem)),
+    responses((status = 200, body = CaseList), (status = 400, body = Problem),
+              (status = 403, body = Problem, description = "tenant_forbidden: a tenant filter the caller lacks")),
     security(("bearer" = [])))]
 pub async fn list_cases(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    Auth(who): Auth,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<CaseList>, ApiError> {
     let status = q
@@ -207,6 +220,11 @@ pub async fn list_cases(
         .map(Tenant::try_from)
         .transpose()
         .map_err(|_| invalid("tenant", Tenant::EXPECTED))?;
+    if let Some(t) = &tenant
+        && !who.may_act_for(t)
+    {
+        return Err(tenant_forbidden(&who, t));
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(invalid("limit", "between 1 and 200"));
@@ -222,12 +240,14 @@ pub async fn list_cases(
         case_columns!(),
         " FROM ops_case WHERE ($1::text IS NULL OR status = $1) \
          AND ($2::text IS NULL OR tenant = $2) AND ($3::uuid IS NULL OR id < $3) \
+         AND ($5::text[] IS NULL OR tenant = ANY($5)) \
          ORDER BY id DESC LIMIT $4"
     ))
     .bind(status.map(Status::as_str))
     .bind(tenant.as_ref().map(Tenant::as_str))
     .bind(cursor)
     .bind(i64::from(limit) + 1)
+    .bind(who.tenants.sql())
     .fetch_all(state.orchestrator.pool())
     .await?;
     let more = items.len() > limit as usize;
@@ -269,7 +289,7 @@ struct Positioned {
     security(("bearer" = [])))]
 pub async fn timeline(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    Auth(who): Auth,
     CasePath(id): CasePath,
     ApiQuery(q): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Timeline>, ApiError> {
@@ -288,16 +308,21 @@ pub async fn timeline(
         "SELECT seq, ",
         timeline_columns!(),
         " FROM case_timeline WHERE case_id = $1 AND ($2::bigint IS NULL OR seq > $2) \
+         AND EXISTS (SELECT 1 FROM ops_case c WHERE c.id = $1 \
+                     AND ($4::text[] IS NULL OR c.tenant = ANY($4))) \
          ORDER BY seq LIMIT $3"
     ))
     .bind(id)
     .bind(after)
     .bind(i64::from(limit) + 1)
+    .bind(who.tenants.sql())
     .fetch_all(pool)
     .await?;
     // Every case has its `created` entry: no rows on the first page means
-    // no case; a later page may be empty for a real one.
-    if rows.is_empty() && (after.is_none() || read_case(pool, id).await?.is_none()) {
+    // no case (in the caller's tenants); a later page may be empty for a
+    // real one.
+    if rows.is_empty() && (after.is_none() || read_case_in(pool, id, &who.tenants).await?.is_none())
+    {
         return Err(ApiError::CaseNotFound(id));
     }
     let more = rows.len() > limit as usize;
@@ -443,6 +468,7 @@ pub async fn transition(
         .orchestrator
         .transition(TransitionRequest {
             case_id: id,
+            tenants: who.tenants.clone(),
             event,
             actor: Actor {
                 id: who.id.clone(),

@@ -39,6 +39,9 @@ pub enum ApiError {
     InvalidToken,
     #[error("{0}")]
     Forbidden(String),
+    /// The request names a tenant the caller does not act for.
+    #[error("{0}")]
+    TenantForbidden(String),
     #[error("case {0} not found")]
     CaseNotFound(Uuid),
     #[error("case {0} has no plan")]
@@ -74,7 +77,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unauthenticated | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::TenantForbidden(_) => StatusCode::FORBIDDEN,
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
@@ -99,6 +102,7 @@ impl ApiError {
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid_token",
             Self::Forbidden(_) => "forbidden",
+            Self::TenantForbidden(_) => "tenant_forbidden",
             Self::CaseNotFound(_) => "case_not_found",
             Self::PlanNotFound(_) => "plan_not_found",
             Self::PlanInvalid(_) => "plan_invalid",
@@ -120,7 +124,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
             Self::Unauthenticated | Self::InvalidToken => "Unauthorized",
-            Self::Forbidden(_) => "Forbidden",
+            Self::Forbidden(_) | Self::TenantForbidden(_) => "Forbidden",
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
             Self::PlanInvalid(_) => "Invalid plan",
             Self::InvalidRows(_) => "Invalid rows",

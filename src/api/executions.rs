@@ -6,10 +6,10 @@ use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
 
+use super::cases::fetch_case;
 use super::error::ApiError;
 use super::extract::{Auth, CasePath};
 use super::state::AppState;
-use crate::store::read_case;
 
 /// Execution runs (with steps) and verification results of a case.
 #[utoipa::path(get, path = "/case/{id}/executions", tag = "cases",
@@ -19,13 +19,12 @@ use crate::store::read_case;
     security(("bearer" = [])))]
 pub async fn list(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    Auth(who): Auth,
     CasePath(id): CasePath,
 ) -> Result<Json<Value>, ApiError> {
+    // Runs and results are read only for a case in the caller's tenants.
+    fetch_case(&state, &who, id).await?;
     let pool = state.orchestrator.pool();
-    read_case(pool, id)
-        .await?
-        .ok_or(ApiError::CaseNotFound(id))?;
     let runs: Vec<Value> = sqlx::query_scalar(
         "SELECT jsonb_build_object('id', r.id, 'kind', r.kind, 'status', r.status, 'plan_hash', r.plan_hash, \
            'attempt_id', r.attempt_id, 'error', r.error, 'started_at', r.started_at, 'finished_at', r.finished_at, \

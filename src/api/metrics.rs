@@ -6,27 +6,53 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Timelike, Utc};
 use serde_json::{Value, json};
 
+use super::cases::tenant_forbidden;
 use super::error::{ApiError, RowError};
 use super::extract::{ApiJson, Auth};
 use super::state::AppState;
 use crate::auth::Role;
+use crate::contract::Tenant;
 
 /// Rows accepted in one request.
 pub const MAX_ROWS: usize = 5000;
-const ROW_FIELDS: [&str; 7] = ["resource", "metric", "ts", "avg", "max", "p95", "count"];
+const ROW_FIELDS: [&str; 10] = [
+    "bucket", "ts", "tenant", "resource", "metric", "avg", "max", "p95", "count", "labels",
+];
+/// Larger magnitudes are not measurements but accidents (or attempts to
+/// overflow whoever sums them).
+const MAX_MAGNITUDE: f64 = 1e15;
+const MAX_LABELS: usize = 32;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricRow {
+    pub tenant: Tenant,
     pub resource: String,
     pub metric: String,
-    pub ts: DateTime<Utc>,
+    pub bucket: DateTime<Utc>,
     pub avg: f64,
     pub max: f64,
     pub p95: Option<f64>,
     pub count: i32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The earliest minute a row may be for: older is a clock or encoding
+/// error (year 0001 is what a zero timestamp becomes).
+fn earliest_bucket() -> DateTime<Utc> {
+    DateTime::from_timestamp(946_684_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The row's tenant as written, when it is one: checked before anything
+/// else, so a batch naming a tenant the caller lacks is refused whole.
+pub fn row_tenant(v: &Value) -> Option<Tenant> {
+    v.get("tenant")
+        .and_then(Value::as_str)
+        .and_then(|t| Tenant::try_from(t.to_string()).ok())
 }
 
 /// Checks one row; every problem is reported, not just the first.
@@ -46,6 +72,10 @@ pub fn parse_row(i: usize, v: &Value) -> Result<MetricRow, Vec<RowError>> {
     for k in obj.keys().filter(|k| !ROW_FIELDS.contains(&k.as_str())) {
         err(k, "unknown field");
     }
+    let tenant = row_tenant(v);
+    if tenant.is_none() {
+        err("tenant", Tenant::EXPECTED);
+    }
     let name = |k: &str, err: &mut dyn FnMut(&str, &str)| -> String {
         match obj.get(k).and_then(Value::as_str) {
             Some(s) if (1..=200).contains(&s.len()) && !s.chars().any(char::is_control) => {
@@ -59,32 +89,54 @@ pub fn parse_row(i: usize, v: &Value) -> Result<MetricRow, Vec<RowError>> {
     };
     let resource = name("resource", &mut err);
     let metric = name("metric", &mut err);
-    let ts = match obj
-        .get("ts")
+    // `ts` is the older name of `bucket`; one of them, not both.
+    let (field, raw) = match (obj.get("bucket"), obj.get("ts")) {
+        (Some(_), Some(_)) => {
+            err("ts", "`ts` is another name for `bucket`: send one of them");
+            ("bucket", None)
+        }
+        (Some(b), None) => ("bucket", Some(b)),
+        (None, t) => ("ts", t),
+    };
+    let bucket = match raw
         .and_then(Value::as_str)
         .map(DateTime::parse_from_rfc3339)
     {
         Some(Ok(t)) => {
             let t = t.with_timezone(&Utc);
             if t.second() != 0 || t.nanosecond() != 0 {
-                err("ts", "must be the start of a minute (seconds = 0)");
+                err(field, "must be the start of a minute (seconds = 0)");
             }
             if t > Utc::now() + chrono::Duration::minutes(5) {
-                err("ts", "is in the future");
+                err(field, "is in the future");
+            }
+            if t < earliest_bucket() {
+                err(
+                    field,
+                    "is before 2000-01-01: not a plausible measurement time",
+                );
             }
             t
         }
         _ => {
-            err("ts", "an RFC 3339 timestamp");
+            err(
+                field,
+                "an RFC 3339 timestamp (`bucket`, the minute's start)",
+            );
             DateTime::<Utc>::MIN_UTC
         }
     };
     let mut number = |k: &str, required: bool| -> Option<f64> {
         match obj.get(k) {
             None | Some(Value::Null) if !required => None,
-            Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => n.as_f64(),
+            Some(Value::Number(n))
+                if n.as_f64()
+                    .is_some_and(|x| x.is_finite() && x.abs() <= MAX_MAGNITUDE) =>
+            {
+                n.as_f64()
+            }
             _ => {
-                err(k, "a finite number");
+                err(k, "a finite number of magnitude at most 1e15");
                 None
             }
         }
@@ -107,26 +159,54 @@ pub fn parse_row(i: usize, v: &Value) -> Result<MetricRow, Vec<RowError>> {
     {
         err("avg", "is greater than max");
     }
-    if errors.is_empty() {
-        Ok(MetricRow {
+    let labels = match obj.get("labels") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(map))
+            if map.len() <= MAX_LABELS
+                && map.iter().all(|(k, v)| {
+                    (1..=63).contains(&k.len())
+                        && k.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+                        && v.as_str().is_some_and(|v| {
+                            v.chars().count() <= 256 && !v.chars().any(char::is_control)
+                        })
+                }) =>
+        {
+            map.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        }
+        Some(_) => {
+            err(
+                "labels",
+                "at most 32 string labels, keys 1-63 of [A-Za-z0-9_.-/], values up to 256 characters",
+            );
+            BTreeMap::new()
+        }
+    };
+    match tenant {
+        Some(tenant) if errors.is_empty() => Ok(MetricRow {
+            tenant,
             resource,
             metric,
-            ts,
+            bucket,
             avg: avg.unwrap_or_default(),
             max: max.unwrap_or_default(),
             p95,
             count,
-        })
-    } else {
-        Err(errors)
+            labels,
+        }),
+        _ => Err(errors),
     }
 }
 
-/// Store one-minute metric rows (`{"rows": [...]}`); a row for the same
-/// resource, metric and minute replaces the earlier one.
+/// Store one-minute metric rows (`{"rows": [...]}`, DESIGN §6); a row for
+/// the same tenant, resource, metric and minute replaces the earlier one.
+/// A row for a tenant the token does not act for refuses the whole batch.
 #[utoipa::path(post, path = "/metrics/ingest", tag = "metrics",
-    request_body(content = Object, description = "{\"rows\": [{resource, metric, ts, avg, max, p95?, count?}]}"),
-    responses((status = 200, description = "rows stored"), (status = 400, body = crate::problem::Problem),
+    request_body(content = Object, description = "{\"rows\": [{bucket, tenant, resource, metric, avg, max, p95?, labels?, count?}]} (`ts`: another name for `bucket`)"),
+    responses((status = 202, description = "rows stored"), (status = 400, body = crate::problem::Problem),
+              (status = 403, body = crate::problem::Problem, description = "forbidden, tenant_forbidden"),
               (status = 422, body = crate::problem::Problem, description = "rows_invalid, with an error per row")),
     security(("bearer" = [])))]
 pub async fn ingest(
@@ -155,17 +235,32 @@ pub async fn ingest(
             detail: format!("between 1 and {MAX_ROWS} rows per request"),
         });
     }
+    // Permission before validation: whether the batch may be written at
+    // all does not depend on the other rows being well formed.
+    if let Some(foreign) = rows
+        .iter()
+        .filter_map(row_tenant)
+        .find(|t| !who.may_act_for(t))
+    {
+        return Err(tenant_forbidden(&who, &foreign));
+    }
     let mut parsed = Vec::with_capacity(rows.len());
     let mut errors = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (i, row) in rows.iter().enumerate() {
         match parse_row(i, row) {
             Ok(r) => {
-                if let Some(first) = seen.insert((r.resource.clone(), r.metric.clone(), r.ts), i) {
+                let key = (
+                    r.tenant.clone(),
+                    r.resource.clone(),
+                    r.metric.clone(),
+                    r.bucket,
+                );
+                if let Some(first) = seen.insert(key, i) {
                     errors.push(RowError {
                         row: i,
-                        field: "ts".into(),
-                        message: format!("same resource, metric and minute as row {first}"),
+                        field: "bucket".into(),
+                        message: format!("same tenant, resource, metric and minute as row {first}"),
                     });
                 }
                 parsed.push(r);
@@ -178,19 +273,21 @@ pub async fn ingest(
     }
     let col = |f: fn(&MetricRow) -> Value| parsed.iter().map(f).collect::<Vec<_>>();
     let stored = sqlx::query(
-        "INSERT INTO metric_1m (resource, metric, ts, avg, max, p95, count) \
-         SELECT r->>'resource', r->>'metric', (r->>'ts')::timestamptz, (r->>'avg')::float8, \
-                (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int \
+        "INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
+         SELECT r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz, \
+                (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
+                r->'labels' \
          FROM jsonb_array_elements($1) AS r \
-         ON CONFLICT (resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, max = EXCLUDED.max, \
-         p95 = EXCLUDED.p95, count = EXCLUDED.count",
+         ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
+         max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels",
     )
     .bind(json!(col(|r| json!({
-        "resource": r.resource, "metric": r.metric, "ts": r.ts.to_rfc3339(),
-        "avg": r.avg, "max": r.max, "p95": r.p95, "count": r.count
+        "tenant": r.tenant, "resource": r.resource, "metric": r.metric,
+        "ts": r.bucket.to_rfc3339(), "avg": r.avg, "max": r.max, "p95": r.p95,
+        "count": r.count, "labels": r.labels
     }))))
     .execute(state.orchestrator.pool())
     .await?
     .rows_affected();
-    Ok((StatusCode::OK, Json(json!({"stored": stored}))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(json!({"stored": stored}))).into_response())
 }

@@ -17,7 +17,7 @@ use crate::contract::{Fact, Message, PlanHash};
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
 use crate::pubsub::outbox;
-use crate::store::lock_case;
+use crate::store::{lock_case_in, read_case_in};
 use crate::telemetry;
 use crate::workflow::Status;
 
@@ -56,7 +56,7 @@ pub async fn propose(
         ApiError::PlanInvalid(violations)
     })?;
     let mut tx = state.orchestrator.pool().begin().await?;
-    let case = lock_case(&mut tx, id)
+    let case = lock_case_in(&mut tx, id, &who.tenants)
         .await?
         .ok_or(ApiError::CaseNotFound(id))?;
     if case.status != Status::Planning {
@@ -99,19 +99,29 @@ pub async fn propose(
     security(("bearer" = [])))]
 pub async fn current(
     State(state): State<AppState>,
-    Auth(_who): Auth,
+    Auth(who): Auth,
     CasePath(id): CasePath,
 ) -> Result<Json<Value>, ApiError> {
     let pool = state.orchestrator.pool();
     let row = sqlx::query(
         "SELECT id, plan, plan_hash, source, author, required_approvers, created_at, \
          gate_verdict, gate_risk, gate_reasons, gate_freeze, gate_auto_rollback \
-         FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+         FROM plan_proposed WHERE case_id = $1 \
+         AND EXISTS (SELECT 1 FROM ops_case c WHERE c.id = $1 \
+                     AND ($2::text[] IS NULL OR c.tenant = ANY($2))) \
+         ORDER BY seq DESC LIMIT 1",
     )
     .bind(id)
+    .bind(who.tenants.sql())
     .fetch_optional(pool)
-    .await?
-    .ok_or(ApiError::PlanNotFound(id))?;
+    .await?;
+    let Some(row) = row else {
+        // Another tenant's case is as unknown as a case that never was.
+        return Err(match read_case_in(pool, id, &who.tenants).await? {
+            None => ApiError::CaseNotFound(id),
+            Some(_) => ApiError::PlanNotFound(id),
+        });
+    };
     let plan_id: Uuid = row.try_get("id")?;
     let hash: String = row.try_get("plan_hash")?;
     let approvals: Vec<ApprovalShown> = sqlx::query_as(

@@ -77,8 +77,8 @@ struct Phase {
 /// Healthy minutes for the resource, enough for both templates' checks.
 async fn healthy_metrics(pool: &sqlx::PgPool, resource: &str) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO metric_1m (resource, metric, ts, avg, max) \
-         SELECT $1, m.metric, date_trunc('minute', now()) - make_interval(mins => g), m.v, m.v \
+        "INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max) \
+         SELECT 'bench', $1, m.metric, date_trunc('minute', now()) - make_interval(mins => g), m.v, m.v \
          FROM generate_series(0, 5) g, (VALUES ('error_rate', 0.001), ('latency_p95_ms', 120.0)) m(metric, v) \
          ON CONFLICT DO NOTHING",
     )

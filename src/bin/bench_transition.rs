@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opsloop::api::{self, AppState};
-use opsloop::auth::{Identity, Role, TokenStore};
+use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -221,6 +221,7 @@ async fn main() -> anyhow::Result<()> {
         Identity {
             id: "bench".into(),
             roles: [Role::Admin, Role::Service].into(),
+            tenants: TenantScope::All,
         },
     );
     let state = AppState {

@@ -14,11 +14,12 @@ use uuid::Uuid;
 use super::adapter::{Adapter, ExecError};
 use super::plan::{Step, step_backoff, steps_of, targets, within};
 use super::store::{Attempt, Ending, StepAt, Store};
+use crate::auth::TenantScope;
 use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStatus};
 use crate::contract::{ChangePlan, CommandMsg, Message, PlanHash, Version};
 use crate::gatekeeper::policy::FreezeWindow;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition};
-use crate::store::read_case;
+use crate::store::read_case_in;
 use crate::telemetry;
 
 /// Deliveries a command waits for a busy target before the case is parked.
@@ -79,11 +80,10 @@ impl Machine {
         if existing.as_ref().is_some_and(|run| run.status != "running") {
             return Ok(Disposition::Done);
         }
-        let Some(case) = read_case(&self.store.pool, case_id).await? else {
-            return Ok(Disposition::DeadLetter(
-                DeadReason::UnknownCase,
-                format!("case {case_id} does not exist"),
-            ));
+        let scope = TenantScope::one(&cmd.tenant);
+        let Some(case) = read_case_in(&self.store.pool, case_id, &scope).await? else {
+            return Disposition::case_not_found(&self.store.pool, case_id, cmd.tenant.as_str())
+                .await;
         };
         // The plan must be this hash's, approved by the quorum.
         let stored = self.store.approved_plan(case_id, plan_hash).await?;

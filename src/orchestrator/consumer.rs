@@ -8,6 +8,7 @@
 use serde_json::json;
 
 use super::{Actor, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest};
+use crate::auth::TenantScope;
 use crate::contract::fact::INFORMATIONAL;
 use crate::contract::{Fact, Message};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
@@ -42,6 +43,7 @@ impl Handler for FactConsumer {
         }
         let request = TransitionRequest {
             case_id: fact.case_id.uuid(),
+            tenants: TenantScope::one(&fact.tenant),
             event,
             actor: Actor {
                 id: fact.actor.clone(),
@@ -64,10 +66,11 @@ impl Handler for FactConsumer {
                 Disposition::Done
             }
             Ok(Outcome::Answered(_) | Outcome::Replayed(_)) => Disposition::Done,
-            Err(TransitionError::CaseNotFound(id)) => Disposition::DeadLetter(
-                DeadReason::UnknownCase,
-                format!("case {id} does not exist"),
-            ),
+            Err(TransitionError::CaseNotFound(id)) => {
+                Disposition::case_not_found(self.orchestrator.pool(), id, fact.tenant.as_str())
+                    .await
+                    .unwrap_or_else(|e| Disposition::Retry(e.to_string()))
+            }
             Err(
                 e @ (TransitionError::VersionMismatch { .. }
                 | TransitionError::IdempotencyKeyReused),

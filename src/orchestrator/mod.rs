@@ -145,7 +145,7 @@ impl Orchestrator {
         }
 
         // 2.-3. Lock the case and check the caller's version.
-        let case = crate::store::lock_case(&mut tx, req.case_id)
+        let case = crate::store::lock_case_in(&mut tx, req.case_id, &req.tenants)
             .await?
             .ok_or(TransitionError::CaseNotFound(req.case_id))?;
         // A worker's fact about an older version is not an error but a

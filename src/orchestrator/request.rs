@@ -4,6 +4,7 @@
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::auth::TenantScope;
 use crate::contract::{IdempotencyKey, PlanHash};
 use crate::workflow::EventKind;
 
@@ -38,6 +39,9 @@ pub enum Origin {
 #[derive(Debug, Clone)]
 pub struct TransitionRequest {
     pub case_id: Uuid,
+    /// The tenants the request may touch: the caller's (HTTP) or the
+    /// message's own `tenant`. A case outside it is not found.
+    pub tenants: TenantScope,
     pub event: EventKind,
     pub actor: Actor,
     pub reason: Option<String>,

@@ -30,6 +30,8 @@ pub enum DeadReason {
     SubjectMismatch,
     UnknownType,
     UnknownCase,
+    /// The message names a case of another tenant than its own `tenant`.
+    TenantMismatch,
     InvalidData,
     MaxDeliverExceeded,
 }
@@ -47,6 +49,30 @@ pub enum Disposition {
 }
 
 impl Disposition {
+    /// A message's case was not found within the message's tenant: either
+    /// there is no such case, or it belongs to another tenant, which is
+    /// told apart here for whoever reads the dead letter.
+    pub async fn case_not_found<'e>(
+        db: impl sqlx::PgExecutor<'e>,
+        case_id: uuid::Uuid,
+        tenant: &str,
+    ) -> Result<Disposition, sqlx::Error> {
+        let owner: Option<String> = sqlx::query_scalar("SELECT tenant FROM ops_case WHERE id = $1")
+            .bind(case_id)
+            .fetch_optional(db)
+            .await?;
+        Ok(match owner {
+            None => Disposition::DeadLetter(
+                DeadReason::UnknownCase,
+                format!("case {case_id} does not exist"),
+            ),
+            Some(owner) => Disposition::DeadLetter(
+                DeadReason::TenantMismatch,
+                format!("case {case_id} belongs to tenant {owner}, not {tenant}"),
+            ),
+        })
+    }
+
     /// The envelope's type is not one this consumer handles.
     pub fn unknown_type(kind: &str) -> Disposition {
         Disposition::DeadLetter(DeadReason::UnknownType, format!("unknown type {kind}"))

@@ -5,6 +5,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::auth::TenantScope;
 use crate::case_columns;
 use crate::contract::Tenant;
 use crate::model::Case;
@@ -77,6 +78,41 @@ pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>
         " FROM ops_case WHERE id = $1 FOR UPDATE"
     ))
     .bind(id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// The case, if it belongs to a tenant of `scope`: another tenant's case is
+/// not found, exactly like one that does not exist.
+pub async fn read_case_in<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+    scope: &TenantScope,
+) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2))"
+    ))
+    .bind(id)
+    .bind(scope.sql())
+    .fetch_optional(db)
+    .await
+}
+
+/// `lock_case` within `scope`.
+pub async fn lock_case_in(
+    conn: &mut PgConnection,
+    id: Uuid,
+    scope: &TenantScope,
+) -> Result<Option<Case>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE"
+    ))
+    .bind(id)
+    .bind(scope.sql())
     .fetch_optional(&mut *conn)
     .await
 }

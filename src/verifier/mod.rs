@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use self::prometheus::Prometheus;
 use crate::contract::fact::{VerifyFailed, VerifyPassed};
-use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash, Tenant};
 use crate::model::Case;
 use crate::pubsub::consumer::Delivery;
 use crate::store::read_case;
@@ -242,8 +242,8 @@ impl Verifier {
                 .as_ref()
                 .and_then(|p| Some((p, p.template_for(&check)?)));
             let (verdict, detail) = match prometheus {
-                Some((p, template)) => p.evaluate(&check, template, now).await,
-                None => self.judge_from_metric_1m(&check, now).await?,
+                Some((p, template)) => p.evaluate(&check, &case.tenant, template, now).await,
+                None => self.judge_from_metric_1m(&check, &case.tenant, now).await?,
             };
             overall = overall.max(verdict);
             results.push(json!({
@@ -262,11 +262,14 @@ impl Verifier {
     async fn judge_from_metric_1m(
         &self,
         check: &Check,
+        tenant: &Tenant,
         now: DateTime<Utc>,
     ) -> Result<(Verdict, Value), sqlx::Error> {
+        // The case's tenant's rows only: another tenant's figures for a
+        // resource of the same name never judge this case.
         let values: Vec<f64> = sqlx::query_scalar(
             "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
-             FROM metric_1m WHERE resource = $1 AND metric = $2 \
+             FROM metric_1m WHERE tenant = $6 AND resource = $1 AND metric = $2 \
              AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
         )
         .bind(&check.resource)
@@ -274,6 +277,7 @@ impl Verifier {
         .bind(now)
         .bind(check.window_s as f64)
         .bind(check.stat.as_str())
+        .bind(tenant.as_str())
         .fetch_all(&self.pool)
         .await?;
         let (verdict, mut detail) = judge(check, &values, self.settings.min_coverage);

@@ -4,7 +4,7 @@
 //! the answer is read as a verdict.
 //!
 //! It owns the queries file (loaded and checked once, at start-up), the
-//! substitution of `{{resource}}` and `{{window}}`, and the reading of the
+//! substitution of `{{resource}}`, `{{tenant}}` and `{{window}}`, and the reading of the
 //! Prometheus response format. It must not take PromQL from a plan (plans
 //! may come from an LLM), must not be called inside a database transaction,
 //! and must never turn a failure into a pass: no series, NaN or ±Inf is
@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::Url;
+
+use crate::contract::Tenant;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -80,6 +82,8 @@ pub enum ConfigError {
 enum Part {
     Text(String),
     Resource,
+    /// The case's tenant: a checked slug, safe in a label matcher.
+    Tenant,
     Window,
 }
 
@@ -90,7 +94,7 @@ pub struct Template {
 }
 
 impl Template {
-    /// Accepts `{{resource}}` and `{{window}}`, written exactly so; any other
+    /// Accepts `{{resource}}`, `{{tenant}}` and `{{window}}`, written exactly so; any other
     /// `{{...}}` is an error, so a typo fails at start-up rather than sending
     /// a query with a literal placeholder in it.
     pub fn parse(text: &str) -> Result<Template, String> {
@@ -107,10 +111,11 @@ impl Template {
             };
             let part = match &after[..end] {
                 "resource" => Part::Resource,
+                "tenant" => Part::Tenant,
                 "window" => Part::Window,
                 other => {
                     return Err(format!(
-                        "unknown placeholder {{{{{other}}}}}: only {{{{resource}}}} and {{{{window}}}} exist"
+                        "unknown placeholder {{{{{other}}}}}: only {{{{resource}}}}, {{{{tenant}}}} and {{{{window}}}} exist"
                     ));
                 }
             };
@@ -126,9 +131,9 @@ impl Template {
         Ok(Template { parts })
     }
 
-    /// The query for a resource and a window; `Err` (why) when the resource
-    /// is not safe to put into PromQL.
-    pub fn render(&self, resource: &str, window_s: i64) -> Result<String, String> {
+    /// The query for a resource of a tenant and a window; `Err` (why) when
+    /// the resource is not safe to put into PromQL.
+    pub fn render(&self, resource: &str, tenant: &Tenant, window_s: i64) -> Result<String, String> {
         let resource = safe_resource(resource)?;
         Ok(self
             .parts
@@ -136,6 +141,7 @@ impl Template {
             .map(|p| match p {
                 Part::Text(t) => t.clone(),
                 Part::Resource => resource.to_string(),
+                Part::Tenant => tenant.as_str().to_string(),
                 Part::Window => format!("{window_s}s"),
             })
             .collect())
@@ -415,10 +421,11 @@ impl Prometheus {
     pub async fn evaluate(
         &self,
         check: &Check,
+        tenant: &Tenant,
         template: &Template,
         at: DateTime<Utc>,
     ) -> (Verdict, Value) {
-        let query = match template.render(&check.resource, check.window_s) {
+        let query = match template.render(&check.resource, tenant, check.window_s) {
             Ok(q) => q,
             Err(why) => {
                 return (
@@ -519,6 +526,10 @@ mod tests {
 
     const LATENCY: &str = "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{service=\"{{resource}}\"}[{{window}}]))) * 1000";
 
+    fn tenant() -> Tenant {
+        Tenant::try_from("t-001".to_string()).unwrap()
+    }
+
     fn queries(text: &str) -> Result<Queries, ConfigError> {
         Queries::parse(Path::new("q.toml"), text)
     }
@@ -527,13 +538,18 @@ mod tests {
     fn placeholders_are_substituted() {
         let t = Template::parse(LATENCY).unwrap();
         assert_eq!(
-            t.render("checkout-v2", 300).unwrap(),
+            t.render("checkout-v2", &tenant(), 300).unwrap(),
             "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{service=\"checkout-v2\"}[300s]))) * 1000"
         );
         let t = Template::parse("{{resource}}{{window}}").unwrap();
-        assert_eq!(t.render("a", 60).unwrap(), "a60s");
+        assert_eq!(t.render("a", &tenant(), 60).unwrap(), "a60s");
+        let t = Template::parse("up{tenant=\"{{tenant}}\",job=\"{{resource}}\"}").unwrap();
+        assert_eq!(
+            t.render("a", &tenant(), 60).unwrap(),
+            "up{tenant=\"t-001\",job=\"a\"}"
+        );
         let t = Template::parse("vector(1)").unwrap();
-        assert_eq!(t.render("a", 60).unwrap(), "vector(1)");
+        assert_eq!(t.render("a", &tenant(), 60).unwrap(), "vector(1)");
     }
 
     #[test]
@@ -550,13 +566,14 @@ mod tests {
             "a{b}",
             "a=~\".*\"",
         ] {
-            let why = t.render(bad, 60).unwrap_err();
+            let why = t.render(bad, &tenant(), 60).unwrap_err();
             assert!(why.contains("resource"), "{bad:?}: {why}");
         }
-        assert!(t.render(&"a".repeat(200), 60).is_ok());
-        assert!(t.render(&"a".repeat(201), 60).is_err());
+        assert!(t.render(&"a".repeat(200), &tenant(), 60).is_ok());
+        assert!(t.render(&"a".repeat(201), &tenant(), 60).is_err());
         assert!(
-            t.render("ns/checkout_v2.prod:8080-a", 60).is_ok(),
+            t.render("ns/checkout_v2.prod:8080-a", &tenant(), 60)
+                .is_ok(),
             "the whole allowed charset"
         );
     }
@@ -589,7 +606,7 @@ mod tests {
         assert_eq!(
             q.get("error_rate", "avg")
                 .unwrap()
-                .render("api", 120)
+                .render("api", &tenant(), 120)
                 .unwrap(),
             "sum(rate(x{service=\"api\"}[120s]))"
         );

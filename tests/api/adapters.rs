@@ -46,8 +46,8 @@ async fn a_rollout_restart_is_dry_run_then_watched_to_completion(pool: PgPool) {
     let lp = loop_with_k8s(pool, &k8s).await;
     // The template's check spans 5 minutes; half of them need data.
     sqlx::query(
-        "INSERT INTO metric_1m (resource, metric, ts, avg, max) \
-         SELECT $1, 'error_rate', date_trunc('minute', now()) - make_interval(mins => m), 0.001, 0.002 \
+        "INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max) \
+         SELECT 't-001', $1, 'error_rate', date_trunc('minute', now()) - make_interval(mins => m), 0.001, 0.002 \
          FROM generate_series(0, 5) m",
     )
     .bind(&name)

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use opsloop::api::{self, AppState};
-use opsloop::auth::{Identity, Role, TokenStore};
+use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::{Faults, NoFaults, Orchestrator};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -18,6 +18,11 @@ pub const APPROVER: &str = "tok-bob-approver";
 pub const APPROVER2: &str = "tok-carol-approver";
 pub const VIEWER: &str = "tok-vic-viewer";
 pub const SERVICE: &str = "tok-planner-service";
+/// A platform admin: every role, every tenant (`*`).
+pub const ADMIN: &str = "tok-root-admin";
+/// The tenants every other test identity acts for; `t-002` is nobody's
+/// but the admin's.
+pub const OWN_TENANTS: [&str; 3] = ["t-001", "t", "acme"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestResponse {
@@ -50,6 +55,7 @@ fn identity(id: &str, roles: &[Role]) -> Identity {
     Identity {
         id: id.into(),
         roles: roles.iter().copied().collect::<BTreeSet<_>>(),
+        tenants: TenantScope::parse(&OWN_TENANTS).unwrap(),
     }
 }
 
@@ -74,6 +80,14 @@ impl TestApp {
         tokens.insert(APPROVER2, identity("carol", &[Role::Approver]));
         tokens.insert(VIEWER, identity("vic", &[Role::Viewer]));
         tokens.insert(SERVICE, identity("planner", &[Role::Service]));
+        tokens.insert(
+            ADMIN,
+            Identity {
+                id: "root".into(),
+                roles: [Role::Admin].into(),
+                tenants: TenantScope::All,
+            },
+        );
         let nats = async_nats::connect(nats_url())
             .await
             .expect("connecting to the test NATS server");

@@ -168,6 +168,7 @@ async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
     let message_id = uuid::Uuid::now_v7();
     let request = TransitionRequest {
         case_id: case,
+        tenants: opsloop::auth::TenantScope::All,
         event: opsloop::workflow::EventKind::AnalysisDone,
         actor: Actor {
             id: "analyst".into(),

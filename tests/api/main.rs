@@ -22,6 +22,7 @@ mod plans;
 mod pubsub;
 mod replay;
 mod split;
+mod tenancy;
 mod transitions;
 mod verify_prometheus;
 mod walking_skeleton;

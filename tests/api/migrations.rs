@@ -128,3 +128,30 @@ async fn gate_decisions_recorded_before_the_gate_columns_are_backfilled(pool: Pg
     );
     assert_eq!(read(undecided).await, (None, None, None, None, None, false));
 }
+
+/// Metric rows stored before tenants existed belong to the `default`
+/// tenant afterwards; new rows must name theirs.
+#[sqlx::test(migrations = false)]
+async fn metric_rows_from_before_tenants_move_to_the_default_tenant(pool: PgPool) {
+    migrator_before(20261130000015).run(&pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO metric_1m (resource, metric, ts, avg, max) \
+         VALUES ('checkout', 'latency_p95_ms', date_trunc('minute', now()), 120, 130)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    opsloop::MIGRATOR.run(&pool).await.unwrap();
+    let tenant: String = sqlx::query_scalar("SELECT tenant FROM metric_1m")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(tenant, "default");
+    let unnamed = sqlx::query(
+        "INSERT INTO metric_1m (resource, metric, ts, avg, max) \
+         VALUES ('checkout', 'latency_p95_ms', date_trunc('minute', now()), 1, 1)",
+    )
+    .execute(&pool)
+    .await;
+    assert!(unnamed.is_err(), "a new row without a tenant is refused");
+}

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 
 use crate::helpers::*;
 
-fn plan() -> Value {
+pub fn plan() -> Value {
     json!({
         "title": "restart checkout",
         "environment": "staging",

@@ -762,6 +762,9 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
     mismatched.kind = "evt.exec.done.v1".into();
     let mut no_case = fact("evt.verify.pass.v1", case, 2);
     no_case.case_id = None;
+    // A fact claiming another tenant than its case's (issue #13).
+    let mut foreign = fact("evt.analysis.findings.v1", case, 2);
+    foreign.tenant = "t-002".into();
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("evt.analysis.findings.v1", b"{not json".to_vec()),
         ("evt.analysis.findings.v1", vec![0xff, 0xfe, 0x00]),
@@ -778,6 +781,10 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
             serde_json::to_vec(&mismatched).unwrap(),
         ),
         ("evt.verify.pass.v1", serde_json::to_vec(&no_case).unwrap()),
+        (
+            "evt.analysis.findings.v1",
+            serde_json::to_vec(&foreign).unwrap(),
+        ),
     ];
     for (subject, body) in bad {
         publish_raw(&js, subject, &Uuid::new_v4().to_string(), body).await;
@@ -789,7 +796,7 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
         orchestrator: app.orchestrator.clone(),
     };
     let c = orchestrator_consumer(&js).await;
-    assert_eq!(consume_all(&c, &pool, &handler).await, 7);
+    assert_eq!(consume_all(&c, &pool, &handler).await, 8);
     assert_eq!(
         app.status(case).await,
         "PLANNING",
@@ -807,14 +814,15 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
             "unknown_type",
             "unknown_case",
             "subject_mismatch",
-            "invalid_data"
+            "invalid_data",
+            "tenant_mismatch"
         ]
     );
     // Terminated, not redelivered: nothing more arrives.
     assert_eq!(consume_all(&c, &pool, &handler).await, 0);
     let info = c.clone().info().await.unwrap().clone();
     assert_eq!(info.num_ack_pending, 0);
-    assert!(app.metric("dead_letter_total").await >= 6.0);
+    assert!(app.metric("dead_letter_total").await >= 7.0);
 }
 
 /// Commands use the same consumer machinery; a malformed command is dead-lettered too.

@@ -74,6 +74,8 @@ async fn token(file: &Path, identity: &str, roles: &str) -> String {
             identity,
             "--roles",
             roles,
+            "--tenants",
+            "t-001",
             "--file",
         ])
         .arg(file)
@@ -178,7 +180,7 @@ impl Split {
             reqwest::Method::POST,
             "/metrics/ingest",
             &self.service,
-            json!({"rows": [{"resource": resource, "metric": "latency_p95_ms", "ts": ts, "avg": latency, "max": latency}]}),
+            json!({"rows": [{"tenant": "t-001", "resource": resource, "metric": "latency_p95_ms", "bucket": ts, "avg": latency, "max": latency}]}),
         )
         .await;
     }

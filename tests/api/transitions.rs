@@ -217,9 +217,17 @@ async fn list_filters_and_paginates_newest_first(pool: PgPool) {
         .await;
     assert_eq!(analyzing.body["items"].as_array().unwrap().len(), 1);
     let other = app
-        .send(Method::GET, "/cases?tenant=nobody", Some(VIEWER), &[], None)
+        .send(Method::GET, "/cases?tenant=acme", Some(VIEWER), &[], None)
         .await;
     assert!(other.body["items"].as_array().unwrap().is_empty());
+    let lacking = app
+        .send(Method::GET, "/cases?tenant=nobody", Some(VIEWER), &[], None)
+        .await;
+    assert_eq!(
+        (lacking.status, lacking.code()),
+        (403, "tenant_forbidden"),
+        "a filter naming a tenant the viewer lacks"
+    );
     let bad = app
         .send(Method::GET, "/cases?status=DONE", Some(VIEWER), &[], None)
         .await;

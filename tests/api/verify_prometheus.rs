@@ -397,7 +397,14 @@ async fn a_resource_that_could_inject_promql_is_never_sent() {
     for resource in ["x\"} or vector(1) #", "x\"}", "a b", ""] {
         let c = check(resource);
         let template = p.template_for(&c).unwrap();
-        let (verdict, detail) = p.evaluate(&c, template, Utc::now()).await;
+        let (verdict, detail) = p
+            .evaluate(
+                &c,
+                &"t-001".to_string().try_into().unwrap(),
+                template,
+                Utc::now(),
+            )
+            .await;
         assert_eq!(verdict, Verdict::Inconclusive, "{resource:?}");
         assert_eq!(detail["source"], "prometheus");
         let why = detail["why"].as_str().unwrap();
@@ -407,7 +414,12 @@ async fn a_resource_that_could_inject_promql_is_never_sent() {
     // The same check with a plain resource is sent.
     let c = check("checkout");
     let (verdict, _) = p
-        .evaluate(&c, p.template_for(&c).unwrap(), Utc::now())
+        .evaluate(
+            &c,
+            &"t-001".to_string().try_into().unwrap(),
+            p.template_for(&c).unwrap(),
+            Utc::now(),
+        )
         .await;
     assert_eq!(verdict, Verdict::Pass);
     assert_eq!(prom.queries(), [latency_query("checkout", "300s")]);
@@ -421,7 +433,12 @@ async fn a_silent_or_absent_server_is_inconclusive() {
     let c = check("checkout");
     let started = std::time::Instant::now();
     let (verdict, detail) = p
-        .evaluate(&c, p.template_for(&c).unwrap(), Utc::now())
+        .evaluate(
+            &c,
+            &"t-001".to_string().try_into().unwrap(),
+            p.template_for(&c).unwrap(),
+            Utc::now(),
+        )
         .await;
     assert_eq!(verdict, Verdict::Inconclusive);
     assert!(started.elapsed() < Duration::from_secs(3));
@@ -431,7 +448,12 @@ async fn a_silent_or_absent_server_is_inconclusive() {
     // Nobody listens there.
     let p = prometheus("http://127.0.0.1:1", &queries, 1000).await;
     let (verdict, detail) = p
-        .evaluate(&c, p.template_for(&c).unwrap(), Utc::now())
+        .evaluate(
+            &c,
+            &"t-001".to_string().try_into().unwrap(),
+            p.template_for(&c).unwrap(),
+            Utc::now(),
+        )
         .await;
     assert_eq!(verdict, Verdict::Inconclusive);
     let why = detail["why"].as_str().unwrap();

@@ -40,13 +40,13 @@ pub(crate) async fn ingest_metric(lp: &Loop, resource: &str, metric: &str, value
             Some(SERVICE),
             &[],
             Some(
-                json!({"rows": [{"resource": resource, "metric": metric, "ts": this_minute(),
-                                  "avg": value, "max": value + 10.0}]})
+                json!({"rows": [{"tenant": "t-001", "resource": resource, "metric": metric,
+                                  "bucket": this_minute(), "avg": value, "max": value + 10.0}]})
                 .to_string(),
             ),
         )
         .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.status, 202, "{:?}", r.body);
 }
 
 /// A degraded-service case (the restart-service template matches it),
@@ -461,13 +461,17 @@ async fn a_stale_attempts_result_is_rejected(pool: PgPool) {
 #[sqlx::test]
 async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let good = json!({"resource": "api", "metric": "error_rate", "ts": this_minute(), "avg": 0.01, "max": 0.02});
+    let good = json!({"tenant": "t-001", "resource": "api", "metric": "error_rate",
+                      "bucket": this_minute(), "avg": 0.01, "max": 0.02});
     let body = json!({"rows": [
         good,
-        {"resource": "", "metric": "m", "ts": "2026-11-21T10:00:30Z", "avg": 1, "max": 2},
-        {"resource": "api", "metric": "m", "ts": "yesterday", "avg": "NaN", "max": 0, "extra": 1},
-        {"resource": "api", "metric": "m", "ts": this_minute(), "avg": 5, "max": 1},
-        good
+        {"tenant": "t-001", "resource": "", "metric": "m", "bucket": "2026-11-21T10:00:30Z", "avg": 1, "max": 2},
+        {"tenant": "t-001", "resource": "api", "metric": "m", "bucket": "yesterday", "avg": "NaN", "max": 0, "extra": 1},
+        {"tenant": "t-001", "resource": "api", "metric": "m", "bucket": this_minute(), "avg": 5, "max": 1},
+        good,
+        {"tenant": "t-001", "resource": "api", "metric": "m", "bucket": "0001-01-01T00:00:00Z", "avg": -1e308, "max": 1e308},
+        {"resource": "api", "metric": "m", "bucket": this_minute(), "avg": 1, "max": 1, "labels": {"a": 1}},
+        {"tenant": "t-001", "resource": "api", "metric": "m", "bucket": this_minute(), "ts": this_minute(), "avg": 1, "max": 1}
     ]});
     let r = app
         .send(
@@ -486,10 +490,16 @@ async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(poo
             .iter()
             .any(|e| e["row"] == row && e["field"] == field)
     };
-    assert!(at(1, "resource") && at(1, "ts"));
-    assert!(at(2, "ts") && at(2, "avg") && at(2, "extra"));
+    assert!(at(1, "resource") && at(1, "bucket"));
+    assert!(at(2, "bucket") && at(2, "avg") && at(2, "extra"));
     assert!(at(3, "avg"));
-    assert!(at(4, "ts"), "a duplicate minute is named: {errors:?}");
+    assert!(at(4, "bucket"), "a duplicate minute is named: {errors:?}");
+    assert!(
+        at(5, "bucket") && at(5, "avg") && at(5, "max"),
+        "implausible values are refused: {errors:?}"
+    );
+    assert!(at(6, "tenant") && at(6, "labels"), "{errors:?}");
+    assert!(at(7, "ts"), "`ts` and `bucket` together: {errors:?}");
     assert!(!errors.iter().any(|e| e["row"] == 0));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_1m")
         .fetch_one(&app.pool)
@@ -497,16 +507,26 @@ async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(poo
         .unwrap();
     assert_eq!(stored, 0);
 
+    // `ts` is still accepted for `bucket`, and `labels` are kept.
+    let mut older = good.clone();
+    older["ts"] = older["bucket"].take();
+    older.as_object_mut().unwrap().remove("bucket");
+    older["labels"] = json!({"region": "eu-1"});
     let r = app
         .send(
             Method::POST,
             "/metrics/ingest",
             Some(SERVICE),
             &[],
-            Some(json!({"rows": [good]}).to_string()),
+            Some(json!({"rows": [older]}).to_string()),
         )
         .await;
-    assert_eq!((r.status, r.body["stored"].as_i64()), (200, Some(1)));
+    assert_eq!((r.status, r.body["stored"].as_i64()), (202, Some(1)));
+    let labels: Value = sqlx::query_scalar("SELECT labels FROM metric_1m WHERE tenant = 't-001'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(labels, json!({"region": "eu-1"}));
     let r = app
         .send(
             Method::POST,
@@ -527,6 +547,63 @@ async fn metric_rows_are_validated_row_by_row_and_stored_whole_or_not_at_all(poo
         )
         .await;
     assert_eq!(r.status, 400);
+}
+
+/// The hole of issue #13: rows had no tenant, so an operator could
+/// overwrite the minutes another tenant's verification trusts. Now a batch
+/// with one row of a tenant the token lacks is refused whole (403), and
+/// the same resource name in two tenants is two series: a case is judged
+/// from its own tenant's rows only.
+#[sqlx::test]
+async fn an_operator_cannot_write_or_read_another_tenants_metrics(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let row = |tenant: &str, v: f64| {
+        json!({"tenant": tenant, "resource": "checkout", "metric": "latency_p95_ms",
+               "bucket": this_minute(), "avg": v, "max": v})
+    };
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(OPERATOR),
+            &[],
+            Some(json!({"rows": [row("t-001", 100.0), row("t-002", 9999.0)]}).to_string()),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (403, "tenant_forbidden"),
+        "{:?}",
+        r.body
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_1m")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the whole batch is refused, the own row too");
+
+    for (token, tenant, v) in [(OPERATOR, "t-001", 100.0), (ADMIN, "t-002", 9999.0)] {
+        let r = app
+            .send(
+                Method::POST,
+                "/metrics/ingest",
+                Some(token),
+                &[],
+                Some(json!({"rows": [row(tenant, v)]}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let series: Vec<(String, f64)> =
+        sqlx::query_as("SELECT tenant, avg FROM metric_1m ORDER BY tenant")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        series,
+        [("t-001".to_string(), 100.0), ("t-002".to_string(), 9999.0)],
+        "one minute per tenant: t-002's row did not overwrite t-001's"
+    );
 }
 
 /// Defence in depth: a `cmd.exec.run` whose plan's approvals do not meet

@@ -60,6 +60,7 @@ pub async fn orchestrator_step(
     let outcome = orchestrator
         .transition(TransitionRequest {
             case_id: case,
+            tenants: opsloop::auth::TenantScope::All,
             event: event_at(step),
             actor: bench_actor(),
             reason: None,
@@ -176,6 +177,7 @@ pub async fn direct_step(
     orchestrator
         .transition(TransitionRequest {
             case_id: case,
+            tenants: opsloop::auth::TenantScope::All,
             event,
             actor: bench_actor(),
             reason: None,
