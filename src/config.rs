@@ -43,6 +43,15 @@ pub struct ServeConfig {
     /// Gate policy (TOML); the default policy of DESIGN §4 without it.
     #[arg(long, env = "OPSLOOP_POLICY_FILE")]
     pub policy_file: Option<PathBuf>,
+    /// The operator's targets file (TOML): the environment of each
+    /// namespace, gateway and script a plan may touch. Without it every
+    /// target counts as `prod` (two approvers, no automatic approval).
+    #[arg(
+        long,
+        env = "OPSLOOP_TARGETS_FILE",
+        default_value = "config/targets.toml"
+    )]
+    pub targets_file: PathBuf,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
     /// analyst, executor, verifier, or all.
     #[arg(

@@ -15,6 +15,7 @@ use opsloop::config::{self, ServeConfig};
 use opsloop::contract::Message;
 use opsloop::contract::fact::{EVT_CASE_TRANSITION, Fact};
 use opsloop::executor;
+use opsloop::gatekeeper::targets::Targets;
 use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::orchestrator::consumer as consumer_mod;
@@ -189,7 +190,15 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         Some(path) => Policy::load(path)?,
         None => Policy::default(),
     };
-    let orchestrator = Orchestrator::new(pool.clone()).with_freezes(policy.freeze_windows.clone());
+    let targets = if cfg.targets_file.exists() {
+        Targets::load(&cfg.targets_file)?
+    } else {
+        warn!(path = %cfg.targets_file.display(),
+              "No targets file: every target counts as prod (two approvers, no automatic approval).");
+        Targets::default()
+    };
+    let policy = Arc::new(policy.with_targets(targets)?);
+    let orchestrator = Orchestrator::new(pool.clone()).with_policy(policy.clone());
     let shutdown = CancellationToken::new();
     let plan_limits = PlanLimits {
         script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
@@ -243,7 +252,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if roles.has(Role::Gatekeeper) {
             let handler = Runner::new(
                 Gatekeeper {
-                    policy: policy.clone(),
+                    policy: (*policy).clone(),
                 },
                 pool.clone(),
                 wake.clone(),
@@ -261,7 +270,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 &cfg.script_allowlist,
                 wake.clone(),
             );
-            handler.set_freezes(policy.freeze_windows.clone());
+            handler.set_policy(policy.clone());
             tasks.push(spawn(&js, Role::Executor, &pool, handler, &shutdown).await?);
         }
         if roles.has(Role::Verifier) {

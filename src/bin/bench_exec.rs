@@ -114,7 +114,11 @@ async fn run_phase(
     };
     workers.add_worker(Role::Planner, planner).await?;
     let gate = Gatekeeper {
-        policy: Policy::default(),
+        // The shipped targets file: the demo script runs in staging, as
+        // in the service.
+        policy: Policy::default().with_targets(opsloop::gatekeeper::targets::Targets::load(
+            std::path::Path::new("config/targets.toml"),
+        )?)?,
     };
     workers.add_worker(Role::Gatekeeper, gate).await?;
     let executor = Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()], workers.wake());

@@ -17,7 +17,7 @@ use super::store::{Attempt, Ending, StepAt, Store};
 use crate::auth::TenantScope;
 use crate::contract::fact::{RunKind, RunStatus, StepPhase as Phase, StepStatus};
 use crate::contract::{ChangePlan, CommandMsg, Message, PlanHash, Version};
-use crate::gatekeeper::policy::FreezeWindow;
+use crate::gatekeeper::policy::Policy;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition};
 use crate::store::read_case_in;
 use crate::telemetry;
@@ -35,9 +35,10 @@ pub(super) struct Machine {
     pub store: Store,
     pub adapters: BTreeMap<&'static str, Arc<dyn Adapter>>,
     pub backoff_scale: f64,
-    /// The change freezes of the gate's policy, checked again before each
-    /// forward step: a freeze that began after the gate still holds.
-    pub freezes: Vec<FreezeWindow>,
+    /// The gate's policy and targets: its change freezes are checked again
+    /// before each forward step (a freeze that began after the gate still
+    /// holds).
+    pub policy: Arc<Policy>,
 }
 
 impl Machine {
@@ -59,9 +60,8 @@ impl Machine {
     /// The change freeze covering this plan now, if any.
     fn freeze_now(&self, attempt: &Attempt<'_>) -> Option<&str> {
         let now = chrono::Utc::now();
-        self.freezes
-            .iter()
-            .find(|w| w.active(now, attempt.environment, attempt.case.tenant.as_str()))
+        self.policy
+            .freeze_in(attempt.environments, attempt.case.tenant.as_str(), now)
             .map(|w| w.name.as_str())
     }
 
@@ -92,11 +92,9 @@ impl Machine {
             Err(why) => return Ok(Disposition::DeadLetter(DeadReason::InvalidData, why)),
         };
         let parsed = ChangePlan::from_stored(&approved.plan);
-        let environment = parsed
-            .as_ref()
-            .ok()
-            .and_then(|p| p.environment.clone())
-            .unwrap_or_default();
+        let environments = self
+            .policy
+            .environments_of(parsed.as_ref().ok(), case.tenant.as_str());
         let attempt = Attempt {
             case: &case,
             cmd,
@@ -104,7 +102,7 @@ impl Machine {
             plan_hash,
             kind,
             cause: d.traceparent.as_deref(),
-            environment: &environment,
+            environments: &environments,
             break_glass: approved.break_glass,
         };
         let plan = match parsed {

@@ -53,7 +53,7 @@ impl Executor {
                 store: Store { pool, wake },
                 adapters: BTreeMap::new(),
                 backoff_scale: settings.backoff_scale.max(0.0),
-                freezes: Vec::new(),
+                policy: Arc::new(crate::gatekeeper::policy::Policy::default()),
             },
         };
         e.register(Arc::new(adapter::Noop));
@@ -74,10 +74,10 @@ impl Executor {
         e
     }
 
-    /// The change freezes to enforce before each forward step (the same
-    /// policy file the gatekeeper reads).
-    pub fn set_freezes(&mut self, freezes: Vec<crate::gatekeeper::policy::FreezeWindow>) {
-        self.machine.freezes = freezes;
+    /// The gate's policy and targets, whose change freezes are enforced
+    /// before each forward step (the same files the gatekeeper reads).
+    pub fn set_policy(&mut self, policy: Arc<crate::gatekeeper::policy::Policy>) {
+        self.machine.policy = policy;
     }
 
     /// Adds or replaces the adapter for its action.

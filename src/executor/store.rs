@@ -69,8 +69,9 @@ pub(super) struct Attempt<'a> {
     pub kind: RunKind,
     /// The command's `traceparent`, continued by every fact.
     pub cause: Option<&'a str>,
-    /// The plan's environment, for the change-freeze check.
-    pub environment: &'a str,
+    /// Every environment the plan touches (from the targets file), for the
+    /// change-freeze check.
+    pub environments: &'a std::collections::BTreeSet<String>,
     /// The gate's verdict was a break-glass override (approved by the
     /// quorum): a change freeze does not stop this plan.
     pub break_glass: bool,

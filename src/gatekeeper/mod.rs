@@ -8,6 +8,7 @@
 //! No LLM text is an input to the decision.
 
 pub mod policy;
+pub mod targets;
 
 use serde_json::{Value, json};
 use sqlx::{PgConnection, Row};

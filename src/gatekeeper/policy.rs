@@ -10,6 +10,7 @@ use std::path::Path;
 use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::targets::{PlanEnvironment, Targets};
 use crate::contract::ChangePlan;
 use crate::contract::plan::Action;
 
@@ -34,6 +35,10 @@ pub struct Policy {
     /// Change freezes: inside one, nothing executes without a break-glass
     /// override approved by `quorum` distinct people.
     pub freeze_windows: Vec<FreezeWindow>,
+    /// The operator's targets file (`OPSLOOP_TARGETS_FILE`): the environment
+    /// of each step's target. Not a field of the policy file.
+    #[serde(skip)]
+    pub targets: Targets,
 }
 
 /// An absolute range (`from`..`until`) or a weekly window in UTC (`days`,
@@ -136,6 +141,7 @@ impl Default for Policy {
             max_steps: 20,
             auto_rollback: true,
             freeze_windows: Vec::new(),
+            targets: Targets::default(),
         }
     }
 }
@@ -173,7 +179,59 @@ impl Policy {
         self.freeze_windows
             .iter()
             .try_for_each(FreezeWindow::check)
-            .map_err(PolicyError::Invalid)
+            .map_err(PolicyError::Invalid)?;
+        if !self.prod_environments.contains(self.targets.highest()) {
+            return Err(PolicyError::Invalid(format!(
+                "the targets file's highest environment {:?} (where unknown targets go) \
+                 must be one of prod_environments",
+                self.targets.highest()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The policy with the operator's targets (checked against it).
+    pub fn with_targets(mut self, targets: Targets) -> Result<Policy, PolicyError> {
+        self.targets = targets;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The plan's environment for a tenant, from the targets file.
+    pub fn environment(&self, plan: &ChangePlan, tenant: &str) -> PlanEnvironment {
+        self.targets.plan_environment(plan, tenant)
+    }
+
+    /// Every environment the plan touches (`PlanEnvironment::all`); a plan
+    /// the model cannot read (`None`) is in the highest (fail closed).
+    pub fn environments_of(&self, plan: Option<&ChangePlan>, tenant: &str) -> BTreeSet<String> {
+        match plan {
+            Some(plan) => self.environment(plan, tenant).all,
+            None => [self.targets.highest().to_string()].into(),
+        }
+    }
+
+    /// The change freeze covering any of these environments now.
+    pub fn freeze_in(
+        &self,
+        environments: &BTreeSet<String>,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> Option<&FreezeWindow> {
+        self.freeze_windows
+            .iter()
+            .find(|w| environments.iter().any(|e| w.active(now, e, tenant)))
+    }
+
+    /// The change freeze covering the plan now: one covering any
+    /// environment its steps touch.
+    pub fn active_freeze(
+        &self,
+        plan: Option<&ChangePlan>,
+        tenant: &str,
+        now: DateTime<Utc>,
+    ) -> Option<&FreezeWindow> {
+        self.freeze_in(&self.environments_of(plan, tenant), tenant, now)
     }
 }
 
@@ -239,8 +297,13 @@ fn action_risk(action: &Action) -> f64 {
     }
 }
 
-/// The computed risk and its reasons, from the plan's content only.
-pub fn risk(plan: &ChangePlan, policy: &Policy) -> (f64, Vec<String>) {
+/// The computed risk and its reasons, from the plan's content and the
+/// environment its targets are in.
+pub fn risk(
+    plan: &ChangePlan,
+    policy: &Policy,
+    environment: &PlanEnvironment,
+) -> (f64, Vec<String>) {
     let mut reasons = Vec::new();
     let mut risk = plan
         .all_steps()
@@ -257,7 +320,8 @@ pub fn risk(plan: &ChangePlan, policy: &Policy) -> (f64, Vec<String>) {
         risk += 0.2;
         reasons.push("no rollback steps add 0.20".into());
     }
-    let env = plan.environment.as_deref().unwrap_or("");
+    reasons.extend(environment.reasons.iter().cloned());
+    let env = &environment.name;
     if policy.prod_environments.contains(env) {
         risk += 0.3;
         reasons.push(format!("environment {env} adds 0.30"));
@@ -273,7 +337,8 @@ pub fn risk(plan: &ChangePlan, policy: &Policy) -> (f64, Vec<String>) {
 
 /// The gate's verdict for a plan that already passed the ChangePlan contract.
 pub fn evaluate(plan: &ChangePlan, policy: &Policy, ctx: &GateContext) -> GateDecision {
-    let (risk, mut reasons) = risk(plan, policy);
+    let environment = policy.environment(plan, ctx.tenant);
+    let (risk, mut reasons) = risk(plan, policy, &environment);
     let mut denials = Vec::new();
     for step in plan.all_steps() {
         let action = step.action.name();
@@ -289,12 +354,8 @@ pub fn evaluate(plan: &ChangePlan, policy: &Policy, ctx: &GateContext) -> GateDe
     if plan.steps.len() > policy.max_steps {
         denials.push(format!("more than {} steps", policy.max_steps));
     }
-    let environment = plan.environment.as_deref().unwrap_or("");
-    let prod = policy.prod_environments.contains(environment);
-    let freeze = policy
-        .freeze_windows
-        .iter()
-        .find(|w| w.active(ctx.now, environment, ctx.tenant));
+    let prod = policy.prod_environments.contains(&environment.name);
+    let freeze = policy.active_freeze(Some(plan), ctx.tenant, ctx.now);
     let verdict = if !denials.is_empty() {
         reasons.extend(denials);
         Verdict::Deny
@@ -362,6 +423,28 @@ mod tests {
         p
     }
 
+    /// The default policy with targets for the names these plans use.
+    fn policy() -> Policy {
+        let targets: Targets = toml::from_str(
+            r#"
+            [[target]]
+            environment = "staging"
+            namespace = "shop"
+            [[target]]
+            environment = "staging"
+            gateway = "edge"
+            [[target]]
+            environment = "staging"
+            script = "restart.sh"
+            [[target]]
+            environment = "prod"
+            namespace = "shop-prod"
+            "#,
+        )
+        .unwrap();
+        Policy::default().with_targets(targets).unwrap()
+    }
+
     fn ctx() -> GateContext<'static> {
         GateContext {
             // A Wednesday, 14:30 UTC.
@@ -371,7 +454,7 @@ mod tests {
     }
 
     fn verdict(p: &ChangePlan) -> Verdict {
-        evaluate(p, &Policy::default(), &ctx()).verdict
+        evaluate(p, &policy(), &ctx()).verdict
     }
 
     #[test]
@@ -404,14 +487,11 @@ mod tests {
 
     #[test]
     fn a_plan_cannot_lower_its_own_risk() {
-        let (computed, _) = risk(
-            &plan("k8s.rollout", "staging", None, false),
-            &Policy::default(),
-        );
-        let (claimed, _) = risk(
-            &plan("k8s.rollout", "staging", Some(0.0), false),
-            &Policy::default(),
-        );
+        let p = policy();
+        let computed_plan = plan("k8s.rollout", "staging", None, false);
+        let env = p.environment(&computed_plan, "t-001");
+        let (computed, _) = risk(&computed_plan, &p, &env);
+        let (claimed, _) = risk(&plan("k8s.rollout", "staging", Some(0.0), false), &p, &env);
         assert_eq!(computed, claimed);
         assert!((computed - 0.55).abs() < 1e-9, "{computed}");
     }
@@ -421,7 +501,7 @@ mod tests {
         let mut p = plan_json("k8s.rollout", "staging", None, true);
         p["steps"][0]["params"]["namespace"] = json!("kube-system");
         let p = ChangePlan::from_stored(&p).unwrap();
-        let d = evaluate(&p, &Policy::default(), &ctx());
+        let d = evaluate(&p, &policy(), &ctx());
         assert_eq!(d.verdict, Verdict::Deny);
         assert!(
             d.reasons
@@ -432,7 +512,7 @@ mod tests {
         );
         let policy = Policy {
             allowed_actions: ["noop".to_string()].into(),
-            ..Policy::default()
+            ..policy()
         };
         assert_eq!(
             evaluate(&plan("gateway.flip", "dev", None, true), &policy, &ctx()).verdict,
@@ -444,8 +524,8 @@ mod tests {
     fn the_decision_is_deterministic() {
         let p = plan("gateway.flip", "staging", Some(0.5), false);
         assert_eq!(
-            evaluate(&p, &Policy::default(), &ctx()),
-            evaluate(&p, &Policy::default(), &ctx())
+            evaluate(&p, &policy(), &ctx()),
+            evaluate(&p, &policy(), &ctx())
         );
     }
 
@@ -524,5 +604,75 @@ mod tests {
         policy.allowed_actions = ["noop".to_string()].into();
         let d = evaluate(&plan("k8s.rollout", "staging", None, true), &policy, &ctx());
         assert_eq!(d.verdict, Verdict::Deny);
+    }
+
+    /// The hole of issue #13: the gate took `environment` from the plan, so
+    /// a plan that omitted it (or said staging) for a production namespace
+    /// needed one approver or none.
+    #[test]
+    fn a_production_target_needs_two_approvers_whatever_the_plan_says() {
+        for env in [None, Some("staging"), Some("dev")] {
+            let mut p = plan_json("k8s.rollout", "x", None, true);
+            p["steps"][0]["params"]["namespace"] = json!("shop-prod");
+            match env {
+                Some(e) => p["environment"] = json!(e),
+                None => {
+                    p.as_object_mut().unwrap().remove("environment");
+                }
+            }
+            let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy(), &ctx());
+            assert_eq!(
+                d.verdict,
+                Verdict::RequireApprovers { count: 2 },
+                "{env:?}: {:?}",
+                d.reasons
+            );
+        }
+    }
+
+    /// A script with an argv no rule knows is production: no automatic
+    /// approval for whatever arguments a plan writes.
+    #[test]
+    fn an_unknown_target_is_never_approved_automatically() {
+        let mut p = plan_json("script.exec", "staging", None, true);
+        p["steps"][0]["params"]["script"] = json!("drop-caches.sh");
+        let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy(), &ctx());
+        assert_eq!(
+            d.verdict,
+            Verdict::RequireApprovers { count: 2 },
+            "{:?}",
+            d.reasons
+        );
+        assert!(
+            d.reasons.iter().any(|r| r.contains("no rule")),
+            "{:?}",
+            d.reasons
+        );
+        // With no targets file at all, every target is production.
+        let p = plan("script.exec", "staging", None, true);
+        let d = evaluate(&p, &Policy::default(), &ctx());
+        assert_eq!(d.verdict, Verdict::RequireApprovers { count: 2 });
+    }
+
+    /// A freeze scoped to production holds for a plan whose steps touch
+    /// production, even when the plan says staging.
+    #[test]
+    fn a_freeze_of_any_touched_environment_holds() {
+        let mut policy = policy();
+        policy.freeze_windows = vec![FreezeWindow {
+            name: "prod-freeze".into(),
+            from: Some("2026-11-18T00:00:00Z".parse().unwrap()),
+            until: Some("2026-11-19T00:00:00Z".parse().unwrap()),
+            days: vec![],
+            start: None,
+            end: None,
+            environments: ["prod".to_string()].into(),
+            tenants: Default::default(),
+        }];
+        let mut p = plan_json("k8s.rollout", "staging", None, true);
+        p["rollback"]["steps"] = json!([{"action": "k8s.rollout",
+            "params": {"namespace": "shop-prod", "deployment": "api", "undo": true}, "timeout_s": 60, "retry": 0}]);
+        let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy, &ctx());
+        assert_eq!(d.verdict.freeze(), Some("prod-freeze"), "{:?}", d.reasons);
     }
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::request::{Origin, TransitionRequest};
 use super::store::HumanApproval;
 use crate::contract::{ChangePlan, PlanHash};
-use crate::gatekeeper::policy::FreezeWindow;
+use crate::gatekeeper::policy::Policy;
 use crate::model::Case;
 use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact};
 
@@ -35,7 +35,7 @@ pub async fn load(
     conn: &mut PgConnection,
     case: &Case,
     req: &TransitionRequest,
-    freezes: &[FreezeWindow],
+    policy: &Policy,
 ) -> Result<Loaded, sqlx::Error> {
     use EventKind as E;
     let mut facts = Facts {
@@ -77,8 +77,8 @@ pub async fn load(
         facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
             facts.approvals = crate::store::approvals(&mut *conn, id).await?;
-            if !freezes.is_empty() {
-                facts.freeze = active_freeze(conn, id, case, freezes).await?;
+            if !policy.freeze_windows.is_empty() {
+                facts.freeze = active_freeze(conn, id, case, policy).await?;
             }
         }
         facts.plan = Some(plan);
@@ -151,12 +151,13 @@ async fn current_plan(
 }
 
 /// The change freeze covering the plan now, unless the gate approved it as
-/// a break-glass override. The plan's environment is read from the model.
+/// a break-glass override. The plan's environments come from the
+/// operator's targets file, not from what the plan says.
 async fn active_freeze(
     conn: &mut PgConnection,
     plan_id: Uuid,
     case: &Case,
-    freezes: &[FreezeWindow],
+    policy: &Policy,
 ) -> Result<Option<String>, sqlx::Error> {
     let (plan, verdict): (serde_json::Value, Option<String>) =
         sqlx::query_as("SELECT plan, gate_verdict FROM plan_proposed WHERE id = $1")
@@ -166,15 +167,8 @@ async fn active_freeze(
     if verdict.as_deref() == Some("break_glass") {
         return Ok(None);
     }
-    // A plan the model cannot read gets no environment: freezes scoped to
-    // all environments still hold for it.
-    let environment = ChangePlan::from_stored(&plan)
-        .ok()
-        .and_then(|p| p.environment)
-        .unwrap_or_default();
-    let now = chrono::Utc::now();
-    Ok(freezes
-        .iter()
-        .find(|w| w.active(now, &environment, case.tenant.as_str()))
+    let plan = ChangePlan::from_stored(&plan).ok();
+    Ok(policy
+        .active_freeze(plan.as_ref(), case.tenant.as_str(), chrono::Utc::now())
         .map(|w| w.name.clone()))
 }

@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span};
 pub use outcome::{Answer, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError};
 pub use request::{Actor, Origin, TransitionRequest};
 
-use crate::gatekeeper::policy::FreezeWindow;
+use crate::gatekeeper::policy::Policy;
 use crate::model::Case;
 use crate::pubsub::outbox::CommitWake;
 use crate::store::NewCase;
@@ -33,8 +33,9 @@ pub struct Orchestrator {
     pool: PgPool,
     faults: Faults,
     outbox_ready: CommitWake,
-    /// The policy's change freezes: a guard on `gate_approved`.
-    freezes: Arc<Vec<FreezeWindow>>,
+    /// The gate's policy (with the targets file): its change freezes are a
+    /// guard on `gate_approved`.
+    policy: Arc<Policy>,
 }
 
 impl Orchestrator {
@@ -43,14 +44,14 @@ impl Orchestrator {
             pool,
             faults: Arc::new(NoFaults),
             outbox_ready: CommitWake::default(),
-            freezes: Arc::new(Vec::new()),
+            policy: Arc::new(Policy::default()),
         }
     }
 
-    /// The change freezes of the gate's policy (the same policy file the
-    /// gatekeeper and the executor read).
-    pub fn with_freezes(mut self, freezes: Vec<FreezeWindow>) -> Self {
-        self.freezes = Arc::new(freezes);
+    /// The gate's policy and targets (the same files the gatekeeper and
+    /// the executor read).
+    pub fn with_policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
         self
     }
 
@@ -161,7 +162,7 @@ impl Orchestrator {
         }
 
         // 4. Facts, then the pure decision.
-        let loaded = facts::load(&mut tx, &case, req, &self.freezes).await?;
+        let loaded = facts::load(&mut tx, &case, req, &self.policy).await?;
         let decision = workflow::decide(case.status, req.event, &loaded.facts);
         let record_approval = match &decision {
             Ok(d) => d.record_approval,

@@ -81,17 +81,34 @@ pub fn exec_settings() -> ExecSettings {
     }
 }
 
+/// The shipped targets file (`config/targets.toml`) and one rule for the
+/// tests' second allowlisted script (any argv).
+pub fn targets_text() -> String {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/targets.toml"))
+            .unwrap();
+    format!("{shipped}\n[[target]]\nenvironment = \"staging\"\nscript = \"restart-checkout.sh\"\n")
+}
+
+/// The default policy with the tests' targets, as `opsloop serve` runs it.
+pub fn policy() -> Policy {
+    let targets: opsloop::gatekeeper::targets::Targets = toml::from_str(&targets_text()).unwrap();
+    Policy::default().with_targets(targets).unwrap()
+}
+
 impl Loop {
     pub async fn new(pool: PgPool) -> Loop {
-        Loop::build(pool, Policy::default(), None).await
+        Loop::build(pool, policy(), None).await
     }
 
+    /// `policy` with the shipped targets file.
     pub async fn with_policy(pool: PgPool, policy: Policy) -> Loop {
+        let policy = policy.with_targets(crate::flow::policy().targets).unwrap();
         Loop::build(pool, policy, None).await
     }
 
     pub async fn with_llm(pool: PgPool, llm: LlmPlanner) -> Loop {
-        Loop::build(pool, Policy::default(), Some(llm)).await
+        Loop::build(pool, policy(), Some(llm)).await
     }
 
     /// Every role, through execution and verification; the verifier judges
@@ -111,7 +128,7 @@ impl Loop {
     /// Every role, with a verifier built from `verify` (a Prometheus source,
     /// for one).
     pub async fn full_with_verify(pool: PgPool, verify: VerifySettings) -> Loop {
-        let mut lp = Loop::build(pool.clone(), Policy::default(), None).await;
+        let mut lp = Loop::build(pool.clone(), policy(), None).await;
         let js = jetstream::new(lp._nats.client().await);
         let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
         let wake = lp.app.orchestrator.outbox_ready();
@@ -120,7 +137,11 @@ impl Loop {
             exec: durable(&js, Role::Executor).await,
             verify: durable(&js, Role::Verifier).await,
             analyst: Runner::new(Analyst, pool.clone(), wake.clone()),
-            executor: Executor::new(pool.clone(), &exec_settings(), &allowlist, wake.clone()),
+            executor: {
+                let mut e = Executor::new(pool.clone(), &exec_settings(), &allowlist, wake.clone());
+                e.set_policy(std::sync::Arc::new(policy()));
+                e
+            },
             verifier: Runner::new(Verifier::new(pool.clone(), verify).unwrap(), pool, wake),
         });
         lp
@@ -216,7 +237,13 @@ impl Loop {
                     serde_json::json!({"event": "gate_approved", "plan_hash": hash}),
                 )
                 .await;
-            assert_eq!(r.status, 200, "{:?}", r.body);
+            // A vote short of the quorum is recorded and answered 422 on
+            // the quorum guard alone (issue #18 will answer it better).
+            let short_of_quorum = r.status == 422
+                && r.body["guards"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().all(|f| f["guard"] == "approval_for_current_plan"));
+            assert!(r.status == 200 || short_of_quorum, "{:?}", r.body);
             self.settle().await;
         }
     }

@@ -305,8 +305,10 @@ async fn no_approval_opens_the_gate_inside_a_change_freeze(pool: PgPool) {
     let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     let freeze = freeze_now("release-freeze");
     let mut state = app.state.clone();
-    state.orchestrator =
-        opsloop::orchestrator::Orchestrator::new(app.pool.clone()).with_freezes(vec![freeze]);
+    let mut policy = crate::flow::policy();
+    policy.freeze_windows = vec![freeze];
+    state.orchestrator = opsloop::orchestrator::Orchestrator::new(app.pool.clone())
+        .with_policy(std::sync::Arc::new(policy));
     let frozen = TestServer::start(opsloop::api::app(state)).await;
     let r = app
         .http

@@ -75,6 +75,38 @@ async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
     assert_eq!(lp.app.status(case).await, "EXECUTING");
 }
 
+/// The hole of issue #13: the gate took the environment from the plan. A
+/// plan for a namespace the operator's targets file does not put below
+/// prod needs two people, whether it names no environment or says
+/// staging; and a script with an argv no rule knows is never approved
+/// automatically.
+#[sqlx::test]
+async fn the_environment_comes_from_the_targets_file_not_the_plan(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let mut unnamed = plan("x", "payments");
+    unnamed.as_object_mut().unwrap().remove("environment");
+    let script = json!({
+        "title": "restart", "environment": "staging",
+        "steps": [{"action": "script.exec",
+                   "params": {"script": "restart-service.sh", "args": ["--service", "checkout", "--purge-all"]},
+                   "timeout_s": 10, "retry": 0}],
+        "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+        "verify": {"checks": []}
+    });
+    for p in [unnamed, plan("staging", "payments"), script] {
+        let (case, _) = lp.propose(&p).await;
+        assert_eq!(lp.app.status(case).await, "WAIT_GATE", "{p}");
+        let got = lp.app.current_plan(case).await;
+        assert_eq!(got.body["gate"]["required_approvers"], 2, "{}", got.body);
+        let reasons = got.body["gate"]["decision"]["reasons"].to_string();
+        assert!(reasons.contains("no rule of the targets file"), "{reasons}");
+    }
+    // The shipped file puts `shop` in staging: one approver, as before.
+    let (case, _) = lp.propose(&plan("staging", "shop")).await;
+    let got = lp.app.current_plan(case).await;
+    assert_eq!(got.body["gate"]["required_approvers"], 1, "{}", got.body);
+}
+
 #[sqlx::test]
 async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
     let lp = Loop::new(pool).await;

@@ -94,6 +94,8 @@ impl Split {
         let tokens = dir.join("tokens.toml");
         let operator = token(&tokens, "alice", "operator,approver").await;
         let service = token(&tokens, "metrics-feed", "service").await;
+        let targets = dir.join("targets.toml");
+        std::fs::write(&targets, crate::flow::targets_text()).unwrap();
         let spawn = |name: &str, roles: &str| {
             let port = free_port();
             let log = dir.join(format!("{name}.log"));
@@ -104,6 +106,7 @@ impl Split {
                 .env("NATS_URL", &nats.url)
                 .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
                 .env("OPSLOOP_TOKENS_FILE", &tokens)
+                .env("OPSLOOP_TARGETS_FILE", &targets)
                 .env("OPSLOOP_DB_POOL", "6")
                 .env("OPSLOOP_TEMPLATES_DIR", manifest("templates"))
                 .env("OPSLOOP_SCRIPTS_DIR", manifest("scripts/actions"))

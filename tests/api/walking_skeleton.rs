@@ -661,8 +661,9 @@ async fn a_forged_exec_command_short_of_the_quorum_runs_nothing(pool: PgPool) {
 #[sqlx::test]
 async fn a_freeze_that_starts_after_the_gate_blocks_execution(pool: PgPool) {
     let mut lp = Loop::full(pool).await;
-    lp.executor_mut()
-        .set_freezes(vec![freeze_now("release-freeze")]);
+    let mut policy = crate::flow::policy();
+    policy.freeze_windows = vec![freeze_now("release-freeze")];
+    lp.executor_mut().set_policy(std::sync::Arc::new(policy));
     let svc = service();
     let plan = json!({
         "title": "restart", "environment": "staging",
