@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::contract::Tenant;
+use crate::roles::Role as WorkerRole;
 use crate::workflow::EventKind;
 
 #[derive(
@@ -103,6 +104,10 @@ pub struct Identity {
     pub id: String,
     pub roles: BTreeSet<Role>,
     pub tenants: TenantScope,
+    /// A service identity's worker role (one per role, DESIGN §10): the
+    /// worker facts it may send. `None`: a service that sends none (a
+    /// metrics feed, an alert intake), or a person.
+    pub acts_as: Option<WorkerRole>,
 }
 
 impl Identity {
@@ -119,22 +124,31 @@ impl Identity {
         !self.roles.contains(&Role::Service)
     }
 
-    /// Who may send which event (DESIGN §6, issue #2).
+    fn is_worker(&self, role: WorkerRole) -> bool {
+        self.roles.contains(&Role::Service) && self.acts_as == Some(role)
+    }
+
+    fn human_with(&self, role: Role) -> bool {
+        self.is_human() && self.has(role)
+    }
+
+    /// Who may send which event: DESIGN §10's ownership table. A worker
+    /// fact only from the service identity of the role that owns it; a
+    /// human event only from a person.
     pub fn may_send(&self, event: EventKind) -> bool {
         use EventKind as E;
+        use WorkerRole as W;
         match event {
+            E::StartAnalysis => self.human_with(Role::Operator) || self.is_worker(W::Analyst),
+            E::AnalysisDone => self.is_worker(W::Analyst),
+            E::PlanReady | E::PlanFailed => self.is_worker(W::Planner),
+            E::ExecDone | E::ExecFailed => self.is_worker(W::Executor),
+            E::VerifyPass | E::VerifyFailed => self.is_worker(W::Verifier),
             E::GateApproved | E::GateRejected => {
-                self.has(Role::Approver) || self.has(Role::Service)
+                self.human_with(Role::Approver) || self.is_worker(W::Gatekeeper)
             }
-            E::StartAnalysis | E::AnalysisDone | E::Resume | E::Dismiss => {
-                self.has(Role::Operator) || self.has(Role::Service)
-            }
-            E::PlanReady
-            | E::PlanFailed
-            | E::ExecDone
-            | E::ExecFailed
-            | E::VerifyPass
-            | E::VerifyFailed => self.has(Role::Service),
+            E::Resume => self.human_with(Role::Operator),
+            E::Dismiss => self.human_with(Role::Operator) || self.is_worker(W::Analyst),
         }
     }
 
@@ -162,6 +176,9 @@ struct TokenEntry {
     /// without it is refused at load (fail closed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tenants: Option<Vec<String>>,
+    /// A service identity's worker role (`analyst`, `planner`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acts_as: Option<String>,
     /// Hex SHA-256 of the bearer token.
     sha256: String,
 }
@@ -242,12 +259,15 @@ impl TokenStore {
                 }
                 Some(names) => TenantScope::parse(names).map_err(|e| bad(&e))?,
             };
+            let acts_as =
+                parse_acts_as(entry.acts_as.as_deref(), &entry.roles).map_err(|e| bad(&e))?;
             store.by_digest.insert(
                 key,
                 Identity {
                     id: entry.identity,
                     roles: entry.roles.into_iter().collect(),
                     tenants,
+                    acts_as,
                 },
             );
         }
@@ -262,6 +282,26 @@ impl TokenStore {
     pub fn authenticate(&self, token: &str) -> Option<&Identity> {
         self.by_digest.get(&digest(token))
     }
+}
+
+/// `acts_as` names a worker role, and only a service identity has one.
+fn parse_acts_as(name: Option<&str>, roles: &[Role]) -> Result<Option<WorkerRole>, String> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    let role = name
+        .parse::<WorkerRole>()
+        .ok()
+        .filter(|r| r.consumer().is_some())
+        .ok_or_else(|| {
+            format!(
+                "acts_as {name:?} is not a worker role (analyst, planner, gatekeeper, executor, verifier, orchestrator)"
+            )
+        })?;
+    if !roles.contains(&Role::Service) {
+        return Err("acts_as is for service identities (role service) only".into());
+    }
+    Ok(Some(role))
 }
 
 fn valid_identity(id: &str) -> bool {
@@ -285,21 +325,27 @@ pub fn create_token(
     identity: &str,
     roles: &[Role],
     tenants: &TenantScope,
+    acts_as: Option<&str>,
 ) -> Result<String, AuthConfigError> {
     let shown = path.display().to_string();
     let names = tenants.names();
+    let entry_error = |problem: String| AuthConfigError::Entry {
+        path: shown.clone(),
+        identity: identity.to_string(),
+        problem,
+    };
     if !valid_identity(identity) || roles.is_empty() || TenantScope::parse(&names).is_err() {
-        return Err(AuthConfigError::Entry {
-            path: shown,
-            identity: identity.to_string(),
-            problem: "identity must be 1-64 of [A-Za-z0-9_.@-], roles and tenants non-empty".into(),
-        });
+        return Err(entry_error(
+            "identity must be 1-64 of [A-Za-z0-9_.@-], roles and tenants non-empty".into(),
+        ));
     }
+    parse_acts_as(acts_as, roles).map_err(entry_error)?;
     let token = generate_token()?;
     let entry = TokenEntry {
         identity: identity.to_string(),
         roles: roles.to_vec(),
         tenants: Some(names),
+        acts_as: acts_as.map(str::to_string),
         sha256: hex::encode(digest(&token)),
     };
     let block = toml::to_string(&TokenFile {
@@ -343,8 +389,21 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.toml");
         let t1 = TenantScope::parse(&["t-001"]).unwrap();
-        let alice = create_token(&path, "alice", &[Role::Operator, Role::Approver], &t1).unwrap();
-        let bot = create_token(&path, "planner", &[Role::Service], &TenantScope::All).unwrap();
+        let alice =
+            create_token(&path, "alice", &[Role::Operator, Role::Approver], &t1, None).unwrap();
+        let bot = create_token(
+            &path,
+            "executor",
+            &[Role::Service],
+            &TenantScope::All,
+            Some("executor"),
+        )
+        .unwrap();
+        assert!(
+            create_token(&path, "x", &[Role::Operator], &t1, Some("executor")).is_err(),
+            "acts_as is for services"
+        );
+        assert!(create_token(&path, "x", &[Role::Service], &t1, Some("api")).is_err());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&alice) && !text.contains(&bot));
         let store = TokenStore::load(&path).unwrap();
@@ -372,11 +431,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("opsloop-auth-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokens.toml");
-        create_token(&path, "alice", &[Role::Operator], &TenantScope::All).unwrap();
+        create_token(&path, "alice", &[Role::Operator], &TenantScope::All, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{mode:o}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        create_token(&path, "bob", &[Role::Approver], &TenantScope::All).unwrap();
+        create_token(&path, "bob", &[Role::Approver], &TenantScope::All, None).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "an existing file is tightened too: {mode:o}");
         std::fs::remove_dir_all(dir).unwrap();
@@ -388,6 +447,7 @@ mod tests {
             id: "v".into(),
             roles: [Role::Viewer].into(),
             tenants: TenantScope::All,
+            acts_as: None,
         };
         assert!(viewer.may_read() && !viewer.may_create_cases());
         assert!(<EventKind as strum::IntoEnumIterator>::iter().all(|e| !viewer.may_send(e)));
@@ -430,5 +490,52 @@ mod tests {
         assert!(TenantScope::All.includes(&t2) && TenantScope::All.sql().is_none());
         assert!(TenantScope::parse::<&str>(&[]).is_err());
         assert!(TenantScope::parse(&["Bad Tenant"]).is_err());
+    }
+
+    /// DESIGN §10: worker facts only from the owning role's service
+    /// identity, human events only from people.
+    #[test]
+    fn each_event_has_its_owners_only() {
+        use EventKind as E;
+        let who = |roles: &[Role], acts_as: Option<WorkerRole>| Identity {
+            id: "x".into(),
+            roles: roles.iter().copied().collect(),
+            tenants: TenantScope::All,
+            acts_as,
+        };
+        let operator = who(&[Role::Operator, Role::Approver], None);
+        let admin = who(&[Role::Admin], None);
+        let executor = who(&[Role::Service], Some(WorkerRole::Executor));
+        let bare_service = who(&[Role::Service], None);
+        let service_admin = who(&[Role::Service, Role::Admin], None);
+        for e in [
+            E::AnalysisDone,
+            E::PlanReady,
+            E::ExecDone,
+            E::VerifyFailed,
+            E::VerifyPass,
+        ] {
+            assert!(
+                !operator.may_send(e) && !admin.may_send(e),
+                "{e}: people send no worker facts"
+            );
+        }
+        assert!(executor.may_send(E::ExecDone) && executor.may_send(E::ExecFailed));
+        assert!(!executor.may_send(E::VerifyFailed) && !executor.may_send(E::PlanReady));
+        for e in <EventKind as strum::IntoEnumIterator>::iter() {
+            assert!(
+                !bare_service.may_send(e),
+                "{e}: a service acting as no role"
+            );
+        }
+        for e in [E::Resume, E::GateApproved, E::StartAnalysis] {
+            assert!(
+                !service_admin.may_send(e),
+                "{e}: a human event needs a person"
+            );
+            assert!(admin.may_send(e) && operator.may_send(e));
+        }
+        let gatekeeper = who(&[Role::Service], Some(WorkerRole::Gatekeeper));
+        assert!(gatekeeper.may_send(E::GateRejected) && !gatekeeper.may_send(E::Resume));
     }
 }

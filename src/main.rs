@@ -90,6 +90,11 @@ enum TokenCommand {
         /// tenant (platform admins).
         #[arg(long, value_delimiter = ',', required = true)]
         tenants: Vec<String>,
+        /// For a `service` identity: the worker role it acts as (analyst,
+        /// planner, gatekeeper, executor, verifier, orchestrator); the
+        /// worker facts it may send. One identity per role.
+        #[arg(long)]
+        acts_as: Option<String>,
         #[arg(
             long,
             env = "OPSLOOP_TOKENS_FILE",
@@ -118,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                     identity,
                     roles,
                     tenants,
+                    acts_as,
                     file,
                 },
         } => {
@@ -126,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)?;
             }
-            let token = auth::create_token(&file, &identity, &roles, &tenants)?;
+            let token = auth::create_token(&file, &identity, &roles, &tenants, acts_as.as_deref())?;
             println!("{token}");
             Ok(())
         }

@@ -352,6 +352,47 @@ pub struct TransitionBody {
     /// Free-form context kept in the timeline meta.
     #[schema(value_type = Object)]
     meta: Option<Value>,
+    /// A worker fact's evidence: `verify_pass` and `verify_failed` name
+    /// the recorded result they report (`{"verify_result_id": "<uuid>"}`).
+    #[schema(value_type = Option<Object>)]
+    evidence: Option<Value>,
+}
+
+/// The recorded verification result a `verify_*` fact reports: named by
+/// the request, of this case, with an outcome that fits the event.
+async fn check_verify_evidence(
+    state: &AppState,
+    case_id: Uuid,
+    event: EventKind,
+    evidence: Option<&Value>,
+) -> Result<(), ApiError> {
+    let id = evidence
+        .and_then(|e| e.get("verify_result_id"))
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| {
+            invalid(
+                "evidence",
+                "verify_pass and verify_failed name their result: {\"verify_result_id\": \"<uuid>\"}",
+            )
+        })?;
+    let outcome: Option<String> =
+        sqlx::query_scalar("SELECT outcome FROM verify_result WHERE id = $1 AND case_id = $2")
+            .bind(id)
+            .bind(case_id)
+            .fetch_optional(state.orchestrator.pool())
+            .await?;
+    let fits = match outcome.as_deref() {
+        None => false,
+        Some(o) => (o == "pass") == (event == EventKind::VerifyPass),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(ApiError::EvidenceInvalid(format!(
+            "verify_result {id} is not a recorded result of case {case_id} that fits {event}"
+        )))
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -442,9 +483,25 @@ pub async fn transition(
     {
         return Err(invalid("meta", "must be an object without NUL characters"));
     }
-    if let Some(meta) = &body.meta
-        && meta.to_string().len() > MAX_META_BYTES
+    if let Some(evidence) = &body.evidence
+        && (!evidence.is_object() || contains_nul(evidence))
     {
+        return Err(invalid(
+            "evidence",
+            "must be an object without NUL characters",
+        ));
+    }
+    if matches!(event, EventKind::VerifyPass | EventKind::VerifyFailed) {
+        check_verify_evidence(&state, id, event, body.evidence.as_ref()).await?;
+    }
+    let mut meta = body.meta.unwrap_or(Value::Null);
+    if let Some(evidence) = body.evidence {
+        if meta.is_null() {
+            meta = json!({});
+        }
+        meta["evidence"] = evidence;
+    }
+    if meta.to_string().len() > MAX_META_BYTES {
         return Err(ApiError::PayloadTooLarge(format!(
             "meta is stored with the timeline entry: at most {MAX_META_BYTES} bytes"
         )));
@@ -476,7 +533,7 @@ pub async fn transition(
             },
             reason: body.reason,
             plan_hash,
-            meta: body.meta.unwrap_or(Value::Null),
+            meta,
             expected_version,
             origin: Origin::Http {
                 idempotency_key: key,

@@ -52,6 +52,9 @@ pub enum ApiError {
     PlanInvalid(Vec<crate::planner::contract::Violation>),
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
+    /// A worker fact's `evidence` names nothing it could be.
+    #[error("{0}")]
+    EvidenceInvalid(String),
     #[error("no route for this path")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -81,7 +84,9 @@ impl ApiError {
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
-            Self::PlanInvalid(_) | Self::InvalidRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PlanInvalid(_) | Self::InvalidRows(_) | Self::EvidenceInvalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
@@ -107,6 +112,7 @@ impl ApiError {
             Self::PlanNotFound(_) => "plan_not_found",
             Self::PlanInvalid(_) => "plan_invalid",
             Self::InvalidRows(_) => "rows_invalid",
+            Self::EvidenceInvalid(_) => "evidence_invalid",
             Self::Conflict { code, .. } => code,
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -127,6 +133,7 @@ impl ApiError {
             Self::Forbidden(_) | Self::TenantForbidden(_) => "Forbidden",
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
             Self::PlanInvalid(_) => "Invalid plan",
+            Self::EvidenceInvalid(_) => "Invalid evidence",
             Self::InvalidRows(_) => "Invalid rows",
             Self::Conflict { .. } => "Conflict",
             Self::MethodNotAllowed => "Method not allowed",

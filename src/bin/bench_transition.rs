@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use opsloop::api::{self, AppState};
 use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
+use opsloop::roles::Role as WorkerRole;
+use opsloop::workflow::EventKind;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -23,7 +25,21 @@ mod common;
 
 use common::{arg, database, event_at, ms, new_case, orchestrator_step, quantile};
 
-const TOKEN: &str = "bench-token";
+/// One identity per sender, as DESIGN §10 requires: a person for
+/// `start_analysis`/`resume`, the analyst and the planner for their facts.
+const TOKENS: [(&str, Option<WorkerRole>); 3] = [
+    ("bench-operator", None),
+    ("bench-analyst", Some(WorkerRole::Analyst)),
+    ("bench-planner", Some(WorkerRole::Planner)),
+];
+
+fn token_for(event: EventKind) -> &'static str {
+    match event {
+        EventKind::AnalysisDone => TOKENS[1].0,
+        EventKind::PlanFailed => TOKENS[2].0,
+        _ => TOKENS[0].0,
+    }
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -146,7 +162,7 @@ async fn http_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
     let resp = ctx
         .http
         .patch(format!("{}/case/{case}/transition", ctx.base))
-        .bearer_auth(TOKEN)
+        .bearer_auth(token_for(event_at(step)))
         .header("idempotency-key", Uuid::now_v7().to_string())
         .json(&json!({"event": event_at(step).as_str()}))
         .send()
@@ -216,14 +232,21 @@ async fn main() -> anyhow::Result<()> {
 
     let orchestrator = Orchestrator::new(pool.clone());
     let mut tokens = TokenStore::default();
-    tokens.insert(
-        TOKEN,
-        Identity {
-            id: "bench".into(),
-            roles: [Role::Admin, Role::Service].into(),
-            tenants: TenantScope::All,
-        },
-    );
+    for (token, acts_as) in TOKENS {
+        let roles = match acts_as {
+            Some(_) => [Role::Service].into(),
+            None => [Role::Operator].into(),
+        };
+        tokens.insert(
+            token,
+            Identity {
+                id: token.into(),
+                roles,
+                tenants: TenantScope::All,
+                acts_as,
+            },
+        );
+    }
     let state = AppState {
         orchestrator: orchestrator.clone(),
         tokens: Arc::new(tokens),

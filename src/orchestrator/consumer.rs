@@ -36,6 +36,20 @@ impl Handler for FactConsumer {
         let Some(event) = fact.body.event() else {
             return Disposition::Done;
         };
+        // Each fact has one owning role; a fact claiming to come from any
+        // other is not applied (the NATS permissions keep outsiders from
+        // publishing at all; this keeps one role from speaking for another).
+        if let Some(owner) = fact.body.owner()
+            && fact.actor != owner
+        {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                format!(
+                    "{} is the {owner}'s fact; the envelope's actor is {:?}",
+                    d.envelope.kind, fact.actor
+                ),
+            );
+        }
         let mut meta = json!({"subject": d.subject, "causation_id": fact.causation_id});
         if let Fact::Findings(findings) = &fact.body {
             // Kept with the transition so the planner can show them.

@@ -97,9 +97,37 @@ async fn the_actor_is_the_token_identity_whatever_the_body_says(pool: PgPool) {
             case,
             OPERATOR,
             "who-2",
-            json!({"event": "analysis_done", "actor": "mallory"}),
+            json!({"event": "start_analysis", "actor": "mallory"}),
         )
         .await;
     assert_eq!((r.status, r.code()), (400, "malformed_request"));
     assert_eq!(app.status(case).await, "ANALYZING");
+}
+
+/// DESIGN §10 over HTTP: a worker fact only from the service identity of
+/// the role that owns it, a human event only from a person (issue #13:
+/// any service token could send any worker fact, and `verify_failed`
+/// without evidence).
+#[sqlx::test]
+async fn worker_facts_come_from_their_own_role_only(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("ANALYZING").await;
+    for (token, event) in [
+        (SERVICE, "analysis_done"),
+        (EXECUTOR, "analysis_done"),
+        (OPERATOR, "analysis_done"),
+        (ADMIN, "analysis_done"),
+        (SERVICE, "exec_done"),
+        (EXECUTOR, "verify_failed"),
+        (ANALYST, "verify_pass"),
+        (ANALYST, "resume"),
+        (GATEKEEPER, "resume"),
+    ] {
+        let r = app.event(case, token, event).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{token} {event}");
+    }
+    assert_eq!(app.status(case).await, "ANALYZING");
+    let r = app.event(case, ANALYST, "analysis_done").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["transition"]["actor"], "analyst");
 }

@@ -11,7 +11,7 @@ async fn stale_if_match_is_412_and_changes_nothing(pool: PgPool) {
         .send(
             reqwest::Method::PATCH,
             &format!("/case/{case}/transition"),
-            Some(OPERATOR),
+            Some(ANALYST),
             &[("idempotency-key", "m-1"), ("if-match", "\"1\"")],
             Some(json!({"event": "analysis_done"}).to_string()),
         )
@@ -24,7 +24,7 @@ async fn stale_if_match_is_412_and_changes_nothing(pool: PgPool) {
         .send(
             reqwest::Method::PATCH,
             &format!("/case/{case}/transition"),
-            Some(OPERATOR),
+            Some(ANALYST),
             &[("idempotency-key", "m-1"), ("if-match", "\"2\"")],
             Some(json!({"event": "analysis_done"}).to_string()),
         )

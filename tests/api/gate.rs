@@ -129,17 +129,27 @@ async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
 async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
+    // Only the gatekeeper's identity gives a service's verdict at all.
     let r = app
         .patch(
             case,
             SERVICE,
+            "planner-open",
+            json!({"event": "gate_approved", "plan_hash": hash}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (403, "forbidden"));
+    let r = app
+        .patch(
+            case,
+            GATEKEEPER,
             "svc-open",
             json!({"event": "gate_approved", "plan_hash": hash}),
         )
         .await;
     assert_eq!((r.status, r.code()), (422, "guard_failed"));
     assert_eq!(app.status(case).await, "WAIT_GATE");
-    let r = app.event(case, SERVICE, "exec_done").await;
+    let r = app.event(case, EXECUTOR, "exec_done").await;
     assert_eq!(r.code(), "illegal_transition");
 }
 
@@ -229,7 +239,7 @@ async fn an_approval_outside_the_gate_is_refused_and_not_recorded(pool: PgPool) 
 async fn a_services_gate_verdict_names_the_current_plan(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (case, older) = waiting_for_gate(&app, "planner", Some(1)).await;
-    let r = app.event(case, SERVICE, "gate_rejected").await;
+    let r = app.event(case, GATEKEEPER, "gate_rejected").await;
     assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
     assert_eq!(app.status(case).await, "WAIT_GATE");
 
@@ -240,7 +250,7 @@ async fn a_services_gate_verdict_names_the_current_plan(pool: PgPool) {
         async move {
             app.patch(
                 case,
-                SERVICE,
+                GATEKEEPER,
                 &key,
                 json!({"event": "gate_rejected", "plan_hash": hash, "reason": "denied"}),
             )
@@ -283,11 +293,27 @@ async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
     .execute(&app.pool)
     .await
     .unwrap();
-    assert_eq!(app.event(case, SERVICE, "exec_done").await.status, 200);
+    assert_eq!(app.event(case, EXECUTOR, "exec_done").await.status, 200);
     assert_eq!(app.status(case).await, "VERIFYING");
 
-    let r = app.event(case, SERVICE, "verify_failed").await;
-    assert_eq!((r.status, r.code()), (422, "guard_failed"), "{:?}", r.body);
+    // Over HTTP the verifier names its evidence; without it, 400.
+    let r = app.event(case, VERIFIER, "verify_failed").await;
+    assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
+    // Evidence that is no recorded result of this case is refused.
+    let r = app
+        .patch(
+            case,
+            VERIFIER,
+            "no-such-result",
+            json!({"event": "verify_failed", "evidence": {"verify_result_id": uuid::Uuid::now_v7()}}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "evidence_invalid"),
+        "{:?}",
+        r.body
+    );
     assert_eq!(app.status(case).await, "VERIFYING");
     assert!(
         !app.outbox_subjects(case)

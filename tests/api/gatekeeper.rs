@@ -133,7 +133,7 @@ async fn a_template_plan_goes_through_the_gate_on_its_own(pool: PgPool) {
         .open_case(json!({"title": "p95 high", "tenant": "t-001", "kind": "latency"}))
         .await;
     lp.app.event(case, OPERATOR, "start_analysis").await;
-    lp.app.event(case, OPERATOR, "analysis_done").await;
+    lp.app.event(case, ANALYST, "analysis_done").await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "EXECUTING");
     let (source, author): (String, String) =
@@ -150,7 +150,7 @@ async fn without_a_matching_template_the_case_parks_with_the_reason(pool: PgPool
     let lp = Loop::new(pool).await;
     let case = lp.app.create_case().await; // no kind, no alertname
     lp.app.event(case, OPERATOR, "start_analysis").await;
-    lp.app.event(case, OPERATOR, "analysis_done").await;
+    lp.app.event(case, ANALYST, "analysis_done").await;
     lp.settle().await;
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;

@@ -17,7 +17,12 @@ pub const OPERATOR: &str = "tok-alice-operator";
 pub const APPROVER: &str = "tok-bob-approver";
 pub const APPROVER2: &str = "tok-carol-approver";
 pub const VIEWER: &str = "tok-vic-viewer";
+/// The planner's service identity (acts as `planner`).
 pub const SERVICE: &str = "tok-planner-service";
+pub const ANALYST: &str = "tok-analyst-service";
+pub const EXECUTOR: &str = "tok-executor-service";
+pub const VERIFIER: &str = "tok-verifier-service";
+pub const GATEKEEPER: &str = "tok-gatekeeper-service";
 /// A platform admin: every role, every tenant (`*`).
 pub const ADMIN: &str = "tok-root-admin";
 /// The tenants every other test identity acts for; `t-002` is nobody's
@@ -56,6 +61,15 @@ fn identity(id: &str, roles: &[Role]) -> Identity {
         id: id.into(),
         roles: roles.iter().copied().collect::<BTreeSet<_>>(),
         tenants: TenantScope::parse(&OWN_TENANTS).unwrap(),
+        acts_as: None,
+    }
+}
+
+/// The service identity of one worker role.
+fn worker(role: opsloop::roles::Role) -> Identity {
+    Identity {
+        acts_as: Some(role),
+        ..identity(&role.to_string(), &[Role::Service])
     }
 }
 
@@ -79,13 +93,21 @@ impl TestApp {
         tokens.insert(APPROVER, identity("bob", &[Role::Approver]));
         tokens.insert(APPROVER2, identity("carol", &[Role::Approver]));
         tokens.insert(VIEWER, identity("vic", &[Role::Viewer]));
-        tokens.insert(SERVICE, identity("planner", &[Role::Service]));
+        {
+            use opsloop::roles::Role as W;
+            tokens.insert(SERVICE, worker(W::Planner));
+            tokens.insert(ANALYST, worker(W::Analyst));
+            tokens.insert(EXECUTOR, worker(W::Executor));
+            tokens.insert(VERIFIER, worker(W::Verifier));
+            tokens.insert(GATEKEEPER, worker(W::Gatekeeper));
+        }
         tokens.insert(
             ADMIN,
             Identity {
                 id: "root".into(),
                 roles: [Role::Admin].into(),
                 tenants: TenantScope::All,
+                acts_as: None,
             },
         );
         let nats = async_nats::connect(nats_url())
@@ -304,10 +326,10 @@ impl TestApp {
         let path: &[(&str, &str)] = match to {
             "NEW" => &[],
             "ANALYZING" => &[(OPERATOR, "start_analysis")],
-            "PLANNING" => &[(OPERATOR, "start_analysis"), (OPERATOR, "analysis_done")],
+            "PLANNING" => &[(OPERATOR, "start_analysis"), (ANALYST, "analysis_done")],
             "PARKED" => &[
                 (OPERATOR, "start_analysis"),
-                (OPERATOR, "analysis_done"),
+                (ANALYST, "analysis_done"),
                 (SERVICE, "plan_failed"),
             ],
             other => panic!("no path to {other}"),

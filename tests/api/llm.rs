@@ -435,7 +435,7 @@ async fn an_explicit_template_is_used_without_asking_the_llm(pool: PgPool) {
         .event(case, crate::helpers::OPERATOR, "start_analysis")
         .await;
     lp.app
-        .event(case, crate::helpers::OPERATOR, "analysis_done")
+        .event(case, crate::helpers::ANALYST, "analysis_done")
         .await;
     lp.settle().await;
     assert!(fake.requests().is_empty());

@@ -422,7 +422,7 @@ async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool:
         .execute(&pool)
         .await
         .unwrap();
-    app.event(case, OPERATOR, "analysis_done").await;
+    app.event(case, ANALYST, "analysis_done").await;
     let report = drain(&relay(&pool, &nats, 10).await).await;
     assert_eq!((report.published, report.failed), (4, 1));
     let (error,): (String,) =
@@ -469,7 +469,7 @@ async fn a_row_the_server_keeps_rejecting_is_marked_failed_after_a_few_attempts(
     );
     assert!(!error.is_empty());
     // The rows behind it are no longer blocked.
-    app.event(case, OPERATOR, "analysis_done").await;
+    app.event(case, ANALYST, "analysis_done").await;
     let report = relay.relay_once().await.unwrap();
     assert_eq!(report.published, 1, "the new command went out: {report:?}");
     assert_eq!(stream_count(&js, CMD_STREAM).await, 2);
@@ -557,7 +557,14 @@ fn fact_about(kind: &str, case: Uuid, version: i64, plan_hash: &str) -> Envelope
         case_id: Some(case),
         tenant: "t-001".into(),
         occurred_at: chrono::Utc::now(),
-        actor: "analyst".into(),
+        actor: match kind {
+            "evt.plan.proposed.v1" | "evt.plan.failed.v1" => "planner",
+            k if k.starts_with("evt.exec.") => "executor",
+            k if k.starts_with("evt.verify.") => "verifier",
+            k if k.starts_with("evt.plan.") => "gatekeeper",
+            _ => "analyst",
+        }
+        .into(),
         correlation_id: Uuid::now_v7(),
         causation_id: None,
         expected_version: Some(version),
@@ -765,6 +772,9 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
     // A fact claiming another tenant than its case's (issue #13).
     let mut foreign = fact("evt.analysis.findings.v1", case, 2);
     foreign.tenant = "t-002".into();
+    // The analyst's fact claiming to come from the executor (issue #13).
+    let mut impostor = fact("evt.analysis.findings.v1", case, 2);
+    impostor.actor = "executor".into();
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("evt.analysis.findings.v1", b"{not json".to_vec()),
         ("evt.analysis.findings.v1", vec![0xff, 0xfe, 0x00]),
@@ -785,6 +795,10 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
             "evt.analysis.findings.v1",
             serde_json::to_vec(&foreign).unwrap(),
         ),
+        (
+            "evt.analysis.findings.v1",
+            serde_json::to_vec(&impostor).unwrap(),
+        ),
     ];
     for (subject, body) in bad {
         publish_raw(&js, subject, &Uuid::new_v4().to_string(), body).await;
@@ -796,7 +810,7 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
         orchestrator: app.orchestrator.clone(),
     };
     let c = orchestrator_consumer(&js).await;
-    assert_eq!(consume_all(&c, &pool, &handler).await, 8);
+    assert_eq!(consume_all(&c, &pool, &handler).await, 9);
     assert_eq!(
         app.status(case).await,
         "PLANNING",
@@ -815,14 +829,15 @@ async fn bad_messages_are_dead_lettered_and_consumption_goes_on(pool: PgPool) {
             "unknown_case",
             "subject_mismatch",
             "invalid_data",
-            "tenant_mismatch"
+            "tenant_mismatch",
+            "invalid_data"
         ]
     );
     // Terminated, not redelivered: nothing more arrives.
     assert_eq!(consume_all(&c, &pool, &handler).await, 0);
     let info = c.clone().info().await.unwrap().clone();
     assert_eq!(info.num_ack_pending, 0);
-    assert!(app.metric("dead_letter_total").await >= 7.0);
+    assert!(app.metric("dead_letter_total").await >= 8.0);
 }
 
 /// Commands use the same consumer machinery; a malformed command is dead-lettered too.

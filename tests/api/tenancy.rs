@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{ADMIN, APPROVER, OPERATOR, SERVICE, TestApp, TestResponse, VIEWER};
+use crate::helpers::{ADMIN, ANALYST, APPROVER, OPERATOR, SERVICE, TestApp, TestResponse, VIEWER};
 
 const OTHER: &str = "t-002";
 
@@ -63,10 +63,12 @@ const MATRIX: &[(Endpoint, &str, u16, u16)] = &[
     (E::Transition, VIEWER, 403, 403),
     (E::Transition, OPERATOR, 200, 404),
     (E::Transition, APPROVER, 403, 403),
-    (E::Transition, SERVICE, 200, 404),
+    // `dismiss` is a person's (or the analyst's) event, not the planner's.
+    (E::Transition, SERVICE, 403, 403),
+    (E::Transition, ANALYST, 200, 404),
     (E::Transition, ADMIN, 200, 200),
     (E::TransitionStale, OPERATOR, 412, 404),
-    (E::TransitionStale, SERVICE, 412, 404),
+    (E::TransitionStale, ANALYST, 412, 404),
     (E::TransitionStale, ADMIN, 412, 412),
     (E::ProposePlan, VIEWER, 403, 403),
     (E::ProposePlan, OPERATOR, 409, 404),

@@ -61,7 +61,7 @@ async fn alias_post_case_create_works(pool: PgPool) {
 async fn illegal_event_is_409_recorded_and_changes_nothing(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let case = app.create_case().await;
-    let r = app.event(case, SERVICE, "exec_done").await;
+    let r = app.event(case, EXECUTOR, "exec_done").await;
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "illegal_transition");
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
@@ -116,7 +116,7 @@ async fn resume_sends_the_park_reason_as_planner_feedback(pool: PgPool) {
     let case = app.create_case().await;
     for (tok, body) in [
         (OPERATOR, json!({"event": "start_analysis"})),
-        (OPERATOR, json!({"event": "analysis_done"})),
+        (ANALYST, json!({"event": "analysis_done"})),
         (
             SERVICE,
             json!({"event": "plan_failed", "reason": "LLM timed out"}),
