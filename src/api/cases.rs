@@ -352,10 +352,57 @@ pub struct TransitionBody {
     /// Free-form context kept in the timeline meta.
     #[schema(value_type = Object)]
     meta: Option<Value>,
+    /// A person's approval of a plan the gate judged inside a change
+    /// freeze (verdict `break_glass`) says why: `{"reason": "…"}`.
+    #[schema(value_type = Option<Object>)]
+    break_glass: Option<BreakGlass>,
     /// A worker fact's evidence: `verify_pass` and `verify_failed` name
     /// the recorded result they report (`{"verify_result_id": "<uuid>"}`).
     #[schema(value_type = Option<Object>)]
     evidence: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlass {
+    reason: String,
+}
+
+/// A person approving a plan the gate judged inside a change freeze must
+/// say why (DESIGN §10); the reason is kept with the approval's timeline
+/// entry. Read within the caller's tenants: another tenant's plan is not
+/// looked at.
+async fn check_break_glass(
+    state: &AppState,
+    who: &Identity,
+    case_id: Uuid,
+    plan_hash: &PlanHash,
+    given: Option<&BreakGlass>,
+) -> Result<(), ApiError> {
+    let freeze: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT gate_freeze FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2 \
+         AND gate_verdict = 'break_glass' AND EXISTS (SELECT 1 FROM ops_case c WHERE c.id = $1 \
+         AND ($3::text[] IS NULL OR c.tenant = ANY($3)))",
+    )
+    .bind(case_id)
+    .bind(plan_hash.as_str())
+    .bind(who.tenants.sql())
+    .fetch_optional(state.orchestrator.pool())
+    .await?;
+    let Some(freeze) = freeze else {
+        return Ok(());
+    };
+    match given {
+        Some(b) if !b.reason.trim().is_empty() && b.reason.chars().count() <= 2000 => Ok(()),
+        _ => Err(invalid(
+            "break_glass",
+            &format!(
+                "the plan is judged inside change freeze {}: approving it overrides the freeze; \
+                 give {{\"break_glass\": {{\"reason\": \"…\"}}}} (1-2000 characters)",
+                freeze.unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 /// The recorded verification result a `verify_*` fact reports: named by
@@ -518,6 +565,26 @@ pub async fn transition(
             "plan_hash",
             "required: the hash of the plan you judge",
         ));
+    }
+    if let (EventKind::GateApproved, Some(hash)) = (event, &plan_hash)
+        && who.is_human()
+    {
+        check_break_glass(&state, &who, id, hash, body.break_glass.as_ref()).await?;
+    }
+    if let Some(b) = &body.break_glass {
+        if b.reason.trim().is_empty()
+            || b.reason.chars().count() > 2000
+            || has_control(&b.reason, true)
+        {
+            return Err(invalid(
+                "break_glass",
+                "reason: 1-2000 characters without control characters",
+            ));
+        }
+        if meta.is_null() {
+            meta = json!({});
+        }
+        meta["break_glass"] = json!(b);
     }
     let trace_id =
         telemetry::trace_id_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));

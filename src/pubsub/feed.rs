@@ -20,7 +20,7 @@ pub async fn follow(nats_url: &str, subject: &str, from_start: bool) -> Result<O
         subject: subject.to_string(),
         detail: e.to_string(),
     };
-    let client = async_nats::connect(nats_url).await.map_err(|e| fail(&e))?;
+    let client = super::connect(nats_url).await.map_err(|e| fail(&e))?;
     let stream = async_nats::jetstream::new(client)
         .get_stream(EVT_STREAM)
         .await

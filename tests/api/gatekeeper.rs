@@ -176,7 +176,13 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
         "WAIT_GATE",
         "even a low-risk plan waits in a freeze"
     );
-    let judge = json!({"event": "gate_approved", "plan_hash": hash});
+    // Overriding a freeze needs a reason: without one, 400 and no vote.
+    let bare = json!({"event": "gate_approved", "plan_hash": hash});
+    let r = lp.app.patch(case, APPROVER, "bg-0", bare).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
+    assert_eq!(r.body["field"], "break_glass");
+    let judge = json!({"event": "gate_approved", "plan_hash": hash,
+                       "break_glass": {"reason": "checkout is down; the freeze is for releases"}});
     assert_eq!(
         lp.app
             .patch(case, APPROVER, "bg-1", judge.clone())
@@ -189,6 +195,24 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
         200
     );
     assert_eq!(lp.app.status(case).await, "EXECUTING");
+    let reasons: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT meta #> '{request,break_glass,reason}' FROM case_timeline \
+         WHERE case_id = $1 AND event = 'gate_approved' ORDER BY seq",
+    )
+    .bind(case)
+    .fetch_all(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons.len(),
+        2,
+        "both votes are recorded with their reason"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.as_str().is_some_and(|r| r.contains("checkout is down")))
+    );
 
     let got = lp.app.current_plan(case).await;
     assert_eq!(got.body["gate"]["decision"]["verdict"], "break_glass");

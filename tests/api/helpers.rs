@@ -110,7 +110,7 @@ impl TestApp {
                 acts_as: None,
             },
         );
-        let nats = async_nats::connect(nats_url())
+        let nats = opsloop::pubsub::connect(&nats_url())
             .await
             .expect("connecting to the test NATS server");
         let orchestrator = Orchestrator::new(pool.clone()).with_faults(faults);
@@ -352,15 +352,13 @@ impl TestApp {
 }
 
 /// The URL of the test's own database, for processes the test starts.
+/// The URL of the test's own database: `DATABASE_URL`'s server and
+/// credentials (the pool's options do not give the password back).
 pub fn database_url(pool: &PgPool) -> String {
-    let o = pool.connect_options();
-    format!(
-        "postgres://{}@{}:{}/{}",
-        o.get_username(),
-        o.get_host(),
-        o.get_port(),
-        o.get_database().unwrap()
-    )
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let mut url = reqwest::Url::parse(&base).expect("DATABASE_URL is a URL");
+    url.set_path(pool.connect_options().get_database().unwrap());
+    url.to_string()
 }
 
 /// A name no other test uses: `{prefix}-` and 8 hex digits.

@@ -24,5 +24,6 @@ mod replay;
 mod split;
 mod tenancy;
 mod transitions;
+mod trust;
 mod verify_prometheus;
 mod walking_skeleton;

@@ -113,7 +113,9 @@ pub async fn database(max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
 /// NATS from `NATS_URL`, with the product's streams in place.
 pub async fn jetstream() -> anyhow::Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let url = std::env::var("NATS_URL").context("NATS_URL must be set")?;
-    let client = async_nats::connect(url.as_str()).await?;
+    let client = opsloop::pubsub::connect(&url)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let js = async_nats::jetstream::new(client.clone());
     opsloop::pubsub::streams::ensure(&js, &Default::default()).await?;
     Ok((client, js))
