@@ -59,27 +59,13 @@ pub async fn read_case<'e>(
     db: impl sqlx::PgExecutor<'e>,
     id: Uuid,
 ) -> Result<Option<Case>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db)
-    .await
+    read_case_in(db, id, &TenantScope::All).await
 }
 
 /// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes
 /// first.
 pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1 FOR UPDATE"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await
+    lock_case_in(conn, id, &TenantScope::All).await
 }
 
 /// The case, if it belongs to a tenant of `scope`: another tenant's case is

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use opsloop::pubsub::streams::{self, CMD_STREAM};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM};
 use sqlx::ConnectOptions;
 use sqlx::postgres::PgConnectOptions;
 
@@ -19,6 +19,16 @@ fn without_userinfo(url: &str) -> String {
         Some(bare) => bare,
         None => url.to_string(),
     }
+}
+
+/// Messages held by the command and fact streams.
+async fn stored(js: &jetstream::Context) -> u64 {
+    let mut total = 0;
+    for name in [CMD_STREAM, EVT_STREAM] {
+        let mut stream = js.get_stream(name).await.unwrap();
+        total += stream.info().await.unwrap().state.messages;
+    }
+    total
 }
 
 #[tokio::test]
@@ -64,15 +74,7 @@ async fn only_opsloops_nats_user_publishes_commands_and_facts() {
     let opsloop = opsloop::pubsub::connect(&url).await.unwrap();
     let js = jetstream::new(opsloop);
     streams::ensure(&js, &Default::default()).await.unwrap();
-    let before = js
-        .get_stream(CMD_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let before = stored(&js).await;
 
     // A subscriber reads, but its commands and facts never reach a stream.
     let reader = opsloop::pubsub::connect(&reader_url).await.unwrap();
@@ -90,14 +92,6 @@ async fn only_opsloops_nats_user_publishes_commands_and_facts() {
         };
         assert!(!published, "the subscriber user published to {subject}");
     }
-    let after = js
-        .get_stream(CMD_STREAM)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let after = stored(&js).await;
     assert_eq!(before, after, "nothing was stored");
 }
