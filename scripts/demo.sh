@@ -73,7 +73,7 @@ demo: where to look
   readiness    $url/readyz
   token        operator/approver: $OPSLOOP_DEMO_OPERATOR_TOKEN
                (all demo tokens: $state/demo-tokens.env)
-  follow       NATS_URL=$NATS_URL $bin tail     (live case transitions)
+  follow       NATS_URL=${OPSLOOP_NATS_SUBSCRIBER_URL:-$NATS_URL} $bin tail     (live case transitions, as a read-only NATS user)
   try          curl -H "Authorization: Bearer \$OPSLOOP_DEMO_OPERATOR_TOKEN" $url/cases
   logs         $state/opsloop.log
   stop         scripts/demo.sh stop
