@@ -356,8 +356,8 @@ pub struct TransitionBody {
     /// freeze (verdict `break_glass`) says why: `{"reason": "…"}`.
     #[schema(value_type = Option<Object>)]
     break_glass: Option<BreakGlass>,
-    /// A worker fact's evidence: `verify_pass` and `verify_failed` name
-    /// the recorded result they report (`{"verify_result_id": "<uuid>"}`).
+    /// A worker fact's evidence, the record it reports: `verify_*` name
+    /// `{"verify_result_id": "<uuid>"}`, `exec_*` `{"run_id": "<uuid>"}`.
     #[schema(value_type = Option<Object>)]
     evidence: Option<Value>,
 }
@@ -405,39 +405,52 @@ async fn check_break_glass(
     }
 }
 
-/// The recorded verification result a `verify_*` fact reports: named by
-/// the request, of this case, with an outcome that fits the event.
-async fn check_verify_evidence(
+/// What a worker fact over HTTP names as its evidence (DESIGN §10): the
+/// key in `evidence`, the query for the recorded row's outcome (of this
+/// case), and which outcomes fit the event.
+type EvidenceRule = (&'static str, &'static str, fn(&str) -> bool);
+
+fn evidence_rule(event: EventKind) -> Option<EvidenceRule> {
+    const RESULT: &str = "SELECT outcome FROM verify_result WHERE id = $1 AND case_id = $2";
+    const RUN: &str = "SELECT status FROM exec_run WHERE id = $1 AND case_id = $2 AND kind = 'run'";
+    Some(match event {
+        EventKind::VerifyPass => ("verify_result_id", RESULT, |o| o == "pass"),
+        EventKind::VerifyFailed => ("verify_result_id", RESULT, |o| o != "pass"),
+        EventKind::ExecDone => ("run_id", RUN, |s| s == "done"),
+        EventKind::ExecFailed => ("run_id", RUN, |s| !matches!(s, "done" | "running")),
+        _ => return None,
+    })
+}
+
+/// The recorded row a worker fact reports: named by the request, of this
+/// case, with an outcome that fits the event.
+async fn check_evidence(
     state: &AppState,
     case_id: Uuid,
     event: EventKind,
     evidence: Option<&Value>,
 ) -> Result<(), ApiError> {
+    let Some((key, query, fits)) = evidence_rule(event) else {
+        return Ok(());
+    };
     let id = evidence
-        .and_then(|e| e.get("verify_result_id"))
+        .and_then(|e| e.get(key))
         .and_then(Value::as_str)
         .and_then(|s| Uuid::parse_str(s).ok())
-        .ok_or_else(|| {
-            invalid(
-                "evidence",
-                "verify_pass and verify_failed name their result: {\"verify_result_id\": \"<uuid>\"}",
-            )
+        .ok_or_else(|| ApiError::InvalidField {
+            field: "evidence",
+            detail: format!("{event} names the record it reports: {{\"{key}\": \"<uuid>\"}}"),
         })?;
-    let outcome: Option<String> =
-        sqlx::query_scalar("SELECT outcome FROM verify_result WHERE id = $1 AND case_id = $2")
-            .bind(id)
-            .bind(case_id)
-            .fetch_optional(state.orchestrator.pool())
-            .await?;
-    let fits = match outcome.as_deref() {
-        None => false,
-        Some(o) => (o == "pass") == (event == EventKind::VerifyPass),
-    };
-    if fits {
+    let outcome: Option<String> = sqlx::query_scalar(query)
+        .bind(id)
+        .bind(case_id)
+        .fetch_optional(state.orchestrator.pool())
+        .await?;
+    if outcome.as_deref().is_some_and(fits) {
         Ok(())
     } else {
         Err(ApiError::EvidenceInvalid(format!(
-            "verify_result {id} is not a recorded result of case {case_id} that fits {event}"
+            "{key} {id} is not a record of case {case_id} that fits {event}"
         )))
     }
 }
@@ -538,9 +551,7 @@ pub async fn transition(
             "must be an object without NUL characters",
         ));
     }
-    if matches!(event, EventKind::VerifyPass | EventKind::VerifyFailed) {
-        check_verify_evidence(&state, id, event, body.evidence.as_ref()).await?;
-    }
+    check_evidence(&state, id, event, body.evidence.as_ref()).await?;
     let mut meta = body.meta.unwrap_or(Value::Null);
     if let Some(evidence) = body.evidence {
         if meta.is_null() {

@@ -149,8 +149,10 @@ async fn a_service_cannot_open_the_gate_without_an_automatic_approval(pool: PgPo
         .await;
     assert_eq!((r.status, r.code()), (422, "guard_failed"));
     assert_eq!(app.status(case).await, "WAIT_GATE");
+    // Nothing ran: the executor has no run to report.
     let r = app.event(case, EXECUTOR, "exec_done").await;
-    assert_eq!(r.code(), "illegal_transition");
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(app.status(case).await, "WAIT_GATE");
 }
 
 #[sqlx::test]
@@ -282,18 +284,34 @@ async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     // The run of this attempt finished, as the executor records it.
+    let run = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status, finished_at) \
          SELECT $1, id, $2, 'run', $3, version, 'done', now() FROM ops_case WHERE id = $4",
     )
-    .bind(uuid::Uuid::now_v7())
+    .bind(run)
     .bind(&hash)
     .bind(uuid::Uuid::now_v7())
     .bind(case)
     .execute(&app.pool)
     .await
     .unwrap();
-    assert_eq!(app.event(case, EXECUTOR, "exec_done").await.status, 200);
+    // Over HTTP the executor names the run it reports: without it, 400;
+    // a run that is not this case's, 422.
+    let r = app.event(case, EXECUTOR, "exec_done").await;
+    assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
+    let done = |run: uuid::Uuid| json!({"event": "exec_done", "evidence": {"run_id": run}});
+    let r = app
+        .patch(case, EXECUTOR, "other-run", done(uuid::Uuid::now_v7()))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "evidence_invalid"),
+        "{:?}",
+        r.body
+    );
+    let r = app.patch(case, EXECUTOR, "the-run", done(run)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(app.status(case).await, "VERIFYING");
 
     // Over HTTP the verifier names its evidence; without it, 400.

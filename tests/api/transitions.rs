@@ -61,7 +61,7 @@ async fn alias_post_case_create_works(pool: PgPool) {
 async fn illegal_event_is_409_recorded_and_changes_nothing(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let case = app.create_case().await;
-    let r = app.event(case, EXECUTOR, "exec_done").await;
+    let r = app.event(case, SERVICE, "plan_ready").await;
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "illegal_transition");
     assert_eq!(r.header("content-type"), Some("application/problem+json"));
@@ -69,7 +69,7 @@ async fn illegal_event_is_409_recorded_and_changes_nothing(pool: PgPool) {
     let timeline = app.timeline(case).await;
     assert_eq!(timeline.len(), 2);
     assert_eq!(timeline[1].0, "rejected");
-    assert_eq!(timeline[1].1.as_deref(), Some("exec_done"));
+    assert_eq!(timeline[1].1.as_deref(), Some("plan_ready"));
     assert_eq!(timeline[1].3.as_deref(), Some("illegal_transition"));
     assert!(app.outbox_subjects(case).await.is_empty());
     assert!(
