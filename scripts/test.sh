@@ -21,3 +21,7 @@ fi
 
 echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+# The HTTP API against its own OpenAPI document, by a third-party fuzzer.
+echo "test: fuzzing the HTTP API from /openapi.json (scripts/fuzz.sh)"
+bash scripts/fuzz.sh

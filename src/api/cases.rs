@@ -176,6 +176,7 @@ pub fn tenant_forbidden(who: &Identity, tenant: &Tenant) -> ApiError {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `NEW` … `PARKED`.
@@ -266,6 +267,7 @@ pub struct Timeline {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineQuery {
     /// 1-1000, default 100.
@@ -357,7 +359,7 @@ pub struct TransitionBody {
     #[schema(value_type = Option<Object>)]
     break_glass: Option<BreakGlass>,
     /// A worker fact's evidence, the record it reports: `verify_*` name
-    /// `{"verify_result_id": "<uuid>"}`, `exec_*` `{"run_id": "<uuid>"}`.
+    /// `{"verify_result_id": "<uuid>"}`, `exec_*` `{"exec_run_id": "<uuid>"}`.
     #[schema(value_type = Option<Object>)]
     evidence: Option<Value>,
 }
@@ -416,8 +418,8 @@ fn evidence_rule(event: EventKind) -> Option<EvidenceRule> {
     Some(match event {
         EventKind::VerifyPass => ("verify_result_id", RESULT, |o| o == "pass"),
         EventKind::VerifyFailed => ("verify_result_id", RESULT, |o| o != "pass"),
-        EventKind::ExecDone => ("run_id", RUN, |s| s == "done"),
-        EventKind::ExecFailed => ("run_id", RUN, |s| !matches!(s, "done" | "running")),
+        EventKind::ExecDone => ("exec_run_id", RUN, |s| s == "done"),
+        EventKind::ExecFailed => ("exec_run_id", RUN, |s| !matches!(s, "done" | "running")),
         _ => return None,
     })
 }

@@ -51,10 +51,9 @@ pub async fn propose(
             who.id
         )));
     }
-    let checked = contract::check(&plan, &state.plan_limits).map_err(|violations| {
-        telemetry::plan_validation_failed("human");
-        ApiError::PlanInvalid(violations)
-    })?;
+    // The case first: whether a plan is expected at all does not depend
+    // on the plan, and a plan for no case (or one not planning) is refused
+    // as such, whatever it holds.
     let mut tx = state.orchestrator.pool().begin().await?;
     let case = lock_case_in(&mut tx, id, &who.tenants)
         .await?
@@ -68,6 +67,10 @@ pub async fn propose(
             ),
         });
     }
+    let checked = contract::check(&plan, &state.plan_limits).map_err(|violations| {
+        telemetry::plan_validation_failed("human");
+        ApiError::PlanInvalid(violations)
+    })?;
     let proposed = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id)
         .await
         .map_err(|e| match e {

@@ -300,7 +300,7 @@ async fn verify_failed_without_a_recorded_failure_is_refused(pool: PgPool) {
     // a run that is not this case's, 422.
     let r = app.event(case, EXECUTOR, "exec_done").await;
     assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
-    let done = |run: uuid::Uuid| json!({"event": "exec_done", "evidence": {"run_id": run}});
+    let done = |run: uuid::Uuid| json!({"event": "exec_done", "evidence": {"exec_run_id": run}});
     let r = app
         .patch(case, EXECUTOR, "other-run", done(uuid::Uuid::now_v7()))
         .await;
