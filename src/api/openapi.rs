@@ -214,6 +214,105 @@ fn other_routes(doc: &mut Value) {
     );
 }
 
+/// The bodies of answers the handlers build as JSON values.
+fn response_schemas(doc: &mut Value) {
+    let at =
+        |doc: &mut Value, path: &str, method: &str, status: &str, media: &str, schema: Value| {
+            let response = &mut doc["paths"][path][method]["responses"][status];
+            response["content"] = json!({media: {"schema": schema}});
+        };
+    let time = json!({"type": "string", "format": "date-time"});
+    let ready = json!({"type": "object", "required": ["status", "database", "nats"],
+        "properties": {"status": {"enum": ["ready", "not_ready"]},
+                       "database": {"enum": ["ok", "unreachable"]},
+                       "nats": {"enum": ["ok", "unreachable", "not_configured"]}}});
+    // Readiness answers its own body, also when not ready.
+    at(
+        doc,
+        "/readyz",
+        "get",
+        "200",
+        "application/json",
+        ready.clone(),
+    );
+    at(doc, "/readyz", "get", "503", "application/json", ready);
+    at(
+        doc,
+        "/healthz",
+        "get",
+        "200",
+        "application/json",
+        json!({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}),
+    );
+    at(
+        doc,
+        "/metrics/ingest",
+        "post",
+        "202",
+        "application/json",
+        json!({"type": "object", "required": ["stored"], "properties": {"stored": {"type": "integer", "minimum": 0}}}),
+    );
+    let step = json!({"type": "object", "required": ["phase", "index", "action", "status", "tries"],
+        "properties": {"phase": {"type": "string"}, "index": {"type": "integer"}, "action": {"type": "string"},
+                       "status": {"type": "string"}, "tries": {"type": "integer"}, "result": {}}});
+    at(
+        doc,
+        "/case/{id}/executions",
+        "get",
+        "200",
+        "application/json",
+        json!({
+            "type": "object", "required": ["runs", "verifications"],
+            "properties": {
+                "runs": {"type": "array", "items": {"type": "object",
+                    "required": ["id", "kind", "status", "plan_hash", "started_at", "steps"],
+                    "properties": {"id": {"type": "string", "format": "uuid"}, "kind": {"enum": ["run", "rollback"]},
+                                   "status": {"type": "string"}, "plan_hash": {"type": "string"},
+                                   "attempt_id": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
+                                   "started_at": time, "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                                   "steps": {"type": "array", "items": step}}}},
+                "verifications": {"type": "array", "items": {"type": "object",
+                    "required": ["outcome", "plan_hash", "checks", "window_from", "window_to", "at"],
+                    "properties": {"outcome": {"enum": ["pass", "breach", "no_data", "inconclusive"]},
+                                   "plan_hash": {"type": "string"}, "checks": {"type": "array"},
+                                   "window_from": time, "window_to": time, "at": time}}}
+            }
+        }),
+    );
+    at(
+        doc,
+        "/case/{id}/plan",
+        "get",
+        "200",
+        "application/json",
+        json!({
+            "type": "object",
+            "required": ["plan_id", "plan_hash", "source", "author", "created_at", "plan", "approvals", "gate"],
+            "properties": {
+                "plan_id": {"type": "string", "format": "uuid"},
+                "plan_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "source": {"enum": ["template", "llm", "human"]},
+                "author": {"type": "string"},
+                "created_at": time,
+                "plan": {"$ref": "#/components/schemas/ChangePlan"},
+                "approvals": {"type": "array", "items": {"type": "object", "required": ["approver", "kind", "decided_at"],
+                    "properties": {"approver": {"type": "string"}, "kind": {"enum": ["auto", "human"]}, "decided_at": time}}},
+                "gate": {"type": "object", "required": ["evaluated", "required_approvers", "decision", "approved"],
+                    "properties": {
+                        "evaluated": {"type": "boolean"},
+                        "required_approvers": {"type": ["integer", "null"]},
+                        "approved": {"type": "boolean"},
+                        "decision": {"type": ["object", "null"], "required": ["verdict", "risk", "reasons", "auto_rollback"],
+                            "properties": {"verdict": {"enum": ["auto_approve", "require_approvers", "break_glass", "deny"]},
+                                           "count": {"type": "integer"}, "freeze": {"type": "string"},
+                                           "risk": {"type": "number"}, "reasons": {"type": "array", "items": {"type": "string"}},
+                                           "auto_rollback": {"type": "boolean"}}}
+                    }}
+            }
+        }),
+    );
+}
+
 /// Constraints of query and header parameters, by operation and name.
 fn parameters(doc: &mut Value) {
     let rules: [(&str, &str, &str, Value); 8] = [
@@ -344,6 +443,7 @@ pub fn document() -> &'static Value {
         }
         doc["components"]["schemas"]["Problem"] = problem_schema();
         request_schemas(&mut doc);
+        response_schemas(&mut doc);
         parameters(&mut doc);
         doc
     })

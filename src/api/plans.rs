@@ -35,7 +35,8 @@ pub struct Proposed {
 /// then moves the case to the gate.
 #[utoipa::path(post, path = "/case/{id}/plan", tag = "plans",
     params(("id" = Uuid, Path)), request_body(content = Object, description = "a ChangePlan"),
-    responses((status = 201, body = Proposed), (status = 404, body = Problem),
+    responses((status = 201, body = Proposed), (status = 403, body = Problem, description = "forbidden: operators propose plans"),
+              (status = 404, body = Problem),
               (status = 409, body = Problem, description = "not in PLANNING, or the same plan again"),
               (status = 422, body = Problem, description = "plan_invalid, with violations")),
     security(("bearer" = [])))]
