@@ -5,9 +5,17 @@
 //!       loopback socket), and
 //!   (c) the raw-SQL baseline: the same statements issued directly with sqlx,
 //!       no FSM, no facts, no HTTP,
-//! all in the same run against the same PostgreSQL. Prints the ratios to (c).
+//!   (d) the database's own ceiling: an equivalent transition transaction
+//!       (lock, update, timeline row, two outbox rows, an idempotency row)
+//!       run by `pgbench -M prepared`, PostgreSQL's C client (issue #15),
+//! all in the same run against the same PostgreSQL, interleaved. (a)-(c)
+//! run in a fresh database `opsloop_bench` and (d) in a fresh
+//! `opsloop_pgbench`, each created with 100 000 cases, so no path meets an
+//! earlier run's bloat. Prints the ratios to (c) and to (d), and the CPU per
+//! transaction of the client and of the rest of the machine (the server).
 //!
 //! Usage: DATABASE_URL=... bench_transition [--seconds 3] [--rounds 3] [--clients 1,8,32]
+//!        [--pgbench PATH]   (default: `pgbench` of the PostgreSQL in .opsloop/, else PATH)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +31,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{arg, database, event_at, ms, new_case, orchestrator_step, quantile};
+use common::{arg, event_at, ms, new_case, orchestrator_step, quantile};
 
 /// One identity per sender, as DESIGN §10 requires: a person for
 /// `start_analysis`/`resume`, the analyst and the planner for their facts.
@@ -46,6 +54,7 @@ enum Mode {
     Raw,
     Orchestrator,
     Http,
+    PgBench,
 }
 
 impl Mode {
@@ -54,6 +63,7 @@ impl Mode {
             Mode::Raw => "(c) raw SQL",
             Mode::Orchestrator => "(a) orchestrator",
             Mode::Http => "(b) HTTP",
+            Mode::PgBench => "(d) pgbench",
         }
     }
 }
@@ -62,6 +72,254 @@ struct Cell {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU per transaction (ms): the client's (this process, or pgbench),
+    /// and the rest of the machine's, which is mostly PostgreSQL's.
+    client_cpu_ms: f64,
+    server_cpu_ms: f64,
+}
+
+/// CPU seconds: (the machine's busy time, this process's own, its waited
+/// children's), from /proc.
+fn cpu_now() -> (f64, f64, f64) {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let busy: f64 = stat
+        .lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                // user nice system idle iowait irq softirq steal
+                .filter(|(i, _)| ![3, 4].contains(i) && *i < 8)
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    let me = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name `(...)`: utime is the 12th, cstime the 15th.
+    let fields: Vec<f64> = me
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    (
+        busy / tick,
+        (at(10) + at(11)) / tick,
+        (at(12) + at(13)) / tick,
+    )
+}
+
+/// The transaction of issue #15, for pgbench: the same work as a
+/// transition (lock the case row, update status and version, a timeline
+/// row, two outbox rows, an idempotency row) on tables with one index each.
+const PGBENCH_SCRIPT: &str = r#"\set cid random(1, 100000)
+BEGIN;
+SELECT status AS st, version AS ver FROM ops_case WHERE id = :cid FOR UPDATE \gset
+UPDATE ops_case SET status = CASE :st::text WHEN 'open' THEN 'in_progress' WHEN 'in_progress' THEN 'resolved' ELSE 'open' END, version = version + 1, updated_at = now() WHERE id = :cid AND version = :ver;
+INSERT INTO case_timeline (case_id, from_status, to_status, version, meta) VALUES (:cid, :st, 'next', :ver::bigint + 1, '{"actor":"bench","reason":"pgbench transition","source":"api","request_id":"0f8fad5b-d9cb-469f-a165-70867728950e"}');
+INSERT INTO outbox (topic, key, payload) VALUES ('case.transitioned', :cid::text, jsonb_build_object('case_id', :cid::bigint, 'from', :st::text, 'version', :ver::bigint + 1, 'pad', repeat('x', 120)));
+INSERT INTO outbox (topic, key, payload) VALUES ('case.notify', :cid::text, jsonb_build_object('case_id', :cid::bigint, 'version', :ver::bigint + 1));
+INSERT INTO idempotency (key, response) VALUES (gen_random_uuid()::text, jsonb_build_object('case_id', :cid::bigint, 'version', :ver::bigint + 1, 'status', 'ok'));
+END;
+"#;
+
+const PGBENCH_SCHEMA: &str = "
+CREATE TABLE ops_case (id bigint PRIMARY KEY, status text NOT NULL, version bigint NOT NULL DEFAULT 1,
+                       updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE case_timeline (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, case_id bigint NOT NULL,
+                            from_status text, to_status text, version bigint, meta jsonb,
+                            at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, topic text NOT NULL,
+                     key text NOT NULL, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE idempotency (key text PRIMARY KEY, response jsonb NOT NULL,
+                          created_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO ops_case (id, status) SELECT g, 'open' FROM generate_series(1, 100000) g;
+";
+
+/// A fresh database on `DATABASE_URL`'s server (dropped first), and its URL.
+async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
+    let base = std::env::var("DATABASE_URL")?;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await?;
+    // `name` is one of this file's constants, never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let mut url = reqwest::Url::parse(&base)?;
+    url.set_path(name);
+    Ok(url.to_string())
+}
+
+/// (a)-(c)'s database: migrated, with 100 000 cases and their `created`
+/// timeline entries.
+async fn product_database(max_connections: u32) -> anyhow::Result<PgPool> {
+    let url = fresh_database("opsloop_bench").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(&url)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+    sqlx::query(
+        "INSERT INTO ops_case (id, tenant, title, severity, correlation_id, created_by) \
+         SELECT gen_random_uuid(), 'bench', 'filler case', 'low', gen_random_uuid(), 'bench' \
+         FROM generate_series(1, 100000)",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
+         SELECT gen_random_uuid(), id, 'created', 'NEW', 1, 'bench', correlation_id FROM ops_case",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    Ok(pool)
+}
+
+/// (d)'s database and pgbench, or why (d) is skipped.
+struct PgBench {
+    bin: std::path::PathBuf,
+    url: reqwest::Url,
+    dir: std::path::PathBuf,
+}
+
+async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
+    let bin = match arg("--pgbench") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let local = std::path::Path::new(".opsloop/pg/pgserver/pginstall/bin/pgbench");
+            if local.exists() {
+                // pgbench runs in its own folder: the path must not be relative.
+                local.canonicalize()?
+            } else {
+                std::path::PathBuf::from("pgbench")
+            }
+        }
+    };
+    if std::process::Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Ok(Err(format!("{} not found", bin.display())));
+    }
+    let url = fresh_database("opsloop_pgbench").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await?;
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&pool)
+        .await?;
+    if version < 180000 {
+        return Ok(Err(format!("the server is {version}, older than 18")));
+    }
+    sqlx::raw_sql(PGBENCH_SCHEMA).execute(&pool).await?;
+    // Outside the schema's implicit transaction, which VACUUM refuses.
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    pool.close().await;
+    let dir = std::env::temp_dir().join(format!("opsloop-pgbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("transition.sql"), PGBENCH_SCRIPT)?;
+    Ok(Ok(PgBench {
+        bin,
+        url: reqwest::Url::parse(&url)?,
+        dir,
+    }))
+}
+
+/// One pgbench cell: `clients` connections for `seconds`, latencies from
+/// its per-transaction log.
+fn pgbench_cell(pg: &PgBench, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
+    for f in std::fs::read_dir(&pg.dir)? {
+        let f = f?.path();
+        if f.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("log"))
+        {
+            std::fs::remove_file(f)?;
+        }
+    }
+    let before = cpu_now();
+    let out = std::process::Command::new(&pg.bin)
+        .current_dir(&pg.dir)
+        .env("PGHOST", pg.url.host_str().unwrap_or("127.0.0.1"))
+        .env("PGPORT", pg.url.port().unwrap_or(5432).to_string())
+        .env("PGUSER", pg.url.username())
+        .env("PGPASSWORD", pg.url.password().unwrap_or(""))
+        .env("PGDATABASE", pg.url.path().trim_start_matches('/'))
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-f",
+            "transition.sql",
+            "-l",
+            "--log-prefix=log",
+        ])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .args(["-T", &seconds.to_string()])
+        .output()?;
+    let after = cpu_now();
+    anyhow::ensure!(
+        out.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench's output: {text}"))?;
+    let mut all = Vec::new();
+    for f in std::fs::read_dir(&pg.dir)? {
+        let f = f?.path();
+        if !f
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("log"))
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&f)?.lines() {
+            // client_id transaction_no time_us script_no epoch epoch_us
+            if let Some(us) = line
+                .split_whitespace()
+                .nth(2)
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                all.push(Duration::from_micros(us));
+            }
+        }
+    }
+    all.sort_unstable();
+    let n = all.len().max(1) as f64;
+    let client = after.2 - before.2;
+    Ok(Cell {
+        rate,
+        p50: quantile(&all, 0.50),
+        p99: quantile(&all, 0.99),
+        client_cpu_ms: 1000.0 * client / n,
+        server_cpu_ms: 1000.0 * ((after.0 - before.0) - client).max(0.0) / n,
+    })
 }
 
 /// The status the walk reaches after `step` (the raw path writes it itself).
@@ -79,6 +337,7 @@ struct Ctx {
     orchestrator: Orchestrator,
     http: reqwest::Client,
     base: String,
+    pgbench: Option<PgBench>,
 }
 
 /// One transition through the raw statements the orchestrator issues.
@@ -173,6 +432,13 @@ async fn http_step(ctx: &Ctx, case: Uuid, step: u64) -> anyhow::Result<()> {
 }
 
 async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
+    if mode == Mode::PgBench {
+        let pg = ctx
+            .pgbench
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no pgbench"))?;
+        return pgbench_cell(pg, clients, seconds);
+    }
     let mut cases = Vec::new();
     for _ in 0..clients {
         cases.push(new_case(&ctx.orchestrator).await?);
@@ -183,6 +449,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                                 "verify_passed": null, "auto_rollback_allowed": false}});
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
+    let before = cpu_now();
     let mut tasks = Vec::new();
     for case in cases {
         let ctx = ctx.clone();
@@ -198,6 +465,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                         orchestrator_step(&ctx.orchestrator, case, step).await?;
                     }
                     Mode::Http => http_step(&ctx, case, step).await?,
+                    Mode::PgBench => unreachable!("pgbench runs as its own process"),
                 }
                 lat.push(t.elapsed());
                 step += 1;
@@ -210,11 +478,16 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
         all.extend(t.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let after = cpu_now();
     all.sort_unstable();
+    let n = all.len().max(1) as f64;
+    let client = after.1 - before.1;
     Ok(Cell {
         rate: all.len() as f64 / elapsed,
         p50: quantile(&all, 0.50),
         p99: quantile(&all, 0.99),
+        client_cpu_ms: 1000.0 * client / n,
+        server_cpu_ms: 1000.0 * ((after.0 - before.0) - client).max(0.0) / n,
     })
 }
 
@@ -228,7 +501,14 @@ async fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let max_clients = client_counts.iter().copied().max().unwrap_or(1);
-    let pool = database(u32::try_from(max_clients + 4)?).await?;
+    let pool = product_database(u32::try_from(max_clients + 4)?).await?;
+    let pgbench = match pgbench_setup().await? {
+        Ok(pg) => Some(pg),
+        Err(why) => {
+            println!("bench_transition: (d) skipped: {why}");
+            None
+        }
+    };
 
     let orchestrator = Orchestrator::new(pool.clone());
     let mut tokens = TokenStore::default();
@@ -269,6 +549,7 @@ async fn main() -> anyhow::Result<()> {
             .pool_max_idle_per_host(max_clients)
             .build()?,
         base,
+        pgbench,
     });
 
     // Warm up connections and caches so the first cell is not penalised.
@@ -279,13 +560,24 @@ async fn main() -> anyhow::Result<()> {
         "bench_transition: {rounds} interleaved rounds of {seconds} s per path, median round shown; each client walks its own case"
     );
     println!(
-        "{:>7}  {:<18} {:>12} {:>9} {:>9} {:>10}",
-        "clients", "path", "transitions/s", "p50 ms", "p99 ms", "vs (c)"
+        "{:>7}  {:<18} {:>12} {:>9} {:>9} {:>8} {:>8} {:>13} {:>13}",
+        "clients",
+        "path",
+        "transitions/s",
+        "p50 ms",
+        "p99 ms",
+        "vs (c)",
+        "vs (d)",
+        "client CPU ms",
+        "server CPU ms"
     );
     // The machine is shared and noisy: the three paths run interleaved, in
     // several rounds, and each row reports its median round, so a burst of
     // background load hits all paths alike.
-    let modes = [Mode::Raw, Mode::Orchestrator, Mode::Http];
+    let modes: Vec<Mode> = [Mode::Raw, Mode::Orchestrator, Mode::Http, Mode::PgBench]
+        .into_iter()
+        .filter(|m| *m != Mode::PgBench || ctx.pgbench.is_some())
+        .collect();
     for &clients in &client_counts {
         let mut cells: Vec<Vec<Cell>> = modes.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
@@ -300,21 +592,31 @@ async fn main() -> anyhow::Result<()> {
                 c.swap_remove(c.len() / 2)
             })
             .collect();
+        let ceiling = modes
+            .iter()
+            .position(|m| *m == Mode::PgBench)
+            .map(|i| median[i].rate);
         for (mode, cell) in modes.iter().zip(&median) {
-            print_row(clients, *mode, cell, median[0].rate);
+            print_row(clients, *mode, cell, median[0].rate, ceiling);
         }
     }
     Ok(())
 }
 
-fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64) {
+fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64, ceiling: Option<f64>) {
+    let vs_d = ceiling.map_or("-".to_string(), |d| {
+        format!("{:.0}%", 100.0 * cell.rate / d)
+    });
     println!(
-        "{:>7}  {:<18} {:>12.0} {:>9.2} {:>9.2} {:>9.0}%",
+        "{:>7}  {:<18} {:>12.0} {:>9.2} {:>9.2} {:>7.0}% {:>8} {:>13.3} {:>13.3}",
         clients,
         mode.name(),
         cell.rate,
         ms(cell.p50),
         ms(cell.p99),
-        100.0 * cell.rate / baseline
+        100.0 * cell.rate / baseline,
+        vs_d,
+        cell.client_cpu_ms,
+        cell.server_cpu_ms
     );
 }
