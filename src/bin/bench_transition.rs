@@ -76,6 +76,38 @@ struct Cell {
     /// and the rest of the machine's, which is mostly PostgreSQL's.
     client_cpu_ms: f64,
     server_cpu_ms: f64,
+    /// WAL written per transaction (server-wide; the paths run one at a
+    /// time) and growth of the path's database per transaction, in bytes.
+    wal_bytes: f64,
+    stored_bytes: f64,
+}
+
+/// The WAL position and the size of `database`, to measure a cell by.
+async fn storage_mark(pool: &PgPool, database: &str) -> anyhow::Result<(String, i64)> {
+    Ok(
+        sqlx::query_as("SELECT pg_current_wal_lsn()::text, pg_database_size($1)")
+            .bind(database)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// (WAL bytes, database bytes) since `mark`, per transaction.
+async fn storage_since(
+    pool: &PgPool,
+    database: &str,
+    mark: &(String, i64),
+    transactions: f64,
+) -> anyhow::Result<(f64, f64)> {
+    let (wal, size): (f64, i64) = sqlx::query_as(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $2::pg_lsn)::float8, pg_database_size($1)",
+    )
+    .bind(database)
+    .bind(&mark.0)
+    .fetch_one(pool)
+    .await?;
+    let n = transactions.max(1.0);
+    Ok((wal / n, (size - mark.1) as f64 / n))
 }
 
 /// CPU seconds: (the machine's busy time, this process's own, its waited
@@ -319,6 +351,8 @@ fn pgbench_cell(pg: &PgBench, clients: usize, seconds: u64) -> anyhow::Result<Ce
         p99: quantile(&all, 0.99),
         client_cpu_ms: 1000.0 * client / n,
         server_cpu_ms: 1000.0 * ((after.0 - before.0) - client).max(0.0) / n,
+        wal_bytes: 0.0,
+        stored_bytes: 0.0,
     })
 }
 
@@ -437,7 +471,12 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
             .pgbench
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("no pgbench"))?;
-        return pgbench_cell(pg, clients, seconds);
+        let mark = storage_mark(&ctx.pool, "opsloop_pgbench").await?;
+        let mut cell = pgbench_cell(pg, clients, seconds)?;
+        let n = cell.rate * seconds as f64;
+        (cell.wal_bytes, cell.stored_bytes) =
+            storage_since(&ctx.pool, "opsloop_pgbench", &mark, n).await?;
+        return Ok(cell);
     }
     let mut cases = Vec::new();
     for _ in 0..clients {
@@ -447,6 +486,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                       "facts": {"reason": null, "park_reason": null, "plan": null, "approvals": [],
                                 "required_approvers": 1, "judgement": null, "exec": null,
                                 "verify_passed": null, "auto_rollback_allowed": false}});
+    let mark = storage_mark(&ctx.pool, "opsloop_bench").await?;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let before = cpu_now();
@@ -482,12 +522,15 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
     all.sort_unstable();
     let n = all.len().max(1) as f64;
     let client = after.1 - before.1;
+    let (wal_bytes, stored_bytes) = storage_since(&ctx.pool, "opsloop_bench", &mark, n).await?;
     Ok(Cell {
         rate: all.len() as f64 / elapsed,
         p50: quantile(&all, 0.50),
         p99: quantile(&all, 0.99),
         client_cpu_ms: 1000.0 * client / n,
         server_cpu_ms: 1000.0 * ((after.0 - before.0) - client).max(0.0) / n,
+        wal_bytes,
+        stored_bytes,
     })
 }
 
@@ -560,7 +603,7 @@ async fn main() -> anyhow::Result<()> {
         "bench_transition: {rounds} interleaved rounds of {seconds} s per path, median round shown; each client walks its own case"
     );
     println!(
-        "{:>7}  {:<18} {:>12} {:>9} {:>9} {:>8} {:>8} {:>13} {:>13}",
+        "{:>7}  {:<18} {:>12} {:>9} {:>9} {:>8} {:>8} {:>13} {:>13} {:>9} {:>9}",
         "clients",
         "path",
         "transitions/s",
@@ -569,7 +612,9 @@ async fn main() -> anyhow::Result<()> {
         "vs (c)",
         "vs (d)",
         "client CPU ms",
-        "server CPU ms"
+        "server CPU ms",
+        "WAL B/tx",
+        "disk B/tx"
     );
     // The machine is shared and noisy: the three paths run interleaved, in
     // several rounds, and each row reports its median round, so a burst of
@@ -608,7 +653,7 @@ fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64, ceiling: Op
         format!("{:.0}%", 100.0 * cell.rate / d)
     });
     println!(
-        "{:>7}  {:<18} {:>12.0} {:>9.2} {:>9.2} {:>7.0}% {:>8} {:>13.3} {:>13.3}",
+        "{:>7}  {:<18} {:>12.0} {:>9.2} {:>9.2} {:>7.0}% {:>8} {:>13.3} {:>13.3} {:>9.0} {:>9.0}",
         clients,
         mode.name(),
         cell.rate,
@@ -617,6 +662,8 @@ fn print_row(clients: usize, mode: Mode, cell: &Cell, baseline: f64, ceiling: Op
         100.0 * cell.rate / baseline,
         vs_d,
         cell.client_cpu_ms,
-        cell.server_cpu_ms
+        cell.server_cpu_ms,
+        cell.wal_bytes,
+        cell.stored_bytes
     );
 }
