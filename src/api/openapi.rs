@@ -81,7 +81,17 @@ fn problem_schema() -> Value {
 /// No control characters (what `has_control` refuses), optionally also no
 /// line breaks.
 const NO_CONTROL: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+/// `Tenant`: 1-64 of `[a-z0-9_-]`, starting alphanumeric.
+const TENANT: &str = r"^[a-z0-9][a-z0-9_-]{0,63}$";
 const TEXT: &str = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$";
+
+/// Labels of a case or a metric row: at most 32, keys 1-63 of
+/// `[A-Za-z0-9_./-]`, values up to 256 characters without control characters.
+fn labels() -> Value {
+    json!({"type": ["object", "null"], "maxProperties": 32,
+           "propertyNames": {"pattern": r"^[A-Za-z0-9_./-]{1,63}$"},
+           "additionalProperties": {"type": "string", "maxLength": 256, "pattern": NO_CONTROL}})
+}
 
 /// What the handlers check and utoipa's derive cannot say: lengths,
 /// patterns, enums and closed objects of the request bodies, so that a
@@ -94,13 +104,11 @@ fn request_schemas(doc: &mut Value) {
             "title": {"type": "string", "minLength": 1, "maxLength": 200,
                       "pattern": r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
                       "description": "1-200 characters without control characters, not only spaces"},
-            "tenant": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "tenant": {"type": "string", "pattern": TENANT},
             "severity": {"type": ["string", "null"], "enum": ["critical", "high", "medium", "low", "info", null],
                          "description": "default medium"},
             "kind": {"type": ["string", "null"], "pattern": r"^[a-z0-9][a-z0-9_.-]{0,63}$"},
-            "labels": {"type": ["object", "null"], "maxProperties": 32,
-                       "propertyNames": {"pattern": r"^[A-Za-z0-9_./-]{1,63}$"},
-                       "additionalProperties": {"type": "string", "maxLength": 256, "pattern": NO_CONTROL}}
+            "labels": labels()
         }
     });
     let nullable_object =
@@ -129,16 +137,14 @@ fn request_schemas(doc: &mut Value) {
                        "description": "the minute's start (seconds 0), from 2000-01-01 to now"},
             "ts": {"type": "string", "format": "date-time", "deprecated": true,
                    "description": "another name for bucket; send one of them"},
-            "tenant": {"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "tenant": {"type": "string", "pattern": TENANT},
             "resource": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL},
             "metric": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": NO_CONTROL},
             "avg": {"type": "number", "minimum": -1e15, "maximum": 1e15, "description": "at most max"},
             "max": {"type": "number", "minimum": -1e15, "maximum": 1e15},
             "p95": {"type": ["number", "null"], "minimum": -1e15, "maximum": 1e15},
             "count": {"type": "integer", "minimum": 1, "maximum": i32::MAX},
-            "labels": {"type": ["object", "null"], "maxProperties": 32,
-                       "propertyNames": {"pattern": r"^[A-Za-z0-9_./-]{1,63}$"},
-                       "additionalProperties": {"type": "string", "maxLength": 256, "pattern": NO_CONTROL}}
+            "labels": labels()
         }
     });
     schemas["MetricRows"] = json!({
@@ -326,7 +332,7 @@ fn parameters(doc: &mut Value) {
             "/cases",
             "get",
             "tenant",
-            json!({"type": "string", "pattern": r"^[a-z0-9][a-z0-9_-]{0,63}$"}),
+            json!({"type": "string", "pattern": TENANT}),
         ),
         (
             "/cases",
