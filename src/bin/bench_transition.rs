@@ -17,6 +17,7 @@
 //! Usage: DATABASE_URL=... bench_transition [--seconds 3] [--rounds 3] [--clients 1,8,32]
 //!        [--pgbench PATH]   (default: `pgbench` of the PostgreSQL in .opsloop/, else PATH)
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -643,6 +644,64 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| median[i].rate);
         for (mode, cell) in modes.iter().zip(&median) {
             print_row(clients, *mode, cell, median[0].rate, ceiling);
+        }
+    }
+    breakdown(&ctx, max_clients.min(8), seconds).await
+}
+
+/// Heap bytes, index bytes and index count of each table of a database.
+async fn table_sizes(pool: &PgPool) -> anyhow::Result<BTreeMap<String, (i64, i64, i64)>> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT c.relname::text, pg_relation_size(c.oid), pg_indexes_size(c.oid), \
+                (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname <> '_sqlx_migrations'",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, h, i, n)| (t, (h, i, n)))
+        .collect())
+}
+
+/// Where a transition's stored bytes go, table by table: one more cell of
+/// (a) and of (d), with every table's heap and index sizes before and
+/// after (issue #15, deliverable 2).
+async fn breakdown(ctx: &Arc<Ctx>, clients: usize, seconds: u64) -> anyhow::Result<()> {
+    let mut paths: Vec<(Mode, PgPool)> = vec![(Mode::Orchestrator, ctx.pool.clone())];
+    if let Some(pg) = &ctx.pgbench {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(pg.url.as_str())
+            .await?;
+        paths.push((Mode::PgBench, pool));
+    }
+    println!(
+        "\nbytes stored per transition by table ({clients} clients, {seconds} s, one cell each):"
+    );
+    println!(
+        "{:<18} {:<16} {:>9} {:>10} {:>8}",
+        "path", "table", "heap B/tx", "index B/tx", "indexes"
+    );
+    for (mode, pool) in paths {
+        let before = table_sizes(&pool).await?;
+        let cell = run_cell(ctx.clone(), mode, clients, seconds).await?;
+        let after = table_sizes(&pool).await?;
+        let n = (cell.rate * seconds as f64).max(1.0);
+        for (table, (heap, index, count)) in &after {
+            let (h0, i0, _) = before.get(table).copied().unwrap_or_default();
+            if heap == &h0 && index == &i0 {
+                continue;
+            }
+            println!(
+                "{:<18} {:<16} {:>9.0} {:>10.0} {:>8}",
+                mode.name(),
+                table,
+                (heap - h0) as f64 / n,
+                (index - i0) as f64 / n,
+                count
+            );
         }
     }
     Ok(())
