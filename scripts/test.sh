@@ -20,8 +20,12 @@ if [ -z "${NATS_SERVER_BIN:-}" ]; then
 fi
 
 echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
+phase_start=$SECONDS
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+echo "test: cargo build and tests took $((SECONDS - phase_start)) s"
 
 # The HTTP API against its own OpenAPI document, by a third-party fuzzer.
 echo "test: fuzzing the HTTP API from /openapi.json (scripts/fuzz.sh)"
+phase_start=$SECONDS
 bash scripts/fuzz.sh
+echo "test: fuzzing took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"
