@@ -537,6 +537,18 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // sqlx reports each statement as a `sqlx::query` event at debug level:
+    // counted, never printed.
+    let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        use tracing_subscriber::prelude::*;
+        tracing_subscriber::registry()
+            .with(
+                StatementCounter(statements.clone())
+                    .with_filter(tracing_subscriber::EnvFilter::new("sqlx::query=debug")),
+            )
+            .init();
+    }
     let seconds: u64 = arg("--seconds").map_or(Ok(3), |s| s.parse())?;
     let rounds: usize = arg("--rounds").map_or(Ok(3), |s| s.parse())?;
     let client_counts: Vec<usize> = arg("--clients")
@@ -646,7 +658,46 @@ async fn main() -> anyhow::Result<()> {
             print_row(clients, *mode, cell, median[0].rate, ceiling);
         }
     }
-    breakdown(&ctx, max_clients.min(8), seconds).await
+    breakdown(&ctx, max_clients.min(8), seconds).await?;
+    round_trips(&ctx, &statements).await
+}
+
+/// Counts the statements sqlx reports (its `sqlx::query` events, one per
+/// round trip; `COMMIT` is reported, the `BEGIN` of `pool.begin()` is not).
+struct StatementCounter(Arc<std::sync::atomic::AtomicU64>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StatementCounter {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "sqlx::query" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Round trips per transition of (a) and (c): `n` transitions of one case,
+/// one at a time, with sqlx's statement events counted.
+async fn round_trips(ctx: &Arc<Ctx>, counter: &std::sync::atomic::AtomicU64) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    let n = 200u64;
+    let meta = json!({"facts": {}});
+    println!(
+        "\nround trips per transition ({n} transitions): sqlx's reported statements with COMMIT; its BEGIN is one more"
+    );
+    for mode in [Mode::Raw, Mode::Orchestrator] {
+        let case = new_case(&ctx.orchestrator).await?;
+        let before = counter.load(Ordering::Relaxed);
+        for step in 0..n {
+            match mode {
+                Mode::Raw => raw_step(&ctx.pool, case, step, &meta).await?,
+                _ => {
+                    orchestrator_step(&ctx.orchestrator, case, step).await?;
+                }
+            }
+        }
+        let per = (counter.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        println!("{:<18} {per:>6.2}", mode.name());
+    }
+    Ok(())
 }
 
 /// Heap bytes, index bytes and index count of each table of a database.
