@@ -32,6 +32,18 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1 || [ ! -x "$venv/bin/ope
     "openapi-spec-validator==$SPEC_VALIDATOR_VERSION"
 fi
 
+# A fresh database for every run, so that a run with the same seed meets
+# the same data (and leaves the tests' database alone).
+psql_bin=$(ls .opsloop/pg/pgserver/pginstall/bin/psql 2>/dev/null || command -v psql || true)
+if [ -n "$psql_bin" ]; then
+  "$psql_bin" "$DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
+    -c "DROP DATABASE IF EXISTS opsloop_fuzz WITH (FORCE)" -c "CREATE DATABASE opsloop_fuzz" >/dev/null
+  DATABASE_URL=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/opsloop_fuzz")))' "$DATABASE_URL")
+  export DATABASE_URL
+else
+  echo "fuzz: no psql found: fuzzing against DATABASE_URL's own database"
+fi
+
 cargo build --locked --bin opsloop
 bin="$CARGO_TARGET_DIR/debug/opsloop"
 rm -f "$state/tokens.toml"
