@@ -7,9 +7,11 @@ use std::collections::BTreeSet;
 use strum::IntoEnumIterator;
 use tokio_util::sync::CancellationToken;
 
+use crate::contract::Fact;
 use crate::contract::command::{
     CMD_ANALYSIS_RUN, CMD_GATE_EVAL, CMD_PLAN_GENERATE, CMD_VERIFY_RUN,
 };
+use crate::contract::fact::PlanSource;
 use crate::pubsub::consumer::{self, ConsumerSpec, Handler};
 use crate::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 
@@ -63,6 +65,26 @@ impl Role {
             // same target share the executor's target locks.
             Role::Executor => spec(CMD_STREAM, "cmd.exec.>", 8),
             Role::Verifier => spec(CMD_STREAM, CMD_VERIFY_RUN, 8),
+        })
+    }
+
+    /// The worker role that alone sends `fact`: the only envelope `actor`
+    /// the orchestrator accepts for it (DESIGN §10; workers sign their
+    /// facts with their role's name). `None` for a person's plan (posted
+    /// through the API, `source: human`, whose actor is that person) and for
+    /// informational facts.
+    pub fn owning(fact: &Fact) -> Option<Role> {
+        Some(match fact {
+            Fact::Findings(_) => Role::Analyst,
+            Fact::PlanProposed(p) if p.source == PlanSource::Human => return None,
+            Fact::PlanProposed(_) | Fact::PlanFailed(_) => Role::Planner,
+            Fact::PlanApproved(_) | Fact::PlanRejected(_) => Role::Gatekeeper,
+            Fact::ExecDone(_) | Fact::ExecFailed(_) => Role::Executor,
+            Fact::VerifyPass(_) | Fact::VerifyFailed(_) => Role::Verifier,
+            Fact::CaseTransition(_)
+            | Fact::GatePending(_)
+            | Fact::StepResult(_)
+            | Fact::RolledBack(_) => return None,
         })
     }
 

@@ -370,6 +370,42 @@ pub struct BreakGlass {
     reason: String,
 }
 
+/// What the timeline keeps of a person's request: its own `meta`, and
+/// beside it the evidence and the break-glass reason it gave.
+#[derive(Serialize)]
+struct RequestMeta {
+    #[serde(flatten)]
+    meta: serde_json::Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    evidence: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    break_glass: Option<BreakGlass>,
+}
+
+impl RequestMeta {
+    /// `null` when the request gave none of them (`meta` was checked to be
+    /// an object).
+    fn stored(
+        meta: Option<Value>,
+        evidence: Option<Value>,
+        break_glass: Option<BreakGlass>,
+    ) -> Value {
+        if meta.is_none() && evidence.is_none() && break_glass.is_none() {
+            return Value::Null;
+        }
+        let meta = match meta {
+            Some(Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        serde_json::to_value(RequestMeta {
+            meta,
+            evidence,
+            break_glass,
+        })
+        .unwrap_or(Value::Null)
+    }
+}
+
 /// A person approving a plan the gate judged inside a change freeze must
 /// say why (DESIGN §10); the reason is kept with the approval's timeline
 /// entry. Read within the caller's tenants: another tenant's plan is not
@@ -379,8 +415,13 @@ async fn check_break_glass(
     who: &Identity,
     case_id: Uuid,
     plan_hash: &PlanHash,
-    given: Option<&BreakGlass>,
+    given: bool,
 ) -> Result<(), ApiError> {
+    // A reason given needs no look-up: it is kept whether or not the
+    // plan needed one.
+    if given {
+        return Ok(());
+    }
     let freeze: Option<Option<String>> = sqlx::query_scalar(
         "SELECT gate_freeze FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2 \
          AND gate_verdict = 'break_glass' AND EXISTS (SELECT 1 FROM ops_case c WHERE c.id = $1 \
@@ -391,12 +432,9 @@ async fn check_break_glass(
     .bind(who.tenants.sql())
     .fetch_optional(state.orchestrator.pool())
     .await?;
-    let Some(freeze) = freeze else {
-        return Ok(());
-    };
-    match given {
-        Some(b) if !b.reason.trim().is_empty() && b.reason.chars().count() <= 2000 => Ok(()),
-        _ => Err(invalid(
+    match freeze {
+        None => Ok(()),
+        Some(freeze) => Err(invalid(
             "break_glass",
             &format!(
                 "the plan is judged inside change freeze {}: approving it overrides the freeze; \
@@ -554,13 +592,18 @@ pub async fn transition(
         ));
     }
     check_evidence(&state, id, event, body.evidence.as_ref()).await?;
-    let mut meta = body.meta.unwrap_or(Value::Null);
-    if let Some(evidence) = body.evidence {
-        if meta.is_null() {
-            meta = json!({});
-        }
-        meta["evidence"] = evidence;
+    if let Some(b) = &body.break_glass
+        && (b.reason.trim().is_empty()
+            || b.reason.chars().count() > 2000
+            || has_control(&b.reason, true))
+    {
+        return Err(invalid(
+            "break_glass",
+            "reason: 1-2000 characters without control characters",
+        ));
     }
+    let given_break_glass = body.break_glass.is_some();
+    let meta = RequestMeta::stored(body.meta, body.evidence, body.break_glass);
     if meta.to_string().len() > MAX_META_BYTES {
         return Err(ApiError::PayloadTooLarge(format!(
             "meta is stored with the timeline entry: at most {MAX_META_BYTES} bytes"
@@ -582,22 +625,7 @@ pub async fn transition(
     if let (EventKind::GateApproved, Some(hash)) = (event, &plan_hash)
         && who.is_human()
     {
-        check_break_glass(&state, &who, id, hash, body.break_glass.as_ref()).await?;
-    }
-    if let Some(b) = &body.break_glass {
-        if b.reason.trim().is_empty()
-            || b.reason.chars().count() > 2000
-            || has_control(&b.reason, true)
-        {
-            return Err(invalid(
-                "break_glass",
-                "reason: 1-2000 characters without control characters",
-            ));
-        }
-        if meta.is_null() {
-            meta = json!({});
-        }
-        meta["break_glass"] = json!(b);
+        check_break_glass(&state, &who, id, hash, given_break_glass).await?;
     }
     let trace_id =
         telemetry::trace_id_from(headers.get("traceparent").and_then(|v| v.to_str().ok()));

@@ -10,7 +10,6 @@
 
 use std::sync::OnceLock;
 
-use axum::Json;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
@@ -455,9 +454,16 @@ pub fn document() -> &'static Value {
     })
 }
 
-/// `GET /openapi.json`.
-pub async fn serve() -> Json<Value> {
-    Json(document().clone())
+/// `GET /openapi.json`: the document serialised once, not per request.
+pub async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    static BODY: OnceLock<String> = OnceLock::new();
+    let body = BODY.get_or_init(|| document().to_string());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.as_str(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

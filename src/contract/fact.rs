@@ -285,25 +285,6 @@ impl Fact {
         })
     }
 
-    /// The worker role that alone sends this fact: the only envelope
-    /// `actor` the orchestrator accepts for it (DESIGN §10). `None` for a
-    /// person's plan (posted through the API, `source: human`, whose actor
-    /// is that person) and for informational facts.
-    pub fn owner(&self) -> Option<&'static str> {
-        Some(match self {
-            Fact::Findings(_) => "analyst",
-            Fact::PlanProposed(p) if p.source == PlanSource::Human => return None,
-            Fact::PlanProposed(_) | Fact::PlanFailed(_) => "planner",
-            Fact::PlanApproved(_) | Fact::PlanRejected(_) => "gatekeeper",
-            Fact::ExecDone(_) | Fact::ExecFailed(_) => "executor",
-            Fact::VerifyPass(_) | Fact::VerifyFailed(_) => "verifier",
-            Fact::CaseTransition(_)
-            | Fact::GatePending(_)
-            | Fact::StepResult(_)
-            | Fact::RolledBack(_) => return None,
-        })
-    }
-
     /// The plan the fact is about; the orchestrator rejects a fact about a
     /// plan that is no longer the case's current one as stale.
     pub fn plan_hash(&self) -> Option<&PlanHash> {

@@ -404,6 +404,13 @@ mod tests {
         ChangePlan::from_stored(&plan_json(action, env, own, rollback)).unwrap()
     }
 
+    /// Points a `k8s.rollout` step at another namespace.
+    fn in_namespace(action: &mut Action, namespace: &str) {
+        if let Action::K8sRollout(rollout) = action {
+            rollout.namespace = namespace.into();
+        }
+    }
+
     fn plan_json(action: &str, env: &str, own: Option<f64>, rollback: bool) -> Value {
         let params = match action {
             "k8s.rollout" => json!({"namespace": "shop", "deployment": "api", "restart": true}),
@@ -612,15 +619,10 @@ mod tests {
     #[test]
     fn a_production_target_needs_two_approvers_whatever_the_plan_says() {
         for env in [None, Some("staging"), Some("dev")] {
-            let mut p = plan_json("k8s.rollout", "x", None, true);
-            p["steps"][0]["params"]["namespace"] = json!("shop-prod");
-            match env {
-                Some(e) => p["environment"] = json!(e),
-                None => {
-                    p.as_object_mut().unwrap().remove("environment");
-                }
-            }
-            let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy(), &ctx());
+            let mut p = plan("k8s.rollout", "x", None, true);
+            in_namespace(&mut p.steps[0].action, "shop-prod");
+            p.environment = env.map(String::from);
+            let d = evaluate(&p, &policy(), &ctx());
             assert_eq!(
                 d.verdict,
                 Verdict::RequireApprovers { count: 2 },
@@ -634,9 +636,11 @@ mod tests {
     /// approval for whatever arguments a plan writes.
     #[test]
     fn an_unknown_target_is_never_approved_automatically() {
-        let mut p = plan_json("script.exec", "staging", None, true);
-        p["steps"][0]["params"]["script"] = json!("drop-caches.sh");
-        let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy(), &ctx());
+        let mut p = plan("script.exec", "staging", None, true);
+        if let Action::ScriptExec(script) = &mut p.steps[0].action {
+            script.script = "drop-caches.sh".into();
+        }
+        let d = evaluate(&p, &policy(), &ctx());
         assert_eq!(
             d.verdict,
             Verdict::RequireApprovers { count: 2 },
@@ -669,10 +673,11 @@ mod tests {
             environments: ["prod".to_string()].into(),
             tenants: Default::default(),
         }];
-        let mut p = plan_json("k8s.rollout", "staging", None, true);
-        p["rollback"]["steps"] = json!([{"action": "k8s.rollout",
-            "params": {"namespace": "shop-prod", "deployment": "api", "undo": true}, "timeout_s": 60, "retry": 0}]);
-        let d = evaluate(&ChangePlan::from_stored(&p).unwrap(), &policy, &ctx());
+        let mut p = plan("k8s.rollout", "staging", None, true);
+        let mut undo = p.steps[0].clone();
+        in_namespace(&mut undo.action, "shop-prod");
+        p.rollback.steps = vec![undo];
+        let d = evaluate(&p, &policy, &ctx());
         assert_eq!(d.verdict.freeze(), Some("prod-freeze"), "{:?}", d.reasons);
     }
 }

@@ -327,12 +327,12 @@ mod tests {
     }
 
     fn plan(env: Option<&str>, steps: serde_json::Value) -> ChangePlan {
-        let mut p = json!({"title": "t", "steps": steps, "rollback": {"steps": []},
-                           "verify": {"checks": []}});
-        if let Some(e) = env {
-            p["environment"] = json!(e);
+        let p = json!({"title": "t", "steps": steps, "rollback": {"steps": []},
+                       "verify": {"checks": []}});
+        ChangePlan {
+            environment: env.map(String::from),
+            ..ChangePlan::from_stored(&p).unwrap()
         }
-        ChangePlan::from_stored(&p).unwrap()
     }
 
     fn script(args: &[&str]) -> serde_json::Value {

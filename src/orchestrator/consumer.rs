@@ -39,8 +39,8 @@ impl Handler for FactConsumer {
         // Each fact has one owning role; a fact claiming to come from any
         // other is not applied (the NATS permissions keep outsiders from
         // publishing at all; this keeps one role from speaking for another).
-        if let Some(owner) = fact.body.owner()
-            && fact.actor != owner
+        if let Some(owner) = crate::roles::Role::owning(&fact.body)
+            && fact.actor != <&str>::from(owner)
         {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
