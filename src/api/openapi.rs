@@ -188,35 +188,49 @@ fn request_schemas(doc: &mut Value) {
 
 /// Routes the derive does not describe: DESIGN's alias of `POST /case`,
 /// and the two documents the API serves about itself.
-fn other_routes(doc: &mut Value) {
-    let mut alias = doc["paths"]["/case"]["post"].clone();
-    alias["operationId"] = json!("create_case_alias");
-    alias["deprecated"] = json!(true);
-    alias["description"] = json!("The same as `POST /case` (DESIGN §6 keeps the alias).");
-    if let Some(responses) = alias["responses"].as_object_mut()
-        && let Some(created) = responses.get_mut("201")
-        && let Some(created) = created.as_object_mut()
-    {
-        created.remove("links");
+fn other_routes(api: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, Deprecated, ResponseBuilder};
+    if let Some(create) = api.paths.get_path_operation("/case", HttpMethod::Post) {
+        let mut alias = create.clone();
+        alias.operation_id = Some("create_case_alias".into());
+        alias.deprecated = Some(Deprecated::True);
+        alias.description = Some("The same as `POST /case` (DESIGN §6 keeps the alias).".into());
+        api.paths
+            .add_path_operation("/case/create", vec![HttpMethod::Post], alias);
     }
-    doc["paths"]["/case/create"] = json!({"post": alias});
-    let document = |operation: &str, media: &str, description: &str| {
-        json!({"get": {
-            "operationId": operation, "tags": ["meta"], "description": description,
-            "responses": {"200": {"description": description,
-                                  "content": {media: {"schema": {"type": "object"}}}}}
-        }})
-    };
-    doc["paths"]["/schemas/changeplan.json"] = document(
-        "changeplan_schema",
-        "application/schema+json",
-        "The ChangePlan JSON Schema (draft 2020-12) every plan is validated against.",
-    );
-    doc["paths"]["/openapi.json"] = document(
-        "openapi_document",
-        "application/json",
-        "This OpenAPI 3.1 document.",
-    );
+    for (path, operation, media, description) in [
+        (
+            "/schemas/changeplan.json",
+            "changeplan_schema",
+            "application/schema+json",
+            "The ChangePlan JSON Schema (draft 2020-12) every plan is validated against.",
+        ),
+        (
+            "/openapi.json",
+            "openapi_document",
+            "application/json",
+            "This OpenAPI 3.1 document.",
+        ),
+    ] {
+        let body = ContentBuilder::new()
+            .schema(Some(ObjectBuilder::new().schema_type(Type::Object)))
+            .build();
+        let get = OperationBuilder::new()
+            .operation_id(Some(operation))
+            .tag("meta")
+            .description(Some(description))
+            .response(
+                "200",
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(media, body),
+            )
+            .build();
+        api.paths
+            .add_path_operation(path, vec![HttpMethod::Get], get);
+    }
 }
 
 /// The bodies of answers the handlers build as JSON values.
@@ -393,15 +407,31 @@ fn reason(status: &str) -> &'static str {
     }
 }
 
+/// Every operation of a path.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
 /// Adds the statuses of the shared layers to `op` and makes every error
 /// answer problem+json.
-fn complete(path: &str, op: &mut Value) {
-    let secured = op
-        .get("security")
-        .is_some_and(|s| s.as_array().is_some_and(|a| !a.is_empty()));
-    let has_body = op.get("requestBody").is_some();
-    let has_params =
-        path.contains('{') || op["parameters"].as_array().is_some_and(|p| !p.is_empty());
+fn complete(path: &str, op: &mut utoipa::openapi::path::Operation) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let has_body = op.request_body.is_some();
+    let has_params = path.contains('{') || op.parameters.as_ref().is_some_and(|p| !p.is_empty());
     let mut add = vec!["500", "503"];
     if secured {
         add.push("401");
@@ -415,18 +445,20 @@ fn complete(path: &str, op: &mut Value) {
     if path.starts_with("/case/{id}") {
         add.push("404");
     }
-    let responses = op["responses"]
-        .as_object_mut()
-        .expect("utoipa writes responses");
+    let responses = &mut op.responses.responses;
     for status in add {
         responses
-            .entry(status)
-            .or_insert_with(|| json!({"description": reason(status)}));
+            .entry(status.to_string())
+            .or_insert_with(|| ResponseBuilder::new().description(reason(status)).into());
     }
     for (status, response) in responses.iter_mut() {
-        if status.as_str() >= "400" {
-            response["content"] =
-                json!({PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}});
+        if status.as_str() >= "400"
+            && let RefOr::T(response) = response
+        {
+            let problem = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .build();
+            response.content = [(PROBLEM_JSON.to_string(), problem)].into();
         }
     }
 }
@@ -435,17 +467,14 @@ fn complete(path: &str, op: &mut Value) {
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
-        other_routes(&mut doc);
-        if let Some(paths) = doc["paths"].as_object_mut() {
-            for (path, item) in paths.iter_mut() {
-                if let Some(item) = item.as_object_mut() {
-                    for op in item.values_mut() {
-                        complete(path, op);
-                    }
-                }
+        let mut api = ApiDoc::openapi();
+        other_routes(&mut api);
+        for (path, item) in api.paths.paths.iter_mut() {
+            for op in operations(item) {
+                complete(path, op);
             }
         }
+        let mut doc = serde_json::to_value(api).unwrap_or(Value::Null);
         doc["components"]["schemas"]["Problem"] = problem_schema();
         request_schemas(&mut doc);
         response_schemas(&mut doc);
