@@ -200,10 +200,8 @@ async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
 /// timeline entries.
 async fn product_database(max_connections: u32) -> anyhow::Result<PgPool> {
     let url = fresh_database("opsloop_bench").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .connect(&url)
-        .await?;
+    // The service's own pool settings: the path measured is the product's.
+    let pool = opsloop::config::connect_db(&url, max_connections).await?;
     opsloop::MIGRATOR.run(&pool).await?;
     sqlx::query(
         "INSERT INTO ops_case (id, tenant, title, severity, correlation_id, created_by) \
@@ -375,63 +373,57 @@ struct Ctx {
     pgbench: Option<PgBench>,
 }
 
-/// One transition through the raw statements the orchestrator issues.
+/// One transition through the raw statements the orchestrator issues:
+/// the claim with the case lock, then status, timeline and outbox in one
+/// statement.
 async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow::Result<()> {
     let key = Uuid::now_v7().to_string();
     let event = event_at(step).as_str();
+    let timeline_id = Uuid::now_v7();
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO idempotency (actor, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT (actor, key) DO NOTHING",
+    let (claimed, from, version, correlation): (i64, String, i64, Uuid) = sqlx::query_as(
+        "WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) \
+         VALUES ($2, $3, $4, $5) ON CONFLICT (actor, key) DO NOTHING RETURNING 1) \
+         SELECT k.claimed, c.status, c.version, c.correlation_id \
+         FROM (SELECT count(*) AS claimed FROM claim) k \
+         LEFT JOIN LATERAL (SELECT status, version, correlation_id FROM ops_case \
+                            WHERE id = $1 FOR UPDATE) c ON true",
     )
+    .bind(case)
     .bind("bench")
     .bind(&key)
     .bind("0".repeat(64))
-    .execute(&mut *tx)
-    .await?;
-    let (from, correlation): (String, Uuid) =
-        sqlx::query_as("SELECT status, correlation_id FROM ops_case WHERE id = $1 FOR UPDATE")
-            .bind(case)
-            .fetch_one(&mut *tx)
-            .await?;
-    let (version,): (i64,) = sqlx::query_as(
-        "UPDATE ops_case SET status = $2, version = version + 1, park_reason = NULL, \
-         updated_at = now() WHERE id = $1 RETURNING version",
-    )
-    .bind(case)
-    .bind(status_after(step))
+    .bind(timeline_id)
     .fetch_one(&mut *tx)
     .await?;
-    let timeline_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, \
-         actor, reason, correlation_id, meta) \
-         VALUES ($1, $2, 'transition', $3, $4, $5, $6, $7, $8, $9, $10)",
-    )
-    .bind(timeline_id)
-    .bind(case)
-    .bind(event)
-    .bind(&from)
-    .bind(status_after(step))
-    .bind(version)
-    .bind("bench")
-    .bind(None::<String>)
-    .bind(correlation)
-    .bind(meta)
-    .execute(&mut *tx)
-    .await?;
+    anyhow::ensure!(claimed == 1, "a fresh key is claimed");
     let payload = json!({"id": Uuid::now_v7(), "type": "evt.case.transition.v1", "case_id": case,
                          "tenant": "bench", "occurred_at": chrono::Utc::now(), "actor": "bench",
                          "correlation_id": correlation, "causation_id": timeline_id,
-                         "expected_version": version,
+                         "expected_version": version + 1,
                          "data": {"from": from, "to": status_after(step), "event": event,
-                                  "version": version, "actor": "bench", "reason": null,
+                                  "version": version + 1, "actor": "bench", "reason": null,
                                   "timeline_id": timeline_id}});
     sqlx::query(
-        "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
-         SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
+        "WITH upd AS (UPDATE ops_case SET status = $2, version = version + 1, park_reason = NULL, \
+         updated_at = now() WHERE id = $1 AND version = $3 RETURNING id, status, version, \
+         correlation_id, park_reason), \
+         ent AS (INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, \
+         version, actor, reason, correlation_id, meta, park_reason) \
+         SELECT $4, id, 'transition', $5, $6, status, version, 'bench', NULL, correlation_id, $7, \
+         park_reason FROM upd RETURNING meta, at), \
+         ob AS (INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $11 FROM UNNEST($8::uuid[], $9::text[], $10::text[]) AS t(m, s, p) \
+         WHERE EXISTS (SELECT 1 FROM ent)) \
+         SELECT upd.version, ent.at FROM upd, ent",
     )
     .bind(case)
+    .bind(status_after(step))
+    .bind(version)
+    .bind(timeline_id)
+    .bind(event)
+    .bind(&from)
+    .bind(meta)
     .bind(vec![Uuid::now_v7(), Uuid::now_v7()])
     .bind(vec![
         "cmd.plan.generate".to_string(),
@@ -439,15 +431,8 @@ async fn raw_step(pool: &PgPool, case: Uuid, step: u64, meta: &Value) -> anyhow:
     ])
     .bind(vec![payload.to_string(), payload.to_string()])
     .bind("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("UPDATE idempotency SET answer = $3, case_id = $4 WHERE actor = $1 AND key = $2")
-        .bind("bench")
-        .bind(&key)
-        .bind(meta)
-        .bind(case)
-        .execute(&mut *tx)
-        .await?;
     tx.commit().await?;
     Ok(())
 }

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use serde_json::json;
 use sqlx::PgPool;
 use tracing::{Instrument, info, info_span};
+use uuid::Uuid;
 
 pub use outcome::{Answer, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError};
 pub use request::{Actor, Origin, TransitionRequest};
@@ -104,25 +105,33 @@ impl Orchestrator {
 
     async fn transition_in_tx(&self, req: &TransitionRequest) -> Result<Outcome, TransitionError> {
         let mut tx = self.pool.begin().await?;
+        // The entry this transaction writes (applied or rejected): an
+        // idempotent claim names it up front.
+        let entry_id = Uuid::now_v7();
 
-        // 1. Duplicates: the claim row blocks a concurrent twin until we commit.
-        match &req.origin {
+        // 1.-3. Duplicates, then the case lock. The claim row blocks a
+        // concurrent twin until we commit.
+        let case = match &req.origin {
             Origin::Http {
                 idempotency_key,
                 request_hash,
             } => {
-                if let Some(stored) = store::claim_idempotency(
+                match store::claim_and_lock(
                     &mut tx,
-                    &req.actor.id,
+                    req,
                     idempotency_key.as_str(),
                     request_hash,
+                    entry_id,
                 )
                 .await?
                 {
-                    return match stored {
-                        store::Claim::Replay(answer) => Ok(Outcome::Replayed(answer)),
-                        store::Claim::Reused => Err(TransitionError::IdempotencyKeyReused),
-                    };
+                    store::Claimed::Fresh(case) => case,
+                    store::Claimed::Seen(store::Claim::Replay(answer)) => {
+                        return Ok(Outcome::Replayed(answer));
+                    }
+                    store::Claimed::Seen(store::Claim::Reused) => {
+                        return Err(TransitionError::IdempotencyKeyReused);
+                    }
                 }
             }
             Origin::Message {
@@ -141,14 +150,13 @@ impl Orchestrator {
                 {
                     return Ok(Outcome::Duplicate);
                 }
+                crate::store::lock_case_in(&mut tx, req.case_id, &req.tenants).await?
             }
-            Origin::Direct => {}
+            Origin::Direct => {
+                crate::store::lock_case_in(&mut tx, req.case_id, &req.tenants).await?
+            }
         }
-
-        // 2.-3. Lock the case and check the caller's version.
-        let case = crate::store::lock_case_in(&mut tx, req.case_id, &req.tenants)
-            .await?
-            .ok_or(TransitionError::CaseNotFound(req.case_id))?;
+        .ok_or(TransitionError::CaseNotFound(req.case_id))?;
         // A worker's fact about an older version is not an error but a
         // stale fact, which `decide` rejects and the timeline records.
         if let Some(expected) = req.expected_version
@@ -194,23 +202,38 @@ impl Orchestrator {
 
         let answer = match decision {
             Err(rejection) => {
-                store::append_rejection(&mut tx, &case, req, rejection.code(), &meta).await?;
+                store::append_rejection(&mut tx, &case, req, rejection.code(), entry_id, &meta)
+                    .await?;
                 info!(case.id = %case.id, status = %case.status, event.kind = req.event.as_str(),
                       code = rejection.code(), detail = %rejection, "Transition rejected.");
-                Answer::Rejected {
+                let answer = Answer::Rejected {
                     rejection,
                     case_status: case.status,
                     case_version: case.version,
+                };
+                // 8. A rejection's answer is stored with the claim; an
+                // applied one is rebuilt from its timeline entry.
+                if let Origin::Http {
+                    idempotency_key, ..
+                } = &req.origin
+                {
+                    store::store_rejection(
+                        &mut tx,
+                        &req.actor.id,
+                        idempotency_key.as_str(),
+                        &answer,
+                    )
+                    .await?;
                 }
+                answer
             }
             Ok(decision) => {
                 meta["note"] = json!(decision.note);
-                let updated = store::set_status(&mut tx, &case, &decision).await?;
-                let entry = store::append_transition(&mut tx, &case, &updated, req, &meta).await?;
+                let (updated, entry) =
+                    store::apply(&mut tx, &case, &decision, req, entry_id, &meta).await?;
                 self.faults
                     .after_timeline_insert()
                     .map_err(sqlx::Error::Io)?;
-                store::enqueue(&mut tx, &case, &updated, &entry, req, &decision.effects).await?;
                 Answer::Applied {
                     case: Box::new(updated),
                     transition: Box::new(entry),
@@ -218,20 +241,6 @@ impl Orchestrator {
             }
         };
 
-        // 8. The answer is stored with the effect it describes.
-        if let Origin::Http {
-            idempotency_key, ..
-        } = &req.origin
-        {
-            store::store_answer(
-                &mut tx,
-                &req.actor.id,
-                idempotency_key.as_str(),
-                case.id,
-                &answer,
-            )
-            .await?;
-        }
         tx.commit().await?;
 
         if let Answer::Applied { case: after, .. } = &answer {

@@ -2,7 +2,7 @@
 //! transaction: nothing here commits.
 
 use serde_json::Value;
-use sqlx::{PgConnection, Row};
+use sqlx::{FromRow, PgConnection, Row};
 use uuid::Uuid;
 
 use super::outcome::{Answer, StoredAnswer};
@@ -11,7 +11,7 @@ use crate::contract::command::{GeneratePlan, PlanCommand, RunAnalysis, Verify};
 use crate::contract::fact::CaseTransition;
 use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::{Case, TimelineEntry};
-use crate::pubsub::outbox;
+use crate::pubsub::{Envelope, outbox};
 use crate::workflow::{Decision, Effect};
 use crate::{case_columns, timeline_columns};
 
@@ -20,31 +20,66 @@ pub enum Claim {
     Reused,
 }
 
-/// Claims `(actor, key)`. `None`: this request owns the key now. A twin in
-/// flight blocks on the unique index until its transaction ends.
-pub async fn claim_idempotency(
+/// What the first statement of an idempotent transition found.
+pub enum Claimed {
+    /// This request owns the key now; the case as locked, if in scope.
+    Fresh(Option<Case>),
+    Seen(Claim),
+}
+
+/// Claims `(actor, key)` and locks the case, in one statement (one round
+/// trip). The claim row names `timeline_id`, the entry this transaction
+/// will write: an applied answer is rebuilt from it on replay. A twin in
+/// flight blocks on the unique index until its transaction ends; the claim
+/// runs before the lock (the outer side of the join), so twins queue on the
+/// key, never on the key and the row in opposite orders.
+pub async fn claim_and_lock(
+    conn: &mut PgConnection,
+    req: &TransitionRequest,
+    key: &str,
+    request_hash: &str,
+    timeline_id: Uuid,
+) -> Result<Claimed, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) \
+         VALUES ($3, $4, $5, $6) ON CONFLICT (actor, key) DO NOTHING RETURNING 1) \
+         SELECT k.claimed, c.* FROM (SELECT count(*) AS claimed FROM claim) k \
+         LEFT JOIN LATERAL (SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE) c \
+         ON true"
+    ))
+    .bind(req.case_id)
+    .bind(req.tenants.sql())
+    .bind(&req.actor.id)
+    .bind(key)
+    .bind(request_hash)
+    .bind(timeline_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if row.try_get::<i64, _>("claimed")? == 0 {
+        return stored_answer(conn, &req.actor.id, key, request_hash)
+            .await
+            .map(Claimed::Seen);
+    }
+    let found = row.try_get::<Option<Uuid>, _>("id")?.is_some();
+    Ok(Claimed::Fresh(if found {
+        Some(Case::from_row(&row)?)
+    } else {
+        None
+    }))
+}
+
+/// The answer stored for a key someone already claimed.
+async fn stored_answer(
     conn: &mut PgConnection,
     actor: &str,
     key: &str,
     request_hash: &str,
-) -> Result<Option<Claim>, sqlx::Error> {
-    let claimed = sqlx::query(
-        "INSERT INTO idempotency (actor, key, request_hash) VALUES ($1, $2, $3) \
-         ON CONFLICT (actor, key) DO NOTHING",
-    )
-    .bind(actor)
-    .bind(key)
-    .bind(request_hash)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if claimed {
-        return Ok(None);
-    }
+) -> Result<Claim, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT request_hash, answer, response_status, response_body FROM idempotency \
-         WHERE actor = $1 AND key = $2",
+        "SELECT request_hash, answer, response_status, response_body, timeline_id \
+         FROM idempotency WHERE actor = $1 AND key = $2",
     )
     .bind(actor)
     .bind(key)
@@ -52,81 +87,137 @@ pub async fn claim_idempotency(
     .await?;
     let stored_hash: String = row.try_get("request_hash")?;
     if stored_hash != request_hash {
-        return Ok(Some(Claim::Reused));
+        return Ok(Claim::Reused);
     }
     if let Some(answer) = row.try_get::<Option<Value>, _>("answer")? {
         let answer: Answer =
             serde_json::from_value(answer).map_err(|e| sqlx::Error::Decode(e.into()))?;
-        return Ok(Some(Claim::Replay(StoredAnswer::Typed(answer))));
+        return Ok(Claim::Replay(StoredAnswer::Typed(answer)));
     }
-    let status: Option<i16> = row.try_get("response_status")?;
-    let body: Option<Value> = row.try_get("response_body")?;
-    Ok(Some(Claim::Replay(StoredAnswer::Rendered {
-        status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(500),
-        body: body.unwrap_or(Value::Null),
-    })))
+    if let Some(status) = row.try_get::<Option<i16>, _>("response_status")? {
+        let body: Option<Value> = row.try_get("response_body")?;
+        return Ok(Claim::Replay(StoredAnswer::Rendered {
+            status: u16::try_from(status).unwrap_or(500),
+            body: body.unwrap_or(Value::Null),
+        }));
+    }
+    let timeline_id: Uuid = row
+        .try_get::<Option<Uuid>, _>("timeline_id")?
+        .ok_or_else(|| sqlx::Error::Decode("an idempotency row with no answer".into()))?;
+    let applied = rebuild_applied(conn, timeline_id).await?;
+    Ok(Claim::Replay(StoredAnswer::Typed(applied)))
 }
 
-pub async fn store_answer(
+/// The answer of an applied transition, as it was given: its timeline entry
+/// (append-only) and the case as that entry left it (the columns a
+/// transition changes come from the entry, the others never change).
+async fn rebuild_applied(conn: &mut PgConnection, timeline_id: Uuid) -> Result<Answer, sqlx::Error> {
+    let transition: TimelineEntry = sqlx::query_as(concat!(
+        "SELECT ",
+        timeline_columns!(),
+        " FROM case_timeline WHERE id = $1 AND kind = 'transition'"
+    ))
+    .bind(timeline_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let case: Case = sqlx::query_as(
+        "SELECT c.id, c.tenant, c.title, c.severity, c.kind, c.labels, t.to_status AS status, \
+         t.version, t.park_reason, c.correlation_id, c.created_by, c.created_at, \
+         t.at AS updated_at \
+         FROM case_timeline t JOIN ops_case c ON c.id = t.case_id WHERE t.id = $1",
+    )
+    .bind(timeline_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Answer::Applied {
+        case: Box::new(case),
+        transition: Box::new(transition),
+    })
+}
+
+/// Stores a rejection's answer with the claim (an applied answer needs no
+/// copy: see `rebuild_applied`).
+pub async fn store_rejection(
     conn: &mut PgConnection,
     actor: &str,
     key: &str,
-    case_id: Uuid,
     answer: &Answer,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency SET answer = $3, case_id = $4 WHERE actor = $1 AND key = $2")
+    sqlx::query("UPDATE idempotency SET answer = $3 WHERE actor = $1 AND key = $2")
         .bind(actor)
         .bind(key)
         .bind(serde_json::to_value(answer).map_err(|e| sqlx::Error::Encode(e.into()))?)
-        .bind(case_id)
         .execute(&mut *conn)
         .await?;
     Ok(())
 }
 
-pub async fn set_status(
-    conn: &mut PgConnection,
-    case: &Case,
-    decision: &Decision,
-) -> Result<Case, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
-         updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
-        case_columns!()
-    ))
-    .bind(case.id)
-    .bind(decision.to.as_str())
-    .bind(&decision.park_reason)
-    .bind(case.version)
-    .fetch_one(&mut *conn)
-    .await
-}
-
-pub async fn append_transition(
+/// An accepted transition's writes, in one statement: the case's new status,
+/// its timeline entry and the outbox messages (the effects' commands and
+/// the transition event). The messages are built before the statement from
+/// what the update will produce (next version, decided status), so the
+/// three writes need no round trip between them. Answers the case and the
+/// entry as stored.
+pub async fn apply(
     conn: &mut PgConnection,
     before: &Case,
-    after: &Case,
+    decision: &Decision,
     req: &TransitionRequest,
+    entry_id: Uuid,
     meta: &Value,
-) -> Result<TimelineEntry, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, \
-         actor, reason, correlation_id, meta) \
-         VALUES ($1, $2, 'transition', $3, $4, $5, $6, $7, $8, $9, $10) RETURNING ",
-        timeline_columns!()
+) -> Result<(Case, TimelineEntry), sqlx::Error> {
+    let mut after = before.clone();
+    after.status = decision.to;
+    after.version = before.version + 1;
+    after.park_reason.clone_from(&decision.park_reason);
+    let messages = messages(before, &after, entry_id, req, &decision.effects);
+    let rows = outbox::Rows::of(&messages);
+    let row = sqlx::query(concat!(
+        "WITH upd AS (UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
+         updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
+        case_columns!(),
+        "), ent AS (INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, \
+         version, actor, reason, correlation_id, meta, park_reason) \
+         SELECT $5, id, 'transition', $6, $7, status, version, $8, $9, correlation_id, $10, \
+         park_reason FROM upd RETURNING meta, at), \
+         ob AS (INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $14 FROM UNNEST($11::uuid[], $12::text[], $13::text[]) AS t(m, s, p) \
+         WHERE EXISTS (SELECT 1 FROM ent)) \
+         SELECT upd.*, ent.meta AS entry_meta, ent.at AS entry_at FROM upd, ent"
     ))
-    .bind(Uuid::now_v7())
-    .bind(after.id)
+    .bind(before.id)
+    .bind(decision.to.as_str())
+    .bind(&decision.park_reason)
+    .bind(before.version)
+    .bind(entry_id)
     .bind(req.event.as_str())
     .bind(before.status.as_str())
-    .bind(after.status.as_str())
-    .bind(after.version)
     .bind(&req.actor.id)
     .bind(&req.reason)
-    .bind(after.correlation_id)
     .bind(meta)
+    .bind(rows.ids)
+    .bind(rows.subjects)
+    .bind(rows.payloads)
+    .bind(outbox::traceparent(&req.trace_id))
     .fetch_one(&mut *conn)
-    .await
+    .await?;
+    let after = Case::from_row(&row)?;
+    let entry = TimelineEntry {
+        id: entry_id,
+        case_id: after.id,
+        kind: "transition".to_string(),
+        event: Some(req.event.as_str().to_string()),
+        from_status: Some(before.status.as_str().to_string()),
+        to_status: Some(after.status.as_str().to_string()),
+        version: after.version,
+        actor: req.actor.id.clone(),
+        reason: req.reason.clone(),
+        rejection_code: None,
+        correlation_id: after.correlation_id,
+        meta: row.try_get("entry_meta")?,
+        at: row.try_get("entry_at")?,
+    };
+    Ok((after, entry))
 }
 
 pub async fn append_rejection(
@@ -134,6 +225,7 @@ pub async fn append_rejection(
     case: &Case,
     req: &TransitionRequest,
     code: &str,
+    entry_id: Uuid,
     meta: &Value,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -141,7 +233,7 @@ pub async fn append_rejection(
          reason, rejection_code, correlation_id, meta) \
          VALUES ($1, $2, 'rejected', $3, $4, $5, $6, $7, $8, $9, $10)",
     )
-    .bind(Uuid::now_v7())
+    .bind(entry_id)
     .bind(case.id)
     .bind(req.event.as_str())
     .bind(case.status.as_str())
@@ -179,46 +271,36 @@ pub async fn record_human_approval(
     Ok(())
 }
 
-/// Puts the effects' commands and the transition event in the outbox, in
-/// one statement. Message ids are fixed here, so a re-publish reuses them.
-pub async fn enqueue(
-    conn: &mut PgConnection,
+/// The effects' commands and the transition event, for the outbox.
+/// Message ids are fixed here, so a re-publish reuses them.
+fn messages(
     before: &Case,
     after: &Case,
-    entry: &TimelineEntry,
+    entry_id: Uuid,
     req: &TransitionRequest,
     effects: &[Effect],
-) -> Result<(), sqlx::Error> {
+) -> Vec<Envelope> {
     // A fact's commands continue from the fact; a person's from the entry.
     let causation = match &req.origin {
         Origin::Message { message_id, .. } => *message_id,
-        Origin::Http { .. } | Origin::Direct => entry.id,
+        Origin::Http { .. } | Origin::Direct => entry_id,
     };
+    let actor = &req.actor.id;
     let mut messages: Vec<_> = effects
         .iter()
-        .map(|e| {
-            Message::for_case(after, &entry.actor, Some(causation), command_for(e)).to_envelope()
-        })
+        .map(|e| Message::for_case(after, actor, Some(causation), command_for(e)).to_envelope())
         .collect();
     let transition = Fact::CaseTransition(CaseTransition {
         from: before.status,
         to: after.status,
         event: req.event,
         version: after.version,
-        actor: entry.actor.clone(),
-        reason: entry.reason.clone(),
-        timeline_id: entry.id,
+        actor: actor.clone(),
+        reason: req.reason.clone(),
+        timeline_id: entry_id,
     });
+    messages.push(Message::for_case(after, actor, Some(causation), transition).to_envelope());
     messages
-        .push(Message::for_case(after, &entry.actor, Some(causation), transition).to_envelope());
-    outbox::enqueue(
-        conn,
-        Some(after.id),
-        &messages,
-        &outbox::traceparent(&req.trace_id),
-    )
-    .await?;
-    Ok(())
 }
 
 /// The command that carries out an effect.

@@ -10,6 +10,23 @@ use uuid::Uuid;
 
 use super::Envelope;
 
+/// The outbox columns of `messages`, as arrays for one `UNNEST` insert.
+pub struct Rows {
+    pub ids: Vec<Uuid>,
+    pub subjects: Vec<String>,
+    pub payloads: Vec<String>,
+}
+
+impl Rows {
+    pub fn of(messages: &[Envelope]) -> Rows {
+        Rows {
+            ids: messages.iter().map(|m| m.id).collect(),
+            subjects: messages.iter().map(|m| m.kind.clone()).collect(),
+            payloads: messages.iter().map(|m| json!(m).to_string()).collect(),
+        }
+    }
+}
+
 /// Appends `messages` (in order) in one statement. Their envelope ids are
 /// fixed here, so a re-publish after a crash reuses them as `Nats-Msg-Id`.
 pub async fn enqueue(
@@ -18,17 +35,15 @@ pub async fn enqueue(
     messages: &[Envelope],
     traceparent: &str,
 ) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.id).collect();
-    let subjects: Vec<String> = messages.iter().map(|m| m.kind.clone()).collect();
-    let payloads: Vec<String> = messages.iter().map(|m| json!(m).to_string()).collect();
+    let rows = Rows::of(messages);
     sqlx::query(
         "INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
          SELECT m, $1, s, p, $5 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS t(m, s, p)",
     )
     .bind(case_id)
-    .bind(ids)
-    .bind(subjects)
-    .bind(payloads)
+    .bind(rows.ids)
+    .bind(rows.subjects)
+    .bind(rows.payloads)
     .bind(traceparent)
     .execute(&mut *conn)
     .await?;

@@ -208,3 +208,25 @@ async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
     .unwrap();
     assert_eq!(causation, message_id.to_string());
 }
+
+/// An applied answer is rebuilt from its timeline entry on replay (#15):
+/// after the case moved on, the replay still shows the case as that
+/// transition left it (status, version, park reason, time), byte for byte.
+#[sqlx::test]
+async fn a_replay_after_the_case_moved_on_repeats_the_first_answer(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PLANNING").await;
+    let body = json!({"event": "plan_failed", "reason": "no template fits"});
+    let first = app.patch(case, SERVICE, "park-1", body.clone()).await;
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["case"]["status"], "PARKED");
+    assert_eq!(first.body["case"]["park_reason"], "no template fits");
+    let resumed = app.event(case, OPERATOR, "resume").await;
+    assert_eq!(resumed.status, 200, "{:?}", resumed.body);
+    assert_eq!(app.status(case).await, "PLANNING");
+
+    let again = app.patch(case, SERVICE, "park-1", body).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.text, first.text, "a replay repeats the bytes");
+    assert_eq!(again.header("etag"), first.header("etag"));
+}

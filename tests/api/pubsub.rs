@@ -480,7 +480,10 @@ async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
     let (app, nats, _js) = setup(&pool).await;
     let old_case = app.case_in("ANALYZING").await;
     let fresh_case = app.case_in("ANALYZING").await;
-    sqlx::query("UPDATE idempotency SET created_at = now() - interval '3 days' WHERE case_id = $1")
+    sqlx::query(
+        "UPDATE idempotency i SET created_at = now() - interval '3 days' FROM case_timeline t \
+         WHERE t.id = i.timeline_id AND t.case_id = $1",
+    )
         .bind(old_case)
         .execute(&pool)
         .await
@@ -507,7 +510,8 @@ async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
         "the old case's idempotency key and the old inbox record"
     );
     let (keys, inbox, outbox): (i64, i64, i64) = sqlx::query_as(
-        "SELECT (SELECT count(*) FROM idempotency WHERE case_id = $1), (SELECT count(*) FROM inbox), \
+        "SELECT (SELECT count(*) FROM idempotency i JOIN case_timeline t ON t.id = i.timeline_id \
+                 WHERE t.case_id = $1), (SELECT count(*) FROM inbox), \
                 (SELECT count(*) FROM outbox)",
     )
     .bind(fresh_case)

@@ -102,10 +102,8 @@ pub fn ms(d: Duration) -> f64 {
 /// PostgreSQL from `DATABASE_URL`, migrated.
 pub async fn database(max_connections: u32) -> anyhow::Result<sqlx::PgPool> {
     let url = std::env::var("DATABASE_URL").context("DATABASE_URL must be set")?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(max_connections)
-        .connect(&url)
-        .await?;
+    // The service's own pool settings: the path measured is the product's.
+    let pool = opsloop::config::connect_db(&url, max_connections).await?;
     opsloop::MIGRATOR.run(&pool).await?;
     Ok(pool)
 }
