@@ -111,7 +111,10 @@ async fn stored_answer(
 /// The answer of an applied transition, as it was given: its timeline entry
 /// (append-only) and the case as that entry left it (the columns a
 /// transition changes come from the entry, the others never change).
-async fn rebuild_applied(conn: &mut PgConnection, timeline_id: Uuid) -> Result<Answer, sqlx::Error> {
+async fn rebuild_applied(
+    conn: &mut PgConnection,
+    timeline_id: Uuid,
+) -> Result<Answer, sqlx::Error> {
     let transition: TimelineEntry = sqlx::query_as(concat!(
         "SELECT ",
         timeline_columns!(),

@@ -484,10 +484,10 @@ async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
         "UPDATE idempotency i SET created_at = now() - interval '3 days' FROM case_timeline t \
          WHERE t.id = i.timeline_id AND t.case_id = $1",
     )
-        .bind(old_case)
-        .execute(&pool)
-        .await
-        .unwrap();
+    .bind(old_case)
+    .execute(&pool)
+    .await
+    .unwrap();
     // Inbox records outlive the streams' 7 days: 3 days stays, 9 days goes.
     for age in ["3 days", "9 days"] {
         sqlx::query(
