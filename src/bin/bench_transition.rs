@@ -523,15 +523,22 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // sqlx reports each statement as a `sqlx::query` event at debug level:
-    // counted, never printed.
+    // counted, never printed, and only while the round trips are counted.
+    // When the level is on, sqlx also formats each statement for its log,
+    // which would bill the measured paths for work a service does not do.
     let statements = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         use tracing_subscriber::prelude::*;
+        let on = counting.clone();
         tracing_subscriber::registry()
-            .with(
-                StatementCounter(statements.clone())
-                    .with_filter(tracing_subscriber::EnvFilter::new("sqlx::query=debug")),
-            )
+            .with(StatementCounter(statements.clone()).with_filter(
+                tracing_subscriber::filter::dynamic_filter_fn(move |meta, _| {
+                    on.load(std::sync::atomic::Ordering::Relaxed)
+                        && meta.target() == "sqlx::query"
+                        && *meta.level() <= tracing::Level::DEBUG
+                }),
+            ))
             .init();
     }
     let seconds: u64 = arg("--seconds").map_or(Ok(3), |s| s.parse())?;
@@ -644,6 +651,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     breakdown(&ctx, max_clients.min(8), seconds).await?;
+    counting.store(true, std::sync::atomic::Ordering::Relaxed);
     round_trips(&ctx, &statements).await
 }
 

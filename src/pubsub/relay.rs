@@ -12,7 +12,7 @@
 //!   the previous one was acked, so a failed ack cannot let a later row
 //!   overtake an earlier one;
 //! - a row that can never be published (larger than the server's max
-//!   payload) is marked failed with the reason and does not block the rest.
+//!   payload) moves to `outbox_failed` with the reason and does not block the rest.
 //!
 //! It must not decide anything about cases: it only moves rows.
 
@@ -38,7 +38,7 @@ use uuid::Uuid;
 use super::outbox::CommitWake;
 use crate::telemetry;
 
-/// A row the server rejects this many times is marked failed (poison).
+/// A row the server rejects this many times moves to `outbox_failed` (poison).
 pub const MAX_PUBLISH_ATTEMPTS: i32 = 5;
 
 /// Namespace of the advisory locks that give one relay a case at a time.
@@ -248,33 +248,30 @@ impl Relay {
         }
 
         for (row, reason) in &failed {
-            sqlx::query(
-                "UPDATE outbox SET failed_at = clock_timestamp(), attempts = attempts + 1, \
-                 last_error = $2 WHERE id = $1",
-            )
-            .bind(row.id)
-            .bind(reason)
-            .execute(&mut *conn)
-            .await?;
+            give_up(conn, row.id, reason).await?;
             telemetry::outbox_published(&row.subject, "failed");
-            warn!(outbox.id = row.id, reason = %reason, "Outbox row can never be published; marked failed.");
+            warn!(outbox.id = row.id, reason = %reason, "Outbox row can never be published; moved to outbox_failed.");
         }
         // A row the server keeps rejecting would stall every row behind it:
         // count its attempts and give up on it after a few.
         if let Some((row, reason)) = rejected {
-            let gave_up: bool = sqlx::query_scalar(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
-                 failed_at = CASE WHEN attempts + 1 >= $3 THEN clock_timestamp() END \
-                 WHERE id = $1 RETURNING failed_at IS NOT NULL",
+            let counted = sqlx::query(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = $2 \
+                 WHERE id = $1 AND attempts + 1 < $3",
             )
             .bind(row.id)
             .bind(&reason)
             .bind(MAX_PUBLISH_ATTEMPTS)
-            .fetch_one(&mut *conn)
-            .await?;
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            let gave_up = counted == 0;
+            if gave_up {
+                give_up(conn, row.id, &reason).await?;
+            }
             if gave_up {
                 telemetry::outbox_published(&row.subject, "failed");
-                warn!(outbox.id = row.id, reason = %reason, "Outbox row rejected too often; marked failed.");
+                warn!(outbox.id = row.id, reason = %reason, "Outbox row rejected too often; moved to outbox_failed.");
                 report.failed += 1;
             }
         }
@@ -403,7 +400,7 @@ impl Relay {
 
     /// Rows still waiting; also exported as the `outbox_backlog` gauge.
     pub async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE failed_at IS NULL")
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)
             .await?;
         telemetry::outbox_backlog(n);
@@ -588,6 +585,24 @@ async fn claim(conn: &mut PgConnection, batch: i64) -> Result<Vec<Row_>, sqlx::E
         .iter()
         .map(Row_::from_row)
         .collect()
+}
+
+/// Moves a row that will never be published to `outbox_failed` (with its
+/// attempts and the last error, for the operator): the outbox holds only
+/// rows that wait, and the case's later rows go on.
+async fn give_up(conn: &mut PgConnection, id: i64, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM outbox WHERE id = $1 RETURNING *) \
+         INSERT INTO outbox_failed (id, message_id, case_id, subject, payload, traceparent, \
+                                    created_at, attempts, last_error) \
+         SELECT id, message_id, case_id, subject, payload, traceparent, created_at, \
+                attempts + 1, $2 FROM gone",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The JetStream message for an outbox row: its envelope, its

@@ -412,7 +412,7 @@ async fn a_relay_whose_connections_are_cut_reconnects_and_loses_nothing(pool: Pg
 }
 
 #[sqlx::test]
-async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool: PgPool) {
+async fn an_unpublishable_row_moves_to_outbox_failed_and_does_not_block_the_rest(pool: PgPool) {
     let (app, nats, js) = setup(&pool).await;
     let case = app.case_in("ANALYZING").await;
     let huge = json!({"id": Uuid::now_v7(), "blob": "x".repeat(2 * 1024 * 1024)});
@@ -425,17 +425,18 @@ async fn an_unpublishable_row_is_marked_failed_and_does_not_block_the_rest(pool:
     app.event(case, ANALYST, "analysis_done").await;
     let report = drain(&relay(&pool, &nats, 10).await).await;
     assert_eq!((report.published, report.failed), (4, 1));
-    let (error,): (String,) =
-        sqlx::query_as("SELECT last_error FROM outbox WHERE failed_at IS NOT NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (error,): (String,) = sqlx::query_as("SELECT last_error FROM outbox_failed")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert!(error.contains("never publishable"), "{error}");
     assert_eq!(stream_count(&js, EVT_STREAM).await, 2);
 }
 
 #[sqlx::test]
-async fn a_row_the_server_keeps_rejecting_is_marked_failed_after_a_few_attempts(pool: PgPool) {
+async fn a_row_the_server_keeps_rejecting_moves_to_outbox_failed_after_a_few_attempts(
+    pool: PgPool,
+) {
     let (app, nats, js) = setup(&pool).await;
     // The events stream now refuses anything above 100 bytes; commands still fit.
     let mut config = js
@@ -454,12 +455,11 @@ async fn a_row_the_server_keeps_rejecting_is_marked_failed_after_a_few_attempts(
     for _ in 0..opsloop::pubsub::relay::MAX_PUBLISH_ATTEMPTS {
         let _ = relay.relay_once().await; // rejected: an error or an interrupted batch
     }
-    let (subject, attempts, error): (String, i32, String) = sqlx::query_as(
-        "SELECT subject, attempts, last_error FROM outbox WHERE failed_at IS NOT NULL",
-    )
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let (subject, attempts, error): (String, i32, String) =
+        sqlx::query_as("SELECT subject, attempts, last_error FROM outbox_failed")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(
         (subject.as_str(), attempts),
         (
