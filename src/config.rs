@@ -77,6 +77,11 @@ pub struct ServeConfig {
     #[arg(long, env = "OPSLOOP_RELAY_LINGER_MS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub relay_linger_ms: u64,
+    /// Hours an `Idempotency-Key` and its answer are kept (DESIGN §3:
+    /// 7 days); after that the same key is a new request.
+    #[arg(long, env = "OPSLOOP_IDEMPOTENCY_RETENTION_H", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(1..=8760))]
+    pub idempotency_retention_h: u64,
     /// Script names `script.exec` steps may use (comma-separated file names
     /// in the scripts folder). The default is the shipped demo script.
     #[arg(

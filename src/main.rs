@@ -221,6 +221,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 batch: cfg.relay_batch,
                 loops: cfg.relay_loops,
                 linger: Duration::from_millis(cfg.relay_linger_ms),
+                idempotency_retention: Duration::from_secs(cfg.idempotency_retention_h * 3600),
                 hooks: if std::env::var("OPSLOOP_FAULT_RELAY_STALL_AFTER_PUBLISH")
                     .is_ok_and(|v| v == "1")
                 {

@@ -198,8 +198,8 @@ async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
 
 /// (a)-(c)'s database: migrated, with 100 000 cases and their `created`
 /// timeline entries.
-async fn product_database(max_connections: u32) -> anyhow::Result<PgPool> {
-    let url = fresh_database("opsloop_bench").await?;
+async fn product_database(name: &'static str, max_connections: u32) -> anyhow::Result<PgPool> {
+    let url = fresh_database(name).await?;
     // The service's own pool settings: the path measured is the product's.
     let pool = opsloop::config::connect_db(&url, max_connections).await?;
     opsloop::MIGRATOR.run(&pool).await?;
@@ -225,6 +225,8 @@ struct PgBench {
     bin: std::path::PathBuf,
     url: reqwest::Url,
     dir: std::path::PathBuf,
+    /// The script's file in `dir`.
+    script: &'static str,
 }
 
 async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
@@ -269,6 +271,7 @@ async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
         bin,
         url: reqwest::Url::parse(&url)?,
         dir,
+        script: "transition.sql",
     }))
 }
 
@@ -296,7 +299,7 @@ fn pgbench_cell(pg: &PgBench, clients: usize, seconds: u64) -> anyhow::Result<Ce
             "-M",
             "prepared",
             "-f",
-            "transition.sql",
+            pg.script,
             "-l",
             "--log-prefix=log",
         ])
@@ -549,7 +552,7 @@ async fn main() -> anyhow::Result<()> {
         .map(str::parse)
         .collect::<Result<_, _>>()?;
     let max_clients = client_counts.iter().copied().max().unwrap_or(1);
-    let pool = product_database(u32::try_from(max_clients + 4)?).await?;
+    let pool = product_database("opsloop_bench", u32::try_from(max_clients + 4)?).await?;
     let pgbench = match pgbench_setup().await? {
         Ok(pg) => Some(pg),
         Err(why) => {
@@ -599,6 +602,17 @@ async fn main() -> anyhow::Result<()> {
         base,
         pgbench,
     });
+
+    // `--floor-only`: the floor's table alone (see `floor`).
+    if std::env::args().any(|a| a == "--floor-only") {
+        if let Some(pg) = &ctx.pgbench {
+            floor(pg, max_clients.min(8), seconds, rounds).await?;
+            std::fs::remove_dir_all(&pg.dir)?;
+        } else {
+            println!("floor: skipped, no pgbench");
+        }
+        return Ok(());
+    }
 
     // Warm up connections and caches so the first cell is not penalised.
     run_cell(ctx.clone(), Mode::Raw, max_clients, 1).await?;
@@ -652,7 +666,163 @@ async fn main() -> anyhow::Result<()> {
     }
     breakdown(&ctx, max_clients.min(8), seconds).await?;
     counting.store(true, std::sync::atomic::Ordering::Relaxed);
-    round_trips(&ctx, &statements).await
+    round_trips(&ctx, &statements).await?;
+    if std::env::args().any(|a| a == "--floor") {
+        match &ctx.pgbench {
+            Some(pg) => floor(pg, max_clients.min(8), seconds, rounds).await?,
+            None => println!("\nfloor: skipped, no pgbench"),
+        }
+    }
+    if let Some(pg) = &ctx.pgbench {
+        std::fs::remove_dir_all(&pg.dir)?;
+    }
+    Ok(())
+}
+
+/// The product's transition as the orchestrator sends it (claim with the
+/// case lock; status, timeline entry and two outbox rows in one statement),
+/// for pgbench. The case is picked through `bench_ids` inside the lock
+/// statement (an index probe, no extra round trip); the payloads have the
+/// length of the real envelopes.
+const PRODUCT_SCRIPT: &str = r#"\set n random(1, 100000)
+\set k random(1, 900000000000000)
+BEGIN;
+WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) VALUES ('bench', :k::text, '0000000000000000000000000000000000000000000000000000000000000000', gen_random_uuid()) ON CONFLICT (actor, key) DO NOTHING RETURNING 1) SELECT k.claimed, c.id AS cid, c.status AS st, c.version AS ver FROM (SELECT count(*) AS claimed FROM claim) k LEFT JOIN LATERAL (SELECT id, status, version FROM ops_case WHERE id = (SELECT id FROM bench_ids WHERE n = :n) FOR UPDATE) c ON true \gset
+WITH upd AS (UPDATE ops_case SET status = CASE :st::text WHEN 'PLANNING' THEN 'PARKED' ELSE 'PLANNING' END, version = version + 1, park_reason = NULL, updated_at = now() WHERE id = :cid AND version = :ver RETURNING id, status, version, correlation_id, park_reason), ent AS (INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, actor, reason, correlation_id, meta, park_reason) SELECT gen_random_uuid(), id, 'transition', 'resume', :st, status, version, 'bench', NULL, correlation_id, '{"facts": {"exec": null, "plan": null, "reason": null, "approvals": [], "judgement": null, "park_reason": null, "verify_passed": null, "required_approvers": 1, "auto_rollback_allowed": false}, "trace_id": "0af7651916cd43dd8448eb211c80319c"}', park_reason FROM upd RETURNING meta, at), ob AS (INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) SELECT m, :cid, s, p, '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01' FROM UNNEST(ARRAY[gen_random_uuid(), gen_random_uuid()], ARRAY['cmd.plan.generate', 'evt.case.transition.v1'], ARRAY[repeat('x', 480), repeat('y', 480)]) AS t(m, s, p) WHERE EXISTS (SELECT 1 FROM ent)) SELECT upd.version FROM upd, ent;
+END;
+"#;
+
+/// What remains between the product's transaction and (d), removed one
+/// part at a time (cumulatively) from a scratch copy of the schema.
+const FLOOR_STEPS: [(&str, &str); 6] = [
+    ("as shipped", ""),
+    (
+        "- CHECK constraints",
+        "DO $$DECLARE r record; BEGIN FOR r IN SELECT conrelid::regclass AS t, conname FROM pg_constraint \
+         WHERE contype = 'c' AND conrelid::regclass::text IN ('ops_case', 'case_timeline', 'outbox', 'idempotency') \
+         LOOP EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', r.t, r.conname); END LOOP; END$$",
+    ),
+    (
+        "- foreign keys",
+        "ALTER TABLE case_timeline DROP CONSTRAINT case_timeline_case_id_fkey; \
+         ALTER TABLE idempotency DROP CONSTRAINT idempotency_case_id_fkey",
+    ),
+    (
+        "- status indexes (HOT)",
+        "DROP INDEX ops_case_by_status; DROP INDEX ops_case_by_tenant",
+    ),
+    (
+        "- timeline 2nd indexes",
+        "DROP INDEX case_timeline_by_case; DROP INDEX case_timeline_one_entry_per_version",
+    ),
+    (
+        "- outbox/idem 2nd idx",
+        "DROP INDEX outbox_by_case; DROP INDEX idempotency_by_age",
+    ),
+];
+
+/// `--floor`: the product's statements run by pgbench (no Rust client, so
+/// only the database's share) on fresh product databases, one per step of
+/// `FLOOR_STEPS` (each a copy of one template with the parts up to that
+/// step removed), in interleaved rounds with (d), after a warm-up cell of
+/// each: drift on the shared machine and table growth hit every step alike.
+async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+    let pool = product_database("opsloop_floor", 2).await?;
+    sqlx::query(
+        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM ops_case",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("ALTER TABLE bench_ids ADD PRIMARY KEY (n)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    pool.close().await;
+    std::fs::write(pg.dir.join("product.sql"), PRODUCT_SCRIPT)?;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&std::env::var("DATABASE_URL")?)
+        .await?;
+    let mut steps = Vec::new();
+    for (i, (name, _)) in FLOOR_STEPS.iter().enumerate() {
+        let db = format!("opsloop_floor_{i}");
+        // `db` is made here from an index, never input.
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            format!("CREATE DATABASE {db} TEMPLATE opsloop_floor"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await?;
+        }
+        let mut url = pg.url.clone();
+        url.set_path(&db);
+        let step = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url.as_str())
+            .await?;
+        for (_, ddl) in &FLOOR_STEPS[1..=i] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(*ddl))
+                .execute(&step)
+                .await?;
+        }
+        step.close().await;
+        let bench = PgBench {
+            bin: pg.bin.clone(),
+            url,
+            dir: pg.dir.clone(),
+            script: "product.sql",
+        };
+        pgbench_cell(&bench, clients, 1)?;
+        steps.push((*name, bench, Vec::new()));
+    }
+    admin.close().await;
+    pgbench_cell(pg, clients, 1)?;
+    let mut theirs = Vec::new();
+    for _ in 0..rounds {
+        for (_, bench, cells) in &mut steps {
+            cells.push(pgbench_cell(bench, clients, seconds)?);
+        }
+        theirs.push(pgbench_cell(pg, clients, seconds)?);
+    }
+    let median = |cells: &mut Vec<Cell>| {
+        cells.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        cells.swap_remove(cells.len() / 2)
+    };
+    let t = median(&mut theirs);
+    println!(
+        "\nwhat the floor is made of ({clients} clients, {rounds} interleaved rounds of {seconds} s): \
+         the product's statements by pgbench, on copies of one database with the parts removed cumulatively"
+    );
+    println!(
+        "{:<26} {:>9} {:>8} {:>15}",
+        "step", "tps", "vs (d)", "server ms/tx"
+    );
+    for (name, _, cells) in &mut steps {
+        let m = median(cells);
+        println!(
+            "{name:<26} {:>9.0} {:>7.0}% {:>15.3}",
+            m.rate,
+            100.0 * m.rate / t.rate,
+            m.server_cpu_ms,
+        );
+    }
+    println!(
+        "{:<26} {:>9.0} {:>7.0}% {:>15.3}",
+        "(d) pgbench", t.rate, 100.0, t.server_cpu_ms
+    );
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&std::env::var("DATABASE_URL")?)
+        .await?;
+    for i in 0..FLOOR_STEPS.len() {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS opsloop_floor_{i} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Counts the statements sqlx reports (its `sqlx::query` events, one per

@@ -59,7 +59,7 @@ pub struct RelaySettings {
     /// or two rows costs the relay as much as one of ten, and the CPU it
     /// takes is the transitions' (see docs/BENCHMARKS.md).
     pub linger: Duration,
-    /// Idempotency keys are deleted after this long.
+    /// Idempotency keys are deleted after this long (DESIGN §3: 7 days).
     pub idempotency_retention: Duration,
     /// Inbox records are deleted after this long; keep it above the streams'
     /// max age, or a re-created consumer could apply an old message again.
@@ -108,7 +108,7 @@ impl Default for RelaySettings {
             loops: 3,
             poll: Duration::from_millis(250),
             linger: Duration::from_millis(1),
-            idempotency_retention: Duration::from_secs(24 * 3600),
+            idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
             hooks: Arc::new(NoHooks),
         }

@@ -155,3 +155,86 @@ async fn metric_rows_from_before_tenants_move_to_the_default_tenant(pool: PgPool
     .await;
     assert!(unnamed.is_err(), "a new row without a tenant is refused");
 }
+
+/// Issue #15 moved the hot tables' CHECK rules into one constraint per
+/// table (and `ops_case`'s fixed columns into a trigger): the database
+/// still refuses every row they refused, with SQLSTATE 23514.
+#[sqlx::test]
+async fn the_hot_tables_still_refuse_what_their_checks_refused(pool: PgPool) {
+    let case = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO ops_case (id, tenant, title, correlation_id, created_by) \
+         VALUES ($1, 't', 'a case', gen_random_uuid(), 'me')",
+    )
+    .bind(case)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let hash = "a".repeat(64);
+    let refused = [
+        "INSERT INTO ops_case (id, tenant, title, correlation_id, created_by) \
+         VALUES (gen_random_uuid(), 'Not A Tenant', 'x', gen_random_uuid(), 'me')",
+        "INSERT INTO ops_case (id, tenant, title, correlation_id, created_by) \
+         VALUES (gen_random_uuid(), 't', '', gen_random_uuid(), 'me')",
+        "INSERT INTO ops_case (id, tenant, title, severity, correlation_id, created_by) \
+         VALUES (gen_random_uuid(), 't', 'x', 'dire', gen_random_uuid(), 'me')",
+        "INSERT INTO ops_case (id, tenant, title, kind, correlation_id, created_by) \
+         VALUES (gen_random_uuid(), 't', 'x', 'Bad Kind', gen_random_uuid(), 'me')",
+        "INSERT INTO ops_case (id, tenant, title, labels, correlation_id, created_by) \
+         VALUES (gen_random_uuid(), 't', 'x', '[]', gen_random_uuid(), 'me')",
+        "UPDATE ops_case SET tenant = 'UPPER' WHERE id = $1",
+        "UPDATE ops_case SET status = 'BOGUS' WHERE id = $1",
+        "UPDATE ops_case SET version = 0 WHERE id = $1",
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, actor, correlation_id) \
+         VALUES (gen_random_uuid(), $1, 'transition', 'bogus', 'NEW', 'ANALYZING', 2, 'me', gen_random_uuid())",
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, actor, correlation_id) \
+         VALUES (gen_random_uuid(), $1, 'transition', 'resume', 'NEW', 'NOWHERE', 2, 'me', gen_random_uuid())",
+        "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
+         VALUES (gen_random_uuid(), $1, 'transition', 'ANALYZING', 2, 'me', gen_random_uuid())",
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, version, actor, correlation_id) \
+         VALUES (gen_random_uuid(), $1, 'rejected', 'resume', 'NEW', 1, 'me', gen_random_uuid())",
+        "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, actor, correlation_id) \
+         VALUES (gen_random_uuid(), $1, 'transition', 'resume', 'NEW', 'ANALYZING', 0, 'me', gen_random_uuid())",
+        "INSERT INTO outbox (message_id, case_id, subject, payload) \
+         VALUES (gen_random_uuid(), $1, 'not.a subject', '{}')",
+        "INSERT INTO outbox (message_id, case_id, subject, payload, attempts) \
+         VALUES (gen_random_uuid(), $1, 'evt.case.transition.v1', '{}', -1)",
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ('me', '', repeat('a', 64))",
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ('me', 'k', repeat('a', 63))",
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ('me', 'k', repeat('A', 64))",
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ('me', 'k', repeat('g', 64))",
+        "INSERT INTO idempotency (actor, key, request_hash, response_status) \
+         VALUES ('me', 'k', repeat('a', 64), 200)",
+        "INSERT INTO idempotency (actor, key, request_hash, response_status, response_body) \
+         VALUES ('me', 'k', repeat('a', 64), 99, '{}')",
+        "INSERT INTO idempotency (actor, key, request_hash, response_status, response_body, answer) \
+         VALUES ('me', 'k', repeat('a', 64), 200, '{}', '{}')",
+    ];
+    for sql in refused {
+        let err = sqlx::query(sql)
+            .bind(case)
+            .execute(&pool)
+            .await
+            .expect_err(sql);
+        let code = err
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.to_string());
+        assert_eq!(code.as_deref(), Some("23514"), "{sql}: {err}");
+    }
+    // And what they accepted still goes in.
+    for sql in [
+        "INSERT INTO idempotency (actor, key, request_hash) VALUES ('me', 'k', $2)",
+        "INSERT INTO outbox (message_id, case_id, subject, payload) \
+         VALUES (gen_random_uuid(), $1, 'evt.case.transition.v1', '{}')",
+        "UPDATE ops_case SET status = 'PARKED', version = 2, park_reason = 'x' WHERE id = $1",
+        "UPDATE ops_case SET labels = '{\"a\": \"b\"}', kind = 'latency' WHERE id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(case)
+            .bind(&hash)
+            .execute(&pool)
+            .await
+            .expect(sql);
+    }
+}

@@ -480,8 +480,9 @@ async fn cleanup_removes_only_old_inbox_and_idempotency_records(pool: PgPool) {
     let (app, nats, _js) = setup(&pool).await;
     let old_case = app.case_in("ANALYZING").await;
     let fresh_case = app.case_in("ANALYZING").await;
+    // Past the 7 days DESIGN §3 keeps a key for.
     sqlx::query(
-        "UPDATE idempotency i SET created_at = now() - interval '3 days' FROM case_timeline t \
+        "UPDATE idempotency i SET created_at = now() - interval '8 days' FROM case_timeline t \
          WHERE t.id = i.timeline_id AND t.case_id = $1",
     )
     .bind(old_case)
