@@ -407,9 +407,20 @@ async fn main() -> anyhow::Result<()> {
         median(&r.raw_narrow)
     );
 
-    // 2. Steady load at 50 % and 90 % of peak, relay on.
-    for share in [0.5, 0.9] {
-        let rate = peak * share;
+    // 2. Steady load at 50 % and 90 % of peak, relay on; or, with
+    // `--rates r1,r2`, at fixed rates (transitions/s), to compare builds
+    // whose peaks differ at the same absolute load.
+    let rates: Vec<(String, f64)> = match arg("--rates") {
+        Some(list) => list
+            .split(',')
+            .map(|r| r.parse::<f64>().map(|r| (format!("{r:.0}/s"), r)))
+            .collect::<Result<_, _>>()?,
+        None => [0.5, 0.9]
+            .into_iter()
+            .map(|share| (format!("{:>3.0}%", share * 100.0), peak * share))
+            .collect(),
+    };
+    for (label, rate) in rates {
         let handle = start_relay(&relay, &orchestrator);
         acks.lock().expect("acks").clear();
         let sampler = {
@@ -434,8 +445,7 @@ async fn main() -> anyhow::Result<()> {
         let mut inserted: Vec<Duration> = acks.iter().map(|a| a.lag).collect();
         inserted.sort_unstable();
         println!(
-            "load {:>3.0}% ({:.0} transitions/s offered, {:.0} achieved): commit -> ack lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} of {} transition events ({early} acked before the commit's return was noted); insert -> ack (all {} rows) p50 {:.2} ms, p99 {:.2} ms; backlog every 0.5 s: {:?}",
-            share * 100.0,
+            "load {label} ({:.0} transitions/s offered, {:.0} achieved): commit -> ack lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} of {} transition events ({early} acked before the commit's return was noted); insert -> ack (all {} rows) p50 {:.2} ms, p99 {:.2} ms; backlog every 0.5 s: {:?}",
             rate,
             steady.rate(),
             ms(quantile(&lags, 0.5)),
