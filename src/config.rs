@@ -97,6 +97,8 @@ pub struct ServeConfig {
     pub exec: crate::executor::ExecSettings,
     #[command(flatten)]
     pub verify: crate::verifier::VerifySettings,
+    #[command(flatten)]
+    pub intake: crate::analyst::intake::IntakeSettings,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {

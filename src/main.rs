@@ -302,6 +302,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tokens: Arc::new(tokens),
             nats,
             plan_limits: Arc::new(plan_limits),
+            intake: Arc::new(cfg.intake.clone()),
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -25,6 +25,8 @@ struct Metrics {
     adapter_step_latency: HistogramVec,
     verify_latency: Histogram,
     executions_in_flight: IntGauge,
+    signals_received: IntCounterVec,
+    signals_deduplicated: IntCounter,
 }
 
 fn metrics() -> &'static Metrics {
@@ -130,8 +132,23 @@ fn metrics() -> &'static Metrics {
             "Plan executions (or rollbacks) this process is running now.",
         )
         .expect("valid metric");
+        let signals_received = IntCounterVec::new(
+            Opts::new(
+                "signals_received_total",
+                "Alerts received, by source and outcome: accepted, deduplicated, ignored, refused.",
+            ),
+            &["source", "status"],
+        )
+        .expect("valid metric");
+        let signals_deduplicated = IntCounter::new(
+            "signals_deduplicated_total",
+            "Alerts that joined the open case of their fingerprint instead of opening one.",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(signals_received.clone()),
+            Box::new(signals_deduplicated.clone()),
             Box::new(conflict.clone()),
             Box::new(idempotent_replay.clone()),
             Box::new(outbox_publish.clone()),
@@ -162,8 +179,21 @@ fn metrics() -> &'static Metrics {
             adapter_step_latency,
             verify_latency,
             executions_in_flight,
+            signals_received,
+            signals_deduplicated,
         }
     })
+}
+
+pub fn signal_received(source: &str, status: &str) {
+    metrics()
+        .signals_received
+        .with_label_values(&[source, status])
+        .inc();
+}
+
+pub fn signal_deduplicated() {
+    metrics().signals_deduplicated.inc();
 }
 
 pub fn case_transitioned(from: &str, to: &str, event: &str) {

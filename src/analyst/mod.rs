@@ -6,6 +6,8 @@
 //!
 //! Deterministic: a summary of figures, no model involved.
 
+pub mod intake;
+
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};

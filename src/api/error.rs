@@ -52,6 +52,9 @@ pub enum ApiError {
     PlanInvalid(Vec<crate::planner::contract::Violation>),
     #[error("{detail}")]
     Conflict { code: &'static str, detail: String },
+    /// A webhook notification as a whole cannot be taken (422).
+    #[error("{0}")]
+    WebhookInvalid(String),
     /// A worker fact's `evidence` names nothing it could be.
     #[error("{0}")]
     EvidenceInvalid(String),
@@ -84,9 +87,10 @@ impl ApiError {
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
             }
-            Self::PlanInvalid(_) | Self::InvalidRows(_) | Self::EvidenceInvalid(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            Self::PlanInvalid(_)
+            | Self::InvalidRows(_)
+            | Self::EvidenceInvalid(_)
+            | Self::WebhookInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
@@ -113,6 +117,7 @@ impl ApiError {
             Self::PlanInvalid(_) => "plan_invalid",
             Self::InvalidRows(_) => "rows_invalid",
             Self::EvidenceInvalid(_) => "evidence_invalid",
+            Self::WebhookInvalid(_) => "webhook_invalid",
             Self::Conflict { code, .. } => code,
             Self::RouteNotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -134,6 +139,7 @@ impl ApiError {
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
             Self::PlanInvalid(_) => "Invalid plan",
             Self::EvidenceInvalid(_) => "Invalid evidence",
+            Self::WebhookInvalid(_) => "Invalid webhook",
             Self::InvalidRows(_) => "Invalid rows",
             Self::Conflict { .. } => "Conflict",
             Self::MethodNotAllowed => "Method not allowed",

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod plans;
 pub mod schema;
 pub mod serve;
+pub mod signals;
 pub mod state;
 
 use std::time::Duration;
@@ -53,6 +54,7 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route("/metrics/ingest", post(metrics::ingest))
+        .route("/signals/alertmanager", post(signals::alertmanager))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

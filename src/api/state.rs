@@ -13,4 +13,6 @@ pub struct AppState {
     pub nats: Option<async_nats::Client>,
     /// What proposed plans may contain beyond the schema.
     pub plan_limits: Arc<crate::planner::contract::PlanLimits>,
+    /// Where an alert's tenant comes from (`POST /signals/alertmanager`).
+    pub intake: Arc<crate::analyst::intake::IntakeSettings>,
 }

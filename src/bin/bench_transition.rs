@@ -583,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
         tokens: Arc::new(tokens),
         nats: None,
         plan_limits: Arc::new(Default::default()),
+        intake: Arc::new(Default::default()),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);

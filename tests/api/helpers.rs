@@ -119,6 +119,7 @@ impl TestApp {
             tokens: Arc::new(tokens),
             nats: Some(nats),
             plan_limits: Arc::new(crate::flow::plan_limits()),
+            intake: Arc::new(Default::default()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

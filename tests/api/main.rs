@@ -21,6 +21,7 @@ mod ops;
 mod plans;
 mod pubsub;
 mod replay;
+mod signals;
 mod split;
 mod tenancy;
 mod transitions;

@@ -183,6 +183,9 @@ async fn the_hot_tables_still_refuse_what_their_checks_refused(pool: PgPool) {
         "INSERT INTO ops_case (id, tenant, title, labels, correlation_id, created_by) \
          VALUES (gen_random_uuid(), 't', 'x', '[]', gen_random_uuid(), 'me')",
         "UPDATE ops_case SET tenant = 'UPPER' WHERE id = $1",
+        // Fixed at creation (migration 19): a replay rebuilds the case from them.
+        "UPDATE ops_case SET tenant = 'acme' WHERE id = $1",
+        "UPDATE ops_case SET labels = '{\"a\": \"b\"}', kind = 'latency' WHERE id = $1",
         "UPDATE ops_case SET status = 'BOGUS' WHERE id = $1",
         "UPDATE ops_case SET version = 0 WHERE id = $1",
         "INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, version, actor, correlation_id) \
@@ -228,7 +231,6 @@ async fn the_hot_tables_still_refuse_what_their_checks_refused(pool: PgPool) {
         "INSERT INTO outbox (message_id, case_id, subject, payload) \
          VALUES (gen_random_uuid(), $1, 'evt.case.transition.v1', '{}')",
         "UPDATE ops_case SET status = 'PARKED', version = 2, park_reason = 'x' WHERE id = $1",
-        "UPDATE ops_case SET labels = '{\"a\": \"b\"}', kind = 'latency' WHERE id = $1",
     ] {
         sqlx::query(sql)
             .bind(case)

@@ -1,0 +1,360 @@
+//! Signals in: an Alertmanager notification becomes cases. Each alert is
+//! handled on its own, in its own transaction, committed before the webhook
+//! answers: one bad alert never loses the others (Alertmanager does not
+//! retry a 4xx), and an accepted one is durable.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::Identity;
+use crate::contract::Tenant;
+use crate::model::Case;
+use crate::store::NewCase;
+
+/// A case keeps at most this many labels of its alert.
+pub const MAX_LABELS: usize = 32;
+/// A label value longer than this (in characters) is cut.
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// Where an alert's tenant comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IntakeSettings {
+    /// The alert label naming the tenant.
+    #[arg(
+        long = "signal-tenant-label",
+        env = "OPSLOOP_SIGNAL_TENANT_LABEL",
+        default_value = "tenant"
+    )]
+    pub tenant_label: String,
+    /// The tenant of an alert without that label.
+    #[arg(
+        long = "signal-default-tenant",
+        env = "OPSLOOP_SIGNAL_DEFAULT_TENANT",
+        default_value = "default"
+    )]
+    pub default_tenant: String,
+}
+
+impl Default for IntakeSettings {
+    fn default() -> Self {
+        IntakeSettings {
+            tenant_label: "tenant".into(),
+            default_tenant: "default".into(),
+        }
+    }
+}
+
+/// Alertmanager's webhook body, version 4, as Alertmanager sends it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertmanagerWebhook {
+    pub version: String,
+    #[serde(default)]
+    pub group_key: Option<String>,
+    #[serde(default)]
+    pub receiver: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub external_url: Option<String>,
+    #[serde(default)]
+    pub common_labels: BTreeMap<String, String>,
+    pub alerts: Vec<Alert>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    pub status: AlertStatus,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+    #[serde(default, rename = "generatorURL")]
+    pub generator_url: Option<String>,
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    Firing,
+    Resolved,
+}
+
+impl AlertStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// What became of one alert of a notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct AlertOutcome {
+    pub fingerprint: String,
+    /// `accepted` (a case opened), `deduplicated` (joined the alert's open
+    /// case as evidence), `ignored` (a resolution with no open case) or
+    /// `refused`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub case_id: Option<Uuid>,
+}
+
+impl AlertOutcome {
+    fn refused(fingerprint: &str, reason: String) -> Self {
+        AlertOutcome {
+            fingerprint: fingerprint.to_string(),
+            outcome: "refused",
+            reason: Some(reason),
+            case_id: None,
+        }
+    }
+}
+
+/// Why a whole notification is refused (422).
+pub fn check(hook: &AlertmanagerWebhook) -> Result<(), String> {
+    if hook.version != "4" {
+        return Err(format!(
+            "webhook version {:?}: only Alertmanager's version \"4\" is understood",
+            hook.version
+        ));
+    }
+    if hook.alerts.is_empty() {
+        return Err("the notification carries no alerts".into());
+    }
+    Ok(())
+}
+
+/// Handles every alert of `hook` for `who`, each in its own transaction.
+pub async fn take(
+    pool: &PgPool,
+    settings: &IntakeSettings,
+    who: &Identity,
+    hook: &AlertmanagerWebhook,
+) -> Result<Vec<AlertOutcome>, sqlx::Error> {
+    let mut outcomes = Vec::with_capacity(hook.alerts.len());
+    for alert in &hook.alerts {
+        let outcome = match tenant_of(settings, alert) {
+            Err(why) => AlertOutcome::refused(&alert.fingerprint, why),
+            Ok(tenant) if !who.may_act_for(&tenant) => AlertOutcome::refused(
+                &alert.fingerprint,
+                format!(
+                    "tenant_forbidden: {} does not act for tenant {tenant}",
+                    who.id
+                ),
+            ),
+            Ok(_) if alert.fingerprint.is_empty() || alert.fingerprint.chars().count() > 200 => {
+                AlertOutcome::refused(&alert.fingerprint, "fingerprint: 1-200 characters".into())
+            }
+            Ok(tenant) => take_one(pool, &who.id, &tenant, hook, alert).await?,
+        };
+        crate::telemetry::signal_received("alertmanager", outcome.outcome);
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+fn tenant_of(settings: &IntakeSettings, alert: &Alert) -> Result<Tenant, String> {
+    let name = alert
+        .labels
+        .get(&settings.tenant_label)
+        .unwrap_or(&settings.default_tenant);
+    Tenant::try_from(name.clone())
+        .map_err(|_| format!("invalid_tenant: {name:?} is not a tenant name"))
+}
+
+async fn take_one(
+    pool: &PgPool,
+    actor: &str,
+    tenant: &Tenant,
+    hook: &AlertmanagerWebhook,
+    alert: &Alert,
+) -> Result<AlertOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Twins (the same alert in webhooks arriving at once) queue here.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("signal/{tenant}/{}", alert.fingerprint))
+        .execute(&mut *tx)
+        .await?;
+    let open: Option<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT s.id, s.case_id FROM signal s JOIN ops_case c ON c.id = s.case_id \
+         WHERE s.tenant = $1 AND s.fingerprint = $2 AND c.status <> 'CLOSED' \
+         ORDER BY s.first_at DESC LIMIT 1",
+    )
+    .bind(tenant.as_str())
+    .bind(&alert.fingerprint)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (outcome, case_id) = match (open, alert.status) {
+        (Some((signal_id, case_id)), status) => {
+            sqlx::query(
+                "UPDATE signal SET notifications = notifications + 1, status = $2, last_at = now() \
+                 WHERE id = $1",
+            )
+            .bind(signal_id)
+            .bind(status.as_str())
+            .execute(&mut *tx)
+            .await?;
+            crate::telemetry::signal_deduplicated();
+            ("deduplicated", case_id)
+        }
+        (None, AlertStatus::Resolved) => {
+            tx.rollback().await?;
+            return Ok(AlertOutcome {
+                fingerprint: alert.fingerprint.clone(),
+                outcome: "ignored",
+                reason: Some("resolved, and no case of this alert is open".into()),
+                case_id: None,
+            });
+        }
+        (None, AlertStatus::Firing) => {
+            let (new, cut) = case_of(tenant, alert);
+            let case: Case = crate::store::insert_case(&mut tx, &new, actor).await?;
+            sqlx::query(
+                "INSERT INTO signal (id, tenant, source, fingerprint, case_id, status, group_key) \
+                 VALUES ($1, $2, 'alertmanager', $3, $4, 'firing', $5)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(tenant.as_str())
+            .bind(&alert.fingerprint)
+            .bind(case.id)
+            .bind(&hook.group_key)
+            .execute(&mut *tx)
+            .await?;
+            if !cut.is_empty() {
+                tracing::info!(case.id = %case.id, cut = ?cut, "Alert labels cut to fit a case.");
+            }
+            ("accepted", case.id)
+        }
+    };
+    // The notification itself is the evidence, as it came (with what was cut).
+    let envelope = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO event_envelope (id, type, source, data, tenant) \
+         VALUES ($1, 'signal.alertmanager', $2, $3, $4)",
+    )
+    .bind(envelope)
+    .bind(hook.external_url.as_deref().unwrap_or("alertmanager"))
+    .bind(json!({
+        "alert": alert,
+        "group_key": hook.group_key,
+        "receiver": hook.receiver,
+        "common_labels": hook.common_labels,
+    }))
+    .bind(tenant.as_str())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO evidence_link (case_id, envelope_id, role) VALUES ($1, $2, 'signal')")
+        .bind(case_id)
+        .bind(envelope)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(AlertOutcome {
+        fingerprint: alert.fingerprint.clone(),
+        outcome,
+        reason: None,
+        case_id: Some(case_id),
+    })
+}
+
+/// The case an alert opens, and what of its labels did not fit.
+fn case_of(tenant: &Tenant, alert: &Alert) -> (NewCase, Vec<String>) {
+    let alertname = alert.labels.get("alertname");
+    let raw_severity = alert.labels.get("severity").map(String::as_str);
+    let severity = match raw_severity.map(str::to_ascii_lowercase).as_deref() {
+        Some("critical") => "critical",
+        Some("error" | "high") => "high",
+        Some("warning") => "medium",
+        Some("info" | "none") => "info",
+        _ => "medium",
+    };
+    let mut cut = Vec::new();
+    let mut labels = serde_json::Map::new();
+    for (i, (k, v)) in alert.labels.iter().enumerate() {
+        if i >= MAX_LABELS {
+            cut.push(format!("label {k} (more than {MAX_LABELS})"));
+            continue;
+        }
+        let value: String = v.chars().take(MAX_LABEL_VALUE).collect();
+        if value.len() < v.len() {
+            cut.push(format!("label {k} cut to {MAX_LABEL_VALUE} characters"));
+        }
+        labels.insert(k.clone(), Value::String(value));
+    }
+    if !cut.is_empty() {
+        labels.insert("opsloop_cut".into(), json!(cut.len()));
+    }
+    let title_source = alert
+        .annotations
+        .get("summary")
+        .or(alertname)
+        .cloned()
+        .unwrap_or_else(|| format!("alert {}", alert.fingerprint));
+    let mut title: String = title_source
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    if title.trim().is_empty() {
+        title = format!("alert {}", alert.fingerprint);
+    }
+    (
+        NewCase {
+            tenant: tenant.clone(),
+            title,
+            severity: severity.to_string(),
+            kind: alertname.and_then(|n| kind_of(n)),
+            labels: Value::Object(labels),
+        },
+        cut,
+    )
+}
+
+/// An alert name in the case's kind format (`^[a-z0-9][a-z0-9_.-]{0,63}$`):
+/// `HighErrorRate` → `higherrorrate`, `disk full!` → `disk-full-`.
+fn kind_of(alertname: &str) -> Option<String> {
+    let kind: String = alertname
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(64)
+        .collect();
+    (!kind.is_empty()).then_some(kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_names_become_kinds() {
+        assert_eq!(kind_of("HighErrorRate").as_deref(), Some("higherrorrate"));
+        assert_eq!(kind_of("disk full!").as_deref(), Some("disk-full-"));
+        assert_eq!(kind_of("__x").as_deref(), Some("x"));
+        assert_eq!(kind_of("!!!"), None);
+        assert_eq!(kind_of(&"a".repeat(100)).map(|k| k.len()), Some(64));
+    }
+}
