@@ -11,17 +11,25 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::auth::Identity;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{Identity, TenantScope};
 use crate::contract::Tenant;
 use crate::model::Case;
+use crate::orchestrator::{
+    Actor, Answer, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest,
+};
+use crate::roles::Role;
 use crate::store::NewCase;
+use crate::workflow::EventKind;
 
 /// A case keeps at most this many labels of its alert.
 pub const MAX_LABELS: usize = 32;
 /// A label value longer than this (in characters) is cut.
 pub const MAX_LABEL_VALUE: usize = 256;
 
-/// Where an alert's tenant comes from.
+/// How alerts become cases: where the tenant comes from, which cases start
+/// by themselves, and what a resolution does.
 #[derive(Debug, Clone, clap::Args)]
 pub struct IntakeSettings {
     /// The alert label naming the tenant.
@@ -38,6 +46,23 @@ pub struct IntakeSettings {
         default_value = "default"
     )]
     pub default_tenant: String,
+    /// Severities whose signal cases start analysis by themselves (sent by
+    /// the analyst's identity); the others wait for a person.
+    #[arg(
+        long = "signal-autostart",
+        env = "OPSLOOP_SIGNAL_AUTOSTART",
+        default_value = "critical,high,medium",
+        value_delimiter = ','
+    )]
+    pub autostart: Vec<String>,
+    /// The reason a case is dismissed with when every alert joined to it
+    /// resolved before it reached the gate.
+    #[arg(
+        long = "signal-resolved-reason",
+        env = "OPSLOOP_SIGNAL_RESOLVED_REASON",
+        default_value = "resolved at source"
+    )]
+    pub resolved_reason: String,
 }
 
 impl Default for IntakeSettings {
@@ -45,6 +70,8 @@ impl Default for IntakeSettings {
         IntakeSettings {
             tenant_label: "tenant".into(),
             default_tenant: "default".into(),
+            autostart: vec!["critical".into(), "high".into(), "medium".into()],
+            resolved_reason: "resolved at source".into(),
         }
     }
 }
@@ -142,11 +169,11 @@ pub fn check(hook: &AlertmanagerWebhook) -> Result<(), String> {
 
 /// Handles every alert of `hook` for `who`, each in its own transaction.
 pub async fn take(
-    pool: &PgPool,
+    orchestrator: &Orchestrator,
     settings: &IntakeSettings,
     who: &Identity,
     hook: &AlertmanagerWebhook,
-) -> Result<Vec<AlertOutcome>, sqlx::Error> {
+) -> Result<Vec<AlertOutcome>, TransitionError> {
     let mut outcomes = Vec::with_capacity(hook.alerts.len());
     for alert in &hook.alerts {
         let outcome = match tenant_of(settings, alert) {
@@ -161,7 +188,14 @@ pub async fn take(
             Ok(_) if alert.fingerprint.is_empty() || alert.fingerprint.chars().count() > 200 => {
                 AlertOutcome::refused(&alert.fingerprint, "fingerprint: 1-200 characters".into())
             }
-            Ok(tenant) => take_one(pool, &who.id, &tenant, hook, alert).await?,
+            Ok(tenant) => {
+                let (outcome, next) =
+                    take_one(orchestrator.pool(), settings, &who.id, &tenant, hook, alert).await?;
+                if let Some(next) = next {
+                    follow_up(orchestrator, settings, &tenant, next).await?;
+                }
+                outcome
+            }
         };
         crate::telemetry::signal_received("alertmanager", outcome.outcome);
         outcomes.push(outcome);
@@ -178,13 +212,22 @@ fn tenant_of(settings: &IntakeSettings, alert: &Alert) -> Result<Tenant, String>
         .map_err(|_| format!("invalid_tenant: {name:?} is not a tenant name"))
 }
 
+/// What a committed alert asks of its case next, in a transition of its own.
+enum Next {
+    /// A new case whose severity the intake policy starts by itself.
+    Start(Uuid),
+    /// Every alert of the case resolved before it reached the gate.
+    Dismiss(Uuid),
+}
+
 async fn take_one(
     pool: &PgPool,
+    settings: &IntakeSettings,
     actor: &str,
     tenant: &Tenant,
     hook: &AlertmanagerWebhook,
     alert: &Alert,
-) -> Result<AlertOutcome, sqlx::Error> {
+) -> Result<(AlertOutcome, Option<Next>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Twins (the same alert in webhooks arriving at once) queue here.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
@@ -215,12 +258,13 @@ async fn take_one(
         }
         (None, AlertStatus::Resolved) => {
             tx.rollback().await?;
-            return Ok(AlertOutcome {
+            let ignored = AlertOutcome {
                 fingerprint: alert.fingerprint.clone(),
                 outcome: "ignored",
                 reason: Some("resolved, and no case of this alert is open".into()),
                 case_id: None,
-            });
+            };
+            return Ok((ignored, None));
         }
         (None, AlertStatus::Firing) => {
             let (new, cut) = case_of(tenant, alert);
@@ -241,6 +285,34 @@ async fn take_one(
             }
             ("accepted", case.id)
         }
+    };
+    let next = match (outcome, alert.status) {
+        ("accepted", _) => {
+            let severity: String =
+                sqlx::query_scalar("SELECT severity FROM ops_case WHERE id = $1")
+                    .bind(case_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            settings
+                .autostart
+                .iter()
+                .any(|s| *s == severity)
+                .then_some(Next::Start(case_id))
+        }
+        (_, AlertStatus::Resolved) => {
+            // Every alert of the case resolved, and no plan was ever put
+            // to the gate: nothing is left to do for it.
+            let done: bool = sqlx::query_scalar(
+                "SELECT NOT EXISTS (SELECT 1 FROM signal WHERE case_id = $1 AND status <> 'resolved') \
+                    AND NOT EXISTS (SELECT 1 FROM case_timeline WHERE case_id = $1 \
+                        AND to_status IN ('WAIT_GATE', 'EXECUTING', 'VERIFYING', 'CLOSED'))",
+            )
+            .bind(case_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            done.then_some(Next::Dismiss(case_id))
+        }
+        _ => None,
     };
     // The notification itself is the evidence, as it came (with what was cut).
     let envelope = Uuid::now_v7();
@@ -265,12 +337,61 @@ async fn take_one(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(AlertOutcome {
+    let taken = AlertOutcome {
         fingerprint: alert.fingerprint.clone(),
         outcome,
         reason: None,
         case_id: Some(case_id),
-    })
+    };
+    Ok((taken, next))
+}
+
+/// Starts or dismisses a case as the analyst, after the alert committed.
+/// The request is idempotent per case and purpose (a second resolution
+/// replays the first dismissal instead of trying again).
+async fn follow_up(
+    orchestrator: &Orchestrator,
+    settings: &IntakeSettings,
+    tenant: &Tenant,
+    next: Next,
+) -> Result<(), TransitionError> {
+    let (case_id, event, reason) = match next {
+        Next::Start(id) => (id, EventKind::StartAnalysis, None),
+        Next::Dismiss(id) => (
+            id,
+            EventKind::Dismiss,
+            Some(settings.resolved_reason.clone()),
+        ),
+    };
+    let key = format!("signal-{}-{case_id}", event.as_str());
+    let request_hash = hex::encode(Sha256::digest(key.as_bytes()));
+    let outcome = orchestrator
+        .transition(TransitionRequest {
+            case_id,
+            tenants: TenantScope::one(tenant),
+            event,
+            actor: Actor {
+                id: <&str>::from(Role::Analyst).to_string(),
+                human: false,
+            },
+            reason,
+            plan_hash: None,
+            meta: json!({"source": "signal intake"}),
+            expected_version: None,
+            origin: Origin::Http {
+                idempotency_key: key.parse().map_err(|_| {
+                    TransitionError::Database(sqlx::Error::Protocol(format!("bad key {key}")))
+                })?,
+                request_hash,
+            },
+            trace_id: Uuid::new_v4().simple().to_string(),
+        })
+        .await?;
+    if let Outcome::Answered(Answer::Rejected { rejection, .. }) = outcome {
+        // A person moved the case first: theirs stands, the timeline has both.
+        tracing::info!(case.id = %case_id, event = event.as_str(), %rejection, "Signal follow-up refused.");
+    }
+    Ok(())
 }
 
 /// The case an alert opens, and what of its labels did not fit.

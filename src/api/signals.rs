@@ -36,6 +36,6 @@ pub async fn alertmanager(
         )));
     }
     intake::check(&hook).map_err(ApiError::WebhookInvalid)?;
-    let outcomes = intake::take(state.orchestrator.pool(), &state.intake, &who, &hook).await?;
+    let outcomes = intake::take(&state.orchestrator, &state.intake, &who, &hook).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"alerts": outcomes}))).into_response())
 }

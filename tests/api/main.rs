@@ -4,6 +4,7 @@
 mod helpers;
 
 mod adapters;
+mod alertmanager;
 mod atomicity;
 mod auth;
 mod bad_input;

@@ -107,7 +107,15 @@ async fn alerts_open_cases_and_repeats_join_them_as_evidence(pool: PgPool) {
     );
     assert_eq!(labels_stored["alertname"], "HighErrorRate");
     assert_eq!(labels_stored["service"], "checkout");
-    assert_eq!(status, "NEW");
+    assert_eq!(status, "ANALYZING", "a critical alert starts by itself");
+    let starter: String = sqlx::query_scalar(
+        "SELECT actor FROM case_timeline WHERE case_id = $1 AND event = 'start_analysis'",
+    )
+    .bind(case_a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(starter, "analyst", "sent by the analyst's identity");
     let severity_b: String = sqlx::query_scalar(
         "SELECT c.severity FROM ops_case c JOIN signal s ON s.case_id = c.id WHERE s.fingerprint = 'fp-b'",
     )
@@ -150,16 +158,36 @@ async fn alerts_open_cases_and_repeats_join_them_as_evidence(pool: PgPool) {
     assert_eq!(resolved.body["alerts"][0]["outcome"], "deduplicated");
     assert_eq!(resolved.body["alerts"][1]["outcome"], "ignored");
     assert!(cases_of(&app, "fp-never").await.is_empty());
-
-    // Once the case is closed, the same alert firing again opens a new one.
-    app.patch(
-        case_a,
-        OPERATOR,
-        "close",
-        json!({"event": "dismiss", "reason": "handled"}),
+    // Its only alert resolved before any plan reached the gate: dismissed.
+    assert_eq!(app.status(case_a).await, "CLOSED");
+    let (actor, reason): (String, Option<String>) = sqlx::query_as(
+        "SELECT actor, reason FROM case_timeline WHERE case_id = $1 AND event = 'dismiss'",
+    )
+    .bind(case_a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (actor.as_str(), reason.as_deref()),
+        ("analyst", Some("resolved at source"))
+    );
+    // A second resolution changes nothing (the dismissal is idempotent).
+    post(
+        &app,
+        Some(SERVICE),
+        webhook(vec![alert("fp-a", "resolved", labels("critical"))]),
     )
     .await;
-    assert_eq!(app.status(case_a).await, "CLOSED");
+    let dismissals: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM case_timeline WHERE case_id = $1 AND event = 'dismiss'",
+    )
+    .bind(case_a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(dismissals, 1);
+
+    // Once the case is closed, the same alert firing again opens a new one.
     let reopened = post(
         &app,
         Some(SERVICE),
@@ -292,4 +320,50 @@ async fn malformed_webhooks_get_problems_and_store_nothing(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(stored, 0);
+}
+
+#[sqlx::test]
+async fn low_severities_wait_and_a_resolution_after_the_gate_only_annotates(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let r = post(
+        &app,
+        Some(SERVICE),
+        webhook(vec![alert(
+            "fp-info",
+            "firing",
+            json!({"alertname": "Chatty", "severity": "info", "tenant": "acme"}),
+        )]),
+    )
+    .await;
+    let case: Uuid = r.body["alerts"][0]["case_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(app.status(case).await, "NEW", "info waits for a person");
+
+    // A person takes it to the gate; then the alert resolves.
+    app.event(case, OPERATOR, "start_analysis").await;
+    app.event(case, ANALYST, "analysis_done").await;
+    app.store_plan(case, "planner", Some(1)).await;
+    let ready = app.event(case, SERVICE, "plan_ready").await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = post(
+        &app,
+        Some(SERVICE),
+        webhook(vec![alert(
+            "fp-info",
+            "resolved",
+            json!({"alertname": "Chatty", "severity": "info", "tenant": "acme"}),
+        )]),
+    )
+    .await;
+    assert_eq!(r.body["alerts"][0]["outcome"], "deduplicated");
+    assert_eq!(
+        app.status(case).await,
+        "WAIT_GATE",
+        "a plan at the gate is not dismissed"
+    );
+    assert_eq!(cases_of(&app, "fp-info").await, vec![(case, 2)]);
 }
