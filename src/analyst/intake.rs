@@ -295,8 +295,7 @@ async fn take_one(
                     .await?;
             settings
                 .autostart
-                .iter()
-                .any(|s| *s == severity)
+                .contains(&severity)
                 .then_some(Next::Start(case_id))
         }
         (_, AlertStatus::Resolved) => {
