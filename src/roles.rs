@@ -82,6 +82,7 @@ impl Role {
             Fact::ExecDone(_) | Fact::ExecFailed(_) => Role::Executor,
             Fact::VerifyPass(_) | Fact::VerifyFailed(_) => Role::Verifier,
             Fact::CaseTransition(_)
+            | Fact::CaseCreated(_)
             | Fact::GatePending(_)
             | Fact::StepResult(_)
             | Fact::RolledBack(_) => return None,

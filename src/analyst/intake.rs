@@ -191,6 +191,10 @@ pub async fn take(
             Ok(tenant) => {
                 let (outcome, next) =
                     take_one(orchestrator.pool(), settings, &who.id, &tenant, hook, alert).await?;
+                if outcome.outcome == "accepted" {
+                    // The new case's `evt.case.created.v1` waits in the outbox.
+                    orchestrator.outbox_ready().wake();
+                }
                 if let Some(next) = next {
                     follow_up(orchestrator, settings, &tenant, next).await?;
                 }

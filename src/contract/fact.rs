@@ -16,6 +16,7 @@ use super::message::{Body, ContractError, MAX_REASON, invalid};
 use crate::workflow::{EventKind, Status};
 
 pub const EVT_CASE_TRANSITION: &str = "evt.case.transition.v1";
+pub const EVT_CASE_CREATED: &str = "evt.case.created.v1";
 pub const EVT_FINDINGS: &str = "evt.analysis.findings.v1";
 pub const EVT_PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
 pub const EVT_PLAN_FAILED: &str = "evt.plan.failed.v1";
@@ -32,8 +33,9 @@ pub const EVT_VERIFY_FAILED: &str = "evt.verify.failed.v1";
 /// Facts for other readers (the feed, notifiers, people), not for the FSM.
 /// The orchestrator acknowledges them unread: a subscriber's concern is not
 /// a reason to dead-letter them there.
-pub const INFORMATIONAL: [&str; 4] = [
+pub const INFORMATIONAL: [&str; 5] = [
     EVT_CASE_TRANSITION,
+    EVT_CASE_CREATED,
     EVT_GATE_PENDING,
     EVT_STEP_RESULT,
     EVT_ROLLED_BACK,
@@ -44,6 +46,9 @@ pub enum Fact {
     /// The orchestrator, for every accepted transition; for UIs, ChatOps
     /// and external subscribers.
     CaseTransition(CaseTransition),
+    /// Whoever created a case (a person, a service, signal intake), in the
+    /// creating transaction; for the same readers.
+    CaseCreated(CaseCreated),
     /// The analyst → `analysis_done`.
     Findings(Findings),
     /// The planner (or a person's plan) → `plan_ready`.
@@ -80,6 +85,18 @@ pub struct CaseTransition {
     pub version: i64,
     pub actor: String,
     pub reason: Option<String>,
+    pub timeline_id: Uuid,
+}
+
+/// A new case as it was created (version 1, status NEW).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseCreated {
+    pub title: String,
+    pub severity: String,
+    pub kind: Option<String>,
+    pub labels: Value,
+    pub created_by: String,
+    /// The `created` timeline entry.
     pub timeline_id: Uuid,
 }
 
@@ -279,6 +296,7 @@ impl Fact {
             Fact::VerifyPass(_) => E::VerifyPass,
             Fact::VerifyFailed(_) => E::VerifyFailed,
             Fact::CaseTransition(_)
+            | Fact::CaseCreated(_)
             | Fact::GatePending(_)
             | Fact::StepResult(_)
             | Fact::RolledBack(_) => return None,
@@ -298,6 +316,7 @@ impl Fact {
             Fact::VerifyPass(v) => v.plan_hash.as_ref(),
             Fact::VerifyFailed(v) => v.plan_hash.as_ref(),
             Fact::CaseTransition(_)
+            | Fact::CaseCreated(_)
             | Fact::Findings(_)
             | Fact::PlanFailed(_)
             | Fact::StepResult(_) => None,
@@ -312,7 +331,8 @@ impl Fact {
             Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => r.reason.clone(),
             Fact::VerifyFailed(v) => Some(v.reason.to_string()),
             Fact::CaseTransition(t) => t.reason.clone(),
-            Fact::Findings(_)
+            Fact::CaseCreated(_)
+            | Fact::Findings(_)
             | Fact::PlanProposed(_)
             | Fact::GatePending(_)
             | Fact::PlanApproved(_)
@@ -334,6 +354,7 @@ impl Body for Fact {
     fn subject(&self) -> &'static str {
         match self {
             Fact::CaseTransition(_) => EVT_CASE_TRANSITION,
+            Fact::CaseCreated(_) => EVT_CASE_CREATED,
             Fact::Findings(_) => EVT_FINDINGS,
             Fact::PlanProposed(_) => EVT_PLAN_PROPOSED,
             Fact::PlanFailed(_) => EVT_PLAN_FAILED,
@@ -352,6 +373,7 @@ impl Body for Fact {
     fn to_data(&self) -> Value {
         match self {
             Fact::CaseTransition(x) => Fact::data(x),
+            Fact::CaseCreated(x) => Fact::data(x),
             Fact::Findings(x) => Fact::data(x),
             Fact::PlanProposed(x) => Fact::data(x),
             Fact::PlanFailed(x) => Fact::data(x),
@@ -369,6 +391,7 @@ impl Body for Fact {
         let s = subject;
         let fact = match subject {
             EVT_CASE_TRANSITION => Fact::CaseTransition(parse(s, data)?),
+            EVT_CASE_CREATED => Fact::CaseCreated(parse(s, data)?),
             EVT_FINDINGS => Fact::Findings(parse(s, data)?),
             EVT_PLAN_PROPOSED => Fact::PlanProposed(parse(s, data)?),
             EVT_PLAN_FAILED => Fact::PlanFailed(parse(s, data)?),

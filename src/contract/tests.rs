@@ -23,7 +23,7 @@ const COMMANDS: [(&str, &str); 6] = golden!(
     "cmd.verify.run",
 );
 
-const FACTS: [(&str, &str); 13] = golden!(
+const FACTS: [(&str, &str); 14] = golden!(
     "evt.case.transition.v1",
     "evt.analysis.findings.v1",
     "evt.plan.proposed.v1",
@@ -37,6 +37,7 @@ const FACTS: [(&str, &str); 13] = golden!(
     "evt.exec.rolled_back.v1",
     "evt.verify.pass.v1",
     "evt.verify.failed.v1",
+    "evt.case.created.v1",
 );
 
 fn round_trip<B: Body + std::fmt::Debug>(subject: &str, text: &str) -> Message<B> {
@@ -85,7 +86,7 @@ fn informational_subjects_are_the_facts_without_an_event() {
 #[test]
 fn verification_facts_add_only_their_plan_hash() {
     let hash: PlanHash = "a".repeat(64).parse().unwrap();
-    for (subject, text) in &FACTS[11..] {
+    for (subject, text) in &FACTS[11..13] {
         let mut message = round_trip::<Fact>(subject, text);
         assert_eq!(message.body.plan_hash(), None);
         match &mut message.body {

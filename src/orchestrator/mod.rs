@@ -77,6 +77,8 @@ impl Orchestrator {
         let mut tx = self.pool.begin().await?;
         let case = crate::store::insert_case(&mut tx, &new, &actor.id).await?;
         tx.commit().await?;
+        // Its `evt.case.created.v1` waits in the outbox.
+        self.outbox_ready.wake();
         info!(case.id = %case.id, tenant = %case.tenant, "Case created.");
         Ok(case)
     }

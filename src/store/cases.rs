@@ -7,8 +7,10 @@ use uuid::Uuid;
 
 use crate::auth::TenantScope;
 use crate::case_columns;
-use crate::contract::Tenant;
+use crate::contract::fact::CaseCreated;
+use crate::contract::{Fact, Message, Tenant};
 use crate::model::Case;
+use crate::pubsub::outbox;
 
 #[derive(Debug, Clone)]
 pub struct NewCase {
@@ -40,15 +42,34 @@ pub async fn insert_case(
     .bind(actor)
     .fetch_one(&mut *conn)
     .await?;
+    let timeline_id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
          VALUES ($1, $2, 'created', 'NEW', 1, $3, $4)",
     )
-    .bind(Uuid::now_v7())
+    .bind(timeline_id)
     .bind(case.id)
     .bind(actor)
     .bind(case.correlation_id)
     .execute(&mut *conn)
+    .await?;
+    // Subscribers learn of every case, whoever made it, with its creation.
+    let created = Fact::CaseCreated(CaseCreated {
+        title: case.title.clone(),
+        severity: case.severity.clone(),
+        kind: case.kind.clone(),
+        labels: case.labels.clone(),
+        created_by: actor.to_string(),
+        timeline_id,
+    });
+    let message = Message::for_case(&case, actor, Some(timeline_id), created).to_envelope();
+    let trace = Uuid::new_v4().simple().to_string();
+    outbox::enqueue(
+        conn,
+        Some(case.id),
+        &[message],
+        &outbox::traceparent(&trace),
+    )
     .await?;
     Ok(case)
 }

@@ -22,7 +22,11 @@ async fn same_key_same_body_replays_the_stored_reply(pool: PgPool) {
         .filter(|t| t.0 == "transition")
         .count();
     assert_eq!(transitions, 1);
-    assert_eq!(app.outbox_subjects(case).await.len(), 2);
+    assert_eq!(
+        app.outbox_subjects(case).await.len(),
+        3,
+        "creation, command, transition"
+    );
     assert!(app.metric("idempotent_replay_total").await >= 1.0);
 }
 
@@ -156,7 +160,11 @@ async fn twenty_concurrent_requests_with_one_key_have_one_effect(pool: PgPool) {
     assert_eq!(transitions, 1);
     assert_eq!(
         app.outbox_subjects(case).await,
-        ["cmd.analysis.run", "evt.case.transition.v1"]
+        [
+            "evt.case.created.v1",
+            "cmd.analysis.run",
+            "evt.case.transition.v1"
+        ]
     );
 }
 

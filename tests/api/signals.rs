@@ -116,6 +116,14 @@ async fn alerts_open_cases_and_repeats_join_them_as_evidence(pool: PgPool) {
     .await
     .unwrap();
     assert_eq!(starter, "analyst", "sent by the analyst's identity");
+    // Subscribers hear of the case as it was created.
+    let created = app.outbox_payloads(case_a, "evt.case.created.v1").await;
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["tenant"], "acme");
+    assert_eq!(created[0]["expected_version"], 1);
+    assert_eq!(created[0]["data"]["severity"], "critical");
+    assert_eq!(created[0]["data"]["kind"], "higherrorrate");
+    assert_eq!(created[0]["data"]["labels"]["service"], "checkout");
     let severity_b: String = sqlx::query_scalar(
         "SELECT c.severity FROM ops_case c JOIN signal s ON s.case_id = c.id WHERE s.fingerprint = 'fp-b'",
     )

@@ -32,7 +32,11 @@ async fn create_read_and_walk_a_case(pool: PgPool) {
     assert_eq!(r.body["transition"]["actor"], "alice");
     assert_eq!(
         app.outbox_subjects(case).await,
-        ["cmd.analysis.run", "evt.case.transition.v1"]
+        [
+            "evt.case.created.v1",
+            "cmd.analysis.run",
+            "evt.case.transition.v1"
+        ]
     );
 }
 
@@ -71,7 +75,11 @@ async fn illegal_event_is_409_recorded_and_changes_nothing(pool: PgPool) {
     assert_eq!(timeline[1].0, "rejected");
     assert_eq!(timeline[1].1.as_deref(), Some("plan_ready"));
     assert_eq!(timeline[1].3.as_deref(), Some("illegal_transition"));
-    assert!(app.outbox_subjects(case).await.is_empty());
+    assert_eq!(
+        app.outbox_subjects(case).await,
+        ["evt.case.created.v1"],
+        "nothing but the creation's event"
+    );
     assert!(
         app.metric("conflict_total{reason=\"illegal_transition\"}")
             .await
