@@ -27,6 +27,7 @@ struct Metrics {
     executions_in_flight: IntGauge,
     signals_received: IntCounterVec,
     signals_deduplicated: IntCounter,
+    signal_intake: Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -145,8 +146,19 @@ fn metrics() -> &'static Metrics {
             "Alerts that joined the open case of their fingerprint instead of opening one.",
         )
         .expect("valid metric");
+        let signal_intake = Histogram::with_opts(
+            HistogramOpts::new(
+                "signal_intake_seconds",
+                "From a webhook's arrival to its answer, every alert committed.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(signal_intake.clone()),
             Box::new(signals_received.clone()),
             Box::new(signals_deduplicated.clone()),
             Box::new(conflict.clone()),
@@ -181,6 +193,7 @@ fn metrics() -> &'static Metrics {
             executions_in_flight,
             signals_received,
             signals_deduplicated,
+            signal_intake,
         }
     })
 }
@@ -190,6 +203,10 @@ pub fn signal_received(source: &str, status: &str) {
         .signals_received
         .with_label_values(&[source, status])
         .inc();
+}
+
+pub fn signal_intake(seconds: f64) {
+    metrics().signal_intake.observe(seconds);
 }
 
 pub fn signal_deduplicated() {

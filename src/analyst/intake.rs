@@ -63,6 +63,15 @@ pub struct IntakeSettings {
         default_value = "resolved at source"
     )]
     pub resolved_reason: String,
+    /// Seconds within which a new alert of the same Alertmanager group
+    /// (`groupKey`) joins the group's open case instead of opening one; 0
+    /// gives every alert its own case.
+    #[arg(
+        long = "signal-group-window-s",
+        env = "OPSLOOP_SIGNAL_GROUP_WINDOW_S",
+        default_value_t = 300
+    )]
+    pub group_window_s: u64,
 }
 
 impl Default for IntakeSettings {
@@ -72,6 +81,7 @@ impl Default for IntakeSettings {
             default_tenant: "default".into(),
             autostart: vec!["critical".into(), "high".into(), "medium".into()],
             resolved_reason: "resolved at source".into(),
+            group_window_s: 300,
         }
     }
 }
@@ -133,7 +143,8 @@ impl AlertStatus {
 pub struct AlertOutcome {
     pub fingerprint: String,
     /// `accepted` (a case opened), `deduplicated` (joined the alert's open
-    /// case as evidence), `ignored` (a resolution with no open case) or
+    /// case as evidence), `grouped` (a new alert joined the open case of its
+    /// Alertmanager group), `ignored` (a resolution with no open case) or
     /// `refused`.
     pub outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,7 +244,14 @@ async fn take_one(
     alert: &Alert,
 ) -> Result<(AlertOutcome, Option<Next>), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Twins (the same alert in webhooks arriving at once) queue here.
+    // Twins (the same alert in webhooks arriving at once) queue here, and
+    // so do alerts of one group (always group first, then alert).
+    if let Some(group) = &hook.group_key {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(format!("signal-group/{tenant}/{group}"))
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
         .bind(format!("signal/{tenant}/{}", alert.fingerprint))
         .execute(&mut *tx)
@@ -247,7 +265,41 @@ async fn take_one(
     .bind(&alert.fingerprint)
     .fetch_optional(&mut *tx)
     .await?;
+    // A new alert of a group whose case is open and recent joins that case.
+    let grouped: Option<Uuid> = match (&open, alert.status, &hook.group_key) {
+        (None, AlertStatus::Firing, Some(group)) if settings.group_window_s > 0 => {
+            sqlx::query_scalar(
+                "SELECT s.case_id FROM signal s JOIN ops_case c ON c.id = s.case_id \
+                 WHERE s.tenant = $1 AND s.group_key = $2 AND c.status <> 'CLOSED' \
+                   AND s.first_at > now() - make_interval(secs => $3) \
+                 ORDER BY s.first_at LIMIT 1",
+            )
+            .bind(tenant.as_str())
+            .bind(group)
+            .bind(settings.group_window_s as f64)
+            .fetch_optional(&mut *tx)
+            .await?
+        }
+        _ => None,
+    };
+    if let Some(case_id) = grouped {
+        sqlx::query(
+            "INSERT INTO signal (id, tenant, source, fingerprint, case_id, status, group_key) \
+             VALUES ($1, $2, 'alertmanager', $3, $4, 'firing', $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(tenant.as_str())
+        .bind(&alert.fingerprint)
+        .bind(case_id)
+        .bind(&hook.group_key)
+        .execute(&mut *tx)
+        .await?;
+    }
     let (outcome, case_id) = match (open, alert.status) {
+        (None, _) if let Some(case_id) = grouped => {
+            crate::telemetry::signal_deduplicated();
+            ("grouped", case_id)
+        }
         (Some((signal_id, case_id)), status) => {
             sqlx::query(
                 "UPDATE signal SET notifications = notifications + 1, status = $2, last_at = now() \

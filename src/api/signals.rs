@@ -36,6 +36,8 @@ pub async fn alertmanager(
         )));
     }
     intake::check(&hook).map_err(ApiError::WebhookInvalid)?;
+    let started = std::time::Instant::now();
     let outcomes = intake::take(&state.orchestrator, &state.intake, &who, &hook).await?;
+    crate::telemetry::signal_intake(started.elapsed().as_secs_f64());
     Ok((StatusCode::ACCEPTED, Json(json!({"alerts": outcomes}))).into_response())
 }

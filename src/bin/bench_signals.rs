@@ -6,7 +6,9 @@
 //! in the same run and at the same concurrency: a plain one-row `INSERT`
 //! per alert (a transaction each) of the same alert JSON into a table of
 //! its own, which is the least a durable intake can cost. Severity `info`,
-//! so no case starts by itself: the figures are intake's own.
+//! so no case starts by itself, and no group window, so every new
+//! fingerprint opens a case: the figures are intake's own, on its
+//! costliest path.
 //!
 //! ```sh
 //! cargo build --release --bin bench_signals
@@ -113,8 +115,12 @@ async fn run(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let (http, base, pool, counter) =
-            (http.clone(), base.to_string(), pool.clone(), counter.clone());
+        let (http, base, pool, counter) = (
+            http.clone(),
+            base.to_string(),
+            pool.clone(),
+            counter.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut n = 0u64;
@@ -144,7 +150,9 @@ async fn run(
                         .post(format!("{base}/signals/alertmanager"))
                         .bearer_auth(TOKEN)
                         .header("content-type", "application/json")
-                        .body(notification(fingerprints.iter().map(|f| alert(f)).collect()))
+                        .body(notification(
+                            fingerprints.iter().map(|f| alert(f)).collect(),
+                        ))
                         .send()
                         .await?;
                     anyhow::ensure!(r.status() == 202, "HTTP {}", r.status());
@@ -189,7 +197,12 @@ async fn main() -> anyhow::Result<()> {
         tokens: Arc::new(tokens),
         nats: None,
         plan_limits: Arc::new(Default::default()),
-        intake: Arc::new(Default::default()),
+        // Every new fingerprint opens its own case (the costliest path):
+        // a notification's alerts share one group, which would join them.
+        intake: Arc::new(opsloop::analyst::intake::IntakeSettings {
+            group_window_s: 0,
+            ..Default::default()
+        }),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
@@ -206,7 +219,10 @@ async fn main() -> anyhow::Result<()> {
     run(Path::Fresh, &http, &base, &pool, clients, 1, 1).await?;
     for client in 0..clients {
         for chunk in (0..500).collect::<Vec<_>>().chunks(50) {
-            let alerts = chunk.iter().map(|i| alert(&format!("c{client}-{i}"))).collect();
+            let alerts = chunk
+                .iter()
+                .map(|i| alert(&format!("c{client}-{i}")))
+                .collect();
             let r = http
                 .post(format!("{base}/signals/alertmanager"))
                 .bearer_auth(TOKEN)

@@ -20,10 +20,22 @@ fn alert(fingerprint: &str, status: &str, labels: Value) -> Value {
     })
 }
 
+/// A notification whose group is its first alert's fingerprint (so each
+/// test alert is its own group unless a test says otherwise).
 fn webhook(alerts: Vec<Value>) -> String {
+    let group = format!(
+        "{{}}:{{fp=\"{}\"}}",
+        alerts
+            .first()
+            .map_or("", |a| a["fingerprint"].as_str().unwrap_or(""))
+    );
+    webhook_in_group(&group, alerts)
+}
+
+fn webhook_in_group(group: &str, alerts: Vec<Value>) -> String {
     json!({
         "version": "4",
-        "groupKey": "{}:{alertname=\"HighErrorRate\"}",
+        "groupKey": group,
         "truncatedAlerts": 0,
         "status": "firing",
         "receiver": "opsloop",
@@ -67,15 +79,19 @@ async fn alerts_open_cases_and_repeats_join_them_as_evidence(pool: PgPool) {
     let r = post(
         &app,
         Some(SERVICE),
-        webhook(vec![
-            alert("fp-a", "firing", labels("critical")),
-            alert("fp-b", "firing", labels("warning")),
-        ]),
+        webhook(vec![alert("fp-a", "firing", labels("critical"))]),
+    )
+    .await;
+    let other = post(
+        &app,
+        Some(SERVICE),
+        webhook(vec![alert("fp-b", "firing", labels("warning"))]),
     )
     .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(other.body["alerts"][0]["outcome"], "accepted");
     let outcomes = r.body["alerts"].as_array().unwrap();
-    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes.len(), 1);
     assert!(
         outcomes.iter().all(|o| o["outcome"] == "accepted"),
         "{outcomes:?}"
@@ -374,4 +390,52 @@ async fn low_severities_wait_and_a_resolution_after_the_gate_only_annotates(pool
         "a plan at the gate is not dismissed"
     );
     assert_eq!(cases_of(&app, "fp-info").await, vec![(case, 2)]);
+}
+
+#[sqlx::test]
+async fn new_alerts_of_one_group_join_its_open_case(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let group = "{}:{alertname=\"DiskFull\"}";
+    let labels = |host: &str| json!({"alertname": "DiskFull", "tenant": "acme", "host": host});
+    let first = post(
+        &app,
+        Some(SERVICE),
+        webhook_in_group(group, vec![alert("fp-h1", "firing", labels("h1"))]),
+    )
+    .await;
+    let second = post(
+        &app,
+        Some(SERVICE),
+        webhook_in_group(
+            group,
+            vec![
+                alert("fp-h1", "firing", labels("h1")),
+                alert("fp-h2", "firing", labels("h2")),
+            ],
+        ),
+    )
+    .await;
+    let case = first.body["alerts"][0]["case_id"].clone();
+    assert_eq!(first.body["alerts"][0]["outcome"], "accepted");
+    assert_eq!(second.body["alerts"][0]["outcome"], "deduplicated");
+    assert_eq!(second.body["alerts"][1]["outcome"], "grouped");
+    assert_eq!(second.body["alerts"][1]["case_id"], case);
+    let case: Uuid = case.as_str().unwrap().parse().unwrap();
+    assert_eq!(cases_of(&app, "fp-h2").await, vec![(case, 1)]);
+
+    // The case is dismissed only when both of its alerts resolved.
+    post(
+        &app,
+        Some(SERVICE),
+        webhook_in_group(group, vec![alert("fp-h1", "resolved", labels("h1"))]),
+    )
+    .await;
+    assert_ne!(app.status(case).await, "CLOSED", "h2 still fires");
+    post(
+        &app,
+        Some(SERVICE),
+        webhook_in_group(group, vec![alert("fp-h2", "resolved", labels("h2"))]),
+    )
+    .await;
+    assert_eq!(app.status(case).await, "CLOSED");
 }
