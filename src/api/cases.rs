@@ -18,7 +18,9 @@ use crate::auth::Identity;
 use crate::contract::{IdempotencyKey, PlanHash, Tenant};
 use crate::ids::is_slug;
 use crate::model::{Case, TimelineEntry};
-use crate::orchestrator::{Actor, Answer, Origin, Outcome, StoredAnswer, TransitionRequest};
+use crate::orchestrator::{
+    Actor, Answer, Created, Origin, Outcome, StoredAnswer, TransitionRequest,
+};
 use crate::problem::Problem;
 use crate::store::{NewCase, read_case_in};
 use crate::telemetry;
@@ -120,15 +122,20 @@ fn with_etag(status: StatusCode, case: &Case, body: impl Serialize) -> Response 
     response
 }
 
-/// Create a case in `NEW`.
+/// Create a case in `NEW`. With an `Idempotency-Key` (optional here; same
+/// rules as for transitions), a repeat of the request answers the case as
+/// it was created, with `Idempotent-Replayed: true`.
 #[utoipa::path(post, path = "/case", request_body = CreateCase, tag = "cases",
+    params(("Idempotency-Key" = Option<String>, Header, description = "optional: 1-200 visible ASCII characters; a repeat of the same request replays the creation")),
     responses((status = 201, body = Case), (status = 400, body = Problem), (status = 401, body = Problem),
-              (status = 403, body = Problem, description = "forbidden (role), tenant_forbidden (a tenant the caller lacks)")),
+              (status = 403, body = Problem, description = "forbidden (role), tenant_forbidden (a tenant the caller lacks)"),
+              (status = 422, body = Problem, description = "idempotency_key_reuse: the key was used for another request")),
     security(("bearer" = [])))]
 pub async fn create_case(
     State(state): State<AppState>,
     Auth(who): Auth,
-    ApiJson(body): ApiJson<CreateCase>,
+    headers: HeaderMap,
+    ApiJson(raw): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     if !who.may_create_cases() {
         return Err(ApiError::Forbidden(format!(
@@ -136,6 +143,14 @@ pub async fn create_case(
             who.id
         )));
     }
+    let key = match headers.contains_key("idempotency-key") {
+        true => Some(idempotency_key(&headers)?),
+        false => None,
+    };
+    // serde_json's map is ordered, so this serialisation is canonical.
+    let request_hash = hex::encode(Sha256::digest(format!("POST /case\n{raw}")));
+    let body: CreateCase = serde_json::from_value(raw)
+        .map_err(|e| ApiError::Malformed(format!("invalid body: {e}")))?;
     let new = body.validate()?;
     if !who.may_act_for(&new.tenant) {
         return Err(tenant_forbidden(&who, &new.tenant));
@@ -144,8 +159,26 @@ pub async fn create_case(
         id: who.id.clone(),
         human: who.is_human(),
     };
-    let case = state.orchestrator.create_case(new, &actor).await?;
-    Ok(with_etag(StatusCode::CREATED, &case, &case))
+    let Some(key) = key else {
+        let case = state.orchestrator.create_case(new, &actor).await?;
+        return Ok(with_etag(StatusCode::CREATED, &case, &case));
+    };
+    Ok(
+        match state
+            .orchestrator
+            .create_case_once(new, &actor, &key, &request_hash)
+            .await?
+        {
+            Created::New(case) => with_etag(StatusCode::CREATED, &case, &*case),
+            Created::Replayed(case) => {
+                let mut response = with_etag(StatusCode::CREATED, &case, &*case);
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                response
+            }
+        },
+    )
 }
 
 /// One case, with `ETag: "<version>"`.

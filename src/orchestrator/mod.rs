@@ -19,7 +19,9 @@ use sqlx::PgPool;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
-pub use outcome::{Answer, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError};
+pub use outcome::{
+    Answer, Created, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError,
+};
 pub use request::{Actor, Origin, TransitionRequest};
 
 use crate::gatekeeper::policy::Policy;
@@ -83,6 +85,42 @@ impl Orchestrator {
         Ok(case)
     }
 
+    /// `create_case` under an `Idempotency-Key` (scoped by actor, as for
+    /// transitions): the first request creates, a repeat of the same
+    /// request gets the case as it was created, another request with the
+    /// key is refused. The claim names the `created` entry, from which a
+    /// replay rebuilds the case (its columns fixed at creation, status NEW,
+    /// version 1).
+    pub async fn create_case_once(
+        &self,
+        new: NewCase,
+        actor: &Actor,
+        key: &crate::contract::IdempotencyKey,
+        request_hash: &str,
+    ) -> Result<Created, TransitionError> {
+        let mut tx = self.pool.begin().await?;
+        let entry_id = Uuid::now_v7();
+        match store::claim_creation(&mut tx, &actor.id, key.as_str(), request_hash, entry_id)
+            .await?
+        {
+            Some(store::Claim::ReplayCreated(case)) => {
+                telemetry::idempotent_replay();
+                return Ok(Created::Replayed(case));
+            }
+            // The same hash for another request cannot happen (the hash
+            // covers method and path); refuse rather than guess.
+            Some(store::Claim::Reused | store::Claim::Replay(_)) => {
+                return Err(TransitionError::IdempotencyKeyReused);
+            }
+            None => {}
+        }
+        let case = crate::store::insert_case_with(&mut tx, &new, &actor.id, entry_id).await?;
+        tx.commit().await?;
+        self.outbox_ready.wake();
+        info!(case.id = %case.id, tenant = %case.tenant, "Case created.");
+        Ok(Created::New(Box::new(case)))
+    }
+
     pub async fn transition(&self, req: TransitionRequest) -> Result<Outcome, TransitionError> {
         let span = info_span!(
             "transition",
@@ -131,7 +169,7 @@ impl Orchestrator {
                     store::Claimed::Seen(store::Claim::Replay(answer)) => {
                         return Ok(Outcome::Replayed(answer));
                     }
-                    store::Claimed::Seen(store::Claim::Reused) => {
+                    store::Claimed::Seen(store::Claim::Reused | store::Claim::ReplayCreated(_)) => {
                         return Err(TransitionError::IdempotencyKeyReused);
                     }
                 }

@@ -29,6 +29,14 @@ pub enum Answer {
     },
 }
 
+/// What an idempotent case creation did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Created {
+    New(Box<Case>),
+    /// The same request was seen: the case as it was created.
+    Replayed(Box<Case>),
+}
+
 /// An answer stored for an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoredAnswer {

@@ -17,6 +17,9 @@ use crate::{case_columns, timeline_columns};
 
 pub enum Claim {
     Replay(StoredAnswer),
+    /// The key created a case: the case as it was created (rebuilt from
+    /// the case and its `created` entry, never stored).
+    ReplayCreated(Box<Case>),
     Reused,
 }
 
@@ -70,6 +73,35 @@ pub async fn claim_and_lock(
     }))
 }
 
+/// Claims `(actor, key)` for a case creation whose `created` entry will be
+/// `timeline_id`. `None`: this request owns the key now.
+pub async fn claim_creation(
+    conn: &mut PgConnection,
+    actor: &str,
+    key: &str,
+    request_hash: &str,
+    timeline_id: Uuid,
+) -> Result<Option<Claim>, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency (actor, key, request_hash, timeline_id) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (actor, key) DO NOTHING",
+    )
+    .bind(actor)
+    .bind(key)
+    .bind(request_hash)
+    .bind(timeline_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(None);
+    }
+    stored_answer(conn, actor, key, request_hash)
+        .await
+        .map(Some)
+}
+
 /// The answer stored for a key someone already claimed.
 async fn stored_answer(
     conn: &mut PgConnection,
@@ -104,8 +136,30 @@ async fn stored_answer(
     let timeline_id: Uuid = row
         .try_get::<Option<Uuid>, _>("timeline_id")?
         .ok_or_else(|| sqlx::Error::Decode("an idempotency row with no answer".into()))?;
-    let applied = rebuild_applied(conn, timeline_id).await?;
-    Ok(Claim::Replay(StoredAnswer::Typed(applied)))
+    rebuild(conn, timeline_id).await
+}
+
+/// The answer the timeline entry its claim named stands for: a
+/// transition's, or a creation's.
+async fn rebuild(conn: &mut PgConnection, timeline_id: Uuid) -> Result<Claim, sqlx::Error> {
+    let kind: String = sqlx::query_scalar("SELECT kind FROM case_timeline WHERE id = $1")
+        .bind(timeline_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if kind != "created" {
+        let applied = rebuild_applied(conn, timeline_id).await?;
+        return Ok(Claim::Replay(StoredAnswer::Typed(applied)));
+    }
+    let case: Case = sqlx::query_as(
+        "SELECT c.id, c.tenant, c.title, c.severity, c.kind, c.labels, 'NEW' AS status, \
+         1::bigint AS version, NULL::text AS park_reason, c.correlation_id, c.created_by, \
+         c.created_at, c.created_at AS updated_at \
+         FROM case_timeline t JOIN ops_case c ON c.id = t.case_id WHERE t.id = $1",
+    )
+    .bind(timeline_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Claim::ReplayCreated(Box::new(case)))
 }
 
 /// The answer of an applied transition, as it was given: its timeline entry

@@ -26,6 +26,17 @@ pub async fn insert_case(
     new: &NewCase,
     actor: &str,
 ) -> Result<Case, sqlx::Error> {
+    insert_case_with(conn, new, actor, Uuid::now_v7()).await
+}
+
+/// `insert_case` with its `created` timeline entry's id chosen by the
+/// caller (an idempotent creation names it in its claim first).
+pub async fn insert_case_with(
+    conn: &mut PgConnection,
+    new: &NewCase,
+    actor: &str,
+    timeline_id: Uuid,
+) -> Result<Case, sqlx::Error> {
     let id = Uuid::now_v7();
     let case: Case = sqlx::query_as(concat!(
         "INSERT INTO ops_case (id, tenant, title, severity, kind, labels, correlation_id, created_by) \
@@ -42,7 +53,6 @@ pub async fn insert_case(
     .bind(actor)
     .fetch_one(&mut *conn)
     .await?;
-    let timeline_id = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO case_timeline (id, case_id, kind, to_status, version, actor, correlation_id) \
          VALUES ($1, $2, 'created', 'NEW', 1, $3, $4)",

@@ -5,5 +5,7 @@
 pub mod cases;
 pub mod plans;
 
-pub use cases::{NewCase, insert_case, lock_case, lock_case_in, read_case, read_case_in};
+pub use cases::{
+    NewCase, insert_case, insert_case_with, lock_case, lock_case_in, read_case, read_case_in,
+};
 pub use plans::{approvals, required_approvers};

@@ -1,5 +1,6 @@
 use serde_json::json;
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::helpers::*;
 
@@ -237,4 +238,58 @@ async fn a_replay_after_the_case_moved_on_repeats_the_first_answer(pool: PgPool)
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.text, first.text, "a replay repeats the bytes");
     assert_eq!(again.header("etag"), first.header("etag"));
+}
+
+/// `POST /case` takes an optional `Idempotency-Key` (#16): a repeat of the
+/// request gets the case as it was created, byte for byte, even after the
+/// case moved on; another body with the key is refused; twins at once
+/// create one case.
+#[sqlx::test]
+async fn an_idempotent_case_creation_replays_the_created_case(pool: PgPool) {
+    use reqwest::Method;
+    let app = std::sync::Arc::new(TestApp::new(pool).await);
+    let body = json!({"title": "checkout down", "tenant": "acme", "severity": "high",
+                      "labels": {"service": "checkout"}})
+    .to_string();
+    let create = |key: &'static str, body: String| {
+        let app = app.clone();
+        async move {
+            app.send(
+                Method::POST,
+                "/case",
+                Some(OPERATOR),
+                &[("idempotency-key", key)],
+                Some(body),
+            )
+            .await
+        }
+    };
+    let first = create("new-case-1", body.clone()).await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let case: Uuid = first.body["id"].as_str().unwrap().parse().unwrap();
+    app.event(case, OPERATOR, "start_analysis").await;
+
+    let again = create("new-case-1", body.clone()).await;
+    assert_eq!(again.status, 201);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.text, first.text, "the case as it was created");
+    assert_eq!(again.header("etag"), Some("\"1\""));
+
+    let other = create("new-case-1", body.replace("checkout down", "other")).await;
+    assert_eq!((other.status, other.code()), (422, "idempotency_key_reuse"));
+
+    let mut twins = Vec::new();
+    for _ in 0..20 {
+        twins.push(tokio::spawn(create("new-case-2", body.clone())));
+    }
+    for t in twins {
+        assert_eq!(t.await.unwrap().status, 201);
+    }
+    let cases: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ops_case WHERE title = 'checkout down'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(cases, 2, "one per key");
 }
