@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::contract::fact::{EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef};
+use crate::contract::fact::{
+    CorrelatedSignal, EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef,
+};
 use crate::contract::{CommandMsg, Fact, Message};
 use crate::model::Case;
 use crate::pubsub::consumer::Delivery;
@@ -99,6 +101,33 @@ impl CaseWorker for Analyst {
         .bind(case_id)
         .fetch_all(&mut *tx)
         .await?;
+        // Alerts of other open cases of the tenant, active within the
+        // window around this case's own: what else is burning.
+        let correlated: Vec<CorrelatedSignal> = sqlx::query_as(
+            "SELECT o.case_id, o.fingerprint, c.labels->>'alertname', o.status, o.notifications, \
+                    o.last_at \
+             FROM signal o JOIN ops_case c ON c.id = o.case_id \
+             WHERE o.tenant = $2 AND o.case_id <> $1 AND c.status <> 'CLOSED' \
+               AND o.last_at > now() - make_interval(mins => $3) \
+             ORDER BY o.last_at DESC LIMIT 20",
+        )
+        .bind(case_id)
+        .bind(case.tenant.as_str())
+        .bind(LOOKBACK_MINUTES)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(
+            |(case_id, fingerprint, alertname, status, notifications, last_at)| CorrelatedSignal {
+                case_id,
+                fingerprint,
+                alertname,
+                status,
+                notifications,
+                last_at,
+            },
+        )
+        .collect();
         let summary = match (&resource, metrics.is_empty()) {
             (None, _) => "the case names no resource; no metrics gathered".to_string(),
             (Some(r), true) => format!("no metrics for {r} in the last {LOOKBACK_MINUTES} minutes"),
@@ -115,6 +144,7 @@ impl CaseWorker for Analyst {
                 .into_iter()
                 .map(|(id, kind, data)| SignalRef { id, kind, data })
                 .collect(),
+            correlated,
         };
         let envelope_id = Uuid::now_v7();
         sqlx::query("INSERT INTO event_envelope (id, type, source, data) VALUES ($1, $2, $3, $4)")

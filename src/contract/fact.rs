@@ -114,6 +114,21 @@ pub struct FindingsReport {
     pub summary: String,
     pub metrics: BTreeMap<String, MetricSummary>,
     pub signals: Vec<SignalRef>,
+    /// Other alerts of the same tenant, firing around this case's own
+    /// (absent in findings written before signal intake).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub correlated: Vec<CorrelatedSignal>,
+}
+
+/// An alert of another open case, active in the window around this one's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CorrelatedSignal {
+    pub case_id: Uuid,
+    pub fingerprint: String,
+    pub alertname: Option<String>,
+    pub status: String,
+    pub notifications: i32,
+    pub last_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

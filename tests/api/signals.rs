@@ -439,3 +439,50 @@ async fn new_alerts_of_one_group_join_its_open_case(pool: PgPool) {
     .await;
     assert_eq!(app.status(case).await, "CLOSED");
 }
+
+/// The analyst's findings name the other alerts firing in the tenant (#16
+/// deliverable 5, first part): what else is burning around this case.
+#[sqlx::test]
+async fn findings_name_the_other_alerts_firing_in_the_tenant(pool: PgPool) {
+    let lp = crate::flow::Loop::full(pool).await;
+    let app = &lp.app;
+    let labels = |name: &str| json!({"alertname": name, "severity": "critical", "tenant": "acme", "service": "checkout"});
+    let a = post(
+        app,
+        Some(SERVICE),
+        webhook(vec![alert("fp-api", "firing", labels("ApiErrors"))]),
+    )
+    .await;
+    let b = post(
+        app,
+        Some(SERVICE),
+        webhook(vec![alert("fp-db", "firing", labels("DbSlow"))]),
+    )
+    .await;
+    let case_a: Uuid = a.body["alerts"][0]["case_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let case_b = b.body["alerts"][0]["case_id"].clone();
+    lp.settle().await;
+    let correlated: Value = sqlx::query_scalar(
+        "SELECT meta #> '{fact,findings,correlated}' FROM case_timeline \
+         WHERE case_id = $1 AND event = 'analysis_done' AND kind = 'transition'",
+    )
+    .bind(case_a)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let others = correlated.as_array().expect("correlated alerts");
+    assert!(
+        others.iter().any(|o| o["case_id"] == case_b
+            && o["fingerprint"] == "fp-db"
+            && o["alertname"] == "DbSlow"),
+        "{correlated}"
+    );
+    assert!(
+        others.iter().all(|o| o["case_id"] != case_a.to_string()),
+        "not itself"
+    );
+}
