@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opsloop::api::{self, AppState};
+use opsloop::api::AppState;
 use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
 use serde_json::{Value, json};
@@ -204,14 +204,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(api::serve(
-        listener,
-        api::app(state),
-        api::ServeSettings::default(),
-        std::future::pending(),
-    ));
+    let base = common::serve_api(state).await?;
     let http = opsloop::http_client::http_client()
         .pool_max_idle_per_host(clients)
         .build()?;

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opsloop::api::{self, AppState};
+use opsloop::api::AppState;
 use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
 use opsloop::roles::Role as WorkerRole;
@@ -585,15 +585,7 @@ async fn main() -> anyhow::Result<()> {
         plan_limits: Arc::new(Default::default()),
         intake: Arc::new(Default::default()),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    // The product's own accept loop, as `opsloop serve` runs it.
-    tokio::spawn(api::serve(
-        listener,
-        api::app(state),
-        api::ServeSettings::default(),
-        std::future::pending(),
-    ));
+    let base = common::serve_api(state).await?;
     let ctx = Arc::new(Ctx {
         pool,
         orchestrator,

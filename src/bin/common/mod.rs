@@ -300,3 +300,17 @@ impl Workers {
         }
     }
 }
+
+/// The product's API on a loopback port, through its own accept loop (as
+/// `opsloop serve` runs it); its base URL.
+pub async fn serve_api(state: opsloop::api::AppState) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(opsloop::api::serve(
+        listener,
+        opsloop::api::app(state),
+        opsloop::api::ServeSettings::default(),
+        std::future::pending(),
+    ));
+    Ok(base)
+}
