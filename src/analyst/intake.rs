@@ -146,18 +146,41 @@ pub struct AlertOutcome {
     /// case as evidence), `grouped` (a new alert joined the open case of its
     /// Alertmanager group), `ignored` (a resolution with no open case) or
     /// `refused`.
-    pub outcome: &'static str,
+    pub outcome: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub case_id: Option<Uuid>,
 }
 
+/// What intake did with one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accepted,
+    Deduplicated,
+    Grouped,
+    Ignored,
+    Refused,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Accepted => "accepted",
+            Verdict::Deduplicated => "deduplicated",
+            Verdict::Grouped => "grouped",
+            Verdict::Ignored => "ignored",
+            Verdict::Refused => "refused",
+        }
+    }
+}
+
 impl AlertOutcome {
     fn refused(fingerprint: &str, reason: String) -> Self {
         AlertOutcome {
             fingerprint: fingerprint.to_string(),
-            outcome: "refused",
+            outcome: Verdict::Refused,
             reason: Some(reason),
             case_id: None,
         }
@@ -174,6 +197,12 @@ pub fn check(hook: &AlertmanagerWebhook) -> Result<(), String> {
     }
     if hook.alerts.is_empty() {
         return Err("the notification carries no alerts".into());
+    }
+    // PostgreSQL's text and jsonb cannot hold NUL; Prometheus labels never
+    // carry one.
+    let text = serde_json::to_string(hook).map_err(|e| e.to_string())?;
+    if text.contains("\\u0000") {
+        return Err("the notification contains a NUL character".into());
     }
     Ok(())
 }
@@ -202,7 +231,7 @@ pub async fn take(
             Ok(tenant) => {
                 let (outcome, next) =
                     take_one(orchestrator.pool(), settings, &who.id, &tenant, hook, alert).await?;
-                if outcome.outcome == "accepted" {
+                if outcome.outcome == Verdict::Accepted {
                     // The new case's `evt.case.created.v1` waits in the outbox.
                     orchestrator.outbox_ready().wake();
                 }
@@ -212,7 +241,7 @@ pub async fn take(
                 outcome
             }
         };
-        crate::telemetry::signal_received("alertmanager", outcome.outcome);
+        crate::telemetry::signal_received("alertmanager", outcome.outcome.as_str());
         outcomes.push(outcome);
     }
     Ok(outcomes)
@@ -298,7 +327,7 @@ async fn take_one(
     let (outcome, case_id) = match (open, alert.status) {
         (None, _) if let Some(case_id) = grouped => {
             crate::telemetry::signal_deduplicated();
-            ("grouped", case_id)
+            (Verdict::Grouped, case_id)
         }
         (Some((signal_id, case_id)), status) => {
             sqlx::query(
@@ -310,13 +339,13 @@ async fn take_one(
             .execute(&mut *tx)
             .await?;
             crate::telemetry::signal_deduplicated();
-            ("deduplicated", case_id)
+            (Verdict::Deduplicated, case_id)
         }
         (None, AlertStatus::Resolved) => {
             tx.rollback().await?;
             let ignored = AlertOutcome {
                 fingerprint: alert.fingerprint.clone(),
-                outcome: "ignored",
+                outcome: Verdict::Ignored,
                 reason: Some("resolved, and no case of this alert is open".into()),
                 case_id: None,
             };
@@ -339,11 +368,11 @@ async fn take_one(
             if !cut.is_empty() {
                 tracing::info!(case.id = %case.id, cut = ?cut, "Alert labels cut to fit a case.");
             }
-            ("accepted", case.id)
+            (Verdict::Accepted, case.id)
         }
     };
     let next = match (outcome, alert.status) {
-        ("accepted", _) => {
+        (Verdict::Accepted, _) => {
             let severity: String =
                 sqlx::query_scalar("SELECT severity FROM ops_case WHERE id = $1")
                     .bind(case_id)

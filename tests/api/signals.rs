@@ -335,6 +335,18 @@ async fn malformed_webhooks_get_problems_and_store_nothing(pool: PgPool) {
     v3["version"] = json!("3");
     let r = post(&app, Some(SERVICE), v3.to_string()).await;
     assert_eq!((r.status, r.code()), (422, "webhook_invalid"));
+    let nul = webhook(vec![alert(
+        "fp-nul",
+        "firing",
+        json!({"tenant": "acme", "x": "a\u{0}b"}),
+    )]);
+    let r = post(&app, Some(SERVICE), nul).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "webhook_invalid"),
+        "{:?}",
+        r.body
+    );
     let mut bad_status: Value = serde_json::from_str(&webhook(one())).unwrap();
     bad_status["alerts"][0]["status"] = json!("smouldering");
     let r = post(&app, Some(SERVICE), bad_status.to_string()).await;
