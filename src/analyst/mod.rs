@@ -6,6 +6,7 @@
 //!
 //! Deterministic: a summary of figures, no model involved.
 
+pub mod detect;
 pub mod intake;
 
 use std::collections::BTreeMap;
