@@ -324,6 +324,8 @@ async fn take_one(
         .execute(&mut *tx)
         .await?;
     }
+    // The intake policy, judged on the case as created (no second read).
+    let mut autostart = false;
     let (outcome, case_id) = match (open, alert.status) {
         (None, _) if let Some(case_id) = grouped => {
             crate::telemetry::signal_deduplicated();
@@ -354,6 +356,7 @@ async fn take_one(
         (None, AlertStatus::Firing) => {
             let (new, cut) = case_of(tenant, alert);
             let case: Case = crate::store::insert_case(&mut tx, &new, actor).await?;
+            autostart = settings.autostart.contains(&case.severity);
             sqlx::query(
                 "INSERT INTO signal (id, tenant, source, fingerprint, case_id, status, group_key) \
                  VALUES ($1, $2, 'alertmanager', $3, $4, 'firing', $5)",
@@ -372,17 +375,7 @@ async fn take_one(
         }
     };
     let next = match (outcome, alert.status) {
-        (Verdict::Accepted, _) => {
-            let severity: String =
-                sqlx::query_scalar("SELECT severity FROM ops_case WHERE id = $1")
-                    .bind(case_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            settings
-                .autostart
-                .contains(&severity)
-                .then_some(Next::Start(case_id))
-        }
+        (Verdict::Accepted, _) => autostart.then_some(Next::Start(case_id)),
         (_, AlertStatus::Resolved) => {
             // Every alert of the case resolved, and no plan was ever put
             // to the gate: nothing is left to do for it.

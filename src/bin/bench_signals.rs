@@ -31,27 +31,14 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{arg, ms, quantile};
+use common::{arg, fresh_database, ms, quantile};
 
 const TOKEN: &str = "bench-alertmanager";
 
-/// A fresh migrated database on `DATABASE_URL`'s server.
-async fn fresh_database(max_connections: u32) -> anyhow::Result<PgPool> {
-    let base = std::env::var("DATABASE_URL")?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await?;
-    for sql in [
-        "DROP DATABASE IF EXISTS opsloop_signals WITH (FORCE)",
-        "CREATE DATABASE opsloop_signals",
-    ] {
-        sqlx::raw_sql(sql).execute(&admin).await?;
-    }
-    admin.close().await;
-    let mut url = reqwest::Url::parse(&base)?;
-    url.set_path("opsloop_signals");
-    let pool = opsloop::config::connect_db(url.as_str(), max_connections).await?;
+/// A fresh migrated database, with the baseline's table.
+async fn database(max_connections: u32) -> anyhow::Result<PgPool> {
+    let url = fresh_database("opsloop_signals").await?;
+    let pool = opsloop::config::connect_db(&url, max_connections).await?;
     opsloop::MIGRATOR.run(&pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE bench_alert (id uuid PRIMARY KEY, tenant text NOT NULL, \
@@ -181,7 +168,7 @@ async fn run(
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = arg("--seconds").map_or(Ok(5), |s| s.parse())?;
     let clients: usize = arg("--clients").map_or(Ok(8), |s| s.parse())?;
-    let pool = fresh_database(u32::try_from(clients + 4)?).await?;
+    let pool = database(u32::try_from(clients + 4)?).await?;
     let mut tokens = TokenStore::default();
     tokens.insert(
         TOKEN,

@@ -32,7 +32,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{arg, event_at, ms, new_case, orchestrator_step, quantile};
+use common::{arg, event_at, fresh_database, ms, new_case, orchestrator_step, quantile};
 
 /// One identity per sender, as DESIGN §10 requires: a person for
 /// `start_analysis`/`resume`, the analyst and the planner for their facts.
@@ -173,28 +173,6 @@ CREATE TABLE idempotency (key text PRIMARY KEY, response jsonb NOT NULL,
                           created_at timestamptz NOT NULL DEFAULT now());
 INSERT INTO ops_case (id, status) SELECT g, 'open' FROM generate_series(1, 100000) g;
 ";
-
-/// A fresh database on `DATABASE_URL`'s server (dropped first), and its URL.
-async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
-    let base = std::env::var("DATABASE_URL")?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await?;
-    // `name` is one of this file's constants, never input.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await?;
-    admin.close().await;
-    let mut url = reqwest::Url::parse(&base)?;
-    url.set_path(name);
-    Ok(url.to_string())
-}
 
 /// (a)-(c)'s database: migrated, with 100 000 cases and their `created`
 /// timeline entries.

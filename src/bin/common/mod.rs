@@ -314,3 +314,25 @@ pub async fn serve_api(state: opsloop::api::AppState) -> anyhow::Result<String> 
     ));
     Ok(base)
 }
+
+/// A fresh database on `DATABASE_URL`'s server (dropped first), and its URL.
+pub async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
+    let base = std::env::var("DATABASE_URL")?;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await?;
+    // `name` is a constant of the calling benchmark, never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let mut url = reqwest::Url::parse(&base)?;
+    url.set_path(name);
+    Ok(url.to_string())
+}
