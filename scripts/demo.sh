@@ -52,7 +52,8 @@ echo "$port" > "$port_file"
 url="http://127.0.0.1:$port"
 # The demo judges the SLO at once on freshly ingested rows (production
 # waits OPSLOOP_VERIFY_DELAY_S, default 60 s, after the change).
-OPSLOOP_VERIFY_DELAY_S="${OPSLOOP_VERIFY_DELAY_S:-0}" OPSLOOP_STEP_BACKOFF_SCALE="${OPSLOOP_STEP_BACKOFF_SCALE:-0.1}" \
+OPSLOOP_DETECT_INTERVAL_MS="${OPSLOOP_DETECT_INTERVAL_MS:-1000}" \
+  OPSLOOP_VERIFY_DELAY_S="${OPSLOOP_VERIFY_DELAY_S:-0}" OPSLOOP_STEP_BACKOFF_SCALE="${OPSLOOP_STEP_BACKOFF_SCALE:-0.1}" \
   OPSLOOP_LISTEN="127.0.0.1:$port" setsid "$bin" serve < /dev/null >> "$state/opsloop.log" 2>&1 &
 echo $! > .opsloop/opsloop.pid
 for _ in $(seq 1 100); do

@@ -99,6 +99,8 @@ pub struct ServeConfig {
     pub verify: crate::verifier::VerifySettings,
     #[command(flatten)]
     pub intake: crate::analyst::intake::IntakeSettings,
+    #[command(flatten)]
+    pub detect: crate::analyst::sweep::DetectSettings,
 }
 
 pub async fn connect_db(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {

@@ -1,7 +1,9 @@
 //! `opsloop demo`: the walking skeleton over the real HTTP API and NATS:
 //! metrics are ingested, a case is analysed, planned from a template,
 //! auto-approved, executed (an allowlisted script), verified and closed; a
-//! second case breaches its SLO, parks and is rolled back.
+//! second case breaches its SLO, parks and is rolled back; a third is
+//! opened by nobody: the analyst's detector finds a latency regression in
+//! the ingested metrics and the case opens and runs by itself.
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
@@ -117,6 +119,73 @@ impl Client {
         }
         println!("demo: ingested latency_p95_ms = {latency_ms} ms for {service}");
         Ok(())
+    }
+
+    /// Ingests a day and a half of one-minute latency for `service` ending
+    /// now: about 120 ms, with a regression to 900 ms from 9 to 4 minutes
+    /// ago (recovered since).
+    async fn ingest_regression(&self, token: &str, service: &str) -> anyhow::Result<()> {
+        use chrono::Timelike;
+        let now = chrono::Utc::now()
+            .with_second(0)
+            .and_then(|t| t.with_nanosecond(0))
+            .context("the current minute")?;
+        let rows: Vec<Value> = (0..36 * 60_i64)
+            .rev()
+            .map(|ago| {
+                let v = if (4..10).contains(&ago) {
+                    900.0
+                } else {
+                    120.0 + ((ago * 7919) % 23) as f64 / 23.0 * 8.0
+                };
+                json!({"tenant": TENANT, "resource": service, "metric": "latency_p95_ms",
+                       "bucket": (now - chrono::Duration::minutes(ago)).to_rfc3339(),
+                       "avg": v, "max": v * 1.1})
+            })
+            .collect();
+        let (status, reply) = self
+            .call(
+                reqwest::Method::POST,
+                "/metrics/ingest",
+                token,
+                Some(json!({ "rows": rows })),
+                None,
+            )
+            .await?;
+        if status != 202 {
+            bail!("ingesting metrics answered {status}: {reply}");
+        }
+        println!(
+            "demo: ingested 36 h of latency_p95_ms for {service}: about 120 ms, 900 ms from 9 to 4 minutes ago"
+        );
+        Ok(())
+    }
+
+    /// Polls the tenant's cases until one labelled `service` appears.
+    async fn case_of_service(
+        &self,
+        token: &str,
+        service: &str,
+        secs: u64,
+    ) -> anyhow::Result<Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let list = self
+                .get(&format!("/cases?tenant={TENANT}&limit=50"), token)
+                .await?;
+            let found = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["labels"]["service"] == service);
+            if let Some(case) = found {
+                return Ok(case.clone());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("no case for {service} opened within {secs} s: the detector did not fire");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
     }
 
     /// Opens a degraded-service case and starts its analysis.
@@ -237,9 +306,9 @@ impl Client {
     }
 }
 
-/// Two cases through the whole loop over the real HTTP API, NATS and
+/// Three cases through the whole loop over the real HTTP API, NATS and
 /// workers: one recovers and closes; one breaches its SLO, parks, and is
-/// rolled back.
+/// rolled back; one is opened by the detector from ingested metrics.
 pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> anyhow::Result<()> {
     let client = Client {
         http: crate::http_client::http_client().build()?,
@@ -286,6 +355,31 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     if case["park_reason"] != "breach" {
         bail!(
             "case 2 parked for {} instead of breach",
+            case["park_reason"]
+        );
+    }
+
+    println!("\ndemo: case 3 - nobody opens it: the detector finds a regression in the metrics");
+    let detected = format!("search-{suffix}");
+    client.ingest_regression(&tokens.service, &detected).await?;
+    let case = client
+        .case_of_service(&tokens.operator, &detected, 60)
+        .await?;
+    let third = case["id"].as_str().context("case id")?.to_string();
+    println!(
+        "demo: the analyst opened case {third} by itself: {:?} (kind {}, severity {})",
+        case["title"].as_str().unwrap_or(""),
+        case["kind"],
+        case["severity"]
+    );
+    let (case, _) = client
+        .wait_for(&third, &tokens.operator, 90, "closing", terminal)
+        .await?;
+    client.print_case(&third, &tokens.operator).await?;
+    if case["status"] != "CLOSED" {
+        bail!(
+            "case 3 ended in {} ({}) instead of CLOSED",
+            case["status"],
             case["park_reason"]
         );
     }

@@ -160,7 +160,9 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
+    cfg.intake = cfg.intake.clone().load()?;
+    let intake = Arc::new(cfg.intake.clone());
     opsloop::telemetry::init("info,sqlx=warn");
     let roles = Roles::parse(&cfg.roles).map_err(anyhow::Error::msg)?;
     // Read the tokens before anything starts, so a bad file fails fast.
@@ -270,6 +272,18 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         if roles.has(Role::Analyst) {
             let handler = Runner::new(analyst::Analyst, pool.clone(), wake.clone());
             tasks.push(spawn(&js, Role::Analyst, &pool, handler, &shutdown).await?);
+            let sweeper = analyst::sweep::Sweeper {
+                pool: pool.clone(),
+                orchestrator: orchestrator.clone(),
+                intake: intake.clone(),
+                settings: cfg.detect.clone(),
+            };
+            info!(
+                baseline_rules = intake.signals.baseline.len(),
+                burn_rate_rules = intake.signals.burn_rate.len(),
+                "Detector sweeping metric_1m."
+            );
+            tasks.push(tokio::spawn(sweeper.run(shutdown.clone())));
         }
         if roles.has(Role::Executor) {
             let mut handler = executor::Executor::new(
@@ -302,7 +316,7 @@ async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
             tokens: Arc::new(tokens),
             nats,
             plan_limits: Arc::new(plan_limits),
-            intake: Arc::new(cfg.intake.clone()),
+            intake,
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -28,6 +28,8 @@ struct Metrics {
     signals_received: IntCounterVec,
     signals_deduplicated: IntCounter,
     signal_intake: Histogram,
+    anomalies_detected: IntCounterVec,
+    detector_sweep: Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -156,8 +158,28 @@ fn metrics() -> &'static Metrics {
             ]),
         )
         .expect("valid metric");
+        let anomalies_detected = IntCounterVec::new(
+            Opts::new(
+                "anomalies_detected_total",
+                "Detections of the analyst's detector over metric_1m, by rule (firing only).",
+            ),
+            &["rule"],
+        )
+        .expect("valid metric");
+        let detector_sweep = Histogram::with_opts(
+            HistogramOpts::new(
+                "detector_sweep_seconds",
+                "One detector sweep: claiming due series, reading their windows, judging, storing.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(anomalies_detected.clone()),
+            Box::new(detector_sweep.clone()),
             Box::new(signal_intake.clone()),
             Box::new(signals_received.clone()),
             Box::new(signals_deduplicated.clone()),
@@ -194,6 +216,8 @@ fn metrics() -> &'static Metrics {
             signals_received,
             signals_deduplicated,
             signal_intake,
+            anomalies_detected,
+            detector_sweep,
         }
     })
 }
@@ -207,6 +231,17 @@ pub fn signal_received(source: &str, status: &str) {
 
 pub fn signal_intake(seconds: f64) {
     metrics().signal_intake.observe(seconds);
+}
+
+pub fn anomaly_detected(rule: &str) {
+    metrics()
+        .anomalies_detected
+        .with_label_values(&[rule])
+        .inc();
+}
+
+pub fn detector_sweep(seconds: f64) {
+    metrics().detector_sweep.observe(seconds);
 }
 
 pub fn signal_deduplicated() {

@@ -23,6 +23,8 @@ use crate::roles::Role;
 use crate::store::NewCase;
 use crate::workflow::EventKind;
 
+use super::rules::SignalsFile;
+
 /// A case keeps at most this many labels of its alert.
 pub const MAX_LABELS: usize = 32;
 /// A label value longer than this (in characters) is cut.
@@ -72,6 +74,40 @@ pub struct IntakeSettings {
         default_value_t = 300
     )]
     pub group_window_s: u64,
+    /// The signals file (TOML): per-tenant intake policy and the
+    /// detector's rules (`config/signals.toml` documents it). Where it does
+    /// not exist: `autostart` for every tenant, one baseline rule over
+    /// every metric.
+    #[arg(
+        long = "signals-file",
+        env = "OPSLOOP_SIGNALS_FILE",
+        default_value = "config/signals.toml"
+    )]
+    pub signals_file: std::path::PathBuf,
+    /// The file, loaded (`load`).
+    #[arg(skip)]
+    pub signals: std::sync::Arc<SignalsFile>,
+}
+
+impl IntakeSettings {
+    /// Reads and checks the signals file, if one is named.
+    pub fn load(mut self) -> anyhow::Result<Self> {
+        if self.signals_file.exists() {
+            self.signals = std::sync::Arc::new(SignalsFile::load(&self.signals_file)?);
+        } else {
+            tracing::warn!(path = %self.signals_file.display(),
+                "No signals file: every tenant's intake follows OPSLOOP_SIGNAL_AUTOSTART; one baseline rule watches every metric.");
+        }
+        Ok(self)
+    }
+
+    /// Whether a new case of `severity` starts analysis by itself: the
+    /// tenant's policy in the signals file, else `autostart`.
+    pub fn autostarts(&self, tenant: &Tenant, severity: &str) -> bool {
+        self.signals
+            .autostarts(tenant.as_str(), severity)
+            .unwrap_or_else(|| self.autostart.iter().any(|s| s == severity))
+    }
 }
 
 impl Default for IntakeSettings {
@@ -82,6 +118,8 @@ impl Default for IntakeSettings {
             autostart: vec!["critical".into(), "high".into(), "medium".into()],
             resolved_reason: "resolved at source".into(),
             group_window_s: 300,
+            signals_file: "config/signals.toml".into(),
+            signals: std::sync::Arc::default(),
         }
     }
 }
@@ -134,6 +172,59 @@ impl AlertStatus {
         match self {
             AlertStatus::Firing => "firing",
             AlertStatus::Resolved => "resolved",
+        }
+    }
+}
+
+/// Where a signal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Alertmanager,
+    /// The analyst's own detector over `metric_1m`.
+    Detector,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Alertmanager => "alertmanager",
+            Source::Detector => "detector",
+        }
+    }
+
+    fn envelope_type(self) -> &'static str {
+        match self {
+            Source::Alertmanager => "signal.alertmanager",
+            Source::Detector => "signal.detector",
+        }
+    }
+}
+
+/// The notification an alert arrived in: its source, its group, and what
+/// the evidence keeps besides the alert.
+#[derive(Debug, Clone)]
+pub struct Notice {
+    pub source: Source,
+    pub group_key: Option<String>,
+    /// The evidence's `source` (Alertmanager's external URL, or the rule).
+    pub origin: String,
+    pub context: serde_json::Map<String, Value>,
+}
+
+impl Notice {
+    pub fn of_webhook(hook: &AlertmanagerWebhook) -> Self {
+        let mut context = serde_json::Map::new();
+        context.insert("group_key".into(), json!(hook.group_key));
+        context.insert("receiver".into(), json!(hook.receiver));
+        context.insert("common_labels".into(), json!(hook.common_labels));
+        Notice {
+            source: Source::Alertmanager,
+            group_key: hook.group_key.clone(),
+            origin: hook
+                .external_url
+                .clone()
+                .unwrap_or_else(|| "alertmanager".into()),
+            context,
         }
     }
 }
@@ -214,6 +305,7 @@ pub async fn take(
     who: &Identity,
     hook: &AlertmanagerWebhook,
 ) -> Result<Vec<AlertOutcome>, TransitionError> {
+    let notice = Notice::of_webhook(hook);
     let mut outcomes = Vec::with_capacity(hook.alerts.len());
     for alert in &hook.alerts {
         let outcome = match tenant_of(settings, alert) {
@@ -225,26 +317,45 @@ pub async fn take(
                     who.id
                 ),
             ),
-            Ok(_) if alert.fingerprint.is_empty() || alert.fingerprint.chars().count() > 200 => {
-                AlertOutcome::refused(&alert.fingerprint, "fingerprint: 1-200 characters".into())
-            }
             Ok(tenant) => {
-                let (outcome, next) =
-                    take_one(orchestrator.pool(), settings, &who.id, &tenant, hook, alert).await?;
-                if outcome.outcome == Verdict::Accepted {
-                    // The new case's `evt.case.created.v1` waits in the outbox.
-                    orchestrator.outbox_ready().wake();
-                }
-                if let Some(next) = next {
-                    follow_up(orchestrator, settings, &tenant, next).await?;
-                }
-                outcome
+                take_alert(orchestrator, settings, &who.id, &tenant, &notice, alert).await?
             }
         };
-        crate::telemetry::signal_received("alertmanager", outcome.outcome.as_str());
+        if outcome.outcome == Verdict::Refused {
+            crate::telemetry::signal_received(notice.source.as_str(), outcome.outcome.as_str());
+        }
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Takes one alert of `tenant` (already judged to be `actor`'s to send):
+/// commits it, then starts or dismisses its case as the intake policy says.
+pub async fn take_alert(
+    orchestrator: &Orchestrator,
+    settings: &IntakeSettings,
+    actor: &str,
+    tenant: &Tenant,
+    notice: &Notice,
+    alert: &Alert,
+) -> Result<AlertOutcome, TransitionError> {
+    if alert.fingerprint.is_empty() || alert.fingerprint.chars().count() > 200 {
+        let refused =
+            AlertOutcome::refused(&alert.fingerprint, "fingerprint: 1-200 characters".into());
+        crate::telemetry::signal_received(notice.source.as_str(), refused.outcome.as_str());
+        return Ok(refused);
+    }
+    let (outcome, next) =
+        take_one(orchestrator.pool(), settings, actor, tenant, notice, alert).await?;
+    if outcome.outcome == Verdict::Accepted {
+        // The new case's `evt.case.created.v1` waits in the outbox.
+        orchestrator.outbox_ready().wake();
+    }
+    if let Some(next) = next {
+        follow_up(orchestrator, settings, tenant, next).await?;
+    }
+    crate::telemetry::signal_received(notice.source.as_str(), outcome.outcome.as_str());
+    Ok(outcome)
 }
 
 fn tenant_of(settings: &IntakeSettings, alert: &Alert) -> Result<Tenant, String> {
@@ -269,13 +380,13 @@ async fn take_one(
     settings: &IntakeSettings,
     actor: &str,
     tenant: &Tenant,
-    hook: &AlertmanagerWebhook,
+    notice: &Notice,
     alert: &Alert,
 ) -> Result<(AlertOutcome, Option<Next>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Twins (the same alert in webhooks arriving at once) queue here, and
     // so do alerts of one group (always group first, then alert).
-    if let Some(group) = &hook.group_key {
+    if let Some(group) = &notice.group_key {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("signal-group/{tenant}/{group}"))
             .execute(&mut *tx)
@@ -295,7 +406,7 @@ async fn take_one(
     .fetch_optional(&mut *tx)
     .await?;
     // A new alert of a group whose case is open and recent joins that case.
-    let grouped: Option<Uuid> = match (&open, alert.status, &hook.group_key) {
+    let grouped: Option<Uuid> = match (&open, alert.status, &notice.group_key) {
         (None, AlertStatus::Firing, Some(group)) if settings.group_window_s > 0 => {
             sqlx::query_scalar(
                 "SELECT s.case_id FROM signal s JOIN ops_case c ON c.id = s.case_id \
@@ -314,13 +425,14 @@ async fn take_one(
     if let Some(case_id) = grouped {
         sqlx::query(
             "INSERT INTO signal (id, tenant, source, fingerprint, case_id, status, group_key) \
-             VALUES ($1, $2, 'alertmanager', $3, $4, 'firing', $5)",
+             VALUES ($1, $2, $6, $3, $4, 'firing', $5)",
         )
         .bind(Uuid::now_v7())
         .bind(tenant.as_str())
         .bind(&alert.fingerprint)
         .bind(case_id)
-        .bind(&hook.group_key)
+        .bind(&notice.group_key)
+        .bind(notice.source.as_str())
         .execute(&mut *tx)
         .await?;
     }
@@ -356,16 +468,17 @@ async fn take_one(
         (None, AlertStatus::Firing) => {
             let (new, cut) = case_of(tenant, alert);
             let case: Case = crate::store::insert_case(&mut tx, &new, actor).await?;
-            autostart = settings.autostart.contains(&case.severity);
+            autostart = settings.autostarts(tenant, &case.severity);
             sqlx::query(
                 "INSERT INTO signal (id, tenant, source, fingerprint, case_id, status, group_key) \
-                 VALUES ($1, $2, 'alertmanager', $3, $4, 'firing', $5)",
+                 VALUES ($1, $2, $6, $3, $4, 'firing', $5)",
             )
             .bind(Uuid::now_v7())
             .bind(tenant.as_str())
             .bind(&alert.fingerprint)
             .bind(case.id)
-            .bind(&hook.group_key)
+            .bind(&notice.group_key)
+            .bind(notice.source.as_str())
             .execute(&mut *tx)
             .await?;
             if !cut.is_empty() {
@@ -393,19 +506,16 @@ async fn take_one(
     };
     // The notification itself is the evidence, as it came (with what was cut).
     let envelope = Uuid::now_v7();
+    let mut data = notice.context.clone();
+    data.insert("alert".into(), json!(alert));
     sqlx::query(
-        "INSERT INTO event_envelope (id, type, source, data, tenant) \
-         VALUES ($1, 'signal.alertmanager', $2, $3, $4)",
+        "INSERT INTO event_envelope (id, type, source, data, tenant) VALUES ($1, $5, $2, $3, $4)",
     )
     .bind(envelope)
-    .bind(hook.external_url.as_deref().unwrap_or("alertmanager"))
-    .bind(json!({
-        "alert": alert,
-        "group_key": hook.group_key,
-        "receiver": hook.receiver,
-        "common_labels": hook.common_labels,
-    }))
+    .bind(&notice.origin)
+    .bind(Value::Object(data))
     .bind(tenant.as_str())
+    .bind(notice.source.envelope_type())
     .execute(&mut *tx)
     .await?;
     sqlx::query("INSERT INTO evidence_link (case_id, envelope_id, role) VALUES ($1, $2, 'signal')")

@@ -1,6 +1,7 @@
 //! The analysis step: consumes `cmd.analysis.run`, gathers the evidence we
-//! hold for the case (recent `metric_1m` rows of its resource, the signals
-//! linked to it), stores the findings as an `event_envelope` linked to the
+//! hold for the case (recent `metric_1m` rows of its resource with the
+//! detector's baseline and deviation, the signals linked to it, other open
+//! cases' alerts and the detector's detections of the tenant), stores the findings as an `event_envelope` linked to the
 //! case, and reports `evt.analysis.findings.v1` (the orchestrator applies
 //! it as `analysis_done`; the planner shows the findings to the LLM).
 //!
@@ -8,6 +9,8 @@
 
 pub mod detect;
 pub mod intake;
+pub mod rules;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 
@@ -16,7 +19,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::contract::fact::{
-    CorrelatedSignal, EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef,
+    AnomalyRef, CorrelatedSignal, EVT_FINDINGS, Findings, FindingsReport, MetricSummary, SignalRef,
 };
 use crate::contract::{CommandMsg, Fact, Message};
 use crate::model::Case;
@@ -82,19 +85,61 @@ impl CaseWorker for Analyst {
                 .or_default()
                 .push((*avg, *max, *p95));
         }
+        // The detector's last view of each series of the resource.
+        let shapes: BTreeMap<String, (f64, f64, f64)> = match &resource {
+            Some(r) => sqlx::query_as::<_, (String, f64, f64, f64)>(
+                "SELECT metric, value, baseline, scale FROM detector_state \
+                 WHERE tenant = $1 AND resource = $2 AND scale > 0",
+            )
+            .bind(case.tenant.as_str())
+            .bind(r)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(m, v, b, s)| (m, (v, b, s)))
+            .collect(),
+            None => BTreeMap::new(),
+        };
         let metrics: BTreeMap<String, MetricSummary> = metrics
             .into_iter()
             .map(|(name, points)| {
                 let n = points.len() as f64;
+                let shape = shapes.get(&name);
                 let summary = MetricSummary {
                     minutes: points.len(),
                     last_avg: points.last().map(|p| p.0),
                     mean_avg: points.iter().map(|p| p.0).sum::<f64>() / n,
                     peak: points.iter().map(|p| p.1).fold(f64::MIN, f64::max),
+                    baseline: shape.map(|s| s.1),
+                    scale: shape.map(|s| s.2),
+                    deviation: shape.map(|s| (s.0 - s.1) / s.2),
                 };
                 (name, summary)
             })
             .collect();
+        let anomalies: Vec<AnomalyRef> = sqlx::query_as(
+            "SELECT resource, metric, rule, status, minute, figures, case_id FROM anomaly \
+             WHERE tenant = $1 AND (case_id = $2 OR detected_at > now() - make_interval(mins => $3)) \
+             ORDER BY detected_at DESC LIMIT 20",
+        )
+        .bind(case.tenant.as_str())
+        .bind(case_id)
+        .bind(LOOKBACK_MINUTES)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(
+            |(resource, metric, rule, status, minute, figures, case_id)| AnomalyRef {
+                resource,
+                metric,
+                rule,
+                status,
+                minute,
+                figures,
+                case_id,
+            },
+        )
+        .collect();
         let signals: Vec<(Uuid, String, Value)> = sqlx::query_as(
             "SELECT e.id, e.type, e.data FROM evidence_link l JOIN event_envelope e ON e.id = l.envelope_id \
              WHERE l.case_id = $1 AND l.role = 'signal' ORDER BY e.at DESC LIMIT 20",
@@ -146,6 +191,7 @@ impl CaseWorker for Analyst {
                 .map(|(id, kind, data)| SignalRef { id, kind, data })
                 .collect(),
             correlated,
+            anomalies,
         };
         let envelope_id = Uuid::now_v7();
         sqlx::query("INSERT INTO event_envelope (id, type, source, data) VALUES ($1, $2, $3, $4)")

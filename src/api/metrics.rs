@@ -272,22 +272,32 @@ pub async fn ingest(
         return Err(ApiError::InvalidRows(errors));
     }
     let col = |f: fn(&MetricRow) -> Value| parsed.iter().map(f).collect::<Vec<_>>();
-    let stored = sqlx::query(
-        "INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
-         SELECT r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz, \
-                (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
-                r->'labels' \
-         FROM jsonb_array_elements($1) AS r \
-         ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
-         max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels",
+    // The series' newest minute goes to `metric_series` in the same
+    // statement: the detector finds new minutes there (analyst::sweep).
+    // Series rows are taken in key order, so two batches never deadlock.
+    let stored: i64 = sqlx::query_scalar(
+        "WITH stored AS ( \
+           INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
+           SELECT r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz, \
+                  (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
+                  r->'labels' \
+           FROM jsonb_array_elements($1) AS r \
+           ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
+           max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels \
+           RETURNING tenant, resource, metric, ts), \
+         series AS ( \
+           INSERT INTO metric_series (tenant, resource, metric, last_ts) \
+           SELECT tenant, resource, metric, max(ts) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+           ON CONFLICT (tenant, resource, metric) DO UPDATE SET last_ts = EXCLUDED.last_ts \
+           WHERE metric_series.last_ts < EXCLUDED.last_ts) \
+         SELECT count(*) FROM stored",
     )
     .bind(json!(col(|r| json!({
         "tenant": r.tenant, "resource": r.resource, "metric": r.metric,
         "ts": r.bucket.to_rfc3339(), "avg": r.avg, "max": r.max, "p95": r.p95,
         "count": r.count, "labels": r.labels
     }))))
-    .execute(state.orchestrator.pool())
-    .await?
-    .rows_affected();
+    .fetch_one(state.orchestrator.pool())
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"stored": stored}))).into_response())
 }

@@ -33,6 +33,18 @@ pub use state::AppState;
 
 /// Request bodies above this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
+/// The limit of the bulk routes: a metrics batch of `metrics::MAX_ROWS`
+/// rows, an Alertmanager notification of a large group (Alertmanager sends
+/// every alert of a group at once and does not retry a 413).
+pub const BULK_BODY_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The body limit of a request path.
+pub fn body_limit(path: &str) -> usize {
+    match path {
+        "/metrics/ingest" | "/signals/alertmanager" => BULK_BODY_LIMIT,
+        _ => BODY_LIMIT,
+    }
+}
 
 /// How long a request may take before it is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,8 +65,14 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/case/{id}/executions", get(executions::list))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
-        .route("/metrics/ingest", post(metrics::ingest))
-        .route("/signals/alertmanager", post(signals::alertmanager))
+        .route(
+            "/metrics/ingest",
+            post(metrics::ingest).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        )
+        .route(
+            "/signals/alertmanager",
+            post(signals::alertmanager).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
@@ -101,9 +119,10 @@ async fn refuse_oversize(req: Request, next: Next) -> Response {
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let limit = body_limit(req.uri().path());
     match declared {
-        Some(n) if n > BODY_LIMIT as u64 => ApiError::PayloadTooLarge(format!(
-            "the request body is {n} bytes; the limit is {BODY_LIMIT}"
+        Some(n) if n > limit as u64 => ApiError::PayloadTooLarge(format!(
+            "the request body is {n} bytes; the limit is {limit}"
         ))
         .into_response(),
         Some(_) | None => next.run(req).await,

@@ -1,4 +1,5 @@
-//! bench_signals: Alertmanager webhook intake (issue #16).
+//! bench_signals: Alertmanager webhook intake and the anomaly detector's
+//! cost (issue #16).
 //!
 //! The product's own API in-process, `clients` concurrent webhook senders,
 //! each alert a new fingerprint (a new case) or a repeat (a deduplicated
@@ -10,18 +11,31 @@
 //! fingerprint opens a case: the figures are intake's own, on its
 //! costliest path.
 //!
+//! The detector: `--series` series (default 1 000) of one-minute latency
+//! with 6 days and 2 hours of history (a diurnal sine and noise, no
+//! anomaly), so every earlier-day window the baseline reads is full; a
+//! catch-up sweep warms every series' state over its last 12 hours; then,
+//! per measured minute, one new row per series is stored as ingest stores
+//! it (into `metric_1m` and `metric_series`) and the sweep that judges it
+//! is timed (`Sweeper::judge_due`, the product's code: claim, one read of
+//! every window, stepping, storing the states). The baseline, in the same
+//! run: a plain one-statement `INSERT` of the same rows into a table with
+//! `metric_1m`'s columns and key. The cost per 10 000 series is scaled
+//! linearly from `--series` (a sweep judges series independently, in
+//! batches of `OPSLOOP_DETECT_BATCH`).
+//!
 //! ```sh
 //! cargo build --release --bin bench_signals
-//! target/release/bench_signals --seconds 5 --clients 8
+//! target/release/bench_signals --seconds 5 --clients 8 [--series 1000 --minutes 5]
+//! target/release/bench_signals --detector-only
 //! ```
-//!
-//! Anomaly detection (the issue's second figure) is not built yet, so it
-//! is not measured here.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+use opsloop::analyst::sweep::{DetectSettings, Sweeper};
 use opsloop::api::AppState;
 use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
@@ -42,7 +56,9 @@ async fn database(max_connections: u32) -> anyhow::Result<PgPool> {
     opsloop::MIGRATOR.run(&pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE bench_alert (id uuid PRIMARY KEY, tenant text NOT NULL, \
-         fingerprint text NOT NULL, alert jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+         fingerprint text NOT NULL, alert jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now()); \
+         CREATE TABLE bench_metric (LIKE metric_1m INCLUDING DEFAULTS INCLUDING CONSTRAINTS); \
+         ALTER TABLE bench_metric ADD PRIMARY KEY (tenant, resource, metric, ts);",
     )
     .execute(&pool)
     .await?;
@@ -191,7 +207,10 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         }),
     };
-    let base = common::serve_api(state).await?;
+    if std::env::args().any(|a| a == "--detector-only") {
+        return detector(&pool, &state).await;
+    }
+    let base = common::serve_api(state.clone()).await?;
     let http = opsloop::http_client::http_client()
         .pool_max_idle_per_host(clients)
         .build()?;
@@ -243,5 +262,151 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    detector(&pool, &state).await
+}
+
+fn minute_ts(minute: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(minute * 60, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// One minute of data for every series: (resources, values).
+fn minute_rows(series: usize, minute: i64) -> (Vec<String>, Vec<f64>) {
+    let resources = (0..series).map(|i| format!("svc-{i}")).collect();
+    let values = (0..series)
+        .map(|i| {
+            let phase = (minute as f64 / 1440.0 + i as f64 / series as f64) * std::f64::consts::TAU;
+            100.0 + 3.0 * phase.sin() + ((minute * 7919 + i as i64 * 104_729) % 97) as f64 / 97.0
+        })
+        .collect();
+    (resources, values)
+}
+
+async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
+    let series: usize = arg("--series").map_or(Ok(1000), |s| s.parse())?;
+    let minutes: i64 = arg("--minutes").map_or(Ok(5), |s| s.parse())?;
+    let now = Utc::now().timestamp().div_euclid(60);
+    let first_measured = now - minutes;
+    let history = 6 * 1440 + 120;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max) \
+         SELECT 'bench', 'svc-' || s, 'latency', to_timestamp(m * 60), v, v * 1.1 \
+         FROM generate_series(0, $1 - 1) s, generate_series($2, $3) m, \
+              LATERAL (SELECT 100 + 3 * sin(2 * pi() * (m / 1440.0 + s::float8 / $1)) + random() AS v) x",
+    )
+    .bind(series as i64)
+    .bind(first_measured - history)
+    .bind(first_measured - 1)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO metric_series (tenant, resource, metric, last_ts) \
+         SELECT tenant, resource, metric, max(ts) FROM metric_1m WHERE tenant = 'bench' GROUP BY 1, 2, 3",
+    )
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE metric_1m").execute(pool).await?;
+    println!(
+        "\ndetector: {series} series x {history} minutes of history stored in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let sweeper = |max_minutes| Sweeper {
+        pool: pool.clone(),
+        orchestrator: state.orchestrator.clone(),
+        intake: state.intake.clone(),
+        settings: DetectSettings {
+            max_minutes,
+            ..DetectSettings::default()
+        },
+    };
+    // Catch-up: the states learn their last 12 h (the scale's window).
+    let warm = sweeper(720);
+    let started = Instant::now();
+    let mut judged = 0;
+    loop {
+        let r = warm.judge_due(Utc::now()).await?;
+        if r.series == 0 {
+            break;
+        }
+        judged += r.minutes;
+    }
+    let catch_up = started.elapsed();
+    println!(
+        "detector: catch-up sweep judged {judged} minutes in {:.1} s ({:.1} µs per series-minute)",
+        catch_up.as_secs_f64(),
+        catch_up.as_secs_f64() * 1e6 / judged.max(1) as f64
+    );
+    let live = sweeper(DetectSettings::default().max_minutes);
+    println!(
+        "{:<8} {:>14} {:>14} {:>12} {:>12} {:>16} {:>12}",
+        "minute", "INSERT ms", "ingest ms", "sweep ms", "rows read", "per 10k series", "vs INSERT"
+    );
+    let mut ratios = Vec::new();
+    for minute in first_measured..first_measured + minutes {
+        let (resources, values) = minute_rows(series, minute);
+        let ts = minute_ts(minute);
+        let t = Instant::now();
+        sqlx::query(
+            "INSERT INTO bench_metric (tenant, resource, metric, ts, avg, max) \
+             SELECT 'bench', r, 'latency', $2, v, v * 1.1 FROM unnest($1::text[], $3::float8[]) AS u(r, v)",
+        )
+        .bind(&resources)
+        .bind(ts)
+        .bind(&values)
+        .execute(pool)
+        .await?;
+        let insert = t.elapsed();
+        let t = Instant::now();
+        sqlx::query(
+            "WITH stored AS (INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max) \
+               SELECT 'bench', r, 'latency', $2, v, v * 1.1 FROM unnest($1::text[], $3::float8[]) AS u(r, v) \
+               RETURNING tenant, resource, metric, ts) \
+             INSERT INTO metric_series (tenant, resource, metric, last_ts) \
+             SELECT tenant, resource, metric, max(ts) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+             ON CONFLICT (tenant, resource, metric) DO UPDATE SET last_ts = EXCLUDED.last_ts \
+             WHERE metric_series.last_ts < EXCLUDED.last_ts",
+        )
+        .bind(&resources)
+        .bind(ts)
+        .bind(&values)
+        .execute(pool)
+        .await?;
+        let ingest = t.elapsed();
+        let t = Instant::now();
+        let (mut read, mut judged_series) = (0, 0);
+        loop {
+            let r = live.judge_due(Utc::now()).await?;
+            if r.series == 0 {
+                break;
+            }
+            read += r.points_read;
+            judged_series += r.series;
+        }
+        let sweep = t.elapsed();
+        anyhow::ensure!(
+            judged_series == series,
+            "judged {judged_series} of {series} series"
+        );
+        let ratio = sweep.as_secs_f64() / insert.as_secs_f64();
+        ratios.push(ratio);
+        println!(
+            "{:<8} {:>14.1} {:>14.1} {:>12.1} {:>12} {:>14.0}ms {:>11.1}x",
+            minute - first_measured + 1,
+            ms(insert),
+            ms(ingest),
+            ms(sweep),
+            read,
+            ms(sweep) * 10_000.0 / series as f64,
+            ratio
+        );
+    }
+    ratios.sort_by(f64::total_cmp);
+    let detections: i64 = sqlx::query_scalar("SELECT count(*) FROM anomaly WHERE tenant = 'bench'")
+        .fetch_one(pool)
+        .await?;
+    println!(
+        "detector: median sweep / plain INSERT of the same rows = {:.1}x; detections on clean series: {detections}",
+        ratios[ratios.len() / 2]
+    );
     Ok(())
 }

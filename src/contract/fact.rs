@@ -118,6 +118,27 @@ pub struct FindingsReport {
     /// (absent in findings written before signal intake).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub correlated: Vec<CorrelatedSignal>,
+    /// The detector's detections of the same tenant in the window, this
+    /// case's own included (absent before the detector existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<AnomalyRef>,
+}
+
+/// One detection of the analyst's detector over `metric_1m`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyRef {
+    pub resource: String,
+    pub metric: String,
+    pub rule: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The minute judged.
+    pub minute: chrono::DateTime<chrono::Utc>,
+    /// The rule's figures (baseline: value, baseline, scale, deviation;
+    /// burn rate: long_burn, short_burn, factor, slo_target, windows).
+    pub figures: Value,
+    /// The case the detection went to, when intake took it.
+    pub case_id: Option<Uuid>,
 }
 
 /// An alert of another open case, active in the window around this one's.
@@ -137,6 +158,16 @@ pub struct MetricSummary {
     pub last_avg: Option<f64>,
     pub mean_avg: f64,
     pub peak: f64,
+    /// The detector's view at its last judged minute: the seasonal
+    /// baseline, the robust σ, and how many of them the value sat above
+    /// (below, for a `down` rule: negative). Absent when the detector has
+    /// not judged the series (no rule, or still warming up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deviation: Option<f64>,
 }
 
 /// A signal linked to the case, as stored (its data is the signal's own).

@@ -1,5 +1,5 @@
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::*;
@@ -456,4 +456,43 @@ async fn oversize_meta_is_refused(pool: PgPool) {
         r.body
     );
     assert_eq!(app.status(case).await, "NEW");
+}
+
+/// The bulk routes take a full batch (5 000 metric rows are about 1 MB, an
+/// Alertmanager group can be as large), up to their own limit; every other
+/// route keeps 64 KiB.
+#[sqlx::test]
+async fn bulk_routes_take_a_full_batch_and_no_more(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let svc = service();
+    let rows: Vec<Value> = (0..opsloop::api::metrics::MAX_ROWS as i64)
+        .map(|i| {
+            let ts = chrono::DateTime::from_timestamp(1_779_999_960 - i * 60, 0).unwrap();
+            json!({"tenant": "t-001", "resource": svc, "metric": "latency_p95_ms",
+                   "bucket": ts.to_rfc3339(), "avg": 100.0 + i as f64, "max": 9000.0,
+                   "labels": {"region": "eu-west-1", "zone": "eu-west-1a"}})
+        })
+        .collect();
+    let body = json!({ "rows": rows }).to_string();
+    assert!(body.len() > opsloop::api::BODY_LIMIT * 8, "{}", body.len());
+    let r = app
+        .send(
+            Method::POST,
+            "/metrics/ingest",
+            Some(SERVICE),
+            &[],
+            Some(body),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["stored"], opsloop::api::metrics::MAX_ROWS);
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let head = format!(
+        "POST /metrics/ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {SERVICE}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        opsloop::api::BULK_BODY_LIMIT + 1
+    );
+    let text = first_answer(&addr, &head, 3, "answered without waiting for the body").await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert_healthy(&app).await;
 }

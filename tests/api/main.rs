@@ -9,6 +9,7 @@ mod atomicity;
 mod auth;
 mod bad_input;
 mod concurrency;
+mod detector;
 mod fake_k8s;
 mod fake_llm;
 mod flow;

@@ -1,0 +1,596 @@
+//! The detector over `metric_1m`, run by every analyst process on a short
+//! schedule. Ingest (in the api process) records each series' newest minute
+//! in `metric_series`; a sweep claims series with minutes it has not judged
+//! (`detector_state`, `FOR UPDATE SKIP LOCKED`, so analysts in several
+//! processes share the work), reads only the windows the rules need, steps
+//! the stored detector over the new minutes, and stores the state and its
+//! detections (`anomaly`) in one transaction. Detections are then taken
+//! through signal intake like an Alertmanager alert: a fingerprint of
+//! (tenant, resource, metric, rule), one open case per fingerprint.
+//!
+//! History is never rescanned: a series is judged from its stored state,
+//! and at most `max_minutes` of new minutes per sweep (a backfill older
+//! than that is history for the baseline, not judged). Detections at
+//! minutes older than `max_age_min` update the state but open nothing: a
+//! backfilled incident of last week is not today's page.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::detect::{DAY, Detector, Params, Step, window_mean};
+use super::intake::{self, Alert, AlertStatus, IntakeSettings, Notice, Source};
+use super::rules::{BaselineRule, BurnRule, SignalsFile};
+use crate::contract::Tenant;
+use crate::orchestrator::{Orchestrator, TransitionError};
+use crate::roles::Role;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DetectSettings {
+    /// Milliseconds between detector sweeps when nothing is due.
+    #[arg(long = "detect-interval-ms", env = "OPSLOOP_DETECT_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub interval_ms: u64,
+    /// Series claimed per sweep transaction.
+    #[arg(long = "detect-batch", env = "OPSLOOP_DETECT_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch: i64,
+    /// Detections at minutes older than this open nothing (backfills).
+    #[arg(long = "detect-max-age-min", env = "OPSLOOP_DETECT_MAX_AGE_MIN", default_value_t = 30,
+          value_parser = clap::value_parser!(i64).range(1..=10_080))]
+    pub max_age_min: i64,
+    /// New minutes judged per series and sweep at most; older new minutes
+    /// serve as history only.
+    #[arg(long = "detect-max-minutes", env = "OPSLOOP_DETECT_MAX_MINUTES", default_value_t = 2880,
+          value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub max_minutes: i64,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        DetectSettings {
+            interval_ms: 5000,
+            batch: 500,
+            max_age_min: 30,
+            max_minutes: 2880,
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Series claimed and judged.
+    pub series: usize,
+    /// Minutes judged (over all series).
+    pub minutes: usize,
+    /// Points read from `metric_1m` (new minutes and their windows).
+    pub points_read: usize,
+    /// Detections stored (firing and resolved).
+    pub detections: usize,
+    /// Detections taken through intake.
+    pub taken: usize,
+}
+
+pub struct Sweeper {
+    pub pool: PgPool,
+    pub orchestrator: Orchestrator,
+    pub intake: Arc<IntakeSettings>,
+    pub settings: DetectSettings,
+}
+
+/// A claimed series.
+struct Due {
+    tenant: String,
+    resource: String,
+    metric: String,
+    evaluated_to: Option<DateTime<Utc>>,
+    rule: Option<String>,
+    state: Option<Vec<u8>>,
+    burning: Vec<String>,
+    last_ts: DateTime<Utc>,
+}
+
+/// A series after judging: what is stored back.
+struct Judged {
+    evaluated_to: DateTime<Utc>,
+    rule: Option<String>,
+    state: Option<Vec<u8>>,
+    burning: Vec<String>,
+    shape: Option<(f64, f64, f64)>,
+}
+
+struct Detection {
+    rule: String,
+    status: AlertStatus,
+    minute: i64,
+    alertname: String,
+    severity: String,
+    resource_label: String,
+    summary: String,
+    figures: Value,
+}
+
+fn minute_of(ts: DateTime<Utc>) -> i64 {
+    ts.timestamp().div_euclid(60)
+}
+
+fn ts_of(minute: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(minute * 60, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The fingerprint of a detector signal: (tenant, resource, metric, rule),
+/// 16 hex digits like Alertmanager's.
+pub fn fingerprint(tenant: &str, resource: &str, metric: &str, rule: &str) -> String {
+    let digest = Sha256::digest(format!("{tenant}\0{resource}\0{metric}\0{rule}").as_bytes());
+    hex::encode(&digest[..8])
+}
+
+/// Sorted, merged closed ranges.
+fn merge(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::with_capacity(ranges.len());
+    for (lo, hi) in ranges {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+impl Sweeper {
+    fn rules(&self) -> &SignalsFile {
+        &self.intake.signals
+    }
+
+    /// Sweeps until shutdown: at once while series are due, else every
+    /// `interval_ms`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let interval = Duration::from_millis(self.settings.interval_ms);
+        loop {
+            let pause = match self.sweep().await {
+                Ok(r) if r.series as i64 >= self.settings.batch => Duration::ZERO,
+                Ok(_) => interval,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Detector sweep failed; trying again.");
+                    interval
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// One sweep: judge up to `batch` due series, then take every pending
+    /// detection through intake.
+    pub async fn sweep(&self) -> Result<SweepReport, TransitionError> {
+        let started = std::time::Instant::now();
+        let mut report = self.judge_due(Utc::now()).await?;
+        report.taken = self.take_pending().await?;
+        crate::telemetry::detector_sweep(started.elapsed().as_secs_f64());
+        Ok(report)
+    }
+
+    /// Claims due series, judges their new minutes as of `now`, and stores
+    /// states and detections in one transaction.
+    pub async fn judge_due(&self, now: DateTime<Utc>) -> Result<SweepReport, sqlx::Error> {
+        // A series seen for the first time gets its state row.
+        sqlx::query(
+            "INSERT INTO detector_state (tenant, resource, metric) \
+             SELECT s.tenant, s.resource, s.metric FROM metric_series s \
+             WHERE NOT EXISTS (SELECT 1 FROM detector_state d WHERE d.tenant = s.tenant \
+                               AND d.resource = s.resource AND d.metric = s.metric) \
+             ON CONFLICT DO NOTHING",
+        )
+        .execute(&self.pool)
+        .await?;
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<Due> = sqlx::query_as::<_, (String, String, String, Option<DateTime<Utc>>, Option<String>, Option<Vec<u8>>, Vec<String>, DateTime<Utc>)>(
+            "SELECT d.tenant, d.resource, d.metric, d.evaluated_to, d.rule, d.state, d.burning, s.last_ts \
+             FROM detector_state d JOIN metric_series s USING (tenant, resource, metric) \
+             WHERE d.evaluated_to IS NULL OR s.last_ts > d.evaluated_to \
+             ORDER BY d.evaluated_to NULLS FIRST LIMIT $1 FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(self.settings.batch)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|(tenant, resource, metric, evaluated_to, rule, state, burning, last_ts)| Due {
+            tenant,
+            resource,
+            metric,
+            evaluated_to,
+            rule,
+            state,
+            burning,
+            last_ts,
+        })
+        .collect();
+        let mut report = SweepReport {
+            series: due.len(),
+            ..SweepReport::default()
+        };
+        if due.is_empty() {
+            return Ok(report);
+        }
+        // The minutes each series needs: its new minutes and the windows
+        // the baseline and the burn-rate rules read before them.
+        let mut range_of = Vec::new();
+        let mut plans = Vec::with_capacity(due.len());
+        for (i, d) in due.iter().enumerate() {
+            let last = minute_of(d.last_ts);
+            let from = d
+                .evaluated_to
+                .map_or(i64::MIN, |e| minute_of(e) + 1)
+                .max(last - self.settings.max_minutes + 1);
+            let baseline = self.rules().baseline_for(&d.tenant, &d.metric);
+            let burns: Vec<&BurnRule> = self.rules().burn_rules_for(&d.tenant, &d.metric).collect();
+            let mut ranges = Vec::new();
+            if baseline.is_some() || !burns.is_empty() {
+                let p = baseline.map(BaselineRule::params).unwrap_or_default();
+                let back = burns
+                    .iter()
+                    .map(|r| i64::from(r.long_minutes))
+                    .chain([p.trailing as i64])
+                    .max()
+                    .unwrap_or(0);
+                ranges.push((from - back, last));
+                if baseline.is_some() {
+                    let (day, w) = (DAY as i64, p.window as i64);
+                    ranges.extend(
+                        (1..=p.days as i64).map(|k| (from - k * day - w, last - k * day + w)),
+                    );
+                }
+            }
+            for (lo, hi) in merge(ranges) {
+                range_of.push((i as i32, lo, hi));
+            }
+            plans.push((from, last, baseline, burns));
+        }
+        let rows: Vec<(i32, DateTime<Utc>, f64)> = sqlx::query_as(
+            "SELECT q.i, m.ts, m.avg \
+             FROM unnest($1::int4[], $2::int4[], $3::timestamptz[], $4::timestamptz[]) AS q(i, s, lo, hi) \
+             JOIN unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS k(tenant, resource, metric, n) \
+               ON k.n = q.s + 1 \
+             CROSS JOIN LATERAL (SELECT ts, avg FROM metric_1m m WHERE m.tenant = k.tenant \
+                 AND m.resource = k.resource AND m.metric = k.metric AND m.ts BETWEEN q.lo AND q.hi) m",
+        )
+        .bind((0..range_of.len() as i32).collect::<Vec<_>>())
+        .bind(range_of.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(range_of.iter().map(|r| ts_of(r.1)).collect::<Vec<_>>())
+        .bind(range_of.iter().map(|r| ts_of(r.2)).collect::<Vec<_>>())
+        .bind(due.iter().map(|d| d.tenant.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|d| d.resource.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|d| d.metric.as_str()).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        report.points_read = rows.len();
+        let mut points: Vec<Vec<(i64, f64)>> = vec![Vec::new(); due.len()];
+        for (q, ts, avg) in rows {
+            let series = range_of[q as usize].0 as usize;
+            points[series].push((minute_of(ts), avg));
+        }
+        let now_minute = minute_of(now);
+        let mut judged = Vec::with_capacity(due.len());
+        let mut detections: Vec<(usize, Detection)> = Vec::new();
+        for (i, (d, (from, last, baseline, burns))) in due.iter().zip(plans).enumerate() {
+            let history = &mut points[i];
+            history.sort_unstable_by_key(|p| p.0);
+            history.dedup_by_key(|p| p.0);
+            let mut found = Vec::new();
+            let (j, minutes) = judge_series(d, history, from, last, baseline, &burns, &mut found);
+            report.minutes += minutes;
+            judged.push(j);
+            detections.extend(
+                found
+                    .into_iter()
+                    .filter(|x| x.minute >= now_minute - self.settings.max_age_min)
+                    .map(|x| (i, x)),
+            );
+        }
+        report.detections = detections.len();
+        sqlx::query(
+            "UPDATE detector_state d SET evaluated_to = u.evaluated_to, rule = u.rule, state = u.state, \
+                    burning = string_to_array(u.burning, ','), value = u.value, baseline = u.baseline, \
+                    scale = u.scale, updated_at = now() \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::bytea[], \
+                         $7::text[], $8::float8[], $9::float8[], $10::float8[]) \
+                  AS u(tenant, resource, metric, evaluated_to, rule, state, burning, value, baseline, scale) \
+             WHERE d.tenant = u.tenant AND d.resource = u.resource AND d.metric = u.metric",
+        )
+        .bind(due.iter().map(|d| d.tenant.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|d| d.resource.as_str()).collect::<Vec<_>>())
+        .bind(due.iter().map(|d| d.metric.as_str()).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.evaluated_to).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.rule.clone()).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.state.clone()).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.burning.join(",")).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.shape.map(|s| s.0)).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.shape.map(|s| s.1)).collect::<Vec<_>>())
+        .bind(judged.iter().map(|j| j.shape.map(|s| s.2)).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        for (i, x) in &detections {
+            let d = &due[*i];
+            let mut labels = BTreeMap::from([
+                ("alertname".to_string(), x.alertname.clone()),
+                ("severity".to_string(), x.severity.clone()),
+                ("tenant".to_string(), d.tenant.clone()),
+                ("resource".to_string(), d.resource.clone()),
+                ("metric".to_string(), d.metric.clone()),
+                ("rule".to_string(), x.rule.clone()),
+            ]);
+            labels.insert(x.resource_label.clone(), d.resource.clone());
+            sqlx::query(
+                "INSERT INTO anomaly (id, tenant, resource, metric, rule, fingerprint, status, minute, \
+                                      labels, annotations, figures) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(Uuid::now_v7())
+            .bind(&d.tenant)
+            .bind(&d.resource)
+            .bind(&d.metric)
+            .bind(&x.rule)
+            .bind(fingerprint(&d.tenant, &d.resource, &d.metric, &x.rule))
+            .bind(match x.status {
+                AlertStatus::Firing => "firing",
+                AlertStatus::Resolved => "resolved",
+            })
+            .bind(ts_of(x.minute))
+            .bind(json!(labels))
+            .bind(json!({"summary": x.summary}))
+            .bind(&x.figures)
+            .execute(&mut *tx)
+            .await?;
+            if x.status == AlertStatus::Firing {
+                crate::telemetry::anomaly_detected(&x.rule);
+            }
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Takes stored detections through intake, oldest first, as the
+    /// analyst's identity. Returns how many were taken.
+    pub async fn take_pending(&self) -> Result<usize, TransitionError> {
+        let mut tx = self.pool.begin().await?;
+        type Pending = (
+            Uuid,
+            String,
+            String,
+            String,
+            String,
+            DateTime<Utc>,
+            Value,
+            Value,
+            Value,
+        );
+        let pending: Vec<Pending> = sqlx::query_as(
+            "SELECT id, tenant, rule, fingerprint, status, minute, labels, annotations, figures \
+             FROM anomaly WHERE taken_at IS NULL ORDER BY detected_at LIMIT 200 \
+             FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let actor = <&str>::from(Role::Analyst);
+        for (id, tenant, rule, fingerprint, status, minute, labels, annotations, figures) in
+            &pending
+        {
+            let (outcome, case_id) = match Tenant::try_from(tenant.clone()) {
+                Ok(t) => {
+                    let firing = status == "firing";
+                    let alert = Alert {
+                        status: if firing {
+                            AlertStatus::Firing
+                        } else {
+                            AlertStatus::Resolved
+                        },
+                        labels: serde_json::from_value(labels.clone()).unwrap_or_default(),
+                        annotations: serde_json::from_value(annotations.clone())
+                            .unwrap_or_default(),
+                        starts_at: firing.then_some(*minute),
+                        ends_at: (!firing).then_some(*minute),
+                        generator_url: None,
+                        fingerprint: fingerprint.clone(),
+                    };
+                    let mut context = serde_json::Map::new();
+                    context.insert("anomaly_id".into(), json!(id));
+                    context.insert("figures".into(), figures.clone());
+                    let notice = Notice {
+                        source: Source::Detector,
+                        group_key: None,
+                        origin: format!("detector/{rule}"),
+                        context,
+                    };
+                    let taken = intake::take_alert(
+                        &self.orchestrator,
+                        &self.intake,
+                        actor,
+                        &t,
+                        &notice,
+                        &alert,
+                    )
+                    .await?;
+                    (taken.outcome.as_str(), taken.case_id)
+                }
+                // Ingest refuses such a tenant; an old row is not a reason
+                // to stop taking the others.
+                Err(_) => ("refused", None),
+            };
+            sqlx::query(
+                "UPDATE anomaly SET taken_at = now(), outcome = $2, case_id = $3 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(outcome)
+            .bind(case_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(pending.len())
+    }
+}
+
+/// Steps one series over its new minutes `from..=last`; `history` holds the
+/// points read (sorted). Returns what to store and how many minutes were
+/// judged; detections go to `found`.
+fn judge_series(
+    d: &Due,
+    history: &[(i64, f64)],
+    from: i64,
+    last: i64,
+    baseline: Option<&BaselineRule>,
+    burns: &[&BurnRule],
+    found: &mut Vec<Detection>,
+) -> (Judged, usize) {
+    let new: Vec<(i64, f64)> = history
+        .iter()
+        .copied()
+        .filter(|(m, _)| (from..=last).contains(m))
+        .collect();
+    let mut judged = Judged {
+        evaluated_to: d.last_ts,
+        rule: None,
+        state: None,
+        burning: Vec::new(),
+        shape: None,
+    };
+    if let Some(rule) = baseline {
+        let p: Params = rule.params();
+        let oriented: Vec<(i64, f64)> = history
+            .iter()
+            .map(|(m, v)| (*m, rule.oriented(*v)))
+            .collect();
+        let stored = (d.rule.as_deref() == Some(rule.name.as_str()))
+            .then(|| d.state.as_deref().and_then(|s| Detector::decode(s, &p)))
+            .flatten();
+        let mut detector = stored
+            .unwrap_or_else(|| Detector::new(oriented.first().map_or(from, |p| p.0.min(from)), &p));
+        let mut buf = Vec::new();
+        let stepped = detector.last;
+        for (t, x) in new.iter().filter(|(t, _)| *t > stepped) {
+            let step = detector.step(&oriented, *t, rule.oriented(*x), &p, &mut buf);
+            if matches!(step, Step::Fired | Step::Ended) {
+                let s = detector.shape;
+                let (value, base) = (rule.oriented(s.value), rule.oriented(s.baseline));
+                let firing = step == Step::Fired;
+                found.push(Detection {
+                    rule: rule.name.clone(),
+                    status: if firing {
+                        AlertStatus::Firing
+                    } else {
+                        AlertStatus::Resolved
+                    },
+                    minute: *t,
+                    alertname: rule.alertname.clone(),
+                    severity: rule.severity.clone(),
+                    resource_label: rule.resource_label.clone(),
+                    summary: if firing {
+                        format!(
+                            "{} of {} at {value:.4} against a baseline of {base:.4} ({:.1} robust σ {})",
+                            d.metric,
+                            d.resource,
+                            s.deviation(),
+                            if rule.oriented(1.0) > 0.0 { "above" } else { "below" }
+                        )
+                    } else {
+                        format!("{} of {} back to its baseline ({base:.4})", d.metric, d.resource)
+                    },
+                    figures: json!({
+                        "value": value, "baseline": base, "scale": s.scale,
+                        "deviation": s.deviation(), "k": p.k, "persist": p.persist,
+                    }),
+                });
+            }
+        }
+        let s = detector.shape;
+        if s.scale > 0.0 {
+            judged.shape = Some((rule.oriented(s.value), rule.oriented(s.baseline), s.scale));
+        }
+        judged.rule = Some(rule.name.clone());
+        judged.state = Some(detector.encode());
+    }
+    for rule in burns {
+        let mut burning = d.burning.contains(&rule.name);
+        for (t, _) in &new {
+            let rates = window_mean(history, *t, rule.long_minutes)
+                .zip(window_mean(history, *t, rule.short_minutes))
+                .map(|(l, s)| (l / rule.budget(), s / rule.budget()));
+            let Some((long, short)) = rates else {
+                continue;
+            };
+            let now_burning = long >= rule.factor && short >= rule.factor;
+            if now_burning == burning {
+                continue;
+            }
+            burning = now_burning;
+            found.push(Detection {
+                rule: rule.name.clone(),
+                status: if burning {
+                    AlertStatus::Firing
+                } else {
+                    AlertStatus::Resolved
+                },
+                minute: *t,
+                alertname: rule.alertname.clone(),
+                severity: rule.severity.clone(),
+                resource_label: rule.resource_label.clone(),
+                summary: format!(
+                    "{} of {} burns the error budget of a {} % SLO {long:.1}x over {} min and {short:.1}x over {} min (alerting at {}x)",
+                    d.metric,
+                    d.resource,
+                    rule.slo_target * 100.0,
+                    rule.long_minutes,
+                    rule.short_minutes,
+                    rule.factor
+                ),
+                figures: json!({
+                    "long_burn": long, "short_burn": short, "factor": rule.factor,
+                    "slo_target": rule.slo_target, "long_minutes": rule.long_minutes,
+                    "short_minutes": rule.short_minutes,
+                }),
+            });
+        }
+        if burning {
+            judged.burning.push(rule.name.clone());
+        }
+    }
+    (judged, new.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merge(vec![(5, 9), (0, 3), (4, 4), (20, 30), (25, 26)]),
+            vec![(0, 9), (20, 30)]
+        );
+        assert_eq!(merge(Vec::new()), Vec::<(i64, i64)>::new());
+    }
+
+    #[test]
+    fn fingerprints_name_the_series_and_rule() {
+        let a = fingerprint("t", "checkout", "latency", "baseline");
+        assert_eq!(a.len(), 16);
+        assert_eq!(a, fingerprint("t", "checkout", "latency", "baseline"));
+        assert_ne!(a, fingerprint("t", "checkout", "latency", "burn"));
+        // The separator keeps (ab, c) and (a, bc) apart.
+        assert_ne!(
+            fingerprint("t", "ab", "c", "r"),
+            fingerprint("t", "a", "bc", "r")
+        );
+    }
+}
