@@ -263,7 +263,8 @@ impl Sweeper {
              JOIN unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY AS k(tenant, resource, metric, n) \
                ON k.n = q.s + 1 \
              CROSS JOIN LATERAL (SELECT ts, avg FROM metric_1m m WHERE m.tenant = k.tenant \
-                 AND m.resource = k.resource AND m.metric = k.metric AND m.ts BETWEEN q.lo AND q.hi) m",
+                 AND m.resource = k.resource AND m.metric = k.metric AND m.ts BETWEEN q.lo AND q.hi \
+                 ORDER BY ts LIMIT $8) m",
         )
         .bind((0..range_of.len() as i32).collect::<Vec<_>>())
         .bind(range_of.iter().map(|r| r.0).collect::<Vec<_>>())
@@ -272,6 +273,11 @@ impl Sweeper {
         .bind(due.iter().map(|d| d.tenant.as_str()).collect::<Vec<_>>())
         .bind(due.iter().map(|d| d.resource.as_str()).collect::<Vec<_>>())
         .bind(due.iter().map(|d| d.metric.as_str()).collect::<Vec<_>>())
+        // A range holds at most one row per minute. The limit keeps each
+        // range an index scan of its own: without it, a custom plan that
+        // sees thousands of ranges may scan the whole table (17 s instead
+        // of 0.8 s for 1 000 series in bench_signals).
+        .bind(range_of.iter().map(|r| r.2 - r.1 + 1).max().unwrap_or(1))
         .fetch_all(&mut *tx)
         .await?;
         report.points_read = rows.len();

@@ -13,8 +13,8 @@
 //!
 //! The detector: `--series` series (default 1 000) of one-minute latency
 //! with 6 days and 2 hours of history (a diurnal sine and noise, no
-//! anomaly), so every earlier-day window the baseline reads is full; a
-//! catch-up sweep warms every series' state over its last 12 hours; then,
+//! anomaly), so every earlier-day window the baseline reads is full,
+//! vacuumed and checkpointed as old history would be; a catch-up sweep warms every series' state over its last 12 hours; then,
 //! per measured minute, one new row per series is stored as ingest stores
 //! it (into `metric_1m` and `metric_series`) and the sweep that judges it
 //! is timed (`Sweeper::judge_due`, the product's code: claim, one read of
@@ -185,6 +185,8 @@ async fn main() -> anyhow::Result<()> {
     let seconds: u64 = arg("--seconds").map_or(Ok(5), |s| s.parse())?;
     let clients: usize = arg("--clients").map_or(Ok(8), |s| s.parse())?;
     let pool = database(u32::try_from(clients + 4)?).await?;
+    // Whatever an earlier run left to write is written before measuring.
+    sqlx::query("CHECKPOINT").execute(&pool).await?;
     let mut tokens = TokenStore::default();
     tokens.insert(
         TOKEN,
@@ -305,7 +307,14 @@ async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
     )
     .execute(pool)
     .await?;
-    sqlx::query("ANALYZE metric_1m").execute(pool).await?;
+    // History in production was written long before it is read: its hint
+    // bits and visibility map are set. Without this the first sweeps pay
+    // for setting them (writing most of the table again), which is the
+    // load's cost, not the detector's.
+    sqlx::query("VACUUM (FREEZE, ANALYZE) metric_1m")
+        .execute(pool)
+        .await?;
+    sqlx::query("CHECKPOINT").execute(pool).await?;
     println!(
         "\ndetector: {series} series x {history} minutes of history stored in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -115,6 +115,7 @@ impl Split {
                     "restart-service.sh,restart-checkout.sh",
                 )
                 .env("OPSLOOP_VERIFY_DELAY_S", "0")
+                .env("OPSLOOP_DETECT_INTERVAL_MS", "200")
                 .env("OPSLOOP_STEP_BACKOFF_SCALE", "0.01")
                 .env("OPENAI_BASE_URL", &llm.base_url)
                 .env("OPENAI_API_KEY", "test-key")
@@ -347,4 +348,48 @@ async fn roles_split_across_two_processes_take_every_path(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(sources, ["llm", "llm"]);
+
+    // Nobody opens the last case: process A stores a regression's metrics,
+    // process B's analyst detects it and opens and starts the case itself.
+    let regressed = service();
+    let now = chrono::DateTime::parse_from_rfc3339(&crate::walking_skeleton::this_minute())
+        .unwrap()
+        .to_utc();
+    let rows: Vec<Value> = (0..36 * 60_i64)
+        .map(|ago| {
+            let v = if (3..9).contains(&ago) { 900.0 } else { 120.0 + (ago % 7) as f64 };
+            json!({"tenant": "t-001", "resource": regressed, "metric": "latency_p95_ms",
+                   "bucket": (now - chrono::Duration::minutes(ago)).to_rfc3339(), "avg": v, "max": v})
+        })
+        .collect();
+    split
+        .call(
+            reqwest::Method::POST,
+            "/metrics/ingest",
+            &split.service,
+            json!({ "rows": rows }),
+        )
+        .await;
+    // The case, and who started its analysis.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let starter: String = loop {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT t.actor FROM signal s JOIN ops_case c ON c.id = s.case_id \
+             JOIN case_timeline t ON t.case_id = c.id AND t.event = 'start_analysis' \
+             WHERE s.source = 'detector' AND c.labels->>'service' = $1",
+        )
+        .bind(&regressed)
+        .fetch_optional(&split.pool)
+        .await
+        .unwrap();
+        if let Some(actor) = found {
+            break actor;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the detector in process B started no case"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(starter, "analyst");
 }
