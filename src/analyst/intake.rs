@@ -385,8 +385,11 @@ async fn take_one(
 ) -> Result<(AlertOutcome, Option<Next>), sqlx::Error> {
     let mut tx = pool.begin().await?;
     // Twins (the same alert in webhooks arriving at once) queue here, and
-    // so do alerts of one group (always group first, then alert).
-    if let Some(group) = &notice.group_key {
+    // so do alerts of one group (always group first, then alert) while a
+    // group window can join them; without one, groups need no order.
+    if let Some(group) = &notice.group_key
+        && settings.group_window_s > 0
+    {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .bind(format!("signal-group/{tenant}/{group}"))
             .execute(&mut *tx)

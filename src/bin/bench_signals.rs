@@ -28,6 +28,7 @@
 //! cargo build --release --bin bench_signals
 //! target/release/bench_signals --seconds 5 --clients 8 [--series 1000 --minutes 5]
 //! target/release/bench_signals --detector-only
+//! target/release/bench_signals --series 0            # the webhook only
 //! ```
 
 use std::sync::Arc;
@@ -286,6 +287,9 @@ fn minute_rows(series: usize, minute: i64) -> (Vec<String>, Vec<f64>) {
 async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
     let series: usize = arg("--series").map_or(Ok(1000), |s| s.parse())?;
     let minutes: i64 = arg("--minutes").map_or(Ok(5), |s| s.parse())?;
+    if series == 0 {
+        return Ok(());
+    }
     let now = Utc::now().timestamp().div_euclid(60);
     let first_measured = now - minutes;
     let history = 6 * 1440 + 120;
