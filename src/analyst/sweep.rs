@@ -133,6 +133,24 @@ pub fn fingerprint(tenant: &str, resource: &str, metric: &str, rule: &str) -> St
     hex::encode(&digest[..8])
 }
 
+/// A measurement for a person: four significant digits, no float noise
+/// (`900`, `123.8`, `0.01234`).
+fn figure(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = 3 - x.abs().log10().floor() as i32;
+    let rounded = format!("{:.*}", digits.max(0) as usize, x);
+    if rounded.contains('.') {
+        rounded
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    } else {
+        rounded
+    }
+}
+
 /// Sorted, merged closed ranges.
 fn merge(mut ranges: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
     ranges.sort_unstable();
@@ -503,14 +521,25 @@ fn judge_series(
                     resource_label: rule.resource_label.clone(),
                     summary: if firing {
                         format!(
-                            "{} of {} at {value:.4} against a baseline of {base:.4} ({:.1} robust σ {})",
+                            "{} of {} at {} against a baseline of {} ({:.1} robust σ {})",
                             d.metric,
                             d.resource,
+                            figure(value),
+                            figure(base),
                             s.deviation(),
-                            if rule.oriented(1.0) > 0.0 { "above" } else { "below" }
+                            if rule.oriented(1.0) > 0.0 {
+                                "above"
+                            } else {
+                                "below"
+                            }
                         )
                     } else {
-                        format!("{} of {} back to its baseline ({base:.4})", d.metric, d.resource)
+                        format!(
+                            "{} of {} back to its baseline ({})",
+                            d.metric,
+                            d.resource,
+                            figure(base)
+                        )
                     },
                     figures: json!({
                         "value": value, "baseline": base, "scale": s.scale,
@@ -577,6 +606,16 @@ fn judge_series(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn figures_read_like_measurements() {
+        assert_eq!(figure(900.0), "900");
+        assert_eq!(figure(123.826_1), "123.8");
+        assert_eq!(figure(0.012_345_6), "0.01235");
+        assert_eq!(figure(15_234.7), "15235");
+        assert_eq!(figure(-2.5), "-2.5");
+        assert_eq!(figure(0.0), "0");
+    }
 
     #[test]
     fn ranges_merge() {
