@@ -107,15 +107,50 @@ struct Judged {
     shape: Option<(f64, f64, f64)>,
 }
 
-struct Detection {
+/// How a rule's detections are named on their case.
+struct Naming {
     rule: String,
-    status: AlertStatus,
-    minute: i64,
     alertname: String,
     severity: String,
     resource_label: String,
+}
+
+impl From<&BaselineRule> for Naming {
+    fn from(r: &BaselineRule) -> Self {
+        Naming {
+            rule: r.name.clone(),
+            alertname: r.alertname.clone(),
+            severity: r.severity.clone(),
+            resource_label: r.resource_label.clone(),
+        }
+    }
+}
+
+impl From<&BurnRule> for Naming {
+    fn from(r: &BurnRule) -> Self {
+        Naming {
+            rule: r.name.clone(),
+            alertname: r.alertname.clone(),
+            severity: r.severity.clone(),
+            resource_label: r.resource_label.clone(),
+        }
+    }
+}
+
+struct Detection {
+    naming: Naming,
+    status: AlertStatus,
+    minute: i64,
     summary: String,
     figures: Value,
+}
+
+fn status(firing: bool) -> AlertStatus {
+    if firing {
+        AlertStatus::Firing
+    } else {
+        AlertStatus::Resolved
+    }
 }
 
 fn minute_of(ts: DateTime<Utc>) -> i64 {
@@ -346,15 +381,16 @@ impl Sweeper {
         .await?;
         for (i, x) in &detections {
             let d = &due[*i];
+            let n = &x.naming;
             let mut labels = BTreeMap::from([
-                ("alertname".to_string(), x.alertname.clone()),
-                ("severity".to_string(), x.severity.clone()),
+                ("alertname".to_string(), n.alertname.clone()),
+                ("severity".to_string(), n.severity.clone()),
                 ("tenant".to_string(), d.tenant.clone()),
                 ("resource".to_string(), d.resource.clone()),
                 ("metric".to_string(), d.metric.clone()),
-                ("rule".to_string(), x.rule.clone()),
+                ("rule".to_string(), n.rule.clone()),
             ]);
-            labels.insert(x.resource_label.clone(), d.resource.clone());
+            labels.insert(n.resource_label.clone(), d.resource.clone());
             sqlx::query(
                 "INSERT INTO anomaly (id, tenant, resource, metric, rule, fingerprint, status, minute, \
                                       labels, annotations, figures) \
@@ -364,8 +400,8 @@ impl Sweeper {
             .bind(&d.tenant)
             .bind(&d.resource)
             .bind(&d.metric)
-            .bind(&x.rule)
-            .bind(fingerprint(&d.tenant, &d.resource, &d.metric, &x.rule))
+            .bind(&n.rule)
+            .bind(fingerprint(&d.tenant, &d.resource, &d.metric, &n.rule))
             .bind(match x.status {
                 AlertStatus::Firing => "firing",
                 AlertStatus::Resolved => "resolved",
@@ -377,7 +413,7 @@ impl Sweeper {
             .execute(&mut *tx)
             .await?;
             if x.status == AlertStatus::Firing {
-                crate::telemetry::anomaly_detected(&x.rule);
+                crate::telemetry::anomaly_detected(&n.rule);
             }
         }
         tx.commit().await?;
@@ -509,16 +545,9 @@ fn judge_series(
                 let (value, base) = (rule.oriented(s.value), rule.oriented(s.baseline));
                 let firing = step == Step::Fired;
                 found.push(Detection {
-                    rule: rule.name.clone(),
-                    status: if firing {
-                        AlertStatus::Firing
-                    } else {
-                        AlertStatus::Resolved
-                    },
+                    naming: Naming::from(rule),
+                    status: status(firing),
                     minute: *t,
-                    alertname: rule.alertname.clone(),
-                    severity: rule.severity.clone(),
-                    resource_label: rule.resource_label.clone(),
                     summary: if firing {
                         format!(
                             "{} of {} at {} against a baseline of {} ({:.1} robust σ {})",
@@ -570,16 +599,9 @@ fn judge_series(
             }
             burning = now_burning;
             found.push(Detection {
-                rule: rule.name.clone(),
-                status: if burning {
-                    AlertStatus::Firing
-                } else {
-                    AlertStatus::Resolved
-                },
+                naming: Naming::from(*rule),
+                status: status(burning),
                 minute: *t,
-                alertname: rule.alertname.clone(),
-                severity: rule.severity.clone(),
-                resource_label: rule.resource_label.clone(),
                 summary: format!(
                     "{} of {} burns the error budget of a {} % SLO {long:.1}x over {} min and {short:.1}x over {} min (alerting at {}x)",
                     d.metric,
