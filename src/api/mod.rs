@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod provenance;
 pub mod schema;
 pub mod serve;
 pub mod signals;
@@ -63,6 +64,7 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/case/{id}/transition", patch(cases::transition))
         .route("/case/{id}/plan", get(plans::current).post(plans::propose))
         .route("/case/{id}/executions", get(executions::list))
+        .route("/case/{id}/provenance", get(provenance::chain))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route(

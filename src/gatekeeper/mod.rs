@@ -88,7 +88,8 @@ impl CaseWorker for Gatekeeper {
         };
         sqlx::query(
             "UPDATE plan_proposed SET required_approvers = $2, gate_verdict = $3, gate_risk = $4, \
-             gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7 WHERE id = $1",
+             gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7, gate_decided_at = now() \
+             WHERE id = $1",
         )
         .bind(plan_id)
         .bind(decision.verdict.required_approvers().map(i16::from))

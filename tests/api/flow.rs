@@ -114,13 +114,14 @@ impl Loop {
     /// Every role, through execution and verification; the verifier judges
     /// from metric_1m.
     pub async fn full(pool: PgPool) -> Loop {
-        Loop::full_with_verify(
+        Loop::full_with(
             pool,
             VerifySettings {
                 delay_s: 0,
                 min_coverage: 0.5,
                 ..VerifySettings::default()
             },
+            None,
         )
         .await
     }
@@ -128,7 +129,21 @@ impl Loop {
     /// Every role, with a verifier built from `verify` (a Prometheus source,
     /// for one).
     pub async fn full_with_verify(pool: PgPool, verify: VerifySettings) -> Loop {
-        let mut lp = Loop::build(pool.clone(), policy(), None).await;
+        Loop::full_with(pool, verify, None).await
+    }
+
+    /// Every role, planning with `llm`; the verifier judges from metric_1m.
+    pub async fn full_with_llm(pool: PgPool, llm: LlmPlanner) -> Loop {
+        let verify = VerifySettings {
+            delay_s: 0,
+            min_coverage: 0.5,
+            ..VerifySettings::default()
+        };
+        Loop::full_with(pool, verify, Some(llm)).await
+    }
+
+    async fn full_with(pool: PgPool, verify: VerifySettings, llm: Option<LlmPlanner>) -> Loop {
+        let mut lp = Loop::build(pool.clone(), policy(), llm).await;
         let js = jetstream::new(lp._nats.client().await);
         let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
         let wake = lp.app.orchestrator.outbox_ready();

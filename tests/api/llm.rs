@@ -16,7 +16,7 @@ use crate::flow::Loop;
 
 const HANG: Duration = Duration::from_secs(30);
 
-fn settings(base_url: &str) -> LlmSettings {
+pub(crate) fn settings(base_url: &str) -> LlmSettings {
     LlmSettings {
         base_url: Some(base_url.to_string()),
         api_key: "test-key".into(),

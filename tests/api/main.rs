@@ -21,6 +21,7 @@ mod migrations;
 mod nats;
 mod ops;
 mod plans;
+mod provenance;
 mod pubsub;
 mod replay;
 mod signals;

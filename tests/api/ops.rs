@@ -86,6 +86,7 @@ async fn real_answers_match_their_documented_schemas(pool: PgPool) {
         (format!("/case/{case}/timeline"), "/case/{id}/timeline"),
         (format!("/case/{case}/plan"), "/case/{id}/plan"),
         (format!("/case/{case}/executions"), "/case/{id}/executions"),
+        (format!("/case/{case}/provenance"), "/case/{id}/provenance"),
         ("/cases".to_string(), "/cases"),
         ("/readyz".to_string(), "/readyz"),
     ];

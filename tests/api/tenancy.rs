@@ -20,6 +20,7 @@ enum Endpoint {
     Read,
     Timeline,
     Executions,
+    Provenance,
     Plan,
     /// `dismiss` with `If-Match` at the case's version.
     Transition,
@@ -53,6 +54,10 @@ const MATRIX: &[(Endpoint, &str, u16, u16)] = &[
     (E::Executions, APPROVER, 200, 404),
     (E::Executions, SERVICE, 200, 404),
     (E::Executions, ADMIN, 200, 200),
+    (E::Provenance, VIEWER, 200, 404),
+    (E::Provenance, OPERATOR, 200, 404),
+    (E::Provenance, SERVICE, 200, 404),
+    (E::Provenance, ADMIN, 200, 200),
     (E::Plan, VIEWER, 200, 404),
     (E::Plan, OPERATOR, 200, 404),
     (E::Plan, APPROVER, 200, 404),
@@ -137,6 +142,12 @@ async fn call(
             E::Executions => (
                 Method::GET,
                 format!("/case/{case}/executions"),
+                vec![],
+                None,
+            ),
+            E::Provenance => (
+                Method::GET,
+                format!("/case/{case}/provenance"),
                 vec![],
                 None,
             ),

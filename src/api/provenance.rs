@@ -1,0 +1,375 @@
+//! `GET /case/{id}/provenance`: everything that decided a case, as one
+//! ordered chain an approver or an auditor reads (and keeps: the answer is
+//! the export): the signals that opened it, the analyst's findings, every
+//! plan attempt the LLM made (model, prompt version and hash, errors), each
+//! plan proposed, the gate's decision with its computed risk and reasons,
+//! the approvals (who, when, for which hash), the execution runs with each
+//! step's output, and the verifications with their figures.
+//!
+//! Read-only, tenant-scoped like every read. Dry-run artefacts and
+//! retrieval (issues #17 and #19) are not recorded yet, so not in the chain.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::cases::fetch_case;
+use super::error::ApiError;
+use super::extract::{Auth, CasePath};
+use super::state::AppState;
+use crate::model::Case;
+
+/// The case and its chain, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Provenance {
+    pub case: Case,
+    /// Every link, ordered by time; links of one moment in chain order
+    /// (signal, findings, plan attempt, plan, gate, approval, execution,
+    /// verification).
+    pub chain: Vec<Link>,
+    pub exported_at: DateTime<Utc>,
+}
+
+/// One link of the chain, by its `stage`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Link {
+    /// A signal (an alert, a detection) as it arrived.
+    Signal {
+        at: DateTime<Utc>,
+        evidence_id: Uuid,
+        /// `signal.alertmanager` or `signal.detector`.
+        kind: String,
+        source: String,
+        #[schema(value_type = Object)]
+        data: Value,
+    },
+    /// The analyst's findings (`evt.analysis.findings.v1`'s report).
+    Findings {
+        at: DateTime<Utc>,
+        evidence_id: Uuid,
+        #[schema(value_type = Object)]
+        findings: Value,
+    },
+    /// One request of the LLM planner.
+    PlanAttempt {
+        at: DateTime<Utc>,
+        attempt_id: Uuid,
+        command_id: Uuid,
+        attempt: i32,
+        model: String,
+        prompt_version: String,
+        prompt_hash: String,
+        structured_output: bool,
+        latency_ms: i32,
+        prompt_tokens: Option<i32>,
+        completion_tokens: Option<i32>,
+        /// `valid`, `invalid`, `timeout`, `http_error` or `garbage`.
+        outcome: String,
+        #[schema(value_type = Vec<Object>)]
+        errors: Value,
+        plan_hash: Option<String>,
+    },
+    /// A plan proposed for the case (template, LLM or a person).
+    Plan {
+        at: DateTime<Utc>,
+        plan_id: Uuid,
+        plan_hash: String,
+        source: String,
+        author: String,
+        #[schema(value_type = Object)]
+        plan: Value,
+    },
+    /// The gatekeeper's decision on a plan. `at` is absent for decisions
+    /// recorded before the time was (migration 21).
+    Gate {
+        at: Option<DateTime<Utc>>,
+        plan_hash: String,
+        verdict: String,
+        risk: f64,
+        reasons: Vec<String>,
+        required_approvers: Option<i16>,
+        freeze: Option<String>,
+        auto_rollback: bool,
+    },
+    /// An approval of an exact plan: the gatekeeper's (`auto`) or a
+    /// person's (`human`).
+    Approval {
+        at: DateTime<Utc>,
+        plan_hash: String,
+        approver: String,
+        kind: String,
+        reasons: Vec<String>,
+    },
+    /// A run (or rollback) of a plan, with every step's output.
+    Execution {
+        at: DateTime<Utc>,
+        run_id: Uuid,
+        /// `run` or `rollback`.
+        kind: String,
+        plan_hash: String,
+        status: String,
+        error: Option<String>,
+        finished_at: Option<DateTime<Utc>>,
+        #[schema(value_type = Vec<Object>)]
+        steps: Value,
+    },
+    /// A verification with its figures.
+    Verification {
+        at: DateTime<Utc>,
+        plan_hash: String,
+        /// `pass`, `breach`, `no_data` or `inconclusive`.
+        outcome: String,
+        #[schema(value_type = Vec<Object>)]
+        checks: Value,
+        window_from: DateTime<Utc>,
+        window_to: DateTime<Utc>,
+    },
+}
+
+impl Link {
+    /// (time, rank in the chain): links of one moment keep chain order.
+    fn order(&self) -> (Option<DateTime<Utc>>, u8) {
+        match self {
+            Link::Signal { at, .. } => (Some(*at), 0),
+            Link::Findings { at, .. } => (Some(*at), 1),
+            Link::PlanAttempt { at, .. } => (Some(*at), 2),
+            Link::Plan { at, .. } => (Some(*at), 3),
+            Link::Gate { at, .. } => (*at, 4),
+            Link::Approval { at, .. } => (Some(*at), 5),
+            Link::Execution { at, .. } => (Some(*at), 6),
+            Link::Verification { at, .. } => (Some(*at), 7),
+        }
+    }
+}
+
+type EvidenceRow = (DateTime<Utc>, Uuid, String, String, String, Value);
+type AttemptRow = (
+    DateTime<Utc>,
+    Uuid,
+    Uuid,
+    i32,
+    String,
+    String,
+    String,
+    bool,
+    i32,
+    Option<i32>,
+    Option<i32>,
+    String,
+    Value,
+    Option<String>,
+);
+type PlanRow = (
+    DateTime<Utc>,
+    Uuid,
+    String,
+    String,
+    String,
+    Value,
+    Option<DateTime<Utc>>,
+    Option<String>,
+    Option<f64>,
+    Option<Vec<String>>,
+    Option<i16>,
+    Option<String>,
+    Option<bool>,
+);
+type RunRow = (
+    DateTime<Utc>,
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    Value,
+);
+
+type VerificationRow = (
+    DateTime<Utc>,
+    String,
+    String,
+    Value,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+/// The provenance chain of a case.
+#[utoipa::path(get, path = "/case/{id}/provenance", tag = "cases",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Provenance,
+               description = "the case and its chain: signals, findings, plan attempts, plans, gate decisions, approvals, executions with step output, verifications; oldest first"),
+              (status = 404, body = crate::problem::Problem)),
+    security(("bearer" = [])))]
+pub async fn chain(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    CasePath(id): CasePath,
+) -> Result<Json<Provenance>, ApiError> {
+    // Only a case in the caller's tenants has a chain to read.
+    let case = fetch_case(&state, &who, id).await?;
+    let pool = state.orchestrator.pool();
+    let mut chain = Vec::new();
+    let evidence: Vec<EvidenceRow> = sqlx::query_as(
+        "SELECT l.at, e.id, l.role, e.type, e.source, e.data FROM evidence_link l \
+         JOIN event_envelope e ON e.id = l.envelope_id WHERE l.case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for (at, evidence_id, role, kind, source, data) in evidence {
+        chain.push(match role.as_str() {
+            "findings" => Link::Findings {
+                at,
+                evidence_id,
+                findings: data,
+            },
+            _ => Link::Signal {
+                at,
+                evidence_id,
+                kind,
+                source,
+                data,
+            },
+        });
+    }
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
+        "SELECT created_at, id, command_id, attempt, model, prompt_version, prompt_hash, \
+                structured_output, latency_ms, prompt_tokens, completion_tokens, outcome, errors, plan_hash \
+         FROM plan_attempt WHERE case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    chain.extend(attempts.into_iter().map(|a| Link::PlanAttempt {
+        at: a.0,
+        attempt_id: a.1,
+        command_id: a.2,
+        attempt: a.3,
+        model: a.4,
+        prompt_version: a.5,
+        prompt_hash: a.6,
+        structured_output: a.7,
+        latency_ms: a.8,
+        prompt_tokens: a.9,
+        completion_tokens: a.10,
+        outcome: a.11,
+        errors: a.12,
+        plan_hash: a.13,
+    }));
+    let plans: Vec<PlanRow> = sqlx::query_as(
+        "SELECT created_at, id, plan_hash, source, author, plan, gate_decided_at, gate_verdict, \
+                gate_risk, gate_reasons, required_approvers, gate_freeze, gate_auto_rollback \
+         FROM plan_proposed WHERE case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for p in plans {
+        let plan_hash = p.2.clone();
+        chain.push(Link::Plan {
+            at: p.0,
+            plan_id: p.1,
+            plan_hash: p.2,
+            source: p.3,
+            author: p.4,
+            plan: p.5,
+        });
+        if let (Some(verdict), Some(risk), Some(reasons)) = (p.7, p.8, p.9) {
+            chain.push(Link::Gate {
+                at: p.6,
+                plan_hash,
+                verdict,
+                risk,
+                reasons,
+                required_approvers: p.10,
+                freeze: p.11,
+                auto_rollback: p.12.unwrap_or(false),
+            });
+        }
+    }
+    type ApprovalRow = (
+        DateTime<Utc>,
+        String,
+        String,
+        String,
+        sqlx::types::Json<Vec<String>>,
+    );
+    let approvals: Vec<ApprovalRow> = sqlx::query_as(
+        "SELECT a.decided_at, a.plan_hash, a.approver, a.kind, a.reasons FROM plan_approved a \
+         JOIN plan_proposed p ON p.id = a.plan_id WHERE p.case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    chain.extend(
+        approvals
+            .into_iter()
+            .map(|(at, plan_hash, approver, kind, reasons)| Link::Approval {
+                at,
+                plan_hash,
+                approver,
+                kind,
+                reasons: reasons.0,
+            }),
+    );
+    let runs: Vec<RunRow> = sqlx::query_as(
+        "SELECT r.started_at, r.id, r.kind, r.plan_hash, r.status, r.error, r.finished_at, \
+           COALESCE((SELECT jsonb_agg(jsonb_build_object('phase', s.phase, 'index', s.idx, \
+              'action', s.action, 'status', s.status, 'tries', s.tries, 'result', s.result, \
+              'started_at', s.started_at, 'finished_at', s.finished_at) \
+              ORDER BY s.phase DESC, s.idx) FROM exec_step s WHERE s.run_id = r.id), '[]'::jsonb) \
+         FROM exec_run r WHERE r.case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    chain.extend(runs.into_iter().map(|r| Link::Execution {
+        at: r.0,
+        run_id: r.1,
+        kind: r.2,
+        plan_hash: r.3,
+        status: r.4,
+        error: r.5,
+        finished_at: r.6,
+        steps: r.7,
+    }));
+    let verifications: Vec<VerificationRow> = sqlx::query_as(
+        "SELECT at, plan_hash, outcome, checks, window_from, window_to FROM verify_result \
+             WHERE case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    chain.extend(verifications.into_iter().map(
+        |(at, plan_hash, outcome, checks, window_from, window_to)| Link::Verification {
+            at,
+            plan_hash,
+            outcome,
+            checks,
+            window_from,
+            window_to,
+        },
+    ));
+    // A decision without a recorded time sits right after its plan: the
+    // stable sort keeps it there when its key borrows the plan's.
+    let mut keyed: Vec<((DateTime<Utc>, u8), Link)> = Vec::with_capacity(chain.len());
+    let mut last_plan_at = DateTime::<Utc>::MIN_UTC;
+    for link in chain {
+        let (at, rank) = link.order();
+        if let Link::Plan { at, .. } = &link {
+            last_plan_at = *at;
+        }
+        keyed.push(((at.unwrap_or(last_plan_at), rank), link));
+    }
+    keyed.sort_by_key(|(key, _)| *key);
+    Ok(Json(Provenance {
+        case,
+        chain: keyed.into_iter().map(|(_, link)| link).collect(),
+        exported_at: Utc::now(),
+    }))
+}
