@@ -271,33 +271,6 @@ fn response_schemas(doc: &mut Value) {
         "application/json",
         json!({"type": "object", "required": ["stored"], "properties": {"stored": {"type": "integer", "minimum": 0}}}),
     );
-    let step = json!({"type": "object", "required": ["phase", "index", "action", "status", "tries"],
-        "properties": {"phase": {"type": "string"}, "index": {"type": "integer"}, "action": {"type": "string"},
-                       "status": {"type": "string"}, "tries": {"type": "integer"}, "result": {}}});
-    at(
-        doc,
-        "/case/{id}/executions",
-        "get",
-        "200",
-        "application/json",
-        json!({
-            "type": "object", "required": ["runs", "verifications"],
-            "properties": {
-                "runs": {"type": "array", "items": {"type": "object",
-                    "required": ["id", "kind", "status", "plan_hash", "started_at", "steps"],
-                    "properties": {"id": {"type": "string", "format": "uuid"}, "kind": {"enum": ["run", "rollback"]},
-                                   "status": {"type": "string"}, "plan_hash": {"type": "string"},
-                                   "attempt_id": {"type": ["string", "null"]}, "error": {"type": ["string", "null"]},
-                                   "started_at": time, "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                                   "steps": {"type": "array", "items": step}}}},
-                "verifications": {"type": "array", "items": {"type": "object",
-                    "required": ["outcome", "plan_hash", "checks", "window_from", "window_to", "at"],
-                    "properties": {"outcome": {"enum": ["pass", "breach", "no_data", "inconclusive"]},
-                                   "plan_hash": {"type": "string"}, "checks": {"type": "array"},
-                                   "window_from": time, "window_to": time, "at": time}}}
-            }
-        }),
-    );
     at(
         doc,
         "/case/{id}/plan",

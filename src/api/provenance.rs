@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::cases::fetch_case;
 use super::error::ApiError;
+use super::executions::{StepShown, runs_of, verifications_of};
 use super::extract::{Auth, CasePath};
 use super::state::AppState;
 use crate::model::Case;
@@ -114,8 +115,7 @@ pub enum Link {
         status: String,
         error: Option<String>,
         finished_at: Option<DateTime<Utc>>,
-        #[schema(value_type = Vec<Object>)]
-        steps: Value,
+        steps: Vec<StepShown>,
     },
     /// A verification with its figures.
     Verification {
@@ -177,25 +177,6 @@ type PlanRow = (
     Option<i16>,
     Option<String>,
     Option<bool>,
-);
-type RunRow = (
-    DateTime<Utc>,
-    Uuid,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Value,
-);
-
-type VerificationRow = (
-    DateTime<Utc>,
-    String,
-    String,
-    Value,
-    DateTime<Utc>,
-    DateTime<Utc>,
 );
 
 /// The provenance chain of a case.
@@ -317,44 +298,35 @@ pub async fn chain(
                 reasons: reasons.0,
             }),
     );
-    let runs: Vec<RunRow> = sqlx::query_as(
-        "SELECT r.started_at, r.id, r.kind, r.plan_hash, r.status, r.error, r.finished_at, \
-           COALESCE((SELECT jsonb_agg(jsonb_build_object('phase', s.phase, 'index', s.idx, \
-              'action', s.action, 'status', s.status, 'tries', s.tries, 'result', s.result, \
-              'started_at', s.started_at, 'finished_at', s.finished_at) \
-              ORDER BY s.phase DESC, s.idx) FROM exec_step s WHERE s.run_id = r.id), '[]'::jsonb) \
-         FROM exec_run r WHERE r.case_id = $1",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    chain.extend(runs.into_iter().map(|r| Link::Execution {
-        at: r.0,
-        run_id: r.1,
-        kind: r.2,
-        plan_hash: r.3,
-        status: r.4,
-        error: r.5,
-        finished_at: r.6,
-        steps: r.7,
-    }));
-    let verifications: Vec<VerificationRow> = sqlx::query_as(
-        "SELECT at, plan_hash, outcome, checks, window_from, window_to FROM verify_result \
-             WHERE case_id = $1",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    chain.extend(verifications.into_iter().map(
-        |(at, plan_hash, outcome, checks, window_from, window_to)| Link::Verification {
-            at,
-            plan_hash,
-            outcome,
-            checks,
-            window_from,
-            window_to,
-        },
-    ));
+    // Every run and verification: an audit export leaves nothing out.
+    chain.extend(
+        runs_of(pool, id, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|r| Link::Execution {
+                at: r.started_at,
+                run_id: r.id,
+                kind: r.kind,
+                plan_hash: r.plan_hash,
+                status: r.status,
+                error: r.error,
+                finished_at: r.finished_at,
+                steps: r.steps,
+            }),
+    );
+    chain.extend(
+        verifications_of(pool, id, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|v| Link::Verification {
+                at: v.at,
+                plan_hash: v.plan_hash,
+                outcome: v.outcome,
+                checks: v.checks,
+                window_from: v.window_from,
+                window_to: v.window_to,
+            }),
+    );
     // A decision without a recorded time sits right after its plan: the
     // stable sort keeps it there when its key borrows the plan's.
     let mut keyed: Vec<((DateTime<Utc>, u8), Link)> = Vec::with_capacity(chain.len());
