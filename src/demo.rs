@@ -167,19 +167,24 @@ impl Client {
         token: &str,
         service: &str,
         secs: u64,
-    ) -> anyhow::Result<Value> {
+    ) -> anyhow::Result<crate::model::Case> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            items: Vec<crate::model::Case>,
+        }
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
         loop {
-            let list = self
-                .get(&format!("/cases?tenant={TENANT}&limit=50"), token)
-                .await?;
-            let found = list["items"]
-                .as_array()
+            let page: Page = serde_json::from_value(
+                self.get(&format!("/cases?tenant={TENANT}&limit=50"), token)
+                    .await?,
+            )
+            .context("the case list")?;
+            let found = page
+                .items
                 .into_iter()
-                .flatten()
-                .find(|c| c["labels"]["service"] == service);
+                .find(|c| c.labels.get("service").and_then(Value::as_str) == Some(service));
             if let Some(case) = found {
-                return Ok(case.clone());
+                return Ok(case);
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("no case for {service} opened within {secs} s: the detector did not fire");
@@ -365,12 +370,12 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     let case = client
         .case_of_service(&tokens.operator, &detected, 60)
         .await?;
-    let third = case["id"].as_str().context("case id")?.to_string();
+    let third = case.id.to_string();
     println!(
         "demo: the analyst opened case {third} by itself: {:?} (kind {}, severity {})",
-        case["title"].as_str().unwrap_or(""),
-        case["kind"],
-        case["severity"]
+        case.title,
+        case.kind.as_deref().unwrap_or("-"),
+        case.severity
     );
     let (case, _) = client
         .wait_for(&third, &tokens.operator, 90, "closing", terminal)
