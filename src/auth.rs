@@ -152,6 +152,12 @@ impl Identity {
         }
     }
 
+    /// Re-issuing the command a case's status waits for (DESIGN §6
+    /// re-drive routes): a person who runs cases, never a worker.
+    pub fn may_redrive(&self) -> bool {
+        self.human_with(Role::Operator) || self.human_with(Role::Admin)
+    }
+
     pub fn may_create_cases(&self) -> bool {
         self.has(Role::Operator) || self.has(Role::Service)
     }

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plans;
 pub mod provenance;
+pub mod redrive;
 pub mod schema;
 pub mod serve;
 pub mod signals;
@@ -67,6 +68,10 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/case/{id}/provenance", get(provenance::chain))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
+        .route("/plan/generate", post(redrive::plan_generate))
+        .route("/gate/eval", post(redrive::gate_eval))
+        .route("/adapter/exec", post(redrive::adapter_exec))
+        .route("/verify/run", post(redrive::verify_run))
         .route(
             "/metrics/ingest",
             post(metrics::ingest).layer(DefaultBodyLimit::max(BULK_BODY_LIMIT)),

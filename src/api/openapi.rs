@@ -13,13 +13,14 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{cases, executions, metrics, ops, plans, provenance, schema, signals};
+use super::{cases, executions, metrics, ops, plans, provenance, redrive, schema, signals};
 use crate::api::error::PROBLEM_JSON;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
-    paths(metrics::ingest, signals::alertmanager, executions::list, provenance::chain, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
+    paths(metrics::ingest, signals::alertmanager, executions::list, provenance::chain,
+          redrive::plan_generate, redrive::gate_eval, redrive::adapter_exec, redrive::verify_run, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
           cases::transition, plans::propose, plans::current, ops::healthz, ops::readyz, ops::metrics),
     components(schemas(crate::problem::Problem, schema::StatusDoc, schema::EventKindDoc)),
     modifiers(&BearerAuth),

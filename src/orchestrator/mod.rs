@@ -9,6 +9,7 @@
 pub mod consumer;
 mod facts;
 pub mod outcome;
+pub mod redrive;
 pub mod request;
 mod store;
 

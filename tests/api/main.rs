@@ -23,6 +23,7 @@ mod ops;
 mod plans;
 mod provenance;
 mod pubsub;
+mod redrive;
 mod replay;
 mod signals;
 mod split;

@@ -1,0 +1,187 @@
+//! Re-drive endpoints (DESIGN §6): `POST /plan/generate`, `/gate/eval`,
+//! `/adapter/exec`, `/verify/run`. An operator (or admin) re-issues the
+//! command the case's current status waits for; 202 with the command's id,
+//! 409 in another status or while a run of the case is in flight. The
+//! timeline records who did (`orchestrator::redrive`).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use super::state::AppState;
+use crate::auth::Identity;
+use crate::orchestrator::redrive::{Redrive, RedriveError};
+
+/// The case whose command is re-driven.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaseRef {
+    pub case_id: Uuid,
+}
+
+/// `POST /plan/generate`: the case, and optionally a template by name
+/// instead of the planner's own choice.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanGenerate {
+    pub case_id: Uuid,
+    #[schema(pattern = "^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    pub template: Option<String>,
+}
+
+/// A re-driven command, waiting in the outbox.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Redriven {
+    pub case_id: Uuid,
+    /// The command's envelope id (its `Nats-Msg-Id`).
+    pub command_id: Uuid,
+    /// `cmd.plan.generate`, `cmd.gate.eval`, `cmd.exec.run` or `cmd.verify.run`.
+    pub subject: String,
+    /// The `redrive` timeline entry.
+    pub timeline_id: Uuid,
+}
+
+fn valid_template(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
+async fn redrive(
+    state: &AppState,
+    who: &Identity,
+    case_id: Uuid,
+    what: Redrive,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    if !who.may_redrive() {
+        return Err(ApiError::Forbidden(format!(
+            "{} may not re-drive a case: an operator does",
+            who.id
+        )));
+    }
+    let done = state
+        .orchestrator
+        .redrive(case_id, &who.tenants, &who.id, what)
+        .await
+        .map_err(|e| match e {
+            RedriveError::CaseNotFound(id) => ApiError::CaseNotFound(id),
+            e @ RedriveError::WrongStatus { .. } => ApiError::Conflict {
+                code: "wrong_status",
+                detail: e.to_string(),
+            },
+            e @ RedriveError::RunInFlight(_) => ApiError::Conflict {
+                code: "run_in_flight",
+                detail: e.to_string(),
+            },
+            e @ RedriveError::NoPlan => ApiError::Conflict {
+                code: "no_plan",
+                detail: e.to_string(),
+            },
+            RedriveError::Database(e) => ApiError::from(e),
+        })?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Redriven {
+            case_id: done.case.id,
+            command_id: done.command_id,
+            subject: done.subject,
+            timeline_id: done.timeline_id,
+        }),
+    ))
+}
+
+/// Re-issues `cmd.plan.generate` for a case in PLANNING.
+#[utoipa::path(post, path = "/plan/generate", tag = "redrive", request_body = PlanGenerate,
+    responses((status = 202, body = Redriven),
+              (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
+              (status = 404, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in PLANNING")),
+    security(("bearer" = [])))]
+pub async fn plan_generate(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    ApiJson(body): ApiJson<PlanGenerate>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    if let Some(t) = &body.template
+        && !valid_template(t)
+    {
+        return Err(ApiError::InvalidField {
+            field: "template",
+            detail: "a template name: 1-64 of [a-z0-9_.-], starting with a letter or digit".into(),
+        });
+    }
+    let what = Redrive::GeneratePlan {
+        template: body.template,
+    };
+    redrive(&state, &who, body.case_id, what).await
+}
+
+/// Re-issues `cmd.gate.eval` of the current plan, for a case in WAIT_GATE.
+#[utoipa::path(post, path = "/gate/eval", tag = "redrive", request_body = CaseRef,
+    responses((status = 202, body = Redriven),
+              (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
+              (status = 404, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in WAIT_GATE; no_plan")),
+    security(("bearer" = [])))]
+pub async fn gate_eval(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    ApiJson(body): ApiJson<CaseRef>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    redrive(&state, &who, body.case_id, Redrive::EvaluateGate).await
+}
+
+/// Re-issues `cmd.exec.run` of the approved current plan (never an ad-hoc
+/// command), for a case in EXECUTING with no run in flight.
+#[utoipa::path(post, path = "/adapter/exec", tag = "redrive", request_body = CaseRef,
+    responses((status = 202, body = Redriven),
+              (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
+              (status = 404, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in EXECUTING; run_in_flight: a run of the case has not finished; no_plan")),
+    security(("bearer" = [])))]
+pub async fn adapter_exec(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    ApiJson(body): ApiJson<CaseRef>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    redrive(&state, &who, body.case_id, Redrive::Execute).await
+}
+
+/// Re-issues `cmd.verify.run` of the current plan, for a case in VERIFYING.
+#[utoipa::path(post, path = "/verify/run", tag = "redrive", request_body = CaseRef,
+    responses((status = 202, body = Redriven),
+              (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
+              (status = 404, body = crate::problem::Problem),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in VERIFYING; no_plan")),
+    security(("bearer" = [])))]
+pub async fn verify_run(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    ApiJson(body): ApiJson<CaseRef>,
+) -> Result<(StatusCode, Json<Redriven>), ApiError> {
+    redrive(&state, &who, body.case_id, Redrive::Verify).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names() {
+        assert!(valid_template("restart-service"));
+        assert!(valid_template("a"));
+        assert!(!valid_template(""));
+        assert!(!valid_template("-x"));
+        assert!(!valid_template("Restart"));
+        assert!(!valid_template("a b"));
+        assert!(!valid_template(&"a".repeat(65)));
+    }
+}

@@ -1,0 +1,189 @@
+//! Re-drive: an operator re-issues the command that the case's current
+//! status is waiting for (DESIGN §6 `POST /plan/generate`, `/gate/eval`,
+//! `/adapter/exec`, `/verify/run`), when the one the orchestrator sent was
+//! lost (dead-lettered, a worker down too long). Never an ad-hoc command:
+//! the command is the one the FSM sends on entering that status, for the
+//! case's current plan, and the worker judges it as it would the first
+//! (status, plan hash, approvals, freezes). One transaction: the case row
+//! locked, the status checked, the command into the outbox and a `redrive`
+//! entry into the timeline.
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::Orchestrator;
+use crate::auth::TenantScope;
+use crate::case_columns;
+use crate::contract::command::{GeneratePlan, PlanCommand, Verify};
+use crate::contract::{CommandMsg, Message, PlanHash};
+use crate::model::Case;
+use crate::pubsub::outbox;
+use crate::workflow::Status;
+
+/// What to re-drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redrive {
+    /// `cmd.plan.generate` for a case in PLANNING (optionally naming a
+    /// template instead of the planner's own choice).
+    GeneratePlan { template: Option<String> },
+    /// `cmd.gate.eval` of the current plan, in WAIT_GATE.
+    EvaluateGate,
+    /// `cmd.exec.run` of the current plan, in EXECUTING, with no run of the
+    /// case in flight (a step that is not idempotent never runs twice).
+    Execute,
+    /// `cmd.verify.run` of the current plan, in VERIFYING.
+    Verify,
+}
+
+impl Redrive {
+    /// The status the command belongs to.
+    pub fn status(&self) -> Status {
+        match self {
+            Redrive::GeneratePlan { .. } => Status::Planning,
+            Redrive::EvaluateGate => Status::WaitGate,
+            Redrive::Execute => Status::Executing,
+            Redrive::Verify => Status::Verifying,
+        }
+    }
+
+    /// The route's name, as the timeline records it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Redrive::GeneratePlan { .. } => "plan.generate",
+            Redrive::EvaluateGate => "gate.eval",
+            Redrive::Execute => "adapter.exec",
+            Redrive::Verify => "verify.run",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedriveError {
+    #[error("case {0} not found")]
+    CaseNotFound(Uuid),
+    #[error("the case is {status}; {what} re-drives a case in {wanted}")]
+    WrongStatus {
+        status: Status,
+        wanted: Status,
+        what: &'static str,
+    },
+    #[error("a run of the case is in flight ({0}); it reports its own outcome")]
+    RunInFlight(Uuid),
+    #[error("the case has no plan to re-drive")]
+    NoPlan,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// What was re-driven.
+#[derive(Debug, Clone)]
+pub struct Redriven {
+    pub case: Case,
+    /// The command's envelope id (its `Nats-Msg-Id`).
+    pub command_id: Uuid,
+    pub subject: String,
+    pub timeline_id: Uuid,
+}
+
+impl Orchestrator {
+    /// Re-issues the command `what` for the case, as `actor`.
+    pub async fn redrive(
+        &self,
+        case_id: Uuid,
+        tenants: &TenantScope,
+        actor: &str,
+        what: Redrive,
+    ) -> Result<Redriven, RedriveError> {
+        let mut tx = self.pool().begin().await?;
+        let case: Option<Case> = sqlx::query_as(concat!(
+            "SELECT ",
+            case_columns!(),
+            " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE"
+        ))
+        .bind(case_id)
+        .bind(tenants.sql())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let case = case.ok_or(RedriveError::CaseNotFound(case_id))?;
+        if case.status != what.status() {
+            return Err(RedriveError::WrongStatus {
+                status: case.status,
+                wanted: what.status(),
+                what: what.name(),
+            });
+        }
+        let plan: Option<PlanHash> = sqlx::query_scalar(
+            "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(case_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let current = || plan.clone().ok_or(RedriveError::NoPlan);
+        let command = match &what {
+            Redrive::GeneratePlan { template } => CommandMsg::GeneratePlan(GeneratePlan {
+                feedback: None,
+                template: template.clone(),
+            }),
+            Redrive::EvaluateGate => CommandMsg::EvaluateGate(PlanCommand {
+                plan_hash: current()?,
+            }),
+            Redrive::Execute => {
+                let running: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT id FROM exec_run WHERE case_id = $1 AND status = 'running' LIMIT 1",
+                )
+                .bind(case_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(run) = running {
+                    return Err(RedriveError::RunInFlight(run));
+                }
+                CommandMsg::Execute(PlanCommand {
+                    plan_hash: current()?,
+                })
+            }
+            Redrive::Verify => CommandMsg::Verify(Verify {
+                plan_hash: Some(current()?),
+            }),
+        };
+        let timeline_id = Uuid::now_v7();
+        let message = Message::for_case(&case, actor, Some(timeline_id), command);
+        let envelope = message.to_envelope();
+        let trace_id = Uuid::new_v4().simple().to_string();
+        outbox::enqueue(
+            &mut tx,
+            Some(case_id),
+            std::slice::from_ref(&envelope),
+            &outbox::traceparent(&trace_id),
+        )
+        .await?;
+        sqlx::query(
+            "INSERT INTO case_timeline (id, case_id, kind, from_status, to_status, version, actor, \
+             correlation_id, meta) VALUES ($1, $2, 'redrive', $3, $3, $4, $5, $6, $7)",
+        )
+        .bind(timeline_id)
+        .bind(case_id)
+        .bind(case.status.as_str())
+        .bind(case.version)
+        .bind(actor)
+        .bind(case.correlation_id)
+        .bind(json!({
+            "redrive": what.name(),
+            "command_id": envelope.id,
+            "subject": envelope.kind,
+            "template": match &what { Redrive::GeneratePlan { template } => template.clone(), _ => None },
+            "trace_id": trace_id,
+        }))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.outbox_ready().wake();
+        tracing::info!(case.id = %case_id, redrive = what.name(), command.id = %envelope.id,
+                       actor, "Command re-driven.");
+        Ok(Redriven {
+            case,
+            command_id: envelope.id,
+            subject: envelope.kind,
+            timeline_id,
+        })
+    }
+}
