@@ -209,6 +209,9 @@ pub struct Notice {
     /// The evidence's `source` (Alertmanager's external URL, or the rule).
     pub origin: String,
     pub context: serde_json::Map<String, Value>,
+    /// The detector's `anomaly` row this alert is, marked taken (with its
+    /// outcome and case) in the transaction that takes it.
+    pub anomaly: Option<Uuid>,
 }
 
 impl Notice {
@@ -225,6 +228,7 @@ impl Notice {
                 .clone()
                 .unwrap_or_else(|| "alertmanager".into()),
             context,
+            anomaly: None,
         }
     }
 }
@@ -342,6 +346,7 @@ pub async fn take_alert(
     if alert.fingerprint.is_empty() || alert.fingerprint.chars().count() > 200 {
         let refused =
             AlertOutcome::refused(&alert.fingerprint, "fingerprint: 1-200 characters".into());
+        mark_taken(orchestrator.pool(), notice, Verdict::Refused, None).await?;
         crate::telemetry::signal_received(notice.source.as_str(), refused.outcome.as_str());
         return Ok(refused);
     }
@@ -460,6 +465,7 @@ async fn take_one(
         }
         (None, AlertStatus::Resolved) => {
             tx.rollback().await?;
+            mark_taken(pool, notice, Verdict::Ignored, None).await?;
             let ignored = AlertOutcome {
                 fingerprint: alert.fingerprint.clone(),
                 outcome: Verdict::Ignored,
@@ -526,6 +532,7 @@ async fn take_one(
         .bind(envelope)
         .execute(&mut *tx)
         .await?;
+    mark_taken(&mut *tx, notice, outcome, Some(case_id)).await?;
     tx.commit().await?;
     let taken = AlertOutcome {
         fingerprint: alert.fingerprint.clone(),
@@ -534,6 +541,25 @@ async fn take_one(
         case_id: Some(case_id),
     };
     Ok((taken, next))
+}
+
+/// Marks the detector's anomaly row of `notice` (if any) taken.
+async fn mark_taken<'e>(
+    conn: impl sqlx::PgExecutor<'e>,
+    notice: &Notice,
+    outcome: Verdict,
+    case_id: Option<Uuid>,
+) -> Result<(), sqlx::Error> {
+    let Some(anomaly) = notice.anomaly else {
+        return Ok(());
+    };
+    sqlx::query("UPDATE anomaly SET taken_at = now(), outcome = $2, case_id = $3 WHERE id = $1")
+        .bind(anomaly)
+        .bind(outcome.as_str())
+        .bind(case_id)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Starts or dismisses a case as the analyst, after the alert committed.

@@ -233,6 +233,12 @@ impl SignalsFile {
                     "rule {name:?}: names are 1-64 of [A-Za-z0-9_.:-] and unique"
                 ));
             }
+            // The fixed labels of a detection are not the resource's to take.
+            if ["alertname", "severity", "tenant", "metric", "rule"].contains(&label.as_str()) {
+                return Err(format!(
+                    "rule {name}: resource_label {label:?} would overwrite a detection's own label"
+                ));
+            }
             if !valid_name(alertname) || !valid_name(label) {
                 return Err(format!(
                     "rule {name}: alertname and resource_label are 1-64 of [A-Za-z0-9_.:-]"
@@ -331,6 +337,7 @@ mod tests {
             "[[baseline]]\nname='a'\nseverity='urgent'",
             "[[baseline]]\nname='a'\nk=0",
             "[intake.tenants.acme]\nautostart=['warning']",
+            "[[baseline]]\nname='a'\nresource_label='severity'",
         ];
         for text in bad {
             let file: SignalsFile = toml::from_str(text).expect("parses");

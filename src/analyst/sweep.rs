@@ -420,10 +420,16 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Takes stored detections through intake, oldest first, as the
-    /// analyst's identity. Returns how many were taken.
+    /// Takes stored detections through intake as the analyst's identity,
+    /// each fingerprint's in the order of their minutes. Returns how many
+    /// were taken.
+    ///
+    /// An analyst claims the earliest pending detection of each fingerprint
+    /// for a short lease (a row another analyst holds keeps its fingerprint
+    /// waiting, so a resolution is never taken before its firing); intake
+    /// marks the row taken in its own transaction. No lock is held across
+    /// intake, which takes case locks of its own.
     pub async fn take_pending(&self) -> Result<usize, TransitionError> {
-        let mut tx = self.pool.begin().await?;
         type Pending = (
             Uuid,
             String,
@@ -435,69 +441,66 @@ impl Sweeper {
             Value,
             Value,
         );
-        let pending: Vec<Pending> = sqlx::query_as(
-            "SELECT id, tenant, rule, fingerprint, status, minute, labels, annotations, figures \
-             FROM anomaly WHERE taken_at IS NULL ORDER BY detected_at LIMIT 200 \
-             FOR UPDATE SKIP LOCKED",
-        )
-        .fetch_all(&mut *tx)
-        .await?;
         let actor = <&str>::from(Role::Analyst);
-        for (id, tenant, rule, fingerprint, status, minute, labels, annotations, figures) in
-            &pending
-        {
-            let (outcome, case_id) = match Tenant::try_from(tenant.clone()) {
-                Ok(t) => {
-                    let firing = status == "firing";
-                    let alert = Alert {
-                        status: if firing {
-                            AlertStatus::Firing
-                        } else {
-                            AlertStatus::Resolved
-                        },
-                        labels: serde_json::from_value(labels.clone()).unwrap_or_default(),
-                        annotations: serde_json::from_value(annotations.clone())
-                            .unwrap_or_default(),
-                        starts_at: firing.then_some(*minute),
-                        ends_at: (!firing).then_some(*minute),
-                        generator_url: None,
-                        fingerprint: fingerprint.clone(),
-                    };
-                    let mut context = serde_json::Map::new();
-                    context.insert("anomaly_id".into(), json!(id));
-                    context.insert("figures".into(), figures.clone());
-                    let notice = Notice {
-                        source: Source::Detector,
-                        group_key: None,
-                        origin: format!("detector/{rule}"),
-                        context,
-                    };
-                    let taken = intake::take_alert(
-                        &self.orchestrator,
-                        &self.intake,
-                        actor,
-                        &t,
-                        &notice,
-                        &alert,
-                    )
-                    .await?;
-                    (taken.outcome.as_str(), taken.case_id)
-                }
-                // Ingest refuses such a tenant; an old row is not a reason
-                // to stop taking the others.
-                Err(_) => ("refused", None),
-            };
-            sqlx::query(
-                "UPDATE anomaly SET taken_at = now(), outcome = $2, case_id = $3 WHERE id = $1",
+        let mut taken = 0;
+        loop {
+            let mut pending: Vec<Pending> = sqlx::query_as(
+                "UPDATE anomaly a SET claimed_until = now() + interval '2 minutes' \
+                 WHERE a.id IN (SELECT DISTINCT ON (tenant, fingerprint) id FROM anomaly \
+                                WHERE taken_at IS NULL ORDER BY tenant, fingerprint, minute, id) \
+                   AND (a.claimed_until IS NULL OR a.claimed_until < now()) \
+                 RETURNING a.id, a.tenant, a.rule, a.fingerprint, a.status, a.minute, a.labels, \
+                           a.annotations, a.figures",
             )
-            .bind(id)
-            .bind(outcome)
-            .bind(case_id)
-            .execute(&mut *tx)
+            .fetch_all(&self.pool)
             .await?;
+            if pending.is_empty() {
+                return Ok(taken);
+            }
+            pending.sort_by_key(|p| (p.5, p.0));
+            for (id, tenant, rule, fingerprint, status, minute, labels, annotations, figures) in
+                pending
+            {
+                taken += 1;
+                let Ok(t) = Tenant::try_from(tenant) else {
+                    // Ingest refuses such a tenant; an old row is no
+                    // reason to stop taking the others.
+                    sqlx::query(
+                        "UPDATE anomaly SET taken_at = now(), outcome = 'refused' WHERE id = $1",
+                    )
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                    continue;
+                };
+                let firing = status == "firing";
+                let alert = Alert {
+                    status: if firing {
+                        AlertStatus::Firing
+                    } else {
+                        AlertStatus::Resolved
+                    },
+                    labels: serde_json::from_value(labels).unwrap_or_default(),
+                    annotations: serde_json::from_value(annotations).unwrap_or_default(),
+                    starts_at: firing.then_some(minute),
+                    ends_at: (!firing).then_some(minute),
+                    generator_url: None,
+                    fingerprint,
+                };
+                let mut context = serde_json::Map::new();
+                context.insert("anomaly_id".into(), json!(id));
+                context.insert("figures".into(), figures);
+                let notice = Notice {
+                    source: Source::Detector,
+                    group_key: None,
+                    origin: format!("detector/{rule}"),
+                    context,
+                    anomaly: Some(id),
+                };
+                intake::take_alert(&self.orchestrator, &self.intake, actor, &t, &notice, &alert)
+                    .await?;
+            }
         }
-        tx.commit().await?;
-        Ok(pending.len())
     }
 }
 

@@ -274,7 +274,8 @@ pub async fn ingest(
     let col = |f: fn(&MetricRow) -> Value| parsed.iter().map(f).collect::<Vec<_>>();
     // The series' newest minute goes to `metric_series` in the same
     // statement: the detector finds new minutes there (analyst::sweep).
-    // Series rows are taken in key order, so two batches never deadlock.
+    // Rows and series rows are written in key order, so two batches
+    // touching the same keys wait for each other instead of deadlocking.
     let stored: i64 = sqlx::query_scalar(
         "WITH stored AS ( \
            INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
@@ -282,6 +283,7 @@ pub async fn ingest(
                   (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
                   r->'labels' \
            FROM jsonb_array_elements($1) AS r \
+           ORDER BY r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz \
            ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
            max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels \
            RETURNING tenant, resource, metric, ts), \

@@ -85,6 +85,22 @@ async fn redrive(
                 code: "no_plan",
                 detail: e.to_string(),
             },
+            e @ RedriveError::RunExists(..) => ApiError::Conflict {
+                code: "run_exists",
+                detail: e.to_string(),
+            },
+            e @ RedriveError::CommandPending(_) => ApiError::Conflict {
+                code: "command_pending",
+                detail: e.to_string(),
+            },
+            e @ RedriveError::CommandNotLost(_) => ApiError::Conflict {
+                code: "command_not_lost",
+                detail: e.to_string(),
+            },
+            e @ RedriveError::PlanExists(_) => ApiError::Conflict {
+                code: "plan_exists",
+                detail: e.to_string(),
+            },
             RedriveError::Database(e) => ApiError::from(e),
         })?;
     Ok((
@@ -103,7 +119,7 @@ async fn redrive(
     responses((status = 202, body = Redriven),
               (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
               (status = 404, body = crate::problem::Problem),
-              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in PLANNING")),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in PLANNING; command_pending: the first command has not been sent yet; plan_exists: a plan was proposed since the case entered PLANNING")),
     security(("bearer" = [])))]
 pub async fn plan_generate(
     State(state): State<AppState>,
@@ -129,7 +145,7 @@ pub async fn plan_generate(
     responses((status = 202, body = Redriven),
               (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
               (status = 404, body = crate::problem::Problem),
-              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in WAIT_GATE; no_plan")),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in WAIT_GATE; command_pending; no_plan")),
     security(("bearer" = [])))]
 pub async fn gate_eval(
     State(state): State<AppState>,
@@ -145,7 +161,7 @@ pub async fn gate_eval(
     responses((status = 202, body = Redriven),
               (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
               (status = 404, body = crate::problem::Problem),
-              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in EXECUTING; run_in_flight: a run of the case has not finished; no_plan")),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in EXECUTING; run_in_flight / run_exists: this version already has a run; command_pending; command_not_lost: no cmd.exec.run of the case was dead-lettered or failed to publish (the first may still arrive); no_plan")),
     security(("bearer" = [])))]
 pub async fn adapter_exec(
     State(state): State<AppState>,
@@ -160,7 +176,7 @@ pub async fn adapter_exec(
     responses((status = 202, body = Redriven),
               (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),
               (status = 404, body = crate::problem::Problem),
-              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in VERIFYING; no_plan")),
+              (status = 409, body = crate::problem::Problem, description = "wrong_status: the case is not in VERIFYING; command_pending; no_plan")),
     security(("bearer" = [])))]
 pub async fn verify_run(
     State(state): State<AppState>,

@@ -69,6 +69,22 @@ pub enum RedriveError {
     },
     #[error("a run of the case is in flight ({0}); it reports its own outcome")]
     RunInFlight(Uuid),
+    #[error(
+        "run {0} of this plan at this case version exists ({1}); a re-drive never runs a plan twice"
+    )]
+    RunExists(Uuid, String),
+    #[error("the case's {0} is still waiting in the outbox: nothing was lost yet")]
+    CommandPending(String),
+    #[error(
+        "no {0} of this case was dead-lettered or failed to publish since it entered its status; \
+         the first may still be delivered, and a second would run the plan twice"
+    )]
+    CommandNotLost(String),
+    #[error(
+        "plan {0} was proposed since the case entered PLANNING; its outcome is on the way or lost \
+         with its fact, and planning again would offer the same plan"
+    )]
+    PlanExists(String),
     #[error("the case has no plan to re-drive")]
     NoPlan,
     #[error(transparent)]
@@ -112,30 +128,97 @@ impl Orchestrator {
                 what: what.name(),
             });
         }
-        let plan: Option<PlanHash> = sqlx::query_scalar(
-            "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        let subject = match &what {
+            Redrive::GeneratePlan { .. } => "cmd.plan.generate",
+            Redrive::EvaluateGate => "cmd.gate.eval",
+            Redrive::Execute => "cmd.exec.run",
+            Redrive::Verify => "cmd.verify.run",
+        };
+        let pending: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE case_id = $1 AND subject = $2)",
+        )
+        .bind(case_id)
+        .bind(subject)
+        .fetch_one(&mut *tx)
+        .await?;
+        if pending {
+            return Err(RedriveError::CommandPending(subject.into()));
+        }
+        // When the case entered its version, and by which event.
+        let (entered, event): (chrono::DateTime<chrono::Utc>, Option<String>) = sqlx::query_as(
+            "SELECT at, event FROM case_timeline WHERE case_id = $1 AND version = $2 \
+             AND kind IN ('created', 'transition')",
+        )
+        .bind(case_id)
+        .bind(case.version)
+        .fetch_one(&mut *tx)
+        .await?;
+        let plan: Option<(PlanHash, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT plan_hash, created_at FROM plan_proposed WHERE case_id = $1 \
+             ORDER BY seq DESC LIMIT 1",
         )
         .bind(case_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let current = || plan.clone().ok_or(RedriveError::NoPlan);
+        let current = || plan.clone().map(|p| p.0).ok_or(RedriveError::NoPlan);
         let command = match &what {
-            Redrive::GeneratePlan { template } => CommandMsg::GeneratePlan(GeneratePlan {
-                feedback: None,
-                template: template.clone(),
-            }),
+            Redrive::GeneratePlan { template } => {
+                if let Some((hash, at)) = &plan
+                    && *at >= entered
+                {
+                    return Err(RedriveError::PlanExists(hash.to_string()));
+                }
+                // What the FSM sent: after `resume`, the park reason.
+                let feedback: Option<String> = match event.as_deref() {
+                    Some("resume") => sqlx::query_scalar(
+                        "SELECT park_reason FROM case_timeline WHERE case_id = $1 \
+                         AND kind = 'transition' AND to_status = 'PARKED' ORDER BY seq DESC LIMIT 1",
+                    )
+                    .bind(case_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten(),
+                    _ => None,
+                };
+                CommandMsg::GeneratePlan(GeneratePlan {
+                    feedback,
+                    template: template.clone(),
+                })
+            }
             Redrive::EvaluateGate => CommandMsg::EvaluateGate(PlanCommand {
                 plan_hash: current()?,
             }),
             Redrive::Execute => {
-                let running: Option<Uuid> = sqlx::query_scalar(
-                    "SELECT id FROM exec_run WHERE case_id = $1 AND status = 'running' LIMIT 1",
+                let run: Option<(Uuid, String)> = sqlx::query_as(
+                    "SELECT id, status FROM exec_run WHERE case_id = $1 AND case_version = $2 \
+                     AND kind = 'run' ORDER BY started_at DESC LIMIT 1",
                 )
                 .bind(case_id)
+                .bind(case.version)
                 .fetch_optional(&mut *tx)
                 .await?;
-                if let Some(run) = running {
-                    return Err(RedriveError::RunInFlight(run));
+                match run {
+                    Some((id, status)) if status == "running" => {
+                        return Err(RedriveError::RunInFlight(id));
+                    }
+                    Some((id, status)) => return Err(RedriveError::RunExists(id, status)),
+                    None => {}
+                }
+                // Only a command that can no longer arrive is replaced: one
+                // still in the stream would run the plan a second time.
+                let lost: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM dead_letter WHERE case_id = $1 AND subject = $2 \
+                                    AND received_at >= $3) \
+                         OR EXISTS (SELECT 1 FROM outbox_failed WHERE case_id = $1 AND subject = $2 \
+                                    AND created_at >= $3)",
+                )
+                .bind(case_id)
+                .bind(subject)
+                .bind(entered)
+                .fetch_one(&mut *tx)
+                .await?;
+                if !lost {
+                    return Err(RedriveError::CommandNotLost(subject.into()));
                 }
                 CommandMsg::Execute(PlanCommand {
                     plan_hash: current()?,

@@ -351,3 +351,37 @@ async fn a_detected_case_runs_the_whole_loop(pool: PgPool) {
         "{findings}"
     );
 }
+
+/// An episode that begins and ends within one sweep: both detections are
+/// taken, the firing one first (it opens the case, the resolution then
+/// dismisses it), and taking them never waits on itself (the resolution's
+/// dismissal locks the case the firing detection was marked against).
+#[sqlx::test]
+async fn an_episode_within_one_sweep_opens_and_resolves_in_order(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let svc = service();
+    let sweep = sweeper(&app, shipped());
+    let mut rows: Vec<(i64, f64)> = (6..76).rev().map(|ago| (ago, 0.02)).collect();
+    rows.extend((0..6).rev().map(|ago| (ago, 0.0)));
+    ingest(&app, "acme", &svc, "error_ratio", &rows).await;
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), sweep.sweep())
+        .await
+        .expect("the sweep finishes")
+        .unwrap();
+    assert_eq!((r.detections, r.taken), (2, 2), "{r:?}");
+    let found = anomalies(&app, &svc).await;
+    let outcomes: Vec<(&str, Option<&str>)> = found
+        .iter()
+        .map(|a| (a.1.as_str(), a.3.as_deref()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("firing", Some("accepted")),
+            ("resolved", Some("deduplicated"))
+        ]
+    );
+    let case = found[0].2.unwrap();
+    assert_eq!(found[1].2, Some(case));
+    assert_eq!(app.status(case).await, "CLOSED");
+}

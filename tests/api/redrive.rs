@@ -115,8 +115,23 @@ async fn redrives_refuse_other_statuses_roles_cases_and_bodies(pool: PgPool) {
             r.body
         );
     }
+    // The first command has not even been sent: nothing to re-drive yet.
+    let r = redrive(&app, "/plan/generate", OPERATOR, json!({"case_id": case})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "command_pending"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(lose(&app, case, "cmd.plan.generate").await, 1);
     let r = redrive(&app, "/plan/generate", ADMIN, json!({"case_id": case})).await;
     assert_eq!(r.status, 202, "{:?}", r.body);
+    // A plan proposed since the case entered PLANNING: its fact is what
+    // is missing, not a plan; planning again would offer the same one.
+    lose(&app, case, "cmd.plan.generate").await;
+    app.store_plan(case, "planner", None).await;
+    let r = redrive(&app, "/plan/generate", OPERATOR, json!({"case_id": case})).await;
+    assert_eq!((r.status, r.code()), (409, "plan_exists"), "{:?}", r.body);
     let r = redrive(
         &app,
         "/plan/generate",
@@ -180,22 +195,54 @@ async fn an_execution_is_never_redriven_while_a_run_is_in_flight(pool: PgPool) {
     lp.approve(case).await;
     let app = &lp.app;
     assert_eq!(app.status(case).await, "EXECUTING");
+    // The command was published (settled) and waits in the stream for an
+    // executor: it may still arrive, so a second one is refused.
+    let r = redrive(app, "/adapter/exec", OPERATOR, json!({"case_id": case})).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "command_not_lost"),
+        "{:?}",
+        r.body
+    );
+    // The executor's consumer gave up on it (dead letter): now it is lost.
+    sqlx::query(
+        "INSERT INTO dead_letter (consumer, subject, case_id, reason, detail, payload) \
+         VALUES ('executor', 'cmd.exec.run', $1, 'max_deliver_exceeded', 'test', '\\x00')",
+    )
+    .bind(case)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // A run of this version exists: in flight, or ended without its fact.
+    let version: i64 = sqlx::query_scalar("SELECT version FROM ops_case WHERE id = $1")
+        .bind(case)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     let run = Uuid::now_v7();
     sqlx::query(
         "INSERT INTO exec_run (id, case_id, plan_hash, kind, attempt_id, case_version, status) \
-         VALUES ($1, $2, $3, 'run', $4, 5, 'running')",
+         VALUES ($1, $2, $3, 'run', $4, $5, 'running')",
     )
     .bind(run)
     .bind(case)
     .bind(&hash)
     .bind(Uuid::now_v7())
+    .bind(version)
     .execute(&app.pool)
     .await
     .unwrap();
     let r = redrive(app, "/adapter/exec", OPERATOR, json!({"case_id": case})).await;
     assert_eq!((r.status, r.code()), (409, "run_in_flight"), "{:?}", r.body);
-    // The run ended without its fact reaching the orchestrator: re-drive.
-    sqlx::query("UPDATE exec_run SET status = 'interrupted', finished_at = now() WHERE id = $1")
+    sqlx::query("UPDATE exec_run SET status = 'done', finished_at = now() WHERE id = $1")
+        .bind(run)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = redrive(app, "/adapter/exec", OPERATOR, json!({"case_id": case})).await;
+    assert_eq!((r.status, r.code()), (409, "run_exists"), "{:?}", r.body);
+    // No run, the command dead-lettered: the re-drive sends the current plan.
+    sqlx::query("DELETE FROM exec_run WHERE id = $1")
         .bind(run)
         .execute(&app.pool)
         .await
