@@ -163,20 +163,17 @@ type AttemptRow = (
     Value,
     Option<String>,
 );
-type PlanRow = (
-    DateTime<Utc>,
+type PlanRow = (DateTime<Utc>, Uuid, String, String, String, Value);
+type DecisionRow = (
     Uuid,
-    String,
-    String,
-    String,
-    Value,
     Option<DateTime<Utc>>,
-    Option<String>,
-    Option<f64>,
-    Option<Vec<String>>,
+    String,
+    String,
+    f64,
+    Vec<String>,
     Option<i16>,
     Option<String>,
-    Option<bool>,
+    bool,
 );
 
 /// The provenance chain of a case.
@@ -195,6 +192,8 @@ pub async fn chain(
     let case = fetch_case(&state, &who, id).await?;
     let pool = state.orchestrator.pool();
     let mut chain = Vec::new();
+    // Gate decisions, with their plan's time for one recorded without its own.
+    let mut gates: Vec<(Option<DateTime<Utc>>, Link)> = Vec::new();
     let evidence: Vec<EvidenceRow> = sqlx::query_as(
         "SELECT l.at, e.id, l.role, e.type, e.source, e.data FROM evidence_link l \
          JOIN event_envelope e ON e.id = l.envelope_id WHERE l.case_id = $1",
@@ -243,15 +242,15 @@ pub async fn chain(
         plan_hash: a.13,
     }));
     let plans: Vec<PlanRow> = sqlx::query_as(
-        "SELECT created_at, id, plan_hash, source, author, plan, gate_decided_at, gate_verdict, \
-                gate_risk, gate_reasons, required_approvers, gate_freeze, gate_auto_rollback \
-         FROM plan_proposed WHERE case_id = $1",
+        "SELECT created_at, id, plan_hash, source, author, plan FROM plan_proposed WHERE case_id = $1",
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
+    // A decision without a recorded time sits right after its plan.
+    let mut plan_at = std::collections::HashMap::new();
     for p in plans {
-        let plan_hash = p.2.clone();
+        plan_at.insert(p.1, p.0);
         chain.push(Link::Plan {
             at: p.0,
             plan_id: p.1,
@@ -260,18 +259,29 @@ pub async fn chain(
             author: p.4,
             plan: p.5,
         });
-        if let (Some(verdict), Some(risk), Some(reasons)) = (p.7, p.8, p.9) {
-            chain.push(Link::Gate {
-                at: p.6,
-                plan_hash,
-                verdict,
-                risk,
-                reasons,
-                required_approvers: p.10,
-                freeze: p.11,
-                auto_rollback: p.12.unwrap_or(false),
-            });
-        }
+    }
+    let decisions: Vec<DecisionRow> = sqlx::query_as(
+        "SELECT d.plan_id, d.decided_at, d.plan_hash, d.verdict, d.risk, d.reasons, \
+                d.required_approvers, d.freeze_name, d.auto_rollback \
+         FROM gate_decision d JOIN plan_proposed p ON p.id = d.plan_id WHERE p.case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    for d in decisions {
+        gates.push((
+            plan_at.get(&d.0).copied(),
+            Link::Gate {
+                at: d.1,
+                plan_hash: d.2,
+                verdict: d.3,
+                risk: d.4,
+                reasons: d.5,
+                required_approvers: d.6,
+                freeze: d.7,
+                auto_rollback: d.8,
+            },
+        ));
     }
     type ApprovalRow = (
         DateTime<Utc>,
@@ -327,16 +337,17 @@ pub async fn chain(
                 window_to: v.window_to,
             }),
     );
-    // A decision without a recorded time sits right after its plan: the
-    // stable sort keeps it there when its key borrows the plan's.
-    let mut keyed: Vec<((DateTime<Utc>, u8), Link)> = Vec::with_capacity(chain.len());
-    let mut last_plan_at = DateTime::<Utc>::MIN_UTC;
-    for link in chain {
+    let mut keyed: Vec<((DateTime<Utc>, u8), Link)> = chain
+        .into_iter()
+        .map(|link| {
+            let (at, rank) = link.order();
+            ((at.unwrap_or(DateTime::<Utc>::MIN_UTC), rank), link)
+        })
+        .collect();
+    for (plan_at, link) in gates {
         let (at, rank) = link.order();
-        if let Link::Plan { at, .. } = &link {
-            last_plan_at = *at;
-        }
-        keyed.push(((at.unwrap_or(last_plan_at), rank), link));
+        let at = at.or(plan_at).unwrap_or(DateTime::<Utc>::MIN_UTC);
+        keyed.push(((at, rank), link));
     }
     keyed.sort_by_key(|(key, _)| *key);
     Ok(Json(Provenance {

@@ -100,6 +100,23 @@ impl CaseWorker for Gatekeeper {
         .bind(self.policy.auto_rollback)
         .execute(&mut *tx)
         .await?;
+        // The plan's columns hold the latest decision; the record keeps each.
+        sqlx::query(
+            "INSERT INTO gate_decision (id, plan_id, plan_hash, verdict, risk, reasons, \
+             required_approvers, freeze_name, auto_rollback, decided_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+        )
+        .bind(Uuid::now_v7())
+        .bind(plan_id)
+        .bind(hash)
+        .bind(decision.verdict.name())
+        .bind(decision.risk)
+        .bind(&decision.reasons)
+        .bind(decision.verdict.required_approvers().map(i16::from))
+        .bind(decision.verdict.freeze())
+        .bind(self.policy.auto_rollback)
+        .execute(&mut *tx)
+        .await?;
         let judged = GateJudged {
             plan_hash: hash.clone(),
             risk: decision.risk,

@@ -257,3 +257,47 @@ async fn an_execution_is_never_redriven_while_a_run_is_in_flight(pool: PgPool) {
         .expect("the command waits in the outbox");
     assert_eq!(sent["data"]["plan_hash"], hash.as_str());
 }
+
+/// A re-driven gate evaluation judges the plan again; the record keeps
+/// both decisions (the plan's columns hold the latest).
+#[sqlx::test]
+async fn a_reevaluated_gate_keeps_both_decisions_in_the_provenance(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    // An unknown namespace is prod: people must approve, the case waits.
+    let plan = json!({
+        "title": "restart api", "environment": "prod",
+        "steps": [{"action": "k8s.rollout", "params": {"namespace": "payments", "deployment": "api", "restart": true},
+                   "timeout_s": 600, "retry": 1}],
+        "rollback": {"steps": []},
+        "verify": {"checks": [{"metric": "latency_ms", "op": "<", "threshold": 800, "window_s": 300}]}
+    });
+    let (case, hash) = lp.propose(&plan).await;
+    let app = &lp.app;
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = redrive(app, "/gate/eval", OPERATOR, json!({"case_id": case})).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    lp.settle().await;
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let r = app
+        .send(
+            Method::GET,
+            &format!("/case/{case}/provenance"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let gates: Vec<&Value> = r.body["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["stage"] == "gate")
+        .collect();
+    assert_eq!(gates.len(), 2, "{:#?}", r.body["chain"]);
+    for g in &gates {
+        assert_eq!(g["plan_hash"], hash.as_str());
+        assert_eq!(g["verdict"], "require_approvers");
+    }
+    assert!(gates[0]["at"].as_str().unwrap() < gates[1]["at"].as_str().unwrap());
+}
