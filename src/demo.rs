@@ -96,48 +96,20 @@ impl Client {
 }
 
 impl Client {
-    async fn ingest(&self, token: &str, service: &str, latency_ms: f64) -> anyhow::Result<()> {
-        use chrono::Timelike;
-        let minute = chrono::Utc::now()
-            .with_second(0)
-            .and_then(|t| t.with_nanosecond(0))
-            .context("the current minute")?;
-        let (status, reply) = self
-            .call(
-                reqwest::Method::POST,
-                "/metrics/ingest",
-                token,
-                Some(
-                    json!({"rows": [{"tenant": TENANT, "resource": service, "metric": "latency_p95_ms",
-                    "bucket": minute.to_rfc3339(), "avg": latency_ms, "max": latency_ms * 1.1}]}),
-                ),
-                None,
-            )
-            .await?;
-        if status != 202 {
-            bail!("ingesting metrics answered {status}: {reply}");
-        }
-        println!("demo: ingested latency_p95_ms = {latency_ms} ms for {service}");
-        Ok(())
-    }
-
-    /// Ingests a day and a half of one-minute latency for `service` ending
-    /// now: about 120 ms, with a regression to 900 ms from 9 to 4 minutes
-    /// ago (recovered since).
-    async fn ingest_regression(&self, token: &str, service: &str) -> anyhow::Result<()> {
+    /// Stores `(minutes ago, value)` rows of `service`'s latency.
+    async fn ingest_latency(
+        &self,
+        token: &str,
+        service: &str,
+        rows: impl Iterator<Item = (i64, f64)>,
+    ) -> anyhow::Result<()> {
         use chrono::Timelike;
         let now = chrono::Utc::now()
             .with_second(0)
             .and_then(|t| t.with_nanosecond(0))
             .context("the current minute")?;
-        let rows: Vec<Value> = (0..36 * 60_i64)
-            .rev()
-            .map(|ago| {
-                let v = if (4..10).contains(&ago) {
-                    900.0
-                } else {
-                    120.0 + ((ago * 7919) % 23) as f64 / 23.0 * 8.0
-                };
+        let rows: Vec<Value> = rows
+            .map(|(ago, v)| {
                 json!({"tenant": TENANT, "resource": service, "metric": "latency_p95_ms",
                        "bucket": (now - chrono::Duration::minutes(ago)).to_rfc3339(),
                        "avg": v, "max": v * 1.1})
@@ -155,6 +127,29 @@ impl Client {
         if status != 202 {
             bail!("ingesting metrics answered {status}: {reply}");
         }
+        Ok(())
+    }
+
+    async fn ingest(&self, token: &str, service: &str, latency_ms: f64) -> anyhow::Result<()> {
+        self.ingest_latency(token, service, std::iter::once((0, latency_ms)))
+            .await?;
+        println!("demo: ingested latency_p95_ms = {latency_ms} ms for {service}");
+        Ok(())
+    }
+
+    /// Ingests a day and a half of one-minute latency for `service` ending
+    /// now: about 120 ms, with a regression to 900 ms from 9 to 4 minutes
+    /// ago (recovered since).
+    async fn ingest_regression(&self, token: &str, service: &str) -> anyhow::Result<()> {
+        let rows = (0..36 * 60_i64).rev().map(|ago| {
+            let v = if (4..10).contains(&ago) {
+                900.0
+            } else {
+                120.0 + ((ago * 7919) % 23) as f64 / 23.0 * 8.0
+            };
+            (ago, v)
+        });
+        self.ingest_latency(token, service, rows).await?;
         println!(
             "demo: ingested 36 h of latency_p95_ms for {service}: about 120 ms, 900 ms from 9 to 4 minutes ago"
         );

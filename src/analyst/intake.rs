@@ -147,9 +147,9 @@ pub struct AlertmanagerWebhook {
 pub struct Alert {
     pub status: AlertStatus,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     #[serde(default)]
-    pub annotations: BTreeMap<String, String>,
+    pub annotations: Annotations,
     #[serde(default)]
     pub starts_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -160,6 +160,53 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
+/// An alert's labels: the two intake reads by name, and the others.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Labels {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
+impl Labels {
+    /// A label by a name known only at run time (the tenant label).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match name {
+            "alertname" => self.alertname.as_deref(),
+            "severity" => self.severity.as_deref(),
+            _ => self.other.get(name).map(String::as_str),
+        }
+    }
+
+    /// Every label, in name order.
+    pub fn all(&self) -> BTreeMap<&str, &str> {
+        let mut all: BTreeMap<&str, &str> = self
+            .other
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in [("alertname", &self.alertname), ("severity", &self.severity)] {
+            if let Some(v) = v {
+                all.insert(k, v);
+            }
+        }
+        all
+    }
+}
+
+/// An alert's annotations: the summary a case takes as its title, and the
+/// others.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+pub struct Annotations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AlertStatus {
@@ -168,10 +215,18 @@ pub enum AlertStatus {
 }
 
 impl AlertStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AlertStatus::Firing => "firing",
             AlertStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn from_firing(firing: bool) -> Self {
+        if firing {
+            AlertStatus::Firing
+        } else {
+            AlertStatus::Resolved
         }
     }
 }
@@ -368,7 +423,7 @@ fn tenant_of(settings: &IntakeSettings, alert: &Alert) -> Result<Tenant, String>
         .labels
         .get(&settings.tenant_label)
         .unwrap_or(&settings.default_tenant);
-    Tenant::try_from(name.clone())
+    Tenant::try_from(name.to_string())
         .map_err(|_| format!("invalid_tenant: {name:?} is not a tenant name"))
 }
 
@@ -612,8 +667,8 @@ async fn follow_up(
 
 /// The case an alert opens, and what of its labels did not fit.
 fn case_of(tenant: &Tenant, alert: &Alert) -> (NewCase, Vec<String>) {
-    let alertname = alert.labels.get("alertname");
-    let raw_severity = alert.labels.get("severity").map(String::as_str);
+    let alertname = alert.labels.alertname.as_ref();
+    let raw_severity = alert.labels.severity.as_deref();
     let severity = match raw_severity.map(str::to_ascii_lowercase).as_deref() {
         Some("critical") => "critical",
         Some("error" | "high") => "high",
@@ -623,7 +678,7 @@ fn case_of(tenant: &Tenant, alert: &Alert) -> (NewCase, Vec<String>) {
     };
     let mut cut = Vec::new();
     let mut labels = serde_json::Map::new();
-    for (i, (k, v)) in alert.labels.iter().enumerate() {
+    for (i, (k, v)) in alert.labels.all().into_iter().enumerate() {
         if i >= MAX_LABELS {
             cut.push(format!("label {k} (more than {MAX_LABELS})"));
             continue;
@@ -632,14 +687,15 @@ fn case_of(tenant: &Tenant, alert: &Alert) -> (NewCase, Vec<String>) {
         if value.len() < v.len() {
             cut.push(format!("label {k} cut to {MAX_LABEL_VALUE} characters"));
         }
-        labels.insert(k.clone(), Value::String(value));
+        labels.insert(k.to_string(), Value::String(value));
     }
     if !cut.is_empty() {
         labels.insert("opsloop_cut".into(), json!(cut.len()));
     }
     let title_source = alert
         .annotations
-        .get("summary")
+        .summary
+        .as_ref()
         .or(alertname)
         .cloned()
         .unwrap_or_else(|| format!("alert {}", alert.fingerprint));

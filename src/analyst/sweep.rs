@@ -26,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::detect::{DAY, Detector, Params, Step, window_mean};
-use super::intake::{self, Alert, AlertStatus, IntakeSettings, Notice, Source};
+use super::intake::{
+    self, Alert, AlertStatus, Annotations, IntakeSettings, Labels, Notice, Source,
+};
 use super::rules::{BaselineRule, BurnRule, SignalsFile};
 use crate::contract::Tenant;
 use crate::orchestrator::{Orchestrator, TransitionError};
@@ -145,19 +147,13 @@ struct Detection {
     figures: Value,
 }
 
-fn status(firing: bool) -> AlertStatus {
-    if firing {
-        AlertStatus::Firing
-    } else {
-        AlertStatus::Resolved
-    }
-}
-
-fn minute_of(ts: DateTime<Utc>) -> i64 {
+/// The minute (since the epoch) `ts` falls in.
+pub fn minute_of(ts: DateTime<Utc>) -> i64 {
     ts.timestamp().div_euclid(60)
 }
 
-fn ts_of(minute: i64) -> DateTime<Utc> {
+/// The start of `minute` (since the epoch).
+pub fn ts_of(minute: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(minute * 60, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
@@ -382,15 +378,22 @@ impl Sweeper {
         for (i, x) in &detections {
             let d = &due[*i];
             let n = &x.naming;
-            let mut labels = BTreeMap::from([
-                ("alertname".to_string(), n.alertname.clone()),
-                ("severity".to_string(), n.severity.clone()),
+            let mut other = BTreeMap::from([
                 ("tenant".to_string(), d.tenant.clone()),
                 ("resource".to_string(), d.resource.clone()),
                 ("metric".to_string(), d.metric.clone()),
                 ("rule".to_string(), n.rule.clone()),
             ]);
-            labels.insert(n.resource_label.clone(), d.resource.clone());
+            other.insert(n.resource_label.clone(), d.resource.clone());
+            let labels = Labels {
+                alertname: Some(n.alertname.clone()),
+                severity: Some(n.severity.clone()),
+                other,
+            };
+            let annotations = Annotations {
+                summary: Some(x.summary.clone()),
+                other: BTreeMap::new(),
+            };
             sqlx::query(
                 "INSERT INTO anomaly (id, tenant, resource, metric, rule, fingerprint, status, minute, \
                                       labels, annotations, figures) \
@@ -402,13 +405,10 @@ impl Sweeper {
             .bind(&d.metric)
             .bind(&n.rule)
             .bind(fingerprint(&d.tenant, &d.resource, &d.metric, &n.rule))
-            .bind(match x.status {
-                AlertStatus::Firing => "firing",
-                AlertStatus::Resolved => "resolved",
-            })
+            .bind(x.status.as_str())
             .bind(ts_of(x.minute))
-            .bind(json!(labels))
-            .bind(json!({"summary": x.summary}))
+            .bind(sqlx::types::Json(labels))
+            .bind(sqlx::types::Json(annotations))
             .bind(&x.figures)
             .execute(&mut *tx)
             .await?;
@@ -437,8 +437,8 @@ impl Sweeper {
             String,
             String,
             DateTime<Utc>,
-            Value,
-            Value,
+            sqlx::types::Json<Labels>,
+            sqlx::types::Json<Annotations>,
             Value,
         );
         let actor = <&str>::from(Role::Analyst);
@@ -473,15 +473,11 @@ impl Sweeper {
                     .await?;
                     continue;
                 };
-                let firing = status == "firing";
+                let firing = status == AlertStatus::Firing.as_str();
                 let alert = Alert {
-                    status: if firing {
-                        AlertStatus::Firing
-                    } else {
-                        AlertStatus::Resolved
-                    },
-                    labels: serde_json::from_value(labels).unwrap_or_default(),
-                    annotations: serde_json::from_value(annotations).unwrap_or_default(),
+                    status: AlertStatus::from_firing(firing),
+                    labels: labels.0,
+                    annotations: annotations.0,
                     starts_at: firing.then_some(minute),
                     ends_at: (!firing).then_some(minute),
                     generator_url: None,
@@ -549,7 +545,7 @@ fn judge_series(
                 let firing = step == Step::Fired;
                 found.push(Detection {
                     naming: Naming::from(rule),
-                    status: status(firing),
+                    status: AlertStatus::from_firing(firing),
                     minute: *t,
                     summary: if firing {
                         format!(
@@ -603,7 +599,7 @@ fn judge_series(
             burning = now_burning;
             found.push(Detection {
                 naming: Naming::from(*rule),
-                status: status(burning),
+                status: AlertStatus::from_firing(burning),
                 minute: *t,
                 summary: format!(
                     "{} of {} burns the error budget of a {} % SLO {long:.1}x over {} min and {short:.1}x over {} min (alerting at {}x)",

@@ -45,16 +45,6 @@ pub struct Redriven {
     pub timeline_id: Uuid,
 }
 
-fn valid_template(name: &str) -> bool {
-    let mut chars = name.chars();
-    name.len() <= 64
-        && chars
-            .next()
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && chars
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
-}
-
 async fn redrive(
     state: &AppState,
     who: &Identity,
@@ -127,7 +117,7 @@ pub async fn plan_generate(
     ApiJson(body): ApiJson<PlanGenerate>,
 ) -> Result<(StatusCode, Json<Redriven>), ApiError> {
     if let Some(t) = &body.template
-        && !valid_template(t)
+        && !crate::ids::is_slug(t, b"_.-")
     {
         return Err(ApiError::InvalidField {
             field: "template",
@@ -188,10 +178,12 @@ pub async fn verify_run(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::ids::is_slug;
 
+    /// Template names are slugs, as kinds are.
     #[test]
     fn template_names() {
+        let valid_template = |t: &str| is_slug(t, b"_.-");
         assert!(valid_template("restart-service"));
         assert!(valid_template("a"));
         assert!(!valid_template(""));

@@ -35,8 +35,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use opsloop::analyst::sweep::{DetectSettings, Sweeper};
+use chrono::Utc;
+use opsloop::analyst::sweep::{DetectSettings, Sweeper, ts_of};
 use opsloop::api::AppState;
 use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
 use opsloop::orchestrator::Orchestrator;
@@ -268,10 +268,6 @@ async fn main() -> anyhow::Result<()> {
     detector(&pool, &state).await
 }
 
-fn minute_ts(minute: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(minute * 60, 0).unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
-
 /// One minute of data for every series: (resources, values).
 fn minute_rows(series: usize, minute: i64) -> (Vec<String>, Vec<f64>) {
     let resources = (0..series).map(|i| format!("svc-{i}")).collect();
@@ -357,7 +353,7 @@ async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
     let mut ratios = Vec::new();
     for minute in first_measured..first_measured + minutes {
         let (resources, values) = minute_rows(series, minute);
-        let ts = minute_ts(minute);
+        let ts = ts_of(minute);
         let t = Instant::now();
         sqlx::query(
             "INSERT INTO bench_metric (tenant, resource, metric, ts, avg, max) \

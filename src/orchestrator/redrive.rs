@@ -13,7 +13,6 @@ use uuid::Uuid;
 
 use super::Orchestrator;
 use crate::auth::TenantScope;
-use crate::case_columns;
 use crate::contract::command::{GeneratePlan, PlanCommand, Verify};
 use crate::contract::{CommandMsg, Message, PlanHash};
 use crate::model::Case;
@@ -111,15 +110,7 @@ impl Orchestrator {
         what: Redrive,
     ) -> Result<Redriven, RedriveError> {
         let mut tx = self.pool().begin().await?;
-        let case: Option<Case> = sqlx::query_as(concat!(
-            "SELECT ",
-            case_columns!(),
-            " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE"
-        ))
-        .bind(case_id)
-        .bind(tenants.sql())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let case = crate::store::lock_case_in(&mut tx, case_id, tenants).await?;
         let case = case.ok_or(RedriveError::CaseNotFound(case_id))?;
         if case.status != what.status() {
             return Err(RedriveError::WrongStatus {
