@@ -1,7 +1,8 @@
 //! The detector over `metric_1m`, run by every analyst process on a short
 //! schedule. Ingest (in the api process) records each series' newest minute
-//! in `metric_series`; a sweep claims series with minutes it has not judged
-//! (`detector_state`, `FOR UPDATE SKIP LOCKED`, so analysts in several
+//! in `metric_series` and gives a new series its `detector_state` row; a
+//! sweep claims series with minutes it has not judged (`detector_state`,
+//! `FOR UPDATE SKIP LOCKED`, so analysts in several
 //! processes share the work), reads only the windows the rules need, steps
 //! the stored detector over the new minutes, and stores the state and its
 //! detections (`anomaly`) in one transaction. Detections are then taken
@@ -233,16 +234,7 @@ impl Sweeper {
     /// Claims due series, judges their new minutes as of `now`, and stores
     /// states and detections in one transaction.
     pub async fn judge_due(&self, now: DateTime<Utc>) -> Result<SweepReport, sqlx::Error> {
-        // A series seen for the first time gets its state row.
-        sqlx::query(
-            "INSERT INTO detector_state (tenant, resource, metric) \
-             SELECT s.tenant, s.resource, s.metric FROM metric_series s \
-             WHERE NOT EXISTS (SELECT 1 FROM detector_state d WHERE d.tenant = s.tenant \
-                               AND d.resource = s.resource AND d.metric = s.metric) \
-             ON CONFLICT DO NOTHING",
-        )
-        .execute(&self.pool)
-        .await?;
+        // Ingest gives a new series its state row (api::metrics::STORE_ROWS).
         let mut tx = self.pool.begin().await?;
         let due: Vec<Due> = sqlx::query_as::<_, (String, String, String, Option<DateTime<Utc>>, Option<String>, Option<Vec<u8>>, Vec<String>, DateTime<Utc>)>(
             "SELECT d.tenant, d.resource, d.metric, d.evaluated_to, d.rule, d.state, d.burning, s.last_ts \

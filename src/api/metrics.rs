@@ -18,6 +18,36 @@ use super::state::AppState;
 use crate::auth::Role;
 use crate::contract::Tenant;
 
+/// Stores a batch of rows (`$1`: a JSON array of `{tenant, resource,
+/// metric, ts, avg, max, p95?, count?, labels?}`) and answers how many. The
+/// series' newest minute goes to `metric_series` in the same statement (the
+/// detector finds new minutes there, `analyst::sweep`), and a series seen
+/// for the first time gets its detector state row, so no sweep has to look
+/// for new series. Rows and series rows are written in key order, so two
+/// batches touching the same keys wait for each other instead of
+/// deadlocking. `bench_signals` runs this statement too.
+pub const STORE_ROWS: &str = "WITH stored AS ( \
+       INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
+       SELECT r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz, \
+              (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
+              r->'labels' \
+       FROM jsonb_array_elements($1) AS r \
+       ORDER BY r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz \
+       ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
+       max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels \
+       RETURNING tenant, resource, metric, ts), \
+     series AS ( \
+       INSERT INTO metric_series (tenant, resource, metric, last_ts) \
+       SELECT tenant, resource, metric, max(ts) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+       ON CONFLICT (tenant, resource, metric) DO UPDATE SET last_ts = EXCLUDED.last_ts \
+       WHERE metric_series.last_ts < EXCLUDED.last_ts \
+       RETURNING tenant, resource, metric, xmax = 0 AS fresh), \
+     state AS ( \
+       INSERT INTO detector_state (tenant, resource, metric) \
+       SELECT tenant, resource, metric FROM series WHERE fresh ORDER BY 1, 2, 3 \
+       ON CONFLICT DO NOTHING) \
+     SELECT count(*) FROM stored";
+
 /// Rows accepted in one request.
 pub const MAX_ROWS: usize = 5000;
 const ROW_FIELDS: [&str; 10] = [
@@ -272,34 +302,13 @@ pub async fn ingest(
         return Err(ApiError::InvalidRows(errors));
     }
     let col = |f: fn(&MetricRow) -> Value| parsed.iter().map(f).collect::<Vec<_>>();
-    // The series' newest minute goes to `metric_series` in the same
-    // statement: the detector finds new minutes there (analyst::sweep).
-    // Rows and series rows are written in key order, so two batches
-    // touching the same keys wait for each other instead of deadlocking.
-    let stored: i64 = sqlx::query_scalar(
-        "WITH stored AS ( \
-           INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max, p95, count, labels) \
-           SELECT r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz, \
-                  (r->>'avg')::float8, (r->>'max')::float8, (r->>'p95')::float8, (r->>'count')::int, \
-                  r->'labels' \
-           FROM jsonb_array_elements($1) AS r \
-           ORDER BY r->>'tenant', r->>'resource', r->>'metric', (r->>'ts')::timestamptz \
-           ON CONFLICT (tenant, resource, metric, ts) DO UPDATE SET avg = EXCLUDED.avg, \
-           max = EXCLUDED.max, p95 = EXCLUDED.p95, count = EXCLUDED.count, labels = EXCLUDED.labels \
-           RETURNING tenant, resource, metric, ts), \
-         series AS ( \
-           INSERT INTO metric_series (tenant, resource, metric, last_ts) \
-           SELECT tenant, resource, metric, max(ts) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
-           ON CONFLICT (tenant, resource, metric) DO UPDATE SET last_ts = EXCLUDED.last_ts \
-           WHERE metric_series.last_ts < EXCLUDED.last_ts) \
-         SELECT count(*) FROM stored",
-    )
-    .bind(json!(col(|r| json!({
-        "tenant": r.tenant, "resource": r.resource, "metric": r.metric,
-        "ts": r.bucket.to_rfc3339(), "avg": r.avg, "max": r.max, "p95": r.p95,
-        "count": r.count, "labels": r.labels
-    }))))
-    .fetch_one(state.orchestrator.pool())
-    .await?;
+    let stored: i64 = sqlx::query_scalar(STORE_ROWS)
+        .bind(json!(col(|r| json!({
+            "tenant": r.tenant, "resource": r.resource, "metric": r.metric,
+            "ts": r.bucket.to_rfc3339(), "avg": r.avg, "max": r.max, "p95": r.p95,
+            "count": r.count, "labels": r.labels
+        }))))
+        .fetch_one(state.orchestrator.pool())
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"stored": stored}))).into_response())
 }

@@ -14,10 +14,10 @@
 //! The detector: `--series` series (default 1 000) of one-minute latency
 //! with 6 days and 2 hours of history (a diurnal sine and noise, no
 //! anomaly), so every earlier-day window the baseline reads is full,
-//! vacuumed and checkpointed as old history would be; a catch-up sweep warms every series' state over its last 12 hours; then,
-//! per measured minute, one new row per series is stored as ingest stores
-//! it (into `metric_1m` and `metric_series`) and the sweep that judges it
-//! is timed (`Sweeper::judge_due`, the product's code: claim, one read of
+//! vacuumed and checkpointed as old history would be; a catch-up sweep
+//! warms every series' state over its last 12 hours; then, per measured
+//! minute, one new row per series is stored by the ingest statement
+//! (`api::metrics::STORE_ROWS`) and the sweep that judges it is timed (`Sweeper::judge_due`, the product's code: claim, one read of
 //! every window, stepping, storing the states). The baseline, in the same
 //! run: a plain one-statement `INSERT` of the same rows into a table with
 //! `metric_1m`'s columns and key. The cost per 10 000 series is scaled
@@ -302,8 +302,10 @@ async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
     .execute(pool)
     .await?;
     sqlx::query(
-        "INSERT INTO metric_series (tenant, resource, metric, last_ts) \
-         SELECT tenant, resource, metric, max(ts) FROM metric_1m WHERE tenant = 'bench' GROUP BY 1, 2, 3",
+        "WITH s AS (INSERT INTO metric_series (tenant, resource, metric, last_ts) \
+           SELECT tenant, resource, metric, max(ts) FROM metric_1m WHERE tenant = 'bench' GROUP BY 1, 2, 3 \
+           RETURNING tenant, resource, metric) \
+         INSERT INTO detector_state (tenant, resource, metric) SELECT * FROM s",
     )
     .execute(pool)
     .await?;
@@ -366,20 +368,20 @@ async fn detector(pool: &PgPool, state: &AppState) -> anyhow::Result<()> {
         .await?;
         let insert = t.elapsed();
         let t = Instant::now();
-        sqlx::query(
-            "WITH stored AS (INSERT INTO metric_1m (tenant, resource, metric, ts, avg, max) \
-               SELECT 'bench', r, 'latency', $2, v, v * 1.1 FROM unnest($1::text[], $3::float8[]) AS u(r, v) \
-               RETURNING tenant, resource, metric, ts) \
-             INSERT INTO metric_series (tenant, resource, metric, last_ts) \
-             SELECT tenant, resource, metric, max(ts) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
-             ON CONFLICT (tenant, resource, metric) DO UPDATE SET last_ts = EXCLUDED.last_ts \
-             WHERE metric_series.last_ts < EXCLUDED.last_ts",
-        )
-        .bind(&resources)
-        .bind(ts)
-        .bind(&values)
-        .execute(pool)
-        .await?;
+        // The product's own ingest statement, rows as the handler builds them.
+        let rows: Vec<serde_json::Value> = resources
+            .iter()
+            .zip(&values)
+            .map(|(r, v)| {
+                json!({"tenant": "bench", "resource": r, "metric": "latency",
+                       "ts": ts.to_rfc3339(), "avg": v, "max": v * 1.1, "p95": null,
+                       "count": 1, "labels": {}})
+            })
+            .collect();
+        sqlx::query_scalar::<_, i64>(opsloop::api::metrics::STORE_ROWS)
+            .bind(json!(rows))
+            .fetch_one(pool)
+            .await?;
         let ingest = t.elapsed();
         let t = Instant::now();
         let (mut read, mut judged_series) = (0, 0);
