@@ -142,7 +142,9 @@ impl Identity {
             E::StartAnalysis => self.human_with(Role::Operator) || self.is_worker(W::Analyst),
             E::AnalysisDone => self.is_worker(W::Analyst),
             E::PlanReady | E::PlanFailed => self.is_worker(W::Planner),
-            E::ExecDone | E::ExecFailed => self.is_worker(W::Executor),
+            E::DryrunDone | E::DryrunFailed | E::ExecDone | E::ExecFailed => {
+                self.is_worker(W::Executor)
+            }
             E::VerifyPass | E::VerifyFailed => self.is_worker(W::Verifier),
             E::GateApproved | E::GateRejected => {
                 self.human_with(Role::Approver) || self.is_worker(W::Gatekeeper)
@@ -527,6 +529,8 @@ mod tests {
             );
         }
         assert!(executor.may_send(E::ExecDone) && executor.may_send(E::ExecFailed));
+        assert!(executor.may_send(E::DryrunDone) && executor.may_send(E::DryrunFailed));
+        assert!(!operator.may_send(E::DryrunDone) && !admin.may_send(E::DryrunFailed));
         assert!(!executor.may_send(E::VerifyFailed) && !executor.may_send(E::PlanReady));
         for e in <EventKind as strum::IntoEnumIterator>::iter() {
             assert!(

@@ -271,6 +271,33 @@ impl Client {
                     .unwrap_or("")
             );
         }
+        // What the approvers (or the gatekeeper) judged besides the plan.
+        let plan = self.get(&format!("/case/{id}/plan"), token).await?;
+        let dry_run = &plan["dry_run"];
+        if dry_run.is_object() {
+            println!(
+                "  dry run before the gate: {} (digest {})",
+                dry_run["outcome"].as_str().unwrap_or(""),
+                dry_run["digest"].as_str().map_or("", |d| &d[..12])
+            );
+            for step in dry_run["artefact"]["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!(
+                    "    step {} {:<12} {:<11} {}",
+                    step["index"],
+                    step["action"].as_str().unwrap_or(""),
+                    step["outcome"].as_str().unwrap_or(""),
+                    step["detail"]["stdout"]["text"]
+                        .as_str()
+                        .or(step["error"].as_str())
+                        .unwrap_or("")
+                        .trim_end()
+                );
+            }
+        }
         let execs = self.get(&format!("/case/{id}/executions"), token).await?;
         for run in execs["runs"].as_array().into_iter().flatten().rev() {
             println!(

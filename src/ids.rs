@@ -47,68 +47,90 @@ macro_rules! text_newtype {
     };
 }
 
-text_newtype!(PlanHash);
 text_newtype!(Tenant);
 
-/// The canonical SHA-256 of a stored ChangePlan, as 64 lowercase hex
-/// digits. Approvals, runs and verification results bind to it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PlanHash(String);
+/// A SHA-256 as 64 lowercase hex digits, parsed once: its struct, parsing,
+/// `short`, `of`, and how sqlx reads and writes it as text.
+macro_rules! sha256_newtype {
+    ($(#[$doc:meta])* $t:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $t(String);
 
-impl PlanHash {
-    pub const EXPECTED: &'static str = "64 lowercase hex digits (sha256)";
+        text_newtype!($t);
 
-    /// The first 12 digits, for people reading logs and reasons.
-    pub fn short(&self) -> &str {
-        &self.0[..12]
-    }
+        impl $t {
+            pub const EXPECTED: &'static str = "64 lowercase hex digits (sha256)";
 
-    /// The hash of `bytes`; how `planner::contract::canonical_hash` names a plan.
-    pub fn of(bytes: &[u8]) -> PlanHash {
-        use sha2::{Digest, Sha256};
-        PlanHash(hex::encode(Sha256::digest(bytes)))
-    }
-}
+            /// The first 12 digits, for people reading logs and reasons.
+            pub fn short(&self) -> &str {
+                &self.0[..12]
+            }
 
-impl TryFrom<String> for PlanHash {
-    type Error = ParseError;
-    fn try_from(s: String) -> Result<Self, ParseError> {
-        if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(PlanHash(s))
-        } else {
-            Err(ParseError {
-                what: "plan_hash",
-                expected: PlanHash::EXPECTED,
-            })
+            /// The SHA-256 of `bytes`.
+            pub fn of(bytes: &[u8]) -> $t {
+                use sha2::{Digest, Sha256};
+                $t(hex::encode(Sha256::digest(bytes)))
+            }
         }
-    }
+
+        impl TryFrom<String> for $t {
+            type Error = ParseError;
+            fn try_from(s: String) -> Result<Self, ParseError> {
+                if s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    Ok($t(s))
+                } else {
+                    Err(ParseError {
+                        what: $what,
+                        expected: $t::EXPECTED,
+                    })
+                }
+            }
+        }
+
+        impl sqlx::Type<sqlx::Postgres> for $t {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <String as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $t {
+            fn encode_by_ref(
+                &self,
+                buf: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.0.as_str(), buf)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $t {
+            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+                let s = <String as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                Ok($t::try_from(s)?)
+            }
+        }
+    };
 }
 
-impl sqlx::Type<sqlx::Postgres> for PlanHash {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <String as sqlx::Type<sqlx::Postgres>>::type_info()
-    }
-    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-        <String as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-    }
-}
+sha256_newtype!(
+    /// The canonical SHA-256 of a stored ChangePlan (how
+    /// `planner::contract::canonical_hash` names a plan). Approvals, runs
+    /// and verification results bind to it.
+    PlanHash,
+    "plan_hash"
+);
 
-impl<'q> sqlx::Encode<'q, sqlx::Postgres> for PlanHash {
-    fn encode_by_ref(
-        &self,
-        buf: &mut sqlx::postgres::PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.0.as_str(), buf)
-    }
-}
-
-impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PlanHash {
-    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let s = <String as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
-        Ok(PlanHash::try_from(s)?)
-    }
-}
+sha256_newtype!(
+    /// The SHA-256 of a dry run of a plan (its plan hash, outcome and
+    /// artefact, `executor::dryrun`). A person's approval binds to it next
+    /// to the plan hash: what they saw is what counts.
+    DryRunDigest,
+    "dryrun_digest"
+);
 
 /// A case's id.
 #[derive(

@@ -79,7 +79,7 @@ impl Role {
             Fact::PlanProposed(p) if p.source == PlanSource::Human => return None,
             Fact::PlanProposed(_) | Fact::PlanFailed(_) => Role::Planner,
             Fact::PlanApproved(_) | Fact::PlanRejected(_) => Role::Gatekeeper,
-            Fact::ExecDone(_) | Fact::ExecFailed(_) => Role::Executor,
+            Fact::DryRun(_) | Fact::ExecDone(_) | Fact::ExecFailed(_) => Role::Executor,
             Fact::VerifyPass(_) | Fact::VerifyFailed(_) => Role::Verifier,
             Fact::CaseTransition(_)
             | Fact::CaseCreated(_)

@@ -647,6 +647,7 @@ async fn follow_up(
             },
             reason,
             plan_hash: None,
+            dryrun_digest: None,
             meta: json!({"source": "signal intake"}),
             expected_version: None,
             origin: Origin::Http {

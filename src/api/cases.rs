@@ -15,7 +15,7 @@ use super::error::{ApiError, PROBLEM_JSON};
 use super::extract::{ApiJson, ApiQuery, Auth, CasePath};
 use super::state::AppState;
 use crate::auth::Identity;
-use crate::contract::{IdempotencyKey, PlanHash, Tenant};
+use crate::contract::{DryRunDigest, IdempotencyKey, PlanHash, Tenant};
 use crate::ids::is_slug;
 use crate::model::{Case, TimelineEntry};
 use crate::orchestrator::{
@@ -384,6 +384,12 @@ pub struct TransitionBody {
     /// `gate_rejected`, whoever sends them.
     #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{64}$")]
     plan_hash: Option<String>,
+    /// The digest of the dry run judged (`GET /case/{id}/plan` shows it as
+    /// `dry_run.digest`): required with a person's `gate_approved` once the
+    /// plan has a dry run, and with the executor's `dryrun_done` /
+    /// `dryrun_failed` (the stored dry run they report).
+    #[schema(value_type = Option<String>, pattern = "^[0-9a-f]{64}$")]
+    dryrun_digest: Option<String>,
     /// Free-form context kept in the timeline meta.
     #[schema(value_type = Object)]
     meta: Option<Value>,
@@ -655,6 +661,19 @@ pub async fn transition(
             "required: the hash of the plan you judge",
         ));
     }
+    let dryrun_digest = body
+        .dryrun_digest
+        .map(DryRunDigest::try_from)
+        .transpose()
+        .map_err(|_| invalid("dryrun_digest", DryRunDigest::EXPECTED))?;
+    if matches!(event, EventKind::DryrunDone | EventKind::DryrunFailed)
+        && (dryrun_digest.is_none() || plan_hash.is_none())
+    {
+        return Err(invalid(
+            "dryrun_digest",
+            "required with plan_hash: the stored dry run this reports",
+        ));
+    }
     if let (EventKind::GateApproved, Some(hash)) = (event, &plan_hash)
         && who.is_human()
     {
@@ -674,6 +693,7 @@ pub async fn transition(
             },
             reason: body.reason,
             plan_hash,
+            dryrun_digest,
             meta,
             expected_version,
             origin: Origin::Http {

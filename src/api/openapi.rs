@@ -120,6 +120,8 @@ fn request_schemas(doc: &mut Value) {
             "reason": {"type": ["string", "null"], "maxLength": 2000, "pattern": TEXT},
             "plan_hash": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
                           "description": "the hash of the plan judged: required with gate_approved and gate_rejected"},
+            "dryrun_digest": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
+                              "description": "the digest of the dry run judged (GET /case/{id}/plan: dry_run.digest): required with a person's gate_approved once the plan has a dry run, and with dryrun_done / dryrun_failed"},
             "meta": nullable_object("free-form context kept in the timeline (at most 16 KiB stored)"),
             "evidence": nullable_object("a worker fact's record: verify_* {verify_result_id}, exec_* {exec_run_id}"),
             "break_glass": {"type": ["object", "null"], "additionalProperties": false, "required": ["reason"],
@@ -280,7 +282,7 @@ fn response_schemas(doc: &mut Value) {
         "application/json",
         json!({
             "type": "object",
-            "required": ["plan_id", "plan_hash", "source", "author", "created_at", "plan", "approvals", "gate"],
+            "required": ["plan_id", "plan_hash", "source", "author", "created_at", "plan", "approvals", "dry_run", "gate"],
             "properties": {
                 "plan_id": {"type": "string", "format": "uuid"},
                 "plan_hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
@@ -288,8 +290,23 @@ fn response_schemas(doc: &mut Value) {
                 "author": {"type": "string"},
                 "created_at": time,
                 "plan": {"$ref": "#/components/schemas/ChangePlan"},
-                "approvals": {"type": "array", "items": {"type": "object", "required": ["approver", "kind", "decided_at"],
-                    "properties": {"approver": {"type": "string"}, "kind": {"enum": ["auto", "human"]}, "decided_at": time}}},
+                "approvals": {"type": "array", "items": {"type": "object", "required": ["approver", "kind", "decided_at", "dryrun_digest", "counts"],
+                    "properties": {"approver": {"type": "string"}, "kind": {"enum": ["auto", "human"]}, "decided_at": time,
+                                   "dryrun_digest": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$"},
+                                   "counts": {"type": "boolean", "description": "given on the plan's latest dry run (a newer dry run voids it)"}}}},
+                "dry_run": {"type": ["object", "null"], "required": ["digest", "outcome", "artefact", "at"],
+                    "description": "the plan's latest dry run, before the gate; null until the executor has rehearsed it",
+                    "properties": {
+                        "digest": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "outcome": {"enum": ["ok", "failed", "unavailable"]},
+                        "at": time,
+                        "artefact": {"type": "object", "required": ["observed_at", "steps"],
+                            "properties": {"observed_at": time, "steps": {"type": "array", "items": {"type": "object",
+                                "required": ["index", "action", "outcome", "detail"],
+                                "properties": {"index": {"type": "integer"}, "action": {"type": "string"},
+                                               "target": {"type": "string"}, "outcome": {"enum": ["ok", "failed", "unavailable"]},
+                                               "error": {"type": "string"}, "detail": {}}}}}}
+                    }},
                 "gate": {"type": "object", "required": ["evaluated", "required_approvers", "decision", "approved"],
                     "properties": {
                         "evaluated": {"type": "boolean"},

@@ -13,7 +13,8 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Auth, CasePath};
 use super::state::AppState;
 use crate::auth::Role;
-use crate::contract::{Fact, Message, PlanHash};
+use crate::contract::fact::DryRunArtefact;
+use crate::contract::{DryRunDigest, Fact, Message, PlanHash};
 use crate::planner::{self, ProposeError, Source, contract};
 use crate::problem::Problem;
 use crate::pubsub::outbox;
@@ -128,17 +129,28 @@ pub async fn current(
     };
     let plan_id: Uuid = row.try_get("id")?;
     let hash: String = row.try_get("plan_hash")?;
+    let dry_run: Option<DryRunShown> = sqlx::query_as(
+        "SELECT digest, outcome, artefact, created_at AS at FROM plan_dryrun WHERE plan_id = $1 \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(plan_id)
+    .fetch_optional(pool)
+    .await?;
+    // Approvals count for the latest dry run only (a new one voids them).
     let approvals: Vec<ApprovalShown> = sqlx::query_as(
-        "SELECT approver, kind, decided_at FROM plan_approved WHERE plan_id = $1 AND plan_hash = $2 \
-         ORDER BY decided_at",
+        "SELECT approver, kind, decided_at, dryrun_digest, \
+         dryrun_digest IS NOT DISTINCT FROM $3 AS counts \
+         FROM plan_approved WHERE plan_id = $1 AND plan_hash = $2 ORDER BY decided_at",
     )
     .bind(plan_id)
     .bind(&hash)
+    .bind(dry_run.as_ref().map(|d| &d.digest))
     .fetch_all(pool)
     .await?;
     let required: Option<i16> = row.try_get("required_approvers")?;
-    let automatic = approvals.iter().any(|a| a.kind == "auto");
-    let humans = approvals.iter().filter(|a| a.kind == "human").count();
+    let counting = || approvals.iter().filter(|a| a.counts);
+    let automatic = counting().any(|a| a.kind == "auto");
+    let humans = counting().filter(|a| a.kind == "human").count();
     Ok(Json(json!({
         "plan_id": plan_id,
         "plan_hash": hash,
@@ -147,6 +159,7 @@ pub async fn current(
         "created_at": row.try_get::<chrono::DateTime<chrono::Utc>, _>("created_at")?,
         "plan": row.try_get::<Value, _>("plan")?,
         "approvals": approvals,
+        "dry_run": dry_run,
         "gate": {
             "evaluated": required.is_some() || automatic,
             "required_approvers": required,
@@ -163,6 +176,20 @@ struct ApprovalShown {
     /// `auto` (the gatekeeper) or `human`.
     kind: String,
     decided_at: chrono::DateTime<chrono::Utc>,
+    /// The dry run the approval judged.
+    dryrun_digest: Option<DryRunDigest>,
+    /// Given on the plan's latest dry run; an older one's vote is void.
+    counts: bool,
+}
+
+/// The plan's latest dry run, as approvers see it before they judge.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct DryRunShown {
+    digest: DryRunDigest,
+    /// `ok`, `failed` or `unavailable`.
+    outcome: String,
+    artefact: sqlx::types::Json<DryRunArtefact>,
+    at: chrono::DateTime<chrono::Utc>,
 }
 
 /// The gatekeeper's decision as `GET /case/{id}/plan` has always shown it.

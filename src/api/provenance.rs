@@ -2,12 +2,13 @@
 //! ordered chain an approver or an auditor reads (and keeps: the answer is
 //! the export): the signals that opened it, the analyst's findings, every
 //! plan attempt the LLM made (model, prompt version and hash, errors), each
-//! plan proposed, the gate's decision with its computed risk and reasons,
-//! the approvals (who, when, for which hash), the execution runs with each
-//! step's output, and the verifications with their figures.
+//! plan proposed, each dry run of it with its artefact, the gate's decision
+//! with its computed risk and reasons (and the dry run it judged), the
+//! approvals (who, when, for which hash and dry run), the execution runs
+//! with each step's output, and the verifications with their figures.
 //!
-//! Read-only, tenant-scoped like every read. Dry-run artefacts and
-//! retrieval (issues #17 and #19) are not recorded yet, so not in the chain.
+//! Read-only, tenant-scoped like every read. Retrieval (issue #19) is not
+//! recorded yet, so not in the chain.
 
 use axum::Json;
 use axum::extract::State;
@@ -28,8 +29,8 @@ use crate::model::Case;
 pub struct Provenance {
     pub case: Case,
     /// Every link, ordered by time; links of one moment in chain order
-    /// (signal, findings, plan attempt, plan, gate, approval, execution,
-    /// verification).
+    /// (signal, findings, plan attempt, plan, dry run, gate, approval,
+    /// execution, verification).
     pub chain: Vec<Link>,
     pub exported_at: DateTime<Utc>,
 }
@@ -84,11 +85,23 @@ pub enum Link {
         #[schema(value_type = Object)]
         plan: Value,
     },
+    /// The executor's rehearsal of a plan before the gate.
+    DryRun {
+        at: DateTime<Utc>,
+        plan_hash: String,
+        digest: String,
+        /// `ok`, `failed` or `unavailable`.
+        outcome: String,
+        #[schema(value_type = Object)]
+        artefact: Value,
+    },
     /// The gatekeeper's decision on a plan. `at` is absent for decisions
     /// recorded before the time was (migration 21).
     Gate {
         at: Option<DateTime<Utc>>,
         plan_hash: String,
+        /// The dry run judged (absent: the plan had none).
+        dryrun_digest: Option<String>,
         verdict: String,
         risk: f64,
         reasons: Vec<String>,
@@ -101,6 +114,7 @@ pub enum Link {
     Approval {
         at: DateTime<Utc>,
         plan_hash: String,
+        dryrun_digest: Option<String>,
         approver: String,
         kind: String,
         reasons: Vec<String>,
@@ -138,10 +152,11 @@ impl Link {
             Link::Findings { at, .. } => (Some(*at), 1),
             Link::PlanAttempt { at, .. } => (Some(*at), 2),
             Link::Plan { at, .. } => (Some(*at), 3),
-            Link::Gate { at, .. } => (*at, 4),
-            Link::Approval { at, .. } => (Some(*at), 5),
-            Link::Execution { at, .. } => (Some(*at), 6),
-            Link::Verification { at, .. } => (Some(*at), 7),
+            Link::DryRun { at, .. } => (Some(*at), 4),
+            Link::Gate { at, .. } => (*at, 5),
+            Link::Approval { at, .. } => (Some(*at), 6),
+            Link::Execution { at, .. } => (Some(*at), 7),
+            Link::Verification { at, .. } => (Some(*at), 8),
         }
     }
 }
@@ -164,10 +179,12 @@ type AttemptRow = (
     Option<String>,
 );
 type PlanRow = (DateTime<Utc>, Uuid, String, String, String, Value);
+type DryRunRow = (DateTime<Utc>, String, String, String, Value);
 type DecisionRow = (
     Uuid,
     Option<DateTime<Utc>>,
     String,
+    Option<String>,
     String,
     f64,
     Vec<String>,
@@ -260,8 +277,21 @@ pub async fn chain(
             plan: p.5,
         });
     }
+    let dry_runs: Vec<DryRunRow> = sqlx::query_as(
+        "SELECT created_at, plan_hash, digest, outcome, artefact FROM plan_dryrun WHERE case_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    chain.extend(dry_runs.into_iter().map(|r| Link::DryRun {
+        at: r.0,
+        plan_hash: r.1,
+        digest: r.2,
+        outcome: r.3,
+        artefact: r.4,
+    }));
     let decisions: Vec<DecisionRow> = sqlx::query_as(
-        "SELECT d.plan_id, d.decided_at, d.plan_hash, d.verdict, d.risk, d.reasons, \
+        "SELECT d.plan_id, d.decided_at, d.plan_hash, d.dryrun_digest, d.verdict, d.risk, d.reasons, \
                 d.required_approvers, d.freeze_name, d.auto_rollback \
          FROM gate_decision d JOIN plan_proposed p ON p.id = d.plan_id WHERE p.case_id = $1",
     )
@@ -274,40 +304,41 @@ pub async fn chain(
             Link::Gate {
                 at: d.1,
                 plan_hash: d.2,
-                verdict: d.3,
-                risk: d.4,
-                reasons: d.5,
-                required_approvers: d.6,
-                freeze: d.7,
-                auto_rollback: d.8,
+                dryrun_digest: d.3,
+                verdict: d.4,
+                risk: d.5,
+                reasons: d.6,
+                required_approvers: d.7,
+                freeze: d.8,
+                auto_rollback: d.9,
             },
         ));
     }
     type ApprovalRow = (
         DateTime<Utc>,
         String,
+        Option<String>,
         String,
         String,
         sqlx::types::Json<Vec<String>>,
     );
     let approvals: Vec<ApprovalRow> = sqlx::query_as(
-        "SELECT a.decided_at, a.plan_hash, a.approver, a.kind, a.reasons FROM plan_approved a \
+        "SELECT a.decided_at, a.plan_hash, a.dryrun_digest, a.approver, a.kind, a.reasons FROM plan_approved a \
          JOIN plan_proposed p ON p.id = a.plan_id WHERE p.case_id = $1",
     )
     .bind(id)
     .fetch_all(pool)
     .await?;
-    chain.extend(
-        approvals
-            .into_iter()
-            .map(|(at, plan_hash, approver, kind, reasons)| Link::Approval {
-                at,
-                plan_hash,
-                approver,
-                kind,
-                reasons: reasons.0,
-            }),
-    );
+    chain.extend(approvals.into_iter().map(
+        |(at, plan_hash, dryrun_digest, approver, kind, reasons)| Link::Approval {
+            at,
+            plan_hash,
+            dryrun_digest,
+            approver,
+            kind,
+            reasons: reasons.0,
+        },
+    ));
     // Every run and verification: an audit export leaves nothing out.
     chain.extend(
         runs_of(pool, id, i64::MAX)

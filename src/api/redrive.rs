@@ -130,7 +130,9 @@ pub async fn plan_generate(
     redrive(&state, &who, body.case_id, what).await
 }
 
-/// Re-issues `cmd.gate.eval` of the current plan, for a case in WAIT_GATE.
+/// Takes the current plan through the gate again, for a case in WAIT_GATE:
+/// a new dry run (`cmd.exec.dryrun`), then the gatekeeper's evaluation of
+/// it. Votes given on the older dry run no longer count.
 #[utoipa::path(post, path = "/gate/eval", tag = "redrive", request_body = CaseRef,
     responses((status = 202, body = Redriven),
               (status = 403, body = crate::problem::Problem, description = "forbidden: not an operator or admin"),

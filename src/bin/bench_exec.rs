@@ -28,7 +28,7 @@ use opsloop::contract::plan::{Action, ScriptParams};
 use opsloop::executor::adapter::{Adapter, Noop};
 use opsloop::executor::script::ScriptAdapter;
 use opsloop::executor::{ExecSettings, Executor};
-use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
+use opsloop::gatekeeper::Gatekeeper;
 use opsloop::orchestrator::Orchestrator;
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::templates::Templates;
@@ -43,7 +43,7 @@ mod common;
 
 use common::{
     Workers, arg, bench_actor, between, database, direct_step, hop_baseline,
-    jetstream as connect_jetstream, ms, quantile,
+    jetstream as connect_jetstream, ms, quantile, shipped_policy,
 };
 
 const SCRIPT: &str = "restart-service.sh";
@@ -113,15 +113,15 @@ async fn run_phase(
         llm: None,
     };
     workers.add_worker(Role::Planner, planner).await?;
+    // The shipped targets file: the demo script runs in staging and
+    // declares its dry-run flag, as in the service.
+    let policy = shipped_policy()?;
     let gate = Gatekeeper {
-        // The shipped targets file: the demo script runs in staging, as
-        // in the service.
-        policy: Policy::default().with_targets(opsloop::gatekeeper::targets::Targets::load(
-            std::path::Path::new("config/targets.toml"),
-        )?)?,
+        policy: policy.clone(),
     };
     workers.add_worker(Role::Gatekeeper, gate).await?;
-    let executor = Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()], workers.wake());
+    let mut executor = Executor::new(pool.clone(), &s.exec, &[SCRIPT.to_string()], workers.wake());
+    executor.set_policy(std::sync::Arc::new(policy));
     workers.add(Role::Executor, executor).await?;
     let verifier = Verifier::new(pool.clone(), s.verify.clone())?;
     workers.add_worker(Role::Verifier, verifier).await?;

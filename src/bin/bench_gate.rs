@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_nats::jetstream;
-use opsloop::gatekeeper::{Gatekeeper, policy::Policy};
+use opsloop::gatekeeper::Gatekeeper;
 use opsloop::orchestrator::Orchestrator;
 use opsloop::planner::contract::PlanLimits;
 use opsloop::planner::llm::{LlmPlanner, LlmSettings};
@@ -108,14 +108,23 @@ async fn run_phase(
         llm,
     };
     workers.add_worker(Role::Planner, planner).await?;
+    // The shipped targets file: the demo script runs in staging and
+    // declares its dry-run flag, as in the service. The executor rehearses
+    // each plan before the gate (only `cmd.exec.dryrun` reaches it here:
+    // the measured span ends at EXECUTING).
+    let policy = common::shipped_policy()?;
     let gate = Gatekeeper {
-        // The shipped targets file: the demo script runs in staging, as
-        // in the service.
-        policy: Policy::default().with_targets(opsloop::gatekeeper::targets::Targets::load(
-            std::path::Path::new("config/targets.toml"),
-        )?)?,
+        policy: policy.clone(),
     };
     workers.add_worker(Role::Gatekeeper, gate).await?;
+    let executor = common::shipped_executor(pool, workers.wake(), policy);
+    let dry_runs = opsloop::pubsub::consumer::ConsumerSpec::new(
+        opsloop::pubsub::streams::CMD_STREAM,
+        "executor-dryrun",
+        opsloop::contract::command::CMD_EXEC_DRYRUN,
+    )
+    .with_concurrency(8);
+    workers.add_on(dry_runs, executor).await?;
 
     let interval = Duration::from_secs_f64(1.0 / rate);
     let mut ids = Vec::with_capacity(cases);

@@ -14,14 +14,16 @@ use super::message::{Body, ContractError, invalid};
 pub const CMD_ANALYSIS_RUN: &str = "cmd.analysis.run";
 pub const CMD_PLAN_GENERATE: &str = "cmd.plan.generate";
 pub const CMD_GATE_EVAL: &str = "cmd.gate.eval";
+pub const CMD_EXEC_DRYRUN: &str = "cmd.exec.dryrun";
 pub const CMD_EXEC_RUN: &str = "cmd.exec.run";
 pub const CMD_EXEC_ROLLBACK: &str = "cmd.exec.rollback";
 pub const CMD_VERIFY_RUN: &str = "cmd.verify.run";
 
 /// Every command subject, for consumers and tests that list them.
-pub const ALL: [&str; 6] = [
+pub const ALL: [&str; 7] = [
     CMD_ANALYSIS_RUN,
     CMD_PLAN_GENERATE,
+    CMD_EXEC_DRYRUN,
     CMD_GATE_EVAL,
     CMD_EXEC_RUN,
     CMD_EXEC_ROLLBACK,
@@ -35,6 +37,9 @@ pub enum CommandMsg {
     RunAnalysis(RunAnalysis),
     /// `cmd.plan.generate`, consumed by the planner.
     GeneratePlan(GeneratePlan),
+    /// `cmd.exec.dryrun`, consumed by the executor: rehearse the plan
+    /// before the gate judges it.
+    DryRun(PlanCommand),
     /// `cmd.gate.eval`, consumed by the gatekeeper.
     EvaluateGate(PlanCommand),
     /// `cmd.exec.run`, consumed by the executor.
@@ -77,6 +82,7 @@ impl Body for CommandMsg {
         match self {
             CommandMsg::RunAnalysis(_) => CMD_ANALYSIS_RUN,
             CommandMsg::GeneratePlan(_) => CMD_PLAN_GENERATE,
+            CommandMsg::DryRun(_) => CMD_EXEC_DRYRUN,
             CommandMsg::EvaluateGate(_) => CMD_GATE_EVAL,
             CommandMsg::Execute(_) => CMD_EXEC_RUN,
             CommandMsg::Verify(_) => CMD_VERIFY_RUN,

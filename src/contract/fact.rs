@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::ids::PlanHash;
+use super::ids::{DryRunDigest, PlanHash};
 use super::message::{Body, ContractError, MAX_REASON, invalid};
 use crate::workflow::{EventKind, Status};
 
@@ -23,6 +23,7 @@ pub const EVT_PLAN_FAILED: &str = "evt.plan.failed.v1";
 pub const EVT_GATE_PENDING: &str = "evt.gate.pending.v1";
 pub const EVT_PLAN_APPROVED: &str = "evt.plan.approved.v1";
 pub const EVT_PLAN_REJECTED: &str = "evt.plan.rejected.v1";
+pub const EVT_EXEC_DRYRUN: &str = "evt.exec.dryrun.v1";
 pub const EVT_STEP_RESULT: &str = "evt.exec.step_result.v1";
 pub const EVT_EXEC_DONE: &str = "evt.exec.done.v1";
 pub const EVT_EXEC_FAILED: &str = "evt.exec.failed.v1";
@@ -61,6 +62,9 @@ pub enum Fact {
     PlanApproved(GateJudged),
     /// The gatekeeper's denial → `gate_rejected`.
     PlanRejected(PlanRejected),
+    /// The executor's rehearsal of a plan before the gate → `dryrun_done`
+    /// (outcome `ok` or `unavailable`) or `dryrun_failed`.
+    DryRun(DryRunReport),
     /// The executor, per finished step. Informational.
     StepResult(StepResult),
     /// The executor → `exec_done`.
@@ -207,6 +211,9 @@ pub struct PlanFailed {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateJudged {
     pub plan_hash: PlanHash,
+    /// The dry run judged with the plan (absent: the plan had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dryrun_digest: Option<DryRunDigest>,
     pub risk: f64,
     pub reasons: Vec<String>,
 }
@@ -229,6 +236,67 @@ pub struct PlanRejected {
     #[serde(flatten)]
     pub judged: GateJudged,
     pub reason: String,
+}
+
+/// How a dry run of a plan ended. `unavailable`: some step's target cannot
+/// rehearse (a script without a declared dry-run flag); not a failure, but
+/// the gate wants a person for such a plan.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum DryRunOutcome {
+    Ok,
+    Failed,
+    Unavailable,
+}
+
+/// A dry run of one plan, as stored in `plan_dryrun`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunReport {
+    pub plan_hash: PlanHash,
+    /// SHA-256 of the plan hash, outcome and artefact: what approvals bind to.
+    pub digest: DryRunDigest,
+    pub outcome: DryRunOutcome,
+    pub artefact: DryRunArtefact,
+}
+
+/// What the executor saw when it rehearsed each forward step of a plan.
+/// Rollback steps are not rehearsed: an `undo` restores a state that only
+/// exists once the forward steps ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRunArtefact {
+    /// When the targets were read: a later dry run is another digest.
+    pub observed_at: chrono::DateTime<chrono::Utc>,
+    pub steps: Vec<StepRehearsal>,
+}
+
+/// One forward step's rehearsal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRehearsal {
+    pub index: i32,
+    pub action: String,
+    /// The resource it would change (`k8s:shop/api`, `gateway:edge/api`,
+    /// `script:restart.sh`); none for `noop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub outcome: DryRunOutcome,
+    /// Why it failed or could not be rehearsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the target said: the pod-template diff, the current and
+    /// target weights, the script's dry-run output.
+    pub detail: Value,
 }
 
 #[derive(
@@ -327,6 +395,57 @@ pub struct VerifyFailed {
     pub checks: Vec<Value>,
 }
 
+impl DryRunReport {
+    /// The report of `artefact`: failed when a step failed, else
+    /// unavailable when a step could not be rehearsed, else ok; the digest
+    /// covers the plan hash, the outcome and every byte of the artefact.
+    pub fn of(plan_hash: PlanHash, artefact: DryRunArtefact) -> DryRunReport {
+        let outcome = [DryRunOutcome::Failed, DryRunOutcome::Unavailable]
+            .into_iter()
+            .find(|o| artefact.steps.iter().any(|s| s.outcome == *o))
+            .unwrap_or(DryRunOutcome::Ok);
+        let digest = DryRunReport::digest_of(&plan_hash, outcome, &artefact);
+        DryRunReport {
+            plan_hash,
+            digest,
+            outcome,
+            artefact,
+        }
+    }
+
+    /// serde_json writes struct fields in declaration order and maps in
+    /// key order, so the same report always hashes the same.
+    pub fn digest_of(
+        plan_hash: &PlanHash,
+        outcome: DryRunOutcome,
+        artefact: &DryRunArtefact,
+    ) -> DryRunDigest {
+        let canonical =
+            serde_json::to_vec(&(plan_hash, outcome, artefact)).expect("a dry run serialises");
+        DryRunDigest::of(&canonical)
+    }
+
+    /// Why a failed dry run parks the case: the first failed step's error,
+    /// cut to what a park reason holds.
+    pub fn failure(&self) -> String {
+        let step = self
+            .artefact
+            .steps
+            .iter()
+            .find(|s| s.outcome == DryRunOutcome::Failed);
+        let why = match step {
+            Some(s) => format!(
+                "dry run failed at step {} ({}): {}",
+                s.index,
+                s.action,
+                s.error.as_deref().unwrap_or("no detail")
+            ),
+            None => "dry run failed".to_string(),
+        };
+        why.chars().take(MAX_REASON).collect()
+    }
+}
+
 impl Fact {
     /// The FSM event this fact proposes; `None` for informational facts.
     pub fn event(&self) -> Option<EventKind> {
@@ -337,6 +456,8 @@ impl Fact {
             Fact::PlanFailed(_) => E::PlanFailed,
             Fact::PlanApproved(_) => E::GateApproved,
             Fact::PlanRejected(_) => E::GateRejected,
+            Fact::DryRun(r) if r.outcome == DryRunOutcome::Failed => E::DryrunFailed,
+            Fact::DryRun(_) => E::DryrunDone,
             Fact::ExecDone(_) => E::ExecDone,
             Fact::ExecFailed(_) => E::ExecFailed,
             Fact::VerifyPass(_) => E::VerifyPass,
@@ -358,6 +479,7 @@ impl Fact {
                 Some(&j.plan_hash)
             }
             Fact::PlanRejected(r) => Some(&r.judged.plan_hash),
+            Fact::DryRun(r) => Some(&r.plan_hash),
             Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => Some(&r.plan_hash),
             Fact::VerifyPass(v) => v.plan_hash.as_ref(),
             Fact::VerifyFailed(v) => v.plan_hash.as_ref(),
@@ -369,11 +491,34 @@ impl Fact {
         }
     }
 
+    /// The dry run a `evt.exec.dryrun.v1` reports; the orchestrator loads
+    /// that stored dry run for the guard.
+    pub fn dryrun_digest(&self) -> Option<&DryRunDigest> {
+        match self {
+            Fact::DryRun(r) => Some(&r.digest),
+            Fact::CaseTransition(_)
+            | Fact::CaseCreated(_)
+            | Fact::Findings(_)
+            | Fact::PlanProposed(_)
+            | Fact::PlanFailed(_)
+            | Fact::GatePending(_)
+            | Fact::PlanApproved(_)
+            | Fact::PlanRejected(_)
+            | Fact::StepResult(_)
+            | Fact::ExecDone(_)
+            | Fact::ExecFailed(_)
+            | Fact::RolledBack(_)
+            | Fact::VerifyPass(_)
+            | Fact::VerifyFailed(_) => None,
+        }
+    }
+
     /// The reason the transition records (and a park keeps).
     pub fn reason(&self) -> Option<String> {
         match self {
             Fact::PlanFailed(f) => Some(f.reason.clone()),
             Fact::PlanRejected(r) => Some(r.reason.clone()),
+            Fact::DryRun(r) if r.outcome == DryRunOutcome::Failed => Some(r.failure()),
             Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => r.reason.clone(),
             Fact::VerifyFailed(v) => Some(v.reason.to_string()),
             Fact::CaseTransition(t) => t.reason.clone(),
@@ -382,6 +527,7 @@ impl Fact {
             | Fact::PlanProposed(_)
             | Fact::GatePending(_)
             | Fact::PlanApproved(_)
+            | Fact::DryRun(_)
             | Fact::StepResult(_)
             | Fact::VerifyPass(_) => None,
         }
@@ -407,6 +553,7 @@ impl Body for Fact {
             Fact::GatePending(_) => EVT_GATE_PENDING,
             Fact::PlanApproved(_) => EVT_PLAN_APPROVED,
             Fact::PlanRejected(_) => EVT_PLAN_REJECTED,
+            Fact::DryRun(_) => EVT_EXEC_DRYRUN,
             Fact::StepResult(_) => EVT_STEP_RESULT,
             Fact::ExecDone(_) => EVT_EXEC_DONE,
             Fact::ExecFailed(_) => EVT_EXEC_FAILED,
@@ -426,6 +573,7 @@ impl Body for Fact {
             Fact::GatePending(x) => Fact::data(x),
             Fact::PlanApproved(x) => Fact::data(x),
             Fact::PlanRejected(x) => Fact::data(x),
+            Fact::DryRun(x) => Fact::data(x),
             Fact::StepResult(x) => Fact::data(x),
             Fact::ExecDone(x) | Fact::ExecFailed(x) | Fact::RolledBack(x) => Fact::data(x),
             Fact::VerifyPass(x) => Fact::data(x),
@@ -444,6 +592,7 @@ impl Body for Fact {
             EVT_GATE_PENDING => Fact::GatePending(parse(s, data)?),
             EVT_PLAN_APPROVED => Fact::PlanApproved(parse(s, data)?),
             EVT_PLAN_REJECTED => Fact::PlanRejected(parse(s, data)?),
+            EVT_EXEC_DRYRUN => Fact::DryRun(parse(s, data)?),
             EVT_STEP_RESULT => Fact::StepResult(parse(s, data)?),
             EVT_EXEC_DONE => Fact::ExecDone(parse(s, data)?),
             EVT_EXEC_FAILED => Fact::ExecFailed(parse(s, data)?),

@@ -15,7 +15,7 @@ mod tests;
 
 /// The domain ids live in `crate::ids` (the pure workflow uses them too);
 /// re-exported here, where messages carry them.
-pub use crate::ids::{self, CaseId, IdempotencyKey, PlanHash, Tenant, Version};
+pub use crate::ids::{self, CaseId, DryRunDigest, IdempotencyKey, PlanHash, Tenant, Version};
 pub use command::CommandMsg;
 pub use fact::Fact;
 pub use message::{Body, ContractError, Message};

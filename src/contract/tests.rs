@@ -14,16 +14,17 @@ macro_rules! golden {
     };
 }
 
-const COMMANDS: [(&str, &str); 6] = golden!(
+const COMMANDS: [(&str, &str); 7] = golden!(
     "cmd.analysis.run",
     "cmd.plan.generate",
+    "cmd.exec.dryrun",
     "cmd.gate.eval",
     "cmd.exec.run",
     "cmd.exec.rollback",
     "cmd.verify.run",
 );
 
-const FACTS: [(&str, &str); 14] = golden!(
+const FACTS: [(&str, &str); 15] = golden!(
     "evt.case.transition.v1",
     "evt.analysis.findings.v1",
     "evt.plan.proposed.v1",
@@ -38,6 +39,7 @@ const FACTS: [(&str, &str); 14] = golden!(
     "evt.verify.pass.v1",
     "evt.verify.failed.v1",
     "evt.case.created.v1",
+    "evt.exec.dryrun.v1",
 );
 
 fn round_trip<B: Body + std::fmt::Debug>(subject: &str, text: &str) -> Message<B> {
@@ -103,6 +105,39 @@ fn verification_facts_add_only_their_plan_hash() {
     }
 }
 
+/// The documented dry run's digest is the one the executor would compute
+/// for it, and it survives a round trip through jsonb-like reordering.
+#[test]
+fn a_dry_run_digest_covers_the_plan_outcome_and_artefact() {
+    let (subject, text) = FACTS[14];
+    let Fact::DryRun(report) = round_trip::<Fact>(subject, text).body else {
+        panic!("{subject} is not a dry run");
+    };
+    let again = fact::DryRunReport::of(report.plan_hash.clone(), report.artefact.clone());
+    assert_eq!(
+        (again.outcome, &again.digest),
+        (report.outcome, &report.digest)
+    );
+    assert_eq!(
+        fact::Fact::DryRun(report.clone()).event(),
+        Some(crate::workflow::EventKind::DryrunDone),
+        "unavailable is not a failure"
+    );
+    let mut failed = report.artefact.clone();
+    failed.steps[0].outcome = fact::DryRunOutcome::Failed;
+    failed.steps[0].error = Some("admission webhook denied".into());
+    let failed = fact::DryRunReport::of(report.plan_hash.clone(), failed);
+    assert_ne!(failed.digest, report.digest);
+    assert_eq!(
+        fact::Fact::DryRun(failed.clone()).event(),
+        Some(crate::workflow::EventKind::DryrunFailed)
+    );
+    assert_eq!(
+        fact::Fact::DryRun(failed).reason().as_deref(),
+        Some("dry run failed at step 0 (k8s.rollout): admission webhook denied")
+    );
+}
+
 #[test]
 fn a_break_glass_pending_fact_keeps_its_freeze() {
     let data = json!({"plan_hash": "b".repeat(64), "risk": 0.35, "reasons": ["freeze"],
@@ -143,7 +178,7 @@ fn bad_payloads_are_refused_with_the_reason() {
 
 #[test]
 fn a_verify_command_adds_only_its_plan_hash() {
-    let (subject, text) = COMMANDS[5];
+    let (subject, text) = COMMANDS[6];
     let mut message = round_trip::<CommandMsg>(subject, text);
     let hash: PlanHash = "c".repeat(64).parse().unwrap();
     let CommandMsg::Verify(v) = &mut message.body else {

@@ -99,6 +99,18 @@ pub fn not_mine(adapter: &str, action: &Action) -> ExecError {
     )
 }
 
+/// What rehearsing a step showed, before the gate.
+#[derive(Debug, Clone)]
+pub enum Rehearsal {
+    /// The target accepted the change without making it; what it would be.
+    Ok(Value),
+    /// The target would refuse the change, or could not be asked.
+    Failed(ExecError),
+    /// This step cannot be rehearsed (a script with no declared dry-run
+    /// flag): not a failure; the gate asks a person instead.
+    Unavailable(String),
+}
+
 pub trait Adapter: Send + Sync {
     /// The plan action this adapter runs (`script.exec`, `noop`, …).
     fn action(&self) -> &'static str;
@@ -112,6 +124,18 @@ pub trait Adapter: Send + Sync {
         action: &'a Action,
         timeout: Duration,
     ) -> BoxFuture<'a, Result<Value, ExecError>>;
+    /// Rehearses one step without changing anything (the dry run before
+    /// the gate). `targets`: the operator's file, which declares the
+    /// scripts' dry-run flags.
+    fn dry_run<'a>(
+        &'a self,
+        _action: &'a Action,
+        _targets: &'a crate::gatekeeper::targets::Targets,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Rehearsal> {
+        let action = self.action();
+        Box::pin(async move { Rehearsal::Unavailable(format!("{action} cannot be rehearsed")) })
+    }
     /// Reads the state a step is about to change. The runner stores it
     /// before the first try, so an `undo: true` rollback step on the same
     /// target can hand it to `restore`. `None`: nothing worth keeping.
@@ -153,5 +177,14 @@ impl Adapter for Noop {
 
     fn run<'a>(&'a self, _: &'a Action, _: Duration) -> BoxFuture<'a, Result<Value, ExecError>> {
         Box::pin(async { Ok(Value::Object(Default::default())) })
+    }
+
+    fn dry_run<'a>(
+        &'a self,
+        _: &'a Action,
+        _: &'a crate::gatekeeper::targets::Targets,
+        _: Duration,
+    ) -> BoxFuture<'a, Rehearsal> {
+        Box::pin(async { Rehearsal::Ok(serde_json::json!({"changes": "nothing"})) })
     }
 }

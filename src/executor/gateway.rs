@@ -19,7 +19,7 @@ use std::time::Duration;
 use reqwest::Url;
 use serde_json::{Value, json};
 
-use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, Rehearsal, not_mine, refuses};
 use crate::contract::plan::FlipParams;
 
 /// One allowlisted gateway: `name=http://host:port/admin-base`.
@@ -216,6 +216,39 @@ impl Adapter for GatewayAdapter {
                 return Err(ExecError::refused("gateway.flip needs weights", json!({})));
             };
             self.set_weights(params, &json!(weights), timeout).await
+        })
+    }
+
+    /// The route's weights now against the ones the step sets; the
+    /// gateway's admin API has no dry run, so nothing is written.
+    fn dry_run<'a>(
+        &'a self,
+        action: &'a Action,
+        _targets: &'a crate::gatekeeper::targets::Targets,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Rehearsal> {
+        Box::pin(async move {
+            let params = match flip_of(action) {
+                Ok(params) => params,
+                Err(e) => return Rehearsal::Failed(e),
+            };
+            let Some(target) = &params.weights else {
+                return Rehearsal::Unavailable(
+                    "an undo restores the weights read at execution; nothing to compare yet".into(),
+                );
+            };
+            let current = match self.read_weights(params, timeout).await {
+                Ok(current) => current,
+                Err(e) => return Rehearsal::Failed(e),
+            };
+            let target = json!(target);
+            Rehearsal::Ok(json!({
+                "gateway": params.gateway,
+                "route": params.route,
+                "current": current,
+                "target": target,
+                "changes": current != target,
+            }))
         })
     }
 

@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{Value, json};
 
-use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine, refuses};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, Rehearsal, not_mine, refuses};
 use crate::contract::plan::RolloutParams;
 
 /// Who the API server records as the changer.
@@ -320,6 +320,54 @@ impl Adapter for K8sAdapter {
                 "generation": current.metadata.generation,
                 "images": images(&current),
             })))
+        })
+    }
+
+    /// The same patch the run sends, with `dryRun=All`: the API server
+    /// admits, defaults and validates it without storing it; the artefact
+    /// is the pod template's diff.
+    fn dry_run<'a>(
+        &'a self,
+        action: &'a Action,
+        _targets: &'a crate::gatekeeper::targets::Targets,
+        _timeout: Duration,
+    ) -> BoxFuture<'a, Rehearsal> {
+        Box::pin(async move {
+            let rehearse = async {
+                let (params, ns, name) = deployment_of(action)?;
+                if params.undo {
+                    return Ok(None);
+                }
+                let api = self.api(ns).await?;
+                let current = read(&api, ns, name).await?;
+                let patch = patch_for(params, &current)?;
+                let write = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..PatchParams::default()
+                };
+                let dry = api
+                    .patch(name, &write.dry_run(), &Patch::Strategic(&patch))
+                    .await
+                    .map_err(|e| api_error("server-side dry run", e))?;
+                let before = serde_json::to_value(template_of(&current)).unwrap_or_default();
+                let after = serde_json::to_value(template_of(&dry)).unwrap_or_default();
+                Ok(Some(json!({
+                    "namespace": ns,
+                    "deployment": name,
+                    "patch": patch,
+                    "template_diff": super::dryrun::diff(&before, &after),
+                    "images_before": images(&current),
+                    "images_after": images(&dry),
+                })))
+            };
+            match rehearse.await {
+                Ok(Some(detail)) => Rehearsal::Ok(detail),
+                Ok(None) => Rehearsal::Unavailable(
+                    "an undo restores the pod template read at execution; nothing to compare yet"
+                        .into(),
+                ),
+                Err(e) => Rehearsal::Failed(e),
+            }
         })
     }
 

@@ -1,16 +1,18 @@
-//! The executor: consumes `cmd.exec.run` and `cmd.exec.rollback`, runs the
+//! The executor: consumes `cmd.exec.dryrun` (rehearses a plan before the
+//! gate, `dryrun`), `cmd.exec.run` and `cmd.exec.rollback`; runs the
 //! approved plan's steps through adapters, records every step, and reports
 //! `evt.exec.step_result.v1` per step and `evt.exec.done.v1` /
 //! `evt.exec.failed.v1` (or `evt.exec.rolled_back.v1` for a rollback
 //! command) through the outbox.
 //!
-//! Owns: `exec_run`, `exec_step`, `exec_target_lock`. Never changes the
+//! Owns: `plan_dryrun`, `exec_run`, `exec_step`, `exec_target_lock`. Never changes the
 //! case status; its facts carry the version the command was issued at, so
 //! the orchestrator rejects the results of an attempt the case has moved
 //! past (fencing). The command's envelope id is the attempt id: a
 //! redelivered command finds its run and never re-runs a finished step.
 
 pub mod adapter;
+pub mod dryrun;
 pub mod gateway;
 pub mod k8s;
 mod machine;
@@ -97,8 +99,9 @@ impl Handler for Executor {
             Err(e) => return e.into(),
         };
         let (kind, plan_hash) = match &cmd.body {
-            CommandMsg::Execute(p) => (RunKind::Run, p.plan_hash.clone()),
-            CommandMsg::Rollback(p) => (RunKind::Rollback, p.plan_hash.clone()),
+            CommandMsg::Execute(p) => (Some(RunKind::Run), p.plan_hash.clone()),
+            CommandMsg::Rollback(p) => (Some(RunKind::Rollback), p.plan_hash.clone()),
+            CommandMsg::DryRun(p) => (None, p.plan_hash.clone()),
             CommandMsg::RunAnalysis(_)
             | CommandMsg::GeneratePlan(_)
             | CommandMsg::EvaluateGate(_)
@@ -109,6 +112,13 @@ impl Handler for Executor {
                 DeadReason::InvalidData,
                 "an exec command needs case_id and expected_version".into(),
             );
+        };
+        let Some(kind) = kind else {
+            return self
+                .machine
+                .dry_run(&cmd, d, version, &plan_hash)
+                .await
+                .unwrap_or_else(|e| Disposition::Retry(e.to_string()));
         };
         let _in_flight = telemetry::execution_started();
         match self

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::adapter::{Action, Adapter, BoxFuture, ExecError, not_mine};
+use super::adapter::{Action, Adapter, BoxFuture, ExecError, Rehearsal, not_mine};
 use crate::contract::plan::ScriptParams;
 
 #[derive(Debug, Clone)]
@@ -59,12 +59,20 @@ impl ScriptAdapter {
         Ok(path)
     }
 
-    async fn exec(&self, params: &ScriptParams, timeout: Duration) -> Result<Value, ExecError> {
+    /// Runs the script with the step's argv, and `dry_run_flag` after it
+    /// for a rehearsal.
+    async fn exec(
+        &self,
+        params: &ScriptParams,
+        dry_run_flag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Value, ExecError> {
         let name = params.script.as_str();
         let path = self.resolve(name)?;
-        let args: &[String] = params.args.as_deref().unwrap_or_default();
+        let mut args: Vec<String> = params.args.clone().unwrap_or_default();
+        args.extend(dry_run_flag.map(String::from));
         let mut cmd = Command::new(&path);
-        cmd.args(args)
+        cmd.args(&args)
             .current_dir(&self.dir)
             .env_clear()
             .stdin(Stdio::null())
@@ -179,7 +187,36 @@ impl Adapter for ScriptAdapter {
             let Action::ScriptExec(params) = action else {
                 return Err(not_mine(self.action(), action));
             };
-            self.exec(params, timeout).await
+            self.exec(params, None, timeout).await
+        })
+    }
+
+    /// The script itself, with the dry-run flag its declaration in the
+    /// targets file names: exit 0 is a rehearsal that passed.
+    fn dry_run<'a>(
+        &'a self,
+        action: &'a Action,
+        targets: &'a crate::gatekeeper::targets::Targets,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Rehearsal> {
+        Box::pin(async move {
+            let Action::ScriptExec(params) = action else {
+                return Rehearsal::Failed(not_mine(self.action(), action));
+            };
+            // An unknown script fails here as it would at execution.
+            if let Err(e) = self.resolve(&params.script) {
+                return Rehearsal::Failed(e);
+            }
+            let Some(flag) = targets.dry_run_flag(&params.script) else {
+                return Rehearsal::Unavailable(format!(
+                    "script {:?} declares no dry_run_flag in the targets file",
+                    params.script
+                ));
+            };
+            match self.exec(params, Some(flag), timeout).await {
+                Ok(detail) => Rehearsal::Ok(detail),
+                Err(e) => Rehearsal::Failed(e),
+            }
         })
     }
 }

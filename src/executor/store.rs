@@ -214,6 +214,10 @@ impl Store {
                 has_rollback: false,
             }),
             approvals: crate::store::approvals(&self.pool, row.id).await?,
+            // Approvals count for the plan's latest dry run only.
+            dryrun: crate::store::latest_dryrun(&self.pool, row.id)
+                .await?
+                .map(|d| d.fact()),
             required_approvers: crate::store::required_approvers(row.required_approvers),
             ..Facts::default()
         };

@@ -72,9 +72,14 @@ impl CaseWorker for Gatekeeper {
             )));
         };
         let plan_id: Uuid = row.try_get("id")?;
+        // The plan's latest dry run is what this decision judges, and what
+        // an automatic approval binds to.
+        let dryrun = crate::store::latest_dryrun(&mut *tx, plan_id).await?;
+        let digest = dryrun.as_ref().map(|d| d.digest.clone());
         let ctx = GateContext {
             now: chrono::Utc::now(),
             tenant: case.tenant.as_str(),
+            dryrun: dryrun.as_ref().map(|d| d.outcome),
         };
         // A stored plan the model cannot read (stored before the model
         // existed) is denied with the reason, never left in WAIT_GATE.
@@ -103,8 +108,8 @@ impl CaseWorker for Gatekeeper {
         // The plan's columns hold the latest decision; the record keeps each.
         sqlx::query(
             "INSERT INTO gate_decision (id, plan_id, plan_hash, verdict, risk, reasons, \
-             required_approvers, freeze_name, auto_rollback, decided_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now())",
+             required_approvers, freeze_name, auto_rollback, dryrun_digest, decided_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now())",
         )
         .bind(Uuid::now_v7())
         .bind(plan_id)
@@ -115,24 +120,28 @@ impl CaseWorker for Gatekeeper {
         .bind(decision.verdict.required_approvers().map(i16::from))
         .bind(decision.verdict.freeze())
         .bind(self.policy.auto_rollback)
+        .bind(&digest)
         .execute(&mut *tx)
         .await?;
         let judged = GateJudged {
             plan_hash: hash.clone(),
+            dryrun_digest: digest.clone(),
             risk: decision.risk,
             reasons: decision.reasons.clone(),
         };
         let body = match &decision.verdict {
             Verdict::AutoApprove => {
                 sqlx::query(
-                    "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind, reasons) \
-                     VALUES ($1, $2, $3, $4, 'auto', $5) ON CONFLICT (plan_id, approver) DO NOTHING",
+                    "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind, reasons, dryrun_digest) \
+                     VALUES ($1, $2, $3, $4, 'auto', $5, $6) \
+                     ON CONFLICT ON CONSTRAINT plan_approved_once_per_dryrun DO NOTHING",
                 )
                 .bind(Uuid::now_v7())
                 .bind(plan_id)
                 .bind(hash)
                 .bind(CONSUMER)
                 .bind(json!(decision.reasons))
+                .bind(&digest)
                 .execute(&mut *tx)
                 .await?;
                 Fact::PlanApproved(judged)

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::targets::{PlanEnvironment, Targets};
 use crate::contract::ChangePlan;
+use crate::contract::fact::DryRunOutcome;
 use crate::contract::plan::Action;
 
 /// The policy file (`OPSLOOP_POLICY_FILE`, TOML); every field has the
@@ -32,6 +33,10 @@ pub struct Policy {
     pub max_steps: usize,
     /// Whether a failed verification may roll back without a person.
     pub auto_rollback: bool,
+    /// A plan whose dry run could not rehearse every step (`unavailable`,
+    /// or no dry run at all) is never approved automatically: one person
+    /// at least looks at it.
+    pub dryrun_unavailable_needs_human: bool,
     /// Change freezes: inside one, nothing executes without a break-glass
     /// override approved by `quorum` distinct people.
     pub freeze_windows: Vec<FreezeWindow>,
@@ -124,6 +129,8 @@ impl FreezeWindow {
 pub struct GateContext<'a> {
     pub now: DateTime<Utc>,
     pub tenant: &'a str,
+    /// How the plan's latest dry run ended; `None`: it has none.
+    pub dryrun: Option<DryRunOutcome>,
 }
 
 impl Default for Policy {
@@ -140,6 +147,7 @@ impl Default for Policy {
             forbidden_targets: ["kube-system".to_string()].into(),
             max_steps: 20,
             auto_rollback: true,
+            dryrun_unavailable_needs_human: true,
             freeze_windows: Vec::new(),
             targets: Targets::default(),
         }
@@ -354,6 +362,11 @@ pub fn evaluate(plan: &ChangePlan, policy: &Policy, ctx: &GateContext) -> GateDe
     if plan.steps.len() > policy.max_steps {
         denials.push(format!("more than {} steps", policy.max_steps));
     }
+    // The FSM parks a plan whose dry run failed before the gate; a gate
+    // evaluation that arrives anyway (a re-drive) denies it.
+    if ctx.dryrun == Some(DryRunOutcome::Failed) {
+        denials.push("its dry run failed".into());
+    }
     let prod = policy.prod_environments.contains(&environment.name);
     let freeze = policy.active_freeze(Some(plan), ctx.tenant, ctx.now);
     let verdict = if !denials.is_empty() {
@@ -377,6 +390,18 @@ pub fn evaluate(plan: &ChangePlan, policy: &Policy, ctx: &GateContext) -> GateDe
         Verdict::RequireApprovers {
             count: policy.quorum,
         }
+    } else if risk <= policy.auto_approve_max_risk
+        && policy.dryrun_unavailable_needs_human
+        && ctx.dryrun != Some(DryRunOutcome::Ok)
+    {
+        reasons.push(format!(
+            "risk {risk:.2} would be approved automatically, but {}: one approver",
+            match ctx.dryrun {
+                None => "the plan has no dry run",
+                Some(_) => "its dry run could not rehearse every step",
+            }
+        ));
+        Verdict::RequireApprovers { count: 1 }
     } else if risk <= policy.auto_approve_max_risk {
         reasons.push(format!(
             "risk {risk:.2} <= {:.2}: approved automatically",
@@ -457,6 +482,7 @@ mod tests {
             // A Wednesday, 14:30 UTC.
             now: "2026-11-18T14:30:00Z".parse().unwrap(),
             tenant: "t-001",
+            dryrun: Some(DryRunOutcome::Ok),
         }
     }
 
@@ -472,6 +498,41 @@ mod tests {
         );
         assert_eq!(
             verdict(&plan("script.exec", "staging", None, true)),
+            Verdict::AutoApprove
+        );
+    }
+
+    #[test]
+    fn a_plan_its_dry_run_could_not_rehearse_needs_a_person() {
+        let p = plan("script.exec", "staging", None, true);
+        for dryrun in [Some(DryRunOutcome::Unavailable), None] {
+            let d = evaluate(&p, &policy(), &GateContext { dryrun, ..ctx() });
+            assert_eq!(
+                d.verdict,
+                Verdict::RequireApprovers { count: 1 },
+                "{dryrun:?}"
+            );
+            assert!(
+                d.reasons.iter().any(|r| r.contains("dry run")),
+                "{:?}",
+                d.reasons
+            );
+        }
+        let failed = GateContext {
+            dryrun: Some(DryRunOutcome::Failed),
+            ..ctx()
+        };
+        assert_eq!(evaluate(&p, &policy(), &failed).verdict, Verdict::Deny);
+        let lenient = Policy {
+            dryrun_unavailable_needs_human: false,
+            ..policy()
+        };
+        let unavailable = GateContext {
+            dryrun: Some(DryRunOutcome::Unavailable),
+            ..ctx()
+        };
+        assert_eq!(
+            evaluate(&p, &lenient, &unavailable).verdict,
             Verdict::AutoApprove
         );
     }
@@ -563,6 +624,7 @@ mod tests {
         let after = GateContext {
             now: "2026-11-21T00:00:00Z".parse().unwrap(),
             tenant: "t-001",
+            dryrun: Some(DryRunOutcome::Ok),
         };
         assert_eq!(
             evaluate(&plan("noop", "staging", None, true), &policy, &after).verdict,

@@ -10,7 +10,7 @@
 //! lower it. Pure: loaded once, read by the gatekeeper, the orchestrator
 //! and the executor alike (through `Policy`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -28,6 +28,21 @@ pub struct Targets {
     pub environments: Vec<String>,
     #[serde(default, rename = "target")]
     pub rules: Vec<TargetRule>,
+    /// What the operator declares about each script `script.exec` may run:
+    /// `[scripts."name.sh"] dry_run_flag = "--dry-run"`.
+    #[serde(default)]
+    pub scripts: BTreeMap<String, ScriptDecl>,
+}
+
+/// A script's declaration in the targets file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptDecl {
+    /// The argument that makes the script show what it would do without
+    /// doing it; appended to the step's argv for the dry run before the
+    /// gate. A script without one cannot be rehearsed (`unavailable`).
+    #[serde(default)]
+    pub dry_run_flag: Option<String>,
 }
 
 fn default_environments() -> Vec<String> {
@@ -40,6 +55,7 @@ impl Default for Targets {
         Targets {
             environments: default_environments(),
             rules: Vec::new(),
+            scripts: BTreeMap::new(),
         }
     }
 }
@@ -221,7 +237,27 @@ impl Targets {
                 ));
             }
         }
+        for (name, decl) in &self.scripts {
+            // One argv element, an option: never a value a shell or the
+            // script could read as something else.
+            let flag_ok = decl.dry_run_flag.as_deref().is_none_or(|f| {
+                f.len() <= 64
+                    && f.starts_with('-')
+                    && f.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+            });
+            if !flag_ok {
+                return invalid(format!(
+                    "scripts.{name:?}: dry_run_flag must be one option like --dry-run (letters, digits, - _ =; at most 64)"
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// The dry-run flag the operator declared for a script, if any.
+    pub fn dry_run_flag(&self, script: &str) -> Option<&str> {
+        self.scripts.get(script)?.dry_run_flag.as_deref()
     }
 
     /// Where a target no rule matches goes: the highest environment.

@@ -65,6 +65,7 @@ impl Handler for FactConsumer {
             },
             reason: fact.body.reason(),
             plan_hash: fact.body.plan_hash().cloned(),
+            dryrun_digest: fact.body.dryrun_digest().cloned(),
             meta,
             expected_version: fact.expected_version.map(i64::from),
             origin: Origin::Message {

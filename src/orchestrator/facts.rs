@@ -27,6 +27,7 @@ impl Loaded {
             plan_id,
             plan_hash: plan.hash.clone(),
             approver: req.actor.id.clone(),
+            dryrun_digest: self.facts.dryrun.as_ref().map(|d| d.digest.clone()),
         })
     }
 }
@@ -59,9 +60,13 @@ pub async fn load(
     let names_plan = from_worker && req.plan_hash.is_some();
     let needs_plan = names_plan
         || match req.event {
-            E::PlanReady | E::GateApproved | E::GateRejected | E::ExecDone | E::VerifyFailed => {
-                true
-            }
+            E::PlanReady
+            | E::DryrunDone
+            | E::DryrunFailed
+            | E::GateApproved
+            | E::GateRejected
+            | E::ExecDone
+            | E::VerifyFailed => true,
             E::StartAnalysis
             | E::AnalysisDone
             | E::PlanFailed
@@ -77,16 +82,27 @@ pub async fn load(
         facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
             facts.approvals = crate::store::approvals(&mut *conn, id).await?;
+            facts.dryrun = crate::store::latest_dryrun(&mut *conn, id)
+                .await?
+                .map(|d| d.fact());
             if !policy.freeze_windows.is_empty() {
                 facts.freeze = active_freeze(conn, id, case, policy).await?;
             }
         }
         facts.plan = Some(plan);
     }
+    if matches!(req.event, E::DryrunDone | E::DryrunFailed)
+        && let Some(digest) = &req.dryrun_digest
+    {
+        facts.dryrun = crate::store::dryrun_named(&mut *conn, case.id, digest)
+            .await?
+            .map(|d| d.fact());
+    }
     if req.actor.human && matches!(req.event, E::GateApproved | E::GateRejected) {
         facts.judgement = Some(Judgement {
             actor: req.actor.id.clone(),
             plan_hash: req.plan_hash.clone(),
+            dryrun_digest: req.dryrun_digest.clone(),
         });
     }
     if req.event == E::ExecDone {

@@ -13,7 +13,10 @@ use uuid::Uuid;
 
 use super::Orchestrator;
 use crate::auth::TenantScope;
-use crate::contract::command::{GeneratePlan, PlanCommand, Verify};
+use crate::contract::command::{
+    CMD_EXEC_DRYRUN, CMD_EXEC_RUN, CMD_PLAN_GENERATE, CMD_VERIFY_RUN, GeneratePlan, PlanCommand,
+    Verify,
+};
 use crate::contract::{CommandMsg, Message, PlanHash};
 use crate::model::Case;
 use crate::pubsub::outbox;
@@ -25,7 +28,10 @@ pub enum Redrive {
     /// `cmd.plan.generate` for a case in PLANNING (optionally naming a
     /// template instead of the planner's own choice).
     GeneratePlan { template: Option<String> },
-    /// `cmd.gate.eval` of the current plan, in WAIT_GATE.
+    /// The current plan's way through the gate, in WAIT_GATE, from its
+    /// start: a new dry run (`cmd.exec.dryrun`), whose `dryrun_done` asks
+    /// the gatekeeper again. The gate never judges without fresh evidence,
+    /// and the new dry run voids the votes given on the older one.
     EvaluateGate,
     /// `cmd.exec.run` of the current plan, in EXECUTING, with no run of the
     /// case in flight (a step that is not idempotent never runs twice).
@@ -119,11 +125,20 @@ impl Orchestrator {
                 what: what.name(),
             });
         }
+        // When the case entered its version, and by which event.
+        let (entered, event): (chrono::DateTime<chrono::Utc>, Option<String>) = sqlx::query_as(
+            "SELECT at, event FROM case_timeline WHERE case_id = $1 AND version = $2 \
+             AND kind IN ('created', 'transition')",
+        )
+        .bind(case_id)
+        .bind(case.version)
+        .fetch_one(&mut *tx)
+        .await?;
         let subject = match &what {
-            Redrive::GeneratePlan { .. } => "cmd.plan.generate",
-            Redrive::EvaluateGate => "cmd.gate.eval",
-            Redrive::Execute => "cmd.exec.run",
-            Redrive::Verify => "cmd.verify.run",
+            Redrive::GeneratePlan { .. } => CMD_PLAN_GENERATE,
+            Redrive::EvaluateGate => CMD_EXEC_DRYRUN,
+            Redrive::Execute => CMD_EXEC_RUN,
+            Redrive::Verify => CMD_VERIFY_RUN,
         };
         let pending: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM outbox WHERE case_id = $1 AND subject = $2)",
@@ -135,15 +150,6 @@ impl Orchestrator {
         if pending {
             return Err(RedriveError::CommandPending(subject.into()));
         }
-        // When the case entered its version, and by which event.
-        let (entered, event): (chrono::DateTime<chrono::Utc>, Option<String>) = sqlx::query_as(
-            "SELECT at, event FROM case_timeline WHERE case_id = $1 AND version = $2 \
-             AND kind IN ('created', 'transition')",
-        )
-        .bind(case_id)
-        .bind(case.version)
-        .fetch_one(&mut *tx)
-        .await?;
         let plan: Option<(PlanHash, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "SELECT plan_hash, created_at FROM plan_proposed WHERE case_id = $1 \
              ORDER BY seq DESC LIMIT 1",
@@ -176,7 +182,7 @@ impl Orchestrator {
                     template: template.clone(),
                 })
             }
-            Redrive::EvaluateGate => CommandMsg::EvaluateGate(PlanCommand {
+            Redrive::EvaluateGate => CommandMsg::DryRun(PlanCommand {
                 plan_hash: current()?,
             }),
             Redrive::Execute => {

@@ -5,7 +5,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::TenantScope;
-use crate::contract::{IdempotencyKey, PlanHash};
+use crate::contract::{DryRunDigest, IdempotencyKey, PlanHash};
 use crate::workflow::EventKind;
 
 /// Who asked, as authenticated. Never a field the caller typed.
@@ -48,6 +48,9 @@ pub struct TransitionRequest {
     /// A person's request: the plan they judge with `gate_*`. A worker's
     /// fact: the plan it is about, which must be the case's current plan.
     pub plan_hash: Option<PlanHash>,
+    /// A person's `gate_*`: the dry run they saw. A `dryrun_*` fact: the
+    /// stored dry run it reports.
+    pub dryrun_digest: Option<DryRunDigest>,
     /// Free-form caller context, stored in the timeline meta.
     pub meta: Value,
     /// `If-Match` (HTTP) or `expected_version` (message).

@@ -309,6 +309,8 @@ pub struct HumanApproval {
     pub plan_id: Uuid,
     pub plan_hash: PlanHash,
     pub approver: String,
+    /// The dry run the person saw (`None`: the plan has none).
+    pub dryrun_digest: Option<crate::contract::DryRunDigest>,
 }
 
 pub async fn record_human_approval(
@@ -316,13 +318,15 @@ pub async fn record_human_approval(
     approval: &HumanApproval,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind) \
-         VALUES ($1, $2, $3, $4, 'human') ON CONFLICT (plan_id, approver) DO NOTHING",
+        "INSERT INTO plan_approved (id, plan_id, plan_hash, approver, kind, dryrun_digest) \
+         VALUES ($1, $2, $3, $4, 'human', $5) \
+         ON CONFLICT ON CONSTRAINT plan_approved_once_per_dryrun DO NOTHING",
     )
     .bind(Uuid::now_v7())
     .bind(approval.plan_id)
     .bind(&approval.plan_hash)
     .bind(&approval.approver)
+    .bind(&approval.dryrun_digest)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -371,6 +375,7 @@ fn command_for(effect: &Effect) -> CommandMsg {
             feedback: feedback.clone(),
             template: None,
         }),
+        Effect::DryRun { plan_hash } => CommandMsg::DryRun(plan(plan_hash)),
         Effect::EvaluateGate { plan_hash } => CommandMsg::EvaluateGate(plan(plan_hash)),
         Effect::Execute { plan_hash } => CommandMsg::Execute(plan(plan_hash)),
         Effect::Verify { plan_hash } => CommandMsg::Verify(Verify {

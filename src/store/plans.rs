@@ -1,27 +1,100 @@
-//! Plan rows several roles read: the approvals of a plan (the orchestrator
-//! judges the gate with them, the executor checks them again).
+//! Plan rows several roles read: the approvals of a plan and its dry runs
+//! (the orchestrator judges the gate with them, the executor checks them
+//! again, the gatekeeper judges the latest dry run).
 
 use sqlx::Row;
 use uuid::Uuid;
 
-use crate::workflow::{ApprovalFact, ApprovalKind};
+use crate::contract::fact::DryRunOutcome;
+use crate::contract::{DryRunDigest, PlanHash};
+use crate::workflow::{ApprovalFact, ApprovalKind, DryRunFact, DryRunVerdict};
+
+/// A stored dry run as the guards and the gate read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDryRun {
+    pub plan_hash: PlanHash,
+    pub digest: DryRunDigest,
+    pub outcome: DryRunOutcome,
+}
+
+impl StoredDryRun {
+    pub fn fact(&self) -> DryRunFact {
+        DryRunFact {
+            plan_hash: self.plan_hash.clone(),
+            digest: self.digest.clone(),
+            verdict: match self.outcome {
+                DryRunOutcome::Ok | DryRunOutcome::Unavailable => DryRunVerdict::Passed,
+                DryRunOutcome::Failed => DryRunVerdict::Failed,
+            },
+        }
+    }
+}
+
+fn stored_dryrun(row: &sqlx::postgres::PgRow) -> Result<StoredDryRun, sqlx::Error> {
+    let outcome: String = row.try_get("outcome")?;
+    Ok(StoredDryRun {
+        plan_hash: row.try_get("plan_hash")?,
+        digest: row.try_get("digest")?,
+        outcome: outcome
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(format!("plan_dryrun.outcome: {e}").into()))?,
+    })
+}
+
+/// The plan's latest dry run: the one approvals bind to.
+pub async fn latest_dryrun<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    plan_id: Uuid,
+) -> Result<Option<StoredDryRun>, sqlx::Error> {
+    sqlx::query(
+        "SELECT plan_hash, digest, outcome FROM plan_dryrun WHERE plan_id = $1 \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(plan_id)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(stored_dryrun)
+    .transpose()
+}
+
+/// The case's stored dry run with this digest (a `dryrun_*` fact names it).
+pub async fn dryrun_named<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    case_id: Uuid,
+    digest: &DryRunDigest,
+) -> Result<Option<StoredDryRun>, sqlx::Error> {
+    sqlx::query(
+        "SELECT plan_hash, digest, outcome FROM plan_dryrun WHERE case_id = $1 AND digest = $2 \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case_id)
+    .bind(digest)
+    .fetch_optional(db)
+    .await?
+    .as_ref()
+    .map(stored_dryrun)
+    .transpose()
+}
 
 /// The approvals recorded for a plan, each bound to the hash it judged.
 pub async fn approvals<'e>(
     db: impl sqlx::PgExecutor<'e>,
     plan_id: Uuid,
 ) -> Result<Vec<ApprovalFact>, sqlx::Error> {
-    let rows =
-        sqlx::query("SELECT plan_hash, approver, kind FROM plan_approved WHERE plan_id = $1")
-            .bind(plan_id)
-            .fetch_all(db)
-            .await?;
+    let rows = sqlx::query(
+        "SELECT plan_hash, approver, kind, dryrun_digest FROM plan_approved WHERE plan_id = $1",
+    )
+    .bind(plan_id)
+    .fetch_all(db)
+    .await?;
     rows.iter()
         .map(|r| {
             let kind: String = r.try_get("kind")?;
             Ok(ApprovalFact {
                 plan_hash: r.try_get("plan_hash")?,
                 approver: r.try_get("approver")?,
+                dryrun_digest: r.try_get("dryrun_digest")?,
                 kind: if kind == "auto" {
                     ApprovalKind::Auto
                 } else {

@@ -2,8 +2,8 @@
 
 use super::guards;
 use super::types::{
-    Decision, Effect, EventKind, FactRef, Facts, GuardFailure, PlanFact, PlanHash, Rejection,
-    Status,
+    Decision, DryRunVerdict, Effect, EventKind, FactRef, Facts, GuardFailure, PlanFact, PlanHash,
+    Rejection, Status,
 };
 
 /// Decides the move for `event` in `status`, given `facts`. Pure.
@@ -43,16 +43,33 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
             ])?;
             let plan_hash = current_plan_hash(facts)?;
             let note = format!(
-                "plan {} passed the contract; the gate evaluates it",
+                "plan {} passed the contract; the executor rehearses it before the gate",
+                plan_hash.short()
+            );
+            Ok(to(S::WaitGate, note).effect(Effect::DryRun { plan_hash }))
+        }
+        (S::Planning, E::PlanFailed) => Ok(to(S::Parked, "no plan could be made".into())),
+        (S::WaitGate, E::DryrunDone) => {
+            check(&[guards::dryrun_of_current_plan(facts, DryRunVerdict::Passed)])?;
+            let plan_hash = current_plan_hash(facts)?;
+            let note = format!(
+                "dry run of plan {} in; the gate evaluates it (earlier votes are void)",
                 plan_hash.short()
             );
             Ok(to(S::WaitGate, note).effect(Effect::EvaluateGate { plan_hash }))
         }
-        (S::Planning, E::PlanFailed) => Ok(to(S::Parked, "no plan could be made".into())),
+        (S::WaitGate, E::DryrunFailed) => {
+            check(&[guards::dryrun_of_current_plan(facts, DryRunVerdict::Failed)])?;
+            Ok(to(
+                S::Parked,
+                "the dry run failed; no one is asked to approve".into(),
+            ))
+        }
         (S::WaitGate, E::GateApproved) => {
             let failures = guards::failures(&[
                 guards::plan_present(facts),
                 guards::judged_plan_is_current(facts),
+                guards::judged_dryrun_is_current(facts),
                 guards::approver_is_not_author(facts),
                 guards::approval_for_current_plan(facts),
                 guards::outside_change_freeze(facts),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::types::{ApprovalKind, Facts, GuardFailure, Judgement};
+use super::types::{ApprovalKind, DryRunVerdict, Facts, GuardFailure, Judgement};
 
 type Guard = Result<(), GuardFailure>;
 
@@ -73,6 +73,60 @@ pub(super) fn judged_plan_is_current(facts: &Facts) -> Guard {
     }
 }
 
+/// A `dryrun_*` fact is about a stored dry run of the current plan, and
+/// says what that dry run says.
+pub(super) fn dryrun_of_current_plan(facts: &Facts, expected: DryRunVerdict) -> Guard {
+    let name = "dryrun_of_current_plan";
+    match (&facts.dryrun, &facts.plan) {
+        (None, _) => fail(name, "no stored dry run has the digest the fact names"),
+        (Some(_), None) => fail(name, "no plan is stored for this case"),
+        (Some(d), Some(p)) if d.plan_hash != p.hash => fail(
+            name,
+            format!(
+                "the dry run is of plan {}, the current plan is {}",
+                d.plan_hash.short(),
+                p.hash.short()
+            ),
+        ),
+        (Some(d), Some(_)) if d.verdict != expected => fail(
+            name,
+            format!(
+                "the stored dry run {} is {:?}, the fact says {expected:?}",
+                d.digest.short(),
+                d.verdict
+            ),
+        ),
+        (Some(_), Some(_)) => Ok(()),
+    }
+}
+
+/// A person judges the dry run they saw: when the plan has one, the
+/// judgement names its latest digest; an older one counts for nothing.
+pub(super) fn judged_dryrun_is_current(facts: &Facts) -> Guard {
+    let name = "judged_dryrun_is_current";
+    let (Some(judgement), Some(current)) = (&facts.judgement, &facts.dryrun) else {
+        return Ok(());
+    };
+    match &judgement.dryrun_digest {
+        None => fail(
+            name,
+            format!(
+                "the judgement names no dryrun_digest; the plan's dry run is {}",
+                current.digest
+            ),
+        ),
+        Some(seen) if *seen != current.digest => fail(
+            name,
+            format!(
+                "dryrun_digest {} is not the plan's latest dry run {}",
+                seen.short(),
+                current.digest.short()
+            ),
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
 pub(super) fn approver_is_not_author(facts: &Facts) -> Guard {
     match (&facts.judgement, &facts.plan) {
         (Some(j), Some(p)) if j.actor == p.author => fail(
@@ -90,7 +144,13 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
     let Some(plan) = &facts.plan else {
         return fail("approval_for_current_plan", "no plan is stored");
     };
-    let for_plan = facts.approvals.iter().filter(|a| a.plan_hash == plan.hash);
+    // An approval counts for the plan's latest dry run only: a new dry run
+    // voids the votes (and the automatic approval) given on an older one.
+    let current_dryrun = facts.dryrun.as_ref().map(|d| &d.digest);
+    let for_plan = facts
+        .approvals
+        .iter()
+        .filter(|a| a.plan_hash == plan.hash && a.dryrun_digest.as_ref() == current_dryrun);
     if for_plan.clone().any(|a| a.kind == ApprovalKind::Auto) {
         return Ok(());
     }
@@ -100,6 +160,7 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
         .collect();
     if let Some(j) = &facts.judgement
         && j.plan_hash.as_ref() == Some(&plan.hash)
+        && j.dryrun_digest.as_ref() == current_dryrun
         && j.actor != plan.author
     {
         humans.insert(j.actor.as_str());

@@ -13,6 +13,7 @@ mod types;
 
 pub use decide::{approvals_meet_quorum, decide, replay};
 pub use types::{
-    ApprovalFact, ApprovalKind, Decision, Effect, EventKind, ExecFact, FactRef, Facts,
-    GuardFailure, Judgement, PlanFact, PlanHash, Rejection, Status,
+    ApprovalFact, ApprovalKind, Decision, DryRunDigest, DryRunFact, DryRunVerdict, Effect,
+    EventKind, ExecFact, FactRef, Facts, GuardFailure, Judgement, PlanFact, PlanHash, Rejection,
+    Status,
 };

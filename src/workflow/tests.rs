@@ -6,9 +6,24 @@ use super::*;
 
 const H1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const H2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+const D1: &str = "d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1d1";
+const D2: &str = "d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2d2";
 
 fn h(hash: &str) -> PlanHash {
     hash.parse().unwrap()
+}
+
+fn d(digest: &str) -> DryRunDigest {
+    digest.parse().unwrap()
+}
+
+/// A stored dry run of plan `hash` with `digest`.
+fn dryrun(hash: &str, digest: &str, verdict: DryRunVerdict) -> Option<DryRunFact> {
+    Some(DryRunFact {
+        plan_hash: h(hash),
+        digest: d(digest),
+        verdict,
+    })
 }
 
 fn plan(hash: &str) -> PlanFact {
@@ -29,6 +44,10 @@ fn good_for(event: EventKind) -> Facts {
             verify_passed: Some(false),
             ..all_good()
         },
+        EventKind::DryrunFailed => Facts {
+            dryrun: dryrun(H1, D1, DryRunVerdict::Failed),
+            ..all_good()
+        },
         _ => all_good(),
     }
 }
@@ -39,10 +58,12 @@ fn all_good() -> Facts {
         reason: Some("duplicate of INC-7".into()),
         park_reason: Some("verify breach".into()),
         plan: Some(plan(H1)),
+        dryrun: dryrun(H1, D1, DryRunVerdict::Passed),
         approvals: vec![ApprovalFact {
             plan_hash: h(H1),
             approver: "gatekeeper".into(),
             kind: ApprovalKind::Auto,
+            dryrun_digest: Some(d(D1)),
         }],
         required_approvers: Some(1),
         judgement: None,
@@ -78,9 +99,16 @@ fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
             S::Planning,
             E::PlanReady,
             S::WaitGate,
-            vec![Effect::EvaluateGate { plan_hash: h(H1) }],
+            vec![Effect::DryRun { plan_hash: h(H1) }],
         ),
         (S::Planning, E::PlanFailed, S::Parked, vec![]),
+        (
+            S::WaitGate,
+            E::DryrunDone,
+            S::WaitGate,
+            vec![Effect::EvaluateGate { plan_hash: h(H1) }],
+        ),
+        (S::WaitGate, E::DryrunFailed, S::Parked, vec![]),
         (
             S::WaitGate,
             E::GateApproved,
@@ -163,13 +191,21 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<String>
 #[case::plan_ready_incomplete(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { complete: false, schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid", "plan_complete"])]
 #[case::no_execution_without_approval(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::approval_of_older_hash_does_not_count(Status::WaitGate, EventKind::GateApproved, Facts { plan: Some(plan(H2)), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
-#[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
-#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
-#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "bob".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::human_judged_another_plan(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["judged_plan_is_current", "approval_for_current_plan"])]
+#[case::author_cannot_approve(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["approver_is_not_author", "approval_for_current_plan"])]
+#[case::quorum_of_two_needs_two(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::same_person_twice_is_one(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "bob".into(), kind: ApprovalKind::Human, dryrun_digest: Some(d(D1)) }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::judged_an_older_dry_run(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D2)) }), ..all_good() }, vec!["judged_dryrun_is_current", "approval_for_current_plan"])]
+#[case::judged_without_naming_the_dry_run(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: None }), ..all_good() }, vec!["judged_dryrun_is_current", "approval_for_current_plan"])]
+#[case::a_new_dry_run_voids_earlier_votes(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "alice".into(), kind: ApprovalKind::Human, dryrun_digest: Some(d(D1)) }], required_approvers: Some(2), dryrun: dryrun(H1, D2, DryRunVerdict::Passed), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D2)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::an_automatic_approval_of_an_older_dry_run(Status::WaitGate, EventKind::GateApproved, Facts { dryrun: dryrun(H1, D2, DryRunVerdict::Passed), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::dry_run_of_another_plan(Status::WaitGate, EventKind::DryrunDone, Facts { dryrun: dryrun(H2, D1, DryRunVerdict::Passed), ..all_good() }, vec!["dryrun_of_current_plan"])]
+#[case::dry_run_not_stored(Status::WaitGate, EventKind::DryrunDone, Facts { dryrun: None, ..all_good() }, vec!["dryrun_of_current_plan"])]
+#[case::dry_run_done_when_it_failed(Status::WaitGate, EventKind::DryrunDone, Facts { dryrun: dryrun(H1, D1, DryRunVerdict::Failed), ..all_good() }, vec!["dryrun_of_current_plan"])]
+#[case::dry_run_failed_when_it_passed(Status::WaitGate, EventKind::DryrunFailed, all_good(), vec!["dryrun_of_current_plan"])]
 #[case::inside_a_change_freeze(Status::WaitGate, EventKind::GateApproved, Facts { freeze: Some("release".into()), ..all_good() }, vec!["outside_change_freeze"])]
-#[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, vec!["judged_plan_is_current"])]
-#[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
+#[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["judged_plan_is_current"])]
+#[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
 #[case::exec_done_without_run(Status::Executing, EventKind::ExecDone, Facts { exec: None, ..all_good() }, vec!["execution_succeeded"])]
 #[case::exec_done_with_failed_step(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: h(H1), all_steps_succeeded: false }), ..all_good() }, vec!["execution_succeeded"])]
 #[case::exec_done_of_other_plan(Status::Executing, EventKind::ExecDone, Facts { exec: Some(ExecFact { plan_hash: h(H2), all_steps_succeeded: true }), ..all_good() }, vec!["execution_succeeded"])]
@@ -187,9 +223,10 @@ fn guard_fails(
 }
 
 #[rstest]
-#[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() })]
-#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "alice".into(), kind: ApprovalKind::Human }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() })]
+#[case::one_human_approver(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() })]
+#[case::second_distinct_approver_meets_quorum(Facts { approvals: vec![ApprovalFact { plan_hash: h(H1), approver: "alice".into(), kind: ApprovalKind::Human, dryrun_digest: Some(d(D1)) }], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() })]
 #[case::automatic_approval(all_good())]
+#[case::a_plan_without_dry_run_and_its_approvals(Facts { dryrun: None, approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: None }), ..all_good() })]
 fn gate_opens(#[case] facts: Facts) {
     assert_eq!(
         decide(Status::WaitGate, EventKind::GateApproved, &facts).map(|d| d.to),
@@ -250,10 +287,10 @@ fn parking_keeps_the_reason_and_leaving_clears_it() {
 }
 
 #[rstest]
-#[case::meets_the_quorum(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, true)]
-#[case::short_of_the_quorum(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)) }), ..all_good() }, true)]
-#[case::of_another_plan(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)) }), ..all_good() }, false)]
-#[case::by_the_author(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)) }), ..all_good() }, false)]
+#[case::meets_the_quorum(Facts { approvals: vec![], judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, true)]
+#[case::short_of_the_quorum(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, true)]
+#[case::of_another_plan(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)), dryrun_digest: Some(d(D1)) }), ..all_good() }, false)]
+#[case::by_the_author(Facts { approvals: vec![], required_approvers: Some(2), judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, false)]
 #[case::automatic(all_good(), false)]
 fn a_persons_approval_is_recorded_when_it_counts(#[case] facts: Facts, #[case] recorded: bool) {
     let got = match decide(Status::WaitGate, EventKind::GateApproved, &facts) {
@@ -341,20 +378,36 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         hash_strategy(),
         prop_oneof![Just("alice"), Just("bob"), Just("planner")],
         prop_oneof![Just(ApprovalKind::Auto), Just(ApprovalKind::Human)],
+        digest_strategy(),
     )
-        .prop_map(|(plan_hash, approver, kind)| ApprovalFact {
+        .prop_map(|(plan_hash, approver, kind, dryrun_digest)| ApprovalFact {
             plan_hash,
             approver: approver.into(),
             kind,
+            dryrun_digest,
         });
     let judgement = prop::option::of(
         (
             hash_strategy(),
             prop_oneof![Just("alice"), Just("bob"), Just("planner")],
+            digest_strategy(),
         )
-            .prop_map(|(plan_hash, actor)| Judgement {
+            .prop_map(|(plan_hash, actor, dryrun_digest)| Judgement {
                 actor: actor.into(),
                 plan_hash: Some(plan_hash),
+                dryrun_digest,
+            }),
+    );
+    let dryrun = prop::option::of(
+        (
+            hash_strategy(),
+            prop_oneof![Just(D1), Just(D2)],
+            prop_oneof![Just(DryRunVerdict::Passed), Just(DryRunVerdict::Failed)],
+        )
+            .prop_map(|(plan_hash, digest, verdict)| DryRunFact {
+                plan_hash,
+                digest: d(digest),
+                verdict,
             }),
     );
     let exec = prop::option::of((hash_strategy(), any::<bool>()).prop_map(
@@ -371,14 +424,24 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         judgement,
         exec,
         prop::option::of(any::<bool>()),
-        any::<bool>(),
+        (any::<bool>(), dryrun),
     )
         .prop_map(
-            |(reason, plan, approvals, required_approvers, judgement, exec, verify_passed, rb)| {
+            |(
+                reason,
+                plan,
+                approvals,
+                required_approvers,
+                judgement,
+                exec,
+                verify_passed,
+                (rb, dryrun),
+            )| {
                 Facts {
                     reason,
                     park_reason: None,
                     plan,
+                    dryrun,
                     approvals,
                     required_approvers,
                     judgement,
@@ -392,33 +455,40 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
         )
 }
 
+fn digest_strategy() -> impl Strategy<Value = Option<DryRunDigest>> {
+    prop_oneof![Just(None), Just(Some(d(D1))), Just(Some(d(D2)))]
+}
+
 fn event_strategy() -> impl Strategy<Value = EventKind> {
     prop::sample::select(EventKind::iter().collect::<Vec<_>>())
 }
 
 /// An oracle written independently of the guards: is the current plan
-/// approved, by the gatekeeper or by enough people other than its author?
+/// approved, with the dry run it has now (if any), by the gatekeeper or by
+/// enough people other than its author?
 fn approved_for_current_plan(facts: &Facts) -> bool {
     let Some(plan) = &facts.plan else {
         return false;
     };
-    if facts
-        .approvals
-        .iter()
-        .any(|a| a.kind == ApprovalKind::Auto && a.plan_hash == plan.hash)
-    {
+    let seen_now =
+        |digest: &Option<DryRunDigest>| digest.as_ref() == facts.dryrun.as_ref().map(|r| &r.digest);
+    if facts.approvals.iter().any(|a| {
+        a.kind == ApprovalKind::Auto && a.plan_hash == plan.hash && seen_now(&a.dryrun_digest)
+    }) {
         return true;
     }
     let mut people: Vec<&str> = facts
         .approvals
         .iter()
-        .filter(|a| a.kind == ApprovalKind::Human && a.plan_hash == plan.hash)
+        .filter(|a| {
+            a.kind == ApprovalKind::Human && a.plan_hash == plan.hash && seen_now(&a.dryrun_digest)
+        })
         .map(|a| a.approver.as_str())
         .chain(
             facts
                 .judgement
                 .iter()
-                .filter(|j| j.plan_hash.as_ref() == Some(&plan.hash))
+                .filter(|j| j.plan_hash.as_ref() == Some(&plan.hash) && seen_now(&j.dryrun_digest))
                 .map(|j| j.actor.as_str()),
         )
         .filter(|who| *who != plan.author)

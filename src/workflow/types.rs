@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::ids::PlanHash;
+pub use crate::ids::{DryRunDigest, PlanHash};
 
 /// Where a case is in its life. Serialised as `NEW` … `PARKED`.
 #[derive(
@@ -72,6 +72,8 @@ pub enum EventKind {
     AnalysisDone,
     PlanReady,
     PlanFailed,
+    DryrunDone,
+    DryrunFailed,
     GateApproved,
     GateRejected,
     ExecDone,
@@ -98,6 +100,9 @@ pub enum Effect {
     /// `cmd.plan.generate`, consumed by the planner; `feedback` carries the
     /// park reason when a parked case is resumed.
     GeneratePlan { feedback: Option<String> },
+    /// `cmd.exec.dryrun`, consumed by the executor: rehearse this exact
+    /// plan before the gate judges it.
+    DryRun { plan_hash: PlanHash },
     /// `cmd.gate.eval`, consumed by the gatekeeper for this exact plan.
     EvaluateGate { plan_hash: PlanHash },
     /// `cmd.exec.run`, consumed by the executor for the approved plan.
@@ -126,12 +131,34 @@ pub enum ApprovalKind {
     Human,
 }
 
-/// A stored approval, bound to the plan hash it judged.
+/// A stored approval, bound to the plan hash and the dry run it judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalFact {
     pub plan_hash: PlanHash,
     pub approver: String,
     pub kind: ApprovalKind,
+    /// `None` for approvals of plans that had no dry run (before dry runs
+    /// existed); then only such an approval matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dryrun_digest: Option<DryRunDigest>,
+}
+
+/// Whether a dry run said the plan can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DryRunVerdict {
+    /// Every step rehearsed fine, or some could not be rehearsed.
+    Passed,
+    Failed,
+}
+
+/// A stored dry run of a plan: the one a worker's fact names
+/// (`dryrun_*`), or the plan's latest (`gate_approved`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRunFact {
+    pub plan_hash: PlanHash,
+    pub digest: DryRunDigest,
+    pub verdict: DryRunVerdict,
 }
 
 /// A person's judgement carried by this very request (`gate_*` over HTTP).
@@ -141,6 +168,9 @@ pub struct Judgement {
     /// `None` when the person named no plan: then the judgement counts for
     /// nothing (fail-closed), whatever else holds.
     pub plan_hash: Option<PlanHash>,
+    /// The dry run the person saw; must be the plan's latest when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dryrun_digest: Option<DryRunDigest>,
 }
 
 /// What a worker's fact claims to be about: the case version it was
@@ -170,6 +200,10 @@ pub struct Facts {
     /// Why the case was parked (feedback for the next plan on `resume`).
     pub park_reason: Option<String>,
     pub plan: Option<PlanFact>,
+    /// `dryrun_*`: the dry run the fact names; `gate_approved`: the current
+    /// plan's latest dry run (`None`: the plan has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dryrun: Option<DryRunFact>,
     pub approvals: Vec<ApprovalFact>,
     /// Distinct human approvers the gatekeeper requires for the current plan;
     /// `None` until it has evaluated the plan (then no person can open the gate).

@@ -79,12 +79,39 @@ async fn a_rollout_restart_is_dry_run_then_watched_to_completion(pool: PgPool) {
         "{d}"
     );
     assert_eq!(d["metadata"]["generation"], 2);
-    // The dry run came first, then the real patch, then the watch.
+    // The dry run before the gate, the executor's own dry run of the same
+    // patch at execution, then the real patch, then the watch.
     let requests = k8s.requests();
     let patches: Vec<&String> = requests.iter().filter(|r| r.starts_with("PATCH")).collect();
-    assert_eq!(patches.len(), 2, "{requests:?}");
+    assert_eq!(patches.len(), 3, "{requests:?}");
     assert!(patches[0].contains("dryRun=All"), "{requests:?}");
-    assert!(!patches[1].contains("dryRun"), "{requests:?}");
+    assert!(patches[1].contains("dryRun=All"), "{requests:?}");
+    assert!(!patches[2].contains("dryRun"), "{requests:?}");
+    // What the approvers were shown: the pod template's diff, recorded
+    // before the gate decided.
+    let plan = lp.app.current_plan(case).await;
+    let dry_run = &plan.body["dry_run"];
+    assert_eq!(dry_run["outcome"], "ok", "{dry_run}");
+    let step = &dry_run["artefact"]["steps"][0];
+    assert_eq!(step["target"], format!("k8s:shop/{name}"));
+    let diff = step["detail"]["template_diff"].as_array().unwrap();
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert_eq!(diff[0]["path"], "/metadata/annotations", "{diff:?}");
+    assert!(
+        diff[0]["after"]["kubectl.kubernetes.io/restartedAt"].is_string(),
+        "{diff:?}"
+    );
+    let (rehearsed, decided): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT r.created_at, d.decided_at FROM plan_dryrun r \
+             JOIN gate_decision d ON d.plan_id = r.plan_id AND d.dryrun_digest = r.digest \
+             WHERE r.case_id = $1",
+        )
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert!(rehearsed <= decided, "{rehearsed} {decided}");
     assert!(
         requests.iter().any(|r| r.contains("watch=true")),
         "{requests:?}"
@@ -151,10 +178,11 @@ async fn a_progress_deadline_fails_the_step_and_the_undo_restores_the_template(p
     assert_eq!(steps[1].result["restored"], true);
 }
 
-/// The API server refuses the patch in the dry run: nothing is changed,
-/// the refusal is not retried, and the undo finds nothing to put back.
+/// The API server refuses the patch in the dry run before the gate: the
+/// case parks with the refusal, no gate evaluation and no person is asked,
+/// nothing runs and nothing is changed.
 #[sqlx::test]
-async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
+async fn a_refused_dry_run_parks_the_case_before_the_gate(pool: PgPool) {
     let k8s = FakeK8s::start(Duration::from_millis(100)).await;
     let name = unique("api");
     k8s.add_deployment("shop", &name, "shop/api:1.4", 1);
@@ -163,10 +191,13 @@ async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
     let mut plan = image_plan(&name, "shop/api:invalid");
     plan["steps"][0]["retry"] = json!(2);
     let (case, _) = lp.propose(&plan).await;
-    lp.approve(case).await;
 
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
+    assert!(
+        reason.starts_with("dry run failed at step 0 (k8s.rollout)"),
+        "{reason}"
+    );
     assert!(reason.contains("server-side dry run"), "{reason}");
     let patches: Vec<String> = k8s
         .requests()
@@ -176,8 +207,52 @@ async fn a_refused_dry_run_changes_nothing(pool: PgPool) {
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert!(patches[0].contains("dryRun=All"));
     assert_eq!(k8s.deployment("shop", &name), before);
-    let steps = steps(&lp, case).await;
-    assert_eq!(steps[1].result["restored"], false, "{steps:?}");
+    assert_never_reached_the_gate(&lp, case).await;
+    assert_eq!(
+        lp.app.current_plan(case).await.body["dry_run"]["outcome"],
+        "failed"
+    );
+}
+
+/// A case whose dry run failed: parked by `dryrun_failed`, with no gate
+/// decision, no approval asked or given, and no run.
+async fn assert_never_reached_the_gate(lp: &Loop, case: uuid::Uuid) {
+    let count = |sql: &'static str| {
+        let pool = lp.app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .bind(case)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count("SELECT count(*) FROM gate_decision d JOIN plan_proposed p ON p.id = d.plan_id WHERE p.case_id = $1").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM plan_approved a JOIN plan_proposed p ON p.id = a.plan_id WHERE p.case_id = $1").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM exec_run WHERE case_id = $1").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM case_timeline WHERE case_id = $1 AND event = 'dryrun_done'")
+            .await,
+        0,
+        "only dryrun_done sends cmd.gate.eval"
+    );
+    let last: String = sqlx::query_scalar(
+        "SELECT event FROM case_timeline WHERE case_id = $1 AND kind = 'transition' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_one(&lp.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(last, "dryrun_failed");
 }
 
 /// A fake gateway admin API: routes with backend weights.
@@ -246,6 +321,15 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
     });
     ingest_metric(&lp, &route, "latency_p95_ms", 900.0).await;
     let (case, _) = lp.propose(&plan).await;
+    let shown = lp.app.current_plan(case).await.body["dry_run"]["artefact"]["steps"][0].clone();
+    assert_eq!(
+        (&shown["detail"]["current"], &shown["detail"]["target"]),
+        (
+            &json!({"blue": 70, "green": 30}),
+            &json!({"blue": 0, "green": 100})
+        ),
+        "{shown}"
+    );
     lp.approve(case).await;
 
     assert_eq!(lp.app.status(case).await, "PARKED");
@@ -284,10 +368,9 @@ async fn an_unknown_gateway_is_refused_without_a_call(pool: PgPool) {
         "verify": {"checks": []}
     });
     let (case, _) = lp.propose(&plan).await;
-    lp.approve(case).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
     assert!(reason.contains("not in OPSLOOP_GATEWAYS"), "{reason}");
-    assert_eq!(steps(&lp, case).await[0].tries, 1);
+    assert_never_reached_the_gate(&lp, case).await;
     assert!(g.puts.lock().unwrap().is_empty());
 }

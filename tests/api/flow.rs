@@ -33,10 +33,24 @@ async fn durable(js: &jetstream::Context, role: Role) -> jetstream::consumer::Pu
         .unwrap()
 }
 
+/// An executor as `opsloop serve` builds it, with `policy`'s targets file.
+pub fn executor(
+    pool: &PgPool,
+    wake: &opsloop::pubsub::outbox::CommitWake,
+    policy: Policy,
+) -> Executor {
+    let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
+    let mut e = Executor::new(pool.clone(), &exec_settings(), &allowlist, wake.clone());
+    e.set_policy(std::sync::Arc::new(policy));
+    e
+}
+
 /// The limits the workers check plans against (the API's are the same).
 pub fn plan_limits() -> PlanLimits {
     PlanLimits {
         script_allowlist: [
+            "fails-for-real.sh".to_string(),
+            "no-rehearsal.sh".to_string(),
             "restart-checkout.sh".to_string(),
             "restart-service.sh".to_string(),
         ]
@@ -55,7 +69,12 @@ pub struct Loop {
     orchestrator: FactConsumer,
     gatekeeper: Runner<Gatekeeper>,
     planner: Runner<Planner>,
+    /// Without the roles after the gate, the executor still rehearses
+    /// plans before it (`cmd.exec.dryrun` only); a full loop's executor
+    /// does that on its own consumer.
+    dry_runs: Option<(jetstream::consumer::PullConsumer, Executor)>,
     downstream: Option<Downstream>,
+    cluster: Option<crate::fake_k8s::FakeK8s>,
 }
 
 /// The roles after the gate: analyst, executor, verifier.
@@ -70,7 +89,7 @@ pub struct Downstream {
 
 pub fn exec_settings() -> ExecSettings {
     ExecSettings {
-        scripts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/actions"),
+        scripts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/actions"),
         script_env: vec!["PATH".into()],
         output_cap: 4096,
         backoff_scale: 0.01,
@@ -81,13 +100,20 @@ pub fn exec_settings() -> ExecSettings {
     }
 }
 
-/// The shipped targets file (`config/targets.toml`) and one rule for the
-/// tests' second allowlisted script (any argv).
+/// The shipped targets file (`config/targets.toml`) and rules for the
+/// tests' own scripts (`tests/actions`, any argv): `restart-checkout.sh` is
+/// allowlisted but missing from the folder, `fails-for-real.sh` rehearses
+/// fine and fails when run, `no-rehearsal.sh` declares no dry-run flag.
 pub fn targets_text() -> String {
     let shipped =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/targets.toml"))
             .unwrap();
-    format!("{shipped}\n[[target]]\nenvironment = \"staging\"\nscript = \"restart-checkout.sh\"\n")
+    format!(
+        "{shipped}\n[[target]]\nenvironment = \"staging\"\nscript = \"restart-checkout.sh\"\n\
+         \n[[target]]\nenvironment = \"staging\"\nscript = \"fails-for-real.sh\"\n\
+         \n[[target]]\nenvironment = \"staging\"\nscript = \"no-rehearsal.sh\"\n\
+         \n[scripts.\"fails-for-real.sh\"]\ndry_run_flag = \"--dry-run\"\n"
+    )
 }
 
 /// The default policy with the tests' targets, as `opsloop serve` runs it.
@@ -144,31 +170,35 @@ impl Loop {
 
     async fn full_with(pool: PgPool, verify: VerifySettings, llm: Option<LlmPlanner>) -> Loop {
         let mut lp = Loop::build(pool.clone(), policy(), llm).await;
+        lp.dry_runs = None;
         let js = jetstream::new(lp._nats.client().await);
-        let allowlist: Vec<String> = plan_limits().script_allowlist.into_iter().collect();
         let wake = lp.app.orchestrator.outbox_ready();
         lp.downstream = Some(Downstream {
             analysis: durable(&js, Role::Analyst).await,
             exec: durable(&js, Role::Executor).await,
             verify: durable(&js, Role::Verifier).await,
             analyst: Runner::new(Analyst, pool.clone(), wake.clone()),
-            executor: {
-                let mut e = Executor::new(pool.clone(), &exec_settings(), &allowlist, wake.clone());
-                e.set_policy(std::sync::Arc::new(policy()));
-                e
-            },
+            executor: executor(&pool, &wake, policy()),
             verifier: Runner::new(Verifier::new(pool.clone(), verify).unwrap(), pool, wake),
         });
         lp
     }
 
     pub fn executor(&self) -> &Executor {
-        &self.downstream.as_ref().expect("a full loop").executor
+        match (&self.downstream, &self.dry_runs) {
+            (Some(d), _) => &d.executor,
+            (None, Some((_, executor))) => executor,
+            (None, None) => unreachable!("every loop has an executor"),
+        }
     }
 
     /// To register adapters that talk to a test's fake servers.
     pub fn executor_mut(&mut self) -> &mut Executor {
-        &mut self.downstream.as_mut().expect("a full loop").executor
+        match (&mut self.downstream, &mut self.dry_runs) {
+            (Some(d), _) => &mut d.executor,
+            (None, Some((_, executor))) => executor,
+            (None, None) => unreachable!("every loop has an executor"),
+        }
     }
 
     async fn build(pool: PgPool, policy: Policy, llm: Option<LlmPlanner>) -> Loop {
@@ -184,7 +214,17 @@ impl Loop {
             limits: plan_limits(),
             llm,
         };
+        let dry_run_spec = opsloop::pubsub::consumer::ConsumerSpec::new(
+            opsloop::pubsub::streams::CMD_STREAM,
+            "executor-dryrun",
+            opsloop::contract::command::CMD_EXEC_DRYRUN,
+        );
+        let dry_runs = (
+            consumer::durable(&js, &dry_run_spec).await.unwrap(),
+            executor(&pool, &wake, policy.clone()),
+        );
         Loop {
+            dry_runs: Some(dry_runs),
             relay: Relay::new(pool.clone(), nats.client().await, RelaySettings::default()),
             facts: durable(&js, Role::Orchestrator).await,
             gate: durable(&js, Role::Gatekeeper).await,
@@ -197,7 +237,22 @@ impl Loop {
             app,
             _nats: nats,
             downstream: None,
+            cluster: None,
         }
+    }
+
+    /// A fake Kubernetes API server holding these (namespace, deployment)
+    /// pairs, for the executor's `k8s.rollout` steps and their dry runs:
+    /// without one, no dry run of such a step can pass.
+    pub async fn with_cluster(mut self, deployments: &[(&str, &str)]) -> Loop {
+        let k8s = crate::fake_k8s::FakeK8s::start(Duration::from_millis(50)).await;
+        for (ns, name) in deployments {
+            k8s.add_deployment(ns, name, "shop/api:1", 1);
+        }
+        let adapter = opsloop::executor::k8s::K8sAdapter::new(Some(k8s.server.url.clone()), None);
+        self.executor_mut().register(std::sync::Arc::new(adapter));
+        self.cluster = Some(k8s);
+        self
     }
 
     /// Relays and consumes until nothing moves any more.
@@ -212,6 +267,12 @@ impl Loop {
             moved += consumer::consume_once(&self.gate, pool, &self.gatekeeper, 50, wait)
                 .await
                 .unwrap();
+            if let Some((dry_runs, executor)) = &self.dry_runs {
+                moved += self.relay.relay_once().await.unwrap().published;
+                moved += consumer::consume_once(dry_runs, pool, executor, 50, wait)
+                    .await
+                    .unwrap();
+            }
             moved += self.relay.relay_once().await.unwrap().published;
             moved += consumer::consume_once(&self.facts, pool, &self.orchestrator, 50, wait)
                 .await
@@ -243,13 +304,15 @@ impl Loop {
             }
             let plan = self.app.current_plan(case).await;
             let hash = plan.body["plan_hash"].as_str().unwrap().to_string();
+            // What an approver judges: the plan and the dry run shown with it.
+            let digest = plan.body["dry_run"]["digest"].clone();
             let r = self
                 .app
                 .patch(
                     case,
                     who,
                     &Uuid::new_v4().to_string(),
-                    serde_json::json!({"event": "gate_approved", "plan_hash": hash}),
+                    serde_json::json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest}),
                 )
                 .await;
             // A vote short of the quorum is recorded and answered 422 on

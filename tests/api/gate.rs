@@ -21,7 +21,7 @@ async fn a_stored_plan_moves_to_the_gate_with_its_hash(pool: PgPool) {
     let (case, hash) = waiting_for_gate(&app, "planner", Some(1)).await;
     assert_eq!(app.status(case).await, "WAIT_GATE");
     let payload = app
-        .outbox_payloads(case, "cmd.gate.eval")
+        .outbox_payloads(case, "cmd.exec.dryrun")
         .await
         .pop()
         .unwrap();

@@ -8,6 +8,9 @@ use sqlx::PgPool;
 use crate::flow::Loop;
 use crate::helpers::*;
 
+/// The deployments the plans below restart, for their dry runs.
+const CLUSTER: &[(&str, &str)] = &[("shop", "api"), ("payments", "api"), ("kube-system", "api")];
+
 fn plan(env: &str, namespace: &str) -> Value {
     json!({
         "title": "restart api", "environment": env,
@@ -30,7 +33,7 @@ fn low_risk() -> Value {
 
 #[sqlx::test]
 async fn a_low_risk_plan_is_approved_automatically_and_executes(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let (case, hash) = lp.propose(&low_risk()).await;
     assert_eq!(lp.app.status(case).await, "EXECUTING");
     let (approver, kind, approved_hash): (String, String, String) =
@@ -59,14 +62,15 @@ async fn a_low_risk_plan_is_approved_automatically_and_executes(pool: PgPool) {
 
 #[sqlx::test]
 async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let (case, hash) = lp.propose(&plan("prod", "shop")).await;
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
     let got = lp.app.current_plan(case).await;
     assert_eq!(got.body["gate"]["required_approvers"], 2);
     assert_eq!(got.body["gate"]["approved"], false);
 
-    let judge = json!({"event": "gate_approved", "plan_hash": hash});
+    let digest = lp.app.dryrun_digest(case).await;
+    let judge = json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest});
     let first = lp.app.patch(case, APPROVER, "p-1", judge.clone()).await;
     assert_eq!(first.status, 422);
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
@@ -82,13 +86,13 @@ async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
 /// automatically.
 #[sqlx::test]
 async fn the_environment_comes_from_the_targets_file_not_the_plan(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let mut unnamed = plan("x", "payments");
     unnamed.as_object_mut().unwrap().remove("environment");
     let script = json!({
         "title": "restart", "environment": "staging",
         "steps": [{"action": "script.exec",
-                   "params": {"script": "restart-service.sh", "args": ["--service", "checkout", "--purge-all"]},
+                   "params": {"script": "restart-service.sh", "args": ["--undo", "--service", "checkout"]},
                    "timeout_s": 10, "retry": 0}],
         "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
         "verify": {"checks": []}
@@ -109,7 +113,7 @@ async fn the_environment_comes_from_the_targets_file_not_the_plan(pool: PgPool) 
 
 #[sqlx::test]
 async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let (case, _) = lp.propose(&plan("staging", "kube-system")).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
@@ -127,7 +131,7 @@ async fn a_plan_touching_a_forbidden_target_is_denied_and_parked(pool: PgPool) {
 /// The loop without a person: analysis done → a template plan → the gate → EXECUTING.
 #[sqlx::test]
 async fn a_template_plan_goes_through_the_gate_on_its_own(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let case = lp
         .app
         .open_case(json!({"title": "p95 high", "tenant": "t-001", "kind": "latency"}))
@@ -147,7 +151,7 @@ async fn a_template_plan_goes_through_the_gate_on_its_own(pool: PgPool) {
 
 #[sqlx::test]
 async fn without_a_matching_template_the_case_parks_with_the_reason(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let case = lp.app.create_case().await; // no kind, no alertname
     lp.app.event(case, OPERATOR, "start_analysis").await;
     lp.app.event(case, ANALYST, "analysis_done").await;
@@ -169,7 +173,10 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
         "#,
     )
     .unwrap();
-    let lp = Loop::with_policy(pool, policy).await;
+    let lp = Loop::with_policy(pool, policy)
+        .await
+        .with_cluster(CLUSTER)
+        .await;
     let (case, hash) = lp.propose(&low_risk()).await;
     assert_eq!(
         lp.app.status(case).await,
@@ -177,11 +184,12 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
         "even a low-risk plan waits in a freeze"
     );
     // Overriding a freeze needs a reason: without one, 400 and no vote.
-    let bare = json!({"event": "gate_approved", "plan_hash": hash});
+    let digest = lp.app.dryrun_digest(case).await;
+    let bare = json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest});
     let r = lp.app.patch(case, APPROVER, "bg-0", bare).await;
     assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
     assert_eq!(r.body["field"], "break_glass");
-    let judge = json!({"event": "gate_approved", "plan_hash": hash,
+    let judge = json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest,
                        "break_glass": {"reason": "checkout is down; the freeze is for releases"}});
     assert_eq!(
         lp.app
@@ -234,7 +242,7 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
 /// denied with the reason: the case parks instead of waiting at the gate.
 #[sqlx::test]
 async fn a_stored_plan_the_model_cannot_read_is_denied(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool).await.with_cluster(CLUSTER).await;
     let case = lp.app.case_in("PLANNING").await;
     let mut odd = plan("staging", "shop");
     odd["steps"][1]["params"]["restart"] = json!("yes");

@@ -278,6 +278,12 @@ impl TestApp {
         .unwrap()
     }
 
+    /// The digest of the current plan's latest dry run, as an approver
+    /// reads it from `GET /case/{case}/plan` (null: none yet).
+    pub async fn dryrun_digest(&self, case: Uuid) -> Value {
+        self.current_plan(case).await.body["dry_run"]["digest"].clone()
+    }
+
     /// `GET /case/{case}/plan` as a viewer.
     pub async fn current_plan(&self, case: Uuid) -> TestResponse {
         self.send(

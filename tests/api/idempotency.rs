@@ -185,6 +185,7 @@ async fn a_message_applied_twice_has_one_effect(pool: PgPool) {
         },
         reason: None,
         plan_hash: None,
+        dryrun_digest: None,
         meta: serde_json::Value::Null,
         expected_version: Some(2),
         origin: Origin::Message {

@@ -36,7 +36,7 @@ fn valid_plan() -> Value {
     json!({
         "title": "restart checkout", "environment": "staging", "risk_score": 0.1,
         "rationale": "p95 latency rose after the last deploy",
-        "steps": [{"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": ["--zone", "a"]},
+        "steps": [{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", "checkout"]},
                    "timeout_s": 30, "retry": 1}],
         "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
         "verify": {"checks": [{"metric": "latency_p95_ms", "op": "<", "threshold": 300, "window_s": 60}]}
@@ -60,7 +60,10 @@ async fn run_with(pool: PgPool, replies: Vec<Reply>, tune: impl FnOnce(&mut LlmS
     let mut s = settings(&fake.base_url);
     tune(&mut s);
     let llm = LlmPlanner::from_settings(&s).unwrap().expect("configured");
-    let lp = Loop::with_llm(pool, llm).await;
+    let lp = Loop::with_llm(pool, llm)
+        .await
+        .with_cluster(&[("kube-system", "coredns")])
+        .await;
     let case = lp.app.case_in("PLANNING").await;
     lp.settle().await;
     Run { lp, fake, case }
@@ -178,7 +181,12 @@ async fn a_valid_plan_is_stored_with_its_attempt_and_goes_through_the_gate(pool:
     assert_eq!(context["case"]["id"], json!(r.case));
     assert_eq!(
         context["script_allowlist"],
-        json!(["restart-checkout.sh", "restart-service.sh"])
+        json!([
+            "fails-for-real.sh",
+            "no-rehearsal.sh",
+            "restart-checkout.sh",
+            "restart-service.sh"
+        ])
     );
 }
 
@@ -414,7 +422,10 @@ async fn an_explicit_template_is_used_without_asking_the_llm(pool: PgPool) {
     let llm = LlmPlanner::from_settings(&settings(&fake.base_url))
         .unwrap()
         .unwrap();
-    let lp = Loop::with_llm(pool, llm).await;
+    let lp = Loop::with_llm(pool, llm)
+        .await
+        .with_cluster(&[("kube-system", "coredns")])
+        .await;
     let r = lp
         .app
         .send(

@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod concurrency;
 mod detector;
+mod dryrun;
 mod fake_k8s;
 mod fake_llm;
 mod flow;

@@ -137,12 +137,14 @@ async fn a_proposed_plan_moves_the_case_to_the_gate_through_nats(pool: PgPool) {
     {}
 
     assert_eq!(app.status(case).await, "WAIT_GATE");
-    let gate_cmd = app
-        .outbox_payloads(case, "cmd.gate.eval")
+    // The executor rehearses the plan before the gate sees it.
+    let dry_run_cmd = app
+        .outbox_payloads(case, "cmd.exec.dryrun")
         .await
         .pop()
         .unwrap();
-    assert_eq!(gate_cmd["data"]["plan_hash"], hash);
+    assert_eq!(dry_run_cmd["data"]["plan_hash"], hash);
+    assert!(app.outbox_payloads(case, "cmd.gate.eval").await.is_empty());
 }
 
 /// What a caller writes into a request's `meta` is theirs, never the

@@ -104,6 +104,7 @@ async fn the_chain_runs_from_the_alert_to_the_verification_in_order(pool: PgPool
             "plan_attempt",
             "plan_attempt",
             "plan",
+            "dry_run",
             "gate",
             "approval",
             "execution",
@@ -130,28 +131,42 @@ async fn the_chain_runs_from_the_alert_to_the_verification_in_order(pool: PgPool
     let hash = chain[4]["plan_hash"].as_str().unwrap();
     assert_eq!(chain[3]["plan_hash"], hash);
     assert_eq!(chain[4]["source"], "llm");
+    // The dry run came before the gate; the gate and the approval name it.
     assert_eq!(chain[5]["plan_hash"], hash);
-    assert_eq!(chain[5]["verdict"], "auto_approve");
+    assert_eq!(chain[5]["outcome"], "ok");
+    let digest = chain[5]["digest"].as_str().unwrap();
     assert!(
-        !chain[5]["reasons"].as_array().unwrap().is_empty(),
+        chain[5]["artefact"]["steps"][0]["detail"]["stdout"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("would restart"),
         "{}",
         chain[5]
     );
     assert_eq!(chain[6]["plan_hash"], hash);
-    assert_eq!(chain[6]["kind"], "auto");
-    assert_eq!(chain[7]["status"], "done");
-    assert_eq!(chain[7]["steps"][0]["action"], "script.exec");
+    assert_eq!(chain[6]["dryrun_digest"], digest);
+    assert_eq!(chain[6]["verdict"], "auto_approve");
     assert!(
-        chain[7]["steps"][0]["result"]["stdout"]["text"]
+        !chain[6]["reasons"].as_array().unwrap().is_empty(),
+        "{}",
+        chain[6]
+    );
+    assert_eq!(chain[7]["plan_hash"], hash);
+    assert_eq!(chain[7]["dryrun_digest"], digest);
+    assert_eq!(chain[7]["kind"], "auto");
+    assert_eq!(chain[8]["status"], "done");
+    assert_eq!(chain[8]["steps"][0]["action"], "script.exec");
+    assert!(
+        chain[8]["steps"][0]["result"]["stdout"]["text"]
             .as_str()
             .unwrap()
             .contains(&svc),
         "{}",
-        chain[7]
+        chain[8]
     );
-    assert_eq!(chain[8]["outcome"], "pass");
-    assert_eq!(chain[8]["checks"][0]["check"]["metric"], "latency_p95_ms");
-    assert_eq!(chain[8]["checks"][0]["verdict"], "pass");
+    assert_eq!(chain[9]["outcome"], "pass");
+    assert_eq!(chain[9]["checks"][0]["check"]["metric"], "latency_p95_ms");
+    assert_eq!(chain[9]["checks"][0]["verdict"], "pass");
 
     // Another tenant's case, or none, is not found.
     let r = app

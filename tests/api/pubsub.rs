@@ -672,12 +672,12 @@ async fn facts_drive_the_case_and_stale_facts_are_recorded(pool: PgPool) {
         (last.0.as_str(), last.3.as_deref()),
         ("rejected", Some("stale_fact"))
     );
-    let gate_cmd: serde_json::Value =
-        sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE subject = 'cmd.gate.eval'")
+    let dry_run_cmd: serde_json::Value =
+        sqlx::query_scalar("SELECT payload::jsonb FROM outbox WHERE subject = 'cmd.exec.dryrun'")
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(gate_cmd["data"]["plan_hash"], hash);
+    assert_eq!(dry_run_cmd["data"]["plan_hash"], hash);
     let inbox: i64 =
         sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = 'orchestrator'")
             .fetch_one(&pool)

@@ -262,7 +262,10 @@ async fn an_execution_is_never_redriven_while_a_run_is_in_flight(pool: PgPool) {
 /// both decisions (the plan's columns hold the latest).
 #[sqlx::test]
 async fn a_reevaluated_gate_keeps_both_decisions_in_the_provenance(pool: PgPool) {
-    let lp = Loop::new(pool).await;
+    let lp = Loop::new(pool)
+        .await
+        .with_cluster(&[("payments", "api")])
+        .await;
     // An unknown namespace is prod: people must approve, the case waits.
     let plan = json!({
         "title": "restart api", "environment": "prod",

@@ -109,10 +109,10 @@ impl Split {
                 .env("OPSLOOP_TARGETS_FILE", &targets)
                 .env("OPSLOOP_DB_POOL", "6")
                 .env("OPSLOOP_TEMPLATES_DIR", manifest("templates"))
-                .env("OPSLOOP_SCRIPTS_DIR", manifest("scripts/actions"))
+                .env("OPSLOOP_SCRIPTS_DIR", manifest("tests/actions"))
                 .env(
                     "OPSLOOP_SCRIPT_ALLOWLIST",
-                    "restart-service.sh,restart-checkout.sh",
+                    "restart-service.sh,restart-checkout.sh,fails-for-real.sh,no-rehearsal.sh",
                 )
                 .env("OPSLOOP_VERIFY_DELAY_S", "0")
                 .env("OPSLOOP_DETECT_INTERVAL_MS", "200")
@@ -287,12 +287,12 @@ fn llm_plan(steps: Value, rollback: Value, svc: &str) -> Reply {
 #[sqlx::test]
 async fn roles_split_across_two_processes_take_every_path(pool: PgPool) {
     let failing = service();
-    // The LLM's first plan runs an allowlisted script missing from the
-    // folder (the step fails); after `resume` its second plan is a no-op.
+    // The LLM's first plan runs a script whose dry run passes and whose run
+    // fails; after `resume` its second plan is a no-op.
     let llm = FakeLlm::start(vec![
         llm_plan(
             json!([{"action": "noop", "timeout_s": 10, "retry": 0},
-                   {"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": []}, "timeout_s": 10, "retry": 0}]),
+                   {"action": "script.exec", "params": {"script": "fails-for-real.sh", "args": []}, "timeout_s": 10, "retry": 0}]),
             json!([{"action": "script.exec", "params": {"script": "restart-service.sh", "args": ["--service", failing, "--undo"]},
                     "timeout_s": 10, "retry": 0}]),
             &failing,

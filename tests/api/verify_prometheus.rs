@@ -177,6 +177,7 @@ fn path_to(end: &str) -> Vec<String> {
         "ANALYZING",
         "PLANNING",
         "WAIT_GATE",
+        "WAIT_GATE",
         "EXECUTING",
         "VERIFYING",
         end,

@@ -122,6 +122,7 @@ async fn a_healthy_service_goes_from_new_to_closed(pool: PgPool) {
             "ANALYZING",
             "PLANNING",
             "WAIT_GATE",
+            "WAIT_GATE",
             "EXECUTING",
             "VERIFYING",
             "CLOSED"
@@ -199,8 +200,9 @@ async fn no_data_parks_and_never_passes(pool: PgPool) {
     assert!(!statuses(&lp, case).await.contains(&"CLOSED".to_string()));
 }
 
-/// A plan whose first step fails (an allowlisted script missing from the
-/// folder): its rollback runs, the case parks with both facts in the reason.
+/// A plan whose second step fails although its dry run passed (a script
+/// that only fails for real): its rollback runs, the case parks with both
+/// facts in the reason.
 #[sqlx::test]
 async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
     let lp = Loop::full(pool).await;
@@ -208,7 +210,7 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
     let plan = json!({
         "title": "restart", "environment": "staging",
         "steps": [{"action": "noop", "timeout_s": 10, "retry": 0},
-                  {"action": "script.exec", "params": {"script": "restart-checkout.sh", "args": []},
+                  {"action": "script.exec", "params": {"script": "fails-for-real.sh", "args": []},
                    "timeout_s": 10, "retry": 2}],
         "rollback": {"steps": [{"action": "script.exec",
                                 "params": {"script": "restart-service.sh", "args": ["--service", svc, "--undo"]},
@@ -218,20 +220,23 @@ async fn a_failing_step_runs_the_rollback_and_parks(pool: PgPool) {
     let (case, _) = lp.propose(&plan).await;
     assert_eq!(lp.app.status(case).await, "PARKED");
     let reason = lp.app.park_reason(case).await;
-    assert!(reason.contains("step 1 (script.exec) failed"), "{reason}");
+    assert!(
+        reason.contains("step 1 (script.exec) failed after 3 tries"),
+        "{reason}"
+    );
     assert!(reason.contains("rollback succeeded"), "{reason}");
     assert_eq!(
         runs(&lp, case).await,
         [("run".into(), "rolled_back".into())]
     );
-    // A refusal is not retried: nothing would change by asking again.
+    // A failed exit is tried again, within the step's retry.
     let tries = steps(&lp, case)
         .await
         .iter()
         .find(|s| s.phase == "step" && s.idx == 1)
         .unwrap()
         .tries;
-    assert_eq!(tries, 1);
+    assert_eq!(tries, 3);
 
     // resume → PLANNING → a person's new plan goes through again.
     let r = lp.app.event(case, OPERATOR, "resume").await;
@@ -630,7 +635,8 @@ async fn a_forged_exec_command_short_of_the_quorum_runs_nothing(pool: PgPool) {
             case,
             APPROVER,
             "one-of-two",
-            json!({"event": "gate_approved", "plan_hash": hash}),
+            json!({"event": "gate_approved", "plan_hash": hash,
+                   "dryrun_digest": lp.app.dryrun_digest(case).await}),
         )
         .await;
     assert_eq!(r.status, 422, "{:?}", r.body);

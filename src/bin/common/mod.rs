@@ -65,6 +65,7 @@ pub async fn orchestrator_step(
             actor: bench_actor(),
             reason: None,
             plan_hash: None,
+            dryrun_digest: None,
             meta: Value::Null,
             expected_version: None,
             origin: Origin::Http {
@@ -182,6 +183,7 @@ pub async fn direct_step(
             actor: bench_actor(),
             reason: None,
             plan_hash: None,
+            dryrun_digest: None,
             meta: serde_json::Value::Null,
             expected_version: None,
             origin: Origin::Direct,
@@ -264,6 +266,15 @@ impl Workers {
         let spec = role
             .consumer()
             .ok_or_else(|| anyhow::anyhow!("{role} consumes nothing"))?;
+        self.add_on(spec, handler).await
+    }
+
+    /// Runs `handler` on a consumer of `spec` (a role's, or a narrower one).
+    pub async fn add_on<H: Handler + 'static>(
+        &mut self,
+        spec: ConsumerSpec,
+        handler: H,
+    ) -> anyhow::Result<()> {
         let consumer = durable(&self.js, spec.stream, &spec.durable, &spec.filter_subject).await?;
         self.consumers.push((spec.stream, spec.durable.clone()));
         self.tasks.push(tokio::spawn(consumer::run(
@@ -335,4 +346,37 @@ pub async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
     let mut url = reqwest::Url::parse(&base)?;
     url.set_path(name);
     Ok(url.to_string())
+}
+
+/// The gate's policy with the shipped targets file, as `opsloop serve`
+/// runs it from the repository root (the demo script in staging, its
+/// dry-run flag declared).
+pub fn shipped_policy() -> anyhow::Result<opsloop::gatekeeper::policy::Policy> {
+    let targets =
+        opsloop::gatekeeper::targets::Targets::load(std::path::Path::new("config/targets.toml"))?;
+    Ok(opsloop::gatekeeper::policy::Policy::default().with_targets(targets)?)
+}
+
+/// An executor as the service builds it, with the shipped scripts folder
+/// and `policy` (the gate's: change freezes, the scripts' dry-run flags).
+pub fn shipped_executor(
+    pool: &sqlx::PgPool,
+    wake: CommitWake,
+    policy: opsloop::gatekeeper::policy::Policy,
+) -> opsloop::executor::Executor {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Settings {
+        #[command(flatten)]
+        exec: opsloop::executor::ExecSettings,
+    }
+    let settings = Settings::parse_from(["bench", "--scripts-dir", "scripts/actions"]);
+    let mut executor = opsloop::executor::Executor::new(
+        pool.clone(),
+        &settings.exec,
+        &["restart-service.sh".to_string()],
+        wake,
+    );
+    executor.set_policy(std::sync::Arc::new(policy));
+    executor
 }

@@ -1,0 +1,1 @@
+../../scripts/actions/restart-service.sh
