@@ -66,9 +66,15 @@ fn walk(path: &str, before: Option<&Value>, after: Option<&Value>, out: &mut Vec
     }
 }
 
+/// Deliveries a dry run whose target could not be reached (a timeout, a
+/// server error, a broken connection) is tried before it counts as failed:
+/// a failed dry run parks the case, so a blip must not.
+const TRIES_FOR_TRANSIENT: i64 = 4;
+
 /// A step's rehearsal, bounded like its run (the step's timeout and a
-/// grace the adapter should never need).
-async fn rehearse(machine: &Machine, index: usize, step: &Step) -> StepRehearsal {
+/// grace the adapter should never need), and whether it failed in a way
+/// asking again may change.
+async fn rehearse(machine: &Machine, index: usize, step: &Step) -> (StepRehearsal, bool) {
     let rehearsal = match machine.adapters.get(step.name()) {
         None => Rehearsal::Failed(ExecError::refused(
             format!("no adapter for action {}", step.name()),
@@ -82,19 +88,21 @@ async fn rehearse(machine: &Machine, index: usize, step: &Step) -> StepRehearsal
                 .unwrap_or_else(|_| Rehearsal::Failed(ExecError::timeout(step.timeout)))
         }
     };
+    let transient = matches!(&rehearsal, Rehearsal::Failed(e) if e.is_retryable());
     let (outcome, error, detail) = match rehearsal {
         Rehearsal::Ok(detail) => (DryRunOutcome::Ok, None, detail),
         Rehearsal::Failed(e) => (DryRunOutcome::Failed, Some(e.message.clone()), e.record()),
         Rehearsal::Unavailable(why) => (DryRunOutcome::Unavailable, Some(why), Value::Null),
     };
-    StepRehearsal {
+    let rehearsed = StepRehearsal {
         index: index as i32,
         action: step.name().to_string(),
         target: step.action.target(),
         outcome,
         error,
         detail,
-    }
+    };
+    (rehearsed, transient)
 }
 
 impl Machine {
@@ -142,7 +150,14 @@ impl Machine {
             Ok(plan) => {
                 let mut rehearsed = Vec::new();
                 for (i, step) in steps_of(&plan.steps).iter().enumerate() {
-                    rehearsed.push(rehearse(self, i, step).await);
+                    let (step, transient) = rehearse(self, i, step).await;
+                    if transient && d.delivered < TRIES_FOR_TRANSIENT {
+                        return Ok(Disposition::Retry(format!(
+                            "dry run of step {i}: {}",
+                            step.error.unwrap_or_default()
+                        )));
+                    }
+                    rehearsed.push(step);
                 }
                 rehearsed
             }

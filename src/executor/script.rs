@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use super::adapter::{Action, Adapter, BoxFuture, ExecError, Rehearsal, not_mine};
+use super::adapter::{Action, Adapter, BoxFuture, ErrorKind, ExecError, Rehearsal, not_mine};
 use crate::contract::plan::ScriptParams;
 
 #[derive(Debug, Clone)]
@@ -215,6 +215,12 @@ impl Adapter for ScriptAdapter {
             };
             match self.exec(params, Some(flag), timeout).await {
                 Ok(detail) => Rehearsal::Ok(detail),
+                // A script that answered (a non-zero exit) gave its verdict:
+                // asking again would not change it. A timeout may.
+                Err(e) if e.kind == ErrorKind::Unavailable => Rehearsal::Failed(ExecError {
+                    kind: ErrorKind::Refused,
+                    ..e
+                }),
                 Err(e) => Rehearsal::Failed(e),
             }
         })

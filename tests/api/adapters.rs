@@ -260,9 +260,18 @@ async fn assert_never_reached_the_gate(lp: &Loop, case: uuid::Uuid) {
 struct Gateway {
     routes: Arc<Mutex<BTreeMap<String, Value>>>,
     puts: Arc<Mutex<Vec<Value>>>,
+    /// Reads answered 503 before the gateway answers again.
+    unavailable_reads: Arc<Mutex<u32>>,
 }
 
 async fn read_route(State(g): State<Gateway>, Path(route): Path<String>) -> Response {
+    {
+        let mut left = g.unavailable_reads.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return (StatusCode::SERVICE_UNAVAILABLE, "restarting").into_response();
+        }
+    }
     match g.routes.lock().unwrap().get(&route) {
         Some(w) => Json(json!({"route": route, "weights": w})).into_response(),
         None => (StatusCode::NOT_FOUND, "no such route").into_response(),
@@ -352,6 +361,51 @@ async fn a_breach_after_a_flip_restores_the_previous_weights(pool: PgPool) {
         g.routes.lock().unwrap()[&route],
         json!({"blue": 70, "green": 30})
     );
+}
+
+/// A gateway that cannot answer for a moment does not park the case: the
+/// dry run is tried again on a later delivery, and only its final answer
+/// is recorded.
+#[sqlx::test]
+async fn a_dry_run_that_meets_an_unavailable_target_is_tried_again(pool: PgPool) {
+    let g = Gateway::default();
+    let route = format!("/{}", unique("search"));
+    g.routes
+        .lock()
+        .unwrap()
+        .insert(route.clone(), json!({"blue": 100, "green": 0}));
+    *g.unavailable_reads.lock().unwrap() = 1;
+    let (lp, _admin) = loop_with_gateway(pool, &g).await;
+    let plan = json!({
+        "title": "shift", "environment": "prod",
+        "steps": [{"action": "gateway.flip", "params": {"gateway": "edge", "route": route, "weights": {"blue": 50, "green": 50}},
+                   "timeout_s": 10, "retry": 0}],
+        "rollback": {"steps": []},
+        "verify": {"checks": []}
+    });
+    let (case, _) = lp.propose(&plan).await;
+    // The consumer delivers the command again after its back-off (2 s);
+    // a settle may or may not have waited that long.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    lp.settle().await;
+    assert_eq!(
+        *g.unavailable_reads.lock().unwrap(),
+        0,
+        "the 503 was answered"
+    );
+    assert_eq!(
+        lp.app.status(case).await,
+        "WAIT_GATE",
+        "prod: people judge it"
+    );
+    let shown = lp.app.current_plan(case).await.body;
+    assert_eq!(shown["dry_run"]["outcome"], "ok", "{shown}");
+    let dry_runs: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_dryrun WHERE case_id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(dry_runs, 1);
 }
 
 /// A gateway the configuration does not name is never called, and the
