@@ -110,7 +110,8 @@ pub async fn current(
     let pool = state.orchestrator.pool();
     let row = sqlx::query(
         "SELECT id, plan, plan_hash, source, author, required_approvers, created_at, \
-         gate_verdict, gate_risk, gate_reasons, gate_freeze, gate_auto_rollback \
+         gate_verdict, gate_risk, gate_reasons, gate_freeze, gate_auto_rollback, \
+         dryrun_digest, gate_dryrun_digest \
          FROM plan_proposed WHERE case_id = $1 \
          AND EXISTS (SELECT 1 FROM ops_case c WHERE c.id = $1 \
                      AND ($2::text[] IS NULL OR c.tenant = ANY($2))) \
@@ -129,9 +130,10 @@ pub async fn current(
     };
     let plan_id: Uuid = row.try_get("id")?;
     let hash: String = row.try_get("plan_hash")?;
+    // The current dry run: the one the orchestrator accepted last.
     let dry_run: Option<DryRunShown> = sqlx::query_as(
-        "SELECT digest, outcome, artefact, created_at AS at FROM plan_dryrun WHERE plan_id = $1 \
-         ORDER BY seq DESC LIMIT 1",
+        "SELECT d.digest, d.outcome, d.artefact, d.created_at AS at FROM plan_proposed p \
+         JOIN plan_dryrun d ON d.plan_id = p.id AND d.digest = p.dryrun_digest WHERE p.id = $1",
     )
     .bind(plan_id)
     .fetch_optional(pool)
@@ -147,7 +149,16 @@ pub async fn current(
     .bind(dry_run.as_ref().map(|d| &d.digest))
     .fetch_all(pool)
     .await?;
-    let required: Option<i16> = row.try_get("required_approvers")?;
+    // A decision on an older dry run asks nothing: the gatekeeper judges
+    // the current one first.
+    let required = crate::store::quorum_on_current_dryrun(
+        row.try_get("required_approvers")?,
+        row.try_get::<Option<DryRunDigest>, _>("gate_dryrun_digest")?
+            .as_ref(),
+        row.try_get::<Option<DryRunDigest>, _>("dryrun_digest")?
+            .as_ref(),
+    )
+    .map(i16::from);
     let counting = || approvals.iter().filter(|a| a.counts);
     let automatic = counting().any(|a| a.kind == "auto");
     let humans = counting().filter(|a| a.kind == "human").count();

@@ -75,7 +75,22 @@ const TRIES_FOR_TRANSIENT: i64 = 4;
 /// grace the adapter should never need), and whether it failed in a way
 /// asking again may change.
 async fn rehearse(machine: &Machine, index: usize, step: &Step) -> (StepRehearsal, bool) {
+    let policy = &machine.policy;
+    let names = step.action.names();
+    let barred = names
+        .iter()
+        .find(|t| policy.forbidden_targets.contains(**t));
     let rehearsal = match machine.adapters.get(step.name()) {
+        // Nothing is sent to a target the gate will refuse anyway, not
+        // even a dry run; the gate says why.
+        _ if !policy.allowed_actions.contains(step.name()) => Rehearsal::Unavailable(format!(
+            "action {} is not allowed by the policy; not rehearsed",
+            step.name()
+        )),
+        _ if barred.is_some() => Rehearsal::Unavailable(format!(
+            "target {} is forbidden by the policy; not rehearsed",
+            barred.copied().unwrap_or_default()
+        )),
         None => Rehearsal::Failed(ExecError::refused(
             format!("no adapter for action {}", step.name()),
             Value::Null,
@@ -177,6 +192,13 @@ impl Machine {
         };
         let report = DryRunReport::of(plan_hash.clone(), artefact);
         let mut tx = pool.begin().await?;
+        // The case may have moved on while its targets were asked: a
+        // rehearsal of an attempt that no longer counts is not recorded.
+        let now = crate::store::lock_case_in(&mut tx, case_id, &scope).await?;
+        if now.is_none_or(|c| c.status != Status::WaitGate || c.version != version.get()) {
+            tracing::info!(case.id = %case_id, "The case moved on during its dry run; not recorded.");
+            return Ok(Disposition::Done);
+        }
         sqlx::query(
             "INSERT INTO plan_dryrun (id, case_id, plan_id, plan_hash, digest, outcome, artefact, attempt_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",

@@ -16,6 +16,10 @@ use tokio::process::Command;
 use super::adapter::{Action, Adapter, BoxFuture, ErrorKind, ExecError, Rehearsal, not_mine};
 use crate::contract::plan::ScriptParams;
 
+/// Set (to `1`) in a script's environment when it runs for the dry run,
+/// besides the declared flag.
+pub const DRY_RUN_ENV: &str = "OPSLOOP_DRY_RUN";
+
 #[derive(Debug, Clone)]
 pub struct ScriptAdapter {
     /// Folder holding the scripts; also their working directory.
@@ -69,8 +73,15 @@ impl ScriptAdapter {
     ) -> Result<Value, ExecError> {
         let name = params.script.as_str();
         let path = self.resolve(name)?;
-        let mut args: Vec<String> = params.args.clone().unwrap_or_default();
-        args.extend(dry_run_flag.map(String::from));
+        // The flag goes first: no argument of the plan's can come before
+        // it and swallow it (`--service --dry-run` would read the flag as
+        // a service name and restart for real). The environment says so
+        // too, for scripts that read it.
+        let args: Vec<String> = dry_run_flag
+            .map(String::from)
+            .into_iter()
+            .chain(params.args.clone().unwrap_or_default())
+            .collect();
         let mut cmd = Command::new(&path);
         cmd.args(&args)
             .current_dir(&self.dir)
@@ -84,6 +95,9 @@ impl ScriptAdapter {
             if let Ok(v) = std::env::var(key) {
                 cmd.env(key, v);
             }
+        }
+        if dry_run_flag.is_some() {
+            cmd.env(DRY_RUN_ENV, "1");
         }
         let started = std::time::Instant::now();
         let mut child = cmd
@@ -213,6 +227,14 @@ impl Adapter for ScriptAdapter {
                     params.script
                 ));
             };
+            // An argv that names the flag itself (or a bare `--`) could
+            // change what the flag means to the script: not rehearsed.
+            let args = params.args.as_deref().unwrap_or_default();
+            if args.iter().any(|a| a == "--" || a.starts_with(flag)) {
+                return Rehearsal::Unavailable(format!(
+                    "the step's argv holds {flag} or --; not rehearsed"
+                ));
+            }
             match self.exec(params, Some(flag), timeout).await {
                 Ok(detail) => Rehearsal::Ok(detail),
                 // A script that answered (a non-zero exit) gave its verdict:
@@ -276,6 +298,77 @@ mod tests {
             .unwrap();
         assert_eq!(out["stdout"]["text"], format!("[{evil}]\n[$HOME]\n[*]\n"));
         assert!(!marker.exists(), "an argument was run by a shell");
+    }
+
+    /// Parses its options in order like the shipped `restart-service.sh`,
+    /// and does its one change (a marker file) unless `--dry-run` was read.
+    const RESTART: &str = r#"service=""; dry=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --service) service="$2"; shift 2 ;;
+    --dry-run) dry=1; shift ;;
+    *) exit 2 ;;
+  esac
+done
+if [ "$dry" = 1 ]; then echo "would restart $service (env $OPSLOOP_DRY_RUN)"; exit 0; fi
+touch restarted; echo "restarted $service""#;
+
+    fn declared() -> crate::gatekeeper::targets::Targets {
+        toml::from_str("[scripts.\"restart.sh\"]\ndry_run_flag = \"--dry-run\"\n").unwrap()
+    }
+
+    /// The hole the review found: with the flag after the plan's argv, an
+    /// argv ending in `--service` made the script read the flag as the
+    /// service's name and restart for real, before any gate.
+    #[tokio::test]
+    async fn no_argument_of_the_plan_can_swallow_the_dry_run_flag() {
+        let a = folder(&[("restart.sh", RESTART)]);
+        let targets = declared();
+        let timeout = Duration::from_secs(10);
+        let r = a
+            .dry_run(&params("restart.sh", &["--service"]), &targets, timeout)
+            .await;
+        assert!(
+            !a.dir.join("restarted").exists(),
+            "rehearsed for real: {r:?}"
+        );
+        match a
+            .dry_run(
+                &params("restart.sh", &["--service", "api"]),
+                &targets,
+                timeout,
+            )
+            .await
+        {
+            Rehearsal::Ok(detail) => {
+                assert_eq!(detail["stdout"]["text"], "would restart api (env 1)\n")
+            }
+            other => panic!("{other:?}"),
+        }
+        for args in [&["--dry-run=no"][..], &["--", "--service", "api"][..]] {
+            assert!(
+                matches!(
+                    a.dry_run(&params("restart.sh", args), &targets, timeout)
+                        .await,
+                    Rehearsal::Unavailable(_)
+                ),
+                "{args:?}"
+            );
+        }
+        assert!(!a.dir.join("restarted").exists());
+        // Undeclared: cannot be rehearsed; a non-zero exit is a refusal.
+        let none = crate::gatekeeper::targets::Targets::default();
+        assert!(matches!(
+            a.dry_run(&params("restart.sh", &[]), &none, timeout).await,
+            Rehearsal::Unavailable(_)
+        ));
+        match a
+            .dry_run(&params("restart.sh", &["--bogus"]), &targets, timeout)
+            .await
+        {
+            Rehearsal::Failed(e) => assert!(!e.is_retryable(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

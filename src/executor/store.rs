@@ -12,7 +12,7 @@ use super::plan::Step;
 use crate::contract::fact::{
     RunEnded, RunKind, RunStatus, StepPhase as Phase, StepResult, StepStatus,
 };
-use crate::contract::{CommandMsg, Fact, Message, PlanHash, Version};
+use crate::contract::{CommandMsg, DryRunDigest, Fact, Message, PlanHash, Version};
 use crate::model::Case;
 use crate::pubsub::outbox::{self, CommitWake};
 use crate::workflow::{self, Facts, PlanFact};
@@ -94,6 +94,8 @@ struct PlanRow {
     author: String,
     required_approvers: Option<i16>,
     gate_verdict: Option<String>,
+    dryrun_digest: Option<DryRunDigest>,
+    gate_dryrun_digest: Option<DryRunDigest>,
 }
 
 /// A plan the quorum approved, as stored, and how.
@@ -195,8 +197,8 @@ impl Store {
         plan_hash: &PlanHash,
     ) -> Result<Result<ApprovedPlan, String>, sqlx::Error> {
         let row: Option<PlanRow> = sqlx::query_as(
-            "SELECT id, plan, author, required_approvers, gate_verdict FROM plan_proposed \
-             WHERE case_id = $1 AND plan_hash = $2",
+            "SELECT id, plan, author, required_approvers, gate_verdict, dryrun_digest, \
+             gate_dryrun_digest FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2",
         )
         .bind(case_id)
         .bind(plan_hash)
@@ -214,11 +216,16 @@ impl Store {
                 has_rollback: false,
             }),
             approvals: crate::store::approvals(&self.pool, row.id).await?,
-            // Approvals count for the plan's latest dry run only.
-            dryrun: crate::store::latest_dryrun(&self.pool, row.id)
+            // Approvals count for the plan's current dry run only, and
+            // the quorum is the one decided on it.
+            dryrun: crate::store::current_dryrun(&self.pool, row.id)
                 .await?
                 .map(|d| d.fact()),
-            required_approvers: crate::store::required_approvers(row.required_approvers),
+            required_approvers: crate::store::quorum_on_current_dryrun(
+                row.required_approvers,
+                row.gate_dryrun_digest.as_ref(),
+                row.dryrun_digest.as_ref(),
+            ),
             ..Facts::default()
         };
         let break_glass = row.gate_verdict.as_deref() == Some("break_glass");

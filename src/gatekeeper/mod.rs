@@ -72,9 +72,9 @@ impl CaseWorker for Gatekeeper {
             )));
         };
         let plan_id: Uuid = row.try_get("id")?;
-        // The plan's latest dry run is what this decision judges, and what
-        // an automatic approval binds to.
-        let dryrun = crate::store::latest_dryrun(&mut *tx, plan_id).await?;
+        // The plan's current dry run is what this decision judges, and
+        // what an automatic approval and the quorum bind to.
+        let dryrun = crate::store::current_dryrun(&mut *tx, plan_id).await?;
         let digest = dryrun.as_ref().map(|d| d.digest.clone());
         let ctx = GateContext {
             now: chrono::Utc::now(),
@@ -93,8 +93,8 @@ impl CaseWorker for Gatekeeper {
         };
         sqlx::query(
             "UPDATE plan_proposed SET required_approvers = $2, gate_verdict = $3, gate_risk = $4, \
-             gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7, gate_decided_at = now() \
-             WHERE id = $1",
+             gate_reasons = $5, gate_freeze = $6, gate_auto_rollback = $7, gate_decided_at = now(), \
+             gate_dryrun_digest = $8 WHERE id = $1",
         )
         .bind(plan_id)
         .bind(decision.verdict.required_approvers().map(i16::from))
@@ -103,6 +103,7 @@ impl CaseWorker for Gatekeeper {
         .bind(&decision.reasons)
         .bind(decision.verdict.freeze())
         .bind(self.policy.auto_rollback)
+        .bind(&digest)
         .execute(&mut *tx)
         .await?;
         // The plan's columns hold the latest decision; the record keeps each.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::request::{Origin, TransitionRequest};
 use super::store::HumanApproval;
-use crate::contract::{ChangePlan, PlanHash};
+use crate::contract::{ChangePlan, DryRunDigest, PlanHash};
 use crate::gatekeeper::policy::Policy;
 use crate::model::Case;
 use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact};
@@ -29,6 +29,15 @@ impl Loaded {
             approver: req.actor.id.clone(),
             dryrun_digest: self.facts.dryrun.as_ref().map(|d| d.digest.clone()),
         })
+    }
+
+    /// The plan and the dry run an accepted `dryrun_*` fact makes current.
+    pub fn dryrun_made_current(&self, req: &TransitionRequest) -> Option<(Uuid, DryRunDigest)> {
+        use EventKind as E;
+        if !matches!(req.event, E::DryrunDone | E::DryrunFailed) {
+            return None;
+        }
+        Some((self.plan_id?, self.facts.dryrun.as_ref()?.digest.clone()))
     }
 }
 
@@ -82,7 +91,7 @@ pub async fn load(
         facts.auto_rollback_allowed = auto_rollback;
         if req.event == E::GateApproved {
             facts.approvals = crate::store::approvals(&mut *conn, id).await?;
-            facts.dryrun = crate::store::latest_dryrun(&mut *conn, id)
+            facts.dryrun = crate::store::current_dryrun(&mut *conn, id)
                 .await?
                 .map(|d| d.fact());
             if !policy.freeze_windows.is_empty() {
@@ -142,7 +151,8 @@ async fn current_plan(
 ) -> Result<Option<(Uuid, PlanFact, Option<u8>, bool)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT id, plan_hash, author, schema_valid, complete, required_approvers, \
-         COALESCE(gate_auto_rollback, false) AS auto_rollback, has_rollback \
+         COALESCE(gate_auto_rollback, false) AS auto_rollback, has_rollback, \
+         dryrun_digest, gate_dryrun_digest \
          FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
     )
     .bind(case_id)
@@ -152,6 +162,8 @@ async fn current_plan(
         return Ok(None);
     };
     let required: Option<i16> = row.try_get("required_approvers")?;
+    let current: Option<DryRunDigest> = row.try_get("dryrun_digest")?;
+    let judged: Option<DryRunDigest> = row.try_get("gate_dryrun_digest")?;
     Ok(Some((
         row.try_get("id")?,
         PlanFact {
@@ -161,7 +173,7 @@ async fn current_plan(
             complete: row.try_get("complete")?,
             has_rollback: row.try_get("has_rollback")?,
         },
-        crate::store::required_approvers(required),
+        crate::store::quorum_on_current_dryrun(required, judged.as_ref(), current.as_ref()),
         row.try_get("auto_rollback")?,
     )))
 }

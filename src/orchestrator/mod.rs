@@ -223,6 +223,11 @@ impl Orchestrator {
         if record_approval && let Some(approval) = loaded.human_approval(req) {
             store::record_human_approval(&mut tx, &approval).await?;
         }
+        if decision.is_ok()
+            && let Some((plan_id, digest)) = loaded.dryrun_made_current(req)
+        {
+            crate::store::make_dryrun_current(&mut tx, plan_id, &digest).await?;
+        }
         let mut meta = json!({
             "trace_id": req.trace_id,
             "facts": loaded.facts,

@@ -8,4 +8,7 @@ pub mod plans;
 pub use cases::{
     NewCase, insert_case, insert_case_with, lock_case, lock_case_in, read_case, read_case_in,
 };
-pub use plans::{StoredDryRun, approvals, dryrun_named, latest_dryrun, required_approvers};
+pub use plans::{
+    StoredDryRun, approvals, current_dryrun, dryrun_named, make_dryrun_current,
+    quorum_on_current_dryrun, required_approvers,
+};

@@ -41,14 +41,16 @@ fn stored_dryrun(row: &sqlx::postgres::PgRow) -> Result<StoredDryRun, sqlx::Erro
     })
 }
 
-/// The plan's latest dry run: the one approvals bind to.
-pub async fn latest_dryrun<'e>(
+/// The plan's current dry run: the one the orchestrator last accepted
+/// (`plan_proposed.dryrun_digest`, set with `dryrun_done` / `dryrun_failed`).
+/// Approvals bind to it; a rehearsal whose fact came too late never is.
+pub async fn current_dryrun<'e>(
     db: impl sqlx::PgExecutor<'e>,
     plan_id: Uuid,
 ) -> Result<Option<StoredDryRun>, sqlx::Error> {
     sqlx::query(
-        "SELECT plan_hash, digest, outcome FROM plan_dryrun WHERE plan_id = $1 \
-         ORDER BY seq DESC LIMIT 1",
+        "SELECT d.plan_hash, d.digest, d.outcome FROM plan_proposed p \
+         JOIN plan_dryrun d ON d.plan_id = p.id AND d.digest = p.dryrun_digest WHERE p.id = $1",
     )
     .bind(plan_id)
     .fetch_optional(db)
@@ -56,6 +58,21 @@ pub async fn latest_dryrun<'e>(
     .as_ref()
     .map(stored_dryrun)
     .transpose()
+}
+
+/// Makes the dry run with `digest` the plan's current one (in the
+/// transaction that accepts its fact).
+pub async fn make_dryrun_current(
+    conn: &mut sqlx::PgConnection,
+    plan_id: Uuid,
+    digest: &DryRunDigest,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE plan_proposed SET dryrun_digest = $2 WHERE id = $1")
+        .bind(plan_id)
+        .bind(digest)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The case's stored dry run with this digest (a `dryrun_*` fact names it).
@@ -103,6 +120,22 @@ pub async fn approvals<'e>(
             })
         })
         .collect()
+}
+
+/// The gate's quorum, when its decision judged the plan's current dry run
+/// (`judged`, `current`: `plan_proposed.gate_dryrun_digest` and
+/// `.dryrun_digest`); after a new dry run nobody can open the gate until
+/// the gatekeeper has judged that one.
+pub fn quorum_on_current_dryrun(
+    stored: Option<i16>,
+    judged: Option<&DryRunDigest>,
+    current: Option<&DryRunDigest>,
+) -> Option<u8> {
+    if judged == current {
+        required_approvers(stored)
+    } else {
+        None
+    }
 }
 
 /// The gate's quorum as stored (`smallint`). A value outside `u8` saturates so

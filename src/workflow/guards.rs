@@ -144,6 +144,16 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
     let Some(plan) = &facts.plan else {
         return fail("approval_for_current_plan", "no plan is stored");
     };
+    // A plan whose dry run failed is approved by no one, whatever was
+    // recorded before the failure was.
+    if let Some(dryrun) = &facts.dryrun
+        && dryrun.verdict == DryRunVerdict::Failed
+    {
+        return fail(
+            "approval_for_current_plan",
+            format!("the dry run {} of the plan failed", dryrun.digest.short()),
+        );
+    }
     // An approval counts for the plan's latest dry run only: a new dry run
     // voids the votes (and the automatic approval) given on an older one.
     let current_dryrun = facts.dryrun.as_ref().map(|d| &d.digest);

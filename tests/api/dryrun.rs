@@ -2,6 +2,9 @@
 //! plan that cannot be rehearsed does, and how an approval binds to the dry
 //! run it judged (an older one does not count, a new one voids the votes).
 
+use chrono::Utc;
+use opsloop::pubsub::Envelope;
+use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -219,4 +222,112 @@ async fn a_dry_run_fact_is_the_executors_and_names_a_stored_dry_run(pool: PgPool
     assert_eq!(r.status, 422, "{:?}", r.body);
     assert_eq!(guards(&r), ["dryrun_of_current_plan"]);
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+}
+
+/// A dry run the orchestrator accepted, of the plan `hash` of `case`, as
+/// if the executor had just reported it (`outcome`), without the gate's
+/// evaluation that normally follows: the window between the two.
+async fn accepted_dry_run(lp: &Loop, case: Uuid, outcome: &str) -> String {
+    let digest = format!("{:064x}", Uuid::now_v7().as_u128());
+    sqlx::query(
+        "INSERT INTO plan_dryrun (id, case_id, plan_id, plan_hash, digest, outcome, artefact, attempt_id) \
+         SELECT $1, case_id, id, plan_hash, $2, $3, '{\"observed_at\": \"2026-11-30T00:00:00Z\", \"steps\": []}', $4 \
+         FROM plan_proposed WHERE case_id = $5",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&digest)
+    .bind(outcome)
+    .bind(Uuid::now_v7())
+    .bind(case)
+    .execute(&lp.app.pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE plan_proposed SET dryrun_digest = $1 WHERE case_id = $2")
+        .bind(&digest)
+        .bind(case)
+        .execute(&lp.app.pool)
+        .await
+        .unwrap();
+    digest
+}
+
+/// The review's hole: the gate's quorum was decided on the dry run before.
+/// Until the gatekeeper has judged the new one, no person opens the gate
+/// with it, and a dry run that failed is approved by no one at all (the
+/// executor checks the same before it runs anything).
+#[sqlx::test]
+async fn a_quorum_holds_for_the_dry_run_it_was_decided_on(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let staging = plan("staging", "no-rehearsal.sh", &[]);
+    let (case, hash) = lp.propose(&staging).await;
+    assert_eq!(
+        lp.app.current_plan(case).await.body["gate"]["required_approvers"],
+        1
+    );
+
+    let newer = accepted_dry_run(&lp, case, "ok").await;
+    let shown = lp.app.current_plan(case).await.body;
+    assert_eq!(shown["gate"]["evaluated"], false, "{shown}");
+    let r = approve(&lp, case, APPROVER, &hash, &json!(newer)).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(
+        r.body["guards"].to_string().contains("has not evaluated"),
+        "{:?}",
+        r.body
+    );
+
+    let failed = accepted_dry_run(&lp, case, "failed").await;
+    sqlx::query("UPDATE plan_proposed SET gate_dryrun_digest = $1 WHERE case_id = $2")
+        .bind(&failed)
+        .bind(case)
+        .execute(&lp.app.pool)
+        .await
+        .unwrap();
+    let r = approve(&lp, case, APPROVER, &hash, &json!(failed)).await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(
+        r.body["guards"].to_string().contains("failed"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+}
+
+/// A dry-run command of a version the case has left rehearses and records
+/// nothing: the current dry run, and the votes on it, stay.
+#[sqlx::test]
+async fn a_dry_run_command_the_case_has_moved_past_records_nothing(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let (case, hash) = lp.propose(&prod_plan()).await;
+    let current = lp.app.dryrun_digest(case).await;
+    let row = opsloop::store::read_case(&lp.app.pool, case)
+        .await
+        .unwrap()
+        .unwrap();
+    let late = Delivery {
+        envelope: Envelope {
+            id: Uuid::now_v7(),
+            kind: "cmd.exec.dryrun".into(),
+            case_id: Some(case),
+            tenant: row.tenant.to_string(),
+            occurred_at: Utc::now(),
+            actor: "orchestrator".into(),
+            correlation_id: row.correlation_id,
+            causation_id: None,
+            expected_version: Some(row.version - 1),
+            data: json!({"effect": "dry_run", "plan_hash": hash}),
+        },
+        subject: "cmd.exec.dryrun".into(),
+        traceparent: None,
+        delivered: 1,
+    };
+    let disposition = lp.executor().handle(&late).await;
+    assert!(matches!(disposition, Disposition::Done), "{disposition:?}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_dryrun WHERE case_id = $1")
+        .bind(case)
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(lp.app.dryrun_digest(case).await, current);
 }
