@@ -149,6 +149,9 @@ impl Identity {
             E::GateApproved | E::GateRejected => {
                 self.human_with(Role::Approver) || self.is_worker(W::Gatekeeper)
             }
+            // Recorded by the orchestrator for a `gate_approved` short of
+            // the quorum; nobody sends it.
+            E::GateVote => false,
             E::Resume => self.human_with(Role::Operator),
             E::Dismiss => self.human_with(Role::Operator) || self.is_worker(W::Analyst),
         }

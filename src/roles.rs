@@ -84,6 +84,7 @@ impl Role {
             Fact::CaseTransition(_)
             | Fact::CaseCreated(_)
             | Fact::GatePending(_)
+            | Fact::GateVote(_)
             | Fact::StepResult(_)
             | Fact::RolledBack(_) => return None,
         })

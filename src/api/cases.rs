@@ -19,7 +19,7 @@ use crate::contract::{DryRunDigest, IdempotencyKey, PlanHash, Tenant};
 use crate::ids::is_slug;
 use crate::model::{Case, TimelineEntry};
 use crate::orchestrator::{
-    Actor, Answer, Created, Origin, Outcome, StoredAnswer, TransitionRequest,
+    Actor, Answer, ApprovalsShown, Created, Origin, Outcome, StoredAnswer, TransitionRequest,
 };
 use crate::problem::Problem;
 use crate::store::{NewCase, read_case_in};
@@ -540,6 +540,15 @@ pub struct TransitionReply {
     transition: TimelineEntry,
 }
 
+/// A counted approval short of the quorum.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VoteReply {
+    case: Case,
+    /// The `gate_vote` entry.
+    transition: TimelineEntry,
+    approvals: ApprovalsShown,
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let value = headers
         .get("idempotency-key")
@@ -574,7 +583,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
            ("Idempotency-Key" = String, Header, description = "required; replays return the stored reply"),
            ("If-Match" = Option<String>, Header, description = "the case version expected, as in ETag")),
     request_body = TransitionBody,
-    responses((status = 200, body = TransitionReply),
+    responses((status = 200, body = TransitionReply, description = "applied; or a person's second approval of a plan their first already counts for: `{case, approvals}`, nothing recorded"),
+              (status = 202, body = VoteReply, description = "a person's approval counted, the quorum not met yet (`gate_vote`)"),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal_transition"),
               (status = 412, body = Problem, description = "version_mismatch"),
@@ -727,9 +737,25 @@ pub async fn transition(
 /// answer also gives the case version it leaves (the reply's `ETag`).
 fn render(answer: &Answer) -> (StatusCode, Value, Option<i64>) {
     match answer {
+        // A vote short of the quorum: accepted, the gate still waits.
+        Answer::Applied { case, transition }
+            if transition.event.as_deref() == Some(EventKind::GateVote.as_str()) =>
+        {
+            (
+                StatusCode::ACCEPTED,
+                json!({"case": case, "transition": transition,
+                       "approvals": transition.meta["approvals"]}),
+                Some(case.version),
+            )
+        }
         Answer::Applied { case, transition } => (
             StatusCode::OK,
             json!({"case": case, "transition": transition}),
+            Some(case.version),
+        ),
+        Answer::Counted { case, approvals } => (
+            StatusCode::OK,
+            json!({"case": case, "approvals": ApprovalsShown::of(*approvals)}),
             Some(case.version),
         ),
         Answer::Rejected {

@@ -66,6 +66,7 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/case/{id}/plan", get(plans::current).post(plans::propose))
         .route("/case/{id}/executions", get(executions::list))
         .route("/case/{id}/provenance", get(provenance::chain))
+        .route("/case/{id}/approvals", get(plans::approvals))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route("/plan/generate", post(redrive::plan_generate))

@@ -237,6 +237,57 @@ impl GateShown {
     }
 }
 
+/// Every approval of every plan of the case, oldest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Approvals {
+    pub items: Vec<ApprovalListed>,
+}
+
+/// One approval: who judged which plan (and dry run), when, and whether it
+/// counts for the case's current plan and dry run now.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct ApprovalListed {
+    pub approver: String,
+    /// `auto` (the gatekeeper) or `human`.
+    pub kind: String,
+    #[schema(value_type = String)]
+    pub plan_hash: PlanHash,
+    #[schema(value_type = Option<String>)]
+    pub dryrun_digest: Option<DryRunDigest>,
+    pub decided_at: chrono::DateTime<chrono::Utc>,
+    /// For the current plan and its current dry run: what the gate counts.
+    pub counts: bool,
+}
+
+/// Who approved which plan of a case (DESIGN §13): every approval of every
+/// plan, with the hash and dry run it named.
+#[utoipa::path(get, path = "/case/{id}/approvals", tag = "plans",
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Approvals), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn approvals(
+    State(state): State<AppState>,
+    Auth(who): Auth,
+    CasePath(id): CasePath,
+) -> Result<Json<Approvals>, ApiError> {
+    let pool = state.orchestrator.pool();
+    // Another tenant's case is as unknown as a case that never was.
+    read_case_in(pool, id, &who.tenants)
+        .await?
+        .ok_or(ApiError::CaseNotFound(id))?;
+    let items: Vec<ApprovalListed> = sqlx::query_as(
+        "SELECT a.approver, a.kind, a.plan_hash, a.dryrun_digest, a.decided_at, \
+         (p.seq = (SELECT max(seq) FROM plan_proposed WHERE case_id = $1) \
+          AND a.dryrun_digest IS NOT DISTINCT FROM p.dryrun_digest) AS counts \
+         FROM plan_approved a JOIN plan_proposed p ON p.id = a.plan_id \
+         WHERE p.case_id = $1 ORDER BY a.decided_at, a.approver",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Json(Approvals { items }))
+}
+
 /// The ChangePlan JSON Schema, as validated.
 pub async fn schema() -> Response {
     let mut response = contract::SCHEMA_JSON.into_response();

@@ -21,6 +21,7 @@ pub const EVT_FINDINGS: &str = "evt.analysis.findings.v1";
 pub const EVT_PLAN_PROPOSED: &str = "evt.plan.proposed.v1";
 pub const EVT_PLAN_FAILED: &str = "evt.plan.failed.v1";
 pub const EVT_GATE_PENDING: &str = "evt.gate.pending.v1";
+pub const EVT_GATE_VOTE: &str = "evt.gate.vote.v1";
 pub const EVT_PLAN_APPROVED: &str = "evt.plan.approved.v1";
 pub const EVT_PLAN_REJECTED: &str = "evt.plan.rejected.v1";
 pub const EVT_EXEC_DRYRUN: &str = "evt.exec.dryrun.v1";
@@ -34,10 +35,11 @@ pub const EVT_VERIFY_FAILED: &str = "evt.verify.failed.v1";
 /// Facts for other readers (the feed, notifiers, people), not for the FSM.
 /// The orchestrator acknowledges them unread: a subscriber's concern is not
 /// a reason to dead-letter them there.
-pub const INFORMATIONAL: [&str; 5] = [
+pub const INFORMATIONAL: [&str; 6] = [
     EVT_CASE_TRANSITION,
     EVT_CASE_CREATED,
     EVT_GATE_PENDING,
+    EVT_GATE_VOTE,
     EVT_STEP_RESULT,
     EVT_ROLLED_BACK,
 ];
@@ -58,6 +60,9 @@ pub enum Fact {
     PlanFailed(PlanFailed),
     /// The gatekeeper: people must approve. Informational.
     GatePending(GatePending),
+    /// The orchestrator: a person's approval counted, the quorum not met
+    /// yet (`gate_vote`). Informational.
+    GateVote(GateVote),
     /// The gatekeeper's automatic approval → `gate_approved`.
     PlanApproved(GateJudged),
     /// The gatekeeper's denial → `gate_rejected`.
@@ -229,6 +234,20 @@ pub struct GatePending {
     pub break_glass: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze: Option<String>,
+}
+
+/// A counted vote short of the quorum, with the count after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateVote {
+    pub plan_hash: PlanHash,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dryrun_digest: Option<DryRunDigest>,
+    pub approver: String,
+    pub count: u8,
+    pub required: u8,
+    pub missing: u8,
+    /// The `gate_vote` timeline entry.
+    pub timeline_id: Uuid,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -465,6 +484,7 @@ impl Fact {
             Fact::CaseTransition(_)
             | Fact::CaseCreated(_)
             | Fact::GatePending(_)
+            | Fact::GateVote(_)
             | Fact::StepResult(_)
             | Fact::RolledBack(_) => return None,
         })
@@ -478,6 +498,7 @@ impl Fact {
             Fact::PlanApproved(j) | Fact::GatePending(GatePending { judged: j, .. }) => {
                 Some(&j.plan_hash)
             }
+            Fact::GateVote(v) => Some(&v.plan_hash),
             Fact::PlanRejected(r) => Some(&r.judged.plan_hash),
             Fact::DryRun(r) => Some(&r.plan_hash),
             Fact::ExecDone(r) | Fact::ExecFailed(r) | Fact::RolledBack(r) => Some(&r.plan_hash),
@@ -502,6 +523,7 @@ impl Fact {
             | Fact::PlanProposed(_)
             | Fact::PlanFailed(_)
             | Fact::GatePending(_)
+            | Fact::GateVote(_)
             | Fact::PlanApproved(_)
             | Fact::PlanRejected(_)
             | Fact::StepResult(_)
@@ -526,6 +548,7 @@ impl Fact {
             | Fact::Findings(_)
             | Fact::PlanProposed(_)
             | Fact::GatePending(_)
+            | Fact::GateVote(_)
             | Fact::PlanApproved(_)
             | Fact::DryRun(_)
             | Fact::StepResult(_)
@@ -551,6 +574,7 @@ impl Body for Fact {
             Fact::PlanProposed(_) => EVT_PLAN_PROPOSED,
             Fact::PlanFailed(_) => EVT_PLAN_FAILED,
             Fact::GatePending(_) => EVT_GATE_PENDING,
+            Fact::GateVote(_) => EVT_GATE_VOTE,
             Fact::PlanApproved(_) => EVT_PLAN_APPROVED,
             Fact::PlanRejected(_) => EVT_PLAN_REJECTED,
             Fact::DryRun(_) => EVT_EXEC_DRYRUN,
@@ -571,6 +595,7 @@ impl Body for Fact {
             Fact::PlanProposed(x) => Fact::data(x),
             Fact::PlanFailed(x) => Fact::data(x),
             Fact::GatePending(x) => Fact::data(x),
+            Fact::GateVote(x) => Fact::data(x),
             Fact::PlanApproved(x) => Fact::data(x),
             Fact::PlanRejected(x) => Fact::data(x),
             Fact::DryRun(x) => Fact::data(x),
@@ -590,6 +615,7 @@ impl Body for Fact {
             EVT_PLAN_PROPOSED => Fact::PlanProposed(parse(s, data)?),
             EVT_PLAN_FAILED => Fact::PlanFailed(parse(s, data)?),
             EVT_GATE_PENDING => Fact::GatePending(parse(s, data)?),
+            EVT_GATE_VOTE => Fact::GateVote(parse(s, data)?),
             EVT_PLAN_APPROVED => Fact::PlanApproved(parse(s, data)?),
             EVT_PLAN_REJECTED => Fact::PlanRejected(parse(s, data)?),
             EVT_EXEC_DRYRUN => Fact::DryRun(parse(s, data)?),

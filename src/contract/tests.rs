@@ -24,7 +24,7 @@ const COMMANDS: [(&str, &str); 7] = golden!(
     "cmd.verify.run",
 );
 
-const FACTS: [(&str, &str); 15] = golden!(
+const FACTS: [(&str, &str); 16] = golden!(
     "evt.case.transition.v1",
     "evt.analysis.findings.v1",
     "evt.plan.proposed.v1",
@@ -40,6 +40,7 @@ const FACTS: [(&str, &str); 15] = golden!(
     "evt.verify.failed.v1",
     "evt.case.created.v1",
     "evt.exec.dryrun.v1",
+    "evt.gate.vote.v1",
 );
 
 fn round_trip<B: Body + std::fmt::Debug>(subject: &str, text: &str) -> Message<B> {

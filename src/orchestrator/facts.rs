@@ -73,6 +73,7 @@ pub async fn load(
             | E::DryrunDone
             | E::DryrunFailed
             | E::GateApproved
+            | E::GateVote
             | E::GateRejected
             | E::ExecDone
             | E::VerifyFailed => true,

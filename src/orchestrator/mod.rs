@@ -21,7 +21,8 @@ use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
 
 pub use outcome::{
-    Answer, Created, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer, TransitionError,
+    Answer, ApprovalsShown, Created, FaultPoints, Faults, NoFaults, Outcome, StoredAnswer,
+    TransitionError,
 };
 pub use request::{Actor, Origin, TransitionRequest};
 
@@ -139,7 +140,11 @@ impl Orchestrator {
             Err(TransitionError::IdempotencyKeyReused) => {
                 telemetry::conflict("idempotency_key_reuse");
             }
-            Ok(Outcome::Answered(Answer::Applied { .. }) | Outcome::Duplicate) | Err(_) => {}
+            Ok(
+                Outcome::Answered(Answer::Applied { .. } | Answer::Counted { .. })
+                | Outcome::Duplicate,
+            )
+            | Err(_) => {}
         }
         result
     }
@@ -212,7 +217,47 @@ impl Orchestrator {
 
         // 4. Facts, then the pure decision.
         let loaded = facts::load(&mut tx, &case, req, &self.policy).await?;
-        let decision = workflow::decide(case.status, req.event, &loaded.facts);
+        let mut decision = workflow::decide(case.status, req.event, &loaded.facts);
+        // A person's approval that counts but falls short of the quorum is
+        // a vote (DESIGN §2 `gate_vote`): a move of its own, not a refusal.
+        // The same person's second vote records nothing.
+        let short_of_quorum = req.event == workflow::EventKind::GateApproved
+            && req.actor.human
+            && matches!(
+                &decision,
+                Err(workflow::Rejection::GuardFailed {
+                    record_approval: true,
+                    ..
+                })
+            );
+        let vote;
+        let req = if short_of_quorum {
+            if workflow::already_voted(&loaded.facts, &req.actor.id)
+                && let Some(approvals) = workflow::tally(&loaded.facts)
+            {
+                let answer = Answer::Counted {
+                    case: Box::new(case),
+                    approvals,
+                };
+                if let Origin::Http {
+                    idempotency_key, ..
+                } = &req.origin
+                {
+                    store::store_answer(&mut tx, &req.actor.id, idempotency_key.as_str(), &answer)
+                        .await?;
+                }
+                tx.commit().await?;
+                return Ok(Outcome::Answered(answer));
+            }
+            vote = TransitionRequest {
+                event: workflow::EventKind::GateVote,
+                ..req.clone()
+            };
+            decision = workflow::decide(case.status, vote.event, &loaded.facts);
+            &vote
+        } else {
+            req
+        };
         let record_approval = match &decision {
             Ok(d) => d.record_approval,
             Err(workflow::Rejection::GuardFailed {
@@ -263,18 +308,17 @@ impl Orchestrator {
                     idempotency_key, ..
                 } = &req.origin
                 {
-                    store::store_rejection(
-                        &mut tx,
-                        &req.actor.id,
-                        idempotency_key.as_str(),
-                        &answer,
-                    )
-                    .await?;
+                    store::store_answer(&mut tx, &req.actor.id, idempotency_key.as_str(), &answer)
+                        .await?;
                 }
                 answer
             }
             Ok(decision) => {
                 meta["note"] = json!(decision.note);
+                if let Some(tally) = decision.tally {
+                    // The reply to a vote (and its replay) shows the count.
+                    meta["approvals"] = json!(ApprovalsShown::of(tally));
+                }
                 let (updated, entry) =
                     store::apply(&mut tx, &case, &decision, req, entry_id, &meta).await?;
                 self.faults

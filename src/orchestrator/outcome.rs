@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::model::{Case, TimelineEntry};
-use crate::workflow::{Rejection, Status};
+use crate::workflow::{Rejection, Status, Tally};
 
 /// The answer to one transition request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,12 +21,34 @@ pub enum Answer {
         case: Box<Case>,
         transition: Box<TimelineEntry>,
     },
+    /// A person's second approval of a plan and dry run their first
+    /// approval already counts for: nothing recorded, the count unchanged.
+    Counted { case: Box<Case>, approvals: Tally },
     /// Refused by the FSM and recorded in the timeline; the case as it was.
     Rejected {
         rejection: Rejection,
         case_status: Status,
         case_version: i64,
     },
+}
+
+/// The approvals of a plan as a vote's reply shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ApprovalsShown {
+    /// Distinct people whose approval counts.
+    pub count: u8,
+    pub required: u8,
+    pub missing: u8,
+}
+
+impl ApprovalsShown {
+    pub fn of(t: Tally) -> ApprovalsShown {
+        ApprovalsShown {
+            count: t.count,
+            required: t.required,
+            missing: t.missing(),
+        }
+    }
 }
 
 /// What an idempotent case creation did.

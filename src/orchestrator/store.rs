@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::outcome::{Answer, StoredAnswer};
 use super::request::{Origin, TransitionRequest};
 use crate::contract::command::{GeneratePlan, PlanCommand, RunAnalysis, Verify};
-use crate::contract::fact::CaseTransition;
+use crate::contract::fact::{CaseTransition, GateVote};
 use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::{Case, TimelineEntry};
 use crate::pubsub::{Envelope, outbox};
@@ -192,9 +192,10 @@ async fn rebuild_applied(
     })
 }
 
-/// Stores a rejection's answer with the claim (an applied answer needs no
-/// copy: see `rebuild_applied`).
-pub async fn store_rejection(
+/// Stores an answer that wrote no timeline entry of its own (a rejection,
+/// a vote already counted) with the claim (an applied answer needs no copy:
+/// see `rebuild_applied`).
+pub async fn store_answer(
     conn: &mut PgConnection,
     actor: &str,
     key: &str,
@@ -227,7 +228,7 @@ pub async fn apply(
     after.status = decision.to;
     after.version = before.version + 1;
     after.park_reason.clone_from(&decision.park_reason);
-    let messages = messages(before, &after, entry_id, req, &decision.effects);
+    let messages = messages(before, &after, entry_id, req, decision);
     let rows = outbox::Rows::of(&messages);
     let row = sqlx::query(concat!(
         "WITH upd AS (UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
@@ -339,7 +340,7 @@ fn messages(
     after: &Case,
     entry_id: Uuid,
     req: &TransitionRequest,
-    effects: &[Effect],
+    decision: &Decision,
 ) -> Vec<Envelope> {
     // A fact's commands continue from the fact; a person's from the entry.
     let causation = match &req.origin {
@@ -347,7 +348,8 @@ fn messages(
         Origin::Http { .. } | Origin::Direct => entry_id,
     };
     let actor = &req.actor.id;
-    let mut messages: Vec<_> = effects
+    let mut messages: Vec<_> = decision
+        .effects
         .iter()
         .map(|e| Message::for_case(after, actor, Some(causation), command_for(e)).to_envelope())
         .collect();
@@ -361,6 +363,19 @@ fn messages(
         timeline_id: entry_id,
     });
     messages.push(Message::for_case(after, actor, Some(causation), transition).to_envelope());
+    // A vote short of the quorum: screens and chat show the count live.
+    if let (Some(tally), Some(plan_hash)) = (decision.tally, &req.plan_hash) {
+        let vote = Fact::GateVote(GateVote {
+            plan_hash: plan_hash.clone(),
+            dryrun_digest: req.dryrun_digest.clone(),
+            approver: actor.clone(),
+            count: tally.count,
+            required: tally.required,
+            missing: tally.missing(),
+            timeline_id: entry_id,
+        });
+        messages.push(Message::for_case(after, actor, Some(causation), vote).to_envelope());
+    }
     messages
 }
 

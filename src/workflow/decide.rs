@@ -3,7 +3,7 @@
 use super::guards;
 use super::types::{
     Decision, DryRunVerdict, Effect, EventKind, FactRef, Facts, GuardFailure, PlanFact, PlanHash,
-    Rejection, Status,
+    Rejection, Status, Tally,
 };
 
 /// Decides the move for `event` in `status`, given `facts`. Pure.
@@ -26,6 +26,7 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
                 .unwrap_or_else(|| event.as_str().to_string())
         }),
         record_approval: false,
+        tally: None,
     };
     match (status, event) {
         (S::New, E::StartAnalysis) => {
@@ -99,6 +100,31 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
             decision.record_approval = counts;
             Ok(decision)
         }
+        (S::WaitGate, E::GateVote) => {
+            check(&[
+                guards::plan_present(facts),
+                guards::judged_plan_is_current(facts),
+                guards::judged_dryrun_is_current(facts),
+                guards::approver_is_not_author(facts),
+                guards::outside_change_freeze(facts),
+                guards::vote_short_of_quorum(facts),
+            ])?;
+            let tally = guards::tally(facts);
+            let note = match tally {
+                Some(t) => format!(
+                    "approval {} of {} for plan {}; {} more needed",
+                    t.count,
+                    t.required,
+                    current_plan_hash(facts)?.short(),
+                    t.missing()
+                ),
+                None => "approval recorded".into(),
+            };
+            let mut decision = to(S::WaitGate, note);
+            decision.record_approval = true;
+            decision.tally = tally;
+            Ok(decision)
+        }
         (S::WaitGate, E::GateRejected) => {
             check(&[guards::judged_plan_is_current(facts)])?;
             Ok(to(S::Parked, "the plan was rejected at the gate".into()))
@@ -162,6 +188,18 @@ pub fn approvals_meet_quorum(facts: &Facts) -> Result<(), GuardFailure> {
         judgement: None,
         ..facts.clone()
     })
+}
+
+/// The people whose approval counts now (this request's included) against
+/// the gate's quorum; `None` until the gatekeeper decided one.
+pub fn tally(facts: &Facts) -> Option<Tally> {
+    guards::tally(facts)
+}
+
+/// Whether `actor`'s approval of the current plan and dry run is stored
+/// already: a second vote by the same person changes nothing.
+pub fn already_voted(facts: &Facts, actor: &str) -> bool {
+    guards::stored_vote_of(facts, actor)
 }
 
 /// Every guard of a move is evaluated, so a rejection lists each failure.

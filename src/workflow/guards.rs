@@ -3,7 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use super::types::{ApprovalKind, DryRunVerdict, Facts, GuardFailure, Judgement};
+use super::types::{
+    ApprovalKind, DryRunDigest, DryRunVerdict, Facts, GuardFailure, Judgement, PlanHash, Tally,
+};
 
 type Guard = Result<(), GuardFailure>;
 
@@ -154,26 +156,13 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
             format!("the dry run {} of the plan failed", dryrun.digest.short()),
         );
     }
-    // An approval counts for the plan's latest dry run only: a new dry run
-    // voids the votes (and the automatic approval) given on an older one.
-    let current_dryrun = facts.dryrun.as_ref().map(|d| &d.digest);
-    let for_plan = facts
+    let humans = counted_humans(facts);
+    if facts
         .approvals
         .iter()
-        .filter(|a| a.plan_hash == plan.hash && a.dryrun_digest.as_ref() == current_dryrun);
-    if for_plan.clone().any(|a| a.kind == ApprovalKind::Auto) {
-        return Ok(());
-    }
-    let mut humans: BTreeSet<&str> = for_plan
-        .filter(|a| a.kind == ApprovalKind::Human && a.approver != plan.author)
-        .map(|a| a.approver.as_str())
-        .collect();
-    if let Some(j) = &facts.judgement
-        && j.plan_hash.as_ref() == Some(&plan.hash)
-        && j.dryrun_digest.as_ref() == current_dryrun
-        && j.actor != plan.author
+        .any(|a| a.kind == ApprovalKind::Auto && counts_now(facts, &a.plan_hash, &a.dryrun_digest))
     {
-        humans.insert(j.actor.as_str());
+        return Ok(());
     }
     let Some(required) = facts.required_approvers else {
         return fail(
@@ -197,6 +186,85 @@ pub(super) fn approval_for_current_plan(facts: &Facts) -> Guard {
                 plan.hash.short()
             ),
         )
+    }
+}
+
+/// Whether an approval of `plan_hash` on dry run `digest` counts now: for
+/// the current plan and its current dry run only (a new dry run voids the
+/// votes, and the automatic approval, given on an older one).
+fn counts_now(facts: &Facts, plan_hash: &PlanHash, digest: &Option<DryRunDigest>) -> bool {
+    facts.plan.as_ref().is_some_and(|p| p.hash == *plan_hash)
+        && digest.as_ref() == facts.dryrun.as_ref().map(|d| &d.digest)
+}
+
+/// Distinct people whose approval counts: stored ones and this request's,
+/// never the plan's author.
+fn counted_humans(facts: &Facts) -> BTreeSet<&str> {
+    let Some(plan) = &facts.plan else {
+        return BTreeSet::new();
+    };
+    let stored = facts
+        .approvals
+        .iter()
+        .filter(|a| {
+            a.kind == ApprovalKind::Human && counts_now(facts, &a.plan_hash, &a.dryrun_digest)
+        })
+        .map(|a| a.approver.as_str());
+    let judged = facts
+        .judgement
+        .iter()
+        .filter(|j| {
+            j.plan_hash
+                .as_ref()
+                .is_some_and(|h| counts_now(facts, h, &j.dryrun_digest))
+        })
+        .map(|j| j.actor.as_str());
+    stored
+        .chain(judged)
+        .filter(|who| *who != plan.author)
+        .collect()
+}
+
+/// Whether `actor` already has a stored approval that counts now.
+pub(super) fn stored_vote_of(facts: &Facts, actor: &str) -> bool {
+    facts.approvals.iter().any(|a| {
+        a.kind == ApprovalKind::Human
+            && a.approver == actor
+            && counts_now(facts, &a.plan_hash, &a.dryrun_digest)
+    })
+}
+
+/// The people who count against the gate's quorum.
+pub(super) fn tally(facts: &Facts) -> Option<Tally> {
+    let required = facts.required_approvers?.max(1);
+    let count = u8::try_from(counted_humans(facts).len()).unwrap_or(u8::MAX);
+    Some(Tally { count, required })
+}
+
+/// `gate_vote`: a person's approval that counts, while the quorum is not
+/// met yet (once it is, `gate_approved` opens the gate instead).
+pub(super) fn vote_short_of_quorum(facts: &Facts) -> Guard {
+    let name = "vote_short_of_quorum";
+    if facts.judgement.is_none() {
+        return fail(name, "a vote is a person's approval");
+    }
+    if facts
+        .dryrun
+        .as_ref()
+        .is_some_and(|d| d.verdict == DryRunVerdict::Failed)
+    {
+        return fail(name, "the plan's dry run failed");
+    }
+    match tally(facts) {
+        None => fail(
+            name,
+            "the gatekeeper has not evaluated the current plan and dry run",
+        ),
+        Some(t) if t.count >= t.required => fail(
+            name,
+            format!("{} of {} approvals meet the quorum", t.count, t.required),
+        ),
+        Some(_) => Ok(()),
     }
 }
 

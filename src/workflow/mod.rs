@@ -11,9 +11,9 @@ mod guards;
 mod tests;
 mod types;
 
-pub use decide::{approvals_meet_quorum, decide, replay};
+pub use decide::{already_voted, approvals_meet_quorum, decide, replay, tally};
 pub use types::{
     ApprovalFact, ApprovalKind, Decision, DryRunDigest, DryRunFact, DryRunVerdict, Effect,
     EventKind, ExecFact, FactRef, Facts, GuardFailure, Judgement, PlanFact, PlanHash, Rejection,
-    Status,
+    Status, Tally,
 };

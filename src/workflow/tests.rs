@@ -48,7 +48,22 @@ fn good_for(event: EventKind) -> Facts {
             dryrun: dryrun(H1, D1, DryRunVerdict::Failed),
             ..all_good()
         },
+        EventKind::GateVote => one_of_two(),
         _ => all_good(),
+    }
+}
+
+/// Bob's approval of the current plan and dry run, the first of two.
+fn one_of_two() -> Facts {
+    Facts {
+        approvals: vec![],
+        required_approvers: Some(2),
+        judgement: Some(Judgement {
+            actor: "bob".into(),
+            plan_hash: Some(h(H1)),
+            dryrun_digest: Some(d(D1)),
+        }),
+        ..all_good()
     }
 }
 
@@ -115,6 +130,7 @@ fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
             S::Executing,
             vec![Effect::Execute { plan_hash: h(H1) }],
         ),
+        (S::WaitGate, E::GateVote, S::WaitGate, vec![]),
         (S::WaitGate, E::GateRejected, S::Parked, vec![]),
         (
             S::Executing,
@@ -204,6 +220,11 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<String>
 #[case::dry_run_not_stored(Status::WaitGate, EventKind::DryrunDone, Facts { dryrun: None, ..all_good() }, vec!["dryrun_of_current_plan"])]
 #[case::dry_run_done_when_it_failed(Status::WaitGate, EventKind::DryrunDone, Facts { dryrun: dryrun(H1, D1, DryRunVerdict::Failed), ..all_good() }, vec!["dryrun_of_current_plan"])]
 #[case::dry_run_failed_when_it_passed(Status::WaitGate, EventKind::DryrunFailed, all_good(), vec!["dryrun_of_current_plan"])]
+#[case::a_vote_that_meets_the_quorum_opens_the_gate_instead(Status::WaitGate, EventKind::GateVote, Facts { required_approvers: Some(1), ..one_of_two() }, vec!["vote_short_of_quorum"])]
+#[case::a_vote_by_no_person(Status::WaitGate, EventKind::GateVote, Facts { judgement: None, ..one_of_two() }, vec!["vote_short_of_quorum"])]
+#[case::a_vote_on_an_unevaluated_gate(Status::WaitGate, EventKind::GateVote, Facts { required_approvers: None, ..one_of_two() }, vec!["vote_short_of_quorum"])]
+#[case::a_vote_by_the_author(Status::WaitGate, EventKind::GateVote, Facts { judgement: Some(Judgement { actor: "planner".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..one_of_two() }, vec!["approver_is_not_author"])]
+#[case::a_vote_on_an_older_dry_run(Status::WaitGate, EventKind::GateVote, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D2)) }), ..one_of_two() }, vec!["judged_dryrun_is_current"])]
 #[case::inside_a_change_freeze(Status::WaitGate, EventKind::GateApproved, Facts { freeze: Some("release".into()), ..all_good() }, vec!["outside_change_freeze"])]
 #[case::reject_other_plan(Status::WaitGate, EventKind::GateRejected, Facts { judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H2)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["judged_plan_is_current"])]
 #[case::no_person_opens_an_unevaluated_gate(Status::WaitGate, EventKind::GateApproved, Facts { approvals: vec![], required_approvers: None, judgement: Some(Judgement { actor: "bob".into(), plan_hash: Some(h(H1)), dryrun_digest: Some(d(D1)) }), ..all_good() }, vec!["approval_for_current_plan"])]
@@ -232,6 +253,39 @@ fn gate_opens(#[case] facts: Facts) {
     assert_eq!(
         decide(Status::WaitGate, EventKind::GateApproved, &facts).map(|d| d.to),
         Ok(Status::Executing)
+    );
+}
+
+#[test]
+fn a_vote_counts_its_person_and_says_how_many_are_missing() {
+    let vote = decide(Status::WaitGate, EventKind::GateVote, &one_of_two()).unwrap();
+    assert_eq!(vote.to, Status::WaitGate);
+    assert!(vote.record_approval);
+    assert_eq!(
+        vote.tally,
+        Some(Tally {
+            count: 1,
+            required: 2
+        })
+    );
+    assert!(vote.note.contains("1 of 2"), "{}", vote.note);
+    let again = Facts {
+        approvals: vec![ApprovalFact {
+            plan_hash: h(H1),
+            approver: "bob".into(),
+            kind: ApprovalKind::Human,
+            dryrun_digest: Some(d(D1)),
+        }],
+        ..one_of_two()
+    };
+    assert!(already_voted(&again, "bob") && !already_voted(&again, "carol"));
+    let on_older = Facts {
+        dryrun: dryrun(H1, D2, DryRunVerdict::Passed),
+        ..again
+    };
+    assert!(
+        !already_voted(&on_older, "bob"),
+        "a new dry run voids the vote"
     );
 }
 

@@ -76,6 +76,10 @@ pub enum EventKind {
     DryrunFailed,
     GateApproved,
     GateRejected,
+    /// A person's approval that counts but does not meet the quorum yet;
+    /// the orchestrator records it in place of a `gate_approved` that
+    /// falls short (never sent by anyone).
+    GateVote,
     ExecDone,
     ExecFailed,
     VerifyPass,
@@ -244,6 +248,22 @@ pub struct Decision {
     pub park_reason: Option<String>,
     /// The person's approval carried by this request counts and is recorded.
     pub record_approval: bool,
+    /// `gate_vote`: the approvals that count now, this one included.
+    pub tally: Option<Tally>,
+}
+
+/// Distinct people whose approval of the current plan (and dry run) counts,
+/// against the quorum the gate decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    pub count: u8,
+    pub required: u8,
+}
+
+impl Tally {
+    pub fn missing(self) -> u8 {
+        self.required.saturating_sub(self.count)
+    }
 }
 
 /// Why a move was refused. Stored with an idempotent request's answer, so

@@ -105,24 +105,76 @@ async fn the_author_cannot_approve_their_own_plan(pool: PgPool) {
     assert_eq!(app.status(case).await, "WAIT_GATE");
 }
 
+/// A first approval of two is a success: an accepted `gate_vote` (202,
+/// the count), announced on the feed; its replay is the same 202; the same
+/// person again is 200 with the count unchanged and records nothing; the
+/// second person opens the gate. No conflict is counted.
 #[sqlx::test]
 async fn a_quorum_of_two_needs_two_distinct_approvers(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let (case, hash) = waiting_for_gate(&app, "planner", Some(2)).await;
+    let conflicts = app.metric("conflict_total").await;
+    let version = |r: &TestResponse| r.body["case"]["version"].as_i64().unwrap();
     let body = json!({"event": "gate_approved", "plan_hash": hash});
-    let r = app.patch(case, APPROVER, "q-1", body.clone()).await;
-    assert_eq!(r.status, 422);
-    assert!(
-        r.body["detail"].as_str().unwrap().contains("1 of 2"),
-        "{:?}",
-        r.body
+    let first = app.patch(case, APPROVER, "q-1", body.clone()).await;
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(
+        first.body["approvals"],
+        json!({"count": 1, "required": 2, "missing": 1})
     );
-    let r = app.patch(case, APPROVER, "q-2", body.clone()).await;
-    assert_eq!(r.status, 422, "the same approver twice is still one");
+    assert_eq!(first.body["transition"]["event"], "gate_vote");
+    assert_eq!(first.body["case"]["status"], "WAIT_GATE");
+    let replay = app.patch(case, APPROVER, "q-1", body.clone()).await;
+    assert_eq!((replay.status, &replay.body), (202, &first.body));
+    let vote = app.outbox_payloads(case, "evt.gate.vote.v1").await;
+    assert_eq!(vote.len(), 1, "{vote:?}");
+    assert_eq!(
+        (&vote[0]["data"]["approver"], &vote[0]["data"]["missing"]),
+        (&json!("bob"), &json!(1))
+    );
+
+    let again = app.patch(case, APPROVER, "q-2", body.clone()).await;
+    assert_eq!(again.status, 200, "{:?}", again.body);
+    assert_eq!(
+        again.body["approvals"]["count"], 1,
+        "the same approver twice is still one"
+    );
+    assert_eq!(version(&again), version(&first), "nothing recorded");
+    assert_eq!(
+        app.timeline(case).await.len(),
+        5,
+        "created, 3 moves, the vote"
+    );
+    let replay = app.patch(case, APPROVER, "q-2", body.clone()).await;
+    assert_eq!((replay.status, &replay.body), (200, &again.body));
     assert_eq!(app.status(case).await, "WAIT_GATE");
+    assert_eq!(app.metric("conflict_total").await, conflicts);
+
     let r = app.patch(case, APPROVER2, "q-3", body).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(app.status(case).await, "EXECUTING");
+    let listed = app
+        .send(
+            axum::http::Method::GET,
+            &format!("/case/{case}/approvals"),
+            Some(VIEWER),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let who: Vec<(&str, &str)> = listed.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["approver"].as_str().unwrap(),
+                a["plan_hash"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(who, [("bob", hash.as_str()), ("carol", hash.as_str())]);
 }
 
 #[sqlx::test]

@@ -72,7 +72,8 @@ async fn a_production_plan_waits_for_two_distinct_people(pool: PgPool) {
     let digest = lp.app.dryrun_digest(case).await;
     let judge = json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest});
     let first = lp.app.patch(case, APPROVER, "p-1", judge.clone()).await;
-    assert_eq!(first.status, 422);
+    assert_eq!(first.status, 202, "{:?}", first.body);
+    assert_eq!(first.body["approvals"]["missing"], 1);
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
     let second = lp.app.patch(case, APPROVER2, "p-2", judge).await;
     assert_eq!(second.status, 200, "{:?}", second.body);
@@ -196,7 +197,7 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
             .patch(case, APPROVER, "bg-1", judge.clone())
             .await
             .status,
-        422
+        202
     );
     assert_eq!(
         lp.app.patch(case, APPROVER2, "bg-2", judge).await.status,
@@ -205,7 +206,7 @@ async fn a_change_freeze_needs_a_recorded_break_glass_quorum(pool: PgPool) {
     assert_eq!(lp.app.status(case).await, "EXECUTING");
     let reasons: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT meta #> '{request,break_glass,reason}' FROM case_timeline \
-         WHERE case_id = $1 AND event = 'gate_approved' ORDER BY seq",
+         WHERE case_id = $1 AND event IN ('gate_vote', 'gate_approved') ORDER BY seq",
     )
     .bind(case)
     .fetch_all(&lp.app.pool)

@@ -21,6 +21,7 @@ enum Endpoint {
     Timeline,
     Executions,
     Provenance,
+    Approvals,
     Plan,
     /// `dismiss` with `If-Match` at the case's version.
     Transition,
@@ -58,6 +59,10 @@ const MATRIX: &[(Endpoint, &str, u16, u16)] = &[
     (E::Provenance, OPERATOR, 200, 404),
     (E::Provenance, SERVICE, 200, 404),
     (E::Provenance, ADMIN, 200, 200),
+    (E::Approvals, VIEWER, 200, 404),
+    (E::Approvals, APPROVER, 200, 404),
+    (E::Approvals, SERVICE, 200, 404),
+    (E::Approvals, ADMIN, 200, 200),
     (E::Plan, VIEWER, 200, 404),
     (E::Plan, OPERATOR, 200, 404),
     (E::Plan, APPROVER, 200, 404),
@@ -151,6 +156,7 @@ async fn call(
                 vec![],
                 None,
             ),
+            E::Approvals => (Method::GET, format!("/case/{case}/approvals"), vec![], None),
             E::Plan => (Method::GET, format!("/case/{case}/plan"), vec![], None),
             E::Transition => (
                 Method::PATCH,
