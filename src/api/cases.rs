@@ -540,6 +540,21 @@ pub struct TransitionReply {
     transition: TimelineEntry,
 }
 
+/// A 200: an applied move, or a vote already counted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum TransitionOk {
+    Applied(Box<TransitionReply>),
+    Counted(Box<CountedReply>),
+}
+
+/// A person's second approval: nothing recorded, the count as it is.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CountedReply {
+    case: Case,
+    approvals: ApprovalsShown,
+}
+
 /// A counted approval short of the quorum.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VoteReply {
@@ -583,7 +598,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
            ("Idempotency-Key" = String, Header, description = "required; replays return the stored reply"),
            ("If-Match" = Option<String>, Header, description = "the case version expected, as in ETag")),
     request_body = TransitionBody,
-    responses((status = 200, body = TransitionReply, description = "applied; or a person's second approval of a plan their first already counts for: `{case, approvals}`, nothing recorded"),
+    responses((status = 200, body = TransitionOk, description = "applied (`{case, transition}`); or a person's second approval of a plan their first already counts for (`{case, approvals}`), nothing recorded"),
               (status = 202, body = VoteReply, description = "a person's approval counted, the quorum not met yet (`gate_vote`)"),
               (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
               (status = 404, body = Problem), (status = 409, body = Problem, description = "illegal_transition"),

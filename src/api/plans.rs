@@ -255,7 +255,8 @@ pub struct ApprovalListed {
     #[schema(value_type = Option<String>)]
     pub dryrun_digest: Option<DryRunDigest>,
     pub decided_at: chrono::DateTime<chrono::Utc>,
-    /// For the current plan and its current dry run: what the gate counts.
+    /// For the current plan and its current dry run, which did not fail:
+    /// what the gate counts.
     pub counts: bool,
 }
 
@@ -278,7 +279,9 @@ pub async fn approvals(
     let items: Vec<ApprovalListed> = sqlx::query_as(
         "SELECT a.approver, a.kind, a.plan_hash, a.dryrun_digest, a.decided_at, \
          (p.seq = (SELECT max(seq) FROM plan_proposed WHERE case_id = $1) \
-          AND a.dryrun_digest IS NOT DISTINCT FROM p.dryrun_digest) AS counts \
+          AND a.dryrun_digest IS NOT DISTINCT FROM p.dryrun_digest \
+          AND NOT EXISTS (SELECT 1 FROM plan_dryrun d WHERE d.plan_id = p.id \
+                          AND d.digest = p.dryrun_digest AND d.outcome = 'failed')) AS counts \
          FROM plan_approved a JOIN plan_proposed p ON p.id = a.plan_id \
          WHERE p.case_id = $1 ORDER BY a.decided_at, a.approver",
     )

@@ -18,7 +18,8 @@ use super::plan::{Step, steps_of};
 use super::store::CONSUMER;
 use crate::auth::TenantScope;
 use crate::contract::fact::{DryRunArtefact, DryRunOutcome, DryRunReport, StepRehearsal};
-use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash, Version};
+use crate::contract::{ChangePlan, CommandMsg, Fact, Message, PlanHash};
+use crate::model::Case;
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition};
 use crate::pubsub::outbox;
 use crate::store::read_case_in;
@@ -121,11 +122,34 @@ async fn rehearse(machine: &Machine, index: usize, step: &Step) -> (StepRehearsa
 }
 
 impl Machine {
+    /// Whether `case` waits at the gate with `plan_hash` as its plan.
+    async fn rehearsable(&self, case: &Case, plan_hash: &PlanHash) -> Result<bool, sqlx::Error> {
+        let mut conn = self.store.pool.acquire().await?;
+        self.rehearsable_in(&mut conn, case, plan_hash).await
+    }
+
+    async fn rehearsable_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        case: &Case,
+        plan_hash: &PlanHash,
+    ) -> Result<bool, sqlx::Error> {
+        if case.status != Status::WaitGate {
+            return Ok(false);
+        }
+        let current: Option<PlanHash> = sqlx::query_scalar(
+            "SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(case.id)
+        .fetch_optional(conn)
+        .await?;
+        Ok(current.as_ref() == Some(plan_hash))
+    }
+
     pub async fn dry_run(
         &self,
         cmd: &Message<CommandMsg>,
         d: &Delivery,
-        version: Version,
         plan_hash: &PlanHash,
     ) -> Result<Disposition, sqlx::Error> {
         let pool = &self.store.pool;
@@ -142,10 +166,10 @@ impl Machine {
         let Some(case) = read_case_in(pool, case_id, &scope).await? else {
             return Disposition::case_not_found(pool, case_id, cmd.tenant.as_str()).await;
         };
-        if case.status != Status::WaitGate || case.version != version.get() {
+        if !self.rehearsable(&case, plan_hash).await? {
             // The case moved on (dismissed, or a newer plan): a rehearsal
-            // of this attempt would be judged by no one.
-            tracing::info!(case.id = %case.id, "Dry-run command for an older case version; skipped.");
+            // of this plan would be judged by no one.
+            tracing::info!(case.id = %case.id, "Dry-run command for a plan the case has left; skipped.");
             return Ok(Disposition::Done);
         }
         let row: Option<(Uuid, Value)> = sqlx::query_as(
@@ -193,9 +217,14 @@ impl Machine {
         let report = DryRunReport::of(plan_hash.clone(), artefact);
         let mut tx = pool.begin().await?;
         // The case may have moved on while its targets were asked: a
-        // rehearsal of an attempt that no longer counts is not recorded.
+        // rehearsal of a plan that no longer waits at the gate is not
+        // recorded.
         let now = crate::store::lock_case_in(&mut tx, case_id, &scope).await?;
-        if now.is_none_or(|c| c.status != Status::WaitGate || c.version != version.get()) {
+        let still = match &now {
+            Some(c) => self.rehearsable_in(&mut tx, c, plan_hash).await?,
+            None => false,
+        };
+        if !still {
             tracing::info!(case.id = %case_id, "The case moved on during its dry run; not recorded.");
             return Ok(Disposition::Done);
         }
@@ -215,8 +244,11 @@ impl Machine {
         .await?;
         let outcome = report.outcome;
         let digest = report.digest.clone();
+        // About the plan, not a version: people's votes add versions while
+        // the case waits at the gate, and a dry run of the plan that still
+        // waits there is evidence whatever they are.
         let mut message = Message::for_case(&case, CONSUMER, Some(cmd.id), Fact::DryRun(report));
-        message.expected_version = Some(version);
+        message.expected_version = None;
         outbox::enqueue_caused(
             &mut tx,
             case_id,

@@ -107,18 +107,19 @@ impl Handler for Executor {
             | CommandMsg::EvaluateGate(_)
             | CommandMsg::Verify(_) => return Disposition::unknown_type(&d.envelope.kind),
         };
+        // A dry run is about the plan waiting at the gate, not a version.
+        let Some(kind) = kind else {
+            return self
+                .machine
+                .dry_run(&cmd, d, &plan_hash)
+                .await
+                .unwrap_or_else(|e| Disposition::Retry(e.to_string()));
+        };
         let Some(version) = cmd.expected_version else {
             return Disposition::DeadLetter(
                 DeadReason::InvalidData,
                 "an exec command needs case_id and expected_version".into(),
             );
-        };
-        let Some(kind) = kind else {
-            return self
-                .machine
-                .dry_run(&cmd, d, version, &plan_hash)
-                .await
-                .unwrap_or_else(|e| Disposition::Retry(e.to_string()));
         };
         let _in_flight = telemetry::execution_started();
         match self

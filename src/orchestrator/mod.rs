@@ -220,7 +220,8 @@ impl Orchestrator {
         let mut decision = workflow::decide(case.status, req.event, &loaded.facts);
         // A person's approval that counts but falls short of the quorum is
         // a vote (DESIGN §2 `gate_vote`): a move of its own, not a refusal.
-        // The same person's second vote records nothing.
+        // The same person's second vote records nothing. Anything else the
+        // FSM would not take as a vote stays the refusal it was.
         let short_of_quorum = req.event == workflow::EventKind::GateApproved
             && req.actor.human
             && matches!(
@@ -230,33 +231,42 @@ impl Orchestrator {
                     ..
                 })
             );
+        let as_vote = short_of_quorum
+            .then(|| workflow::decide(case.status, workflow::EventKind::GateVote, &loaded.facts))
+            .and_then(Result::ok);
         let vote;
-        let req = if short_of_quorum {
-            if workflow::already_voted(&loaded.facts, &req.actor.id)
-                && let Some(approvals) = workflow::tally(&loaded.facts)
-            {
-                let answer = Answer::Counted {
-                    case: Box::new(case),
-                    approvals,
-                };
-                if let Origin::Http {
-                    idempotency_key, ..
-                } = &req.origin
+        let req = match as_vote {
+            Some(voted) => {
+                if workflow::already_voted(&loaded.facts, &req.actor.id)
+                    && let Some(approvals) = voted.tally
                 {
-                    store::store_answer(&mut tx, &req.actor.id, idempotency_key.as_str(), &answer)
+                    let answer = Answer::Counted {
+                        case: Box::new(case),
+                        approvals,
+                    };
+                    if let Origin::Http {
+                        idempotency_key, ..
+                    } = &req.origin
+                    {
+                        store::store_answer(
+                            &mut tx,
+                            &req.actor.id,
+                            idempotency_key.as_str(),
+                            &answer,
+                        )
                         .await?;
+                    }
+                    tx.commit().await?;
+                    return Ok(Outcome::Answered(answer));
                 }
-                tx.commit().await?;
-                return Ok(Outcome::Answered(answer));
+                vote = TransitionRequest {
+                    event: workflow::EventKind::GateVote,
+                    ..req.clone()
+                };
+                decision = Ok(voted);
+                &vote
             }
-            vote = TransitionRequest {
-                event: workflow::EventKind::GateVote,
-                ..req.clone()
-            };
-            decision = workflow::decide(case.status, vote.event, &loaded.facts);
-            &vote
-        } else {
-            req
+            None => req,
         };
         let record_approval = match &decision {
             Ok(d) => d.record_approval,

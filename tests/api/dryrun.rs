@@ -126,13 +126,9 @@ async fn an_approval_counts_only_for_the_latest_dry_run(pool: PgPool) {
     };
     assert_eq!(votes(&lp).await, 0);
 
-    // One vote on the first dry run: counted, short of the quorum.
-    let r = approve(&lp, case, APPROVER, &hash, &first).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    assert_eq!(r.body["approvals"]["count"], 1);
-    assert_eq!(votes(&lp).await, 1);
-
-    // The operator re-drives the gate: a new dry run, a new digest.
+    // The operator re-drives the gate: a new dry run is on its way. Until
+    // it lands, the first one is what people see, and a vote on it counts
+    // (and adds a version to the case, which the dry run must survive).
     let r = lp
         .app
         .send(
@@ -145,6 +141,10 @@ async fn an_approval_counts_only_for_the_latest_dry_run(pool: PgPool) {
         .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
     assert_eq!(r.body["subject"], "cmd.exec.dryrun");
+    let r = approve(&lp, case, APPROVER, &hash, &first).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(r.body["approvals"]["count"], 1);
+    assert_eq!(votes(&lp).await, 1);
     lp.settle().await;
     let second = lp.app.dryrun_digest(case).await;
     assert_ne!(second, first);
@@ -288,41 +288,66 @@ async fn a_quorum_holds_for_the_dry_run_it_was_decided_on(pool: PgPool) {
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
 }
 
-/// A dry-run command of a version the case has left rehearses and records
-/// nothing: the current dry run, and the votes on it, stay.
+/// A dry-run command for a plan that no longer waits at the gate (another
+/// plan's, or a case that left WAIT_GATE) rehearses and records nothing.
 #[sqlx::test]
-async fn a_dry_run_command_the_case_has_moved_past_records_nothing(pool: PgPool) {
+async fn a_dry_run_command_for_a_plan_the_case_has_left_records_nothing(pool: PgPool) {
     let lp = Loop::new(pool).await;
     let (case, hash) = lp.propose(&prod_plan()).await;
     let current = lp.app.dryrun_digest(case).await;
-    let row = opsloop::store::read_case(&lp.app.pool, case)
-        .await
-        .unwrap()
-        .unwrap();
-    let late = Delivery {
-        envelope: Envelope {
-            id: Uuid::now_v7(),
-            kind: "cmd.exec.dryrun".into(),
-            case_id: Some(case),
-            tenant: row.tenant.to_string(),
-            occurred_at: Utc::now(),
-            actor: "orchestrator".into(),
-            correlation_id: row.correlation_id,
-            causation_id: None,
-            expected_version: Some(row.version - 1),
-            data: json!({"effect": "dry_run", "plan_hash": hash}),
-        },
-        subject: "cmd.exec.dryrun".into(),
-        traceparent: None,
-        delivered: 1,
+    let command = |plan_hash: String| {
+        let pool = lp.app.pool.clone();
+        async move {
+            let row = opsloop::store::read_case(&pool, case)
+                .await
+                .unwrap()
+                .unwrap();
+            Delivery {
+                envelope: Envelope {
+                    id: Uuid::now_v7(),
+                    kind: "cmd.exec.dryrun".into(),
+                    case_id: Some(case),
+                    tenant: row.tenant.to_string(),
+                    occurred_at: Utc::now(),
+                    actor: "orchestrator".into(),
+                    correlation_id: row.correlation_id,
+                    causation_id: None,
+                    expected_version: Some(row.version),
+                    data: json!({"effect": "dry_run", "plan_hash": plan_hash}),
+                },
+                subject: "cmd.exec.dryrun".into(),
+                traceparent: None,
+                delivered: 1,
+            }
+        }
     };
+    let rows = || {
+        let pool = lp.app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM plan_dryrun WHERE case_id = $1")
+                .bind(case)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let other = command("a".repeat(64)).await;
+    let disposition = lp.executor().handle(&other).await;
+    assert!(matches!(disposition, Disposition::Done), "{disposition:?}");
+    assert_eq!(rows().await, 1);
+    let dismissed = lp
+        .app
+        .patch(
+            case,
+            OPERATOR,
+            &Uuid::new_v4().to_string(),
+            json!({"event": "dismiss", "reason": "handled by hand"}),
+        )
+        .await;
+    assert_eq!(dismissed.status, 200, "{:?}", dismissed.body);
+    let late = command(hash).await;
     let disposition = lp.executor().handle(&late).await;
     assert!(matches!(disposition, Disposition::Done), "{disposition:?}");
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM plan_dryrun WHERE case_id = $1")
-        .bind(case)
-        .fetch_one(&lp.app.pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows().await, 1);
     assert_eq!(lp.app.dryrun_digest(case).await, current);
 }
