@@ -49,7 +49,12 @@ bin="$CARGO_TARGET_DIR/debug/opsloop"
 rm -f "$state/tokens.toml"
 token=$("$bin" token create --identity fuzz-admin --roles admin --tenants '*' --file "$state/tokens.toml")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# ChatOps on, so its routes are fuzzed past "not configured": every
+# unsigned request must be a clean 401.
+python3 -c 'import secrets; print(secrets.token_hex(24))' >"$state/slack-secret"
 OPSLOOP_LISTEN=127.0.0.1:$port OPSLOOP_TOKENS_FILE="$state/tokens.toml" \
+  OPSLOOP_SLACK_SIGNING_SECRET_FILE="$state/slack-secret" \
+  OPSLOOP_CHATOPS_FILE=config/chatops.example.toml \
   "$bin" serve --roles api >"$state/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT

@@ -293,6 +293,15 @@ impl TokenStore {
     pub fn authenticate(&self, token: &str) -> Option<&Identity> {
         self.by_digest.get(&digest(token))
     }
+
+    /// The identity named `id` (a chat user mapped to it acts as it). An id
+    /// whose tokens disagree on roles, tenants or worker role is none:
+    /// which of them a person meant cannot be told.
+    pub fn identity(&self, id: &str) -> Option<&Identity> {
+        let mut found = self.by_digest.values().filter(|i| i.id == id);
+        let first = found.next()?;
+        found.all(|other| other == first).then_some(first)
+    }
 }
 
 /// `acts_as` names a worker role, and only a service identity has one.

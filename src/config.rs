@@ -52,6 +52,18 @@ pub struct ServeConfig {
         default_value = "config/targets.toml"
     )]
     pub targets_file: PathBuf,
+    /// The Slack app's signing secret, in a file. Set: ChatOps is on (the
+    /// `/chatops/slack/*` routes verify every request with it).
+    #[arg(long, env = "OPSLOOP_SLACK_SIGNING_SECRET_FILE")]
+    pub slack_signing_secret_file: Option<PathBuf>,
+    /// The ChatOps file: chat users to opsloop identities, per-tenant
+    /// webhooks (read when the signing secret is set).
+    #[arg(
+        long,
+        env = "OPSLOOP_CHATOPS_FILE",
+        default_value = "config/chatops.example.toml"
+    )]
+    pub chatops_file: PathBuf,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
     /// analyst, executor, verifier, or all.
     #[arg(

@@ -5,6 +5,7 @@
 pub mod analyst;
 pub mod api;
 pub mod auth;
+pub mod chatops;
 pub mod config;
 pub mod contract;
 pub mod demo;

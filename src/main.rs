@@ -311,12 +311,20 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     info!(roles = ?cfg.roles, "opsloop started.");
 
     if let Some(tokens) = tokens {
+        let chatops = match &cfg.slack_signing_secret_file {
+            Some(secret) => Some(Arc::new(
+                opsloop::chatops::ChatOps::load(&cfg.chatops_file, secret)
+                    .context("configuring ChatOps")?,
+            )),
+            None => None,
+        };
         let state = AppState {
             orchestrator,
             tokens: Arc::new(tokens),
             nats,
             plan_limits: Arc::new(plan_limits),
             intake,
+            chatops,
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

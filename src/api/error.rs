@@ -37,6 +37,9 @@ pub enum ApiError {
     Unauthenticated,
     #[error("invalid bearer token")]
     InvalidToken,
+    /// A chat request whose signature does not verify (or is too old).
+    #[error("{0}")]
+    SignatureInvalid(String),
     #[error("{0}")]
     Forbidden(String),
     /// The request names a tenant the caller does not act for.
@@ -82,7 +85,9 @@ impl ApiError {
             }
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unauthenticated | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::InvalidToken | Self::SignatureInvalid(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden(_) | Self::TenantForbidden(_) => StatusCode::FORBIDDEN,
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
                 StatusCode::NOT_FOUND
@@ -110,6 +115,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidToken => "invalid_token",
+            Self::SignatureInvalid(_) => "signature_invalid",
             Self::Forbidden(_) => "forbidden",
             Self::TenantForbidden(_) => "tenant_forbidden",
             Self::CaseNotFound(_) => "case_not_found",
@@ -134,7 +140,9 @@ impl ApiError {
             Self::Malformed(_) | Self::InvalidField { .. } | Self::UnknownEvent(_) => "Bad request",
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType(_) => "Unsupported media type",
-            Self::Unauthenticated | Self::InvalidToken => "Unauthorized",
+            Self::Unauthenticated | Self::InvalidToken | Self::SignatureInvalid(_) => {
+                "Unauthorized"
+            }
             Self::Forbidden(_) | Self::TenantForbidden(_) => "Forbidden",
             Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
             Self::PlanInvalid(_) => "Invalid plan",

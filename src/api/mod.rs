@@ -5,6 +5,7 @@
 //! orchestrator; they never write case status themselves.
 
 pub mod cases;
+pub mod chatops;
 pub mod error;
 pub mod executions;
 pub mod extract;
@@ -67,6 +68,8 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/case/{id}/executions", get(executions::list))
         .route("/case/{id}/provenance", get(provenance::chain))
         .route("/case/{id}/approvals", get(plans::approvals))
+        .route("/chatops/slack/commands", post(chatops::commands))
+        .route("/chatops/slack/interactions", post(chatops::interactions))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
         .route("/plan/generate", post(redrive::plan_generate))

@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 use serde_json::{Value, json};
 use utoipa::OpenApi;
 
-use super::{cases, executions, metrics, ops, plans, provenance, redrive, schema, signals};
+use super::{
+    cases, chatops, executions, metrics, ops, plans, provenance, redrive, schema, signals,
+};
 use crate::api::error::PROBLEM_JSON;
 
 #[derive(OpenApi)]
@@ -21,7 +23,7 @@ use crate::api::error::PROBLEM_JSON;
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
     paths(metrics::ingest, signals::alertmanager, executions::list, provenance::chain,
           redrive::plan_generate, redrive::gate_eval, redrive::adapter_exec, redrive::verify_run, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
-          cases::transition, plans::propose, plans::current, plans::approvals, ops::healthz, ops::readyz, ops::metrics),
+          cases::transition, plans::propose, plans::current, plans::approvals, chatops::commands, chatops::interactions, ops::healthz, ops::readyz, ops::metrics),
     components(schemas(crate::problem::Problem, schema::StatusDoc, schema::EventKindDoc)),
     modifiers(&BearerAuth),
 )]

@@ -15,4 +15,6 @@ pub struct AppState {
     pub plan_limits: Arc<crate::planner::contract::PlanLimits>,
     /// Where an alert's tenant comes from (`POST /signals/alertmanager`).
     pub intake: Arc<crate::analyst::intake::IntakeSettings>,
+    /// ChatOps, when the Slack signing secret is configured.
+    pub chatops: Option<Arc<crate::chatops::ChatOps>>,
 }

@@ -209,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
             group_window_s: 0,
             ..Default::default()
         }),
+        chatops: None,
     };
     if std::env::args().any(|a| a == "--detector-only") {
         return detector(&pool, &state).await;

@@ -562,6 +562,7 @@ async fn main() -> anyhow::Result<()> {
         nats: None,
         plan_limits: Arc::new(Default::default()),
         intake: Arc::new(Default::default()),
+        chatops: None,
     };
     let base = common::serve_api(state).await?;
     let ctx = Arc::new(Ctx {

@@ -8,6 +8,7 @@ mod alertmanager;
 mod atomicity;
 mod auth;
 mod bad_input;
+mod chatops;
 mod concurrency;
 mod detector;
 mod dryrun;
