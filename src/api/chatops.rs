@@ -30,9 +30,10 @@ use crate::orchestrator::{
 use crate::store::read_case_in;
 use crate::workflow::{EventKind, Rejection};
 
-/// The fields of a slash command's form that opsloop reads.
-#[derive(Debug, Deserialize)]
-struct SlashForm {
+/// The fields of a slash command's form that opsloop reads (Slack sends
+/// more; they are ignored).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct SlashForm {
     user_id: String,
     #[serde(default)]
     text: String,
@@ -40,9 +41,10 @@ struct SlashForm {
     trigger_id: Option<String>,
 }
 
-/// An interaction's form: one field, `payload`, holding JSON.
-#[derive(Debug, Deserialize)]
-struct InteractionForm {
+/// An interaction's form: one field, `payload`, holding the
+/// `block_actions` JSON.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct InteractionForm {
     payload: String,
 }
 
@@ -92,6 +94,26 @@ fn verified(chat: &ChatOps, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiE
     .map_err(|e| ApiError::SignatureInvalid(e.to_string()))
 }
 
+/// ChatOps, and the request's form once its signature verified (nothing of
+/// the body is read before).
+fn signed_form<'a, T: serde::de::DeserializeOwned>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(&'a ChatOps, T), ApiError> {
+    let chat = configured(state)?;
+    verified(chat, headers, body)?;
+    let form = serde_urlencoded::from_bytes(body)
+        .map_err(|e| ApiError::Malformed(format!("the form Slack posts: {e}")))?;
+    Ok((chat, form))
+}
+
+fn not_mapped(chat_user: &str) -> Json<Value> {
+    say(format!(
+        "Not allowed: chat user {chat_user} is not mapped to an opsloop identity."
+    ))
+}
+
 /// The identity a chat user acts as, if the operator mapped one that the
 /// tokens file knows.
 fn identity<'a>(state: &'a AppState, chat: &ChatOps, user: &str) -> Option<&'a Identity> {
@@ -100,8 +122,8 @@ fn identity<'a>(state: &'a AppState, chat: &ChatOps, user: &str) -> Option<&'a I
 
 /// The `/opsloop` slash command.
 #[utoipa::path(post, path = "/chatops/slack/commands", tag = "chatops",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
-                 description = "Slack's slash-command form (user_id, text, trigger_id, …), signed"),
+    request_body(content = SlashForm, content_type = "application/x-www-form-urlencoded",
+                 description = "Slack's slash-command form, signed (X-Slack-Signature, X-Slack-Request-Timestamp)"),
     responses((status = 200, description = "an ephemeral message in words (also for a refusal)", body = Object),
               (status = 401, body = crate::problem::Problem, description = "signature_invalid: bad or missing signature, or older than five minutes"),
               (status = 400, body = crate::problem::Problem, description = "a signed form that is not Slack's"),
@@ -111,15 +133,9 @@ pub async fn commands(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let chat = configured(&state)?;
-    verified(chat, &headers, &body)?;
-    let form: SlashForm = serde_urlencoded::from_bytes(&body)
-        .map_err(|e| ApiError::Malformed(format!("the slash command's form: {e}")))?;
+    let (chat, form): (_, SlashForm) = signed_form(&state, &headers, &body)?;
     let Some(who) = identity(&state, chat, &form.user_id) else {
-        return Ok(say(format!(
-            "Not allowed: chat user {} is not mapped to an opsloop identity.",
-            form.user_id
-        )));
+        return Ok(not_mapped(&form.user_id));
     };
     let asked = match command::parse(&form.text) {
         Ok(asked) => asked,
@@ -131,8 +147,8 @@ pub async fn commands(
 
 /// A button of a notification (Approve, Reject).
 #[utoipa::path(post, path = "/chatops/slack/interactions", tag = "chatops",
-    request_body(content = String, content_type = "application/x-www-form-urlencoded",
-                 description = "Slack's interaction form: payload=<block_actions JSON>, signed"),
+    request_body(content = InteractionForm, content_type = "application/x-www-form-urlencoded",
+                 description = "Slack's interaction form, signed (X-Slack-Signature, X-Slack-Request-Timestamp)"),
     responses((status = 200, description = "an ephemeral message in words (also for a refusal)", body = Object),
               (status = 401, body = crate::problem::Problem, description = "signature_invalid"),
               (status = 400, body = crate::problem::Problem, description = "a signed form that is not Slack's"),
@@ -142,17 +158,11 @@ pub async fn interactions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let chat = configured(&state)?;
-    verified(chat, &headers, &body)?;
-    let form: InteractionForm = serde_urlencoded::from_bytes(&body)
-        .map_err(|e| ApiError::Malformed(format!("the interaction's form: {e}")))?;
+    let (chat, form): (_, InteractionForm) = signed_form(&state, &headers, &body)?;
     let interaction: Interaction = serde_json::from_str(&form.payload)
         .map_err(|e| ApiError::Malformed(format!("the interaction's payload: {e}")))?;
     let Some(who) = identity(&state, chat, &interaction.user.id) else {
-        return Ok(say(format!(
-            "Not allowed: chat user {} is not mapped to an opsloop identity.",
-            interaction.user.id
-        )));
+        return Ok(not_mapped(&interaction.user.id));
     };
     let Some(action) = interaction.actions.first() else {
         return Ok(say("The interaction carries no action."));

@@ -288,6 +288,42 @@ async fn watch_rollout(
     }
 }
 
+/// Who the API server records as the changer, for every write.
+fn writer() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+/// The Deployment now, the patch the step sends, and what the API server
+/// would make of it (`dryRun=All`: admitted, defaulted, validated, not
+/// stored).
+struct Rehearsed {
+    current: Deployment,
+    patch: Value,
+    dry: Deployment,
+}
+
+async fn rehearse_patch(
+    api: &Api<Deployment>,
+    params: &RolloutParams,
+    ns: &str,
+    name: &str,
+) -> Result<Rehearsed, ExecError> {
+    let current = read(api, ns, name).await?;
+    let patch = patch_for(params, &current)?;
+    let dry = api
+        .patch(name, &writer().dry_run(), &Patch::Strategic(&patch))
+        .await
+        .map_err(|e| api_error("server-side dry run", e))?;
+    Ok(Rehearsed {
+        current,
+        patch,
+        dry,
+    })
+}
+
 /// The deployment as the API server has it now.
 async fn read(api: &Api<Deployment>, ns: &str, name: &str) -> Result<Deployment, ExecError> {
     api.get(name)
@@ -339,16 +375,11 @@ impl Adapter for K8sAdapter {
                     return Ok(None);
                 }
                 let api = self.api(ns).await?;
-                let current = read(&api, ns, name).await?;
-                let patch = patch_for(params, &current)?;
-                let write = PatchParams {
-                    field_manager: Some(FIELD_MANAGER.into()),
-                    ..PatchParams::default()
-                };
-                let dry = api
-                    .patch(name, &write.dry_run(), &Patch::Strategic(&patch))
-                    .await
-                    .map_err(|e| api_error("server-side dry run", e))?;
+                let Rehearsed {
+                    current,
+                    patch,
+                    dry,
+                } = rehearse_patch(&api, params, ns, name).await?;
                 let before = serde_json::to_value(template_of(&current)).unwrap_or_default();
                 let after = serde_json::to_value(template_of(&dry)).unwrap_or_default();
                 Ok(Some(json!({
@@ -380,16 +411,12 @@ impl Adapter for K8sAdapter {
             let deadline = Instant::now() + timeout;
             let (params, ns, name) = deployment_of(action)?;
             let api = self.api(ns).await?;
-            let current = read(&api, ns, name).await?;
-            let patch = patch_for(params, &current)?;
-            let write = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PatchParams::default()
-            };
-            let dry = api
-                .patch(name, &write.clone().dry_run(), &Patch::Strategic(&patch))
-                .await
-                .map_err(|e| api_error("server-side dry run", e))?;
+            let Rehearsed {
+                current,
+                patch,
+                dry,
+            } = rehearse_patch(&api, params, ns, name).await?;
+            let write = writer();
             let dry_run = json!({
                 "accepted": true,
                 "template_changes": template_of(&dry) != template_of(&current),
