@@ -294,13 +294,14 @@ impl TokenStore {
         self.by_digest.get(&digest(token))
     }
 
-    /// The identity named `id` (a chat user mapped to it acts as it). An id
-    /// whose tokens disagree on roles, tenants or worker role is none:
-    /// which of them a person meant cannot be told.
-    pub fn identity(&self, id: &str) -> Option<&Identity> {
+    /// The person named `id` (a chat user mapped to them acts as them). A
+    /// service identity is none (a chat user never speaks for a worker),
+    /// and so is an id whose tokens disagree on roles or tenants: which of
+    /// them was meant cannot be told.
+    pub fn person(&self, id: &str) -> Option<&Identity> {
         let mut found = self.by_digest.values().filter(|i| i.id == id);
         let first = found.next()?;
-        found.all(|other| other == first).then_some(first)
+        (first.is_human() && found.all(|other| other == first)).then_some(first)
     }
 }
 

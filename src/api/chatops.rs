@@ -108,6 +108,26 @@ fn signed_form<'a, T: serde::de::DeserializeOwned>(
     Ok((chat, form))
 }
 
+/// What makes a chat request one request: Slack's trigger id, else the
+/// signed timestamp and body (only a replay of the very request repeats
+/// them, never the same words typed again later).
+fn request_id(given: Option<&str>, headers: &HeaderMap, body: &[u8]) -> String {
+    match given.filter(|g| !g.is_empty()) {
+        Some(id) => id.to_string(),
+        None => {
+            let ts = headers
+                .get("x-slack-request-timestamp")
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            let mut h = Sha256::new();
+            h.update(ts);
+            h.update(b":");
+            h.update(body);
+            hex::encode(h.finalize())[..32].to_string()
+        }
+    }
+}
+
 fn not_mapped(chat_user: &str) -> Json<Value> {
     say(format!(
         "Not allowed: chat user {chat_user} is not mapped to an opsloop identity."
@@ -117,7 +137,7 @@ fn not_mapped(chat_user: &str) -> Json<Value> {
 /// The identity a chat user acts as, if the operator mapped one that the
 /// tokens file knows.
 fn identity<'a>(state: &'a AppState, chat: &ChatOps, user: &str) -> Option<&'a Identity> {
-    state.tokens.identity(chat.identity_of(user)?)
+    state.tokens.person(chat.identity_of(user)?)
 }
 
 /// The `/opsloop` slash command.
@@ -141,8 +161,8 @@ pub async fn commands(
         Ok(asked) => asked,
         Err(why) => return Ok(say(why)),
     };
-    let key = form.trigger_id.as_deref().unwrap_or_default();
-    Ok(say(act(&state, who, &form.user_id, asked, key).await?))
+    let key = request_id(form.trigger_id.as_deref(), &headers, &body);
+    Ok(say(act(&state, who, &form.user_id, asked, &key).await?))
 }
 
 /// A button of a notification (Approve, Reject).
@@ -172,13 +192,13 @@ pub async fn interactions(
         Err(why) => return Ok(say(why)),
     };
     // One click is one request: Slack retries it with the same trigger.
-    let key = interaction
+    let given = interaction
         .trigger_id
         .as_deref()
-        .or(action.action_ts.as_deref())
-        .unwrap_or_default();
+        .or(action.action_ts.as_deref());
+    let key = request_id(given, &headers, &body);
     Ok(say(
-        act(&state, who, &interaction.user.id, asked, key).await?
+        act(&state, who, &interaction.user.id, asked, &key).await?
     ))
 }
 
@@ -266,9 +286,16 @@ async fn act(
                         "{p} is not the plan's current dry run: look at the new evidence before you approve."
                     ));
                 }
-                // The slash command names the plan only: the approval binds
-                // to the dry run current now, which `case <id>` shows.
-                (None, d) => d.clone(),
+                // An approval names the evidence its giver saw: once the
+                // plan has a dry run, one that names none is not taken as
+                // an approval of whichever is current now.
+                (None, Some(d)) => {
+                    return Ok(format!(
+                        "Name the dry run you judged: approve {case_id} {plan} {} (see `case {case_id}`).",
+                        d.short()
+                    ));
+                }
+                (None, None) => None,
             };
             (EventKind::GateApproved, Some(current.hash), seen, None)
         }
@@ -291,11 +318,7 @@ async fn act(
         reason.as_deref().unwrap_or_default()
     );
     let request_hash = hex::encode(Sha256::digest(fingerprint.as_bytes()));
-    let key = if request_id.is_empty() {
-        format!("slack-{}", &request_hash[..32])
-    } else {
-        format!("slack-{request_id}")
-    };
+    let key = format!("slack-{request_id}");
     let idempotency_key: IdempotencyKey = key
         .parse()
         .map_err(|_| ApiError::Malformed("the chat request's id is not usable as a key".into()))?;

@@ -9,10 +9,11 @@ pub const MIN_HASH_PREFIX: usize = 12;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatCommand {
-    /// `case <id>`: status, plan, dry run, approvals.
+    /// `case <id>`: status, plan, dry run.
     Show { case: Uuid },
-    /// `approve <id> <hash-prefix> [<dry-run-digest-prefix>]`, or the
-    /// Approve button (full hash and digest).
+    /// `approve <id> <hash-prefix> [<dry-run-digest-prefix>]` (the dry run
+    /// is required once the plan has one), or the Approve button (full
+    /// hash and digest, `-` for none).
     Approve {
         case: Uuid,
         plan: String,
@@ -30,7 +31,7 @@ pub enum ChatCommand {
     Help,
 }
 
-pub const USAGE: &str = "usage: /opsloop case <id> | approve <id> <plan-hash-prefix> [<dry-run-digest-prefix>] | reject <id> <plan-hash-prefix> [reason] | dismiss <id> <reason>";
+pub const USAGE: &str = "usage: /opsloop case <id> | approve <id> <plan-hash-prefix> <dry-run-digest-prefix> (the dry run once the plan has one; `case <id>` shows both) | reject <id> <plan-hash-prefix> [reason] | dismiss <id> <reason>";
 
 fn hex_prefix(what: &str, text: &str) -> Result<String, String> {
     let ok = (MIN_HASH_PREFIX..=64).contains(&text.len())
@@ -49,10 +50,18 @@ fn case_id(text: Option<&str>) -> Result<Uuid, String> {
     Uuid::parse_str(text).map_err(|_| format!("{text:?} is not a case id"))
 }
 
-fn rest(words: &[&str]) -> Option<String> {
+/// The free text after a command's arguments: a reason, at most 2,000
+/// characters, without control characters (as the API takes one).
+fn rest(words: &[&str]) -> Result<Option<String>, String> {
     let joined = words.join(" ");
     let trimmed = joined.trim();
-    (!trimmed.is_empty()).then(|| trimmed.chars().take(2000).collect())
+    if trimmed.chars().any(char::is_control) {
+        return Err("a reason may not hold control characters".into());
+    }
+    if trimmed.chars().count() > 2000 {
+        return Err("a reason is at most 2000 characters".into());
+    }
+    Ok((!trimmed.is_empty()).then(|| trimmed.to_string()))
 }
 
 /// The slash command's text.
@@ -76,11 +85,11 @@ pub fn parse(text: &str) -> Result<ChatCommand, String> {
         ["reject", id, plan, reason @ ..] => Ok(ChatCommand::Reject {
             case: case_id(Some(id))?,
             plan: hex_prefix("the plan hash prefix", plan)?,
-            reason: rest(reason),
+            reason: rest(reason)?,
         }),
         ["dismiss", id, reason @ ..] => Ok(ChatCommand::Dismiss {
             case: case_id(Some(id))?,
-            reason: rest(reason).ok_or("dismiss needs a reason")?,
+            reason: rest(reason)?.ok_or("dismiss needs a reason")?,
         }),
         [verb, ..] => Err(format!("unknown or incomplete command {verb:?}; {USAGE}")),
     }
@@ -149,6 +158,7 @@ mod tests {
             format!("approve {CASE} 3F1C2A9BE0D4"),
             "approve not-a-case 3f1c2a9be0d4".into(),
             format!("dismiss {CASE}"),
+            format!("dismiss {CASE} done\u{0}"),
             format!("deploy {CASE}"),
             format!("approve {CASE}"),
         ] {

@@ -49,7 +49,7 @@ pub fn verify(
         return Err(Refusal::Malformed);
     };
     let at: i64 = timestamp.parse().map_err(|_| Refusal::Malformed)?;
-    if (now - at).abs() > MAX_SKEW_S {
+    if now.abs_diff(at) > MAX_SKEW_S.unsigned_abs() {
         return Err(Refusal::Stale);
     }
     let given = signature
@@ -111,6 +111,14 @@ mod tests {
             verify(SECRET, None, Some(&good), body, now),
             Err(Refusal::Malformed)
         );
+        // No overflow at the edges of the timestamp's range.
+        for edge in [i64::MIN, i64::MAX] {
+            let ts = edge.to_string();
+            assert_eq!(
+                verify(SECRET, Some(&ts), Some(&sign(SECRET, &ts, body)), body, now),
+                Err(Refusal::Stale)
+            );
+        }
         assert_eq!(
             verify(SECRET, Some(ts), Some("v1=00"), body, now),
             Err(Refusal::Malformed)

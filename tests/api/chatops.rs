@@ -22,6 +22,7 @@ pub fn chatops() -> ChatOps {
         U-CAROL = "carol"
         U-VIC = "vic"
         U-GHOST = "nobody-has-this-token"
+        U-SVC = "gatekeeper"
         "#,
     )
     .unwrap();
@@ -204,7 +205,8 @@ async fn unsigned_old_and_unmapped_requests_do_nothing(pool: PgPool) {
         )
         .await;
     assert_eq!(bare.status, 401);
-    for user in ["U-STRANGER", "U-GHOST"] {
+    // Mapped to a service identity: a chat user never speaks for a worker.
+    for user in ["U-STRANGER", "U-GHOST", "U-SVC"] {
         let said = text(&slash(&app, user, &format!("approve {case} {}", &hash[..12])).await);
         assert!(said.starts_with("Not allowed"), "{user}: {said}");
     }
@@ -214,4 +216,60 @@ async fn unsigned_old_and_unmapped_requests_do_nothing(pool: PgPool) {
         3,
         "nothing but the way to the gate"
     );
+}
+
+/// Once the plan has a dry run, a chat approval names it: without it, or
+/// with an older one, nothing is sent; the current one counts.
+#[sqlx::test]
+async fn a_chat_approval_names_the_dry_run_it_judged(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let (case, hash) = waiting(&app, 1).await;
+    let digest = format!("{:064x}", Uuid::now_v7().as_u128());
+    sqlx::query(
+        "INSERT INTO plan_dryrun (id, case_id, plan_id, plan_hash, digest, outcome, artefact, attempt_id) \
+         SELECT $1, case_id, id, plan_hash, $2, 'ok', '{\"observed_at\": \"2026-11-30T00:00:00Z\", \"steps\": []}', $3 \
+         FROM plan_proposed WHERE case_id = $4",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&digest)
+    .bind(Uuid::now_v7())
+    .bind(case)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE plan_proposed SET dryrun_digest = $1, gate_dryrun_digest = $1 WHERE case_id = $2",
+    )
+    .bind(&digest)
+    .bind(case)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let plan = &hash[..12];
+    let said = text(&slash(&app, "U-BOB", &format!("approve {case} {plan}")).await);
+    assert!(said.starts_with("Name the dry run"), "{said}");
+    let said = text(
+        &slash(
+            &app,
+            "U-BOB",
+            &format!("approve {case} {plan} {}", "e".repeat(12)),
+        )
+        .await,
+    );
+    assert!(said.contains("not the plan's current dry run"), "{said}");
+    let said = text(&button(&app, "U-BOB", "approve", &format!("{case}:{hash}:-"), "t-1").await);
+    assert!(
+        said.starts_with("Name the dry run"),
+        "a button posted before the dry run: {said}"
+    );
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let said = text(
+        &slash(
+            &app,
+            "U-BOB",
+            &format!("approve {case} {plan} {}", &digest[..12]),
+        )
+        .await,
+    );
+    assert!(said.contains("EXECUTING"), "{said}");
 }
