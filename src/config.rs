@@ -56,8 +56,8 @@ pub struct ServeConfig {
     /// `/chatops/slack/*` routes verify every request with it).
     #[arg(long, env = "OPSLOOP_SLACK_SIGNING_SECRET_FILE")]
     pub slack_signing_secret_file: Option<PathBuf>,
-    /// The ChatOps file: chat users to opsloop identities, per-tenant
-    /// webhooks (read when the signing secret is set).
+    /// The ChatOps file: chat users to opsloop identities (read when the
+    /// signing secret is set), per-tenant webhooks (read by the notifier).
     #[arg(
         long,
         env = "OPSLOOP_CHATOPS_FILE",
@@ -65,7 +65,7 @@ pub struct ServeConfig {
     )]
     pub chatops_file: PathBuf,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
-    /// analyst, executor, verifier, or all.
+    /// analyst, executor, verifier, notifier, or all.
     #[arg(
         long,
         env = "OPSLOOP_ROLES",

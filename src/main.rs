@@ -301,6 +301,18 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = Runner::new(verifier, pool.clone(), wake.clone());
             tasks.push(spawn(&js, Role::Verifier, &pool, handler, &shutdown).await?);
         }
+        if roles.has(Role::Notifier) {
+            let file = if cfg.chatops_file.exists() {
+                opsloop::chatops::ChatOpsFile::load(&cfg.chatops_file)
+                    .context("reading the ChatOps file")?
+            } else {
+                warn!(path = %cfg.chatops_file.display(),
+                      "No ChatOps file: the notifier tells no channel.");
+                opsloop::chatops::ChatOpsFile::default()
+            };
+            let handler = opsloop::chatops::notifier::Notifier::new(pool.clone(), file);
+            tasks.push(spawn(&js, Role::Notifier, &pool, handler, &shutdown).await?);
+        }
         if roles.has(Role::Orchestrator) {
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),

@@ -42,6 +42,9 @@ pub enum Role {
     Analyst,
     Executor,
     Verifier,
+    /// Tells the tenants' chat channels when people are needed or a case
+    /// ends (ChatOps).
+    Notifier,
 }
 
 impl Role {
@@ -65,6 +68,9 @@ impl Role {
             // same target share the executor's target locks.
             Role::Executor => spec(CMD_STREAM, "cmd.exec.>", 8),
             Role::Verifier => spec(CMD_STREAM, CMD_VERIFY_RUN, 8),
+            // Its own cursor on the feed: a slow or dead webhook holds up
+            // no other role, and several messages post at once.
+            Role::Notifier => spec(EVT_STREAM, "evt.>", 4),
         })
     }
 

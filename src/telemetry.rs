@@ -30,6 +30,7 @@ struct Metrics {
     signal_intake: Histogram,
     anomalies_detected: IntCounterVec,
     detector_sweep: Histogram,
+    chat_notifications: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -176,8 +177,17 @@ fn metrics() -> &'static Metrics {
             ]),
         )
         .expect("valid metric");
+        let chat_notifications = IntCounterVec::new(
+            Opts::new(
+                "chat_notifications_total",
+                "Chat notifications by outcome: posted, retried (a failed try), failed (given up).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(chat_notifications.clone()),
             Box::new(anomalies_detected.clone()),
             Box::new(detector_sweep.clone()),
             Box::new(signal_intake.clone()),
@@ -218,8 +228,16 @@ fn metrics() -> &'static Metrics {
             signal_intake,
             anomalies_detected,
             detector_sweep,
+            chat_notifications,
         }
     })
+}
+
+pub fn chat_notification(outcome: &str) {
+    metrics()
+        .chat_notifications
+        .with_label_values(&[outcome])
+        .inc();
 }
 
 pub fn signal_received(source: &str, status: &str) {

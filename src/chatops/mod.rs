@@ -6,11 +6,17 @@
 //! acts as the opsloop identity the operator mapped them to, whose roles,
 //! tenants and the author/quorum rules apply unchanged (`src/api/chatops.rs`).
 //!
-//! Owns the chat vocabulary (`command`) and the operator's file
-//! (`config/chatops.toml`). Decides nothing about cases: every action is a
-//! transition through the orchestrator, recorded with the real identity.
+//! Outbound, the notifier role (`notifier`) tells each tenant's channel
+//! when a gate waits for people (with buttons) or a case parks, closes or
+//! rolls back.
+//!
+//! Owns the chat vocabulary (`command`), the operator's file
+//! (`config/chatops.example.toml`) and `chat_notification`. Decides nothing
+//! about cases: every action is a transition through the orchestrator,
+//! recorded with the real identity.
 
 pub mod command;
+pub mod notifier;
 pub mod signature;
 
 use std::collections::BTreeMap;
@@ -56,23 +62,21 @@ pub enum ChatOpsError {
     Invalid(String),
 }
 
-impl ChatOps {
-    pub fn load(file: &Path, secret_file: &Path) -> Result<ChatOps, ChatOpsError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| ChatOpsError::Read(p.display().to_string(), e))
-        };
-        let parsed: ChatOpsFile = toml::from_str(&read(file)?)
-            .map_err(|e| ChatOpsError::Parse(file.display().to_string(), e))?;
-        let secret = read(secret_file)?.trim().as_bytes().to_vec();
-        ChatOps::new(parsed, secret)
+fn read(p: &Path) -> Result<String, ChatOpsError> {
+    std::fs::read_to_string(p).map_err(|e| ChatOpsError::Read(p.display().to_string(), e))
+}
+
+impl ChatOpsFile {
+    /// Reads and checks the file (the notifier needs no signing secret).
+    pub fn load(path: &Path) -> Result<ChatOpsFile, ChatOpsError> {
+        let parsed: ChatOpsFile = toml::from_str(&read(path)?)
+            .map_err(|e| ChatOpsError::Parse(path.display().to_string(), e))?;
+        parsed.check()?;
+        Ok(parsed)
     }
 
-    pub fn new(file: ChatOpsFile, signing_secret: Vec<u8>) -> Result<ChatOps, ChatOpsError> {
-        if signing_secret.len() < 16 {
-            return Err(ChatOpsError::Invalid(
-                "the Slack signing secret is missing or shorter than 16 bytes".into(),
-            ));
-        }
+    pub fn check(&self) -> Result<(), ChatOpsError> {
+        let file = self;
         for (user, identity) in &file.users {
             let plain = |s: &str| {
                 (1..=64).contains(&s.len())
@@ -94,6 +98,23 @@ impl ChatOps {
                 )));
             }
         }
+        Ok(())
+    }
+}
+
+impl ChatOps {
+    pub fn load(file: &Path, secret_file: &Path) -> Result<ChatOps, ChatOpsError> {
+        let secret = read(secret_file)?.trim().as_bytes().to_vec();
+        ChatOps::new(ChatOpsFile::load(file)?, secret)
+    }
+
+    pub fn new(file: ChatOpsFile, signing_secret: Vec<u8>) -> Result<ChatOps, ChatOpsError> {
+        if signing_secret.len() < 16 {
+            return Err(ChatOpsError::Invalid(
+                "the Slack signing secret is missing or shorter than 16 bytes".into(),
+            ));
+        }
+        file.check()?;
         Ok(ChatOps {
             file,
             signing_secret,

@@ -184,6 +184,16 @@ impl Loop {
         lp
     }
 
+    /// The durable consumer `role` reads, on this loop's NATS.
+    pub async fn durable_for(&self, role: Role) -> jetstream::consumer::PullConsumer {
+        durable(&self.jetstream().await, role).await
+    }
+
+    /// This loop's JetStream.
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(self._nats.client().await)
+    }
+
     pub fn executor(&self) -> &Executor {
         match (&self.downstream, &self.dry_runs) {
             (Some(d), _) => &d.executor,

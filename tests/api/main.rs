@@ -21,6 +21,7 @@ mod idempotency;
 mod llm;
 mod migrations;
 mod nats;
+mod notifier;
 mod ops;
 mod plans;
 mod provenance;
