@@ -313,7 +313,14 @@ fn parse_acts_as(name: Option<&str>, roles: &[Role]) -> Result<Option<WorkerRole
     let role = name
         .parse::<WorkerRole>()
         .ok()
-        .filter(|r| r.consumer().is_some())
+        .filter(|r| {
+            use WorkerRole as W;
+            // The roles that send facts or events of their own.
+            matches!(
+                r,
+                W::Analyst | W::Planner | W::Gatekeeper | W::Executor | W::Verifier | W::Orchestrator
+            )
+        })
         .ok_or_else(|| {
             format!(
                 "acts_as {name:?} is not a worker role (analyst, planner, gatekeeper, executor, verifier, orchestrator)"

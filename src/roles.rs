@@ -69,8 +69,12 @@ impl Role {
             Role::Executor => spec(CMD_STREAM, "cmd.exec.>", 8),
             Role::Verifier => spec(CMD_STREAM, CMD_VERIFY_RUN, 8),
             // Its own cursor on the feed: a slow or dead webhook holds up
-            // no other role, and several messages post at once.
-            Role::Notifier => spec(EVT_STREAM, "evt.>", 4),
+            // no other role, and several messages post at once. Created at
+            // the feed's end: a first start tells no channel of last week.
+            Role::Notifier => ConsumerSpec {
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+                ..spec(EVT_STREAM, "evt.>", 4)
+            },
         })
     }
 

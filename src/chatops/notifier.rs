@@ -17,15 +17,27 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ChatOpsFile;
-use crate::contract::fact::{GatePending, RunEnded};
+use crate::contract::fact::{
+    EVT_CASE_TRANSITION, EVT_GATE_PENDING, EVT_ROLLED_BACK, GatePending, RunEnded,
+};
 use crate::contract::{Fact, Message};
-use crate::pubsub::consumer::{Delivery, Disposition, Handler};
+use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::workflow::Status;
 
 pub const CONSUMER: &str = "notifier";
 
 /// Deliveries of one message before its notification is given up.
 pub const MAX_DELIVERIES: i64 = 5;
+
+/// The facts people are told of; the rest of the feed is not read.
+const TOLD: [&str; 3] = [EVT_GATE_PENDING, EVT_CASE_TRANSITION, EVT_ROLLED_BACK];
+
+/// A notice older than this is news to no one (a notifier that was down):
+/// it is not posted.
+const STALE_AFTER_S: i64 = 3600;
+
+/// Slack refuses a section text over 3,000 characters.
+const MAX_TEXT: usize = 2900;
 
 pub struct Notifier {
     pub pool: PgPool,
@@ -55,11 +67,17 @@ impl Notifier {
     /// The message for a feed fact, if it is one people are told of.
     async fn notice(&self, m: &Message<Fact>) -> Result<Option<Notice>, sqlx::Error> {
         let case = m.case_id.uuid();
-        let title: Option<String> = sqlx::query_scalar("SELECT title FROM ops_case WHERE id = $1")
-            .bind(case)
-            .fetch_optional(&self.pool)
-            .await?;
-        let title = title.unwrap_or_else(|| "(unknown case)".into());
+        // The case of the message's own tenant, or nothing is told: a
+        // channel only ever hears of its tenant's cases.
+        let title: Option<String> =
+            sqlx::query_scalar("SELECT title FROM ops_case WHERE id = $1 AND tenant = $2")
+                .bind(case)
+                .bind(m.tenant.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        let Some(title) = title else {
+            return Ok(None);
+        };
         let head = format!("*{}* (`{case}`, {})", escape(&title), m.tenant);
         Ok(match &m.body {
             Fact::GatePending(p) => Some(Notice {
@@ -137,19 +155,23 @@ impl Notifier {
         Ok(())
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+    /// Posts; `Err((why, worth_retrying))`. The webhook's URL is a
+    /// secret: it never appears in the error.
+    async fn post(&self, url: &str, body: &Value) -> Result<(), (String, bool)> {
         let response = self
             .http
             .post(url)
             .json(body)
             .send()
             .await
-            .map_err(|e| format!("posting to the webhook: {e}"))?;
+            .map_err(|e| (format!("posting to the webhook: {}", e.without_url()), true))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("the webhook answered {status}"))
+            // A refusal stays a refusal; throttling and trouble may pass.
+            let again = !crate::executor::adapter::refuses(status.as_u16());
+            Err((format!("the webhook answered {status}"), again))
         }
     }
 
@@ -164,6 +186,10 @@ impl Notifier {
         if self.seen(m.id).await? {
             return Ok(Disposition::Done);
         }
+        if (chrono::Utc::now() - m.occurred_at).num_seconds() > STALE_AFTER_S {
+            crate::telemetry::chat_notification("stale");
+            return Ok(Disposition::Done);
+        }
         let Some(notice) = self.notice(m).await? else {
             return Ok(Disposition::Done);
         };
@@ -174,11 +200,11 @@ impl Notifier {
                 crate::telemetry::chat_notification("posted");
                 Ok(Disposition::Done)
             }
-            Err(why) if d.delivered < MAX_DELIVERIES => {
+            Err((why, true)) if d.delivered < MAX_DELIVERIES => {
                 crate::telemetry::chat_notification("retried");
                 Ok(Disposition::Retry(why))
             }
-            Err(why) => {
+            Err((why, _)) => {
                 tracing::warn!(case.id = %m.case_id.uuid(), tenant = %m.tenant, error = %why,
                                "Chat notification given up.");
                 self.record(m, notice.kind, "failed", Some(&why), d.delivered)
@@ -196,10 +222,15 @@ impl Handler for Notifier {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        // The feed carries every fact; this role reads a few and is no
-        // judge of the others: what it cannot read is not its to refuse.
-        let Ok(m) = Message::<Fact>::from_envelope(&d.envelope) else {
+        // The feed carries every fact; this role reads the few it tells of.
+        if !TOLD.contains(&d.envelope.kind.as_str()) {
             return Disposition::Done;
+        }
+        // The orchestrator skips these (informational) unread: a malformed
+        // one is this role's to keep for a person.
+        let m = match Message::<Fact>::from_envelope(&d.envelope) {
+            Ok(m) => m,
+            Err(e) => return Disposition::DeadLetter(DeadReason::InvalidData, e.to_string()),
         };
         self.handle_fact(&m, d)
             .await
@@ -214,7 +245,24 @@ fn escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Cut to what a Slack section takes (after escaping, which lengthens).
+fn fit(text: &str) -> String {
+    if text.chars().count() <= MAX_TEXT {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(MAX_TEXT).collect();
+    // Never end inside an escape (`&am…`).
+    if let Some(amp) = cut.rfind('&')
+        && !cut[amp..].contains(';')
+    {
+        cut.truncate(amp);
+    }
+    cut.push('…');
+    cut
+}
+
 fn text_block(text: &str) -> Value {
+    let text = fit(text);
     json!({
         "text": text,
         "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]
@@ -258,6 +306,7 @@ fn gate_pending(head: &str, case: Uuid, p: &GatePending, plan_title: &str) -> Va
         j.risk,
         escape(&j.reasons.join("; "))
     );
+    let summary = fit(&summary);
     json!({
         "text": summary,
         "blocks": [
@@ -270,4 +319,22 @@ fn gate_pending(head: &str, case: Uuid, p: &GatePending, plan_title: &str) -> Va
             ]}
         ]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_text_is_escaped_and_cut_to_what_slack_takes() {
+        assert_eq!(
+            escape("<!channel> & <@U1>"),
+            "&lt;!channel&gt; &amp; &lt;@U1&gt;"
+        );
+        let long = escape(&"<".repeat(2000));
+        let cut = fit(&long);
+        assert!(cut.chars().count() <= MAX_TEXT + 1, "{}", cut.len());
+        assert!(cut.ends_with("&lt;…"), "{}", &cut[cut.len() - 12..]);
+        assert_eq!(fit("short"), "short");
+    }
 }

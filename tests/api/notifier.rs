@@ -28,9 +28,14 @@ use crate::helpers::*;
 struct Hook {
     posts: Arc<Mutex<Vec<Value>>>,
     failing: Arc<Mutex<u32>>,
+    /// Answers 403 (a revoked webhook) to everything.
+    revoked: Arc<Mutex<bool>>,
 }
 
 async fn receive(State(h): State<Hook>, Json(body): Json<Value>) -> Response {
+    if *h.revoked.lock().unwrap() {
+        return (StatusCode::FORBIDDEN, "invalid_token").into_response();
+    }
     {
         let mut failing = h.failing.lock().unwrap();
         if *failing > 0 {
@@ -68,6 +73,8 @@ fn prod_plan() -> Value {
 }
 
 /// Every message of the feed the notifier's consumer holds, handled once.
+/// Its durable starts at the feed's end, as in the service: create it
+/// (`durable_for`) before the facts it should see.
 async fn drain(lp: &Loop, n: &Notifier) -> usize {
     let consumer = lp.durable_for(Role::Notifier).await;
     let mut total = 0;
@@ -117,6 +124,9 @@ async fn a_waiting_gate_posts_one_message_with_buttons_bound_to_the_plan(pool: P
     let hook = Hook::default();
     let server = hook_server(&hook).await;
     let n = notifier(&lp, &server.url);
+    // The notifier's durable exists before the case; a case of another
+    // tenant (no webhook) is told nowhere.
+    lp.durable_for(Role::Notifier).await;
     let (case, hash) = lp.propose(&prod_plan()).await;
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
     drain(&lp, &n).await;
@@ -199,5 +209,34 @@ async fn a_dead_webhook_is_retried_then_given_up_without_holding_the_feed(pool: 
             .metric("chat_notifications_total{outcome=\"failed\"}")
             .await
             >= 1.0
+    );
+}
+
+/// A webhook that refuses (403: revoked) is not asked again: given up on the
+/// first delivery.
+#[sqlx::test]
+async fn a_refusing_webhook_is_given_up_at_once(pool: PgPool) {
+    let lp = Loop::new(pool).await;
+    let hook = Hook::default();
+    *hook.revoked.lock().unwrap() = true;
+    let server = hook_server(&hook).await;
+    let n = notifier(&lp, &server.url);
+    let (case, _) = lp.propose(&prod_plan()).await;
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    assert_eq!(
+        n.handle(&pending_delivery(&lp, 1).await).await,
+        Disposition::Done
+    );
+    assert_eq!(
+        notifications(&lp).await,
+        [("gate_pending".into(), "failed".into(), 1)]
+    );
+    let error: String = sqlx::query_scalar("SELECT error FROM chat_notification")
+        .fetch_one(&lp.app.pool)
+        .await
+        .unwrap();
+    assert!(
+        !error.contains(&server.url),
+        "the webhook URL is a secret: {error}"
     );
 }
