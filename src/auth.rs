@@ -227,6 +227,11 @@ pub struct TokenStore {
     by_digest: HashMap<[u8; 32], Identity>,
 }
 
+/// A token's SHA-256, hex: what is stored instead of the token.
+pub fn token_sha256(token: &str) -> String {
+    hex::encode(digest(token))
+}
+
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -292,6 +297,13 @@ impl TokenStore {
 
     pub fn authenticate(&self, token: &str) -> Option<&Identity> {
         self.by_digest.get(&digest(token))
+    }
+
+    /// The identity of a token known only by its SHA-256 (hex), as a
+    /// console session keeps it.
+    pub fn by_token_sha256(&self, hex_digest: &str) -> Option<&Identity> {
+        let key: [u8; 32] = hex::decode(hex_digest).ok()?.try_into().ok()?;
+        self.by_digest.get(&key)
     }
 
     /// The person named `id` (a chat user mapped to them acts as them). A

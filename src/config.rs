@@ -64,6 +64,10 @@ pub struct ServeConfig {
         default_value = "config/chatops.example.toml"
     )]
     pub chatops_file: PathBuf,
+    /// The console's session cookie is sent only over TLS (`Secure`): set
+    /// it when the service sits behind HTTPS.
+    #[arg(long, env = "OPSLOOP_COOKIE_SECURE", default_value_t = false)]
+    pub cookie_secure: bool,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
     /// analyst, executor, verifier, notifier, or all.
     #[arg(

@@ -337,6 +337,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             plan_limits: Arc::new(plan_limits),
             intake,
             chatops,
+            cookie_secure: cfg.cookie_secure,
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -6,6 +6,7 @@
 
 pub mod cases;
 pub mod chatops;
+pub mod console;
 pub mod error;
 pub mod executions;
 pub mod extract;
@@ -59,6 +60,7 @@ pub fn app(state: AppState) -> Router {
 /// The app with its own request deadline (tests shorten it).
 pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
     Router::new()
+        .merge(console::routes())
         .route("/case", post(cases::create_case))
         .route("/case/create", post(cases::create_case))
         .route("/case/{id}", get(cases::get_case))

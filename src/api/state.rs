@@ -17,4 +17,7 @@ pub struct AppState {
     pub intake: Arc<crate::analyst::intake::IntakeSettings>,
     /// ChatOps, when the Slack signing secret is configured.
     pub chatops: Option<Arc<crate::chatops::ChatOps>>,
+    /// The console's session cookie is `Secure` (the service sits behind
+    /// TLS): `OPSLOOP_COOKIE_SECURE`.
+    pub cookie_secure: bool,
 }

@@ -210,6 +210,7 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         }),
         chatops: None,
+        cookie_secure: false,
     };
     if std::env::args().any(|a| a == "--detector-only") {
         return detector(&pool, &state).await;

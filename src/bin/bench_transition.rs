@@ -563,6 +563,7 @@ async fn main() -> anyhow::Result<()> {
         plan_limits: Arc::new(Default::default()),
         intake: Arc::new(Default::default()),
         chatops: None,
+        cookie_secure: false,
     };
     let base = common::serve_api(state).await?;
     let ctx = Arc::new(Ctx {

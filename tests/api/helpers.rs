@@ -121,6 +121,7 @@ impl TestApp {
             plan_limits: Arc::new(crate::flow::plan_limits()),
             intake: Arc::new(Default::default()),
             chatops: Some(Arc::new(crate::chatops::chatops())),
+            cookie_secure: false,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod chatops;
 mod concurrency;
+mod console;
 mod detector;
 mod dryrun;
 mod fake_k8s;

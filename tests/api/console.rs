@@ -1,0 +1,188 @@
+//! The web console's first step over real HTTP (no browser yet): signing
+//! in with a token gives an opaque `HttpOnly`, `SameSite=Strict` session
+//! cookie, never the token; the case list shows the identity's tenants
+//! only; signing out needs the session's CSRF token; sessions expire.
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
+use sqlx::PgPool;
+
+use crate::helpers::*;
+
+/// A form post's body and type (reqwest is built without its form feature).
+fn form<T: serde::Serialize>(
+    request: reqwest::RequestBuilder,
+    fields: &T,
+) -> reqwest::RequestBuilder {
+    request
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .body(serde_urlencoded::to_string(fields).unwrap())
+}
+
+/// A client that does not follow redirects, so each answer is seen.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `token`; the `name=value` of the session cookie.
+async fn sign_in(app: &TestApp, token: &str) -> String {
+    let r = form(
+        browser().post(format!("{}/ui/login", app.base)),
+        &[("token", token)],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(r.headers()[LOCATION], "/ui/cases");
+    let set = r.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    assert!(
+        !set.contains(token),
+        "the cookie never holds the token: {set}"
+    );
+    set.split(';').next().unwrap().to_string()
+}
+
+async fn get(app: &TestApp, path: &str, cookie: Option<&str>) -> (StatusCode, String, String) {
+    let mut request = browser().get(format!("{}{path}", app.base));
+    if let Some(c) = cookie {
+        request = request.header(COOKIE, c);
+    }
+    let r = request.send().await.unwrap();
+    let status = r.status();
+    let location = r
+        .headers()
+        .get(LOCATION)
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, location, r.text().await.unwrap())
+}
+
+/// The hidden CSRF input of a page's sign-out form.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a CSRF field") + 19;
+    page[at..at + 64].to_string()
+}
+
+#[sqlx::test]
+async fn signing_in_opens_a_session_that_shows_only_the_identitys_tenants(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let own = app.case_in("NEW").await;
+    let r = app
+        .send(
+            reqwest::Method::POST,
+            "/case",
+            Some(ADMIN),
+            &[],
+            Some(serde_json::json!({"title": "another tenant's", "tenant": "t-002"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let other = r.body["id"].as_str().unwrap().to_string();
+    // Without a session: to the sign-in page.
+    let (status, location, _) = get(&app, "/ui/cases", None).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, "/ui/login")
+    );
+    let (status, _, page) = get(&app, "/ui/login", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("<label for=\"token\">"), "{page}");
+
+    let cookie = sign_in(&app, VIEWER).await;
+    let (status, _, page) = get(&app, "/ui/cases", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&own.to_string()), "own case listed");
+    assert!(!page.contains(&other), "another tenant's case never");
+    assert!(page.contains("Signed in as <strong>vic</strong>"), "{page}");
+    // Filters: a status narrows; nonsense is said, not an error page.
+    let (_, _, parked) = get(&app, "/ui/cases?status=PARKED", Some(&cookie)).await;
+    assert!(!parked.contains(&own.to_string()));
+    let (status, _, odd) = get(&app, "/ui/cases?status=SLEEPING", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(odd.contains("Not a valid filter"), "{odd}");
+    // A wrong token, or a service's, opens nothing.
+    for token in ["not-a-token", SERVICE] {
+        let r = form(
+            browser().post(format!("{}/ui/login", app.base)),
+            &[("token", token)],
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert!(r.headers().get(SET_COOKIE).is_none());
+    }
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id_sha256 FROM ui_session")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    let id = cookie.split_once('=').unwrap().1;
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0], id, "only the id's digest is stored");
+}
+
+#[sqlx::test]
+async fn signing_out_needs_the_csrf_token_and_sessions_expire(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let cookie = sign_in(&app, OPERATOR).await;
+    let (_, _, page) = get(&app, "/ui/cases", Some(&cookie)).await;
+    let csrf = csrf_of(&page);
+    let logout = |fields: Vec<(&'static str, String)>| {
+        let (base, cookie) = (app.base.clone(), cookie.clone());
+        async move {
+            form(
+                browser()
+                    .post(format!("{base}/ui/logout"))
+                    .header(COOKIE, cookie),
+                &fields,
+            )
+            .send()
+            .await
+            .unwrap()
+            .status()
+        }
+    };
+    assert_eq!(logout(vec![]).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        logout(vec![("csrf", "0".repeat(64))]).await,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _, _) = get(&app, "/ui/cases", Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK, "a refused sign-out changed nothing");
+    assert_eq!(logout(vec![("csrf", csrf)]).await, StatusCode::SEE_OTHER);
+    let (status, location, _) = get(&app, "/ui/cases", Some(&cookie)).await;
+    assert_eq!(
+        (status, location.as_str()),
+        (StatusCode::SEE_OTHER, "/ui/login")
+    );
+
+    // Idle for more than 8 hours, or open for more than 24: signed out.
+    for (idle, age) in [(9, 9), (1, 25)] {
+        let cookie = sign_in(&app, OPERATOR).await;
+        sqlx::query(
+            "UPDATE ui_session SET last_seen_at = now() - make_interval(hours => $1), \
+             created_at = now() - make_interval(hours => $2)",
+        )
+        .bind(idle)
+        .bind(age)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        let (status, location, _) = get(&app, "/ui/cases", Some(&cookie)).await;
+        assert_eq!(
+            (status, location.as_str()),
+            (StatusCode::SEE_OTHER, "/ui/login"),
+            "idle {idle} h, open {age} h"
+        );
+    }
+}
