@@ -361,8 +361,8 @@ async fn act(
     })
 }
 
-/// A transition's answer as a chat user reads it.
-fn words(answer: &Answer) -> String {
+/// A transition's answer as a person reads it (chat, the console).
+pub(super) fn words(answer: &Answer) -> String {
     let count = |a: ApprovalsShown| {
         format!(
             "{} of {} approvals; {}",

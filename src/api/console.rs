@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/login", get(login_page).post(login))
         .route("/ui/logout", post(logout))
         .route("/ui/cases", get(cases))
+        .route("/ui/case/{id}", get(case_page))
+        .route("/ui/case/{id}/act", post(act))
         .route("/ui/console.css", get(style))
 }
 
@@ -360,7 +362,7 @@ async fn cases(
                 tbody {
                     @for c in &items {
                         tr {
-                            td { (c.title) br; code { (c.id) } }
+                            td { a href={"/ui/case/" (c.id)} { (c.title) } br; code { (c.id) } }
                             td { span class={"status s-" (c.status.as_str())} { (c.status.as_str()) } }
                             td { (c.severity) }
                             td { (c.tenant) }
@@ -375,4 +377,421 @@ async fn cases(
         }
     };
     Ok(html_response(StatusCode::OK, page("Cases", Some(&s), body)))
+}
+
+/// The current plan of a case as its page shows it.
+struct PlanView {
+    hash: String,
+    author: String,
+    plan: Option<crate::contract::ChangePlan>,
+    verdict: Option<String>,
+    risk: Option<f64>,
+    reasons: Vec<String>,
+    required: Option<u8>,
+    dryrun: Option<(String, String, crate::contract::fact::DryRunArtefact)>,
+    /// (approver, counts)
+    approvals: Vec<(String, bool)>,
+}
+
+async fn plan_view(state: &AppState, case: Uuid) -> Result<Option<PlanView>, ApiError> {
+    type Row = (
+        Uuid,
+        String,
+        String,
+        serde_json::Value,
+        Option<String>,
+        Option<f64>,
+        Option<Vec<String>>,
+        Option<i16>,
+        Option<crate::contract::DryRunDigest>,
+        Option<crate::contract::DryRunDigest>,
+    );
+    let pool = state.orchestrator.pool();
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, plan_hash, author, plan, gate_verdict, gate_risk, gate_reasons, \
+         required_approvers, dryrun_digest, gate_dryrun_digest FROM plan_proposed \
+         WHERE case_id = $1 ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, hash, author, plan, verdict, risk, reasons, required, current, judged)) = row
+    else {
+        return Ok(None);
+    };
+    let dryrun: Option<(
+        String,
+        String,
+        sqlx::types::Json<crate::contract::fact::DryRunArtefact>,
+    )> = sqlx::query_as(
+        "SELECT digest, outcome, artefact FROM plan_dryrun WHERE plan_id = $1 AND digest = $2",
+    )
+    .bind(id)
+    .bind(&current)
+    .fetch_optional(pool)
+    .await?;
+    let approvals: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT approver, dryrun_digest IS NOT DISTINCT FROM $2 FROM plan_approved \
+         WHERE plan_id = $1 ORDER BY decided_at",
+    )
+    .bind(id)
+    .bind(&current)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(PlanView {
+        hash,
+        author,
+        plan: crate::contract::ChangePlan::from_stored(&plan).ok(),
+        verdict,
+        risk,
+        reasons: reasons.unwrap_or_default(),
+        required: crate::store::quorum_on_current_dryrun(
+            required,
+            judged.as_ref(),
+            current.as_ref(),
+        ),
+        dryrun: dryrun.map(|(d, o, a)| (d, o, a.0)),
+        approvals,
+    }))
+}
+
+/// Why this person cannot approve the plan shown, if they cannot.
+fn cannot_approve(s: &Session, case: &Case, p: &PlanView) -> Option<String> {
+    if case.status != Status::WaitGate {
+        return Some(format!(
+            "the case is {}, not waiting at the gate",
+            case.status
+        ));
+    }
+    if !s.who.may_send(crate::workflow::EventKind::GateApproved) {
+        return Some(format!("{} is not an approver", s.who.id));
+    }
+    if s.who.id == p.author {
+        return Some("you wrote this plan and cannot approve it".into());
+    }
+    if p.required.is_none() {
+        return Some("the gatekeeper has not judged the current dry run yet".into());
+    }
+    if p.verdict.as_deref() == Some("break_glass") {
+        return Some(
+            "inside a change freeze: a break-glass approval needs a reason, through the API".into(),
+        );
+    }
+    if p.approvals
+        .iter()
+        .any(|(who, counts)| *counts && *who == s.who.id)
+    {
+        return Some("your approval already counts".into());
+    }
+    None
+}
+
+async fn case_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(s) = session(&state, &headers).await? else {
+        return Ok(Redirect::to("/ui/login").into_response());
+    };
+    let pool = state.orchestrator.pool();
+    let case = match Uuid::parse_str(&id) {
+        Ok(id) => crate::store::read_case_in(pool, id, &s.who.tenants).await?,
+        Err(_) => None,
+    };
+    let Some(case) = case else {
+        let body =
+            html! { h1 { "No such case" } p { "There is no case " code { (id) } " among yours." } };
+        return Ok(html_response(
+            StatusCode::NOT_FOUND,
+            page("Not found", Some(&s), body),
+        ));
+    };
+    let timeline: Vec<crate::model::TimelineEntry> = sqlx::query_as(concat!(
+        "SELECT ",
+        crate::timeline_columns!(),
+        " FROM case_timeline WHERE case_id = $1 ORDER BY seq LIMIT 500"
+    ))
+    .bind(case.id)
+    .fetch_all(pool)
+    .await?;
+    let plan = plan_view(&state, case.id).await?;
+    let runs = super::executions::runs_of(pool, case.id, 20).await?;
+    let verifications = super::executions::verifications_of(pool, case.id, 20).await?;
+    Ok(html_response(
+        StatusCode::OK,
+        page(
+            &case.title,
+            Some(&s),
+            case_body(&s, &case, &timeline, plan.as_ref(), &runs, &verifications)?,
+        ),
+    ))
+}
+
+fn case_body(
+    s: &Session,
+    case: &Case,
+    timeline: &[crate::model::TimelineEntry],
+    plan: Option<&PlanView>,
+    runs: &[super::executions::RunShown],
+    verifications: &[super::executions::VerificationShown],
+) -> Result<Markup, ApiError> {
+    let request_id = random_hex()?;
+    let operator = s.who.may_send(crate::workflow::EventKind::Dismiss);
+    Ok(html! {
+        h1 { (case.title) }
+        p class="meta" {
+            span class={"status s-" (case.status.as_str())} { (case.status.as_str()) }
+            " · " (case.severity) " · tenant " (case.tenant) " · opened " (age(case)) " ago · version " (case.version)
+            br; code { (case.id) }
+        }
+        @if let Some(p) = plan {
+            section aria-labelledby="plan" {
+                h2 id="plan" { "Plan " code { (&p.hash[..12]) } }
+                @if let Some(cp) = &p.plan {
+                    p { strong { (cp.title) } " · by " (p.author) }
+                    ol { @for st in &cp.steps { li { code { (st.action.name()) } " " (st.action.target().unwrap_or_default()) } } }
+                    @if !cp.rollback.steps.is_empty() {
+                        p { "Rollback: " @for st in &cp.rollback.steps { code { (st.action.name()) } " " } }
+                    }
+                }
+                @if let Some((digest, outcome, artefact)) = &p.dryrun {
+                    h3 { "Dry run " code { (&digest[..12]) } ": " (outcome) }
+                    ul { @for st in &artefact.steps {
+                        li { (st.index) ". " code { (st.action) } " " (st.outcome.to_string()) @if let Some(e) = &st.error { " — " (e) } }
+                    } }
+                } @else {
+                    p { "No dry run yet." }
+                }
+                h3 { "Gate" }
+                @match (&p.verdict, p.risk) {
+                    (Some(v), Some(r)) => p { (v) ", risk " (format!("{r:.2}")) ": " (p.reasons.join("; ")) },
+                    _ => p { "The gatekeeper has not decided yet." },
+                }
+                @let counted = p.approvals.iter().filter(|a| a.1).count();
+                @if let Some(req) = p.required {
+                    p class="approvals" { (counted) " of " (req) " approvals"
+                        @if counted < usize::from(req) { "; waiting for " (usize::from(req) - counted) " more" } }
+                }
+                @if !p.approvals.is_empty() {
+                    p { "Approved by: " @for (who, counts) in &p.approvals { (who) @if !counts { " (an older dry run)" } " " } }
+                }
+                @match cannot_approve(s, case, p) {
+                    Some(why) => p class="hint" { "You cannot approve: " (why) "." },
+                    None => form method="post" action={"/ui/case/" (case.id) "/act"} class="inline" {
+                        input type="hidden" name="csrf" value=(s.csrf);
+                        input type="hidden" name="request_id" value=(request_id);
+                        input type="hidden" name="event" value="gate_approved";
+                        input type="hidden" name="plan_hash" value=(p.hash);
+                        @if let Some((d, _, _)) = &p.dryrun { input type="hidden" name="dryrun_digest" value=(d); }
+                        button type="submit" { "Approve plan " (&p.hash[..12]) }
+                    },
+                }
+                @if case.status == Status::WaitGate && s.who.may_send(crate::workflow::EventKind::GateRejected) {
+                    form method="post" action={"/ui/case/" (case.id) "/act"} class="inline" {
+                        input type="hidden" name="csrf" value=(s.csrf);
+                        input type="hidden" name="request_id" value=(request_id);
+                        input type="hidden" name="event" value="gate_rejected";
+                        input type="hidden" name="plan_hash" value=(p.hash);
+                        label for="reject-reason" { "Reason" }
+                        input id="reject-reason" name="reason" required;
+                        button type="submit" { "Reject" }
+                    }
+                }
+            }
+        }
+        @if operator && matches!(case.status, Status::Parked | Status::New | Status::Analyzing | Status::Planning | Status::WaitGate) {
+            section aria-labelledby="steer" {
+                h2 id="steer" { "Steer" }
+                @for (event, label) in [("dismiss", "Dismiss"), ("resume", "Resume")] {
+                    @if event == "dismiss" || case.status == Status::Parked {
+                        form method="post" action={"/ui/case/" (case.id) "/act"} class="inline" {
+                            input type="hidden" name="csrf" value=(s.csrf);
+                            input type="hidden" name="request_id" value=(request_id);
+                            input type="hidden" name="event" value=(event);
+                            label for={(event) "-reason"} { "Reason" }
+                            input id={(event) "-reason"} name="reason" required;
+                            button type="submit" { (label) }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="timeline" {
+            h2 id="timeline" { "Timeline" }
+            table {
+                thead { tr { th scope="col" { "v" } th scope="col" { "What" } th scope="col" { "Who" } th scope="col" { "Why" } } }
+                tbody { @for e in timeline {
+                    tr {
+                        td { (e.version) }
+                        td { (e.kind) " " (e.event.as_deref().unwrap_or("")) " "
+                             (e.from_status.as_deref().unwrap_or("")) " → " (e.to_status.as_deref().unwrap_or("")) }
+                        td { (e.actor) }
+                        td { (e.rejection_code.as_deref().or(e.reason.as_deref()).unwrap_or("")) }
+                    }
+                } }
+            }
+        }
+        @if !runs.is_empty() {
+            section aria-labelledby="runs" {
+                h2 id="runs" { "Executions" }
+                @for r in runs {
+                    h3 { (r.kind) " " code { (&r.id.to_string()[..8]) } ": " (r.status) }
+                    ul { @for st in &r.steps {
+                        li { (st.phase) " " (st.index) " " code { (st.action) } " " (st.status) " (tries " (st.tries) ") "
+                             @if let Some(out) = st.result["stdout"]["text"].as_str() { pre { (out) } } }
+                    } }
+                }
+            }
+        }
+        @if !verifications.is_empty() {
+            section aria-labelledby="verify" {
+                h2 id="verify" { "Verification" }
+                @for v in verifications { p { (v.outcome) " over " (v.window_from.format("%H:%M")) "–" (v.window_to.format("%H:%M")) } }
+            }
+        }
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ActForm {
+    #[serde(default)]
+    csrf: String,
+    request_id: String,
+    event: String,
+    #[serde(default)]
+    plan_hash: Option<String>,
+    #[serde(default)]
+    dryrun_digest: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// An action from the case page: the same transition as the API's, as the
+/// signed-in person, once per rendered form (its request id is the key).
+async fn act(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<Uuid>,
+    Form(form): Form<ActForm>,
+) -> Result<Response, ApiError> {
+    let Some(s) = session(&state, &headers).await? else {
+        return Ok(Redirect::to("/ui/login").into_response());
+    };
+    if form.csrf != s.csrf {
+        return Ok(forbidden(
+            "The form did not carry this session's token (CSRF): nothing was done.",
+        ));
+    }
+    let said = match console_transition(&state, &s, id, &form).await? {
+        Ok(words) => words,
+        Err(words) => words,
+    };
+    let body = html! {
+        h1 { "Case " code { (id) } }
+        p role="status" { (said) }
+        p { a href={"/ui/case/" (id)} { "Back to the case" } }
+    };
+    Ok(html_response(StatusCode::OK, page("Done", Some(&s), body)))
+}
+
+async fn console_transition(
+    state: &AppState,
+    s: &Session,
+    case_id: Uuid,
+    form: &ActForm,
+) -> Result<Result<String, String>, ApiError> {
+    use crate::orchestrator::{Actor, Origin, Outcome, StoredAnswer, TransitionRequest};
+    let Ok(event) = form.event.parse::<crate::workflow::EventKind>() else {
+        return Ok(Err(format!("{:?} is not an action.", form.event)));
+    };
+    if !s.who.may_send(event) {
+        return Ok(Err(format!(
+            "Not allowed: {} may not send {event}.",
+            s.who.id
+        )));
+    }
+    let plan_hash = match form
+        .plan_hash
+        .as_deref()
+        .filter(|h| !h.is_empty())
+        .map(|h| h.parse::<crate::contract::PlanHash>())
+    {
+        Some(Err(_)) => return Ok(Err("The form's plan hash is not one.".into())),
+        Some(Ok(h)) => Some(h),
+        None => None,
+    };
+    let dryrun_digest = match form
+        .dryrun_digest
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .map(|d| d.parse::<crate::contract::DryRunDigest>())
+    {
+        Some(Err(_)) => return Ok(Err("The form's dry-run digest is not one.".into())),
+        Some(Ok(d)) => Some(d),
+        None => None,
+    };
+    let reason = form
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(String::from);
+    if reason
+        .as_deref()
+        .is_some_and(|r| r.chars().any(char::is_control) || r.chars().count() > 2000)
+    {
+        return Ok(Err(
+            "A reason is at most 2000 characters, without control characters.".into(),
+        ));
+    }
+    let Ok(key) = format!("ui-{}", form.request_id).parse::<crate::contract::IdempotencyKey>()
+    else {
+        return Ok(Err("The form's request id is not usable.".into()));
+    };
+    let fingerprint = format!(
+        "ui\n{event}\n{case_id}\n{}\n{}\n{}",
+        form.plan_hash.as_deref().unwrap_or_default(),
+        form.dryrun_digest.as_deref().unwrap_or_default(),
+        reason.as_deref().unwrap_or_default()
+    );
+    let outcome = state
+        .orchestrator
+        .transition(TransitionRequest {
+            case_id,
+            tenants: s.who.tenants.clone(),
+            event,
+            actor: Actor {
+                id: s.who.id.clone(),
+                human: true,
+            },
+            reason,
+            plan_hash,
+            dryrun_digest,
+            meta: serde_json::json!({"via": "console"}),
+            expected_version: None,
+            origin: Origin::Http {
+                idempotency_key: key,
+                request_hash: sha256_hex(&fingerprint),
+            },
+            trace_id: Uuid::new_v4().simple().to_string(),
+        })
+        .await;
+    Ok(match outcome {
+        Ok(Outcome::Answered(a) | Outcome::Replayed(StoredAnswer::Typed(a))) => {
+            Ok(super::chatops::words(&a))
+        }
+        Ok(Outcome::Replayed(StoredAnswer::Rendered { status, .. })) => {
+            Ok(format!("Already answered ({status})."))
+        }
+        Ok(Outcome::Duplicate) => Ok("Already done.".into()),
+        Err(crate::orchestrator::TransitionError::CaseNotFound(_)) => {
+            Err("No such case among yours.".into())
+        }
+        Err(crate::orchestrator::TransitionError::IdempotencyKeyReused) => {
+            Err("This form was already sent for another action; reload the case.".into())
+        }
+        Err(e @ crate::orchestrator::TransitionError::VersionMismatch { .. }) => Err(e.to_string()),
+        Err(crate::orchestrator::TransitionError::Database(e)) => return Err(e.into()),
+    })
 }

@@ -186,3 +186,145 @@ async fn signing_out_needs_the_csrf_token_and_sessions_expire(pool: PgPool) {
         );
     }
 }
+
+/// The fields of the first form on `page` whose `event` is `event`.
+fn form_fields(page: &str, event: &str) -> Option<Vec<(String, String)>> {
+    let marker = format!("name=\"event\" value=\"{event}\"");
+    let at = page.find(&marker)?;
+    let start = page[..at].rfind("<form")?;
+    let end = start + page[start..].find("</form>")?;
+    let form = &page[start..end];
+    let mut fields = Vec::new();
+    for chunk in form.split("<input").skip(1) {
+        let attr = |name: &str| {
+            let key = format!("{name}=\"");
+            chunk.find(&key).map(|i| {
+                chunk[i + key.len()..]
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+        };
+        if let (Some(name), Some(value)) = (attr("name"), attr("value")) {
+            fields.push((name, value));
+        }
+    }
+    Some(fields)
+}
+
+async fn post_form(
+    app: &TestApp,
+    path: &str,
+    cookie: &str,
+    fields: &[(String, String)],
+) -> (StatusCode, String) {
+    let r = form(
+        browser()
+            .post(format!("{}{path}", app.base))
+            .header(COOKIE, cookie),
+        &fields,
+    )
+    .send()
+    .await
+    .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// Approving from the case page: the form names the plan hash (and dry
+/// run) shown; the first of two approvers reads "1 of 2", the second opens
+/// the gate; the author's page says why it cannot approve; a form for a
+/// plan that is no longer current is refused in words; a viewer gets no
+/// action; a form without the CSRF token is 403. The timeline names the
+/// people.
+#[sqlx::test]
+async fn people_approve_from_the_case_page_under_the_gates_rules(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PLANNING").await;
+    let hash = app.store_plan(case, "alice", Some(2)).await;
+    assert_eq!(app.event(case, SERVICE, "plan_ready").await.status, 200);
+    let path = format!("/ui/case/{case}");
+
+    let viewer = sign_in(&app, VIEWER).await;
+    let (status, _, page) = get(&app, &path, Some(&viewer)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(&hash[..12]), "the plan is shown");
+    assert!(
+        form_fields(&page, "gate_approved").is_none(),
+        "a viewer has no action"
+    );
+    assert!(page.contains("is not an approver"), "{page}");
+
+    let bob = sign_in(&app, APPROVER).await;
+    let (_, _, page) = get(&app, &path, Some(&bob)).await;
+    let approve = form_fields(&page, "gate_approved").expect("an approve form");
+    assert!(
+        approve.contains(&("plan_hash".into(), hash.clone())),
+        "{approve:?}"
+    );
+    // Without the session's CSRF token: refused, nothing done.
+    let forged: Vec<(String, String)> = approve
+        .iter()
+        .filter(|(k, _)| k != "csrf")
+        .cloned()
+        .collect();
+    let (status, _) = post_form(&app, &format!("{path}/act"), &bob, &forged).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A form for another plan than the current one: refused in words.
+    let stale: Vec<(String, String)> = approve
+        .iter()
+        .map(|(k, v)| {
+            if k == "plan_hash" {
+                (k.clone(), "f".repeat(64))
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect();
+    let (status, said) = post_form(&app, &format!("{path}/act"), &bob, &stale).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(said.contains("is not the current plan"), "{said}");
+    // The real one: 1 of 2.
+    let (_, _, page) = get(&app, &path, Some(&bob)).await;
+    let approve = form_fields(&page, "gate_approved").unwrap();
+    let (_, said) = post_form(&app, &format!("{path}/act"), &bob, &approve).await;
+    assert!(
+        said.contains("1 of 2 approvals; waiting for one more approver"),
+        "{said}"
+    );
+    let (_, _, page) = get(&app, &path, Some(&bob)).await;
+    assert!(page.contains("your approval already counts"), "{page}");
+
+    // The author cannot approve, and is told why (bob wrote this one).
+    let own = app.case_in("PLANNING").await;
+    app.store_plan(own, "bob", Some(1)).await;
+    assert_eq!(app.event(own, SERVICE, "plan_ready").await.status, 200);
+    let (_, _, page) = get(&app, &format!("/ui/case/{own}"), Some(&bob)).await;
+    assert!(form_fields(&page, "gate_approved").is_none());
+    assert!(
+        page.contains("you wrote this plan and cannot approve it"),
+        "{page}"
+    );
+
+    let carol = sign_in(&app, APPROVER2).await;
+    let (_, _, page) = get(&app, &path, Some(&carol)).await;
+    let approve = form_fields(&page, "gate_approved").unwrap();
+    let (_, said) = post_form(&app, &format!("{path}/act"), &carol, &approve).await;
+    assert!(said.contains("EXECUTING"), "{said}");
+    assert_eq!(app.status(case).await, "EXECUTING");
+    let gate: Vec<(String, String)> = sqlx::query_as(
+        "SELECT actor, event FROM case_timeline WHERE case_id = $1 AND kind = 'transition' \
+         AND event LIKE 'gate_%' AND meta #>> '{request,via}' = 'console' ORDER BY seq",
+    )
+    .bind(case)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        gate,
+        [
+            ("bob".to_string(), "gate_vote".to_string()),
+            ("carol".to_string(), "gate_approved".to_string())
+        ]
+    );
+}
