@@ -6,8 +6,9 @@
 //! `SameSite=Strict` cookie (`Secure` with `OPSLOOP_COOKIE_SECURE`), never
 //! the token; the database keeps the id's SHA-256 with the token's
 //! SHA-256 (`ui_session`), and every request looks the identity up in the
-//! tokens file again, so the console has exactly the API's roles and
-//! tenant scope, and a token taken out of the file ends its sessions.
+//! process's token store again, so the console has exactly the API's
+//! roles and tenant scope (a token taken out of the file ends its sessions
+//! when the process reloads the file, i.e. restarts).
 //! Idle expiry 8 h, absolute 24 h. Every form that changes something
 //! carries the session's CSRF token; without it, 403.
 
@@ -62,23 +63,39 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// The session cookie's value, if the request has one.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// Every value the request sends under the session cookie's name (a
+/// cookie planted for a narrower path or by a sibling host may come first).
+fn cookies(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .filter(|(k, v)| *k == COOKIE && v.len() == 64)
         .map(|(_, v)| v)
+        .collect()
 }
 
-/// The request's live session, touched (its idle clock restarts).
 async fn session(state: &AppState, headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
-    let Some(id) = cookie(headers) else {
-        return Ok(None);
-    };
+    Ok(live(state, headers).await?.map(|(s, _)| s))
+}
+
+/// The request's live session and its cookie value, touched (its idle
+/// clock restarts).
+async fn live(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<(Session, String)>, ApiError> {
+    for id in cookies(headers) {
+        if let Some(s) = live_one(state, id).await? {
+            return Ok(Some((s, id.to_string())));
+        }
+    }
+    Ok(None)
+}
+
+async fn live_one(state: &AppState, id: &str) -> Result<Option<Session>, ApiError> {
     let row: Option<(String, String)> = sqlx::query_as(
         "UPDATE ui_session SET last_seen_at = now() WHERE id_sha256 = $1 \
          AND created_at > now() - make_interval(hours => $2) \
@@ -138,14 +155,31 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
     // No other origin frames or scripts the console.
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'; form-action 'self'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
 async fn style() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        STYLE,
+    )
+        .into_response()
 }
 
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -179,10 +213,39 @@ struct LoginForm {
     token: String,
 }
 
+/// A sign-in posted from another site (login CSRF: being signed in as
+/// someone else, and acting as them unknowingly) is refused.
+fn cross_site(headers: &HeaderMap) -> bool {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("sec-fetch-site") == Some("cross-site") {
+        return true;
+    }
+    match (header("origin"), header("host")) {
+        (Some(origin), Some(host)) => origin
+            .split_once("://")
+            .is_none_or(|(_, authority)| authority != host),
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
+    if cross_site(&headers) {
+        return Ok(forbidden("A sign-in from another site is refused."));
+    }
+    // Ended sessions leave with each new one.
+    sqlx::query(
+        "DELETE FROM ui_session WHERE created_at < now() - make_interval(hours => $1) \
+         OR last_seen_at < now() - make_interval(hours => $2)",
+    )
+    .bind(ABSOLUTE_HOURS)
+    .bind(IDLE_HOURS)
+    .execute(state.orchestrator.pool())
+    .await?;
     let who = state.tokens.authenticate(form.token.trim());
     let Some(who) = who.filter(|w| w.is_human()) else {
         let form = login_form(Some("That token is not known, or is a service's."));
@@ -229,7 +292,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ApiError> {
-    let Some(s) = session(&state, &headers).await? else {
+    let Some((s, id)) = live(&state, &headers).await? else {
         return Ok(Redirect::to("/ui/login").into_response());
     };
     if form.csrf != s.csrf {
@@ -237,12 +300,10 @@ async fn logout(
             "The form did not carry this session's token (CSRF): nothing was done.",
         ));
     }
-    if let Some(id) = cookie(&headers) {
-        sqlx::query("DELETE FROM ui_session WHERE id_sha256 = $1")
-            .bind(sha256_hex(id))
-            .execute(state.orchestrator.pool())
-            .await?;
-    }
+    sqlx::query("DELETE FROM ui_session WHERE id_sha256 = $1")
+        .bind(sha256_hex(&id))
+        .execute(state.orchestrator.pool())
+        .await?;
     let mut response = Redirect::to("/ui/login").into_response();
     response
         .headers_mut()
@@ -683,16 +744,17 @@ async fn act(
             "The form did not carry this session's token (CSRF): nothing was done.",
         ));
     }
-    let said = match console_transition(&state, &s, id, &form).await? {
-        Ok(words) => words,
-        Err(words) => words,
+    let (status, said) = match console_transition(&state, &s, id, &form).await? {
+        Ok(words) => (StatusCode::OK, words),
+        // Refused before the orchestrator was asked.
+        Err(words) => (StatusCode::UNPROCESSABLE_ENTITY, words),
     };
     let body = html! {
         h1 { "Case " code { (id) } }
         p role="status" { (said) }
         p { a href={"/ui/case/" (id)} { "Back to the case" } }
     };
-    Ok(html_response(StatusCode::OK, page("Done", Some(&s), body)))
+    Ok(html_response(status, page("Done", Some(&s), body)))
 }
 
 async fn console_transition(
@@ -702,14 +764,34 @@ async fn console_transition(
     form: &ActForm,
 ) -> Result<Result<String, String>, ApiError> {
     use crate::orchestrator::{Actor, Origin, Outcome, StoredAnswer, TransitionRequest};
-    let Ok(event) = form.event.parse::<crate::workflow::EventKind>() else {
-        return Ok(Err(format!("{:?} is not an action.", form.event)));
+    use crate::workflow::EventKind as E;
+    // The page's four actions, nothing else.
+    let event = match form.event.parse::<E>() {
+        Ok(e @ (E::GateApproved | E::GateRejected | E::Dismiss | E::Resume)) => e,
+        Ok(_) | Err(_) => return Ok(Err(format!("{:?} is not an action here.", form.event))),
     };
     if !s.who.may_send(event) {
         return Ok(Err(format!(
             "Not allowed: {} may not send {event}.",
             s.who.id
         )));
+    }
+    // Inside a change freeze an approval is a break-glass override, which
+    // needs its reason recorded: the API asks for one; the console takes no
+    // such approval at all (the page says so; a direct post is refused the
+    // same).
+    if event == E::GateApproved {
+        let verdict: Option<String> = sqlx::query_scalar(
+            "SELECT gate_verdict FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2",
+        )
+        .bind(case_id)
+        .bind(form.plan_hash.as_deref().unwrap_or_default())
+        .fetch_optional(state.orchestrator.pool())
+        .await?
+        .flatten();
+        if verdict.as_deref() == Some("break_glass") {
+            return Ok(Err("Inside a change freeze: a break-glass approval needs a reason, given through the API.".into()));
+        }
     }
     let plan_hash = match form
         .plan_hash

@@ -110,6 +110,18 @@ async fn signing_in_opens_a_session_that_shows_only_the_identitys_tenants(pool: 
     let (status, _, odd) = get(&app, "/ui/cases?status=SLEEPING", Some(&cookie)).await;
     assert_eq!(status, StatusCode::OK);
     assert!(odd.contains("Not a valid filter"), "{odd}");
+    // A sign-in posted from another site (login CSRF) opens nothing.
+    let r = form(
+        browser()
+            .post(format!("{}/ui/login", app.base))
+            .header("origin", "https://evil.example"),
+        &[("token", VIEWER)],
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.headers().get(SET_COOKIE).is_none());
     // A wrong token, or a service's, opens nothing.
     for token in ["not-a-token", SERVICE] {
         let r = form(
@@ -327,4 +339,54 @@ async fn people_approve_from_the_case_page_under_the_gates_rules(pool: PgPool) {
             ("carol".to_string(), "gate_approved".to_string())
         ]
     );
+}
+
+/// The review's hole: inside a change freeze (verdict break_glass) an
+/// approval needs a reason, which the API asks for; a direct post to the
+/// console's action must not skip it. A viewer's direct post is refused
+/// by the server, not only by a hidden button.
+#[sqlx::test]
+async fn a_direct_post_skips_no_rule_the_page_shows(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PLANNING").await;
+    let hash = app.store_plan(case, "planner", Some(1)).await;
+    assert_eq!(app.event(case, SERVICE, "plan_ready").await.status, 200);
+    sqlx::query(
+        "UPDATE plan_proposed SET gate_verdict = 'break_glass', gate_freeze = 'release', \
+         gate_risk = 0.2, gate_reasons = '{change freeze release}', gate_auto_rollback = false \
+         WHERE case_id = $1",
+    )
+    .bind(case)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let path = format!("/ui/case/{case}");
+    let bob = sign_in(&app, APPROVER).await;
+    let (_, _, page) = get(&app, &path, Some(&bob)).await;
+    assert!(form_fields(&page, "gate_approved").is_none());
+    let csrf = csrf_of(&page);
+    let fields = |event: &str| {
+        vec![
+            ("csrf".to_string(), csrf.clone()),
+            (
+                "request_id".to_string(),
+                uuid::Uuid::new_v4().simple().to_string(),
+            ),
+            ("event".to_string(), event.to_string()),
+            ("plan_hash".to_string(), hash.clone()),
+        ]
+    };
+    let (status, said) =
+        post_form(&app, &format!("{path}/act"), &bob, &fields("gate_approved")).await;
+    assert_ne!(status, StatusCode::OK, "{said}");
+    assert!(said.contains("break-glass"), "{said}");
+    assert_eq!(app.status(case).await, "WAIT_GATE");
+    let vic = sign_in(&app, VIEWER).await;
+    let (_, _, page) = get(&app, &path, Some(&vic)).await;
+    let mut as_viewer = fields("gate_approved");
+    as_viewer[0].1 = csrf_of(&page);
+    let (status, said) = post_form(&app, &format!("{path}/act"), &vic, &as_viewer).await;
+    assert_ne!(status, StatusCode::OK, "{said}");
+    assert!(said.contains("Not allowed"), "{said}");
+    assert_eq!(app.status(case).await, "WAIT_GATE");
 }
