@@ -579,12 +579,24 @@ async fn case_page(
     let plan = plan_view(&state, case.id).await?;
     let runs = super::executions::runs_of(pool, case.id, 20).await?;
     let verifications = super::executions::verifications_of(pool, case.id, 20).await?;
+    let mut charts = Vec::new();
+    for v in verifications.iter().take(3) {
+        charts.push(charted(&state, &case, v).await?);
+    }
     Ok(html_response(
         StatusCode::OK,
         page(
             &case.title,
             Some(&s),
-            case_body(&s, &case, &timeline, plan.as_ref(), &runs, &verifications)?,
+            case_body(
+                &s,
+                &case,
+                &timeline,
+                plan.as_ref(),
+                &runs,
+                &verifications,
+                &charts,
+            )?,
         ),
     ))
 }
@@ -596,6 +608,7 @@ fn case_body(
     plan: Option<&PlanView>,
     runs: &[super::executions::RunShown],
     verifications: &[super::executions::VerificationShown],
+    charts: &[Vec<Charted>],
 ) -> Result<Markup, ApiError> {
     let request_id = random_hex()?;
     let operator = s.who.may_send(crate::workflow::EventKind::Dismiss);
@@ -708,7 +721,10 @@ fn case_body(
         @if !verifications.is_empty() {
             section aria-labelledby="verify" {
                 h2 id="verify" { "Verification" }
-                @for v in verifications { p { (v.outcome) " over " (v.window_from.format("%H:%M")) "–" (v.window_to.format("%H:%M")) } }
+                @for (i, v) in verifications.iter().enumerate() {
+                    p { (v.outcome) " over " (v.window_from.format("%H:%M")) "–" (v.window_to.format("%H:%M")) " UTC" }
+                    @if let Some(cs) = charts.get(i) { @for c in cs { (chart(c)) } }
+                }
             }
         }
     })
@@ -876,4 +892,85 @@ async fn console_transition(
         Err(e @ crate::orchestrator::TransitionError::VersionMismatch { .. }) => Err(e.to_string()),
         Err(crate::orchestrator::TransitionError::Database(e)) => return Err(e.into()),
     })
+}
+
+/// One checked metric of a verification, as its chart needs it.
+struct Charted {
+    label: String,
+    verdict: String,
+    threshold: f64,
+    points: Vec<(chrono::DateTime<chrono::Utc>, f64)>,
+}
+
+/// The checks of a verification with the minutes of `metric_1m` in its
+/// window (the verifier's own source when no Prometheus query is set).
+async fn charted(
+    state: &AppState,
+    case: &Case,
+    v: &super::executions::VerificationShown,
+) -> Result<Vec<Charted>, ApiError> {
+    #[derive(Deserialize)]
+    struct Judged {
+        check: Option<crate::contract::plan::Check>,
+        #[serde(default)]
+        resource: Option<String>,
+        #[serde(default)]
+        verdict: String,
+    }
+    let judged: Vec<Judged> = serde_json::from_value(v.checks.clone()).unwrap_or_default();
+    let mut out = Vec::new();
+    for j in judged {
+        let Some(check) = j.check else { continue };
+        let resource = j.resource.or(check.resource.clone()).unwrap_or_default();
+        let points: Vec<(chrono::DateTime<chrono::Utc>, f64)> = sqlx::query_as(
+            "SELECT ts, avg FROM metric_1m WHERE tenant = $1 AND resource = $2 AND metric = $3 \
+             AND ts >= $4 AND ts <= $5 ORDER BY ts LIMIT 1440",
+        )
+        .bind(case.tenant.as_str())
+        .bind(&resource)
+        .bind(&check.metric)
+        .bind(v.window_from)
+        .bind(v.window_to)
+        .fetch_all(state.orchestrator.pool())
+        .await?;
+        out.push(Charted {
+            label: format!(
+                "{} of {resource} {} {}",
+                check.metric, check.op, check.threshold
+            ),
+            verdict: j.verdict,
+            threshold: check.threshold.as_f64().unwrap_or(0.0),
+            points,
+        });
+    }
+    Ok(out)
+}
+
+/// A small line chart of a checked metric over the verification window,
+/// with its threshold: inline SVG, drawn here (no chart service, no script).
+fn chart(c: &Charted) -> Markup {
+    const W: f64 = 320.0;
+    const H: f64 = 80.0;
+    let values = c.points.iter().map(|p| p.1).chain([c.threshold]);
+    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let span = if hi > lo { hi - lo } else { 1.0 };
+    let y = |v: f64| H - 4.0 - (v - lo) / span * (H - 8.0);
+    let n = c.points.len().max(2) as f64 - 1.0;
+    let line: Vec<String> = c
+        .points
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{:.1},{:.1}", i as f64 / n * W, y(p.1)))
+        .collect();
+    let ty = y(c.threshold);
+    html! {
+        figure {
+            svg width=(W) height=(H) viewBox={"0 0 " (W) " " (H)} role="img"
+                aria-label={(c.label) ": " (c.points.len()) " minutes, " (c.verdict)} {
+                line x1="0" y1=(format!("{ty:.1}")) x2=(W) y2=(format!("{ty:.1}")) class="threshold";
+                @if line.len() > 1 { polyline points=(line.join(" ")) class="series"; }
+            }
+            figcaption { (c.label) " — " strong { (c.verdict) } " (" (c.points.len()) " minutes)" }
+        }
+    }
 }

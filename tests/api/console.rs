@@ -390,3 +390,23 @@ async fn a_direct_post_skips_no_rule_the_page_shows(pool: PgPool) {
     assert!(said.contains("Not allowed"), "{said}");
     assert_eq!(app.status(case).await, "WAIT_GATE");
 }
+
+/// A closed case's page draws each checked metric over the verification
+/// window with its threshold (inline SVG, no script).
+#[sqlx::test]
+async fn the_case_page_charts_each_checked_metric_with_its_threshold(pool: PgPool) {
+    let lp = crate::flow::Loop::full(pool).await;
+    let svc = format!("svc-{}", uuid::Uuid::new_v4().simple());
+    crate::walking_skeleton::ingest_metric(&lp, &svc, "latency_p95_ms", 120.0).await;
+    let case = crate::walking_skeleton::degraded_case(&lp, &svc).await;
+    lp.settle().await;
+    assert_eq!(lp.app.status(case).await, "CLOSED");
+    let cookie = sign_in(&lp.app, VIEWER).await;
+    let (status, _, page) = get(&lp.app, &format!("/ui/case/{case}"), Some(&cookie)).await;
+    assert_eq!(status, StatusCode::OK);
+    let svg = &page[page.find("<svg").expect("a chart")..];
+    assert!(svg.contains("class=\"threshold\""), "{svg}");
+    assert!(svg.contains("latency_p95_ms of"), "{svg}");
+    assert!(page.contains("<strong>pass</strong>"), "{page}");
+    assert!(!page.contains("<script"), "no script on the page");
+}
