@@ -579,6 +579,7 @@ async fn case_page(
     let plan = plan_view(&state, case.id).await?;
     let runs = super::executions::runs_of(pool, case.id, 20).await?;
     let verifications = super::executions::verifications_of(pool, case.id, 20).await?;
+    let findings = findings_of(&state, case.id).await?;
     let mut charts = Vec::new();
     for v in verifications.iter().take(3) {
         charts.push(charted(&state, &case, v).await?);
@@ -591,25 +592,38 @@ async fn case_page(
             case_body(
                 &s,
                 &case,
-                &timeline,
-                plan.as_ref(),
-                &runs,
-                &verifications,
-                &charts,
+                &CaseView {
+                    timeline: &timeline,
+                    plan: plan.as_ref(),
+                    runs: &runs,
+                    verifications: &verifications,
+                    charts: &charts,
+                    findings: findings.as_ref(),
+                },
             )?,
         ),
     ))
 }
 
-fn case_body(
-    s: &Session,
-    case: &Case,
-    timeline: &[crate::model::TimelineEntry],
-    plan: Option<&PlanView>,
-    runs: &[super::executions::RunShown],
-    verifications: &[super::executions::VerificationShown],
-    charts: &[Vec<Charted>],
-) -> Result<Markup, ApiError> {
+/// Everything the case page shows besides the case itself.
+struct CaseView<'a> {
+    timeline: &'a [crate::model::TimelineEntry],
+    plan: Option<&'a PlanView>,
+    runs: &'a [super::executions::RunShown],
+    verifications: &'a [super::executions::VerificationShown],
+    charts: &'a [Vec<Charted>],
+    findings: Option<&'a crate::contract::fact::FindingsReport>,
+}
+
+fn case_body(s: &Session, case: &Case, view: &CaseView) -> Result<Markup, ApiError> {
+    let CaseView {
+        timeline,
+        plan,
+        runs,
+        verifications,
+        charts,
+        findings,
+    } = *view;
     let request_id = random_hex()?;
     let operator = s.who.may_send(crate::workflow::EventKind::Dismiss);
     Ok(html! {
@@ -619,6 +633,7 @@ fn case_body(
             " · " (case.severity) " · tenant " (case.tenant) " · opened " (age(case)) " ago · version " (case.version)
             br; code { (case.id) }
         }
+        @if let Some(f) = findings { (findings_section(f)) }
         @if let Some(p) = plan {
             section aria-labelledby="plan" {
                 h2 id="plan" { "Plan " code { (&p.hash[..12]) } }
@@ -971,6 +986,51 @@ fn chart(c: &Charted) -> Markup {
                 @if line.len() > 1 { polyline points=(line.join(" ")) class="series"; }
             }
             figcaption { (c.label) " — " strong { (c.verdict) } " (" (c.points.len()) " minutes)" }
+        }
+    }
+}
+
+/// The analyst's findings of the case (its latest `analysis_done`).
+async fn findings_of(
+    state: &AppState,
+    case: Uuid,
+) -> Result<Option<crate::contract::fact::FindingsReport>, ApiError> {
+    let raw: Option<serde_json::Value> = sqlx::query_scalar(
+        "SELECT meta #> '{fact,findings}' FROM case_timeline WHERE case_id = $1 AND kind = 'transition' \
+         AND event = 'analysis_done' ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(case)
+    .fetch_optional(state.orchestrator.pool())
+    .await?
+    .flatten();
+    // Findings written by a release this one cannot read are not shown,
+    // rather than shown wrong.
+    Ok(raw.and_then(|v| serde_json::from_value(v).ok()))
+}
+
+fn findings_section(f: &crate::contract::fact::FindingsReport) -> Markup {
+    html! {
+        section aria-labelledby="findings" {
+            h2 id="findings" { "Findings" }
+            p { (f.summary) }
+            @if !f.metrics.is_empty() {
+                table {
+                    caption { "Metrics of " (f.resource.as_deref().unwrap_or("the case")) " over the last 30 minutes" }
+                    thead { tr { th scope="col" { "Metric" } th scope="col" { "Last" } th scope="col" { "Mean" } th scope="col" { "Peak" } th scope="col" { "Baseline" } } }
+                    tbody { @for (name, m) in &f.metrics {
+                        tr {
+                            td { (name) }
+                            td { (m.last_avg.map_or("-".into(), |v| format!("{v:.2}"))) }
+                            td { (format!("{:.2}", m.mean_avg)) }
+                            td { (format!("{:.2}", m.peak)) }
+                            td { (m.baseline.map_or("-".into(), |v| format!("{v:.2}"))) }
+                        }
+                    } }
+                }
+            }
+            @if !f.signals.is_empty() {
+                p { (f.signals.len()) " signal(s) linked; " (f.correlated.len()) " other alert(s) of the tenant firing around them." }
+            }
         }
     }
 }

@@ -408,5 +408,9 @@ async fn the_case_page_charts_each_checked_metric_with_its_threshold(pool: PgPoo
     assert!(svg.contains("class=\"threshold\""), "{svg}");
     assert!(svg.contains("latency_p95_ms of"), "{svg}");
     assert!(page.contains("<strong>pass</strong>"), "{page}");
+    assert!(
+        page.contains("id=\"findings\""),
+        "the analyst's findings are shown"
+    );
     assert!(!page.contains("<script"), "no script on the page");
 }
