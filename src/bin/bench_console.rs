@@ -1,0 +1,161 @@
+//! bench_console: the web console's case page for a case with 200
+//! timeline entries (issue #18: under 150 KB transferred, server-rendered
+//! in p95 < 50 ms).
+//!
+//! The product's own API in-process on loopback, one signed-in session,
+//! `--requests` sequential `GET /ui/case/{id}`; reported: the page's bytes
+//! as transferred (no compression layer: the body as sent) and the
+//! latency quantiles. The baseline, in the same run and the same way: the
+//! API's `GET /case/{id}/timeline?limit=200` of the same case (the JSON of
+//! the entries the page renders, with none of the page's other reads).
+//!
+//! ```sh
+//! cargo build --release --bin bench_console
+//! target/release/bench_console --requests 500
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opsloop::api::AppState;
+use opsloop::auth::{Identity, Role, TenantScope, TokenStore};
+use opsloop::orchestrator::Orchestrator;
+use opsloop::store::NewCase;
+use opsloop::workflow::EventKind;
+use serde_json::json;
+
+mod common;
+
+use common::{arg, bench_actor, direct_step, fresh_database, ms, quantile};
+
+const TOKEN: &str = "bench-console-viewer";
+
+async fn timed(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+    token: Option<&str>,
+    n: usize,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut times = Vec::with_capacity(n);
+    let mut bytes = 0;
+    for _ in 0..n {
+        let mut request = http.get(url);
+        if let Some(c) = cookie {
+            request = request.header("cookie", c);
+        }
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let started = Instant::now();
+        let response = request.send().await?;
+        anyhow::ensure!(
+            response.status() == 200,
+            "{url}: HTTP {}",
+            response.status()
+        );
+        let body = response.bytes().await?;
+        times.push(started.elapsed());
+        bytes = body.len();
+    }
+    Ok((times, bytes))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let requests: usize = arg("--requests").map_or(Ok(500), |s| s.parse())?;
+    let url = fresh_database("opsloop_console").await?;
+    let pool = opsloop::config::connect_db(&url, 8).await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+    let mut tokens = TokenStore::default();
+    tokens.insert(
+        TOKEN,
+        Identity {
+            id: "viewer".into(),
+            roles: [Role::Viewer].into(),
+            tenants: TenantScope::All,
+            acts_as: None,
+        },
+    );
+    let orchestrator = Orchestrator::new(pool.clone());
+    let state = AppState {
+        orchestrator: orchestrator.clone(),
+        tokens: Arc::new(tokens),
+        nats: None,
+        plan_limits: Arc::new(Default::default()),
+        intake: Arc::new(Default::default()),
+        chatops: None,
+        cookie_secure: false,
+    };
+    // A case with 200 timeline entries: created, analysed, then 99 rounds
+    // of plan_failed / resume (each a transition with its reason).
+    let new = NewCase {
+        tenant: "bench".parse().expect("a valid tenant"),
+        title: "checkout latency regression after deploy 4711".into(),
+        severity: "high".into(),
+        kind: Some("service".into()),
+        labels: json!({"service": "checkout", "alertname": "ServiceDegraded"}),
+    };
+    let case = orchestrator.create_case(new, &bench_actor()).await?.id;
+    direct_step(&orchestrator, case, EventKind::StartAnalysis).await?;
+    direct_step(&orchestrator, case, EventKind::AnalysisDone).await?;
+    for _ in 0..99 {
+        direct_step(&orchestrator, case, EventKind::PlanFailed).await?;
+        direct_step(&orchestrator, case, EventKind::Resume).await?;
+    }
+    let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM case_timeline WHERE case_id = $1")
+        .bind(case)
+        .fetch_one(&pool)
+        .await?;
+    // A signed-in browser: the session row as sign-in writes it.
+    let session = "5".repeat(64);
+    sqlx::query("INSERT INTO ui_session (id_sha256, token_sha256, csrf) VALUES ($1, $2, $3)")
+        .bind(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            session.as_bytes(),
+        )))
+        .bind(opsloop::auth::token_sha256(TOKEN))
+        .bind("6".repeat(64))
+        .execute(&pool)
+        .await?;
+    let base = common::serve_api(state).await?;
+    let http = opsloop::http_client::http_client().build()?;
+    let cookie = format!("opsloop_session={session}");
+    let page = format!("{base}/ui/case/{case}");
+    let api = format!("{base}/case/{case}/timeline?limit=200");
+    // Warm both paths, then measure them interleaved in 5 rounds.
+    timed(&http, &page, Some(&cookie), None, 20).await?;
+    timed(&http, &api, None, Some(TOKEN), 20).await?;
+    let (mut page_times, mut api_times) = (Vec::new(), Vec::new());
+    let (mut page_bytes, mut api_bytes) = (0, 0);
+    for _ in 0..5 {
+        let (t, b) = timed(&http, &page, Some(&cookie), None, requests / 5).await?;
+        page_times.extend(t);
+        page_bytes = b;
+        let (t, b) = timed(&http, &api, None, Some(TOKEN), requests / 5).await?;
+        api_times.extend(t);
+        api_bytes = b;
+    }
+    page_times.sort();
+    api_times.sort();
+    let (p50, p95) = (quantile(&page_times, 0.5), quantile(&page_times, 0.95));
+    let (a50, a95) = (quantile(&api_times, 0.5), quantile(&api_times, 0.95));
+    println!(
+        "case page, {entries} timeline entries: {} requests, {:.1} KB, p50 {:.2} ms, p95 {:.2} ms (target < 150 KB, p95 < 50 ms)",
+        page_times.len(),
+        page_bytes as f64 / 1024.0,
+        ms(p50),
+        ms(p95)
+    );
+    println!(
+        "baseline GET /case/{{id}}/timeline?limit=200: {:.1} KB, p50 {:.2} ms, p95 {:.2} ms",
+        api_bytes as f64 / 1024.0,
+        ms(a50),
+        ms(a95)
+    );
+    println!(
+        "page / baseline: bytes {:.2}x, p95 {:.2}x",
+        page_bytes as f64 / api_bytes.max(1) as f64,
+        ms(p95) / ms(a95).max(1e-9)
+    );
+    Ok(())
+}
