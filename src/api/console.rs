@@ -33,6 +33,7 @@ const IDLE_HOURS: i32 = 8;
 const ABSOLUTE_HOURS: i32 = 24;
 const PAGE: i64 = 50;
 const STYLE: &str = include_str!("console.css");
+const SCRIPT: &str = include_str!("console.js");
 
 pub fn routes() -> Router<AppState> {
     use axum::routing::{get, post};
@@ -44,6 +45,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/case/{id}", get(case_page))
         .route("/ui/case/{id}/act", post(act))
         .route("/ui/console.css", get(style))
+        .route("/ui/console.js", get(script))
+        .route("/ui/events", get(events))
 }
 
 /// A signed-in browser: who, and the token its forms must carry.
@@ -143,7 +146,11 @@ fn page(title: &str, who: Option<&Session>, body: Markup) -> Markup {
                         }
                     }
                 }
-                main { (body) }
+                main {
+                    @if who.is_some() { p id="live" class="hint" aria-live="polite" {} }
+                    (body)
+                }
+                @if who.is_some() { script src="/ui/console.js" defer {} }
             }
         }
     }
@@ -169,6 +176,61 @@ fn html_response(status: StatusCode, markup: Markup) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
+
+/// Live updates: the transition feed (`evt.case.transition.v1`, a core
+/// subscription on the api process's NATS connection) as Server-Sent
+/// Events, only of the session's tenants. Without NATS: 503, and the page
+/// falls back to refreshing itself, and says so.
+async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    let Some(s) = session(&state, &headers).await? else {
+        return Ok(StatusCode::UNAUTHORIZED.into_response());
+    };
+    let Some(nats) = state.nats.clone() else {
+        return Ok((StatusCode::SERVICE_UNAVAILABLE, "no transition feed").into_response());
+    };
+    let feed = nats
+        .subscribe(crate::contract::fact::EVT_CASE_TRANSITION)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the transition feed: {e}")))?;
+    let scope = s.who.tenants;
+    let stream = feed.filter_map(move |m| {
+        let shown = serde_json::from_slice::<crate::pubsub::Envelope>(&m.payload)
+            .ok()
+            .and_then(|env| {
+                crate::contract::Message::<crate::contract::Fact>::from_envelope(&env).ok()
+            })
+            .filter(|msg| scope.includes(&msg.tenant))
+            .and_then(|msg| match msg.body {
+                crate::contract::Fact::CaseTransition(t) => Some(
+                    serde_json::json!({"case_id": msg.case_id.uuid(), "from": t.from,
+                                       "to": t.to, "event": t.event, "version": t.version}),
+                ),
+                _ => None,
+            })
+            .map(|data| {
+                Ok::<_, std::convert::Infallible>(
+                    Event::default().event("transition").data(data.to_string()),
+                )
+            });
+        std::future::ready(shown)
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 async fn style() -> Response {

@@ -412,5 +412,88 @@ async fn the_case_page_charts_each_checked_metric_with_its_threshold(pool: PgPoo
         page.contains("id=\"findings\""),
         "the analyst's findings are shown"
     );
-    assert!(!page.contains("<script"), "no script on the page");
+    assert_eq!(
+        page.matches("<script").count(),
+        1,
+        "only the console's own live-update script"
+    );
+    assert!(
+        page.contains("<script src=\"/ui/console.js\" defer>"),
+        "{page}"
+    );
+}
+
+/// Live updates: a signed-in browser's event stream carries the moves of
+/// its tenants' cases from the transition feed, and no other tenant's.
+#[sqlx::test]
+async fn the_event_stream_carries_the_moves_of_the_sessions_tenants(pool: PgPool) {
+    let app = TestApp::new(pool.clone()).await;
+    let nats = opsloop::pubsub::connect(&nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats.clone());
+    opsloop::pubsub::streams::ensure(&js, &Default::default())
+        .await
+        .unwrap();
+    let relay = opsloop::pubsub::relay::Relay::new(pool.clone(), nats, Default::default());
+    let cookie = sign_in(&app, VIEWER).await;
+    let r = browser()
+        .get(format!("{}/ui/events", app.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream = r;
+    let own = app.case_in("ANALYZING").await;
+    let other = app
+        .send(
+            reqwest::Method::POST,
+            "/case",
+            Some(ADMIN),
+            &[],
+            Some(serde_json::json!({"title": "theirs", "tenant": "t-002"}).to_string()),
+        )
+        .await;
+    assert_eq!(other.status, 201);
+    let other = other.body["id"].as_str().unwrap().to_string();
+    let r = app
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/case/{other}/transition"),
+            Some(ADMIN),
+            &[("idempotency-key", "sse-1")],
+            Some(serde_json::json!({"event": "dismiss", "reason": "not ours"}).to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    relay.relay_once().await.unwrap();
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !seen.contains(&format!("\"case_id\":\"{own}\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no event for {own}: {seen}"
+        );
+        let next = tokio::time::timeout(std::time::Duration::from_secs(2), stream.chunk()).await;
+        if let Ok(Ok(Some(chunk))) = next {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        } else {
+            relay.relay_once().await.unwrap();
+        }
+    }
+    // The other tenant's move was published after these: give it time to
+    // arrive, were it ever shown.
+    relay.relay_once().await.unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match tokio::time::timeout(left, stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            _ => break,
+        }
+    }
+    assert!(seen.contains("event: transition"), "{seen}");
+    assert!(
+        !seen.contains(&other),
+        "another tenant's move never: {seen}"
+    );
 }
