@@ -34,6 +34,9 @@ ALTER TABLE plan_approved
 -- The gate decision records which dry run it judged.
 ALTER TABLE gate_decision ADD COLUMN dryrun_digest text;
 
+-- The timeline's events: the dry run's two, and `gate_vote` (issue #18:
+-- a person's approval that counts but does not meet the quorum yet is an
+-- accepted WAIT_GATE -> WAIT_GATE move, no longer a rejected gate_approved).
 CREATE OR REPLACE FUNCTION case_timeline_valid(kind text, event text, from_status text, to_status text,
                                                version bigint, rejection_code text)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
@@ -41,7 +44,8 @@ BEGIN
     RETURN coalesce(kind IN ('created', 'transition', 'rejected', 'redrive'), true)
        AND coalesce(event IN ('start_analysis', 'analysis_done', 'plan_ready', 'plan_failed',
                               'dryrun_done', 'dryrun_failed',
-                              'gate_approved', 'gate_rejected', 'exec_done', 'exec_failed',
+                              'gate_approved', 'gate_rejected', 'gate_vote',
+                              'exec_done', 'exec_failed',
                               'verify_pass', 'verify_failed', 'resume', 'dismiss'), true)
        AND coalesce(from_status IN ('NEW', 'ANALYZING', 'PLANNING', 'WAIT_GATE', 'EXECUTING',
                                     'VERIFYING', 'CLOSED', 'PARKED'), true)

@@ -24,9 +24,9 @@ use crate::orchestrator::{
 use crate::problem::Problem;
 use crate::store::{NewCase, read_case_in};
 use crate::telemetry;
+use crate::timeline_columns;
 use crate::workflow::Rejection;
 use crate::workflow::{EventKind, Status};
-use crate::{case_columns, timeline_columns};
 
 const SEVERITIES: [&str; 5] = ["critical", "high", "medium", "low", "info"];
 const MAX_LABELS: usize = 32;
@@ -269,23 +269,18 @@ pub async fn list_cases(
         .map(Uuid::parse_str)
         .transpose()
         .map_err(|_| invalid("cursor", "not a cursor this API returned"))?;
-    let mut items: Vec<Case> = sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE ($1::text IS NULL OR status = $1) \
-         AND ($2::text IS NULL OR tenant = $2) AND ($3::uuid IS NULL OR id < $3) \
-         AND ($5::text[] IS NULL OR tenant = ANY($5)) \
-         ORDER BY id DESC LIMIT $4"
-    ))
-    .bind(status.map(Status::as_str))
-    .bind(tenant.as_ref().map(Tenant::as_str))
-    .bind(cursor)
-    .bind(i64::from(limit) + 1)
-    .bind(who.tenants.sql())
-    .fetch_all(state.orchestrator.pool())
+    let (items, more) = crate::store::cases::page(
+        state.orchestrator.pool(),
+        crate::store::cases::CaseFilter {
+            scope: &who.tenants,
+            status,
+            tenant: tenant.as_ref(),
+            severity: None,
+            before: cursor,
+            limit: i64::from(limit),
+        },
+    )
     .await?;
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
     let next_cursor = more
         .then(|| items.last().map(|c| c.id.to_string()))
         .flatten();
@@ -752,25 +747,22 @@ pub async fn transition(
 /// answer also gives the case version it leaves (the reply's `ETag`).
 fn render(answer: &Answer) -> (StatusCode, Value, Option<i64>) {
     match answer {
-        // A vote short of the quorum: accepted, the gate still waits.
-        Answer::Applied { case, transition }
-            if transition.event.as_deref() == Some(EventKind::GateVote.as_str()) =>
-        {
-            (
+        Answer::Applied { case, transition } => match answer.approvals() {
+            // A vote short of the quorum: accepted, the gate still waits.
+            Some(approvals) => (
                 StatusCode::ACCEPTED,
-                json!({"case": case, "transition": transition,
-                       "approvals": transition.meta["approvals"]}),
+                json!({"case": case, "transition": transition, "approvals": approvals}),
                 Some(case.version),
-            )
-        }
-        Answer::Applied { case, transition } => (
+            ),
+            None => (
+                StatusCode::OK,
+                json!({"case": case, "transition": transition}),
+                Some(case.version),
+            ),
+        },
+        Answer::Counted { case, .. } => (
             StatusCode::OK,
-            json!({"case": case, "transition": transition}),
-            Some(case.version),
-        ),
-        Answer::Counted { case, approvals } => (
-            StatusCode::OK,
-            json!({"case": case, "approvals": ApprovalsShown::of(*approvals)}),
+            json!({"case": case, "approvals": answer.approvals()}),
             Some(case.version),
         ),
         Answer::Rejected {

@@ -23,12 +23,9 @@ use super::state::AppState;
 use crate::auth::Identity;
 use crate::chatops::command::{self, ChatCommand};
 use crate::chatops::{ChatOps, signature};
-use crate::contract::{DryRunDigest, IdempotencyKey, PlanHash};
-use crate::orchestrator::{
-    Actor, Answer, ApprovalsShown, Origin, Outcome, StoredAnswer, TransitionRequest,
-};
+use crate::contract::{DryRunDigest, PlanHash};
 use crate::store::read_case_in;
-use crate::workflow::{EventKind, Rejection};
+use crate::workflow::EventKind;
 
 /// The fields of a slash command's form that opsloop reads (Slack sends
 /// more; they are ignored).
@@ -307,107 +304,20 @@ async fn act(
         }
         ChatCommand::Dismiss { reason, .. } => (EventKind::Dismiss, None, None, Some(reason)),
     };
-    if !who.may_send(event) {
-        return Ok(format!("Not allowed: {} may not send {event}.", who.id));
-    }
-    // The same click or command retried by Slack is one request.
-    let fingerprint = format!(
-        "slack\n{chat_user}\n{event}\n{case_id}\n{}\n{}\n{}",
-        plan_hash.as_ref().map_or("", |h| h.as_str()),
-        dryrun_digest.as_ref().map_or("", |d| d.as_str()),
-        reason.as_deref().unwrap_or_default()
-    );
-    let request_hash = hex::encode(Sha256::digest(fingerprint.as_bytes()));
-    let key = format!("slack-{request_id}");
-    let idempotency_key: IdempotencyKey = key
-        .parse()
-        .map_err(|_| ApiError::Malformed("the chat request's id is not usable as a key".into()))?;
-    let outcome = state
-        .orchestrator
-        .transition(TransitionRequest {
+    let answered = super::person::act(
+        state,
+        super::person::Ask {
+            who,
             case_id,
-            tenants: who.tenants.clone(),
             event,
-            actor: Actor {
-                id: who.id.clone(),
-                human: who.is_human(),
-            },
-            reason,
             plan_hash,
             dryrun_digest,
+            reason,
+            via: "slack",
             meta: json!({"via": "slack", "chat_user": chat_user}),
-            expected_version: None,
-            origin: Origin::Http {
-                idempotency_key,
-                request_hash,
-            },
-            trace_id: Uuid::new_v4().simple().to_string(),
-        })
-        .await;
-    Ok(match outcome {
-        Ok(Outcome::Answered(answer) | Outcome::Replayed(StoredAnswer::Typed(answer))) => {
-            words(&answer)
-        }
-        Ok(Outcome::Replayed(StoredAnswer::Rendered { status, .. })) => {
-            format!("Already answered ({status}).")
-        }
-        Ok(Outcome::Duplicate) => "Already done.".into(),
-        Err(crate::orchestrator::TransitionError::CaseNotFound(id)) => format!("No case {id}."),
-        Err(crate::orchestrator::TransitionError::IdempotencyKeyReused) => {
-            "This chat request was already used for another action.".into()
-        }
-        Err(e @ crate::orchestrator::TransitionError::VersionMismatch { .. }) => e.to_string(),
-        Err(crate::orchestrator::TransitionError::Database(e)) => return Err(e.into()),
-    })
-}
-
-/// A transition's answer as a person reads it (chat, the console).
-pub(super) fn words(answer: &Answer) -> String {
-    let count = |a: ApprovalsShown| {
-        format!(
-            "{} of {} approvals; {}",
-            a.count,
-            a.required,
-            match a.missing {
-                0 => "the quorum is met".to_string(),
-                1 => "waiting for one more approver".to_string(),
-                n => format!("waiting for {n} more approvers"),
-            }
-        )
-    };
-    match answer {
-        Answer::Applied { case, transition } => {
-            match serde_json::from_value::<ApprovalsShown>(transition.meta["approvals"].clone()) {
-                Ok(a) => format!("Your approval counts: {}.", count(a)),
-                Err(_) => format!(
-                    "Done: case {} is {} (version {}).",
-                    case.id, case.status, case.version
-                ),
-            }
-        }
-        Answer::Counted { approvals, .. } => {
-            format!(
-                "Your approval already counts: {}.",
-                count(ApprovalsShown::of(*approvals))
-            )
-        }
-        Answer::Rejected {
-            rejection,
-            case_status,
-            ..
-        } => match rejection {
-            Rejection::GuardFailed { failures, .. } => format!(
-                "Refused: {}.",
-                failures
-                    .iter()
-                    .map(|f| f.detail.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            Rejection::IllegalTransition { event, .. } => {
-                format!("Refused: the case is {case_status}, where {event} does not apply.")
-            }
-            Rejection::StaleFact { detail } => format!("Refused: {detail}."),
+            request_id,
         },
-    }
+    )
+    .await?;
+    Ok(answered.unwrap_or_else(|refused| refused))
 }

@@ -414,24 +414,18 @@ async fn cases(
         .contains(&f.severity.as_str())
         .then_some(f.severity.as_str());
     let before = Uuid::parse_str(&f.before).ok();
-    let mut items: Vec<Case> = sqlx::query_as(concat!(
-        "SELECT ",
-        crate::case_columns!(),
-        " FROM ops_case WHERE ($1::text IS NULL OR status = $1) \
-         AND ($2::text IS NULL OR tenant = $2) AND ($3::text IS NULL OR severity = $3) \
-         AND ($4::uuid IS NULL OR id < $4) AND ($5::text[] IS NULL OR tenant = ANY($5)) \
-         ORDER BY id DESC LIMIT $6"
-    ))
-    .bind(status.map(Status::as_str))
-    .bind(tenant.as_ref().map(Tenant::as_str))
-    .bind(severity)
-    .bind(before)
-    .bind(s.who.tenants.sql())
-    .bind(PAGE + 1)
-    .fetch_all(state.orchestrator.pool())
+    let (items, more) = crate::store::cases::page(
+        state.orchestrator.pool(),
+        crate::store::cases::CaseFilter {
+            scope: &s.who.tenants,
+            status,
+            tenant: tenant.as_ref(),
+            severity,
+            before,
+            limit: PAGE,
+        },
+    )
     .await?;
-    let more = items.len() > PAGE as usize;
-    items.truncate(PAGE as usize);
     let ignored: Vec<&str> = [
         (!f.status.is_empty() && status.is_none()).then_some("status"),
         (!f.tenant.is_empty() && tenant.is_none()).then_some("tenant"),
@@ -856,24 +850,17 @@ async fn console_transition(
     case_id: Uuid,
     form: &ActForm,
 ) -> Result<Result<String, String>, ApiError> {
-    use crate::orchestrator::{Actor, Origin, Outcome, StoredAnswer, TransitionRequest};
     use crate::workflow::EventKind as E;
     // The page's four actions, nothing else.
     let event = match form.event.parse::<E>() {
         Ok(e @ (E::GateApproved | E::GateRejected | E::Dismiss | E::Resume)) => e,
         Ok(_) | Err(_) => return Ok(Err(format!("{:?} is not an action here.", form.event))),
     };
-    if !s.who.may_send(event) {
-        return Ok(Err(format!(
-            "Not allowed: {} may not send {event}.",
-            s.who.id
-        )));
-    }
     // Inside a change freeze an approval is a break-glass override, which
     // needs its reason recorded: the API asks for one; the console takes no
     // such approval at all (the page says so; a direct post is refused the
     // same).
-    if event == E::GateApproved {
+    if event == E::GateApproved && s.who.may_send(event) {
         let verdict: Option<String> = sqlx::query_scalar(
             "SELECT gate_verdict FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2",
         )
@@ -906,69 +893,25 @@ async fn console_transition(
         Some(Ok(d)) => Some(d),
         None => None,
     };
-    let reason = form
-        .reason
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| !r.is_empty())
-        .map(String::from);
-    if reason
-        .as_deref()
-        .is_some_and(|r| r.chars().any(char::is_control) || r.chars().count() > 2000)
-    {
-        return Ok(Err(
-            "A reason is at most 2000 characters, without control characters.".into(),
-        ));
-    }
-    let Ok(key) = format!("ui-{}", form.request_id).parse::<crate::contract::IdempotencyKey>()
-    else {
-        return Ok(Err("The form's request id is not usable.".into()));
+    let reason = match crate::chatops::command::reason(form.reason.as_deref().unwrap_or_default()) {
+        Ok(reason) => reason,
+        Err(why) => return Ok(Err(why)),
     };
-    let fingerprint = format!(
-        "ui\n{event}\n{case_id}\n{}\n{}\n{}",
-        form.plan_hash.as_deref().unwrap_or_default(),
-        form.dryrun_digest.as_deref().unwrap_or_default(),
-        reason.as_deref().unwrap_or_default()
-    );
-    let outcome = state
-        .orchestrator
-        .transition(TransitionRequest {
+    super::person::act(
+        state,
+        super::person::Ask {
+            who: &s.who,
             case_id,
-            tenants: s.who.tenants.clone(),
             event,
-            actor: Actor {
-                id: s.who.id.clone(),
-                human: true,
-            },
-            reason,
             plan_hash,
             dryrun_digest,
+            reason,
+            via: "console",
             meta: serde_json::json!({"via": "console"}),
-            expected_version: None,
-            origin: Origin::Http {
-                idempotency_key: key,
-                request_hash: sha256_hex(&fingerprint),
-            },
-            trace_id: Uuid::new_v4().simple().to_string(),
-        })
-        .await;
-    Ok(match outcome {
-        Ok(Outcome::Answered(a) | Outcome::Replayed(StoredAnswer::Typed(a))) => {
-            Ok(super::chatops::words(&a))
-        }
-        Ok(Outcome::Replayed(StoredAnswer::Rendered { status, .. })) => {
-            Ok(format!("Already answered ({status})."))
-        }
-        Ok(Outcome::Duplicate) => Ok("Already done.".into()),
-        Err(crate::orchestrator::TransitionError::CaseNotFound(_)) => {
-            Err("No such case among yours.".into())
-        }
-        Err(crate::orchestrator::TransitionError::IdempotencyKeyReused) => {
-            Err("This form was already sent for another action; reload the case.".into())
-        }
-        Err(e @ crate::orchestrator::TransitionError::VersionMismatch { .. }) => Err(e.to_string()),
-        Err(crate::orchestrator::TransitionError::Database(e)) => return Err(e.into()),
-    })
+            request_id: &form.request_id,
+        },
+    )
+    .await
 }
 
 /// One checked metric of a verification, as its chart needs it.

@@ -13,6 +13,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+mod person;
 pub mod plans;
 pub mod provenance;
 pub mod redrive;

@@ -53,8 +53,14 @@ fn case_id(text: Option<&str>) -> Result<Uuid, String> {
 /// The free text after a command's arguments: a reason, at most 2,000
 /// characters, without control characters (as the API takes one).
 fn rest(words: &[&str]) -> Result<Option<String>, String> {
-    let joined = words.join(" ");
-    let trimmed = joined.trim();
+    reason(&words.join(" "))
+}
+
+/// A reason a person typed (chat, the console): trimmed, at most 2,000
+/// characters, without control characters, as the API takes one; empty is
+/// none.
+pub fn reason(text: &str) -> Result<Option<String>, String> {
+    let trimmed = text.trim();
     if trimmed.chars().any(char::is_control) {
         return Err("a reason may not hold control characters".into());
     }

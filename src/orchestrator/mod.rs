@@ -325,10 +325,6 @@ impl Orchestrator {
             }
             Ok(decision) => {
                 meta["note"] = json!(decision.note);
-                if let Some(tally) = decision.tally {
-                    // The reply to a vote (and its replay) shows the count.
-                    meta["approvals"] = json!(ApprovalsShown::of(tally));
-                }
                 let (updated, entry) =
                     store::apply(&mut tx, &case, &decision, req, entry_id, &meta).await?;
                 self.faults

@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::model::{Case, TimelineEntry};
-use crate::workflow::{Rejection, Status, Tally};
+use crate::workflow::{EventKind, Facts, Rejection, Status, Tally};
 
 /// The answer to one transition request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +47,29 @@ impl ApprovalsShown {
             count: t.count,
             required: t.required,
             missing: t.missing(),
+        }
+    }
+}
+
+impl Answer {
+    /// The approvals the answer shows: a vote's count, derived from the
+    /// facts its timeline entry keeps (so a replay, rebuilt from the entry,
+    /// shows the same), or the count a second vote found.
+    pub fn approvals(&self) -> Option<ApprovalsShown> {
+        /// The part of an entry's meta the count is derived from.
+        #[derive(Deserialize)]
+        struct Kept {
+            facts: Facts,
+        }
+        match self {
+            Answer::Applied { transition, .. }
+                if transition.event.as_deref() == Some(EventKind::GateVote.as_str()) =>
+            {
+                let kept: Kept = serde_json::from_value(transition.meta.clone()).ok()?;
+                crate::workflow::tally(&kept.facts).map(ApprovalsShown::of)
+            }
+            Answer::Counted { approvals, .. } => Some(ApprovalsShown::of(*approvals)),
+            Answer::Applied { .. } | Answer::Rejected { .. } => None,
         }
     }
 }

@@ -133,3 +133,42 @@ pub async fn lock_case_in(
     .fetch_optional(&mut *conn)
     .await
 }
+
+/// Which cases a list shows: every filter optional, the scope always.
+#[derive(Debug, Clone, Copy)]
+pub struct CaseFilter<'a> {
+    pub scope: &'a TenantScope,
+    pub status: Option<crate::workflow::Status>,
+    pub tenant: Option<&'a Tenant>,
+    pub severity: Option<&'a str>,
+    /// Cases older than this one (the previous page's last).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// A page of cases, newest first, and whether older ones follow (the API's
+/// `GET /cases` and the console's list).
+pub async fn page<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    f: CaseFilter<'_>,
+) -> Result<(Vec<Case>, bool), sqlx::Error> {
+    let mut items: Vec<Case> = sqlx::query_as(concat!(
+        "SELECT ",
+        case_columns!(),
+        " FROM ops_case WHERE ($1::text IS NULL OR status = $1) \
+         AND ($2::text IS NULL OR tenant = $2) AND ($3::text IS NULL OR severity = $3) \
+         AND ($4::uuid IS NULL OR id < $4) AND ($5::text[] IS NULL OR tenant = ANY($5)) \
+         ORDER BY id DESC LIMIT $6"
+    ))
+    .bind(f.status.map(crate::workflow::Status::as_str))
+    .bind(f.tenant.map(Tenant::as_str))
+    .bind(f.severity)
+    .bind(f.before)
+    .bind(f.scope.sql())
+    .bind(f.limit + 1)
+    .fetch_all(db)
+    .await?;
+    let more = items.len() as i64 > f.limit;
+    items.truncate(usize::try_from(f.limit).unwrap_or(0));
+    Ok((items, more))
+}

@@ -28,15 +28,21 @@ fn prod_plan() -> Value {
     plan("prod", "restart-service.sh", &["--service", "checkout"])
 }
 
-async fn approve(lp: &Loop, case: Uuid, who: &str, hash: &str, digest: &Value) -> TestResponse {
+/// One `PATCH /case/{case}/transition` as `who`, under a fresh key.
+async fn patch_once(lp: &Loop, case: Uuid, who: &str, body: Value) -> TestResponse {
     lp.app
-        .patch(
-            case,
-            who,
-            &Uuid::new_v4().to_string(),
-            json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest}),
-        )
+        .patch(case, who, &Uuid::new_v4().to_string(), body)
         .await
+}
+
+async fn approve(lp: &Loop, case: Uuid, who: &str, hash: &str, digest: &Value) -> TestResponse {
+    patch_once(
+        lp,
+        case,
+        who,
+        json!({"event": "gate_approved", "plan_hash": hash, "dryrun_digest": digest}),
+    )
+    .await
 }
 
 fn guards(r: &TestResponse) -> Vec<String> {
@@ -184,36 +190,30 @@ async fn a_dry_run_fact_is_the_executors_and_names_a_stored_dry_run(pool: PgPool
     let (case, hash) = lp.propose(&prod_plan()).await;
     let digest = lp.app.dryrun_digest(case).await;
     for who in [OPERATOR, SERVICE] {
-        let r = lp
-            .app
-            .patch(
-                case,
-                who,
-                &Uuid::new_v4().to_string(),
-                json!({"event": "dryrun_done", "plan_hash": hash, "dryrun_digest": digest}),
-            )
-            .await;
+        let r = patch_once(
+            &lp,
+            case,
+            who,
+            json!({"event": "dryrun_done", "plan_hash": hash, "dryrun_digest": digest}),
+        )
+        .await;
         assert_eq!(r.status, 403, "{who}: {:?}", r.body);
     }
-    let r = lp
-        .app
-        .patch(
-            case,
-            EXECUTOR,
-            &Uuid::new_v4().to_string(),
-            json!({"event": "dryrun_done", "plan_hash": hash}),
-        )
-        .await;
+    let r = patch_once(
+        &lp,
+        case,
+        EXECUTOR,
+        json!({"event": "dryrun_done", "plan_hash": hash}),
+    )
+    .await;
     assert_eq!((r.status, r.code()), (400, "invalid_field"), "{:?}", r.body);
-    let r = lp
-        .app
-        .patch(
-            case,
-            EXECUTOR,
-            &Uuid::new_v4().to_string(),
-            json!({"event": "dryrun_failed", "plan_hash": hash, "dryrun_digest": "f".repeat(64)}),
-        )
-        .await;
+    let r = patch_once(
+        &lp,
+        case,
+        EXECUTOR,
+        json!({"event": "dryrun_failed", "plan_hash": hash, "dryrun_digest": "f".repeat(64)}),
+    )
+    .await;
     assert_eq!(r.status, 422, "{:?}", r.body);
     assert_eq!(guards(&r), ["dryrun_of_current_plan"]);
     assert_eq!(lp.app.status(case).await, "WAIT_GATE");
@@ -335,15 +335,13 @@ async fn a_dry_run_command_for_a_plan_the_case_has_left_records_nothing(pool: Pg
     let disposition = lp.executor().handle(&other).await;
     assert!(matches!(disposition, Disposition::Done), "{disposition:?}");
     assert_eq!(rows().await, 1);
-    let dismissed = lp
-        .app
-        .patch(
-            case,
-            OPERATOR,
-            &Uuid::new_v4().to_string(),
-            json!({"event": "dismiss", "reason": "handled by hand"}),
-        )
-        .await;
+    let dismissed = patch_once(
+        &lp,
+        case,
+        OPERATOR,
+        json!({"event": "dismiss", "reason": "handled by hand"}),
+    )
+    .await;
     assert_eq!(dismissed.status, 200, "{:?}", dismissed.body);
     let late = command(hash).await;
     let disposition = lp.executor().handle(&late).await;
