@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything (Rust build, PostgreSQL + pgvector, NATS JetStream on
-# loopback) and runs all tests: unit, property and integration tests against
-# the real services. Safe to run again; services are reused.
+# loopback, Alertmanager, Chromium) and runs all tests: unit, property and
+# integration tests against the real services, then the API fuzzer and the
+# console in a real browser. Safe to run again; services are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,7 @@ fi
 
 # A real Alertmanager for tests/api/alertmanager.rs (issue #16), installed
 # when missing; the test says SKIPPED only where it cannot be installed.
-if OPSLOOP_ALERTMANAGER_BIN=$(bash scripts/alertmanager.sh); then
+if OPSLOOP_ALERTMANAGER_BIN=$(bash scripts/debian-package.sh prometheus-alertmanager prometheus-alertmanager alertmanager); then
   export OPSLOOP_ALERTMANAGER_BIN
 else
   echo "test: Alertmanager could not be installed (the reason is above); its test will say SKIPPED"
@@ -36,4 +37,10 @@ echo "test: cargo build and tests took $((SECONDS - phase_start)) s"
 echo "test: fuzzing the HTTP API from /openapi.json (scripts/fuzz.sh)"
 phase_start=$SECONDS
 bash scripts/fuzz.sh
-echo "test: fuzzing took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"
+echo "test: fuzzing took $((SECONDS - phase_start)) s"
+
+# The web console in a real browser (Chromium, Playwright, axe-core).
+echo "test: the console in a browser (scripts/browser.sh)"
+phase_start=$SECONDS
+bash scripts/browser.sh
+echo "test: the browser test took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"

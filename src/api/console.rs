@@ -159,11 +159,13 @@ fn page(title: &str, who: Option<&Session>, body: Markup) -> Markup {
 fn html_response(status: StatusCode, markup: Markup) -> Response {
     let mut response = (status, markup).into_response();
     let headers = response.headers_mut();
-    // No other origin frames or scripts the console.
+    // No other origin frames or scripts the console; its own script
+    // (a file, never inline) may open the event stream.
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -189,11 +191,22 @@ async fn script() -> Response {
         .into_response()
 }
 
-/// Live updates: the transition feed (`evt.case.transition.v1`, a core
-/// subscription on the api process's NATS connection) as Server-Sent
-/// Events, only of the session's tenants. Without NATS: 503, and the page
+/// Live updates: the case feed (`evt.case.transition.v1` and
+/// `evt.case.created.v1`, core subscriptions on the api process's NATS
+/// connection) as Server-Sent Events (`transition`, `created`), only of
+/// the session's tenants. Without NATS: 503, and the page
 /// falls back to refreshing itself, and says so.
-async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+///
+/// A page names what it showed (`mark`: a case page its case's version,
+/// `case` its id; the list the newest timeline entry's id): what happened
+/// between the page's rendering and the stream's start (a page reloads
+/// while the next move is published) is not lost: the stream then opens
+/// with a `stale` event.
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(seen): Query<Seen>,
+) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     let Some(s) = session(&state, &headers).await? else {
@@ -202,10 +215,30 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     let Some(nats) = state.nats.clone() else {
         return Ok((StatusCode::SERVICE_UNAVAILABLE, "no transition feed").into_response());
     };
-    let feed = nats
-        .subscribe(crate::contract::fact::EVT_CASE_TRANSITION)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("the transition feed: {e}")))?;
+    let subscribe = |subject: &'static str| {
+        let nats = nats.clone();
+        async move {
+            nats.subscribe(subject)
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("the case feed ({subject}): {e}")))
+        }
+    };
+    // A new case is news to a list, as a move is.
+    let feed = futures::stream::select(
+        subscribe(crate::contract::fact::EVT_CASE_TRANSITION).await?,
+        subscribe(crate::contract::fact::EVT_CASE_CREATED).await?,
+    );
+    // Subscribed first, compared second: nothing falls between the two.
+    let pool = state.orchestrator.pool();
+    let now = match (seen.case, seen.mark.as_deref()) {
+        (_, None) => None,
+        (Some(case), Some(_)) => crate::store::read_case_in(pool, case, &s.who.tenants)
+            .await?
+            .map(|c| c.version.to_string()),
+        (None, Some(_)) => Some(timeline_mark(pool).await?),
+    };
+    let stale = (seen.mark.is_some() && now != seen.mark)
+        .then(|| Ok::<_, std::convert::Infallible>(Event::default().event("stale").data("{}")));
     let scope = s.who.tenants;
     let stream = feed.filter_map(move |m| {
         let shown = serde_json::from_slice::<crate::pubsub::Envelope>(&m.payload)
@@ -215,22 +248,46 @@ async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
             })
             .filter(|msg| scope.includes(&msg.tenant))
             .and_then(|msg| match msg.body {
-                crate::contract::Fact::CaseTransition(t) => Some(
+                crate::contract::Fact::CaseTransition(t) => Some((
+                    "transition",
                     serde_json::json!({"case_id": msg.case_id.uuid(), "from": t.from,
                                        "to": t.to, "event": t.event, "version": t.version}),
-                ),
+                )),
+                crate::contract::Fact::CaseCreated(_) => Some((
+                    "created",
+                    serde_json::json!({"case_id": msg.case_id.uuid()}),
+                )),
                 _ => None,
             })
-            .map(|data| {
+            .map(|(name, data)| {
                 Ok::<_, std::convert::Infallible>(
-                    Event::default().event("transition").data(data.to_string()),
+                    Event::default().event(name).data(data.to_string()),
                 )
             });
         std::future::ready(shown)
     });
-    Ok(Sse::new(stream)
+    Ok(Sse::new(futures::stream::iter(stale).chain(stream))
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// What a page showed, as its event stream is opened.
+#[derive(Debug, Deserialize)]
+struct Seen {
+    #[serde(default)]
+    mark: Option<String>,
+    #[serde(default)]
+    case: Option<Uuid>,
+}
+
+/// The newest timeline entry's id (UUIDv7: later entries sort after it),
+/// found through the primary key; empty before the first entry.
+async fn timeline_mark(pool: &sqlx::PgPool) -> Result<String, ApiError> {
+    let mark: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM case_timeline ORDER BY id DESC LIMIT 1")
+            .fetch_optional(pool)
+            .await?;
+    Ok(mark.map(|m| m.to_string()).unwrap_or_default())
 }
 
 async fn style() -> Response {
@@ -277,10 +334,17 @@ struct LoginForm {
 
 /// A sign-in posted from another site (login CSRF: being signed in as
 /// someone else, and acting as them unknowingly) is refused.
+///
+/// A browser that sends `Sec-Fetch-Site` is believed: only `same-origin`
+/// (our own form) and `none` (typed by the user) pass; a sibling host
+/// (`same-site`) is another site here. Its `Origin` may well be `null`:
+/// Chromium sends that for a form under our `Referrer-Policy:
+/// no-referrer`. Without the header (older browsers, scripts), the
+/// `Origin`, when sent, must name this host.
 fn cross_site(headers: &HeaderMap) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("sec-fetch-site") == Some("cross-site") {
-        return true;
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
     }
     match (header("origin"), header("host")) {
         (Some(origin), Some(host)) => origin
@@ -414,6 +478,7 @@ async fn cases(
         .contains(&f.severity.as_str())
         .then_some(f.severity.as_str());
     let before = Uuid::parse_str(&f.before).ok();
+    let mark = timeline_mark(state.orchestrator.pool()).await?;
     let (items, more) = crate::store::cases::page(
         state.orchestrator.pool(),
         crate::store::cases::CaseFilter {
@@ -447,7 +512,7 @@ async fn cases(
             .unwrap_or_default()
         });
     let body = html! {
-        h1 { "Cases" }
+        h1 data-mark=(mark) { "Cases" }
         form method="get" action="/ui/cases" class="filters" {
             label for="status" { "Status" }
             select id="status" name="status" {
@@ -684,7 +749,7 @@ fn case_body(s: &Session, case: &Case, view: &CaseView) -> Result<Markup, ApiErr
     let operator = s.who.may_send(crate::workflow::EventKind::Dismiss);
     Ok(html! {
         h1 { (case.title) }
-        p class="meta" {
+        p class="meta" data-mark=(case.version) {
             span class={"status s-" (case.status.as_str())} { (case.status.as_str()) }
             " · " (case.severity) " · tenant " (case.tenant) " · opened " (age(case)) " ago · version " (case.version)
             br; code { (case.id) }
@@ -695,9 +760,23 @@ fn case_body(s: &Session, case: &Case, view: &CaseView) -> Result<Markup, ApiErr
                 h2 id="plan" { "Plan " code { (&p.hash[..12]) } }
                 @if let Some(cp) = &p.plan {
                     p { strong { (cp.title) } " · by " (p.author) }
+                    h3 { "Steps" }
                     ol { @for st in &cp.steps { li { code { (st.action.name()) } " " (st.action.target().unwrap_or_default()) } } }
-                    @if !cp.rollback.steps.is_empty() {
-                        p { "Rollback: " @for st in &cp.rollback.steps { code { (st.action.name()) } " " } }
+                    h3 { "Rollback" }
+                    @if cp.rollback.steps.is_empty() {
+                        p { "None: this plan cannot be undone automatically." }
+                    } @else {
+                        ol { @for st in &cp.rollback.steps { li { code { (st.action.name()) } " " (st.action.target().unwrap_or_default()) } } }
+                    }
+                    h3 { "Checks after the change" }
+                    @if cp.verify.checks.is_empty() {
+                        p { "None." }
+                    } @else {
+                        ul { @for c in &cp.verify.checks {
+                            li { (c.stat.map_or("avg", |st| st.as_str())) " of " code { (c.metric) }
+                                 @if let Some(r) = &c.resource { " of " (r) }
+                                 " " (c.op) " " (c.threshold) " over " (c.window_s) " s" }
+                        } }
                     }
                 }
                 @if let Some((digest, outcome, artefact)) = &p.dryrun {
@@ -722,6 +801,14 @@ fn case_body(s: &Session, case: &Case, view: &CaseView) -> Result<Markup, ApiErr
                     p { "Approved by: " @for (who, counts) in &p.approvals { (who) @if !counts { " (an older dry run)" } " " } }
                 }
                 @match cannot_approve(s, case, p) {
+                    // Away from the gate there is nothing to approve.
+                    Some(_) if case.status != Status::WaitGate => {},
+                    // An approver sees the button they would use, disabled,
+                    // and why; anyone else sees no button at all.
+                    Some(why) if s.who.may_send(crate::workflow::EventKind::GateApproved) => div class="inline" {
+                        button type="button" disabled aria-describedby="cannot-approve" { "Approve plan " (&p.hash[..12]) }
+                        p class="hint" id="cannot-approve" { "You cannot approve: " (why) "." }
+                    },
                     Some(why) => p class="hint" { "You cannot approve: " (why) "." },
                     None => form method="post" action={"/ui/case/" (case.id) "/act"} class="inline" {
                         input type="hidden" name="csrf" value=(s.csrf);
@@ -922,8 +1009,8 @@ struct Charted {
     points: Vec<(chrono::DateTime<chrono::Utc>, f64)>,
 }
 
-/// The checks of a verification with the minutes of `metric_1m` in its
-/// window (the verifier's own source when no Prometheus query is set).
+/// The checks of a verification with the minutes of `metric_1m` it judged
+/// (the verifier's own source when no Prometheus query is set).
 async fn charted(
     state: &AppState,
     case: &Case,
@@ -941,22 +1028,25 @@ async fn charted(
     let mut out = Vec::new();
     for j in judged {
         let Some(check) = j.check else { continue };
-        let resource = j.resource.or(check.resource.clone()).unwrap_or_default();
-        let points: Vec<(chrono::DateTime<chrono::Utc>, f64)> = sqlx::query_as(
-            "SELECT ts, avg FROM metric_1m WHERE tenant = $1 AND resource = $2 AND metric = $3 \
-             AND ts >= $4 AND ts <= $5 ORDER BY ts LIMIT 1440",
+        // The very minutes and statistic the verifier judged.
+        let Ok(judged) = crate::verifier::Check::from_plan(&check, j.resource.as_deref()) else {
+            continue;
+        };
+        let points = crate::verifier::minutes_judged(
+            state.orchestrator.pool(),
+            &judged,
+            &case.tenant,
+            v.window_to,
         )
-        .bind(case.tenant.as_str())
-        .bind(&resource)
-        .bind(&check.metric)
-        .bind(v.window_from)
-        .bind(v.window_to)
-        .fetch_all(state.orchestrator.pool())
         .await?;
         out.push(Charted {
             label: format!(
-                "{} of {resource} {} {}",
-                check.metric, check.op, check.threshold
+                "{} of {} of {} {} {}",
+                judged.stat.as_str(),
+                check.metric,
+                judged.resource,
+                check.op,
+                check.threshold
             ),
             verdict: j.verdict,
             threshold: check.threshold.as_f64().unwrap_or(0.0),
@@ -973,6 +1063,10 @@ fn chart(c: &Charted) -> Markup {
     const H: f64 = 80.0;
     let values = c.points.iter().map(|p| p.1).chain([c.threshold]);
     let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    // From zero for figures that cannot go below it (latency, rates), with
+    // headroom above: the distance to the threshold reads true.
+    let lo = lo.min(0.0);
+    let hi = hi + (hi - lo) * 0.15;
     let span = if hi > lo { hi - lo } else { 1.0 };
     let y = |v: f64| H - 4.0 - (v - lo) / span * (H - 8.0);
     let n = c.points.len().max(2) as f64 - 1.0;
@@ -980,15 +1074,29 @@ fn chart(c: &Charted) -> Markup {
         .points
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("{:.1},{:.1}", i as f64 / n * W, y(p.1)))
+        .map(|(i, p)| {
+            let x = if c.points.len() == 1 {
+                W / 2.0
+            } else {
+                i as f64 / n * W
+            };
+            format!("{x:.1},{:.1}", y(p.1))
+        })
         .collect();
     let ty = y(c.threshold);
     html! {
         figure {
             svg width=(W) height=(H) viewBox={"0 0 " (W) " " (H)} role="img"
                 aria-label={(c.label) ": " (c.points.len()) " minutes, " (c.verdict)} {
-                line x1="0" y1=(format!("{ty:.1}")) x2=(W) y2=(format!("{ty:.1}")) class="threshold";
-                @if line.len() > 1 { polyline points=(line.join(" ")) class="series"; }
+                line x1="0" y1=(format!("{ty:.1}")) x2=(W) y2=(format!("{ty:.1}")) class="threshold" {}
+                text x=(W - 4.0) y=(format!("{:.1}", if ty < 14.0 { ty + 12.0 } else { ty - 3.0 })) class="label" text-anchor="end" { (c.threshold) }
+                @if line.len() > 1 { polyline points=(line.join(" ")) class="series" {} }
+                // A short window's few minutes are dots as well: one
+                // minute alone would draw no line at all.
+                @if line.len() <= 60 { @for xy in &line {
+                    @let (x, y) = xy.split_once(',').unwrap_or(("0", "0"));
+                    circle cx=(x) cy=(y) r="3" class="point" {}
+                } }
             }
             figcaption { (c.label) " — " strong { (c.verdict) } " (" (c.points.len()) " minutes)" }
         }
@@ -1036,6 +1144,57 @@ fn findings_section(f: &crate::contract::fact::FindingsReport) -> Markup {
             @if !f.signals.is_empty() {
                 p { (f.signals.len()) " signal(s) linked; " (f.correlated.len()) " other alert(s) of the tenant firing around them." }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    /// What Chromium sends for our own sign-in form (its `Origin` is
+    /// `null` under `Referrer-Policy: no-referrer`), and what other sites
+    /// and old clients send.
+    #[test]
+    fn a_sign_in_is_cross_site_unless_the_browser_or_the_origin_says_ours() {
+        let ours = [
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("origin", "null"),
+                ("host", "h:1"),
+            ][..],
+            &[("sec-fetch-site", "none"), ("host", "h:1")],
+            &[("origin", "http://h:1"), ("host", "h:1")],
+            &[("host", "h:1")],
+        ];
+        for h in ours {
+            assert!(!cross_site(&headers(h)), "{h:?}");
+        }
+        let theirs = [
+            &[
+                ("sec-fetch-site", "cross-site"),
+                ("origin", "http://h:1"),
+                ("host", "h:1"),
+            ][..],
+            &[
+                ("sec-fetch-site", "same-site"),
+                ("origin", "http://x.h:1"),
+                ("host", "h:1"),
+            ],
+            &[("origin", "null"), ("host", "h:1")],
+            &[("origin", "https://evil.example"), ("host", "h:1")],
+            &[("origin", "http://h:1")],
+        ];
+        for h in theirs {
+            assert!(cross_site(&headers(h)), "{h:?}");
         }
     }
 }

@@ -34,8 +34,10 @@ pub(super) struct Ask<'a> {
     pub request_id: &'a str,
 }
 
-/// Sends the transition; `Err(words)` when it was refused before the
-/// orchestrator judged it, `Ok(words)` for the orchestrator's answer.
+/// Sends the transition; `Ok(words)` when it was applied (or counted),
+/// `Err(words)` when nothing was done: refused before the orchestrator
+/// judged it, or by the orchestrator (a stale plan, a guard), so that a
+/// surface can answer a refusal as one (the console: 422).
 pub(super) async fn act(
     state: &AppState,
     ask: Ask<'_>,
@@ -91,7 +93,10 @@ pub(super) async fn act(
         .await;
     Ok(match outcome {
         Ok(Outcome::Answered(answer) | Outcome::Replayed(StoredAnswer::Typed(answer))) => {
-            Ok(words(&answer))
+            match answer {
+                Answer::Rejected { .. } => Err(words(&answer)),
+                _ => Ok(words(&answer)),
+            }
         }
         Ok(Outcome::Replayed(StoredAnswer::Rendered { status, .. })) => {
             Ok(format!("Already answered ({status})."))

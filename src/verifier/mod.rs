@@ -257,33 +257,48 @@ impl Verifier {
         })
     }
 
-    /// A row covers the minute starting at its `ts`: every minute that
-    /// overlaps the window counts, hence the extra 60 s in the query.
     async fn judge_from_metric_1m(
         &self,
         check: &Check,
         tenant: &Tenant,
         now: DateTime<Utc>,
     ) -> Result<(Verdict, Value), sqlx::Error> {
-        // The case's tenant's rows only: another tenant's figures for a
-        // resource of the same name never judge this case.
-        let values: Vec<f64> = sqlx::query_scalar(
-            "SELECT v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
-             FROM metric_1m WHERE tenant = $6 AND resource = $1 AND metric = $2 \
-             AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
-        )
-        .bind(&check.resource)
-        .bind(&check.metric)
-        .bind(now)
-        .bind(check.window_s as f64)
-        .bind(check.stat.as_str())
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let values: Vec<f64> = minutes_judged(&self.pool, check, tenant, now)
+            .await?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         let (verdict, mut detail) = judge(check, &values, self.settings.min_coverage);
         detail["source"] = json!("metric_1m");
         Ok((verdict, detail))
     }
+}
+
+/// The minutes of `metric_1m` a check judges at `now`, oldest first, with
+/// the check's statistic. A row covers the minute starting at its `ts`:
+/// every minute that overlaps the window counts, hence the extra 60 s.
+/// The case's tenant's rows only: another tenant's figures for a resource
+/// of the same name never judge this case. (The console charts the same
+/// minutes.)
+pub async fn minutes_judged(
+    pool: &PgPool,
+    check: &Check,
+    tenant: &Tenant,
+    now: DateTime<Utc>,
+) -> Result<Vec<(DateTime<Utc>, f64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT ts, v FROM (SELECT ts, CASE $5 WHEN 'max' THEN max WHEN 'p95' THEN p95 ELSE avg END AS v \
+         FROM metric_1m WHERE tenant = $6 AND resource = $1 AND metric = $2 \
+         AND ts > $3 - make_interval(secs => $4 + 60) AND ts <= $3) w WHERE v IS NOT NULL ORDER BY ts",
+    )
+    .bind(&check.resource)
+    .bind(&check.metric)
+    .bind(now)
+    .bind(check.window_s as f64)
+    .bind(check.stat.as_str())
+    .bind(tenant.as_str())
+    .fetch_all(pool)
+    .await
 }
 
 /// The plan the command names, or (for a command of an older release

@@ -118,7 +118,7 @@ where
 }
 
 /// Alertmanager's binary: `OPSLOOP_ALERTMANAGER_BIN` (scripts/test.sh
-/// sets it after scripts/alertmanager.sh installed the package), else
+/// sets it after scripts/debian-package.sh installed the package), else
 /// Debian's path.
 fn alertmanager_bin() -> Option<String> {
     std::env::var("OPSLOOP_ALERTMANAGER_BIN").ok().or_else(|| {
@@ -133,7 +133,7 @@ fn alertmanager_bin() -> Option<String> {
 async fn alertmanager_notifications_open_one_case_per_alert(pool: PgPool) {
     let Some(bin) = alertmanager_bin() else {
         eprintln!(
-            "SKIPPED: no Alertmanager here (scripts/alertmanager.sh installs Debian's prometheus-alertmanager; scripts/test.sh runs it first)"
+            "SKIPPED: no Alertmanager here (scripts/debian-package.sh installs Debian's prometheus-alertmanager; scripts/test.sh runs it first)"
         );
         return;
     };
