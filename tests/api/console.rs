@@ -379,19 +379,16 @@ async fn the_event_stream_tells_a_page_what_it_missed_while_loading(pool: PgPool
     let case = app.case_in("ANALYZING").await;
     let cookie = sign_in(&app, VIEWER).await;
     let (_, _, page) = get(&app, &format!("/ui/case/{case}"), Some(&cookie)).await;
-    let shown = page
-        .split("data-mark=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the case page names its version")
-        .to_string();
+    let mark = |page: &str| {
+        page.split("data-mark=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("the page names what it shows")
+            .to_string()
+    };
+    let shown = mark(&page);
     let (_, _, list) = get(&app, "/ui/cases", Some(&cookie)).await;
-    let listed = list
-        .split("data-mark=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("the list names its newest entry")
-        .to_string();
+    let listed = mark(&list);
     for (query, stale) in [
         (format!("?mark={shown}&case={case}"), false),
         (format!("?mark={listed}"), false),
@@ -530,16 +527,8 @@ async fn the_event_stream_carries_the_moves_of_the_sessions_tenants(pool: PgPool
     let mut stream = r;
     let own = app.case_in("ANALYZING").await;
     let created = app
-        .send(
-            reqwest::Method::POST,
-            "/case",
-            Some(OPERATOR),
-            &[],
-            Some(serde_json::json!({"title": "ours, new", "tenant": "t-001"}).to_string()),
-        )
+        .open_case(serde_json::json!({"title": "ours, new", "tenant": "t-001"}))
         .await;
-    assert_eq!(created.status, 201);
-    let created = created.body["id"].as_str().unwrap().to_string();
     let other = app
         .send(
             reqwest::Method::POST,
