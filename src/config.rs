@@ -68,6 +68,15 @@ pub struct ServeConfig {
     /// it when the service sits behind HTTPS.
     #[arg(long, env = "OPSLOOP_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
+    /// The librarian's embedding model (all-MiniLM-L6-v2: config.json,
+    /// tokenizer.json, model.safetensors; `scripts/model.sh` fetches it).
+    /// Unset: the `/kb` routes answer 503.
+    #[arg(long, env = "OPSLOOP_EMBEDDINGS_MODEL_DIR")]
+    pub embeddings_model_dir: Option<PathBuf>,
+    /// Embedding batches run at once (each on a blocking thread).
+    #[arg(long, env = "OPSLOOP_EMBED_WORKERS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub embed_workers: u16,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
     /// analyst, executor, verifier, notifier, or all.
     #[arg(

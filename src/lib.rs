@@ -13,6 +13,7 @@ pub mod executor;
 pub mod gatekeeper;
 pub mod http_client;
 pub mod ids;
+pub mod librarian;
 pub mod model;
 pub mod orchestrator;
 pub mod planner;

@@ -330,6 +330,13 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             )),
             None => None,
         };
+        let librarian = match &cfg.embeddings_model_dir {
+            Some(dir) => Some(Arc::new(
+                opsloop::librarian::Librarian::new(dir.clone(), usize::from(cfg.embed_workers))
+                    .context("configuring the librarian")?,
+            )),
+            None => None,
+        };
         let state = AppState {
             orchestrator,
             tokens: Arc::new(tokens),
@@ -338,6 +345,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             intake,
             chatops,
             cookie_secure: cfg.cookie_secure,
+            librarian,
         };
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -21,6 +21,13 @@ pub struct RowError {
     pub message: String,
 }
 
+/// One field of a request body that is not valid, and why.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -49,6 +56,10 @@ pub enum ApiError {
     CaseNotFound(Uuid),
     #[error("case {0} has no plan")]
     PlanNotFound(Uuid),
+    #[error("{} field(s) are invalid; nothing was stored", .0.len())]
+    DocInvalid(Vec<FieldError>),
+    #[error("document {0} not found")]
+    DocNotFound(Uuid),
     #[error("{} row(s) are invalid; nothing was stored", .0.len())]
     InvalidRows(Vec<RowError>),
     #[error("the plan breaks {} rule(s) of the ChangePlan contract", .0.len())]
@@ -89,10 +100,12 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::Forbidden(_) | Self::TenantForbidden(_) => StatusCode::FORBIDDEN,
-            Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::CaseNotFound(_)
+            | Self::PlanNotFound(_)
+            | Self::DocNotFound(_)
+            | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::PlanInvalid(_)
+            | Self::DocInvalid(_)
             | Self::InvalidRows(_)
             | Self::EvidenceInvalid(_)
             | Self::WebhookInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -120,6 +133,8 @@ impl ApiError {
             Self::TenantForbidden(_) => "tenant_forbidden",
             Self::CaseNotFound(_) => "case_not_found",
             Self::PlanNotFound(_) => "plan_not_found",
+            Self::DocNotFound(_) => "doc_not_found",
+            Self::DocInvalid(_) => "doc_invalid",
             Self::PlanInvalid(_) => "plan_invalid",
             Self::InvalidRows(_) => "rows_invalid",
             Self::EvidenceInvalid(_) => "evidence_invalid",
@@ -144,7 +159,11 @@ impl ApiError {
                 "Unauthorized"
             }
             Self::Forbidden(_) | Self::TenantForbidden(_) => "Forbidden",
-            Self::CaseNotFound(_) | Self::PlanNotFound(_) | Self::RouteNotFound => "Not found",
+            Self::CaseNotFound(_)
+            | Self::PlanNotFound(_)
+            | Self::DocNotFound(_)
+            | Self::RouteNotFound => "Not found",
+            Self::DocInvalid(_) => "Invalid document",
             Self::PlanInvalid(_) => "Invalid plan",
             Self::EvidenceInvalid(_) => "Invalid evidence",
             Self::WebhookInvalid(_) => "Invalid webhook",
@@ -205,6 +224,9 @@ impl IntoResponse for ApiError {
                 problem = problem.with("violations", json!(violations));
             }
             ApiError::InvalidRows(errors) => {
+                problem = problem.with("errors", json!(errors));
+            }
+            ApiError::DocInvalid(errors) => {
                 problem = problem.with("errors", json!(errors));
             }
             _ => {}

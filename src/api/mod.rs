@@ -10,6 +10,7 @@ pub mod console;
 pub mod error;
 pub mod executions;
 pub mod extract;
+pub mod kb;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
@@ -75,6 +76,9 @@ pub fn app_with(state: AppState, request_timeout: Duration) -> Router {
         .route("/chatops/slack/interactions", post(chatops::interactions))
         .route("/schemas/changeplan.json", get(plans::schema))
         .route("/cases", get(cases::list_cases))
+        .route("/kb/docs", post(kb::add))
+        .route("/kb/docs/{id}", axum::routing::delete(kb::delete))
+        .route("/kb/search", get(kb::search))
         .route("/plan/generate", post(redrive::plan_generate))
         .route("/gate/eval", post(redrive::gate_eval))
         .route("/adapter/exec", post(redrive::adapter_exec))

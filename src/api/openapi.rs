@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::{
-    cases, chatops, executions, metrics, ops, plans, provenance, redrive, schema, signals,
+    cases, chatops, executions, kb, metrics, ops, plans, provenance, redrive, schema, signals,
 };
 use crate::api::error::PROBLEM_JSON;
 
@@ -23,7 +23,8 @@ use crate::api::error::PROBLEM_JSON;
     info(title = "opsloop", description = "AI-OPS case orchestrator"),
     paths(metrics::ingest, signals::alertmanager, executions::list, provenance::chain,
           redrive::plan_generate, redrive::gate_eval, redrive::adapter_exec, redrive::verify_run, cases::create_case, cases::get_case, cases::list_cases, cases::timeline,
-          cases::transition, plans::propose, plans::current, plans::approvals, chatops::commands, chatops::interactions, ops::healthz, ops::readyz, ops::metrics),
+          cases::transition, plans::propose, plans::current, plans::approvals, chatops::commands, chatops::interactions, ops::healthz, ops::readyz, ops::metrics,
+          kb::add, kb::search, kb::delete),
     components(schemas(crate::problem::Problem, schema::StatusDoc, schema::EventKindDoc)),
     modifiers(&BearerAuth),
 )]
@@ -71,8 +72,8 @@ fn problem_schema() -> Value {
                                          "rule": {"type": "string", "enum": ["schema", "completeness"]}}}
             },
             "errors": {
-                "type": "array", "description": "rows_invalid: each invalid row field",
-                "items": {"type": "object", "required": ["row", "field", "message"],
+                "type": "array", "description": "rows_invalid: each invalid row field (with its row); doc_invalid: each invalid field",
+                "items": {"type": "object", "required": ["field", "message"],
                           "properties": {"row": {"type": "integer"}, "field": {"type": "string"},
                                          "message": {"type": "string"}}}
             }

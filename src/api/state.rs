@@ -20,4 +20,7 @@ pub struct AppState {
     /// The console's session cookie is `Secure` (the service sits behind
     /// TLS): `OPSLOOP_COOKIE_SECURE`.
     pub cookie_secure: bool,
+    /// The librarian's search and ingest (`/kb/*`), when the embedding
+    /// model is configured (`OPSLOOP_EMBEDDINGS_MODEL_DIR`).
+    pub librarian: Option<Arc<crate::librarian::Librarian>>,
 }

@@ -206,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
         intake: Arc::new(Default::default()),
         chatops: None,
         cookie_secure: false,
+        librarian: None,
     };
     // A case with 200 timeline entries: created, analysed, then 99 rounds
     // of plan_failed / resume (each a transition with its reason).

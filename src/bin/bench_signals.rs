@@ -211,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         chatops: None,
         cookie_secure: false,
+        librarian: None,
     };
     if std::env::args().any(|a| a == "--detector-only") {
         return detector(&pool, &state).await;

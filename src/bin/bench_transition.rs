@@ -564,6 +564,7 @@ async fn main() -> anyhow::Result<()> {
         intake: Arc::new(Default::default()),
         chatops: None,
         cookie_secure: false,
+        librarian: None,
     };
     let base = common::serve_api(state).await?;
     let ctx = Arc::new(Ctx {

@@ -122,6 +122,10 @@ impl TestApp {
             intake: Arc::new(Default::default()),
             chatops: Some(Arc::new(crate::chatops::chatops())),
             cookie_secure: false,
+            librarian: Some(Arc::new(
+                opsloop::librarian::Librarian::new(crate::librarian::model_dir(), 2)
+                    .expect("the embedding model's files"),
+            )),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());

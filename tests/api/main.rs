@@ -19,6 +19,7 @@ mod flow;
 mod gate;
 mod gatekeeper;
 mod idempotency;
+mod librarian;
 mod llm;
 mod migrations;
 mod nats;
