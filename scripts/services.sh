@@ -714,6 +714,7 @@ ensure_pg_db() { # ensure_pg_db BINDIR PORT
   fi
   PG_VECTOR=$(psql_cmd "$bindir" "$port" "$PG_DB" -c "set client_min_messages = warning" \
     -c "create extension if not exists vector" \
+    -c "alter extension vector update" \
     -c "select '[1,2,3]'::vector is not null" \
     -c "select extversion from pg_extension where extname = 'vector'" </dev/null 2>&1) ||
     die "pgvector does not work in database $PG_DB: $PG_VECTOR"

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long)]
         case: Option<uuid::Uuid>,
     },
+    /// The librarian's documents.
+    Kb {
+        #[command(subcommand)]
+        command: KbCommand,
+    },
     /// Drive a demo case through a running service and print its timeline.
     Demo {
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -74,6 +79,22 @@ enum Command {
         /// Also read the case's transitions back from NATS.
         #[arg(long, env = "NATS_URL")]
         nats_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KbCommand {
+    /// Load every .md and .txt file of a folder (its README aside) through
+    /// the API (`POST /kb/docs`): unchanged files are not written again.
+    Import {
+        dir: PathBuf,
+        /// A tenant of the token's, or `global` (admin tokens only).
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "OPSLOOP_TOKEN", hide_env_values = true)]
+        token: String,
     },
 }
 
@@ -141,6 +162,15 @@ async fn main() -> anyhow::Result<()> {
             all,
             case,
         } => tail(&nats_url, all, case).await,
+        Command::Kb {
+            command:
+                KbCommand::Import {
+                    dir,
+                    tenant,
+                    url,
+                    token,
+                },
+        } => opsloop::librarian::import::import(&url, &token, &dir, &tenant).await,
         Command::Demo {
             url,
             operator_token,

@@ -22,12 +22,22 @@ use crate::librarian::store::{self, DocKind, Hit, Mode, NewDoc, Search};
 /// The global scope's name in requests (no tenant can be called that:
 /// stored as no tenant at all).
 pub const GLOBAL: &str = "global";
-const MAX_BODY_CHARS: usize = 200_000;
+/// Under the API's request body limit (64 KiB) with room for the rest.
+const MAX_BODY_CHARS: usize = 60_000;
+const MAX_LABELS: usize = 32;
 
-fn librarian(state: &AppState) -> Result<&Arc<Librarian>, ApiError> {
-    state.librarian.as_ref().ok_or_else(|| {
+/// The model, or 503: not configured here, or it could not be loaded
+/// (the next request tries again).
+async fn embedder(state: &AppState) -> Result<&crate::librarian::embed::Embedder, ApiError> {
+    let lib: &Arc<Librarian> = state.librarian.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
             "the librarian is not configured here (OPSLOOP_EMBEDDINGS_MODEL_DIR)".into(),
+        )
+    })?;
+    lib.embedder().await.map_err(|e| {
+        tracing::error!(error = %format!("{e:#}"), "Loading the embedding model failed.");
+        ApiError::Unavailable(
+            "the embedding model could not be loaded; see the service's log".into(),
         )
     })
 }
@@ -126,15 +136,29 @@ pub async fn add(
         );
     }
     let title = doc.title.trim();
-    if title.is_empty() || title.chars().count() > 300 || !no_control(title) || title.contains('\n')
-    {
+    if title.is_empty() || title.chars().count() > 300 || title.chars().any(char::is_control) {
         bad("title", "one line of 1 to 300 characters");
     }
     if doc.body.trim().is_empty()
         || doc.body.chars().count() > MAX_BODY_CHARS
         || !no_control(&doc.body)
     {
-        bad("body", "1 to 200000 characters of text");
+        bad("body", "1 to 60000 characters of text");
+    }
+    // Labels filter searches later: a flat map of short strings, nothing
+    // PostgreSQL's jsonb would refuse (a NUL).
+    let labels = doc.labels.unwrap_or_default();
+    let label_ok = |k: &String, v: &serde_json::Value| {
+        crate::ids::is_slug(k, b"_-./")
+            && v.as_str().is_some_and(|v| {
+                !v.is_empty() && v.chars().count() <= 256 && !v.chars().any(char::is_control)
+            })
+    };
+    if labels.len() > MAX_LABELS || !labels.iter().all(|(k, v)| label_ok(k, v)) {
+        bad(
+            "labels",
+            "at most 32 labels: lowercase slug keys, one-line string values of 1 to 256 characters",
+        );
     }
     let source = doc.source.clone().unwrap_or_else(|| {
         format!(
@@ -144,25 +168,23 @@ pub async fn add(
     });
     if source.trim().is_empty()
         || source.chars().count() > 2000
-        || !no_control(&source)
-        || source.contains('\n')
+        || source.chars().any(char::is_control)
     {
         bad("source", "one line of 1 to 2000 characters");
     }
     if !errors.is_empty() {
         return Err(ApiError::DocInvalid(errors));
     }
-    let lib = librarian(&state)?;
     let stored = store::ingest(
         state.orchestrator.pool(),
-        lib.embedder().await?,
+        embedder(&state).await?,
         &NewDoc {
             tenant,
             kind,
             title: title.to_string(),
             source,
             body: doc.body,
-            labels: serde_json::Value::Object(doc.labels.unwrap_or_default()),
+            labels: serde_json::Value::Object(labels),
         },
     )
     .await?;
@@ -245,11 +267,10 @@ pub async fn search(
         Some("text") => Mode::Text,
         Some(_) => return Err(invalid("mode", "hybrid, vector or text")),
     };
-    let lib = librarian(&state)?;
     let scope: &TenantScope = &who.tenants;
     let hits = store::search(
         state.orchestrator.pool(),
-        lib.embedder().await?,
+        embedder(&state).await?,
         &Search {
             query: text,
             k,

@@ -75,7 +75,8 @@ fn sections(text: &str) -> Vec<Section> {
     out
 }
 
-/// Words of one over-long line, cut to pieces that fit `room`.
+/// Words of one over-long line, cut to pieces that fit `room` (at least
+/// one character each, so that it always ends).
 fn split_line(line: &str, room: usize, count: &dyn Fn(&str) -> usize) -> Vec<String> {
     let mut pieces = Vec::new();
     let mut current = String::new();
@@ -92,21 +93,32 @@ fn split_line(line: &str, room: usize, count: &dyn Fn(&str) -> usize) -> Vec<Str
         if !current.is_empty() {
             pieces.push(std::mem::take(&mut current));
         }
-        // One word longer than the room (a hash, a URL): cut by characters.
-        let mut rest = word.to_string();
-        while count(&rest) > room {
-            let mut cut = rest.len() / 2;
-            while !rest.is_char_boundary(cut) {
-                cut -= 1;
+        // One word longer than the room (minified JSON, a hash, a rule of
+        // `=`): cut at the longest prefix that fits, found by bisection
+        // within the next 4 × room characters (a word piece is at least
+        // one character and rarely more than four), so that a long word
+        // costs O(n log room) tokenising, not O(n^2).
+        let mut rest = word;
+        while count(rest) > room {
+            let bounds: Vec<usize> = rest
+                .char_indices()
+                .map(|(i, c)| i + c.len_utf8())
+                .take(room.max(1) * 4)
+                .collect();
+            let (mut lo, mut hi) = (0, bounds.len() - 1);
+            while lo < hi {
+                let mid = (lo + hi).div_ceil(2);
+                if count(&rest[..bounds[mid]]) <= room {
+                    lo = mid;
+                } else {
+                    hi = mid - 1;
+                }
             }
-            let mut head = rest[..cut].to_string();
-            while count(&head) > room && head.chars().count() > 1 {
-                head.pop();
-            }
-            rest = rest[head.len()..].to_string();
-            pieces.push(head);
+            let cut = bounds[lo];
+            pieces.push(rest[..cut].to_string());
+            rest = &rest[cut..];
         }
-        current = rest;
+        current = rest.to_string();
     }
     if !current.is_empty() {
         pieces.push(current);
@@ -262,6 +274,24 @@ mod tests {
         for line in &body {
             assert!(chunks.iter().any(|c| c.text.lines().any(|l| l == line)));
         }
+    }
+
+    /// One token per character: a long unbroken word must be cut to
+    /// the budget, quickly, and lose nothing.
+    #[test]
+    fn an_unbroken_line_is_cut_to_the_budget() {
+        let chars = |s: &str| s.chars().filter(|c| !c.is_whitespace()).count();
+        let word = "{\"a\":1,\"b\":[2,3]}".repeat(3000);
+        let chunks = chunk(&format!("# Dump\n{word}"), Budget::default(), &chars);
+        assert!(chunks.len() > 100, "{}", chunks.len());
+        for c in &chunks {
+            assert!(chars(&c.text) <= 254, "{}", chars(&c.text));
+        }
+        let rebuilt: String = chunks
+            .iter()
+            .map(|c| c.text.trim_start_matches("Dump\n"))
+            .collect();
+        assert_eq!(rebuilt, word);
     }
 
     proptest! {

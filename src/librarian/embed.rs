@@ -126,18 +126,47 @@ impl Embedder {
         self.model.count_tokens(text)
     }
 
-    /// Embeds `texts` on a blocking thread once a worker is free.
+    /// Embeds `texts` on blocking threads, `BATCH` at a time (a forward
+    /// pass holds batch × 12 × 256 × 256 attention scores, several times
+    /// over), each batch once a worker is free. The worker's permit goes
+    /// with the batch into its thread: a caller that gives up (a timeout,
+    /// a client gone) does not free a worker that is still busy.
     pub async fn embed(&self, texts: Vec<String>) -> anyhow::Result<Vec<Vec<f32>>> {
-        let _permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        const BATCH: usize = 16;
+        let mut out = Vec::with_capacity(texts.len());
+        for batch in texts.chunks(BATCH) {
+            let permit = self
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .context("the embedding pool is closed")?;
+            let model = self.model.clone();
+            let batch = batch.to_vec();
+            let vectors = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                model.embed_blocking(&batch)
+            })
             .await
-            .context("the embedding pool is closed")?;
+            .context("an embedding worker panicked")??;
+            out.extend(vectors);
+        }
+        Ok(out)
+    }
+
+    /// [`crate::librarian::chunk::chunk`] with this model's word pieces, on a
+    /// blocking thread (tokenising a long document is CPU work too).
+    pub async fn chunk(
+        &self,
+        text: String,
+        budget: crate::librarian::chunk::Budget,
+    ) -> anyhow::Result<Vec<crate::librarian::chunk::Chunk>> {
         let model = self.model.clone();
-        tokio::task::spawn_blocking(move || model.embed_blocking(&texts))
-            .await
-            .context("an embedding worker panicked")?
+        tokio::task::spawn_blocking(move || {
+            crate::librarian::chunk::chunk(&text, budget, &|s| model.count_tokens(s))
+        })
+        .await
+        .context("chunking panicked")
     }
 }
 

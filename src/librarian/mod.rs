@@ -51,3 +51,4 @@ impl Librarian {
             .await
     }
 }
+pub mod import;

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::chunk::{Budget, chunk};
+use super::chunk::Budget;
 use super::embed::{Embedder, pgvector_text};
 use crate::auth::TenantScope;
 use crate::ids::Tenant;
@@ -98,8 +98,7 @@ pub async fn ingest(pool: &PgPool, embedder: &Embedder, doc: &NewDoc) -> anyhow:
     } else {
         format!("# {}\n{}", doc.title, doc.body)
     };
-    let count = |s: &str| embedder.count_tokens(s);
-    let chunks = chunk(&text, Budget::default(), &count);
+    let chunks = embedder.chunk(text, Budget::default()).await?;
     let texts: Vec<String> = chunks.iter().map(|c| c.text.clone()).collect();
     let vectors = embedder.embed(texts.clone()).await?;
     let mut tx = pool.begin().await?;
@@ -225,13 +224,16 @@ pub async fn search(
     let kind: Option<&'static str> = s.kind.map(Into::into);
     let mut tx = pool.begin().await?;
     // A filtered HNSW scan keeps scanning until it has enough rows that
-    // pass the filter (pgvector 0.8), instead of filtering its first few.
+    // pass the filter (pgvector 0.8), instead of filtering its first few;
+    // its rows then come in approximate order, so the ranks are numbered
+    // after a real sort (`d + 0`: PostgreSQL 17+ would otherwise trust the
+    // index's order, as pgvector's README warns).
     sqlx::query("SET LOCAL hnsw.iterative_scan = relaxed_order")
         .execute(&mut *tx)
         .await?;
     let hits: Vec<Hit> = sqlx::query_as(
         "WITH v AS ( \
-           SELECT doc_id, ordinal, row_number() OVER (ORDER BY d) AS r FROM ( \
+           SELECT doc_id, ordinal, row_number() OVER (ORDER BY d + 0, doc_id, ordinal) AS r FROM ( \
              SELECT doc_id, ordinal, embedding <=> $1::vector AS d FROM kb_chunk \
              WHERE $1 IS NOT NULL AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
                AND ($3::text IS NULL OR kind = $3) \
@@ -242,7 +244,7 @@ pub async fn search(
              FROM kb_chunk, websearch_to_tsquery('english', $5) q \
              WHERE $6 AND tsv @@ q AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
                AND ($3::text IS NULL OR kind = $3) \
-             ORDER BY rank DESC LIMIT $4) m) \
+             ORDER BY rank DESC, doc_id, ordinal LIMIT $4) m) \
          SELECT c.doc_id, c.ordinal, d.title, d.source, d.kind, c.text AS passage, \
                 COALESCE(1.0 / ($7 + v.r), 0) + COALESCE(1.0 / ($7 + t.r), 0) AS score, \
                 v.r AS vector_rank, t.r AS text_rank \

@@ -10,10 +10,21 @@ use opsloop::librarian::store::{self, DocKind, Mode, NewDoc, Search};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
+
+/// The model folder if it is known without fetching it:
+/// `OPSLOOP_EMBEDDINGS_MODEL_DIR`, or [`model_dir`] ran before.
+pub fn model_dir_if_fetched() -> Option<std::path::PathBuf> {
+    DIR.get().cloned().or_else(|| {
+        std::env::var("OPSLOOP_EMBEDDINGS_MODEL_DIR")
+            .ok()
+            .map(Into::into)
+    })
+}
+
 /// The model folder: `OPSLOOP_EMBEDDINGS_MODEL_DIR` (scripts/test.sh sets
 /// it), else what `scripts/model.sh` fetches.
 pub fn model_dir() -> std::path::PathBuf {
-    static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         if let Ok(dir) = std::env::var("OPSLOOP_EMBEDDINGS_MODEL_DIR") {
             return dir.into();
@@ -256,6 +267,7 @@ async fn an_unchanged_document_is_not_written_again_and_a_changed_one_is_replace
 async fn the_kb_routes_keep_the_rules(pool: PgPool) {
     use crate::helpers::*;
     use reqwest::Method;
+    model_dir();
     let app = TestApp::new(pool).await;
     let doc = json!({"tenant": "t-001", "title": "Disk full", "source": "runbooks/disk-full.md",
                      "body": "# Disk full\n## Mitigate\nDelete old logs, then grow the volume."});
@@ -298,6 +310,22 @@ async fn the_kb_routes_keep_the_rules(pool: PgPool) {
     global["tenant"] = json!("global");
     assert_eq!(post(OPERATOR, global.clone()).await.status, 403);
     assert_eq!(post(ADMIN, global).await.status, 201);
+    // Labels a jsonb column would refuse (a NUL), or that are not flat.
+    for labels in [
+        json!({"service": "a\u{0}b"}),
+        json!({"service": {"nested": 1}}),
+        json!({"Bad Key": "x"}),
+    ] {
+        let mut odd = doc.clone();
+        odd["labels"] = labels;
+        let r = post(OPERATOR, odd).await;
+        assert_eq!(
+            (r.status, r.body["errors"][0]["field"].clone()),
+            (422, json!("labels")),
+            "{:?}",
+            r.body
+        );
+    }
     let mut theirs = doc.clone();
     theirs["tenant"] = json!("t-002");
     assert_eq!(post(OPERATOR, theirs).await.status, 403);
@@ -341,6 +369,25 @@ async fn the_kb_routes_keep_the_rules(pool: PgPool) {
             .await;
         assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
     }
+    // The global copy is the admin's to delete, not an operator's.
+    let global_id = hits
+        .iter()
+        .find(|h| h["doc_id"] != id.as_str())
+        .map(|h| h["doc_id"].as_str().unwrap().to_string())
+        .unwrap();
+    let global_path = format!("/kb/docs/{global_id}");
+    assert_eq!(
+        app.send(Method::DELETE, &global_path, Some(OPERATOR), &[], None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        app.send(Method::DELETE, &global_path, Some(ADMIN), &[], None)
+            .await
+            .status,
+        204
+    );
     let path = format!("/kb/docs/{id}");
     assert_eq!(
         app.send(Method::DELETE, &path, Some(VIEWER), &[], None)
