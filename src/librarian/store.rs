@@ -222,6 +222,9 @@ pub async fn search(
         v.pop().map(|v| pgvector_text(&v))
     };
     let kind: Option<&'static str> = s.kind.map(Into::into);
+    // Full text takes any of the query's words (`|`), ranked by how many
+    // and how close (`ts_rank_cd`): a question typed at 3 am rarely has
+    // all its words in the answer, which `&` would demand.
     let mut tx = pool.begin().await?;
     // A filtered HNSW scan keeps scanning until it has enough rows that
     // pass the filter (pgvector 0.8), instead of filtering its first few;
@@ -241,7 +244,7 @@ pub async fn search(
          t AS ( \
            SELECT doc_id, ordinal, row_number() OVER (ORDER BY rank DESC, doc_id, ordinal) AS r FROM ( \
              SELECT doc_id, ordinal, ts_rank_cd(tsv, q) AS rank \
-             FROM kb_chunk, websearch_to_tsquery('english', $5) q \
+             FROM kb_chunk, CAST(replace(plainto_tsquery('english', $5)::text, ' & ', ' | ') AS tsquery) q \
              WHERE $6 AND tsv @@ q AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
                AND ($3::text IS NULL OR kind = $3) \
              ORDER BY rank DESC, doc_id, ordinal LIMIT $4) m) \
