@@ -4,6 +4,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// One field of a request body that is not valid, and why (a problem's
+/// `errors`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
 /// `application/problem+json` body with a stable machine-readable `code`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {

@@ -871,7 +871,7 @@ fn case_body(s: &Session, case: &Case, view: &CaseView) -> Result<Markup, ApiErr
                     h3 { (r.kind) " " code { (&r.id.to_string()[..8]) } ": " (r.status) }
                     ul { @for st in &r.steps {
                         li { (st.phase) " " (st.index) " " code { (st.action) } " " (st.status) " (tries " (st.tries) ") "
-                             @if let Some(out) = st.result["stdout"]["text"].as_str() { pre { (out) } } }
+                             @if let Some(out) = step_output(&st.result) { pre { (out) } } }
                     } }
                 }
             }
@@ -999,6 +999,15 @@ async fn console_transition(
         },
     )
     .await
+}
+
+/// What a script step printed, if the step is one (other adapters' results
+/// have no `stdout`).
+fn step_output(result: &serde_json::Value) -> Option<String> {
+    serde_json::from_value::<crate::executor::script::ScriptResult>(result.clone())
+        .ok()?
+        .stdout
+        .map(|c| c.text)
 }
 
 /// One checked metric of a verification, as its chart needs it.

@@ -21,12 +21,7 @@ pub struct RowError {
     pub message: String,
 }
 
-/// One field of a request body that is not valid, and why.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
+pub use crate::problem::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

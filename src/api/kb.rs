@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiQuery, Auth, CasePath};
@@ -64,16 +63,6 @@ pub struct DocIn {
     pub labels: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// A stored document.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DocStored {
-    pub id: Uuid,
-    pub chunks: usize,
-    /// The same source with the same content was already there: nothing
-    /// was written (200 instead of 201).
-    pub unchanged: bool,
-}
-
 fn no_control(s: &str) -> bool {
     !s.chars()
         .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
@@ -81,8 +70,8 @@ fn no_control(s: &str) -> bool {
 
 /// Adds or replaces a document (operator or admin).
 #[utoipa::path(post, path = "/kb/docs", tag = "librarian", request_body = DocIn,
-    responses((status = 201, body = DocStored, description = "stored (new or changed)"),
-              (status = 200, body = DocStored, description = "unchanged: nothing written"),
+    responses((status = 201, body = store::Ingested, description = "stored (new or changed)"),
+              (status = 200, body = store::Ingested, description = "unchanged: nothing written"),
               (status = 400, body = crate::problem::Problem),
               (status = 403, body = crate::problem::Problem),
               (status = 422, body = crate::problem::Problem, description = "doc_invalid: per-field errors"),
@@ -193,15 +182,7 @@ pub async fn add(
     } else {
         StatusCode::CREATED
     };
-    Ok((
-        status,
-        Json(DocStored {
-            id: stored.id,
-            chunks: stored.chunks,
-            unchanged: stored.unchanged,
-        }),
-    )
-        .into_response())
+    Ok((status, Json(stored)).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -24,3 +24,20 @@ pub struct AppState {
     /// model is configured (`OPSLOOP_EMBEDDINGS_MODEL_DIR`).
     pub librarian: Option<Arc<crate::librarian::Librarian>>,
 }
+
+impl AppState {
+    /// The API with only its database and tokens: no NATS, default plan
+    /// limits and intake, no ChatOps, no librarian (the benchmarks').
+    pub fn bare(orchestrator: Orchestrator, tokens: TokenStore) -> AppState {
+        AppState {
+            orchestrator,
+            tokens: Arc::new(tokens),
+            nats: None,
+            plan_limits: Arc::new(Default::default()),
+            intake: Arc::new(Default::default()),
+            chatops: None,
+            cookie_secure: false,
+            librarian: None,
+        }
+    }
+}

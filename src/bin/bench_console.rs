@@ -16,7 +16,6 @@
 //! target/release/bench_console --requests 500
 //! ```
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opsloop::api::AppState;
@@ -104,7 +103,7 @@ async fn with_plan_run_and_chart(pool: &sqlx::PgPool, case: uuid::Uuid) -> anyho
     .bind(&digest)
     .execute(pool)
     .await?;
-    let out = |text: &str| json!({"text": text, "bytes": text.len(), "truncated": false});
+    let out = opsloop::executor::script::Captured::of;
     sqlx::query(
         "INSERT INTO plan_dryrun (id, case_id, plan_id, plan_hash, digest, outcome, artefact, attempt_id) \
          VALUES ($1, $2, $3, $4, $5, 'ok', $6, $7)",
@@ -198,16 +197,7 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let orchestrator = Orchestrator::new(pool.clone());
-    let state = AppState {
-        orchestrator: orchestrator.clone(),
-        tokens: Arc::new(tokens),
-        nats: None,
-        plan_limits: Arc::new(Default::default()),
-        intake: Arc::new(Default::default()),
-        chatops: None,
-        cookie_secure: false,
-        librarian: None,
-    };
+    let state = AppState::bare(orchestrator.clone(), tokens);
     // A case with 200 timeline entries: created, analysed, then 99 rounds
     // of plan_failed / resume (each a transition with its reason).
     let new = NewCase {

@@ -199,19 +199,13 @@ async fn main() -> anyhow::Result<()> {
         },
     );
     let state = AppState {
-        orchestrator: Orchestrator::new(pool.clone()),
-        tokens: Arc::new(tokens),
-        nats: None,
-        plan_limits: Arc::new(Default::default()),
         // Every new fingerprint opens its own case (the costliest path):
         // a notification's alerts share one group, which would join them.
         intake: Arc::new(opsloop::analyst::intake::IntakeSettings {
             group_window_s: 0,
             ..Default::default()
         }),
-        chatops: None,
-        cookie_secure: false,
-        librarian: None,
+        ..AppState::bare(Orchestrator::new(pool.clone()), tokens)
     };
     if std::env::args().any(|a| a == "--detector-only") {
         return detector(&pool, &state).await;

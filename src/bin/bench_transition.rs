@@ -556,16 +556,7 @@ async fn main() -> anyhow::Result<()> {
             },
         );
     }
-    let state = AppState {
-        orchestrator: orchestrator.clone(),
-        tokens: Arc::new(tokens),
-        nats: None,
-        plan_limits: Arc::new(Default::default()),
-        intake: Arc::new(Default::default()),
-        chatops: None,
-        cookie_secure: false,
-        librarian: None,
-    };
+    let state = AppState::bare(orchestrator.clone(), tokens);
     let base = common::serve_api(state).await?;
     let ctx = Arc::new(Ctx {
         pool,

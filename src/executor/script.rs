@@ -161,10 +161,38 @@ fn kill_group(pgid: u32) {
         .status();
 }
 
+/// What a script printed on one stream, as its step's result keeps it
+/// (`stdout`, `stderr`) and the console shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Captured {
+    /// The first bytes (up to the adapter's cap), lossily decoded.
+    pub text: String,
+    /// How many bytes the stream carried in all.
+    pub bytes: usize,
+    pub truncated: bool,
+}
+
+impl Captured {
+    pub fn of(text: &str) -> Captured {
+        Captured {
+            text: text.to_string(),
+            bytes: text.len(),
+            truncated: false,
+        }
+    }
+}
+
+/// A script step's result, as far as readers other than the executor look.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ScriptResult {
+    #[serde(default)]
+    pub stdout: Option<Captured>,
+}
+
 /// Reads a pipe to its end, keeping the first `cap` bytes.
-async fn capture(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> Value {
+async fn capture(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> Captured {
     let Some(mut pipe) = pipe else {
-        return json!({"text": "", "bytes": 0, "truncated": false});
+        return Captured::default();
     };
     let mut kept = Vec::new();
     let mut total = 0usize;
@@ -179,7 +207,11 @@ async fn capture(pipe: Option<impl AsyncRead + Unpin>, cap: usize) -> Value {
             }
         }
     }
-    json!({"text": String::from_utf8_lossy(&kept), "bytes": total, "truncated": total > kept.len()})
+    Captured {
+        text: String::from_utf8_lossy(&kept).into_owned(),
+        bytes: total,
+        truncated: total > kept.len(),
+    }
 }
 
 impl Adapter for ScriptAdapter {

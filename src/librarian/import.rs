@@ -5,7 +5,19 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::json;
+
+use super::store::Ingested;
+use crate::problem::FieldError;
+
+/// A refusal as the API words it (problem+json).
+#[derive(Debug, Default, serde::Deserialize)]
+struct Refusal {
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    errors: Vec<FieldError>,
+}
 
 /// The title of a file: its first first-level heading, else its name.
 fn title_of(body: &str, path: &Path) -> String {
@@ -74,29 +86,28 @@ pub async fn import(url: &str, token: &str, dir: &Path, tenant: &str) -> anyhow:
             .await
             .with_context(|| format!("sending {name}"))?;
         let status = response.status().as_u16();
-        let reply: Value = response.json().await.unwrap_or(Value::Null);
-        match status {
-            201 => {
+        let text = response.text().await.unwrap_or_default();
+        match (status, serde_json::from_str::<Ingested>(&text)) {
+            (201, Ok(doc)) => {
                 stored += 1;
-                println!(
-                    "stored    {name}: {} chunk(s), id {}",
-                    reply["chunks"],
-                    reply["id"].as_str().unwrap_or("?")
-                );
+                println!("stored    {name}: {} chunk(s), id {}", doc.chunks, doc.id);
             }
-            200 => {
+            (200, Ok(_)) => {
                 unchanged += 1;
                 println!("unchanged {name}");
             }
             _ => {
                 refused += 1;
+                let why: Refusal = serde_json::from_str(&text).unwrap_or_default();
+                let fields: Vec<String> = why
+                    .errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect();
                 println!(
                     "refused   {name}: HTTP {status} {} {}",
-                    reply["detail"].as_str().unwrap_or(""),
-                    reply
-                        .get("errors")
-                        .map(|e| e.to_string())
-                        .unwrap_or_default()
+                    why.detail,
+                    fields.join("; ")
                 );
             }
         }

@@ -47,7 +47,8 @@ pub struct NewDoc {
     pub labels: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A stored document, as `POST /kb/docs` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Ingested {
     pub id: Uuid,
     pub chunks: usize,

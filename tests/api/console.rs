@@ -398,12 +398,11 @@ async fn the_event_stream_tells_a_page_what_it_missed_while_loading(pool: PgPool
     }
     // The case moves after both pages were rendered.
     let r = app
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/case/{case}/transition"),
-            Some(OPERATOR),
-            &[("idempotency-key", "mark-1")],
-            Some(serde_json::json!({"event": "dismiss", "reason": "seen elsewhere"}).to_string()),
+        .patch(
+            case,
+            OPERATOR,
+            "mark-1",
+            serde_json::json!({"event": "dismiss", "reason": "seen elsewhere"}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -539,14 +538,13 @@ async fn the_event_stream_carries_the_moves_of_the_sessions_tenants(pool: PgPool
         )
         .await;
     assert_eq!(other.status, 201);
-    let other = other.body["id"].as_str().unwrap().to_string();
+    let other: uuid::Uuid = other.body["id"].as_str().unwrap().parse().unwrap();
     let r = app
-        .send(
-            reqwest::Method::PATCH,
-            &format!("/case/{other}/transition"),
-            Some(ADMIN),
-            &[("idempotency-key", "sse-1")],
-            Some(serde_json::json!({"event": "dismiss", "reason": "not ours"}).to_string()),
+        .patch(
+            other,
+            ADMIN,
+            "sse-1",
+            serde_json::json!({"event": "dismiss", "reason": "not ours"}),
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -585,7 +583,7 @@ async fn the_event_stream_carries_the_moves_of_the_sessions_tenants(pool: PgPool
         "a new case is announced: {seen}"
     );
     assert!(
-        !seen.contains(&other),
+        !seen.contains(&other.to_string()),
         "another tenant's move never: {seen}"
     );
 }

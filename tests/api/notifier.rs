@@ -111,6 +111,17 @@ async fn pending_delivery(lp: &Loop, delivered: i64) -> Delivery {
     }
 }
 
+/// A case of a prod plan waiting at the gate, and a notifier whose
+/// webhook is `hook`'s server (kept alive by the caller).
+async fn gate_waiting_for(pool: PgPool, hook: &Hook) -> (Loop, TestServer, Notifier) {
+    let lp = Loop::new(pool).await;
+    let server = hook_server(hook).await;
+    let n = notifier(&lp, &server.url);
+    let (case, _) = lp.propose(&prod_plan()).await;
+    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    (lp, server, n)
+}
+
 async fn notifications(lp: &Loop) -> Vec<(String, String, i32)> {
     sqlx::query_as("SELECT kind, outcome, attempts FROM chat_notification ORDER BY at")
         .fetch_all(&lp.app.pool)
@@ -181,13 +192,9 @@ async fn a_waiting_gate_posts_one_message_with_buttons_bound_to_the_plan(pool: P
 /// so the feed moves on, and a later redelivery posts nothing.
 #[sqlx::test]
 async fn a_dead_webhook_is_retried_then_given_up_without_holding_the_feed(pool: PgPool) {
-    let lp = Loop::new(pool).await;
     let hook = Hook::default();
     *hook.failing.lock().unwrap() = 1000;
-    let server = hook_server(&hook).await;
-    let n = notifier(&lp, &server.url);
-    let (case, _) = lp.propose(&prod_plan()).await;
-    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    let (lp, _server, n) = gate_waiting_for(pool, &hook).await;
     let first = pending_delivery(&lp, 1).await;
     assert!(matches!(n.handle(&first).await, Disposition::Retry(_)));
     assert!(notifications(&lp).await.is_empty());
@@ -216,13 +223,9 @@ async fn a_dead_webhook_is_retried_then_given_up_without_holding_the_feed(pool: 
 /// first delivery.
 #[sqlx::test]
 async fn a_refusing_webhook_is_given_up_at_once(pool: PgPool) {
-    let lp = Loop::new(pool).await;
     let hook = Hook::default();
     *hook.revoked.lock().unwrap() = true;
-    let server = hook_server(&hook).await;
-    let n = notifier(&lp, &server.url);
-    let (case, _) = lp.propose(&prod_plan()).await;
-    assert_eq!(lp.app.status(case).await, "WAIT_GATE");
+    let (lp, server, n) = gate_waiting_for(pool, &hook).await;
     assert_eq!(
         n.handle(&pending_delivery(&lp, 1).await).await,
         Disposition::Done
