@@ -158,13 +158,18 @@ impl fmt::Display for CaseId {
     }
 }
 
-/// A tenant: 1-64 of `[a-z0-9_-]`, starting alphanumeric.
+/// A tenant: 1-64 of `[a-z0-9_-]`, starting alphanumeric, and not
+/// `global`: that name is the librarian's shared scope in requests, which
+/// a tenant of that name would read and write as its own.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Tenant(String);
 
 impl Tenant {
-    pub const EXPECTED: &'static str = "1-64 of [a-z0-9_-], starting alphanumeric";
+    pub const EXPECTED: &'static str =
+        "1-64 of [a-z0-9_-], starting alphanumeric, not \"global\" (reserved)";
+    /// The reserved name.
+    pub const GLOBAL: &'static str = "global";
 }
 
 /// 1-64 bytes of lowercase ASCII letters, digits and `extra`, starting
@@ -180,7 +185,7 @@ pub fn is_slug(s: &str, extra: &[u8]) -> bool {
 impl TryFrom<String> for Tenant {
     type Error = ParseError;
     fn try_from(s: String) -> Result<Self, ParseError> {
-        if is_slug(&s, b"_-") {
+        if is_slug(&s, b"_-") && s != Tenant::GLOBAL {
             Ok(Tenant(s))
         } else {
             Err(ParseError {
@@ -279,6 +284,9 @@ mod tests {
         assert!(Tenant::try_from("t-001".to_string()).is_ok());
         assert!(Tenant::try_from("T-001".to_string()).is_err());
         assert!(Tenant::try_from(String::new()).is_err());
+        // The librarian's shared scope is called that in requests.
+        assert!(Tenant::try_from("global".to_string()).is_err());
+        assert!(Tenant::try_from("global-2".to_string()).is_ok());
         assert!("k-1".parse::<IdempotencyKey>().is_ok());
         assert!("with space".parse::<IdempotencyKey>().is_err());
         assert!("x".repeat(201).parse::<IdempotencyKey>().is_err());

@@ -18,9 +18,9 @@ use crate::auth::{Role, TenantScope};
 use crate::librarian::Librarian;
 use crate::librarian::store::{self, DocKind, Hit, Mode, NewDoc, Search};
 
-/// The global scope's name in requests (no tenant can be called that:
+/// The global scope's name in requests (`Tenant` refuses it as a tenant:
 /// stored as no tenant at all).
-pub const GLOBAL: &str = "global";
+pub const GLOBAL: &str = crate::ids::Tenant::GLOBAL;
 /// Under the API's request body limit (64 KiB) with room for the rest.
 const MAX_BODY_CHARS: usize = 60_000;
 const MAX_LABELS: usize = 32;
