@@ -68,17 +68,18 @@ pub struct ServeConfig {
     /// it when the service sits behind HTTPS.
     #[arg(long, env = "OPSLOOP_COOKIE_SECURE", default_value_t = false)]
     pub cookie_secure: bool,
-    /// The librarian's embedding model (all-MiniLM-L6-v2: config.json,
-    /// tokenizer.json, model.safetensors; `scripts/model.sh` fetches it).
-    /// Unset: the `/kb` routes answer 503.
-    #[arg(long, env = "OPSLOOP_EMBEDDINGS_MODEL_DIR")]
-    pub embeddings_model_dir: Option<PathBuf>,
-    /// Embedding batches run at once (each on a blocking thread).
-    #[arg(long, env = "OPSLOOP_EMBED_WORKERS", default_value_t = 1,
-          value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub embed_workers: u16,
+    #[command(flatten)]
+    pub embeddings: crate::librarian::EmbeddingSettings,
+    /// Runbook and past-case passages the LLM planner is given (0: none).
+    #[arg(long, env = "OPSLOOP_PLAN_PASSAGES", default_value_t = 5,
+          value_parser = clap::value_parser!(u16).range(0..=20))]
+    pub plan_passages: u16,
+    /// Hours during which the template planner skips a template whose plan
+    /// failed verification on the same resource (0: never skips).
+    #[arg(long, env = "OPSLOOP_PLAN_SKIP_FAILED_H", default_value_t = 24)]
+    pub plan_skip_failed_h: u32,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
-    /// analyst, executor, verifier, notifier, or all.
+    /// analyst, executor, verifier, notifier, librarian, or all.
     #[arg(
         long,
         env = "OPSLOOP_ROLES",

@@ -244,6 +244,16 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
         ..PlanLimits::default()
     };
     let mut tasks = Vec::new();
+    // Made once, for the roles that embed: a process without them never
+    // touches the model or the embeddings server.
+    let librarian = if roles.any_embeds() {
+        opsloop::librarian::Librarian::from_settings(&cfg.embeddings)
+            .await
+            .context("configuring the librarian")?
+            .map(Arc::new)
+    } else {
+        None
+    };
 
     if let Some(client) = nats.clone() {
         let js = async_nats::jetstream::new(client.clone());
@@ -280,6 +290,11 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 templates,
                 limits: plan_limits.clone(),
                 llm: LlmPlanner::from_settings(&cfg.llm)?,
+                memory: planner_worker::Memory {
+                    librarian: librarian.clone(),
+                    passages: usize::from(cfg.plan_passages),
+                    skip_failed: Duration::from_secs(u64::from(cfg.plan_skip_failed_h) * 3600),
+                },
             };
             match &planner.llm {
                 Some(llm) => info!(model = %cfg.llm.model, prompt = %llm.prompt().version,
@@ -343,6 +358,26 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = opsloop::chatops::notifier::Notifier::new(pool.clone(), file);
             tasks.push(spawn(&js, Role::Notifier, &pool, handler, &shutdown).await?);
         }
+        if roles.has(Role::Librarian) {
+            match &librarian {
+                Some(librarian) => {
+                    let handler = opsloop::librarian::worker::PastCaseWriter {
+                        pool: pool.clone(),
+                        librarian: librarian.clone(),
+                    };
+                    tasks.push(spawn(&js, Role::Librarian, &pool, handler, &shutdown).await?);
+                }
+                // Named on its own it is a configuration error; as part
+                // of `all` the other roles still run.
+                None if cfg.roles.iter().any(|r| r.trim() == "librarian") => anyhow::bail!(
+                    "the librarian role needs OPSLOOP_EMBEDDINGS_MODEL_DIR or OPSLOOP_EMBEDDINGS_URL"
+                ),
+                None => warn!(
+                    "No embeddings configured (OPSLOOP_EMBEDDINGS_MODEL_DIR or OPSLOOP_EMBEDDINGS_URL): \
+                     the librarian role does not run and ended cases are not remembered."
+                ),
+            }
+        }
         if roles.has(Role::Orchestrator) {
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
@@ -357,13 +392,6 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             Some(secret) => Some(Arc::new(
                 opsloop::chatops::ChatOps::load(&cfg.chatops_file, secret)
                     .context("configuring ChatOps")?,
-            )),
-            None => None,
-        };
-        let librarian = match &cfg.embeddings_model_dir {
-            Some(dir) => Some(Arc::new(
-                opsloop::librarian::Librarian::new(dir.clone(), usize::from(cfg.embed_workers))
-                    .context("configuring the librarian")?,
             )),
             None => None,
         };

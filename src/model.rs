@@ -45,6 +45,19 @@ pub struct Case {
     pub updated_at: DateTime<Utc>,
 }
 
+impl Case {
+    /// The labels whose values are strings (what templates, the analyst and
+    /// the librarian read; the API stores nothing else from a signal).
+    pub fn string_labels(&self) -> std::collections::BTreeMap<String, String> {
+        self.labels
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect()
+    }
+}
+
 /// The columns of `Case`, for `concat!` into static SQL.
 #[macro_export]
 macro_rules! case_columns {

@@ -11,7 +11,7 @@ use crate::contract::Fact;
 use crate::contract::command::{
     CMD_ANALYSIS_RUN, CMD_GATE_EVAL, CMD_PLAN_GENERATE, CMD_VERIFY_RUN,
 };
-use crate::contract::fact::PlanSource;
+use crate::contract::fact::{EVT_CASE_TRANSITION, PlanSource};
 use crate::pubsub::consumer::{self, ConsumerSpec, Handler};
 use crate::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 
@@ -45,6 +45,9 @@ pub enum Role {
     /// Tells the tenants' chat channels when people are needed or a case
     /// ends (ChatOps).
     Notifier,
+    /// Writes each ended case's `past_case` document (its outcome) for the
+    /// planner and for people.
+    Librarian,
 }
 
 impl Role {
@@ -75,6 +78,10 @@ impl Role {
                 deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
                 ..spec(EVT_STREAM, "evt.>", 4)
             },
+            // Transitions only, from the feed's start: a case that ended
+            // while the role was down is still remembered. Two at once:
+            // embedding is the cost, and it has its own bounded pool.
+            Role::Librarian => spec(EVT_STREAM, EVT_CASE_TRANSITION, 2),
         })
     }
 
@@ -103,6 +110,13 @@ impl Role {
     /// Whether the role needs NATS.
     pub fn is_worker(self) -> bool {
         self != Role::Api
+    }
+
+    /// Whether the role embeds text (and so needs the librarian's model or
+    /// embeddings server): the API (`/kb`), the planner (its context) and
+    /// the librarian.
+    pub fn embeds(self) -> bool {
+        matches!(self, Role::Api | Role::Planner | Role::Librarian)
     }
 }
 
@@ -137,6 +151,10 @@ impl Roles {
 
     pub fn any_worker(&self) -> bool {
         self.0.iter().any(|r| r.is_worker())
+    }
+
+    pub fn any_embeds(&self) -> bool {
+        self.0.iter().any(|r| r.embeds())
     }
 }
 

@@ -31,6 +31,8 @@ struct Metrics {
     anomalies_detected: IntCounterVec,
     detector_sweep: Histogram,
     chat_notifications: IntCounterVec,
+    past_cases: IntCounterVec,
+    plan_retrieval: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -185,8 +187,26 @@ fn metrics() -> &'static Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let past_cases = IntCounterVec::new(
+            Opts::new(
+                "librarian_past_cases_total",
+                "Past-case documents the librarian role stored for ended cases: written, or unchanged (the same text was there).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let plan_retrieval = IntCounterVec::new(
+            Opts::new(
+                "planner_retrievals_total",
+                "Librarian searches for the LLM planner's context: ok, or failed (the plan was asked for without passages).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(case_transition.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(past_cases.clone()),
+            Box::new(plan_retrieval.clone()),
             Box::new(chat_notifications.clone()),
             Box::new(anomalies_detected.clone()),
             Box::new(detector_sweep.clone()),
@@ -229,6 +249,8 @@ fn metrics() -> &'static Metrics {
             anomalies_detected,
             detector_sweep,
             chat_notifications,
+            past_cases,
+            plan_retrieval,
         }
     })
 }
@@ -238,6 +260,14 @@ pub fn chat_notification(outcome: &str) {
         .chat_notifications
         .with_label_values(&[outcome])
         .inc();
+}
+
+pub fn past_case_written(outcome: &str) {
+    metrics().past_cases.with_label_values(&[outcome]).inc();
+}
+
+pub fn plan_retrieval(outcome: &str) {
+    metrics().plan_retrieval.with_label_values(&[outcome]).inc();
 }
 
 pub fn signal_received(source: &str, status: &str) {

@@ -30,7 +30,7 @@ const MAX_LABELS: usize = 32;
 async fn embedder(state: &AppState) -> Result<&crate::librarian::embed::Embedder, ApiError> {
     let lib: &Arc<Librarian> = state.librarian.as_ref().ok_or_else(|| {
         ApiError::Unavailable(
-            "the librarian is not configured here (OPSLOOP_EMBEDDINGS_MODEL_DIR)".into(),
+            "the librarian is not configured here (OPSLOOP_EMBEDDINGS_MODEL_DIR or OPSLOOP_EMBEDDINGS_URL)".into(),
         )
     })?;
     lib.embedder().await.map_err(|e| {
@@ -199,6 +199,13 @@ pub struct SearchQuery {
     /// `hybrid` (default), `vector` or `text`.
     #[serde(default)]
     mode: Option<String>,
+    /// Only documents with this label, as `key:value` (e.g.
+    /// `service:checkout`, `outcome:rolled_back`).
+    #[serde(default)]
+    label: Option<String>,
+    /// Only documents written or changed since this instant (RFC 3339).
+    #[serde(default)]
+    since: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -248,6 +255,28 @@ pub async fn search(
         Some("text") => Mode::Text,
         Some(_) => return Err(invalid("mode", "hybrid, vector or text")),
     };
+    let mut labels = std::collections::BTreeMap::new();
+    if let Some(label) = q.label.as_deref() {
+        let (key, value) = label
+            .split_once(':')
+            .filter(|(k, v)| {
+                crate::ids::is_slug(k, b"_-./")
+                    && !v.is_empty()
+                    && v.chars().count() <= 256
+                    && !v.chars().any(char::is_control)
+            })
+            .ok_or_else(|| invalid("label", "key:value, a lowercase slug key and a value"))?;
+        labels.insert(key.to_string(), value.to_string());
+    }
+    let since = q
+        .since
+        .as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| invalid("since", "an RFC 3339 instant, e.g. 2026-11-01T00:00:00Z"))
+        })
+        .transpose()?;
     let scope: &TenantScope = &who.tenants;
     let hits = store::search(
         state.orchestrator.pool(),
@@ -258,6 +287,8 @@ pub async fn search(
             kind,
             scope,
             mode,
+            labels,
+            since,
         },
     )
     .await?;

@@ -73,7 +73,7 @@ pub async fn propose(
         telemetry::plan_validation_failed("human");
         ApiError::PlanInvalid(violations)
     })?;
-    let proposed = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id)
+    let proposed = planner::propose(&mut tx, &case, &checked, Source::Human, &who.id, None)
         .await
         .map_err(|e| match e {
             ProposeError::Duplicate => ApiError::Conflict {

@@ -1,14 +1,16 @@
 //! `GET /case/{id}/provenance`: everything that decided a case, as one
 //! ordered chain an approver or an auditor reads (and keeps: the answer is
 //! the export): the signals that opened it, the analyst's findings, every
-//! plan attempt the LLM made (model, prompt version and hash, errors), each
+//! plan attempt the LLM made (model, prompt version and hash, errors, the
+//! passages retrieved for it), each
 //! plan proposed, each dry run of it with its artefact, the gate's decision
 //! with its computed risk and reasons (and the dry run it judged), the
 //! approvals (who, when, for which hash and dry run), the execution runs
 //! with each step's output, and the verifications with their figures.
 //!
-//! Read-only, tenant-scoped like every read. Retrieval (issue #19) is not
-//! recorded yet, so not in the chain.
+//! Read-only, tenant-scoped like every read. What the LLM was given from
+//! the librarian (runbook and past-case passages) is in each plan
+//! attempt's `retrieval`.
 
 use axum::Json;
 use axum::extract::State;
@@ -74,6 +76,12 @@ pub enum Link {
         #[schema(value_type = Vec<Object>)]
         errors: Value,
         plan_hash: Option<String>,
+        /// The librarian's passages the model was given: the query, k,
+        /// and each passage's id (`kb:<doc>`, what the plan cites), kind,
+        /// title, outcome and score. Absent when no librarian was
+        /// configured.
+        #[schema(value_type = Option<Object>)]
+        retrieval: Option<Value>,
     },
     /// A plan proposed for the case (template, LLM or a person).
     Plan {
@@ -177,6 +185,7 @@ type AttemptRow = (
     String,
     Value,
     Option<String>,
+    Option<Value>,
 );
 type PlanRow = (DateTime<Utc>, Uuid, String, String, String, Value);
 type DryRunRow = (DateTime<Utc>, String, String, String, Value);
@@ -236,7 +245,8 @@ pub async fn chain(
     }
     let attempts: Vec<AttemptRow> = sqlx::query_as(
         "SELECT created_at, id, command_id, attempt, model, prompt_version, prompt_hash, \
-                structured_output, latency_ms, prompt_tokens, completion_tokens, outcome, errors, plan_hash \
+                structured_output, latency_ms, prompt_tokens, completion_tokens, outcome, errors, plan_hash, \
+                retrieval \
          FROM plan_attempt WHERE case_id = $1",
     )
     .bind(id)
@@ -257,6 +267,7 @@ pub async fn chain(
         outcome: a.11,
         errors: a.12,
         plan_hash: a.13,
+        retrieval: a.14,
     }));
     let plans: Vec<PlanRow> = sqlx::query_as(
         "SELECT created_at, id, plan_hash, source, author, plan FROM plan_proposed WHERE case_id = $1",

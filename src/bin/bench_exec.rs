@@ -111,6 +111,7 @@ async fn run_phase(
         templates,
         limits,
         llm: None,
+        memory: Default::default(),
     };
     workers.add_worker(Role::Planner, planner).await?;
     // The shipped targets file: the demo script runs in staging and

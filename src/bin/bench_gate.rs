@@ -75,7 +75,7 @@ fn llm_settings(base_url: &str) -> LlmSettings {
         structured_output: true,
         max_tokens: 1024,
         prompts_dir: "prompts".into(),
-        prompt: "plan-v1".into(),
+        prompt: "plan-v2".into(),
     }
 }
 
@@ -106,6 +106,7 @@ async fn run_phase(
         templates,
         limits,
         llm,
+        memory: Default::default(),
     };
     workers.add_worker(Role::Planner, planner).await?;
     // The shipped targets file: the demo script runs in staging and

@@ -146,6 +146,8 @@ async fn quality(pool: &sqlx::PgPool, e: &Embedder, dir: &str) -> anyhow::Result
                     kind: None,
                     scope: &scope,
                     mode,
+                    labels: Default::default(),
+                    since: None,
                 },
             )
             .await?;

@@ -7,7 +7,8 @@
 //!
 //! Embedding is CPU-bound work of tens of milliseconds: it runs on
 //! tokio's blocking threads, at most `workers` batches at a time, never
-//! on the async executor's threads.
+//! on the async executor's threads. With `OPSLOOP_EMBEDDINGS_URL` an
+//! OpenAI-compatible server embeds instead ([`Remote`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -107,30 +108,50 @@ impl LocalModel {
     }
 }
 
-/// The model behind a bounded pool of blocking workers.
+/// Where vectors come from: the model in this process, or an
+/// OpenAI-compatible `/v1/embeddings` server.
+enum Backend {
+    Local(Arc<LocalModel>),
+    Remote(Arc<Remote>),
+}
+
+/// The embedder behind a bounded pool of workers: local batches run on
+/// blocking threads, remote ones are requests in flight; either way at
+/// most `workers` at once.
 #[derive(Clone)]
 pub struct Embedder {
-    model: Arc<LocalModel>,
+    backend: Arc<Backend>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Embedder {
     pub fn new(model: LocalModel, workers: usize) -> Embedder {
+        Embedder::with(Backend::Local(Arc::new(model)), workers)
+    }
+
+    pub fn remote(remote: Remote, workers: usize) -> Embedder {
+        Embedder::with(Backend::Remote(Arc::new(remote)), workers)
+    }
+
+    fn with(backend: Backend, workers: usize) -> Embedder {
         Embedder {
-            model: Arc::new(model),
+            backend: Arc::new(backend),
             permits: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
         }
     }
 
     pub fn count_tokens(&self, text: &str) -> usize {
-        self.model.count_tokens(text)
+        match &*self.backend {
+            Backend::Local(model) => model.count_tokens(text),
+            Backend::Remote(_) => Remote::estimate_tokens(text),
+        }
     }
 
-    /// Embeds `texts` on blocking threads, `BATCH` at a time (a forward
-    /// pass holds batch × 12 × 256 × 256 attention scores, several times
-    /// over), each batch once a worker is free. The worker's permit goes
-    /// with the batch into its thread: a caller that gives up (a timeout,
-    /// a client gone) does not free a worker that is still busy.
+    /// Embeds `texts`, `BATCH` at a time (a local forward pass holds
+    /// batch × 12 × 256 × 256 attention scores, several times over), each
+    /// batch once a worker is free. A local batch takes its worker's permit
+    /// into its thread: a caller that gives up (a timeout, a client gone)
+    /// does not free a worker that is still busy.
     pub async fn embed(&self, texts: Vec<String>) -> anyhow::Result<Vec<Vec<f32>>> {
         const BATCH: usize = 16;
         let mut out = Vec::with_capacity(texts.len());
@@ -141,32 +162,169 @@ impl Embedder {
                 .acquire_owned()
                 .await
                 .context("the embedding pool is closed")?;
-            let model = self.model.clone();
             let batch = batch.to_vec();
-            let vectors = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                model.embed_blocking(&batch)
-            })
-            .await
-            .context("an embedding worker panicked")??;
+            let vectors = match &*self.backend {
+                Backend::Local(model) => {
+                    let model = model.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _permit = permit;
+                        model.embed_blocking(&batch)
+                    })
+                    .await
+                    .context("an embedding worker panicked")??
+                }
+                Backend::Remote(remote) => {
+                    let _permit = permit;
+                    remote.embed(&batch).await?
+                }
+            };
             out.extend(vectors);
         }
         Ok(out)
     }
 
-    /// [`crate::librarian::chunk::chunk`] with this model's word pieces, on a
-    /// blocking thread (tokenising a long document is CPU work too).
+    /// [`crate::librarian::chunk::chunk`] with this embedder's word pieces,
+    /// on a blocking thread (tokenising a long document is CPU work too).
     pub async fn chunk(
         &self,
         text: String,
         budget: crate::librarian::chunk::Budget,
     ) -> anyhow::Result<Vec<crate::librarian::chunk::Chunk>> {
-        let model = self.model.clone();
+        let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            crate::librarian::chunk::chunk(&text, budget, &|s| model.count_tokens(s))
+            crate::librarian::chunk::chunk(&text, budget, &|s| this.count_tokens(s))
         })
         .await
         .context("chunking panicked")
+    }
+}
+
+/// An OpenAI-compatible embeddings endpoint (`OPSLOOP_EMBEDDINGS_URL`).
+/// Its vectors must have [`DIMENSIONS`] entries: [`Remote::connect`]
+/// asks for that many (`dimensions`), and refuses a server that answers
+/// with another length, at start-up rather than at the first ingest.
+pub struct Remote {
+    http: reqwest::Client,
+    url: String,
+    model: String,
+    api_key: String,
+    /// The server took the `dimensions` parameter (some refuse it with a
+    /// 400 and answer their native length).
+    send_dimensions: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingsAnswer {
+    data: Vec<EmbeddingItem>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingItem {
+    #[serde(default)]
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+impl Remote {
+    /// `url` is the API's base (`http://host/v1`) or the endpoint itself
+    /// (`…/v1/embeddings`). Sends one probe and checks its length.
+    pub async fn connect(url: &str, model: &str, api_key: &str) -> anyhow::Result<Remote> {
+        let url = url.trim_end_matches('/');
+        let url = if url.ends_with("/embeddings") {
+            url.to_string()
+        } else {
+            format!("{url}/embeddings")
+        };
+        let mut remote = Remote {
+            http: crate::http_client::http_client()
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .timeout(std::time::Duration::from_secs(60))
+                .build()?,
+            url,
+            model: model.to_string(),
+            api_key: api_key.to_string(),
+            send_dimensions: true,
+        };
+        let probe = vec!["opsloop embedding probe".to_string()];
+        let vectors = match remote.request(&probe).await {
+            Ok(v) => v,
+            Err(first) => {
+                remote.send_dimensions = false;
+                remote.request(&probe).await.map_err(|_| first)?
+            }
+        };
+        let got = vectors.first().map_or(0, Vec::len);
+        anyhow::ensure!(
+            got == DIMENSIONS,
+            "the embeddings server at {} answers {got} dimensions for model {:?}; opsloop stores \
+             {DIMENSIONS} (kb_chunk.embedding) and the server did not honour `dimensions: {DIMENSIONS}`: \
+             use a {DIMENSIONS}-dimension model or unset OPSLOOP_EMBEDDINGS_URL",
+            remote.url,
+            remote.model
+        );
+        Ok(remote)
+    }
+
+    /// Word pieces of a text, estimated without the server's tokenizer:
+    /// one per three characters over-counts English word pieces (about
+    /// four and a half characters each), so chunks stay inside the
+    /// window.
+    pub fn estimate_tokens(text: &str) -> usize {
+        text.chars().count().div_ceil(3)
+    }
+
+    /// Unit vectors of [`DIMENSIONS`], one per text, in order.
+    async fn embed(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        self.request(texts)
+            .await?
+            .into_iter()
+            .map(|v| {
+                anyhow::ensure!(
+                    v.len() == DIMENSIONS,
+                    "the embeddings server answered a vector of {} dimensions",
+                    v.len()
+                );
+                // Stored unit length, like the local model's: the cosine
+                // distance is then one minus a dot product everywhere.
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                anyhow::ensure!(norm > 0.0, "the embeddings server answered a zero vector");
+                Ok(v.into_iter().map(|x| x / norm).collect())
+            })
+            .collect()
+    }
+
+    /// The server's vectors as they come, in the texts' order.
+    async fn request(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+        let mut body = serde_json::json!({
+            "model": self.model, "input": texts, "encoding_format": "float",
+        });
+        if self.send_dimensions {
+            body["dimensions"] = serde_json::json!(DIMENSIONS);
+        }
+        let mut request = self.http.post(&self.url).json(&body);
+        if !self.api_key.is_empty() {
+            request = request.bearer_auth(&self.api_key);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| anyhow!("the embeddings server: {}", e.without_url()))?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!("the embeddings server answered {status}");
+        }
+        let mut answer: EmbeddingsAnswer = response
+            .json()
+            .await
+            .map_err(|e| anyhow!("the embeddings server's answer: {}", e.without_url()))?;
+        anyhow::ensure!(
+            answer.data.len() == texts.len(),
+            "the embeddings server answered {} vectors for {} texts",
+            answer.data.len(),
+            texts.len()
+        );
+        answer.data.sort_by_key(|d| d.index);
+        Ok(answer.data.into_iter().map(|d| d.embedding).collect())
     }
 }
 

@@ -3,6 +3,9 @@
 //! (HNSW cosine and full text, fused by reciprocal rank), always within a
 //! tenant scope: a tenant's own documents and the global ones.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -185,6 +188,10 @@ pub struct Search<'a> {
     pub kind: Option<DocKind>,
     pub scope: &'a TenantScope,
     pub mode: Mode,
+    /// Only documents carrying every one of these labels (e.g. `service`).
+    pub labels: BTreeMap<String, String>,
+    /// Only documents written or changed since then.
+    pub since: Option<DateTime<Utc>>,
 }
 
 /// One passage found.
@@ -204,6 +211,12 @@ pub struct Hit {
     pub vector_rank: Option<i64>,
     /// Its rank among the full-text candidates, if among them.
     pub text_rank: Option<i64>,
+    /// The document's labels (a past case's `outcome` among them).
+    #[schema(value_type = Object)]
+    #[sqlx(json)]
+    pub labels: BTreeMap<String, String>,
+    /// When the document was last written.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// Candidates taken from each list before fusion.
@@ -236,22 +249,25 @@ pub async fn search(
         .execute(&mut *tx)
         .await?;
     let hits: Vec<Hit> = sqlx::query_as(
-        "WITH v AS ( \
+        "WITH f AS ( \
+           SELECT id FROM kb_doc WHERE $9 AND labels @> $10 \
+             AND ($11::timestamptz IS NULL OR updated_at >= $11)), \
+         v AS ( \
            SELECT doc_id, ordinal, row_number() OVER (ORDER BY d + 0, doc_id, ordinal) AS r FROM ( \
              SELECT doc_id, ordinal, embedding <=> $1::vector AS d FROM kb_chunk \
              WHERE $1 IS NOT NULL AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
-               AND ($3::text IS NULL OR kind = $3) \
+               AND ($3::text IS NULL OR kind = $3) AND (NOT $9 OR doc_id IN (SELECT id FROM f)) \
              ORDER BY embedding <=> $1::vector LIMIT $4) n), \
          t AS ( \
            SELECT doc_id, ordinal, row_number() OVER (ORDER BY rank DESC, doc_id, ordinal) AS r FROM ( \
              SELECT doc_id, ordinal, ts_rank_cd(tsv, q) AS rank \
              FROM kb_chunk, CAST(replace(plainto_tsquery('english', $5)::text, ' & ', ' | ') AS tsquery) q \
              WHERE $6 AND tsv @@ q AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
-               AND ($3::text IS NULL OR kind = $3) \
+               AND ($3::text IS NULL OR kind = $3) AND (NOT $9 OR doc_id IN (SELECT id FROM f)) \
              ORDER BY rank DESC, doc_id, ordinal LIMIT $4) m) \
          SELECT c.doc_id, c.ordinal, d.title, d.source, d.kind, c.text AS passage, \
                 COALESCE(1.0 / ($7 + v.r), 0) + COALESCE(1.0 / ($7 + t.r), 0) AS score, \
-                v.r AS vector_rank, t.r AS text_rank \
+                v.r AS vector_rank, t.r AS text_rank, d.labels, d.updated_at \
          FROM (SELECT doc_id, ordinal FROM v UNION SELECT doc_id, ordinal FROM t) ids \
          JOIN kb_chunk c USING (doc_id, ordinal) JOIN kb_doc d ON d.id = c.doc_id \
          LEFT JOIN v USING (doc_id, ordinal) LEFT JOIN t USING (doc_id, ordinal) \
@@ -265,6 +281,9 @@ pub async fn search(
     .bind(s.mode != Mode::Vector)
     .bind(RRF_K)
     .bind(s.k as i64)
+    .bind(!s.labels.is_empty() || s.since.is_some())
+    .bind(sqlx::types::Json(&s.labels))
+    .bind(s.since)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

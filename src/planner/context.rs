@@ -1,7 +1,8 @@
 //! What the LLM planner is told about a case: the case itself, why it came
 //! back (feedback), the plans already tried and what the gate said of them,
-//! the findings of the analysis step, and what a plan may contain (actions,
-//! their params, allowlisted scripts, limits, the schema).
+//! the findings of the analysis step, the librarian's runbook and
+//! past-case passages (with their outcomes), and what a plan may contain
+//! (actions, their params, allowlisted scripts, limits, the schema).
 //!
 //! Only facts we hold are sent; nothing here is an instruction the model
 //! could use to change state.
@@ -10,6 +11,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::contract::{self, PlanLimits};
+use super::memory::Retrieval;
+use crate::contract::fact::FindingsReport;
 use crate::model::Case;
 
 /// How many earlier plans of the case are shown.
@@ -18,7 +21,9 @@ const PLANS_SHOWN: i64 = 5;
 pub async fn for_case(
     pool: &PgPool,
     case: &Case,
+    findings: Option<&FindingsReport>,
     feedback: Option<&str>,
+    retrieval: Option<&Retrieval>,
     limits: &PlanLimits,
 ) -> Result<Value, sqlx::Error> {
     let tried: Vec<(Value, Option<String>, Option<Vec<String>>)> = sqlx::query_as(
@@ -38,15 +43,6 @@ pub async fn for_case(
             })
         })
         .collect();
-    let findings: Vec<Value> = sqlx::query_scalar(
-        "SELECT meta #> '{fact,findings}' FROM case_timeline \
-         WHERE case_id = $1 AND kind = 'transition' AND event = 'analysis_done' \
-           AND meta #> '{fact,findings}' IS NOT NULL \
-         ORDER BY seq DESC LIMIT 1",
-    )
-    .bind(case.id)
-    .fetch_all(pool)
-    .await?;
     Ok(json!({
         "case": {
             "id": case.id,
@@ -58,7 +54,10 @@ pub async fn for_case(
             "park_reason": case.park_reason,
         },
         "feedback": feedback,
-        "findings": findings.into_iter().next(),
+        "findings": findings,
+        // Runbooks and past cases with their outcomes, best first; the
+        // model cites their `id`s in the plan's `references`.
+        "references_available": retrieval.map(|r| &r.passages),
         "plans_already_tried": tried,
         "allowed_actions": {
             "noop": "no params",

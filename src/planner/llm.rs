@@ -106,7 +106,7 @@ pub struct LlmSettings {
     #[arg(
         long = "plan-prompt",
         env = "OPSLOOP_PLAN_PROMPT",
-        default_value = "plan-v1"
+        default_value = "plan-v2"
     )]
     pub prompt: String,
 }
@@ -161,11 +161,14 @@ pub struct LlmPlanner {
     prompt: Prompt,
 }
 
-/// Who the attempts are recorded for.
+/// Who the attempts are recorded for, and what they were based on.
 pub struct AttemptScope<'a> {
     pub pool: &'a PgPool,
     pub case_id: Uuid,
     pub command_id: Uuid,
+    /// The librarian's passages the context carried (`None`: no librarian
+    /// configured), kept with every attempt.
+    pub retrieval: Option<Value>,
 }
 
 struct Attempt {
@@ -399,8 +402,8 @@ impl LlmPlanner {
         sqlx::query(
             "INSERT INTO plan_attempt (id, case_id, command_id, attempt, model, prompt_version, \
              prompt_hash, structured_output, latency_ms, prompt_tokens, completion_tokens, outcome, \
-             errors, reply, plan_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             errors, reply, plan_hash, retrieval) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(Uuid::now_v7())
         .bind(scope.case_id)
@@ -417,6 +420,7 @@ impl LlmPlanner {
         .bind(json!(a.errors))
         .bind(a.reply)
         .bind(a.plan_hash)
+        .bind(&scope.retrieval)
         .execute(scope.pool)
         .await?;
         Ok(())

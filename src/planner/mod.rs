@@ -9,6 +9,7 @@
 pub mod context;
 pub mod contract;
 pub mod llm;
+pub mod memory;
 pub mod templates;
 pub mod worker;
 
@@ -37,11 +38,12 @@ pub async fn propose(
     plan: &CheckedPlan,
     source: Source,
     author: &str,
+    template: Option<&str>,
 ) -> Result<PlanProposed, ProposeError> {
     let id = Uuid::now_v7();
     let inserted = sqlx::query(
         "INSERT INTO plan_proposed (id, case_id, plan, plan_hash, source, author, schema_valid, complete, \
-         has_rollback) VALUES ($1, $2, $3, $4, $5, $6, true, true, $7) \
+         has_rollback, template) VALUES ($1, $2, $3, $4, $5, $6, true, true, $7, $8) \
          ON CONFLICT (case_id, plan_hash) DO NOTHING",
     )
     .bind(id)
@@ -51,6 +53,7 @@ pub async fn propose(
     .bind(<&'static str>::from(source))
     .bind(author)
     .bind(plan.model.has_rollback())
+    .bind(template)
     .execute(&mut *conn)
     .await?
     .rows_affected();

@@ -69,7 +69,14 @@ pub enum NoPlan {
     },
     #[error("template {template} rendered an invalid plan: {detail}")]
     Invalid { template: String, detail: String },
+    /// Every candidate's plan failed verification on the same resource
+    /// lately (the planner's memory of past cases).
+    #[error("every matching template was skipped: {}", .reasons.join("; "))]
+    AllSkipped { reasons: Vec<String> },
 }
+
+/// Why a rendered template is not proposed again: `None` to propose it.
+pub type Skip<'a> = &'a dyn Fn(&str, &CheckedPlan) -> Option<String>;
 
 /// The loaded, checked templates, in name order.
 #[derive(Debug, Clone, Default)]
@@ -151,13 +158,15 @@ impl Templates {
         self.by_name.is_empty()
     }
 
-    /// Chooses a template and renders it with the case's labels.
+    /// Chooses a template and renders it with the case's labels: the first
+    /// candidate whose labels are present and that `skip` lets through.
     pub fn plan_for(
         &self,
         explicit: Option<&str>,
         kind: Option<&str>,
         labels: &BTreeMap<String, String>,
         limits: &PlanLimits,
+        skip: Skip<'_>,
     ) -> Result<(String, CheckedPlan), NoPlan> {
         let alertname = labels.get("alertname").map(String::as_str);
         let candidates: Vec<&Template> = match explicit {
@@ -191,7 +200,11 @@ impl Templates {
                 .cloned()
                 .collect()
         };
-        let Some(chosen) = candidates.iter().find(|t| missing_for(t).is_empty()) else {
+        let mut ready = candidates
+            .iter()
+            .filter(|t| missing_for(t).is_empty())
+            .peekable();
+        if ready.peek().is_none() {
             return Err(match candidates.first() {
                 Some(t) => NoPlan::MissingLabels {
                     template: t.name.clone(),
@@ -202,14 +215,20 @@ impl Templates {
                     kind: kind.map(String::from),
                 },
             });
-        };
-        let plan = render(&chosen.plan, labels);
-        contract::check(&plan, limits)
-            .map(|checked| (chosen.name.clone(), checked))
-            .map_err(|v| NoPlan::Invalid {
+        }
+        let mut skipped = Vec::new();
+        for chosen in ready {
+            let plan = render(&chosen.plan, labels);
+            let checked = contract::check(&plan, limits).map_err(|v| NoPlan::Invalid {
                 template: chosen.name.clone(),
                 detail: describe(&v),
-            })
+            })?;
+            match skip(&chosen.name, &checked) {
+                Some(reason) => skipped.push(format!("template {} {reason}", chosen.name)),
+                None => return Ok((chosen.name.clone(), checked)),
+            }
+        }
+        Err(NoPlan::AllSkipped { reasons: skipped })
     }
 }
 
@@ -225,6 +244,10 @@ mod tests {
             ..PlanLimits::default()
         };
         Templates::load(&dir, &limits).expect("the shipped templates are valid")
+    }
+
+    fn never(_: &str, _: &CheckedPlan) -> Option<String> {
+        None
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -247,7 +270,7 @@ mod tests {
             ("deployment", "api"),
         ]);
         let (name, plan) = shipped()
-            .plan_for(None, Some("latency"), &l, &PlanLimits::default())
+            .plan_for(None, Some("latency"), &l, &PlanLimits::default(), &never)
             .unwrap();
         assert_eq!(name, "restart-deployment");
         assert_eq!(plan.plan["steps"][0]["params"]["deployment"], "api");
@@ -257,7 +280,13 @@ mod tests {
     #[test]
     fn a_kind_falls_back_to_a_template_whose_labels_are_present() {
         let (name, _) = shipped()
-            .plan_for(None, Some("latency"), &labels(&[]), &PlanLimits::default())
+            .plan_for(
+                None,
+                Some("latency"),
+                &labels(&[]),
+                &PlanLimits::default(),
+                &never,
+            )
             .unwrap();
         assert_eq!(
             name, "observe",
@@ -274,7 +303,8 @@ mod tests {
                 None,
                 None,
                 &labels(&[("alertname", "KubePodCrashLooping")]),
-                &limits
+                &limits,
+                &never
             ),
             Err(NoPlan::MissingLabels {
                 template: "restart-deployment".into(),
@@ -282,11 +312,11 @@ mod tests {
             })
         );
         assert_eq!(
-            t.plan_for(Some("nope"), None, &labels(&[]), &limits),
+            t.plan_for(Some("nope"), None, &labels(&[]), &limits, &never),
             Err(NoPlan::UnknownTemplate("nope".into()))
         );
         assert!(matches!(
-            t.plan_for(None, Some("disk"), &labels(&[]), &limits),
+            t.plan_for(None, Some("disk"), &labels(&[]), &limits, &never),
             Err(NoPlan::NoMatch { .. })
         ));
     }
@@ -299,9 +329,37 @@ mod tests {
             ("deployment", "api"),
         ]);
         assert!(matches!(
-            shipped().plan_for(None, None, &l, &PlanLimits::default()),
+            shipped().plan_for(None, None, &l, &PlanLimits::default(), &never),
             Err(NoPlan::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn a_skipped_template_gives_way_to_the_next_and_all_skipped_is_a_reason() {
+        let t = shipped();
+        let limits = PlanLimits::default();
+        // kind latency matches observe and shift-traffic; with the
+        // gateway labels both are ready.
+        let l = labels(&[("gateway", "edge"), ("route", "/checkout")]);
+        let first = t
+            .plan_for(None, Some("latency"), &l, &limits, &never)
+            .unwrap()
+            .0;
+        let skip_first = |name: &str, _: &CheckedPlan| {
+            (name == first).then(|| "failed verification lately".to_string())
+        };
+        let (second, _) = t
+            .plan_for(None, Some("latency"), &l, &limits, &skip_first)
+            .unwrap();
+        assert_ne!(second, first);
+        let skip_all = |_: &str, _: &CheckedPlan| Some("failed verification lately".to_string());
+        match t.plan_for(None, Some("latency"), &l, &limits, &skip_all) {
+            Err(NoPlan::AllSkipped { reasons }) => {
+                assert_eq!(reasons.len(), 2, "{reasons:?}");
+                assert!(reasons[0].contains("failed verification lately"));
+            }
+            other => panic!("expected every template skipped, got {other:?}"),
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! transaction under the case lock. The LLM is asked before that
 //! transaction, never inside it.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
@@ -16,10 +17,11 @@ use super::templates::Templates;
 use super::{ProposeError, Source, propose};
 use crate::contract::fact::PlanFailed;
 use crate::contract::{CommandMsg, Fact, Message};
+use crate::librarian::Librarian;
 use crate::model::Case;
-use crate::planner::context;
+use crate::planner::{context, memory};
 use crate::pubsub::consumer::Delivery;
-use crate::store::read_case;
+use crate::store::{latest_findings, read_case};
 use crate::worker::{CaseWorker, WorkError};
 use crate::workflow::Status;
 
@@ -30,6 +32,30 @@ pub struct Planner {
     pub templates: Templates,
     pub limits: PlanLimits,
     pub llm: Option<LlmPlanner>,
+    pub memory: Memory,
+}
+
+/// What the planner draws on besides the case: the librarian's passages
+/// (for the LLM) and the failed-template window (for templates).
+#[derive(Clone)]
+pub struct Memory {
+    /// `None`: the LLM is asked without passages.
+    pub librarian: Option<Arc<Librarian>>,
+    /// Passages given to the LLM.
+    pub passages: usize,
+    /// A template whose plan failed verification on the same resource
+    /// within this long is not proposed again (zero: never skipped).
+    pub skip_failed: Duration,
+}
+
+impl Default for Memory {
+    fn default() -> Memory {
+        Memory {
+            librarian: None,
+            passages: 5,
+            skip_failed: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 impl CaseWorker for Planner {
@@ -73,32 +99,35 @@ impl CaseWorker for Planner {
         let CommandMsg::GeneratePlan(args) = &cmd.body else {
             return Err(WorkError::Invalid("not a cmd.plan.generate".into()));
         };
-        let labels: BTreeMap<String, String> = case
-            .labels
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-            .collect();
-        let made: Result<(String, Source, CheckedPlan), String> = match asked {
-            Some(LlmAnswer::Plan(checked)) => Ok(("the LLM".into(), Source::Llm, *checked)),
+        let labels = case.string_labels();
+        let made: Result<(Option<String>, Source, CheckedPlan), String> = match asked {
+            Some(LlmAnswer::Plan(checked)) => Ok((None, Source::Llm, *checked)),
             Some(LlmAnswer::Failed(reason)) => Err(reason),
-            None => self
-                .templates
-                .plan_for(
-                    args.template
-                        .as_deref()
-                        .or(labels.get("template").map(String::as_str)),
-                    case.kind.as_deref(),
-                    &labels,
-                    &self.limits,
-                )
-                .map(|(name, checked)| (format!("template {name}"), Source::Template, checked))
-                .map_err(|no_plan| no_plan.to_string()),
+            None => {
+                let failed =
+                    memory::failed_templates(tx, case.tenant.as_str(), self.memory.skip_failed)
+                        .await?;
+                self.templates
+                    .plan_for(
+                        args.template
+                            .as_deref()
+                            .or(labels.get("template").map(String::as_str)),
+                        case.kind.as_deref(),
+                        &labels,
+                        &self.limits,
+                        &|name, plan| memory::skip_reason(&failed, name, plan),
+                    )
+                    .map(|(name, checked)| (Some(name), Source::Template, checked))
+                    .map_err(|no_plan| no_plan.to_string())
+            }
         };
         let reason = match made {
-            Ok((by, source, checked)) => {
-                match propose(tx, case, &checked, source, CONSUMER).await {
+            Ok((template, source, checked)) => {
+                let by = match &template {
+                    Some(name) => format!("template {name}"),
+                    None => "the LLM".into(),
+                };
+                match propose(tx, case, &checked, source, CONSUMER, template.as_deref()).await {
                     Ok(proposed) => {
                         tracing::info!(case.id = %case.id, by = %by, plan.hash = %checked.hash,
                                        "Plan proposed.");
@@ -119,6 +148,34 @@ impl CaseWorker for Planner {
 }
 
 impl Planner {
+    /// The librarian's passages for the case, when a librarian is
+    /// configured. A librarian that cannot search (the model did not load,
+    /// the embeddings server is down) does not stop planning: the LLM is
+    /// asked without passages, and the failure is logged and counted.
+    async fn retrieve(
+        &self,
+        case: &crate::model::Case,
+        findings: Option<&crate::contract::fact::FindingsReport>,
+    ) -> Option<memory::Retrieval> {
+        let librarian = self.memory.librarian.as_ref()?;
+        if self.memory.passages == 0 {
+            return None;
+        }
+        let query = memory::query_for(case, findings);
+        match memory::retrieve(&self.pool, librarian, case, query, self.memory.passages).await {
+            Ok(r) => {
+                crate::telemetry::plan_retrieval("ok");
+                Some(r)
+            }
+            Err(e) => {
+                crate::telemetry::plan_retrieval("failed");
+                tracing::warn!(case.id = %case.id, error = %format!("{e:#}"),
+                               "The librarian could not search; planning without passages.");
+                None
+            }
+        }
+    }
+
     /// Asks the LLM when it is the planner for this case: configured, no
     /// template named, and the case still waiting for a plan. Attempts are
     /// recorded as they end, outside the proposing transaction.
@@ -146,11 +203,22 @@ impl Planner {
         if done || case.status != Status::Planning || case.labels.get("template").is_some() {
             return Ok(None);
         }
-        let context = context::for_case(&self.pool, &case, feedback, &self.limits).await?;
+        let findings = latest_findings(&self.pool, case_id).await?;
+        let retrieval = self.retrieve(&case, findings.as_ref()).await;
+        let context = context::for_case(
+            &self.pool,
+            &case,
+            findings.as_ref(),
+            feedback,
+            retrieval.as_ref(),
+            &self.limits,
+        )
+        .await?;
         let scope = AttemptScope {
             pool: &self.pool,
             case_id,
             command_id: cmd.id,
+            retrieval: retrieval.as_ref().map(memory::Retrieval::record),
         };
         llm.plan(&context, &self.limits, &scope).await.map(Some)
     }

@@ -84,6 +84,24 @@ pub async fn insert_case_with(
     Ok(case)
 }
 
+/// The analyst's newest findings for the case (kept in the meta of its
+/// `analysis_done` transition), if any.
+pub async fn latest_findings<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    case: Uuid,
+) -> Result<Option<crate::contract::fact::FindingsReport>, sqlx::Error> {
+    let found: Option<sqlx::types::Json<crate::contract::fact::FindingsReport>> =
+        sqlx::query_scalar(
+            "SELECT meta #> '{fact,findings}' FROM case_timeline \
+             WHERE case_id = $1 AND kind = 'transition' AND event = 'analysis_done' \
+               AND meta #> '{fact,findings}' IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(case)
+        .fetch_optional(db)
+        .await?;
+    Ok(found.map(|f| f.0))
+}
+
 /// The case as it is now, without a lock (for readers and for workers
 /// that only decide whether to start).
 pub async fn read_case<'e>(

@@ -6,7 +6,8 @@ pub mod cases;
 pub mod plans;
 
 pub use cases::{
-    NewCase, insert_case, insert_case_with, lock_case, lock_case_in, read_case, read_case_in,
+    NewCase, insert_case, insert_case_with, latest_findings, lock_case, lock_case_in, read_case,
+    read_case_in,
 };
 pub use plans::{
     StoredDryRun, approvals, current_dryrun, dryrun_named, make_dryrun_current,

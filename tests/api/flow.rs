@@ -184,6 +184,12 @@ impl Loop {
         lp
     }
 
+    /// The planner's memory: a librarian, how many passages, the
+    /// failed-template window.
+    pub fn planner_memory(&mut self) -> &mut opsloop::planner::worker::Memory {
+        &mut self.planner.worker.memory
+    }
+
     /// The durable consumer `role` reads, on this loop's NATS.
     pub async fn durable_for(&self, role: Role) -> jetstream::consumer::PullConsumer {
         durable(&self.jetstream().await, role).await
@@ -223,6 +229,7 @@ impl Loop {
             .unwrap(),
             limits: plan_limits(),
             llm,
+            memory: Default::default(),
         };
         let dry_run_spec = opsloop::pubsub::consumer::ConsumerSpec::new(
             opsloop::pubsub::streams::CMD_STREAM,

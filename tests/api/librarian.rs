@@ -155,6 +155,8 @@ async fn search_finds_the_runbook_within_the_tenants_scope(pool: PgPool) {
                     kind: None,
                     scope: &scope,
                     mode,
+                    labels: Default::default(),
+                    since: None,
                 },
             )
             .await

@@ -28,7 +28,7 @@ pub(crate) fn settings(base_url: &str) -> LlmSettings {
         structured_output: true,
         max_tokens: 1024,
         prompts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
-        prompt: "plan-v1".into(),
+        prompt: "plan-v2".into(),
     }
 }
 
@@ -149,13 +149,13 @@ async fn a_valid_plan_is_stored_with_its_attempt_and_goes_through_the_gate(pool:
     .await
     .unwrap();
     let prompt =
-        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/plan-v1.md")).unwrap();
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/plan-v2.md")).unwrap();
     use sha2::Digest;
     assert_eq!(
         (model.as_str(), version.as_str(), hash),
         (
             "fake-model",
-            "plan-v1",
+            "plan-v2",
             hex::encode(sha2::Sha256::digest(&prompt))
         )
     );

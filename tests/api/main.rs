@@ -21,6 +21,7 @@ mod gatekeeper;
 mod idempotency;
 mod librarian;
 mod llm;
+mod memory;
 mod migrations;
 mod nats;
 mod notifier;

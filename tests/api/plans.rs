@@ -167,9 +167,15 @@ async fn an_operators_meta_never_becomes_findings_for_the_llm(pool: PgPool) {
         .await
         .unwrap()
         .unwrap();
+    let findings = opsloop::store::latest_findings(&app.pool, case)
+        .await
+        .unwrap();
+    assert!(findings.is_none(), "{findings:?}");
     let context = opsloop::planner::context::for_case(
         &app.pool,
         &row,
+        findings.as_ref(),
+        None,
         None,
         &opsloop::planner::contract::PlanLimits::default(),
     )

@@ -127,7 +127,7 @@ async fn the_chain_runs_from_the_alert_to_the_verification_in_order(pool: PgPool
     );
     assert_eq!(chain[3]["outcome"], "valid");
     assert_eq!(chain[3]["model"], "fake-model");
-    assert_eq!(chain[3]["prompt_version"], "plan-v1");
+    assert_eq!(chain[3]["prompt_version"], "plan-v2");
     let hash = chain[4]["plan_hash"].as_str().unwrap();
     assert_eq!(chain[3]["plan_hash"], hash);
     assert_eq!(chain[4]["source"], "llm");
