@@ -59,6 +59,14 @@ struct Client {
     base: String,
 }
 
+/// A passage `/kb/search` found.
+#[derive(serde::Deserialize)]
+struct PastHit {
+    source: String,
+    passage: String,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
 impl Client {
     async fn call(
         &self,
@@ -225,6 +233,47 @@ impl Client {
         Ok(id)
     }
 
+    /// Polls `/kb/search` until the librarian role has written `case`'s
+    /// past-case document (the first ending loads the model: seconds).
+    async fn wait_for_past_case(
+        &self,
+        token: &str,
+        case: &str,
+        service: &str,
+        secs: u64,
+    ) -> anyhow::Result<PastHit> {
+        #[derive(serde::Deserialize)]
+        struct Found {
+            hits: Vec<PastHit>,
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let path = format!(
+            "/kb/search?q={service}+latency+rolled+back&k=5&kind=past_case&label=outcome:rolled_back"
+        );
+        loop {
+            let (status, body) = self
+                .call(reqwest::Method::GET, &path, token, None, None)
+                .await?;
+            if status == 200 {
+                let found: Found =
+                    serde_json::from_value(body).context("the /kb/search answer does not parse")?;
+                if let Some(hit) = found
+                    .hits
+                    .into_iter()
+                    .find(|h| h.source == format!("case:{case}"))
+                {
+                    return Ok(hit);
+                }
+            } else if status != 503 {
+                bail!("/kb/search answered {status}: {body}");
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the librarian did not record case {case} within {secs} s");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
     /// Polls until `done` holds for the case's (case, executions), or `secs` pass.
     async fn wait_for(
         &self,
@@ -386,7 +435,40 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
         );
     }
 
-    println!("\ndemo: case 3 - nobody opens it: the detector finds a regression in the metrics");
+    println!("\ndemo: the librarian remembers case 2 (GET /kb/search, kind past_case)");
+    let past = client
+        .wait_for_past_case(&tokens.operator, &second, &degraded, 90)
+        .await?;
+    let outcome = past
+        .passage
+        .lines()
+        .find(|l| l.contains("was tried on") || l.contains("was run on"))
+        .unwrap_or_default();
+    println!(
+        "demo: {} (outcome {}): {outcome}",
+        past.source,
+        past.labels.get("outcome").map_or("-", String::as_str)
+    );
+
+    println!(
+        "\ndemo: case 3 - {degraded} degrades again: the template that just failed there is not proposed again"
+    );
+    let fourth = client
+        .open_case(&tokens.operator, &degraded, &format!("demo-{suffix}-3"))
+        .await?;
+    let (case, _) = client
+        .wait_for(&fourth, &tokens.operator, 90, "parking", terminal)
+        .await?;
+    client.print_case(&fourth, &tokens.operator).await?;
+    let reason = case["park_reason"].as_str().unwrap_or_default();
+    if case["status"] != "PARKED" || !reason.contains("skipped") {
+        bail!(
+            "case 3 ended in {} ({reason}) instead of PARKED with the failed template skipped",
+            case["status"]
+        );
+    }
+
+    println!("\ndemo: case 4 - nobody opens it: the detector finds a regression in the metrics");
     let detected = format!("search-{suffix}");
     client.ingest_regression(&tokens.service, &detected).await?;
     let case = client
@@ -405,7 +487,7 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     client.print_case(&third, &tokens.operator).await?;
     if case["status"] != "CLOSED" {
         bail!(
-            "case 3 ended in {} ({}) instead of CLOSED",
+            "case 4 ended in {} ({}) instead of CLOSED",
             case["status"],
             case["park_reason"]
         );

@@ -511,3 +511,15 @@ async fn shutdown_signal() {
         _ = term.recv() => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Two flattened settings with a field of the same name would make
+    /// every `opsloop` start panic; clap checks that here.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

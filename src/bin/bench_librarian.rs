@@ -277,8 +277,8 @@ async fn scale(url: &str, sizes: &[usize], queries: usize) -> anyhow::Result<()>
             let ordinals: Vec<i32> = (start..start + n).map(|i| i as i32).collect();
             let vectors: Vec<String> = (0..n).map(|_| pgvector_text(&synthetic.vector())).collect();
             sqlx::query(
-                "INSERT INTO kb_chunk (doc_id, ordinal, tenant, kind, text, embedding) \
-                 SELECT $1, o, 't-001', 'runbook', 'synthetic', e::vector \
+                "INSERT INTO kb_chunk (doc_id, ordinal, tenant, kind, text, embedding, embedding_model) \
+                 SELECT $1, o, 't-001', 'runbook', 'synthetic', e::vector, 'synthetic' \
                  FROM unnest($2::int[], $3::text[]) AS u(o, e)",
             )
             .bind(doc)

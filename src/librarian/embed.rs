@@ -19,6 +19,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+/// The local model's name, as `kb_chunk.embedding_model` records it.
+pub const LOCAL_MODEL: &str = "all-MiniLM-L6-v2";
+
 /// The vector length of every embedding the librarian stores.
 pub const DIMENSIONS: usize = 384;
 /// The model's window in word pieces, [CLS] and [SEP] included.
@@ -137,6 +140,15 @@ impl Embedder {
         Embedder {
             backend: Arc::new(backend),
             permits: Arc::new(tokio::sync::Semaphore::new(workers.max(1))),
+        }
+    }
+
+    /// The model behind the vectors, recorded with each chunk: only
+    /// vectors of the same model are compared.
+    pub fn model_name(&self) -> &str {
+        match &*self.backend {
+            Backend::Local(_) => LOCAL_MODEL,
+            Backend::Remote(r) => &r.model,
         }
     }
 

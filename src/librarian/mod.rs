@@ -22,16 +22,28 @@ pub struct EmbeddingSettings {
     /// fetches it). Without it and without `OPSLOOP_EMBEDDINGS_URL` the
     /// `/kb` routes answer 503, the planner retrieves nothing and the
     /// librarian role cannot start.
-    #[arg(long = "embeddings-model-dir", env = "OPSLOOP_EMBEDDINGS_MODEL_DIR")]
+    #[arg(
+        id = "embeddings_model_dir",
+        value_name = "DIR",
+        long = "embeddings-model-dir",
+        env = "OPSLOOP_EMBEDDINGS_MODEL_DIR"
+    )]
     pub model_dir: Option<PathBuf>,
     /// An OpenAI-compatible embeddings API (`http://host/v1` or its
     /// `/embeddings` endpoint), used instead of the local model. It must
     /// answer 384 dimensions (or honour `dimensions`): start-up refuses it
     /// otherwise. `OPENAI_BASE_URL` does not switch embeddings.
-    #[arg(long = "embeddings-url", env = "OPSLOOP_EMBEDDINGS_URL")]
+    #[arg(
+        id = "embeddings_url",
+        value_name = "URL",
+        long = "embeddings-url",
+        env = "OPSLOOP_EMBEDDINGS_URL"
+    )]
     pub url: Option<String>,
     /// The model name sent to that API.
     #[arg(
+        id = "embeddings_model",
+        value_name = "MODEL",
         long = "embeddings-model",
         env = "OPSLOOP_EMBEDDINGS_MODEL",
         default_value = "all-MiniLM-L6-v2"
@@ -39,6 +51,8 @@ pub struct EmbeddingSettings {
     pub model: String,
     /// Bearer key for that API; empty for servers without auth.
     #[arg(
+        id = "embeddings_api_key",
+        value_name = "KEY",
         long = "embeddings-api-key",
         env = "OPSLOOP_EMBEDDINGS_API_KEY",
         default_value = "",
@@ -47,7 +61,8 @@ pub struct EmbeddingSettings {
     pub api_key: String,
     /// Embedding batches at once (local: blocking threads; remote:
     /// requests in flight).
-    #[arg(long = "embed-workers", env = "OPSLOOP_EMBED_WORKERS", default_value_t = 1,
+    #[arg(id = "embed_workers",
+        value_name = "N", long = "embed-workers", env = "OPSLOOP_EMBED_WORKERS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
 }

@@ -76,17 +76,22 @@ pub async fn ingest(pool: &PgPool, embedder: &Embedder, doc: &NewDoc) -> anyhow:
     let sha = content_sha256(doc);
     let tenant = doc.tenant.as_ref().map(|t| t.as_str());
     let kind: &'static str = doc.kind.into();
-    let existing: Option<(Uuid, String, i64)> = sqlx::query_as(
-        "SELECT d.id, d.content_sha256, (SELECT count(*) FROM kb_chunk c WHERE c.doc_id = d.id) \
-         FROM kb_doc d WHERE d.tenant IS NOT DISTINCT FROM $1 AND d.kind = $2 AND d.source = $3",
+    // Unchanged: the same content, embedded by the same model.
+    let existing: Option<(Uuid, String, i64, bool)> = sqlx::query_as(
+        "SELECT d.id, d.content_sha256, count(c.ordinal), \
+                COALESCE(bool_and(c.embedding_model = $4), true) \
+         FROM kb_doc d LEFT JOIN kb_chunk c ON c.doc_id = d.id \
+         WHERE d.tenant IS NOT DISTINCT FROM $1 AND d.kind = $2 AND d.source = $3 GROUP BY d.id",
     )
     .bind(tenant)
     .bind(kind)
     .bind(&doc.source)
+    .bind(embedder.model_name())
     .fetch_optional(pool)
     .await?;
-    if let Some((id, stored, chunks)) = &existing
+    if let Some((id, stored, chunks, same_model)) = &existing
         && *stored == sha
+        && *same_model
     {
         return Ok(Ingested {
             id: *id,
@@ -130,8 +135,8 @@ pub async fn ingest(pool: &PgPool, embedder: &Embedder, doc: &NewDoc) -> anyhow:
     let ordinals: Vec<i32> = chunks.iter().map(|c| c.ordinal as i32).collect();
     let embeddings: Vec<String> = vectors.iter().map(|v| pgvector_text(v)).collect();
     sqlx::query(
-        "INSERT INTO kb_chunk (doc_id, ordinal, tenant, kind, text, embedding) \
-         SELECT $1, o, $2, $3, t, e::vector FROM unnest($4::int[], $5::text[], $6::text[]) AS u(o, t, e)",
+        "INSERT INTO kb_chunk (doc_id, ordinal, tenant, kind, text, embedding, embedding_model) \
+         SELECT $1, o, $2, $3, t, e::vector, $7 FROM unnest($4::int[], $5::text[], $6::text[]) AS u(o, t, e)",
     )
     .bind(id)
     .bind(tenant)
@@ -139,6 +144,7 @@ pub async fn ingest(pool: &PgPool, embedder: &Embedder, doc: &NewDoc) -> anyhow:
     .bind(&ordinals)
     .bind(&texts)
     .bind(&embeddings)
+    .bind(embedder.model_name())
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -257,6 +263,7 @@ pub async fn search(
              SELECT doc_id, ordinal, embedding <=> $1::vector AS d FROM kb_chunk \
              WHERE $1 IS NOT NULL AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2)) \
                AND ($3::text IS NULL OR kind = $3) AND (NOT $9 OR doc_id IN (SELECT id FROM f)) \
+               AND embedding_model = $12 \
              ORDER BY embedding <=> $1::vector LIMIT $4) n), \
          t AS ( \
            SELECT doc_id, ordinal, row_number() OVER (ORDER BY rank DESC, doc_id, ordinal) AS r FROM ( \
@@ -284,6 +291,7 @@ pub async fn search(
     .bind(!s.labels.is_empty() || s.since.is_some())
     .bind(sqlx::types::Json(&s.labels))
     .bind(s.since)
+    .bind(embedder.model_name())
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -515,6 +515,45 @@ async fn an_embeddings_server_serves_instead_of_the_model_only_with_384_dimensio
     .await
     .unwrap();
     assert_eq!(hits[0].doc_id, id);
+    // Vectors of two models are never compared: the local model's search
+    // finds no vector for it until the document is embedded again, which
+    // its next ingest does although its text is unchanged.
+    let local = crate::librarian::embedder();
+    let by_local = |pool: PgPool, e: opsloop::librarian::embed::Embedder| async move {
+        store::search(
+            &pool,
+            &e,
+            &Search {
+                query: "certificate expiry renew",
+                k: 3,
+                kind: None,
+                scope: &scope("t-001"),
+                mode: Mode::Vector,
+                labels: Default::default(),
+                since: None,
+            },
+        )
+        .await
+        .unwrap()
+    };
+    assert!(by_local(pool.clone(), local.clone()).await.is_empty());
+    let again = store::ingest(
+        &pool,
+        &local,
+        &NewDoc {
+            tenant: None,
+            kind: DocKind::Runbook,
+            title: "Certificate expiry".into(),
+            source: "runbooks/cert.md".into(),
+            body: "# Certificate expiry\nRenew the certificate with the issuer, then reload."
+                .into(),
+            labels: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!((again.id, again.unchanged), (id, false));
+    assert_eq!(by_local(pool.clone(), local).await[0].doc_id, id);
     let requests = fake.requests.lock().unwrap().clone();
     assert!(requests.len() >= 3, "probe, ingest, search: {requests:?}");
     for r in &requests {
