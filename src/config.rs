@@ -76,7 +76,8 @@ pub struct ServeConfig {
     pub plan_passages: u16,
     /// Hours during which the template planner skips a template whose plan
     /// failed verification on the same resource (0: never skips).
-    #[arg(long, env = "OPSLOOP_PLAN_SKIP_FAILED_H", default_value_t = 24)]
+    #[arg(long, env = "OPSLOOP_PLAN_SKIP_FAILED_H", default_value_t = 24,
+          value_parser = clap::value_parser!(u32).range(0..=8760))]
     pub plan_skip_failed_h: u32,
     /// Comma-separated roles: api, relay, orchestrator, gatekeeper, planner,
     /// analyst, executor, verifier, notifier, librarian, or all.

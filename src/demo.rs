@@ -449,7 +449,10 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
     println!(
         "demo: {} (outcome {}): {outcome}",
         passages[0].source,
-        passages[0].labels.get("outcome").map_or("-", String::as_str)
+        passages[0]
+            .labels
+            .get("outcome")
+            .map_or("-", String::as_str)
     );
 
     println!(

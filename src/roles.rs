@@ -11,7 +11,7 @@ use crate::contract::Fact;
 use crate::contract::command::{
     CMD_ANALYSIS_RUN, CMD_GATE_EVAL, CMD_PLAN_GENERATE, CMD_VERIFY_RUN,
 };
-use crate::contract::fact::{EVT_CASE_TRANSITION, PlanSource};
+use crate::contract::fact::PlanSource;
 use crate::pubsub::consumer::{self, ConsumerSpec, Handler};
 use crate::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 
@@ -78,10 +78,11 @@ impl Role {
                 deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
                 ..spec(EVT_STREAM, "evt.>", 4)
             },
-            // Transitions only, from the feed's start: a case that ended
-            // while the role was down is still remembered. Two at once:
-            // embedding is the cost, and it has its own bounded pool.
-            Role::Librarian => spec(EVT_STREAM, EVT_CASE_TRANSITION, 2),
+            // From the feed's start: a case that ended while the role was
+            // down is still remembered. One at a time, so that an older
+            // ending's text never lands after a newer one's (cases end at
+            // a person's pace; embedding has its own pool).
+            Role::Librarian => spec(EVT_STREAM, "evt.>", 1),
         })
     }
 

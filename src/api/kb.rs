@@ -137,8 +137,13 @@ pub async fn add(
     // Labels filter searches later: a flat map of short strings, nothing
     // PostgreSQL's jsonb would refuse (a NUL).
     let labels = doc.labels.unwrap_or_default();
+    // `outcome` and `case_id` are what the librarian writes on past cases
+    // (the planner shows a past case's outcome to the LLM): a posted
+    // document cannot pass for one.
     let label_ok = |k: &String, v: &serde_json::Value| {
         crate::ids::is_slug(k, b"_-./")
+            && k != "outcome"
+            && k != "case_id"
             && v.as_str().is_some_and(|v| {
                 !v.is_empty() && v.chars().count() <= 256 && !v.chars().any(char::is_control)
             })
@@ -146,7 +151,7 @@ pub async fn add(
     if labels.len() > MAX_LABELS || !labels.iter().all(|(k, v)| label_ok(k, v)) {
         bad(
             "labels",
-            "at most 32 labels: lowercase slug keys, one-line string values of 1 to 256 characters",
+            "at most 32 labels: lowercase slug keys (not outcome or case_id, which past cases use), one-line string values of 1 to 256 characters",
         );
     }
     let source = doc.source.clone().unwrap_or_else(|| {

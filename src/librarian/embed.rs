@@ -211,6 +211,43 @@ impl Embedder {
     }
 }
 
+/// Why one request to the embeddings server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the embeddings server cannot be reached: {0}")]
+    Transport(String),
+    #[error("the embeddings server answered HTTP {0}")]
+    Status(u16),
+    #[error("the embeddings server's answer is not an embeddings list: {0}")]
+    Body(String),
+}
+
+/// Why the start-up probe of the embeddings server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// Down, overloaded or failing (connection, 5xx, 429): worth asking
+    /// again later.
+    #[error("{0}")]
+    Unreachable(String),
+    /// It answered, and not what opsloop can use (a length other than
+    /// 384, a refusal): a configuration error.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl RequestError {
+    fn probe(self, url: &str) -> ProbeError {
+        let text = format!("{self} ({url})");
+        match self {
+            RequestError::Transport(_) => ProbeError::Unreachable(text),
+            RequestError::Status(code) if code >= 500 || code == 429 => {
+                ProbeError::Unreachable(text)
+            }
+            RequestError::Status(_) | RequestError::Body(_) => ProbeError::Refused(text),
+        }
+    }
+}
+
 /// An OpenAI-compatible embeddings endpoint (`OPSLOOP_EMBEDDINGS_URL`).
 /// Its vectors must have [`DIMENSIONS`] entries: [`Remote::connect`]
 /// asks for that many (`dimensions`), and refuses a server that answers
@@ -240,7 +277,7 @@ struct EmbeddingItem {
 impl Remote {
     /// `url` is the API's base (`http://host/v1`) or the endpoint itself
     /// (`…/v1/embeddings`). Sends one probe and checks its length.
-    pub async fn connect(url: &str, model: &str, api_key: &str) -> anyhow::Result<Remote> {
+    pub async fn connect(url: &str, model: &str, api_key: &str) -> Result<Remote, ProbeError> {
         let url = url.trim_end_matches('/');
         let url = if url.ends_with("/embeddings") {
             url.to_string()
@@ -251,7 +288,8 @@ impl Remote {
             http: crate::http_client::http_client()
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .timeout(std::time::Duration::from_secs(60))
-                .build()?,
+                .build()
+                .map_err(|e| ProbeError::Refused(format!("building the HTTP client: {e}")))?,
             url,
             model: model.to_string(),
             api_key: api_key.to_string(),
@@ -260,20 +298,26 @@ impl Remote {
         let probe = vec!["opsloop embedding probe".to_string()];
         let vectors = match remote.request(&probe).await {
             Ok(v) => v,
-            Err(first) => {
+            // A 4xx: most likely the `dimensions` parameter; once more
+            // without it.
+            Err(RequestError::Status(code)) if (400..500).contains(&code) && code != 429 => {
                 remote.send_dimensions = false;
-                remote.request(&probe).await.map_err(|_| first)?
+                remote
+                    .request(&probe)
+                    .await
+                    .map_err(|e| e.probe(&remote.url))?
             }
+            Err(e) => return Err(e.probe(&remote.url)),
         };
         let got = vectors.first().map_or(0, Vec::len);
-        anyhow::ensure!(
-            got == DIMENSIONS,
-            "the embeddings server at {} answers {got} dimensions for model {:?}; opsloop stores \
-             {DIMENSIONS} (kb_chunk.embedding) and the server did not honour `dimensions: {DIMENSIONS}`: \
-             use a {DIMENSIONS}-dimension model or unset OPSLOOP_EMBEDDINGS_URL",
-            remote.url,
-            remote.model
-        );
+        if got != DIMENSIONS {
+            return Err(ProbeError::Refused(format!(
+                "the embeddings server at {} answers {got} dimensions for model {:?}; opsloop stores \
+                 {DIMENSIONS} (kb_chunk.embedding) and the server did not honour `dimensions: {DIMENSIONS}`: \
+                 use a {DIMENSIONS}-dimension model or unset OPSLOOP_EMBEDDINGS_URL",
+                remote.url, remote.model
+            )));
+        }
         Ok(remote)
     }
 
@@ -306,7 +350,7 @@ impl Remote {
     }
 
     /// The server's vectors as they come, in the texts' order.
-    async fn request(&self, texts: &[String]) -> anyhow::Result<Vec<Vec<f32>>> {
+    async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, RequestError> {
         let mut body = serde_json::json!({
             "model": self.model, "input": texts, "encoding_format": "float",
         });
@@ -320,21 +364,22 @@ impl Remote {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow!("the embeddings server: {}", e.without_url()))?;
+            .map_err(|e| RequestError::Transport(e.without_url().to_string()))?;
         let status = response.status();
         if !status.is_success() {
-            anyhow::bail!("the embeddings server answered {status}");
+            return Err(RequestError::Status(status.as_u16()));
         }
         let mut answer: EmbeddingsAnswer = response
             .json()
             .await
-            .map_err(|e| anyhow!("the embeddings server's answer: {}", e.without_url()))?;
-        anyhow::ensure!(
-            answer.data.len() == texts.len(),
-            "the embeddings server answered {} vectors for {} texts",
-            answer.data.len(),
-            texts.len()
-        );
+            .map_err(|e| RequestError::Body(e.without_url().to_string()))?;
+        if answer.data.len() != texts.len() {
+            return Err(RequestError::Body(format!(
+                "{} vectors for {} texts",
+                answer.data.len(),
+                texts.len()
+            )));
+        }
         answer.data.sort_by_key(|d| d.index);
         Ok(answer.data.into_iter().map(|d| d.embedding).collect())
     }

@@ -40,15 +40,17 @@ pub struct EmbeddingSettings {
         env = "OPSLOOP_EMBEDDINGS_URL"
     )]
     pub url: Option<String>,
-    /// The model name sent to that API.
+    /// The model name sent to that API, and recorded with every chunk it
+    /// embeds (only vectors of one model are compared). Required with
+    /// `OPSLOOP_EMBEDDINGS_URL`: a default could pass another model's
+    /// vectors off as the local model's.
     #[arg(
         id = "embeddings_model",
         value_name = "MODEL",
         long = "embeddings-model",
-        env = "OPSLOOP_EMBEDDINGS_MODEL",
-        default_value = "all-MiniLM-L6-v2"
+        env = "OPSLOOP_EMBEDDINGS_MODEL"
     )]
-    pub model: String,
+    pub model: Option<String>,
     /// Bearer key for that API; empty for servers without auth.
     #[arg(
         id = "embeddings_api_key",
@@ -73,6 +75,13 @@ enum Source {
     /// The embedder was made with the librarian (a remote one, or one
     /// already loaded).
     Ready,
+    /// An embeddings server that could not be reached at start-up: probed
+    /// again on first use.
+    Remote {
+        url: String,
+        model: String,
+        api_key: String,
+    },
 }
 
 /// The librarian as a process holds it: where vectors come from, and the
@@ -109,13 +118,36 @@ impl Librarian {
     pub async fn from_settings(s: &EmbeddingSettings) -> anyhow::Result<Option<Librarian>> {
         let workers = usize::from(s.workers);
         if let Some(url) = s.url.as_deref().filter(|u| !u.is_empty()) {
-            let remote = embed::Remote::connect(url, &s.model, &s.api_key)
-                .await
-                .context("OPSLOOP_EMBEDDINGS_URL")?;
-            tracing::info!(model = %s.model, "Embeddings from an OpenAI-compatible server.");
-            return Ok(Some(Librarian::with_embedder(embed::Embedder::remote(
-                remote, workers,
-            ))));
+            let Some(model) = s.model.as_deref().filter(|m| !m.is_empty()) else {
+                anyhow::bail!(
+                    "OPSLOOP_EMBEDDINGS_URL needs OPSLOOP_EMBEDDINGS_MODEL, the server's model name"
+                );
+            };
+            return match embed::Remote::connect(url, model, &s.api_key).await {
+                Ok(remote) => {
+                    tracing::info!(model = %model, "Embeddings from an OpenAI-compatible server.");
+                    Ok(Some(Librarian::with_embedder(embed::Embedder::remote(
+                        remote, workers,
+                    ))))
+                }
+                // A server that is down does not keep the other roles of
+                // the process from starting; it is probed again on first
+                // use (searches answer 503 meanwhile, the planner plans
+                // without passages, past cases wait in the feed).
+                Err(embed::ProbeError::Unreachable(why)) => {
+                    tracing::warn!(error = %why, "The embeddings server cannot be reached yet; it is asked again on first use.");
+                    Ok(Some(Librarian {
+                        source: Source::Remote {
+                            url: url.to_string(),
+                            model: model.to_string(),
+                            api_key: s.api_key.clone(),
+                        },
+                        workers,
+                        embedder: tokio::sync::OnceCell::new(),
+                    }))
+                }
+                Err(refused) => Err(anyhow::Error::new(refused).context("OPSLOOP_EMBEDDINGS_URL")),
+            };
         }
         match &s.model_dir {
             Some(dir) => Librarian::new(dir.clone(), workers).map(Some),
@@ -138,8 +170,21 @@ impl Librarian {
     pub async fn embedder(&self) -> anyhow::Result<&embed::Embedder> {
         self.embedder
             .get_or_try_init(|| async {
-                let Source::Local(dir) = &self.source else {
-                    anyhow::bail!("a ready librarian holds its embedder from the start");
+                let dir = match &self.source {
+                    Source::Local(dir) => dir,
+                    Source::Remote {
+                        url,
+                        model,
+                        api_key,
+                    } => {
+                        let remote = embed::Remote::connect(url, model, api_key)
+                            .await
+                            .context("OPSLOOP_EMBEDDINGS_URL")?;
+                        return Ok(embed::Embedder::remote(remote, self.workers));
+                    }
+                    Source::Ready => {
+                        anyhow::bail!("a ready librarian holds its embedder from the start")
+                    }
                 };
                 let dir = dir.clone();
                 let shown = dir.display().to_string();

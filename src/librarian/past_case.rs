@@ -33,6 +33,12 @@ pub enum Outcome {
     Fixed,
     /// Verification failed and the change was rolled back.
     RolledBack,
+    /// Verification failed and the rollback itself failed: the change may
+    /// still be in place.
+    RollbackFailed,
+    /// Verification failed and no rollback has run (pending, or left to a
+    /// person by the policy or a plan without rollback steps).
+    VerifyFailed,
     /// The change itself failed (its rollback steps ran, if any).
     ExecFailed,
     /// Parked for a person.
@@ -124,6 +130,9 @@ struct Detail {
 }
 
 struct Facts {
+    /// The case's plans before the current one: title, template, their
+    /// newest verification outcome.
+    earlier: Vec<(String, Option<String>, Option<String>)>,
     findings: Option<FindingsReport>,
     plan: Option<PlanRow>,
     approvers: Vec<String>,
@@ -178,7 +187,22 @@ impl Facts {
         .bind(case.id)
         .fetch_optional(pool)
         .await?;
+        let mut earlier: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT COALESCE(p.plan->>'title', ''), p.template, \
+                    (SELECT v.outcome FROM verify_result v WHERE v.case_id = p.case_id \
+                       AND v.plan_hash = p.plan_hash ORDER BY v.at DESC LIMIT 1) \
+             FROM plan_proposed p WHERE p.case_id = $1 ORDER BY p.seq DESC LIMIT 11",
+        )
+        .bind(case.id)
+        .fetch_all(pool)
+        .await?;
+        // Newest first; the newest is the current plan, described apart.
+        if !earlier.is_empty() {
+            earlier.remove(0);
+        }
+        earlier.reverse();
         Ok(Facts {
+            earlier,
             findings,
             plan,
             approvers,
@@ -188,19 +212,26 @@ impl Facts {
         })
     }
 
-    /// What the ending says, most telling first: a rollback (a breach
-    /// parks the case too), a change that failed, a parking for a person,
-    /// a verified fix, or no change at all.
+    /// What the ending says, most telling first: a failed verification
+    /// (rolled back, rollback failed, or not rolled back: a breach parks
+    /// the case before its rollback runs), a change that failed, a parking
+    /// for a person, a verified fix, or no change at all.
     fn outcome(&self, case: &Case) -> Outcome {
         let verify_failed = self
             .verification
             .as_ref()
             .is_some_and(|v| v.outcome != "pass");
-        if verify_failed || self.runs.iter().any(|r| r.kind == "rollback") {
-            return Outcome::RolledBack;
+        let rollback = self.runs.iter().rev().find(|r| r.kind == "rollback");
+        match rollback {
+            Some(r) if r.status == "rolled_back" || r.status == "done" => {
+                return Outcome::RolledBack;
+            }
+            Some(r) if r.status != "running" => return Outcome::RollbackFailed,
+            _ if verify_failed => return Outcome::VerifyFailed,
+            _ => {}
         }
-        let last = self.runs.last();
-        if last.is_some_and(|r| r.kind == "run" && r.status != "done") {
+        let last = self.runs.iter().rev().find(|r| r.kind == "run");
+        if last.is_some_and(|r| r.status != "done") {
             return Outcome::ExecFailed;
         }
         if case.status == Status::Parked {
@@ -216,10 +247,13 @@ impl Facts {
     /// by its headings).
     fn describe(&self, case: &Case) -> (Outcome, String) {
         let outcome = self.outcome(case);
-        let plan = self
-            .plan
-            .as_ref()
-            .and_then(|p| ChangePlan::from_stored(&p.plan).ok());
+        let plan = self.plan.as_ref().and_then(|p| {
+            ChangePlan::from_stored(&p.plan)
+                .inspect_err(|e| {
+                    tracing::warn!(case.id = %case.id, error = %e, "A stored plan does not parse; the past case omits it.");
+                })
+                .ok()
+        });
         let plan_title = plan.as_ref().map_or("no plan", |p| p.title.as_str());
         let when = self
             .ended
@@ -243,6 +277,28 @@ impl Facts {
             ),
             Outcome::RolledBack => format!(
                 "\"{plan_title}\" was tried on {when} and rolled back after verification {}{}.",
+                self.verification
+                    .as_ref()
+                    .map_or("failed", |v| v.outcome.as_str()),
+                if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({figures})")
+                }
+            ),
+            Outcome::RollbackFailed => format!(
+                "\"{plan_title}\" was tried on {when}; verification {}{} and the rollback failed: the change may still be in place.",
+                self.verification
+                    .as_ref()
+                    .map_or("failed", |v| v.outcome.as_str()),
+                if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({figures})")
+                }
+            ),
+            Outcome::VerifyFailed => format!(
+                "\"{plan_title}\" was tried on {when}; verification {}{}, not rolled back (yet).",
                 self.verification
                     .as_ref()
                     .map_or("failed", |v| v.outcome.as_str()),
@@ -343,6 +399,21 @@ impl Facts {
                 out.push('\n');
             }
         }
+        if !self.earlier.is_empty() {
+            let _ = writeln!(out, "## Earlier plans\n");
+            for (title, template, verdict) in &self.earlier {
+                let _ = writeln!(
+                    out,
+                    "- {title}{}: verification {}",
+                    template
+                        .as_deref()
+                        .map(|t| format!(" (template {t})"))
+                        .unwrap_or_default(),
+                    verdict.as_deref().unwrap_or("not run")
+                );
+            }
+            out.push('\n');
+        }
         if !self.runs.is_empty() {
             let _ = writeln!(out, "## Execution\n");
             for r in &self.runs {
@@ -397,4 +468,100 @@ fn figures(v: &VerifyRow) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(status: Status) -> Case {
+        Case {
+            id: Uuid::nil(),
+            tenant: "t-001".parse().unwrap(),
+            title: "checkout slow".into(),
+            severity: "high".into(),
+            kind: Some("service".into()),
+            labels: serde_json::json!({"service": "checkout"}),
+            status,
+            version: 9,
+            park_reason: None,
+            correlation_id: Uuid::nil(),
+            created_by: "alice".into(),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn facts(runs: &[(&str, &str)], verified: Option<&str>) -> Facts {
+        Facts {
+            earlier: Vec::new(),
+            findings: None,
+            plan: None,
+            approvers: Vec::new(),
+            runs: runs
+                .iter()
+                .map(|(kind, status)| RunRow {
+                    kind: kind.to_string(),
+                    status: status.to_string(),
+                    error: None,
+                })
+                .collect(),
+            verification: verified.map(|o| VerifyRow {
+                outcome: o.into(),
+                checks: sqlx::types::Json(Vec::new()),
+                at: Utc::now(),
+            }),
+            ended: None,
+        }
+    }
+
+    #[test]
+    fn the_outcome_says_what_became_of_the_change() {
+        use Outcome::*;
+        let parked = case(Status::Parked);
+        let closed = case(Status::Closed);
+        for (f, on, expected) in [
+            // A breach parks the case before its rollback has run.
+            (
+                facts(&[("run", "done")], Some("breach")),
+                &parked,
+                VerifyFailed,
+            ),
+            (
+                facts(&[("run", "done"), ("rollback", "running")], Some("breach")),
+                &parked,
+                VerifyFailed,
+            ),
+            (
+                facts(
+                    &[("run", "done"), ("rollback", "rolled_back")],
+                    Some("breach"),
+                ),
+                &parked,
+                RolledBack,
+            ),
+            (
+                facts(&[("run", "done"), ("rollback", "failed")], Some("no_data")),
+                &parked,
+                RollbackFailed,
+            ),
+            // A failing step runs the plan's own rollback within the run.
+            (facts(&[("run", "rolled_back")], None), &parked, ExecFailed),
+            (facts(&[("run", "failed")], None), &parked, ExecFailed),
+            (facts(&[], None), &parked, Parked),
+            (facts(&[("run", "done")], Some("pass")), &closed, Fixed),
+            (facts(&[], None), &closed, ClosedWithoutChange),
+        ] {
+            assert_eq!(
+                f.outcome(on),
+                expected,
+                "{:?} {:?}",
+                f.runs
+                    .iter()
+                    .map(|r| (&r.kind, &r.status))
+                    .collect::<Vec<_>>(),
+                f.verification.as_ref().map(|v| &v.outcome)
+            );
+        }
+    }
 }

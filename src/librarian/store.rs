@@ -257,7 +257,9 @@ pub async fn search(
     let hits: Vec<Hit> = sqlx::query_as(
         "WITH f AS ( \
            SELECT id FROM kb_doc WHERE $9 AND labels @> $10 \
-             AND ($11::timestamptz IS NULL OR updated_at >= $11)), \
+             AND ($11::timestamptz IS NULL OR updated_at >= $11) \
+             AND ($3::text IS NULL OR kind = $3) \
+             AND (tenant IS NULL OR $2::text[] IS NULL OR tenant = ANY($2))), \
          v AS ( \
            SELECT doc_id, ordinal, row_number() OVER (ORDER BY d + 0, doc_id, ordinal) AS r FROM ( \
              SELECT doc_id, ordinal, embedding <=> $1::vector AS d FROM kb_chunk \

@@ -1,12 +1,16 @@
-//! The librarian role: follows `evt.case.transition.v1` with its own
-//! durable consumer and, whenever a case reaches CLOSED or PARKED, writes
-//! (or replaces) that case's `past_case` document with its outcome.
+//! The librarian role: follows the feed with its own durable consumer and,
+//! whenever a case reaches CLOSED or PARKED, writes (or replaces) that
+//! case's `past_case` document with its outcome; and again when a rollback
+//! ends (`evt.exec.rolled_back.v1`), which comes after the case parked on a
+//! failed verification.
 //!
 //! Idempotent and eventually consistent: the document is built from the
-//! database as it stands, stored under `case:<id>`, and an unchanged one is
-//! not written again, so redeliveries, a replayed feed or two endings
-//! handled out of order all leave the newest ending's text. Never changes a
-//! case.
+//! database as it stands when the message is handled, stored under
+//! `case:<id>`, and an unchanged one is not written again. One message at a
+//! time: two handled at once could let the older state's text, built
+//! first but embedded slower, overwrite the newer one; handled in turn, a
+//! late or redelivered message still writes the state as it is now. Never
+//! changes a case.
 
 use std::sync::Arc;
 
@@ -15,7 +19,7 @@ use sqlx::PgPool;
 use super::Librarian;
 use super::past_case;
 use super::store::ingest;
-use crate::contract::fact::EVT_CASE_TRANSITION;
+use crate::contract::fact::{EVT_CASE_TRANSITION, EVT_ROLLED_BACK};
 use crate::contract::{Fact, Message};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::workflow::Status;
@@ -36,6 +40,8 @@ impl PastCaseWriter {
         // A message names its tenant; a case of another tenant is not
         // written under it.
         if doc.tenant.as_ref() != Some(&m.tenant) {
+            tracing::warn!(case.id = %case, message.tenant = %m.tenant,
+                           "A feed message names another tenant than its case's; nothing written.");
             return Ok(());
         }
         let embedder = self.librarian.embedder().await?;
@@ -57,20 +63,24 @@ impl Handler for PastCaseWriter {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        if d.envelope.kind != EVT_CASE_TRANSITION {
+        if d.envelope.kind != EVT_CASE_TRANSITION && d.envelope.kind != EVT_ROLLED_BACK {
             return Disposition::Done;
         }
         let m = match Message::<Fact>::from_envelope(&d.envelope) {
             Ok(m) => m,
             Err(e) => return Disposition::DeadLetter(DeadReason::InvalidData, e.to_string()),
         };
-        let Fact::CaseTransition(t) = &m.body else {
-            return Disposition::DeadLetter(
-                DeadReason::InvalidData,
-                format!("{EVT_CASE_TRANSITION} carries another fact"),
-            );
+        let ends = match &m.body {
+            Fact::CaseTransition(t) => matches!(t.to, Status::Closed | Status::Parked),
+            Fact::RolledBack(_) => true,
+            _ => {
+                return Disposition::DeadLetter(
+                    DeadReason::InvalidData,
+                    format!("{} carries another fact", d.envelope.kind),
+                );
+            }
         };
-        if !matches!(t.to, Status::Closed | Status::Parked) {
+        if !ends {
             return Disposition::Done;
         }
         match self.write(&m).await {

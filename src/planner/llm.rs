@@ -169,6 +169,8 @@ pub struct AttemptScope<'a> {
     /// The librarian's passages the context carried (`None`: no librarian
     /// configured), kept with every attempt.
     pub retrieval: Option<Value>,
+    /// Their ids: the only `kb:` ids a plan may cite in `references`.
+    pub passage_ids: std::collections::BTreeSet<String>,
 }
 
 struct Attempt {
@@ -228,7 +230,9 @@ impl LlmPlanner {
         let (mut repairs, mut retries, mut n) = (0u32, 0u32, 0i32);
         loop {
             n += 1;
-            let (attempt, next) = self.ask(&messages, structured, limits).await;
+            let (attempt, next) = self
+                .ask(&messages, structured, limits, &scope.passage_ids)
+                .await;
             let outcome = attempt.outcome;
             telemetry::llm_request(outcome.into(), attempt.latency.as_secs_f64());
             let errors = attempt.errors.clone();
@@ -287,6 +291,7 @@ impl LlmPlanner {
         messages: &[ChatCompletionRequestMessage],
         structured: bool,
         limits: &PlanLimits,
+        passage_ids: &std::collections::BTreeSet<String>,
     ) -> (Attempt, Next) {
         let mut attempt = Attempt {
             outcome: Outcome::Garbage,
@@ -356,6 +361,19 @@ impl LlmPlanner {
             }
         };
         match contract::check(&plan, limits) {
+            // A librarian id the model was not given is made up (or put
+            // there by a passage's text): an approver would trust it.
+            Ok(checked) if !uncited(&checked, passage_ids).is_empty() => {
+                attempt.errors = uncited(&checked, passage_ids)
+                    .into_iter()
+                    .map(|r| {
+                        format!(
+                            "/references: {r} is not the id of a passage in references_available; cite only those ids (reference)"
+                        )
+                    })
+                    .collect();
+                (attempt, Next::Repair)
+            }
             Ok(checked) => {
                 attempt.outcome = Outcome::Valid;
                 attempt.plan_hash = Some(checked.hash.clone());
@@ -500,6 +518,19 @@ fn parse_answer(text: &str) -> Result<Value, serde_json::Error> {
     } else {
         Err(serde::de::Error::custom("expected a JSON object"))
     }
+}
+
+/// The plan's `kb:` references that were not among the passages given.
+fn uncited<'a>(
+    plan: &'a CheckedPlan,
+    passage_ids: &std::collections::BTreeSet<String>,
+) -> Vec<&'a str> {
+    plan.model
+        .references
+        .iter()
+        .filter(|r| r.starts_with("kb:") && !passage_ids.contains(*r))
+        .map(String::as_str)
+        .collect()
 }
 
 fn describe(v: &Violation) -> String {

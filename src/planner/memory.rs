@@ -68,7 +68,11 @@ impl Passage {
             id: format!("kb:{}", h.doc_id),
             doc_id: h.doc_id,
             ordinal: h.ordinal,
-            outcome: h.labels.get("outcome").cloned(),
+            // Only the librarian's own documents carry an outcome; a label
+            // of that name on a runbook someone posted is not one.
+            outcome: (h.kind == "past_case")
+                .then(|| h.labels.get("outcome").cloned())
+                .flatten(),
             kind: h.kind,
             title: h.title,
             source: h.source,
@@ -155,22 +159,24 @@ pub fn resources(plan: &ChangePlan) -> BTreeSet<String> {
     out
 }
 
-/// A template plan of the tenant whose verification failed lately.
-pub struct FailedTemplate {
+/// A template plan of the tenant and how its verification ended lately.
+pub struct TemplateVerdict {
     pub template: String,
     pub case_id: Uuid,
     pub at: DateTime<Utc>,
+    /// `breach` or `pass`: `no_data` and `inconclusive` say nothing of the
+    /// change (a metrics source down) and are not read.
     pub outcome: String,
     pub resources: BTreeSet<String>,
 }
 
-/// Template plans of `tenant` whose verification failed within `window`,
+/// The tenant's template plans judged `breach` or `pass` within `window`,
 /// newest first.
-pub async fn failed_templates(
+pub async fn template_verdicts(
     conn: &mut PgConnection,
     tenant: &str,
     window: Duration,
-) -> Result<Vec<FailedTemplate>, sqlx::Error> {
+) -> Result<Vec<TemplateVerdict>, sqlx::Error> {
     if window.is_zero() {
         return Ok(Vec::new());
     }
@@ -178,9 +184,9 @@ pub async fn failed_templates(
         "SELECT p.template, p.case_id, v.at, v.outcome, p.plan FROM verify_result v \
          JOIN plan_proposed p ON p.case_id = v.case_id AND p.plan_hash = v.plan_hash \
          JOIN ops_case c ON c.id = p.case_id \
-         WHERE c.tenant = $1 AND p.template IS NOT NULL AND v.outcome <> 'pass' \
+         WHERE c.tenant = $1 AND p.template IS NOT NULL AND v.outcome IN ('breach', 'pass') \
            AND v.at > now() - make_interval(secs => $2) \
-         ORDER BY v.at DESC LIMIT 200",
+         ORDER BY v.at DESC LIMIT 500",
     )
     .bind(tenant)
     .bind(window.as_secs_f64())
@@ -189,8 +195,13 @@ pub async fn failed_templates(
     Ok(rows
         .into_iter()
         .filter_map(|(template, case_id, at, outcome, plan)| {
-            let plan = ChangePlan::from_stored(&plan).ok()?;
-            Some(FailedTemplate {
+            let plan = ChangePlan::from_stored(&plan)
+                .inspect_err(|e| {
+                    tracing::warn!(case.id = %case_id, error = %e,
+                                   "A stored template plan does not parse; the skip rule ignores it.");
+                })
+                .ok()?;
+            Some(TemplateVerdict {
                 template,
                 case_id,
                 at,
@@ -201,25 +212,29 @@ pub async fn failed_templates(
         .collect())
 }
 
-/// The template planner's skip rule over `failed`: a template whose plan
-/// failed verification on one of the same resources.
-pub fn skip_reason(failed: &[FailedTemplate], name: &str, plan: &CheckedPlan) -> Option<String> {
+/// The template planner's skip rule: a template whose newest verdict on
+/// one of the plan's resources is a breach (a later pass there clears it).
+pub fn skip_reason(verdicts: &[TemplateVerdict], name: &str, plan: &CheckedPlan) -> Option<String> {
     let mine = resources(&plan.model);
-    failed
-        .iter()
-        .find(|f| f.template == name && !f.resources.is_disjoint(&mine))
-        .map(|f| {
-            let shared: Vec<&String> = f.resources.intersection(&mine).collect();
-            format!(
-                "failed verification ({}) on {} in case {} at {}",
-                f.outcome,
-                shared
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                f.case_id,
-                f.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            )
-        })
+    let mut breached: Vec<(&String, &TemplateVerdict)> = Vec::new();
+    for r in &mine {
+        let newest = verdicts
+            .iter()
+            .find(|v| v.template == name && v.resources.contains(r));
+        if let Some(v) = newest.filter(|v| v.outcome == "breach") {
+            breached.push((r, v));
+        }
+    }
+    let (_, v) = breached.first()?;
+    Some(format!(
+        "failed verification ({}) on {} in case {} at {}",
+        v.outcome,
+        breached
+            .iter()
+            .map(|(r, _)| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        v.case_id,
+        v.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    ))
 }

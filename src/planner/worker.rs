@@ -104,8 +104,8 @@ impl CaseWorker for Planner {
             Some(LlmAnswer::Plan(checked)) => Ok((None, Source::Llm, *checked)),
             Some(LlmAnswer::Failed(reason)) => Err(reason),
             None => {
-                let failed =
-                    memory::failed_templates(tx, case.tenant.as_str(), self.memory.skip_failed)
+                let verdicts =
+                    memory::template_verdicts(tx, case.tenant.as_str(), self.memory.skip_failed)
                         .await?;
                 self.templates
                     .plan_for(
@@ -115,7 +115,7 @@ impl CaseWorker for Planner {
                         case.kind.as_deref(),
                         &labels,
                         &self.limits,
-                        &|name, plan| memory::skip_reason(&failed, name, plan),
+                        &|name, plan| memory::skip_reason(&verdicts, name, plan),
                     )
                     .map(|(name, checked)| (Some(name), Source::Template, checked))
                     .map_err(|no_plan| no_plan.to_string())
@@ -219,6 +219,10 @@ impl Planner {
             case_id,
             command_id: cmd.id,
             retrieval: retrieval.as_ref().map(memory::Retrieval::record),
+            passage_ids: retrieval
+                .iter()
+                .flat_map(|r| r.passages.iter().map(|p| p.id.clone()))
+                .collect(),
         };
         llm.plan(&context, &self.limits, &scope).await.map(Some)
     }

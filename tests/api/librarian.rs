@@ -312,11 +312,14 @@ async fn the_kb_routes_keep_the_rules(pool: PgPool) {
     global["tenant"] = json!("global");
     assert_eq!(post(OPERATOR, global.clone()).await.status, 403);
     assert_eq!(post(ADMIN, global).await.status, 201);
-    // Labels a jsonb column would refuse (a NUL), or that are not flat.
+    // Labels a jsonb column would refuse (a NUL), or that are not flat,
+    // or that would pass the document off as a past case.
     for labels in [
         json!({"service": "a\u{0}b"}),
         json!({"service": {"nested": 1}}),
         json!({"Bad Key": "x"}),
+        json!({"outcome": "fixed"}),
+        json!({"case_id": "01a22d94-4627-7258-b657-fcc1b122a323"}),
     ] {
         let mut odd = doc.clone();
         odd["labels"] = labels;

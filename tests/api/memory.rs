@@ -150,7 +150,10 @@ async fn ended_cases_become_past_cases_with_their_outcomes(pool: PgPool) {
         delivered: 2,
     };
     let before = past_doc(&pool, rolled).await.unwrap();
-    writer.handle(&delivery).await;
+    assert_eq!(
+        writer.handle(&delivery).await,
+        opsloop::pubsub::consumer::Disposition::Done
+    );
     let after = past_doc(&pool, rolled).await.unwrap();
     assert_eq!((after.id, after.updated_at), (before.id, before.updated_at));
     let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM kb_doc WHERE kind = 'past_case'")
@@ -260,7 +263,14 @@ async fn the_llm_is_given_runbooks_and_past_cases_and_the_attempt_records_their_
     .await;
 
     let cited = vec![format!("kb:{runbook}"), format!("kb:{past}")];
-    let fake = FakeLlm::start(vec![Reply::Content(llm_plan(&cited).to_string())]).await;
+    // First an id it was not given (made up, or another tenant's): sent
+    // back, then the plan citing only what it was given.
+    let made_up = vec![format!("kb:{elsewhere}")];
+    let fake = FakeLlm::start(vec![
+        Reply::Content(llm_plan(&made_up).to_string()),
+        Reply::Content(llm_plan(&cited).to_string()),
+    ])
+    .await;
     let llm =
         opsloop::planner::llm::LlmPlanner::from_settings(&crate::llm::settings(&fake.base_url))
             .unwrap()
@@ -300,12 +310,29 @@ async fn the_llm_is_given_runbooks_and_past_cases_and_the_attempt_records_their_
             .contains("rolled back after verification breach")
     );
 
-    let retrieval: Value =
-        sqlx::query_scalar("SELECT retrieval FROM plan_attempt WHERE case_id = $1")
-            .bind(case)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let repair = fake.requests()[1]["messages"][3]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        repair.contains(&format!(
+            "/references: kb:{elsewhere} is not the id of a passage"
+        )),
+        "{repair}"
+    );
+    let attempts: Vec<(String, Value)> = sqlx::query_as(
+        "SELECT outcome, retrieval FROM plan_attempt WHERE case_id = $1 ORDER BY attempt",
+    )
+    .bind(case)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        attempts.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(),
+        ["invalid", "valid"]
+    );
+    assert_eq!(attempts[0].1, attempts[1].1, "every attempt of the run");
+    let retrieval = attempts[1].1.clone();
     assert!(
         retrieval["query"]
             .as_str()
@@ -467,7 +494,7 @@ impl FakeEmbeddings {
         EmbeddingSettings {
             model_dir: Some("/nonexistent".into()),
             url: Some(self.url.clone()),
-            model: "fake-embedder".into(),
+            model: Some("fake-embedder".into()),
             api_key: "k".into(),
             workers: 2,
         }
@@ -572,6 +599,24 @@ async fn an_embeddings_server_serves_instead_of_the_model_only_with_384_dimensio
     let requests = fake.requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 2);
     assert!(requests[1].get("dimensions").is_none());
+
+    // A server that is down does not stop start-up: it is asked again on
+    // first use, and that use fails until it answers.
+    let down = EmbeddingSettings {
+        url: Some("http://127.0.0.1:9/v1".into()),
+        ..fake.settings()
+    };
+    let lib = Librarian::from_settings(&down)
+        .await
+        .unwrap()
+        .expect("configured");
+    assert!(lib.embedder().await.is_err());
+    // A URL without the model's name is a configuration error.
+    let nameless = EmbeddingSettings {
+        model: None,
+        ..fake.settings()
+    };
+    assert!(Librarian::from_settings(&nameless).await.is_err());
 
     // 768 whatever is asked: start-up refuses it, saying why.
     let fake = FakeEmbeddings::start(768, false, false).await;
