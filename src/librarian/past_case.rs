@@ -266,47 +266,30 @@ impl Facts {
             .and_then(|(_, _, r)| r.clone())
             .or_else(|| case.park_reason.clone());
         let figures = self.verification.as_ref().map(figures).unwrap_or_default();
+        let figures = if figures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({figures})")
+        };
+        // "breach (latency_p95_ms avg 950.0 (< 300: breach))"
+        let verdict = format!(
+            "{}{figures}",
+            self.verification
+                .as_ref()
+                .map_or("failed", |v| v.outcome.as_str())
+        );
         let sentence = match outcome {
             Outcome::Fixed => format!(
-                "\"{plan_title}\" was run on {when} and fixed it: verification passed{}.",
-                if figures.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({figures})")
-                }
+                "\"{plan_title}\" was run on {when} and fixed it: verification passed{figures}."
             ),
             Outcome::RolledBack => format!(
-                "\"{plan_title}\" was tried on {when} and rolled back after verification {}{}.",
-                self.verification
-                    .as_ref()
-                    .map_or("failed", |v| v.outcome.as_str()),
-                if figures.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({figures})")
-                }
+                "\"{plan_title}\" was tried on {when} and rolled back after verification {verdict}."
             ),
             Outcome::RollbackFailed => format!(
-                "\"{plan_title}\" was tried on {when}; verification {}{} and the rollback failed: the change may still be in place.",
-                self.verification
-                    .as_ref()
-                    .map_or("failed", |v| v.outcome.as_str()),
-                if figures.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({figures})")
-                }
+                "\"{plan_title}\" was tried on {when}; verification {verdict} and the rollback failed: the change may still be in place."
             ),
             Outcome::VerifyFailed => format!(
-                "\"{plan_title}\" was tried on {when}; verification {}{}, not rolled back (yet).",
-                self.verification
-                    .as_ref()
-                    .map_or("failed", |v| v.outcome.as_str()),
-                if figures.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({figures})")
-                }
+                "\"{plan_title}\" was tried on {when}; verification {verdict}, not rolled back (yet)."
             ),
             Outcome::ExecFailed => format!(
                 "\"{plan_title}\" failed while running on {when}: {}.",
@@ -433,14 +416,9 @@ impl Facts {
         if let Some(v) = &self.verification {
             let _ = writeln!(
                 out,
-                "## Verification\n\n{} at {}{}.",
+                "## Verification\n\n{} at {}{figures}.",
                 v.outcome,
                 v.at.format("%Y-%m-%d %H:%M UTC"),
-                if figures.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {figures}")
-                }
             );
         }
         (outcome, out)

@@ -190,6 +190,29 @@ impl Loop {
         &mut self.planner.worker.memory
     }
 
+    /// Every message `role`'s durable consumer holds, handled once by
+    /// `handler`; how many. A feed role's durable is created by the first
+    /// call (where it starts depends on the role's deliver policy).
+    pub async fn drain<H: consumer::Handler>(&self, role: Role, handler: &H) -> usize {
+        let durable = self.durable_for(role).await;
+        let mut total = 0;
+        loop {
+            let handled = consumer::consume_once(
+                &durable,
+                &self.app.pool,
+                handler,
+                50,
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap();
+            if handled == 0 {
+                return total;
+            }
+            total += handled;
+        }
+    }
+
     /// The durable consumer `role` reads, on this loop's NATS.
     pub async fn durable_for(&self, role: Role) -> jetstream::consumer::PullConsumer {
         durable(&self.jetstream().await, role).await

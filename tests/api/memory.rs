@@ -17,7 +17,7 @@ use opsloop::librarian::embed::DIMENSIONS;
 use opsloop::librarian::store::{self, DocKind, Mode, NewDoc, Search};
 use opsloop::librarian::worker::PastCaseWriter;
 use opsloop::librarian::{EmbeddingSettings, Librarian};
-use opsloop::pubsub::consumer::{self, Delivery, Handler};
+use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::roles::Role;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -37,28 +37,6 @@ fn librarian() -> Arc<Librarian> {
 
 fn scope(tenant: &str) -> TenantScope {
     TenantScope::parse(&[tenant]).unwrap()
-}
-
-/// Every transition on the feed, handled once by the librarian role's
-/// durable consumer (created from the feed's start, as in the service).
-async fn drain(lp: &Loop, writer: &PastCaseWriter) -> usize {
-    let consumer = lp.durable_for(Role::Librarian).await;
-    let mut total = 0;
-    loop {
-        let handled = consumer::consume_once(
-            &consumer,
-            &lp.app.pool,
-            writer,
-            50,
-            std::time::Duration::from_millis(300),
-        )
-        .await
-        .unwrap();
-        if handled == 0 {
-            return total;
-        }
-        total += handled;
-    }
 }
 
 #[derive(sqlx::FromRow, Debug)]
@@ -100,7 +78,11 @@ async fn ended_cases_become_past_cases_with_their_outcomes(pool: PgPool) {
         pool: pool.clone(),
         librarian: librarian(),
     };
-    assert!(drain(&lp, &writer).await >= 12, "every transition read");
+    // Its durable reads the feed from the start, as in the service.
+    assert!(
+        lp.drain(Role::Librarian, &writer).await >= 12,
+        "every transition read"
+    );
 
     let doc = past_doc(&pool, fixed)
         .await
@@ -150,10 +132,7 @@ async fn ended_cases_become_past_cases_with_their_outcomes(pool: PgPool) {
         delivered: 2,
     };
     let before = past_doc(&pool, rolled).await.unwrap();
-    assert_eq!(
-        writer.handle(&delivery).await,
-        opsloop::pubsub::consumer::Disposition::Done
-    );
+    assert_eq!(writer.handle(&delivery).await, Disposition::Done);
     let after = past_doc(&pool, rolled).await.unwrap();
     assert_eq!((after.id, after.updated_at), (before.id, before.updated_at));
     let docs: i64 = sqlx::query_scalar("SELECT count(*) FROM kb_doc WHERE kind = 'past_case'")
@@ -510,43 +489,16 @@ async fn an_embeddings_server_serves_instead_of_the_model_only_with_384_dimensio
         .unwrap()
         .expect("configured");
     let e = lib.embedder().await.unwrap();
-    let id = store::ingest(
-        &pool,
-        e,
-        &NewDoc {
-            tenant: None,
-            kind: DocKind::Runbook,
-            title: "Certificate expiry".into(),
-            source: "runbooks/cert.md".into(),
-            body: "# Certificate expiry\nRenew the certificate with the issuer, then reload."
-                .into(),
-            labels: json!({}),
-        },
-    )
-    .await
-    .unwrap()
-    .id;
-    let hits = store::search(
-        &pool,
-        e,
-        &Search {
-            query: "certificate expiry renew",
-            k: 3,
-            kind: None,
-            scope: &scope("t-001"),
-            mode: Mode::Vector,
-            labels: Default::default(),
-            since: None,
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(hits[0].doc_id, id);
-    // Vectors of two models are never compared: the local model's search
-    // finds no vector for it until the document is embedded again, which
-    // its next ingest does although its text is unchanged.
-    let local = crate::librarian::embedder();
-    let by_local = |pool: PgPool, e: opsloop::librarian::embed::Embedder| async move {
+    let cert = NewDoc {
+        tenant: None,
+        kind: DocKind::Runbook,
+        title: "Certificate expiry".into(),
+        source: "runbooks/cert.md".into(),
+        body: "# Certificate expiry\nRenew the certificate with the issuer, then reload.".into(),
+        labels: json!({}),
+    };
+    let id = store::ingest(&pool, e, &cert).await.unwrap().id;
+    let by_vector = |pool: PgPool, e: opsloop::librarian::embed::Embedder| async move {
         store::search(
             &pool,
             &e,
@@ -563,24 +515,15 @@ async fn an_embeddings_server_serves_instead_of_the_model_only_with_384_dimensio
         .await
         .unwrap()
     };
-    assert!(by_local(pool.clone(), local.clone()).await.is_empty());
-    let again = store::ingest(
-        &pool,
-        &local,
-        &NewDoc {
-            tenant: None,
-            kind: DocKind::Runbook,
-            title: "Certificate expiry".into(),
-            source: "runbooks/cert.md".into(),
-            body: "# Certificate expiry\nRenew the certificate with the issuer, then reload."
-                .into(),
-            labels: json!({}),
-        },
-    )
-    .await
-    .unwrap();
+    assert_eq!(by_vector(pool.clone(), e.clone()).await[0].doc_id, id);
+    // Vectors of two models are never compared: the local model's search
+    // finds no vector for it until the document is embedded again, which
+    // its next ingest does although its text is unchanged.
+    let local = crate::librarian::embedder();
+    assert!(by_vector(pool.clone(), local.clone()).await.is_empty());
+    let again = store::ingest(&pool, &local, &cert).await.unwrap();
     assert_eq!((again.id, again.unchanged), (id, false));
-    assert_eq!(by_local(pool.clone(), local).await[0].doc_id, id);
+    assert_eq!(by_vector(pool.clone(), local).await[0].doc_id, id);
     let requests = fake.requests.lock().unwrap().clone();
     assert!(requests.len() >= 3, "probe, ingest, search: {requests:?}");
     for r in &requests {

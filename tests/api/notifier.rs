@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use opsloop::chatops::ChatOpsFile;
 use opsloop::chatops::notifier::{MAX_DELIVERIES, Notifier};
-use opsloop::pubsub::consumer::{self, Delivery, Disposition, Handler};
+use opsloop::pubsub::consumer::{Delivery, Disposition, Handler};
 use opsloop::roles::Role;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -76,23 +76,7 @@ fn prod_plan() -> Value {
 /// Its durable starts at the feed's end, as in the service: create it
 /// (`durable_for`) before the facts it should see.
 async fn drain(lp: &Loop, n: &Notifier) -> usize {
-    let consumer = lp.durable_for(Role::Notifier).await;
-    let mut total = 0;
-    loop {
-        let handled = consumer::consume_once(
-            &consumer,
-            &lp.app.pool,
-            n,
-            50,
-            std::time::Duration::from_millis(300),
-        )
-        .await
-        .unwrap();
-        if handled == 0 {
-            return total;
-        }
-        total += handled;
-    }
+    lp.drain(Role::Notifier, n).await
 }
 
 /// The feed's `evt.gate.pending.v1`, as the notifier's `delivered`-th
