@@ -152,6 +152,9 @@ impl Identity {
             // Recorded by the orchestrator for a `gate_approved` short of
             // the quorum; nobody sends it.
             E::GateVote => false,
+            // Sent by the orchestrator on a rollback after a failed
+            // verification, within the policy's limit; nobody else.
+            E::Replan => false,
             E::Resume => self.human_with(Role::Operator),
             E::Dismiss => self.human_with(Role::Operator) || self.is_worker(W::Analyst),
         }

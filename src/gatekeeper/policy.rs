@@ -40,10 +40,21 @@ pub struct Policy {
     /// Change freezes: inside one, nothing executes without a break-glass
     /// override approved by `quorum` distinct people.
     pub freeze_windows: Vec<FreezeWindow>,
+    /// Automatic re-plans after a failed verification was rolled back.
+    pub replan: ReplanPolicy,
     /// The operator's targets file (`OPSLOOP_TARGETS_FILE`): the environment
     /// of each step's target. Not a field of the policy file.
     #[serde(skip)]
     pub targets: Targets,
+}
+
+/// `[replan]`: after a failed verification's rollback, the orchestrator
+/// asks the planner again (with the figures) at most `max_per_case` times
+/// per case; 0 (the default) leaves every such case PARKED for a person.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplanPolicy {
+    pub max_per_case: u32,
 }
 
 /// An absolute range (`from`..`until`) or a weekly window in UTC (`days`,
@@ -149,6 +160,7 @@ impl Default for Policy {
             auto_rollback: true,
             dryrun_unavailable_needs_human: true,
             freeze_windows: Vec::new(),
+            replan: ReplanPolicy::default(),
             targets: Targets::default(),
         }
     }
@@ -182,6 +194,11 @@ impl Policy {
         if !ok {
             return Err(PolicyError::Invalid(
                 "need 0 <= auto_approve_max_risk < quorum_risk <= 1 and 2 <= quorum <= 10".into(),
+            ));
+        }
+        if self.replan.max_per_case > 5 {
+            return Err(PolicyError::Invalid(
+                "replan.max_per_case is at most 5: each re-plan runs another change".into(),
             ));
         }
         self.freeze_windows

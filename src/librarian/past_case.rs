@@ -13,16 +13,16 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::store::{DocKind, NewDoc};
 use crate::contract::fact::FindingsReport;
-use crate::contract::plan::{ChangePlan, Check};
+use crate::contract::plan::ChangePlan;
 use crate::model::Case;
 use crate::store::{latest_findings, read_case};
+use crate::verifier::check::CheckJudged;
 use crate::workflow::Status;
 
 /// How a case ended, as the `outcome` label says it.
@@ -109,24 +109,6 @@ struct VerifyRow {
     outcome: String,
     checks: sqlx::types::Json<Vec<CheckJudged>>,
     at: DateTime<Utc>,
-}
-
-/// One entry of `verify_result.checks` as the verifier writes it.
-#[derive(Debug, Deserialize)]
-struct CheckJudged {
-    #[serde(default)]
-    check: Option<Check>,
-    verdict: String,
-    #[serde(default)]
-    detail: Option<Detail>,
-    #[serde(default)]
-    why: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Detail {
-    #[serde(default)]
-    figure: Option<f64>,
 }
 
 struct Facts {
@@ -425,27 +407,9 @@ impl Facts {
     }
 }
 
-/// "latency_p95_ms avg 320 (< 300: breach)", one per check.
+/// "latency_p95_ms avg 950.0 (< 300: breach)", one per check.
 fn figures(v: &VerifyRow) -> String {
-    v.checks
-        .iter()
-        .map(|c| match &c.check {
-            Some(check) => format!(
-                "{} {} {} ({} {}: {})",
-                check.metric,
-                check.stat.map_or("avg", |s| s.as_str()),
-                c.detail
-                    .as_ref()
-                    .and_then(|d| d.figure)
-                    .map_or("no figure".into(), |f| format!("{f:.1}")),
-                check.op,
-                check.threshold,
-                c.verdict
-            ),
-            None => format!("{}: {}", c.verdict, c.why.as_deref().unwrap_or("")),
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    crate::verifier::check::describe_judged(&v.checks)
 }
 
 #[cfg(test)]

@@ -3,16 +3,18 @@
 //! Each fact is parsed into the typed contract once, then applied through
 //! the same `transition` as HTTP requests, with its envelope id recorded in
 //! `inbox` in that transaction; a stale fact is recorded as rejected and
-//! acked.
+//! acked. A rollback that ends after a failed verification becomes the
+//! orchestrator's own `replan` when the policy allows re-plans.
 
 use serde_json::json;
 
 use super::{Actor, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest};
 use crate::auth::TenantScope;
-use crate::contract::fact::INFORMATIONAL;
+use crate::contract::fact::{EVT_ROLLED_BACK, INFORMATIONAL, RunEnded};
 use crate::contract::{Fact, Message};
 use crate::pubsub::consumer::{DeadReason, Delivery, Disposition, Handler};
 use crate::telemetry;
+use crate::verifier::check::{CheckJudged, describe_judged};
 
 pub const CONSUMER: &str = "orchestrator";
 
@@ -26,13 +28,21 @@ impl Handler for FactConsumer {
     }
 
     async fn handle(&self, d: &Delivery) -> Disposition {
-        if INFORMATIONAL.contains(&d.envelope.kind.as_str()) {
+        // Read only when re-plans are on: otherwise informational, as
+        // before (a parked case waits for a person).
+        let replans = self.orchestrator.policy().replan.max_per_case > 0;
+        if INFORMATIONAL.contains(&d.envelope.kind.as_str())
+            && !(replans && d.envelope.kind == EVT_ROLLED_BACK)
+        {
             return Disposition::Done;
         }
         let fact = match Message::<Fact>::from_envelope(&d.envelope) {
             Ok(fact) => fact,
             Err(e) => return e.into(),
         };
+        if let Fact::RolledBack(run) = &fact.body {
+            return self.replan(&fact, run, d).await;
+        }
         let Some(event) = fact.body.event() else {
             return Disposition::Done;
         };
@@ -75,6 +85,60 @@ impl Handler for FactConsumer {
             },
             trace_id: telemetry::trace_id_from(d.traceparent.as_deref()),
         };
+        self.apply(request, &fact).await
+    }
+}
+
+impl FactConsumer {
+    /// A finished rollback of a plan that failed verification: the
+    /// orchestrator's own `replan`, with the figures as the planner's
+    /// feedback. The FSM's guard holds the policy's limit; past it (or for
+    /// a rollback of anything else) the attempt is recorded as rejected and
+    /// the case stays PARKED for a person. The rollback's own envelope
+    /// (its id in the inbox, its version, its plan) makes a redelivery, a
+    /// case resumed meanwhile or an older plan's rollback change nothing.
+    async fn replan(&self, fact: &Message<Fact>, run: &RunEnded, d: &Delivery) -> Disposition {
+        if fact.actor != <&str>::from(crate::roles::Role::Executor) {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                format!(
+                    "{EVT_ROLLED_BACK} is the executor's fact; the envelope's actor is {:?}",
+                    fact.actor
+                ),
+            );
+        }
+        if run.status != crate::contract::fact::RunStatus::RolledBack {
+            return Disposition::Done;
+        }
+        let feedback =
+            match replan_feedback(self.orchestrator.pool(), fact.case_id.uuid(), run).await {
+                Ok(f) => f,
+                Err(e) => return Disposition::Retry(e.to_string()),
+            };
+        let request = TransitionRequest {
+            case_id: fact.case_id.uuid(),
+            tenants: TenantScope::one(&fact.tenant),
+            event: crate::workflow::EventKind::Replan,
+            actor: Actor {
+                id: CONSUMER.to_string(),
+                human: false,
+            },
+            reason: Some(feedback),
+            plan_hash: Some(run.plan_hash.clone()),
+            dryrun_digest: None,
+            meta: json!({"subject": d.subject, "causation_id": fact.id, "rollback_run": run.run_id}),
+            expected_version: fact.expected_version.map(i64::from),
+            origin: Origin::Message {
+                consumer: CONSUMER.to_string(),
+                message_id: fact.id,
+                subject: d.subject.clone(),
+            },
+            trace_id: telemetry::trace_id_from(d.traceparent.as_deref()),
+        };
+        self.apply(request, fact).await
+    }
+
+    async fn apply(&self, request: TransitionRequest, fact: &Message<Fact>) -> Disposition {
         match self.orchestrator.transition(request).await {
             Ok(Outcome::Duplicate) => {
                 telemetry::inbox_dedup(CONSUMER);
@@ -93,4 +157,42 @@ impl Handler for FactConsumer {
             Err(e @ TransitionError::Database(_)) => Disposition::Retry(e.to_string()),
         }
     }
+}
+
+/// What the planner is told after a rolled-back change: the plan, how its
+/// verification ended, with the figures.
+async fn replan_feedback(
+    pool: &sqlx::PgPool,
+    case: uuid::Uuid,
+    run: &RunEnded,
+) -> Result<String, sqlx::Error> {
+    let title: Option<String> = sqlx::query_scalar(
+        "SELECT plan->>'title' FROM plan_proposed WHERE case_id = $1 AND plan_hash = $2",
+    )
+    .bind(case)
+    .bind(&run.plan_hash)
+    .fetch_optional(pool)
+    .await?
+    .flatten();
+    let verified: Option<(String, sqlx::types::Json<Vec<CheckJudged>>, i64)> = sqlx::query_as(
+        "SELECT outcome, checks, EXTRACT(EPOCH FROM window_to - window_from)::bigint FROM verify_result \
+         WHERE case_id = $1 AND plan_hash = $2 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(case)
+    .bind(&run.plan_hash)
+    .fetch_optional(pool)
+    .await?;
+    let plan = format!(
+        "plan \"{}\" ({})",
+        title.as_deref().unwrap_or("untitled"),
+        run.plan_hash.short()
+    );
+    Ok(match verified {
+        Some((outcome, checks, window_s)) => format!(
+            "{plan} failed verification ({outcome}) over {window_s} s: {}; it was rolled back. \
+             Propose a different remediation.",
+            describe_judged(&checks)
+        ),
+        None => format!("{plan} was rolled back. Propose a different remediation."),
+    })
 }

@@ -10,7 +10,7 @@ use super::store::HumanApproval;
 use crate::contract::{ChangePlan, DryRunDigest, PlanHash};
 use crate::gatekeeper::policy::Policy;
 use crate::model::Case;
-use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact};
+use crate::workflow::{EventKind, ExecFact, FactRef, Facts, Judgement, PlanFact, ReplanFact};
 
 pub struct Loaded {
     pub facts: Facts,
@@ -83,7 +83,8 @@ pub async fn load(
             | E::ExecFailed
             | E::VerifyPass
             | E::Resume
-            | E::Dismiss => false,
+            | E::Dismiss
+            | E::Replan => false,
         };
     if needs_plan && let Some(row) = current_plan(conn, case.id).await? {
         let (id, plan, required, auto_rollback) = row;
@@ -143,7 +144,37 @@ pub async fn load(
         .await?;
         facts.verify_passed = outcome.map(|o| o == "pass");
     }
+    if req.event == E::Replan {
+        facts.replan = Some(replan_fact(conn, case, policy).await?);
+    }
     Ok(Loaded { facts, plan_id })
+}
+
+/// The automatic re-plans the case has had, the policy's limit, and
+/// whether its current plan's newest verification failed and a rollback of
+/// that plan finished.
+async fn replan_fact(
+    conn: &mut PgConnection,
+    case: &Case,
+    policy: &Policy,
+) -> Result<ReplanFact, sqlx::Error> {
+    let (done, rolled_back): (i64, bool) = sqlx::query_as(
+        "WITH p AS (SELECT plan_hash FROM plan_proposed WHERE case_id = $1 ORDER BY seq DESC LIMIT 1) \
+         SELECT (SELECT count(*) FROM case_timeline WHERE case_id = $1 AND kind = 'transition' \
+                   AND event = 'replan'), \
+                COALESCE((SELECT v.outcome <> 'pass' FROM verify_result v, p \
+                            WHERE v.case_id = $1 AND v.plan_hash = p.plan_hash ORDER BY v.at DESC LIMIT 1), false) \
+                AND EXISTS (SELECT 1 FROM exec_run r, p WHERE r.case_id = $1 AND r.plan_hash = p.plan_hash \
+                              AND r.kind = 'rollback' AND r.status = 'rolled_back')",
+    )
+    .bind(case.id)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(ReplanFact {
+        limit: policy.replan.max_per_case,
+        done: u32::try_from(done).unwrap_or(u32::MAX),
+        rolled_back_after_failed_verification: rolled_back,
+    })
 }
 
 async fn current_plan(

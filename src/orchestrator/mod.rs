@@ -70,6 +70,11 @@ impl Orchestrator {
         &self.pool
     }
 
+    /// The gate's policy (freezes, the re-plan limit).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// This process's commit wake-up: woken after each commit that wrote
     /// outbox rows; the relay waits on it, and every writer of the process
     /// (workers, the API) wakes it.
@@ -303,6 +308,9 @@ impl Orchestrator {
 
         let answer = match decision {
             Err(rejection) => {
+                // Which guards failed and why, for whoever reads the
+                // timeline (a refused re-plan names the policy's limit).
+                meta["rejection"] = json!(rejection);
                 store::append_rejection(&mut tx, &case, req, rejection.code(), entry_id, &meta)
                     .await?;
                 info!(case.id = %case.id, status = %case.status, event.kind = req.event.as_str(),

@@ -1,5 +1,6 @@
 //! One SLO check and its verdict, judged from a window's figures. Pure.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::contract::fact::VerifyFailure;
@@ -28,6 +29,49 @@ impl Verdict {
             Verdict::Breach => Some(VerifyFailure::Breach),
         }
     }
+}
+
+/// One entry of `verify_result.checks` as the verifier writes it, read
+/// back (by the librarian's past cases and the re-plan's feedback).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckJudged {
+    #[serde(default)]
+    pub check: Option<plan::Check>,
+    pub verdict: String,
+    #[serde(default)]
+    pub detail: Option<JudgedDetail>,
+    #[serde(default)]
+    pub why: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JudgedDetail {
+    #[serde(default)]
+    pub figure: Option<f64>,
+}
+
+/// "latency_p95_ms avg 950.0 (< 300: breach)", one per check, for people
+/// and for the planner.
+pub fn describe_judged(checks: &[CheckJudged]) -> String {
+    checks
+        .iter()
+        .map(|c| match &c.check {
+            Some(check) => format!(
+                "{} {} {} ({} {}: {})",
+                check.metric,
+                check.stat.map_or("avg", |s| s.as_str()),
+                c.detail
+                    .as_ref()
+                    .and_then(|d| d.figure)
+                    .map_or("no figure".into(), |f| format!("{f:.1}")),
+                check.op,
+                check.threshold,
+                c.verdict
+            ),
+            None => format!("{}: {}", c.verdict, c.why.as_deref().unwrap_or("")),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// One check of the plan, with its resource settled.

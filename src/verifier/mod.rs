@@ -12,7 +12,7 @@
 //! case like a breach does (without the automatic rollback decision, which
 //! is the orchestrator's and the policy's).
 
-mod check;
+pub mod check;
 pub mod prometheus;
 mod settings;
 

@@ -171,6 +171,19 @@ pub fn decide(status: Status, event: EventKind, facts: &Facts) -> Result<Decisio
         .effect(Effect::GeneratePlan {
             feedback: facts.park_reason.clone(),
         })),
+        (S::Parked, E::Replan) => {
+            check(&[guards::replan_allowed(facts)])?;
+            let (done, limit) = facts.replan.map_or((0, 0), |r| (r.done + 1, r.limit));
+            Ok(to(
+                S::Planning,
+                format!(
+                    "the change failed verification and was rolled back; automatic re-plan {done} of {limit}, with the figures"
+                ),
+            )
+            .effect(Effect::GeneratePlan {
+                feedback: facts.reason.clone(),
+            }))
+        }
         (S::New | S::Analyzing | S::Planning | S::WaitGate | S::Parked, E::Dismiss) => {
             check(&[guards::reason_given(facts)])?;
             Ok(to(S::Closed, "dismissed".into()))

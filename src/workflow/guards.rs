@@ -318,3 +318,27 @@ pub(super) fn reason_given(facts: &Facts) -> Guard {
         Some(_) | None => fail("reason_given", "a reason is required"),
     }
 }
+
+/// `replan`: automatic re-plans are on, the case has had fewer than the
+/// limit, and its current plan failed verification and was rolled back.
+pub(super) fn replan_allowed(facts: &Facts) -> Guard {
+    match facts.replan {
+        None => fail("replan_allowed", "no re-plan facts were loaded"),
+        Some(r) if r.limit == 0 => fail(
+            "replan_allowed",
+            "automatic re-plans are off (policy replan.max_per_case = 0)",
+        ),
+        Some(r) if r.done >= r.limit => fail(
+            "replan_allowed",
+            format!(
+                "the case has had {} automatic re-plan(s), the policy's limit (replan.max_per_case = {}); a person decides now",
+                r.done, r.limit
+            ),
+        ),
+        Some(r) if !r.rolled_back_after_failed_verification => fail(
+            "replan_allowed",
+            "the current plan did not fail verification and get rolled back",
+        ),
+        Some(_) => Ok(()),
+    }
+}

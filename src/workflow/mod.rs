@@ -15,5 +15,5 @@ pub use decide::{already_voted, approvals_meet_quorum, decide, replay, tally};
 pub use types::{
     ApprovalFact, ApprovalKind, Decision, DryRunDigest, DryRunFact, DryRunVerdict, Effect,
     EventKind, ExecFact, FactRef, Facts, GuardFailure, Judgement, PlanFact, PlanHash, Rejection,
-    Status, Tally,
+    ReplanFact, Status, Tally,
 };

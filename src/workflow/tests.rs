@@ -49,6 +49,14 @@ fn good_for(event: EventKind) -> Facts {
             ..all_good()
         },
         EventKind::GateVote => one_of_two(),
+        EventKind::Replan => Facts {
+            replan: Some(ReplanFact {
+                limit: 1,
+                done: 0,
+                rolled_back_after_failed_verification: true,
+            }),
+            ..all_good()
+        },
         _ => all_good(),
     }
 }
@@ -90,6 +98,7 @@ fn all_good() -> Facts {
         auto_rollback_allowed: true,
         freeze: None,
         fact: None,
+        replan: None,
     }
 }
 
@@ -155,6 +164,14 @@ fn table() -> Vec<(Status, EventKind, Status, Vec<Effect>)> {
             }],
         ),
     ];
+    rows.push((
+        S::Parked,
+        E::Replan,
+        S::Planning,
+        vec![Effect::GeneratePlan {
+            feedback: Some("duplicate of INC-7".into()),
+        }],
+    ));
     for from in [S::New, S::Analyzing, S::Planning, S::WaitGate, S::Parked] {
         rows.push((from, E::Dismiss, S::Closed, vec![]));
     }
@@ -202,6 +219,10 @@ fn failed_guards(status: Status, event: EventKind, facts: &Facts) -> Vec<String>
 }
 
 #[rstest]
+#[case::replan_off(Status::Parked, EventKind::Replan, Facts { replan: Some(ReplanFact { limit: 0, done: 0, rolled_back_after_failed_verification: true }), ..all_good() }, vec!["replan_allowed"])]
+#[case::replan_past_the_limit(Status::Parked, EventKind::Replan, Facts { replan: Some(ReplanFact { limit: 1, done: 1, rolled_back_after_failed_verification: true }), ..all_good() }, vec!["replan_allowed"])]
+#[case::replan_without_a_rollback(Status::Parked, EventKind::Replan, Facts { replan: Some(ReplanFact { limit: 2, done: 0, rolled_back_after_failed_verification: false }), ..all_good() }, vec!["replan_allowed"])]
+#[case::replan_without_facts(Status::Parked, EventKind::Replan, all_good(), vec!["replan_allowed"])]
 #[case::plan_ready_without_plan(Status::Planning, EventKind::PlanReady, Facts { plan: None, ..all_good() }, vec!["plan_present"])]
 #[case::plan_ready_schema_invalid(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid"])]
 #[case::plan_ready_incomplete(Status::Planning, EventKind::PlanReady, Facts { plan: Some(PlanFact { complete: false, schema_valid: false, ..plan(H1) }), ..all_good() }, vec!["plan_schema_valid", "plan_complete"])]
@@ -505,6 +526,11 @@ fn facts_strategy() -> impl Strategy<Value = Facts> {
                     auto_rollback_allowed: rb,
                     freeze: None,
                     fact: None,
+                    replan: rb.then_some(ReplanFact {
+                        limit: 1,
+                        done: 0,
+                        rolled_back_after_failed_verification: true,
+                    }),
                 }
             },
         )

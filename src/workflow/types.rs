@@ -86,6 +86,9 @@ pub enum EventKind {
     VerifyFailed,
     Resume,
     Dismiss,
+    /// An automatic re-plan after a failed verification was rolled back,
+    /// within the policy's limit; only the orchestrator sends it.
+    Replan,
 }
 
 impl EventKind {
@@ -225,6 +228,21 @@ pub struct Facts {
     /// Set when the event comes from a worker's fact (not from a person).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fact: Option<FactRef>,
+    /// `replan`: the policy's limit and what happened to the current plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replan: Option<ReplanFact>,
+}
+
+/// What `replan` needs: the policy's limit, the automatic re-plans the case
+/// has had, and whether its current plan failed verification and was
+/// rolled back (a re-plan is for a change that was tried and undone, never
+/// for one still in place).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplanFact {
+    /// `replan.max_per_case`; 0: automatic re-plans are off.
+    pub limit: u32,
+    pub done: u32,
+    pub rolled_back_after_failed_verification: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -184,6 +184,22 @@ impl Loop {
         lp
     }
 
+    /// The orchestrator re-plans automatically after a rolled-back
+    /// verification failure, at most `n` times per case (policy
+    /// `replan.max_per_case`).
+    pub fn with_replans(mut self, n: u32) -> Loop {
+        let policy = Policy {
+            replan: opsloop::gatekeeper::policy::ReplanPolicy { max_per_case: n },
+            ..policy()
+        };
+        self.orchestrator.orchestrator = self
+            .orchestrator
+            .orchestrator
+            .clone()
+            .with_policy(std::sync::Arc::new(policy));
+        self
+    }
+
     /// The planner's memory: a librarian, how many passages, the
     /// failed-template window.
     pub fn planner_memory(&mut self) -> &mut opsloop::planner::worker::Memory {

@@ -30,6 +30,7 @@ mod plans;
 mod provenance;
 mod pubsub;
 mod redrive;
+mod replan;
 mod replay;
 mod signals;
 mod split;
