@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod planner;
 pub mod problem;
 pub mod pubsub;
+pub mod replay;
 pub mod roles;
 pub mod store;
 pub mod telemetry;

@@ -63,6 +63,28 @@ enum Command {
         #[arg(long)]
         case: Option<uuid::Uuid>,
     },
+    /// Re-run recorded cases through today's FSM and a gate policy, in a
+    /// read-only transaction, and report where decisions would differ.
+    /// Writes nothing, publishes nothing.
+    Replay {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// Only cases created at or after this instant (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The gate policy to judge by (TOML); the shipped defaults if
+        /// absent.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// The targets file to judge by.
+        #[arg(long, default_value = "config/targets.toml")]
+        targets: PathBuf,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The librarian's documents.
     Kb {
         #[command(subcommand)]
@@ -162,6 +184,37 @@ async fn main() -> anyhow::Result<()> {
             all,
             case,
         } => tail(&nats_url, all, case).await,
+        Command::Replay {
+            database_url,
+            since,
+            tenant,
+            policy,
+            targets,
+            json,
+        } => {
+            let since = since
+                .map(|s| {
+                    chrono::DateTime::parse_from_rfc3339(&s)
+                        .map(|t| t.with_timezone(&chrono::Utc))
+                        .map_err(|e| anyhow::anyhow!("--since {s:?}: {e} (RFC 3339 expected)"))
+                })
+                .transpose()?;
+            let policy = match &policy {
+                Some(path) => Policy::load(path)?,
+                None => Policy::default(),
+            }
+            .with_targets(Targets::load(&targets)?)?;
+            let pool = config::connect_db(&database_url, 2).await?;
+            let report =
+                opsloop::replay::run(&pool, &opsloop::replay::Scope { since, tenant }, &policy)
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
         Command::Kb {
             command:
                 KbCommand::Import {
