@@ -118,7 +118,10 @@ struct GateRow {
     dryrun_outcome: Option<String>,
 }
 
-/// Replays the scope's cases against `policy` (with its targets).
+/// Replays the scope's cases against `policy` (with its targets). The FSM
+/// check takes the policy's re-plan limit in place of the recorded one;
+/// the other policy-derived facts of a move (a freeze, automatic rollback)
+/// were the gate's, which the gate check judges again.
 pub async fn run(pool: &PgPool, scope: &Scope, policy: &Policy) -> anyhow::Result<Report> {
     let mut tx = pool.begin().await?;
     // One snapshot of the record, and the server refuses any write.
@@ -153,7 +156,7 @@ pub async fn run(pool: &PgPool, scope: &Scope, policy: &Policy) -> anyhow::Resul
         .bind(case.id)
         .fetch_all(&mut *tx)
         .await?;
-        let mut findings = fsm_findings(&entries);
+        let mut findings = fsm_findings(&entries, policy.replan.max_per_case);
         for g in &gates {
             findings.extend(gate_finding(g, &case.tenant, policy));
         }
@@ -174,7 +177,7 @@ pub async fn run(pool: &PgPool, scope: &Scope, policy: &Policy) -> anyhow::Resul
 }
 
 /// Each accepted move decided again from NEW with its stored facts.
-fn fsm_findings(entries: &[Entry]) -> Vec<Finding> {
+fn fsm_findings(entries: &[Entry], replan_limit: u32) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut status = Status::New;
     for e in entries {
@@ -203,7 +206,7 @@ fn fsm_findings(entries: &[Entry]) -> Vec<Finding> {
             });
             return out;
         };
-        let facts: Facts = match serde_json::from_value(facts) {
+        let mut facts: Facts = match serde_json::from_value(facts) {
             Ok(f) => f,
             Err(err) => {
                 out.push(Finding::NotComparable {
@@ -213,6 +216,9 @@ fn fsm_findings(entries: &[Entry]) -> Vec<Finding> {
                 return out;
             }
         };
+        if let Some(replan) = &mut facts.replan {
+            replan.limit = replan_limit;
+        }
         let now = match workflow::decide(status, kind, &facts) {
             Ok(d) if d.to == recorded_to => None,
             Ok(d) => Some(format!("{status} -> {}", d.to)),
@@ -249,7 +255,13 @@ fn gate_finding(g: &GateRow, tenant: &str, policy: &Policy) -> Option<Finding> {
         Err(e) => return Some(not_comparable(format!("a readable plan ({e})"))),
     };
     let dryrun = match (&g.dryrun_digest, g.dryrun_outcome.as_deref()) {
-        (None, _) => None,
+        // Every gate evaluation follows a dry run since they exist: no
+        // digest means a decision recorded before, not "no dry run".
+        (None, _) => {
+            return Some(not_comparable(
+                "the dry run it judged (recorded before dry runs existed)".into(),
+            ));
+        }
         (Some(_), Some(o)) => match serde_json::from_value::<DryRunOutcome>(Value::from(o)) {
             Ok(o) => Some(o),
             Err(_) => return Some(not_comparable(format!("a known dry-run outcome ({o:?})"))),
@@ -340,9 +352,15 @@ impl Report {
                 };
             }
         }
+        // Each case in one class: a difference counts first, then a part
+        // that cannot be compared.
         let total = self.cases.len();
         let differ = self.cases.iter().filter(|c| c.differs()).count();
-        let incomparable = self.cases.iter().filter(|c| !c.comparable()).count();
+        let incomparable = self
+            .cases
+            .iter()
+            .filter(|c| !c.differs() && !c.comparable())
+            .count();
         let same = self.cases.iter().filter(|c| c.findings.is_empty()).count();
         let gate = self
             .cases
@@ -385,14 +403,17 @@ mod tests {
     #[test]
     fn a_move_todays_rules_refuse_is_a_difference_and_missing_facts_are_not_guessed() {
         let none = Some(serde_json::to_value(Facts::default()).unwrap());
-        let findings = fsm_findings(&[
-            entry(2, "start_analysis", "ANALYZING", none.clone()),
-            entry(3, "analysis_done", "PLANNING", none.clone()),
-            // Recorded as accepted without a plan: today's guard refuses.
-            entry(4, "plan_ready", "WAIT_GATE", none.clone()),
-            entry(5, "gate_rejected", "PARKED", None),
-            entry(6, "resume", "PLANNING", none),
-        ]);
+        let findings = fsm_findings(
+            &[
+                entry(2, "start_analysis", "ANALYZING", none.clone()),
+                entry(3, "analysis_done", "PLANNING", none.clone()),
+                // Recorded as accepted without a plan: today's guard refuses.
+                entry(4, "plan_ready", "WAIT_GATE", none.clone()),
+                entry(5, "gate_rejected", "PARKED", None),
+                entry(6, "resume", "PLANNING", none),
+            ],
+            0,
+        );
         assert_eq!(findings.len(), 2, "{findings:?}");
         match &findings[0] {
             Finding::Fsm {
@@ -412,14 +433,58 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_replan_is_judged_by_the_given_policys_limit() {
+        let facts = Facts {
+            replan: Some(workflow::ReplanFact {
+                limit: 1,
+                done: 0,
+                rolled_back_after_failed_verification: true,
+            }),
+            ..Facts::default()
+        };
+        let moves = [entry(
+            9,
+            "replan",
+            "PLANNING",
+            Some(serde_json::to_value(facts).unwrap()),
+        )];
+        let entries: Vec<Entry> = [
+            ("start_analysis", "ANALYZING"),
+            ("analysis_done", "PLANNING"),
+            ("plan_failed", "PARKED"),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, (e, to))| {
+            entry(
+                i as i64 + 2,
+                e,
+                to,
+                Some(serde_json::to_value(Facts::default()).unwrap()),
+            )
+        })
+        .chain(moves)
+        .collect();
+        assert!(fsm_findings(&entries, 1).is_empty());
+        let off = fsm_findings(&entries, 0);
+        assert!(
+            matches!(&off[..], [Finding::Fsm { version: 9, now, .. }] if now.contains("replan_allowed")),
+            "{off:?}"
+        );
+    }
+
+    #[test]
     fn the_same_moves_under_the_same_rules_differ_in_nothing() {
         let none = Some(serde_json::to_value(Facts::default()).unwrap());
         assert!(
-            fsm_findings(&[
-                entry(2, "start_analysis", "ANALYZING", none.clone()),
-                entry(3, "analysis_done", "PLANNING", none.clone()),
-                entry(4, "plan_failed", "PARKED", none),
-            ])
+            fsm_findings(
+                &[
+                    entry(2, "start_analysis", "ANALYZING", none.clone()),
+                    entry(3, "analysis_done", "PLANNING", none.clone()),
+                    entry(4, "plan_failed", "PARKED", none),
+                ],
+                0
+            )
             .is_empty()
         );
     }

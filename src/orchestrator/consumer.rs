@@ -6,7 +6,7 @@
 //! acked. A rollback that ends after a failed verification becomes the
 //! orchestrator's own `replan` when the policy allows re-plans.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Actor, Orchestrator, Origin, Outcome, TransitionError, TransitionRequest};
 use crate::auth::TenantScope;
@@ -110,6 +110,30 @@ impl FactConsumer {
         if run.status != crate::contract::fact::RunStatus::RolledBack {
             return Disposition::Done;
         }
+        // The executor names the version its rollback was issued at; a
+        // rollback fact without it cannot be checked for staleness.
+        if fact.expected_version.is_none() {
+            return Disposition::DeadLetter(
+                DeadReason::InvalidData,
+                format!("{EVT_ROLLED_BACK} without expected_version"),
+            );
+        }
+        // A case a person resumed or dismissed meanwhile is theirs: no
+        // re-plan, and no refused attempt in its timeline either.
+        let parked: Option<bool> = match sqlx::query_scalar(
+            "SELECT status = 'PARKED' FROM ops_case WHERE id = $1 AND tenant = $2",
+        )
+        .bind(fact.case_id.uuid())
+        .bind(fact.tenant.as_str())
+        .fetch_optional(self.orchestrator.pool())
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => return Disposition::Retry(e.to_string()),
+        };
+        if parked == Some(false) {
+            return Disposition::Done;
+        }
         let feedback =
             match replan_feedback(self.orchestrator.pool(), fact.case_id.uuid(), run).await {
                 Ok(f) => f,
@@ -174,7 +198,7 @@ async fn replan_feedback(
     .fetch_optional(pool)
     .await?
     .flatten();
-    let verified: Option<(String, sqlx::types::Json<Vec<CheckJudged>>, i64)> = sqlx::query_as(
+    let verified: Option<(String, Value, i64)> = sqlx::query_as(
         "SELECT outcome, checks, EXTRACT(EPOCH FROM window_to - window_from)::bigint FROM verify_result \
          WHERE case_id = $1 AND plan_hash = $2 ORDER BY at DESC LIMIT 1",
     )
@@ -188,11 +212,17 @@ async fn replan_feedback(
         run.plan_hash.short()
     );
     Ok(match verified {
-        Some((outcome, checks, window_s)) => format!(
-            "{plan} failed verification ({outcome}) over {window_s} s: {}; it was rolled back. \
-             Propose a different remediation.",
-            describe_judged(&checks)
-        ),
+        Some((outcome, checks, window_s)) => {
+            // A check entry this code cannot read costs the figures, never
+            // the re-plan.
+            let figures = serde_json::from_value::<Vec<CheckJudged>>(checks)
+                .map(|c| format!(": {}", describe_judged(&c)))
+                .unwrap_or_default();
+            format!(
+                "{plan} failed verification ({outcome}) over {window_s} s{figures}; it was rolled back. \
+                 Propose a different remediation."
+            )
+        }
         None => format!("{plan} was rolled back. Propose a different remediation."),
     })
 }

@@ -152,7 +152,8 @@ pub async fn load(
 
 /// The automatic re-plans the case has had, the policy's limit, and
 /// whether its current plan's newest verification failed and a rollback of
-/// that plan finished.
+/// that plan, issued at the case's current version (this very park),
+/// finished.
 async fn replan_fact(
     conn: &mut PgConnection,
     case: &Case,
@@ -165,9 +166,11 @@ async fn replan_fact(
                 COALESCE((SELECT v.outcome <> 'pass' FROM verify_result v, p \
                             WHERE v.case_id = $1 AND v.plan_hash = p.plan_hash ORDER BY v.at DESC LIMIT 1), false) \
                 AND EXISTS (SELECT 1 FROM exec_run r, p WHERE r.case_id = $1 AND r.plan_hash = p.plan_hash \
-                              AND r.kind = 'rollback' AND r.status = 'rolled_back')",
+                              AND r.kind = 'rollback' AND r.status = 'rolled_back' \
+                              AND r.case_version = $2)",
     )
     .bind(case.id)
+    .bind(case.version)
     .fetch_one(&mut *conn)
     .await?;
     Ok(ReplanFact {

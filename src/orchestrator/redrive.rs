@@ -165,8 +165,17 @@ impl Orchestrator {
                 {
                     return Err(RedriveError::PlanExists(hash.to_string()));
                 }
-                // What the FSM sent: after `resume`, the park reason.
+                // What the FSM sent: after `resume`, the park reason; after
+                // `replan`, its reason (the failed verification's figures).
                 let feedback: Option<String> = match event.as_deref() {
+                    Some("replan") => sqlx::query_scalar(
+                        "SELECT reason FROM case_timeline WHERE case_id = $1 \
+                         AND kind = 'transition' AND event = 'replan' ORDER BY seq DESC LIMIT 1",
+                    )
+                    .bind(case_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .flatten(),
                     Some("resume") => sqlx::query_scalar(
                         "SELECT park_reason FROM case_timeline WHERE case_id = $1 \
                          AND kind = 'transition' AND to_status = 'PARKED' ORDER BY seq DESC LIMIT 1",

@@ -155,3 +155,22 @@ async fn with_replans_off_a_rolled_back_case_parks_at_once(pool: PgPool) {
             .all(|(_, e, _, _)| e.as_deref() != Some("replan"))
     );
 }
+
+/// Only the orchestrator re-plans: over HTTP nobody may send `replan`,
+/// not an operator, an admin or any worker's identity.
+#[sqlx::test]
+async fn nobody_sends_replan_over_http(pool: PgPool) {
+    use crate::helpers::*;
+    let app = TestApp::new(pool).await;
+    let case = app.case_in("PARKED").await;
+    for token in [OPERATOR, ADMIN, SERVICE, EXECUTOR, VERIFIER] {
+        let r = app.event(case, token, "replan").await;
+        assert_eq!(
+            (r.status, r.code()),
+            (403, "forbidden"),
+            "{token}: {:?}",
+            r.body
+        );
+    }
+    assert_eq!(app.status(case).await, "PARKED");
+}
