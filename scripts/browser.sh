@@ -45,32 +45,8 @@ if [ ! -s "$AXE_JS" ]; then
   "$npm" install --prefix "$axe" --no-audit --no-fund --silent "axe-core@$AXE_VERSION"
 fi
 
-scripts/services.sh up >/dev/null
-eval "$(scripts/services.sh env)"
-nats_bin=${NATS_SERVER_BIN:-$(command -v nats-server || ls /usr/sbin/nats-server 2>/dev/null \
-  || find .opsloop/natsbin -type f -name nats-server 2>/dev/null | head -n 1 || true)}
-[ -x "$nats_bin" ] || { echo "browser: no nats-server (scripts/services.sh installs one)" >&2; exit 1; }
-
-psql_bin=$(ls .opsloop/pg/pgserver/pginstall/bin/psql 2>/dev/null || command -v psql)
-"$psql_bin" "$DATABASE_URL" -qX -v ON_ERROR_STOP=1 \
-  -c "DROP DATABASE IF EXISTS opsloop_browser WITH (FORCE)" -c "CREATE DATABASE opsloop_browser" >/dev/null
-DATABASE_URL=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/opsloop_browser")))' "$DATABASE_URL")
-export DATABASE_URL
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-pids=()
-cleanup() {
-  for p in ${pids[@]+"${pids[@]}"}; do kill "$p" 2>/dev/null || true; done
-  for p in ${pids[@]+"${pids[@]}"}; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-rm -rf "$state/nats"
-nats_port=$(free_port)
-"$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$state/nats" >"$state/nats.log" 2>&1 &
-pids+=($!)
-export NATS_URL=nats://127.0.0.1:$nats_port
-unset OPSLOOP_NATS_SUBSCRIBER_URL
+. scripts/private-stack.sh
+private_stack opsloop_browser "$state"
 
 cargo build --locked --bin opsloop
 bin="$CARGO_TARGET_DIR/debug/opsloop"

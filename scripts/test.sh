@@ -48,4 +48,10 @@ echo "test: fuzzing took $((SECONDS - phase_start)) s"
 echo "test: the console in a browser (scripts/browser.sh)"
 phase_start=$SECONDS
 bash scripts/browser.sh
-echo "test: the browser test took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"
+echo "test: the browser test took $((SECONDS - phase_start)) s"
+
+# The scenario harness: scripted problems through a stack of their own.
+echo "test: the scenarios (scripts/scenarios.sh)"
+phase_start=$SECONDS
+bash scripts/scenarios.sh
+echo "test: the scenarios took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"

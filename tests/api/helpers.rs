@@ -387,31 +387,7 @@ pub fn service() -> String {
 
 /// A fake server of a test (LLM, Kubernetes, Prometheus, gateway): a real
 /// HTTP server on a free loopback port, stopped when dropped.
-pub struct TestServer {
-    /// `http://127.0.0.1:<port>`
-    pub url: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TestServer {
-    pub async fn start(app: axum::Router) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(opsloop::api::serve(
-            listener,
-            app,
-            opsloop::api::ServeSettings::default(),
-            std::future::pending(),
-        ));
-        TestServer { url, task }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
+pub use opsloop::fakes::Server as TestServer;
 
 /// A change freeze (absolute window) that covers now: every environment,
 /// every tenant.

@@ -1,0 +1,119 @@
+//! A fake OpenAI-compatible server: a real HTTP server on loopback speaking
+//! the chat-completions wire format, answering from a script of replies and
+//! keeping every request it received. A poisoned lock (a panicking
+//! handler) is a broken fake: it panics too.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::Server;
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// 200 with this assistant message content, `finish_reason: stop`.
+    Content(String),
+    /// 200 with this content cut off, `finish_reason: length`.
+    Truncated(String),
+    /// This HTTP status with a plain-text body.
+    Status(u16),
+    /// 200 with a body that is not a chat completion.
+    Raw(String),
+    /// No answer for this long.
+    Hang(Duration),
+}
+
+#[derive(Default)]
+struct Script {
+    replies: VecDeque<Reply>,
+    requests: Vec<Value>,
+}
+
+pub struct FakeLlm {
+    pub base_url: String,
+    script: Arc<Mutex<Script>>,
+    _server: Server,
+}
+
+impl FakeLlm {
+    pub async fn start(replies: Vec<Reply>) -> FakeLlm {
+        let script = Arc::new(Mutex::new(Script {
+            replies: replies.into(),
+            requests: Vec::new(),
+        }));
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(complete))
+            .with_state(script.clone());
+        let server = Server::start(app).await;
+        FakeLlm {
+            base_url: format!("{}/v1", server.url),
+            script,
+            _server: server,
+        }
+    }
+
+    /// The request bodies received so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.script.lock().unwrap().requests.clone()
+    }
+
+    /// Replies not yet used.
+    pub fn unused(&self) -> usize {
+        self.script.lock().unwrap().replies.len()
+    }
+}
+
+async fn complete(State(script): State<Arc<Mutex<Script>>>, Json(body): Json<Value>) -> Response {
+    let reply = {
+        let mut s = script.lock().unwrap();
+        s.requests.push(body.clone());
+        s.replies.pop_front()
+    };
+    let model = body["model"].as_str().unwrap_or("fake").to_string();
+    let completion = |content: &str, finish: &str| {
+        Json(json!({
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 1_763_700_000,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": finish
+            }],
+            "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366}
+        }))
+        .into_response()
+    };
+    match reply {
+        Some(Reply::Content(c)) => completion(&c, "stop"),
+        Some(Reply::Truncated(c)) => completion(&c, "length"),
+        // Servers send a JSON error object for client errors; 5xx bodies
+        // are often plain text from a proxy.
+        Some(Reply::Status(code)) if code < 500 => (
+            StatusCode::from_u16(code).unwrap(),
+            Json(json!({"error": {"message": "response_format json_schema is not supported",
+                                  "type": "invalid_request_error", "param": "response_format", "code": null}})),
+        )
+            .into_response(),
+        Some(Reply::Status(code)) => (
+            StatusCode::from_u16(code).unwrap(),
+            "upstream model crashed",
+        )
+            .into_response(),
+        Some(Reply::Raw(text)) => (StatusCode::OK, text).into_response(),
+        Some(Reply::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            completion("{}", "stop")
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "the test script has no more replies").into_response(),
+    }
+}
