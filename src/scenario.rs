@@ -22,6 +22,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::auth::{self, TenantScope};
+use crate::fakes::gateway::FakeGateway;
+use crate::fakes::k8s::FakeK8s;
 use crate::fakes::llm::{FakeLlm, Reply};
 use crate::model::{Case, TimelineEntry};
 
@@ -60,6 +62,33 @@ pub struct Stack {
     /// scenario's service); empty: no LLM, the template planner serves.
     #[serde(default)]
     pub llm: Vec<String>,
+    /// A route of the fake gateway `edge` (`{{service}}` filled in), at
+    /// weights blue 100 / green 0.
+    #[serde(default)]
+    pub gateway_route: Option<String>,
+    /// Deployments (`namespace/name`, `{{service}}` filled in) of a fake
+    /// Kubernetes API server.
+    #[serde(default)]
+    pub k8s_deployments: Vec<String>,
+    /// A person approves the plan the gate holds for one approver (the
+    /// harness, as an operator with the approver role, bound to the plan
+    /// hash and dry run it reads); the approve time then includes them.
+    #[serde(default)]
+    pub approve: bool,
+}
+
+/// The current plan as `GET /case/{id}/plan` shows it, as far as an
+/// approver needs it.
+#[derive(Deserialize)]
+struct ShownPlan {
+    plan_hash: String,
+    #[serde(default)]
+    dry_run: Option<ShownDryRun>,
+}
+
+#[derive(Deserialize)]
+struct ShownDryRun {
+    digest: String,
 }
 
 /// The service's latency: a baseline, a regression, and what follows the
@@ -104,6 +133,12 @@ pub struct Expect {
     /// Automatic re-plans that must have happened.
     #[serde(default)]
     pub replans: Option<usize>,
+    /// The fake gateway's weights for the route at the end.
+    #[serde(default)]
+    pub gateway_weights: Option<std::collections::BTreeMap<String, u64>>,
+    /// Writes (PATCH or PUT) the fake Kubernetes API received.
+    #[serde(default)]
+    pub k8s_writes: Option<usize>,
     /// Seconds to wait for `status`.
     #[serde(default = "default_timeout")]
     pub timeout_s: u64,
@@ -171,6 +206,8 @@ struct StackRun {
     operator: String,
     service: String,
     _llm: Option<FakeLlm>,
+    gateway: Option<(FakeGateway, crate::fakes::Server, String)>,
+    k8s: Option<FakeK8s>,
     dir: PathBuf,
 }
 
@@ -223,6 +260,32 @@ async fn start_stack(s: &Scenario, service: &str) -> anyhow::Result<StackRun> {
             .collect();
         Some(FakeLlm::start(replies).await)
     };
+    let gateway = match &s.stack.gateway_route {
+        None => None,
+        Some(route) => {
+            let route = route.replace("{{service}}", service);
+            let g = FakeGateway::default();
+            g.routes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the fake gateway's lock is poisoned"))?
+                .insert(route.clone(), json!({"blue": 100, "green": 0}));
+            let server = g.start().await;
+            Some((g, server, route))
+        }
+    };
+    let k8s = if s.stack.k8s_deployments.is_empty() {
+        None
+    } else {
+        let k8s = FakeK8s::start(Duration::from_millis(50)).await;
+        for d in &s.stack.k8s_deployments {
+            let d = d.replace("{{service}}", service);
+            let (ns, name) = d
+                .split_once('/')
+                .with_context(|| format!("k8s deployment {d:?}: namespace/name expected"))?;
+            k8s.add_deployment(ns, name, "shop/api:1", 1);
+        }
+        Some(k8s)
+    };
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
@@ -249,6 +312,12 @@ async fn start_stack(s: &Scenario, service: &str) -> anyhow::Result<StackRun> {
             .env("OPSLOOP_LLM_MODEL", "scenario-fake")
             .env("OPSLOOP_LLM_TIMEOUT_MS", "5000");
     }
+    if let Some((_, server, _)) = &gateway {
+        cmd.env("OPSLOOP_GATEWAYS", format!("edge={}/admin", server.url));
+    }
+    if let Some(k8s) = &k8s {
+        cmd.env("OPSLOOP_K8S_API_URL", &k8s.server.url);
+    }
     let child = cmd.spawn().context("starting opsloop serve")?;
     let run = StackRun {
         child,
@@ -256,6 +325,8 @@ async fn start_stack(s: &Scenario, service: &str) -> anyhow::Result<StackRun> {
         operator,
         service: service_token,
         _llm: llm,
+        gateway,
+        k8s,
         dir,
     };
     let http = crate::http_client::http_client().build()?;
@@ -355,8 +426,24 @@ async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     // Until the expected status holds and nothing moved for 3 s, or the
     // case ended elsewhere, or time is up.
     let mut last: Option<(i64, Instant)> = None;
+    let mut approved = false;
     let case: Case = loop {
         let case: Case = get(format!("/case/{case_id}")).await?.json().await?;
+        if s.stack.approve && !approved && case.status == crate::workflow::Status::WaitGate {
+            let plan: ShownPlan = get(format!("/case/{case_id}/plan")).await?.json().await?;
+            let r = http
+                .patch(format!("{}/case/{case_id}/transition", stack.url))
+                .bearer_auth(&stack.operator)
+                .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+                .json(
+                    &json!({"event": "gate_approved", "plan_hash": plan.plan_hash,
+                              "dryrun_digest": plan.dry_run.map(|d| d.digest)}),
+                )
+                .send()
+                .await?;
+            // 422 while the gate has not judged the plan yet: asked again.
+            approved = r.status().is_success();
+        }
         let still = match last {
             Some((v, since)) if v == case.version => since.elapsed() > Duration::from_secs(3),
             _ => {
@@ -421,6 +508,33 @@ async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
         && n != replans
     {
         why.push(format!("{replans} re-plans, expected {n}"));
+    }
+    if let (Some(expected), Some((g, _, route))) = (&s.expect.gateway_weights, &stack.gateway) {
+        let now = g
+            .routes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the fake gateway's lock is poisoned"))?
+            .get(route)
+            .cloned()
+            .unwrap_or(Value::Null);
+        if now != json!(expected) {
+            why.push(format!(
+                "gateway weights {now}, expected {}",
+                json!(expected)
+            ));
+        }
+    }
+    if let (Some(expected), Some(k8s)) = (s.expect.k8s_writes, &stack.k8s) {
+        let writes = k8s
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("PATCH") || r.starts_with("PUT"))
+            // A dry run (`dryRun=All`) changes nothing.
+            .filter(|r| !r.contains("dryRun"))
+            .count();
+        if writes != expected {
+            why.push(format!("{writes} Kubernetes writes, expected {expected}"));
+        }
     }
     Ok(Outcome {
         name: s.name.clone(),

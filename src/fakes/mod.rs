@@ -1,8 +1,11 @@
 //! Fakes of the outside parts that cannot run here (an OpenAI-compatible
-//! LLM server, for now), as small real HTTP servers on loopback speaking
-//! the real wire format: used by the tests and by the scenario harness
-//! (`opsloop scenario run`). Never part of a serving process.
+//! LLM server, a Kubernetes API server, a gateway's admin API), as small
+//! real HTTP servers on loopback speaking the real wire format: used by
+//! the tests and by the scenario harness (`opsloop scenario run`). Never
+//! part of a serving process.
 
+pub mod gateway;
+pub mod k8s;
 pub mod llm;
 
 /// A fake's HTTP server on a free loopback port, stopped when dropped.

@@ -3,15 +3,9 @@
 //! NATS and PostgreSQL: the change, its dry run, the watch, and the undo
 //! that puts back the state read before the change.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
 use opsloop::executor::gateway::GatewayAdapter;
 use opsloop::executor::k8s::K8sAdapter;
 use serde_json::{Value, json};
@@ -255,51 +249,12 @@ async fn assert_never_reached_the_gate(lp: &Loop, case: uuid::Uuid) {
     assert_eq!(last, "dryrun_failed");
 }
 
-/// A fake gateway admin API: routes with backend weights.
-#[derive(Clone, Default)]
-struct Gateway {
-    routes: Arc<Mutex<BTreeMap<String, Value>>>,
-    puts: Arc<Mutex<Vec<Value>>>,
-    /// Reads answered 503 before the gateway answers again.
-    unavailable_reads: Arc<Mutex<u32>>,
-}
-
-async fn read_route(State(g): State<Gateway>, Path(route): Path<String>) -> Response {
-    {
-        let mut left = g.unavailable_reads.lock().unwrap();
-        if *left > 0 {
-            *left -= 1;
-            return (StatusCode::SERVICE_UNAVAILABLE, "restarting").into_response();
-        }
-    }
-    match g.routes.lock().unwrap().get(&route) {
-        Some(w) => Json(json!({"route": route, "weights": w})).into_response(),
-        None => (StatusCode::NOT_FOUND, "no such route").into_response(),
-    }
-}
-
-async fn set_weights(
-    State(g): State<Gateway>,
-    Path(route): Path<String>,
-    Json(body): Json<Value>,
-) -> Response {
-    let mut routes = g.routes.lock().unwrap();
-    let Some(w) = routes.get_mut(&route) else {
-        return (StatusCode::NOT_FOUND, "no such route").into_response();
-    };
-    g.puts.lock().unwrap().push(body["weights"].clone());
-    *w = body["weights"].clone();
-    Json(json!({"route": route, "weights": w})).into_response()
-}
+use opsloop::fakes::gateway::FakeGateway as Gateway;
 
 /// A loop whose executor knows one gateway, `edge`: `g`, served with its
 /// admin API under `/admin` for as long as the returned server lives.
 async fn loop_with_gateway(pool: PgPool, g: &Gateway) -> (Loop, TestServer) {
-    let app = axum::Router::new()
-        .route("/admin/routes/{route}", get(read_route))
-        .route("/admin/routes/{route}/weights", put(set_weights))
-        .with_state(g.clone());
-    let admin = TestServer::start(app).await;
+    let admin = g.start().await;
     let mut lp = Loop::full(pool).await;
     lp.executor_mut().register(Arc::new(GatewayAdapter::new(
         &[format!("edge={}/admin", admin.url).parse().unwrap()],
