@@ -78,11 +78,7 @@ impl Handler for FactConsumer {
             dryrun_digest: fact.body.dryrun_digest().cloned(),
             meta,
             expected_version: fact.expected_version.map(i64::from),
-            origin: Origin::Message {
-                consumer: CONSUMER.to_string(),
-                message_id: fact.id,
-                subject: d.subject.clone(),
-            },
+            origin: origin(&fact.id, d),
             trace_id: telemetry::trace_id_from(d.traceparent.as_deref()),
         };
         self.apply(request, &fact).await
@@ -152,11 +148,7 @@ impl FactConsumer {
             dryrun_digest: None,
             meta: json!({"subject": d.subject, "causation_id": fact.id, "rollback_run": run.run_id}),
             expected_version: fact.expected_version.map(i64::from),
-            origin: Origin::Message {
-                consumer: CONSUMER.to_string(),
-                message_id: fact.id,
-                subject: d.subject.clone(),
-            },
+            origin: origin(&fact.id, d),
             trace_id: telemetry::trace_id_from(d.traceparent.as_deref()),
         };
         self.apply(request, fact).await
@@ -180,6 +172,16 @@ impl FactConsumer {
             ) => Disposition::DeadLetter(DeadReason::InvalidData, e.to_string()),
             Err(e @ TransitionError::Database(_)) => Disposition::Retry(e.to_string()),
         }
+    }
+}
+
+/// A fact's delivery as the transition's origin: its envelope id goes to
+/// the inbox with the move.
+fn origin(message_id: &uuid::Uuid, d: &Delivery) -> Origin {
+    Origin::Message {
+        consumer: CONSUMER.to_string(),
+        message_id: *message_id,
+        subject: d.subject.clone(),
     }
 }
 
