@@ -76,6 +76,7 @@ fn llm_settings(base_url: &str) -> LlmSettings {
         max_tokens: 1024,
         prompts_dir: "prompts".into(),
         prompt: "plan-v2".into(),
+        context_tokens: None,
     }
 }
 

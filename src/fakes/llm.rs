@@ -35,6 +35,19 @@ pub enum Reply {
 struct Script {
     replies: VecDeque<Reply>,
     requests: Vec<Value>,
+    behaviour: Behaviour,
+}
+
+/// How the server treats requests beyond its script.
+#[derive(Debug, Clone, Default)]
+pub struct Behaviour {
+    /// Drops the connection (no answer) when `response_format` carries a
+    /// JSON schema, as llama.cpp's server does when it crashes building a
+    /// grammar; such a request takes no reply from the script.
+    pub drops_schema: bool,
+    /// What `GET /v1/models` reports as the model's context window
+    /// (llama.cpp's `meta.n_ctx_train`); `None`: no such field.
+    pub context: Option<u64>,
 }
 
 pub struct FakeLlm {
@@ -45,12 +58,18 @@ pub struct FakeLlm {
 
 impl FakeLlm {
     pub async fn start(replies: Vec<Reply>) -> FakeLlm {
+        FakeLlm::start_with(replies, Behaviour::default()).await
+    }
+
+    pub async fn start_with(replies: Vec<Reply>, behaviour: Behaviour) -> FakeLlm {
         let script = Arc::new(Mutex::new(Script {
             replies: replies.into(),
             requests: Vec::new(),
+            behaviour,
         }));
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(complete))
+            .route("/v1/models", axum::routing::get(models))
             .with_state(script.clone());
         let server = Server::start(app).await;
         FakeLlm {
@@ -71,12 +90,35 @@ impl FakeLlm {
     }
 }
 
+async fn models(State(script): State<Arc<Mutex<Script>>>) -> Response {
+    let context = script.lock().unwrap().behaviour.context;
+    let mut model = json!({"id": "fake-model", "object": "model", "owned_by": "opsloop-tests"});
+    if let Some(n) = context {
+        model["meta"] = json!({"n_ctx_train": n});
+    }
+    Json(json!({"object": "list", "data": [model]})).into_response()
+}
+
 async fn complete(State(script): State<Arc<Mutex<Script>>>, Json(body): Json<Value>) -> Response {
     let reply = {
         let mut s = script.lock().unwrap();
         s.requests.push(body.clone());
-        s.replies.pop_front()
+        if s.behaviour.drops_schema && body["response_format"]["type"] == "json_schema" {
+            None
+        } else {
+            s.replies.pop_front()
+        }
     };
+    if reply.is_none() && body["response_format"]["type"] == "json_schema" && {
+        script.lock().unwrap().behaviour.drops_schema
+    } {
+        // Headers, then a body that breaks off: the client sees the
+        // connection drop, as with a server that crashed mid-request.
+        let broken = futures::stream::once(async {
+            Err::<axum::body::Bytes, std::io::Error>(std::io::Error::other("the server crashed"))
+        });
+        return (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response();
+    }
     let model = body["model"].as_str().unwrap_or("fake").to_string();
     let completion = |content: &str, finish: &str| {
         Json(json!({

@@ -21,6 +21,48 @@ pub const SCHEMA_JSON: &str = include_str!("changeplan.schema.json");
 pub static SCHEMA: LazyLock<Value> =
     LazyLock::new(|| serde_json::from_str(SCHEMA_JSON).expect("the shipped schema is JSON"));
 
+/// The schema as sent to a server for structured output: the same shape
+/// without the length and count bounds (`maxLength`, `minLength`,
+/// `maxItems`, `minItems`, `pattern`), whose expansion into repetitions
+/// makes grammar engines (llama.cpp) give up or crash, and with the
+/// `$defs` references inlined (not every engine resolves them). Answers
+/// are still validated against [`SCHEMA`], bounds included.
+pub static GENERATION_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
+    let defs = SCHEMA.get("$defs").cloned().unwrap_or(Value::Null);
+    generation_profile(&SCHEMA, &defs)
+});
+
+fn generation_profile(node: &Value, defs: &Value) -> Value {
+    const DROPPED: [&str; 6] = [
+        "maxLength",
+        "minLength",
+        "maxItems",
+        "minItems",
+        "pattern",
+        "$defs",
+    ];
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref")
+                && let Some(name) = r.strip_prefix("#/$defs/")
+                && let Some(def) = defs.get(name)
+            {
+                return generation_profile(def, defs);
+            }
+            Value::Object(
+                map.iter()
+                    .filter(|(k, _)| !DROPPED.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), generation_profile(v, defs)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| generation_profile(v, defs)).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 static VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     jsonschema::validator_for(&SCHEMA).expect("the shipped schema is a valid 2020-12 schema")
 });
@@ -317,6 +359,35 @@ fn check_params(action: &str, params: &Value, at: &str, limits: &PlanLimits) -> 
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_generation_schema_has_no_bounds_or_references_and_keeps_the_shape() {
+        let text = super::GENERATION_SCHEMA.to_string();
+        for gone in [
+            "maxLength",
+            "minLength",
+            "maxItems",
+            "minItems",
+            "pattern",
+            "$ref",
+            "$defs",
+        ] {
+            assert!(!text.contains(gone), "{gone} left in {text}");
+        }
+        let g = &*super::GENERATION_SCHEMA;
+        assert_eq!(g["required"], super::SCHEMA["required"]);
+        assert_eq!(
+            g["properties"]["steps"]["items"]["properties"]["action"]["enum"],
+            super::SCHEMA["$defs"]["step"]["properties"]["action"]["enum"]
+        );
+        // Still a schema a validator accepts, and a valid plan passes it.
+        let v = jsonschema::validator_for(g).unwrap();
+        let plan = serde_json::json!({
+            "title": "x", "steps": [{"action": "noop", "timeout_s": 10, "retry": 0}],
+            "rollback": {"steps": []}, "verify": {"checks": []}
+        });
+        assert!(v.is_valid(&plan));
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -95,6 +95,11 @@ pub struct LlmSettings {
         default_value_t = 2048
     )]
     pub max_tokens: u32,
+    /// The model's context window in tokens; unset: read from the
+    /// server's `/v1/models` when it reports one (vLLM `max_model_len`,
+    /// llama.cpp `n_ctx`), else no budget is applied.
+    #[arg(long = "llm-context-tokens", env = "OPSLOOP_LLM_CONTEXT_TOKENS")]
+    pub context_tokens: Option<u32>,
     #[arg(
         long = "prompts-dir",
         env = "OPSLOOP_PROMPTS_DIR",
@@ -142,6 +147,49 @@ pub enum Outcome {
     Timeout,
     HttpError,
     Garbage,
+    /// Not sent: the prompt leaves no room for an answer in the model's
+    /// context window.
+    ContextExceeded,
+}
+
+/// How the answer's JSON is asked for, strongest first. A server that
+/// fails one (a grammar it cannot compile, a 400 naming the format, a
+/// connection dropped after a schema was sent) is asked with the next; the
+/// mode that answered is kept for the rest of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "snake_case")]
+pub enum OutputMode {
+    /// `response_format: json_schema` with the generation schema.
+    JsonSchema,
+    /// `response_format: json_object`.
+    JsonObject,
+    /// The prompt alone asks for JSON.
+    Prompt,
+}
+
+impl OutputMode {
+    fn weaker(self) -> Option<OutputMode> {
+        match self {
+            OutputMode::JsonSchema => Some(OutputMode::JsonObject),
+            OutputMode::JsonObject => Some(OutputMode::Prompt),
+            OutputMode::Prompt => None,
+        }
+    }
+}
+
+/// Tokens kept free for the answer at least; a prompt that leaves fewer is
+/// not sent.
+const MIN_ANSWER_TOKENS: u32 = 256;
+
+/// Tokens of `messages`, over-estimated without the server's tokenizer:
+/// one per three characters (English runs about four per token, JSON
+/// fewer) and a few per message for the chat template.
+fn estimate_tokens(messages: &[ChatCompletionRequestMessage]) -> u32 {
+    let chars: usize = messages
+        .iter()
+        .map(|m| serde_json::to_string(m).map_or(0, |t| t.chars().count()))
+        .sum();
+    u32::try_from(chars.div_ceil(3) + 8 * messages.len()).unwrap_or(u32::MAX)
 }
 
 /// The end of a planning run.
@@ -159,6 +207,12 @@ pub struct LlmPlanner {
     client: Client<OpenAIConfig>,
     settings: LlmSettings,
     prompt: Prompt,
+    /// The output mode this server and model answered in.
+    mode: std::sync::Mutex<OutputMode>,
+    /// The model's context window, once known (configured, or read from
+    /// the server once).
+    context: tokio::sync::OnceCell<Option<u32>>,
+    http: reqwest::Client,
 }
 
 /// Who the attempts are recorded for, and what they were based on.
@@ -175,7 +229,7 @@ pub struct AttemptScope<'a> {
 
 struct Attempt {
     outcome: Outcome,
-    structured: bool,
+    mode: OutputMode,
     latency: Duration,
     prompt_tokens: Option<u32>,
     completion_tokens: Option<u32>,
@@ -201,16 +255,67 @@ impl LlmPlanner {
             .build()?;
         // The plain transport, without async-openai's own retry layer: we
         // retry ourselves so that every request is seen, timed and recorded.
-        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        let client =
+            Client::with_config(config).with_http_service(ReqwestService::new(http.clone()));
+        let mode = if settings.structured_output {
+            OutputMode::JsonSchema
+        } else {
+            OutputMode::Prompt
+        };
         Ok(Some(LlmPlanner {
             client,
             settings: settings.clone(),
             prompt,
+            mode: std::sync::Mutex::new(mode),
+            context: tokio::sync::OnceCell::new(),
+            http,
         }))
     }
 
     pub fn prompt(&self) -> &Prompt {
         &self.prompt
+    }
+
+    /// The output mode requests start in now.
+    pub fn output_mode(&self) -> OutputMode {
+        *self.mode.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, mode: OutputMode) {
+        let mut m = self.mode.lock().unwrap_or_else(|p| p.into_inner());
+        if *m != mode {
+            tracing::warn!(from = %*m, to = %mode, model = %self.settings.model,
+                           "The LLM server answers in a weaker output mode; kept for this process.");
+            *m = mode;
+        }
+    }
+
+    /// The model's context window: configured, else what `/v1/models`
+    /// says of this model (asked once), else unknown.
+    async fn context_tokens(&self) -> Option<u32> {
+        if let Some(n) = self.settings.context_tokens {
+            return Some(n);
+        }
+        *self
+            .context
+            .get_or_init(|| async {
+                let base = self.settings.base_url.as_deref()?.trim_end_matches('/');
+                let mut request = self
+                    .http
+                    .get(format!("{base}/models"))
+                    .timeout(Duration::from_secs(5));
+                if !self.settings.api_key.is_empty() {
+                    request = request.bearer_auth(&self.settings.api_key);
+                }
+                let models: Value = request.send().await.ok()?.json().await.ok()?;
+                let n = context_of(&models, &self.settings.model);
+                if let Some(n) = n {
+                    tracing::info!(model = %self.settings.model, context_tokens = n,
+                                   "The LLM server reports the model's context window.");
+                }
+                n
+            })
+            .await
     }
 
     /// Runs the ask / check / repair loop for one case. Database errors
@@ -226,13 +331,19 @@ impl LlmPlanner {
             ChatCompletionRequestSystemMessage::from(self.prompt.text.as_str()).into(),
             ChatCompletionRequestUserMessage::from(context.to_string()).into(),
         ];
-        let mut structured = self.settings.structured_output;
+        let base = messages.len();
+        let mut mode = self.output_mode();
+        let context = self.context_tokens().await;
         let (mut repairs, mut retries, mut n) = (0u32, 0u32, 0i32);
         loop {
             n += 1;
             let (attempt, next) = self
-                .ask(&messages, structured, limits, &scope.passage_ids)
+                .ask(&messages, mode, context, limits, &scope.passage_ids)
                 .await;
+            // The server answered in this mode: keep it.
+            if matches!(attempt.outcome, Outcome::Valid | Outcome::Invalid) {
+                self.remember(mode);
+            }
             let outcome = attempt.outcome;
             telemetry::llm_request(outcome.into(), attempt.latency.as_secs_f64());
             let errors = attempt.errors.clone();
@@ -249,6 +360,9 @@ impl LlmPlanner {
                             errors.join("; ")
                         )));
                     }
+                    // Only the last answer and its errors: the prompt stays
+                    // the same size however many repairs it takes.
+                    messages.truncate(base);
                     messages.push(
                         ChatCompletionRequestAssistantMessage::from(
                             reply.unwrap_or_default().as_str(),
@@ -259,10 +373,12 @@ impl LlmPlanner {
                         ChatCompletionRequestUserMessage::from(repair_request(&errors)).into(),
                     );
                 }
-                Next::Retry { drop_structured } => {
-                    if drop_structured {
-                        structured = false;
-                    }
+                // The format itself failed: the next mode at once, not a
+                // retry of the same request.
+                Next::Retry { weaker_mode: true } if mode.weaker().is_some() => {
+                    mode = mode.weaker().unwrap_or(mode);
+                }
+                Next::Retry { .. } => {
                     retries += 1;
                     if retries > self.settings.max_retries {
                         return Ok(LlmAnswer::Failed(format!(
@@ -289,13 +405,14 @@ impl LlmPlanner {
     async fn ask(
         &self,
         messages: &[ChatCompletionRequestMessage],
-        structured: bool,
+        mode: OutputMode,
+        context: Option<u32>,
         limits: &PlanLimits,
         passage_ids: &std::collections::BTreeSet<String>,
     ) -> (Attempt, Next) {
         let mut attempt = Attempt {
             outcome: Outcome::Garbage,
-            structured,
+            mode,
             latency: Duration::ZERO,
             prompt_tokens: None,
             completion_tokens: None,
@@ -303,7 +420,23 @@ impl LlmPlanner {
             reply: None,
             plan_hash: None,
         };
-        let request = match self.request(messages, structured) {
+        // The answer gets what the context window leaves, at most the
+        // configured maximum; a prompt that leaves too little is not sent.
+        let mut max_tokens = self.settings.max_tokens;
+        if let Some(window) = context {
+            let prompt = estimate_tokens(messages);
+            let room = window.saturating_sub(prompt);
+            if room < MIN_ANSWER_TOKENS {
+                attempt.outcome = Outcome::ContextExceeded;
+                attempt.errors.push(format!(
+                    "the prompt needs about {prompt} tokens of the model's {window}, leaving {room} for the answer \
+                     (at least {MIN_ANSWER_TOKENS}); not sent"
+                ));
+                return (attempt, Next::GiveUp);
+            }
+            max_tokens = max_tokens.min(room);
+        }
+        let request = match self.request(messages, mode, max_tokens) {
             Ok(r) => r,
             Err(e) => {
                 attempt.errors.push(e.to_string());
@@ -320,12 +453,7 @@ impl LlmPlanner {
                 attempt
                     .errors
                     .push(format!("no answer within {} ms", timeout.as_millis()));
-                return (
-                    attempt,
-                    Next::Retry {
-                        drop_structured: false,
-                    },
-                );
+                return (attempt, Next::Retry { weaker_mode: false });
             }
             Ok(Err(e)) => return classify_error(attempt, e),
             Ok(Ok(r)) => r,
@@ -336,12 +464,7 @@ impl LlmPlanner {
         }
         let Some(choice) = response.choices.into_iter().next() else {
             attempt.errors.push("the response has no choices".into());
-            return (
-                attempt,
-                Next::Retry {
-                    drop_structured: false,
-                },
-            );
+            return (attempt, Next::Retry { weaker_mode: false });
         };
         let text = choice.message.content.unwrap_or_default();
         attempt.reply = Some(cap(&text));
@@ -389,24 +512,31 @@ impl LlmPlanner {
     fn request(
         &self,
         messages: &[ChatCompletionRequestMessage],
-        structured: bool,
+        mode: OutputMode,
+        max_tokens: u32,
     ) -> Result<async_openai::types::chat::CreateChatCompletionRequest, OpenAIError> {
         let mut args = CreateChatCompletionRequestArgs::default();
         args.model(&self.settings.model)
             .messages(messages.to_vec())
             .temperature(0.0)
-            .max_tokens(self.settings.max_tokens);
-        if structured {
-            args.response_format(ResponseFormat::JsonSchema {
-                json_schema: ResponseFormatJsonSchema {
-                    name: "ChangePlan".into(),
-                    description: Some("A remediation plan for an opsloop case.".into()),
-                    schema: contract::SCHEMA.clone(),
-                    // Strict mode accepts only a subset of JSON Schema that
-                    // ours does not keep to; we validate regardless.
-                    strict: Some(false),
-                },
-            });
+            .max_tokens(max_tokens);
+        match mode {
+            OutputMode::JsonSchema => {
+                args.response_format(ResponseFormat::JsonSchema {
+                    json_schema: ResponseFormatJsonSchema {
+                        name: "ChangePlan".into(),
+                        description: Some("A remediation plan for an opsloop case.".into()),
+                        schema: contract::GENERATION_SCHEMA.clone(),
+                        // Strict mode accepts only a subset of JSON Schema
+                        // that ours does not keep to; we validate regardless.
+                        strict: Some(false),
+                    },
+                });
+            }
+            OutputMode::JsonObject => {
+                args.response_format(ResponseFormat::JsonObject);
+            }
+            OutputMode::Prompt => {}
         }
         args.build()
     }
@@ -420,8 +550,8 @@ impl LlmPlanner {
         sqlx::query(
             "INSERT INTO plan_attempt (id, case_id, command_id, attempt, model, prompt_version, \
              prompt_hash, structured_output, latency_ms, prompt_tokens, completion_tokens, outcome, \
-             errors, reply, plan_hash, retrieval) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             errors, reply, plan_hash, retrieval, output_mode) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(Uuid::now_v7())
         .bind(scope.case_id)
@@ -430,7 +560,7 @@ impl LlmPlanner {
         .bind(&self.settings.model)
         .bind(&self.prompt.version)
         .bind(&self.prompt.hash)
-        .bind(a.structured)
+        .bind(a.mode != OutputMode::Prompt)
         .bind(i32::try_from(a.latency.as_millis()).unwrap_or(i32::MAX))
         .bind(a.prompt_tokens.map(|t| t as i32))
         .bind(a.completion_tokens.map(|t| t as i32))
@@ -439,6 +569,7 @@ impl LlmPlanner {
         .bind(a.reply)
         .bind(a.plan_hash)
         .bind(&scope.retrieval)
+        .bind(<&'static str>::from(a.mode))
         .execute(scope.pool)
         .await?;
         Ok(())
@@ -449,9 +580,10 @@ enum Next {
     Done(Box<CheckedPlan>),
     /// Send the violations back and ask again.
     Repair,
-    /// The server misbehaved; ask again after a pause.
+    /// The server misbehaved; ask again after a pause, or at once in the
+    /// next output mode when the format itself failed.
     Retry {
-        drop_structured: bool,
+        weaker_mode: bool,
     },
     /// Asking again cannot help (bad key, unknown model).
     GiveUp,
@@ -459,49 +591,62 @@ enum Next {
 
 fn classify_error(mut attempt: Attempt, e: OpenAIError) -> (Attempt, Next) {
     attempt.errors.push(cap(&e.to_string()));
+    let formatted = attempt.mode != OutputMode::Prompt;
     match &e {
         OpenAIError::ApiError(api) => {
             attempt.outcome = Outcome::HttpError;
-            let status = api.status_code;
-            if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
-                (
-                    attempt,
-                    Next::Retry {
-                        drop_structured: false,
-                    },
-                )
-            } else if status.as_u16() == 400 && attempt.structured {
-                // Many compatible servers reject `json_schema`; ask again
-                // without it (the answer is validated either way).
-                (
-                    attempt,
-                    Next::Retry {
-                        drop_structured: true,
-                    },
-                )
+            let status = api.status_code.as_u16();
+            // A grammar the server cannot build may come back as a 400
+            // naming the format or as a 500 saying so.
+            let text = e.to_string().to_lowercase();
+            let about_format = ["response_format", "grammar", "json_schema", "schema"]
+                .iter()
+                .any(|w| text.contains(w));
+            if formatted && (status == 400 || (status >= 500 && about_format)) {
+                (attempt, Next::Retry { weaker_mode: true })
+            } else if status >= 500 || status == 429 || status == 408 {
+                (attempt, Next::Retry { weaker_mode: false })
             } else {
                 (attempt, Next::GiveUp)
             }
         }
         OpenAIError::JSONDeserialize(..) => {
             attempt.outcome = Outcome::Garbage;
-            (
-                attempt,
-                Next::Retry {
-                    drop_structured: false,
-                },
-            )
+            (attempt, Next::Retry { weaker_mode: false })
         }
+        // The connection dropped (a server that crashed compiling the
+        // format, e.g. llama.cpp on a large schema): the next mode; a
+        // server that is down fails that too and is retried then.
         _ => {
             attempt.outcome = Outcome::HttpError;
             (
                 attempt,
                 Next::Retry {
-                    drop_structured: false,
+                    weaker_mode: formatted,
                 },
             )
         }
     }
+}
+
+/// The context window `/v1/models` reports for `model` (or its only
+/// model): vLLM's `max_model_len`, llama.cpp's `meta.n_ctx` /
+/// `meta.n_ctx_train`, or `context_length`.
+fn context_of(models: &Value, model: &str) -> Option<u32> {
+    let list = models.get("data")?.as_array()?;
+    let entry = list
+        .iter()
+        .find(|m| m.get("id").and_then(Value::as_str) == Some(model))
+        .or_else(|| (list.len() == 1).then(|| &list[0]))?;
+    [
+        "/max_model_len",
+        "/context_length",
+        "/meta/n_ctx",
+        "/meta/n_ctx_train",
+    ]
+    .iter()
+    .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+    .and_then(|n| u32::try_from(n).ok())
 }
 
 /// The model's text as a JSON object. One Markdown code fence around it is
@@ -579,6 +724,18 @@ mod tests {
                 .unwrap_err()
                 .is_eof()
         );
+    }
+
+    #[test]
+    fn the_context_window_is_read_from_what_servers_report() {
+        let vllm = json!({"data": [{"id": "m", "max_model_len": 8192}]});
+        assert_eq!(context_of(&vllm, "m"), Some(8192));
+        let llama = json!({"data": [{"id": "other-name", "meta": {"n_ctx_train": 4096}}]});
+        assert_eq!(context_of(&llama, "m"), Some(4096), "the only model");
+        let two =
+            json!({"data": [{"id": "a", "max_model_len": 1}, {"id": "b", "max_model_len": 2}]});
+        assert_eq!(context_of(&two, "m"), None);
+        assert_eq!(context_of(&json!({"data": [{"id": "m"}]}), "m"), None);
     }
 
     #[test]

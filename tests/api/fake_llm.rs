@@ -1,4 +1,4 @@
 //! The fake OpenAI-compatible server lives in the crate (`opsloop::fakes`),
 //! shared with the scenario harness.
 
-pub use opsloop::fakes::llm::{FakeLlm, Reply};
+pub use opsloop::fakes::llm::{Behaviour, FakeLlm, Reply};

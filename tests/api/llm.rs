@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::fake_llm::{FakeLlm, Reply};
+use crate::fake_llm::{Behaviour, FakeLlm, Reply};
 use crate::flow::Loop;
 
 const HANG: Duration = Duration::from_secs(30);
@@ -29,6 +29,7 @@ pub(crate) fn settings(base_url: &str) -> LlmSettings {
         max_tokens: 1024,
         prompts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
         prompt: "plan-v2".into(),
+        context_tokens: None,
     }
 }
 
@@ -94,6 +95,17 @@ impl Run {
 
     async fn outcomes(&self) -> Vec<String> {
         self.attempts().await.into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// The output mode of every attempt, in order.
+    async fn modes(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT output_mode FROM plan_attempt WHERE case_id = $1 ORDER BY created_at",
+        )
+        .bind(self.case)
+        .fetch_all(&self.lp.app.pool)
+        .await
+        .unwrap()
     }
 
     async fn stored_plans(&self) -> Vec<(Value, String)> {
@@ -388,14 +400,170 @@ async fn an_unreadable_body_is_garbage_and_retried(pool: PgPool) {
 async fn a_server_refusing_json_schema_is_asked_again_without_it(pool: PgPool) {
     let r = run(
         pool,
-        vec![Reply::Status(400), Reply::Content(valid_plan().to_string())],
+        vec![
+            Reply::Status(400),
+            Reply::Status(400),
+            Reply::Content(valid_plan().to_string()),
+        ],
     )
     .await;
-    assert_eq!(r.outcomes().await, ["http_error", "valid"]);
+    assert_eq!(r.outcomes().await, ["http_error", "http_error", "valid"]);
     let requests = r.fake.requests();
-    assert!(requests[0].get("response_format").is_some());
-    assert!(requests[1].get("response_format").is_none());
+    // json_schema, then json_object, then the prompt alone.
+    assert_eq!(requests[0]["response_format"]["type"], "json_schema");
+    assert_eq!(requests[1]["response_format"]["type"], "json_object");
+    assert!(requests[2].get("response_format").is_none());
+    assert_eq!(r.modes().await, ["json_schema", "json_object", "prompt"]);
     assert_eq!(r.status().await, "EXECUTING");
+}
+
+/// Issue #21: a server that crashes building a grammar from the schema
+/// (llama.cpp) drops the connection; the planner asks again with
+/// `json_object` at once, succeeds, and asks the next case that way from
+/// the start.
+#[sqlx::test]
+async fn a_server_dropping_schema_requests_gets_json_object_and_it_is_remembered(pool: PgPool) {
+    let fake = FakeLlm::start_with(
+        vec![
+            Reply::Content(valid_plan().to_string()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+        Behaviour {
+            drops_schema: true,
+            context: None,
+        },
+    )
+    .await;
+    let llm = LlmPlanner::from_settings(&settings(&fake.base_url))
+        .unwrap()
+        .unwrap();
+    let lp = Loop::with_llm(pool, llm).await;
+    let first = lp.app.case_in("PLANNING").await;
+    lp.settle().await;
+    let second = lp.app.case_in("PLANNING").await;
+    lp.settle().await;
+    let of = |case: Uuid| {
+        let pool = lp.app.pool.clone();
+        async move {
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT outcome, output_mode FROM plan_attempt WHERE case_id = $1 ORDER BY created_at",
+            )
+            .bind(case)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            rows
+        }
+    };
+    let pair = |o: &str, m: &str| (o.to_string(), m.to_string());
+    assert_eq!(
+        of(first).await,
+        [
+            pair("http_error", "json_schema"),
+            pair("valid", "json_object")
+        ]
+    );
+    assert_eq!(
+        of(second).await,
+        [pair("valid", "json_object")],
+        "remembered"
+    );
+    let types: Vec<Value> = fake
+        .requests()
+        .iter()
+        .map(|r| r["response_format"]["type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            json!("json_schema"),
+            json!("json_object"),
+            json!("json_object")
+        ]
+    );
+    // The schema sent is the generation profile: no bounds, no references.
+    let sent = fake.requests()[0]["response_format"]["json_schema"]["schema"].to_string();
+    assert!(
+        !sent.contains("maxLength") && !sent.contains("$ref"),
+        "{sent}"
+    );
+}
+
+/// Issue #21: a prompt that leaves no room for an answer in the model's
+/// context window is not sent; the attempt says why and the case parks.
+#[sqlx::test]
+async fn a_prompt_too_long_for_the_context_window_is_never_sent(pool: PgPool) {
+    let r = run_with(pool, vec![Reply::Content(valid_plan().to_string())], |s| {
+        s.context_tokens = Some(1000)
+    })
+    .await;
+    assert!(r.fake.requests().is_empty(), "nothing sent");
+    assert_eq!(r.outcomes().await, ["context_exceeded"]);
+    let (_, errors) = &r.attempts().await[0];
+    assert!(errors[0].contains("of the model's 1000"), "{errors:?}");
+    r.assert_parked_without_plan("tokens").await;
+}
+
+/// Issue #21: the window the server reports (`/v1/models`) bounds
+/// `max_tokens`: prompt and answer fit together.
+#[sqlx::test]
+async fn max_tokens_fits_the_window_the_server_reports(pool: PgPool) {
+    let fake = FakeLlm::start_with(
+        vec![Reply::Content(valid_plan().to_string())],
+        Behaviour {
+            drops_schema: false,
+            context: Some(3000),
+        },
+    )
+    .await;
+    let mut s = settings(&fake.base_url);
+    s.max_tokens = 4096;
+    let llm = LlmPlanner::from_settings(&s).unwrap().unwrap();
+    let lp = Loop::with_llm(pool, llm).await;
+    lp.app.case_in("PLANNING").await;
+    lp.settle().await;
+    let request = &fake.requests()[0];
+    let max = request["max_tokens"].as_u64().unwrap();
+    let prompt_chars = request["messages"].to_string().chars().count() as u64;
+    assert!(max < 4096 && max >= 256, "{max}");
+    assert!(
+        prompt_chars / 4 + max <= 6000,
+        "{prompt_chars} chars + {max} tokens"
+    );
+}
+
+/// Issue #21: each repair turn carries the context, the last answer and
+/// its errors, never the whole conversation: the prompt does not grow.
+#[sqlx::test]
+async fn repair_turns_keep_the_prompt_the_same_size(pool: PgPool) {
+    let mut broken = valid_plan();
+    broken["steps"][0]["timeout_s"] = json!(5);
+    let r = run_with(
+        pool,
+        vec![
+            Reply::Content(broken.to_string()),
+            Reply::Content(broken.to_string()),
+            Reply::Content(broken.to_string()),
+            Reply::Content(valid_plan().to_string()),
+        ],
+        |s| s.max_repairs = 3,
+    )
+    .await;
+    assert_eq!(
+        r.outcomes().await,
+        ["invalid", "invalid", "invalid", "valid"]
+    );
+    let sizes: Vec<(usize, usize)> = r
+        .fake
+        .requests()
+        .iter()
+        .map(|q| {
+            let m = q["messages"].as_array().unwrap();
+            (m.len(), q["messages"].to_string().len())
+        })
+        .collect();
+    assert_eq!(sizes[1].0, 4);
+    assert!(sizes[1..].iter().all(|s| *s == sizes[1]), "{sizes:?}");
 }
 
 #[sqlx::test]
