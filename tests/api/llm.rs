@@ -525,7 +525,7 @@ async fn max_tokens_fits_the_window_the_server_reports(pool: PgPool) {
     let request = &fake.requests()[0];
     let max = request["max_tokens"].as_u64().unwrap();
     let prompt_chars = request["messages"].to_string().chars().count() as u64;
-    assert!(max < 4096 && max >= 256, "{max}");
+    assert!((256..4096).contains(&max), "{max}");
     assert!(
         prompt_chars / 4 + max <= 6000,
         "{prompt_chars} chars + {max} tokens"
