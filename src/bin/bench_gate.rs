@@ -77,6 +77,7 @@ fn llm_settings(base_url: &str) -> LlmSettings {
         prompts_dir: "prompts".into(),
         prompt: "plan-v2".into(),
         context_tokens: None,
+        example_plan: false,
     }
 }
 

@@ -24,6 +24,7 @@ pub async fn for_case(
     findings: Option<&FindingsReport>,
     feedback: Option<&str>,
     retrieval: Option<&Retrieval>,
+    example: Option<&Value>,
     limits: &PlanLimits,
 ) -> Result<Value, sqlx::Error> {
     let tried: Vec<(Value, Option<String>, Option<Vec<String>>)> = sqlx::query_as(
@@ -43,7 +44,7 @@ pub async fn for_case(
             })
         })
         .collect();
-    Ok(json!({
+    let mut context = json!({
         "case": {
             "id": case.id,
             "title": case.title,
@@ -73,5 +74,11 @@ pub async fn for_case(
         "script_allowlist": limits.script_allowlist,
         "limits": {"max_plan_bytes": limits.max_bytes, "min_timeout_s": 10, "max_retry": 3},
         "schema": &*contract::SCHEMA,
-    }))
+    });
+    if let Some(example) = example {
+        // A plan of the right shape for this kind of case, to copy and
+        // adapt (the matching template, rendered with the case's labels).
+        context["example_plan"] = example.clone();
+    }
+    Ok(context)
 }

@@ -95,6 +95,17 @@ pub struct LlmSettings {
         default_value_t = 2048
     )]
     pub max_tokens: u32,
+    /// Put one filled example plan (the case's matching template,
+    /// rendered with its labels) in the context: small models copy a
+    /// pattern better than they follow a schema. Meant for
+    /// `plan-small-v1`.
+    #[arg(
+        long = "llm-example-plan",
+        env = "OPSLOOP_LLM_EXAMPLE_PLAN",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub example_plan: bool,
     /// The model's context window in tokens; unset: read from the
     /// server's `/v1/models` when it reports one (vLLM `max_model_len`,
     /// llama.cpp `n_ctx`), else no budget is applied.
@@ -274,6 +285,11 @@ impl LlmPlanner {
 
     pub fn prompt(&self) -> &Prompt {
         &self.prompt
+    }
+
+    /// Whether the context carries a filled example plan.
+    pub fn wants_example(&self) -> bool {
+        self.settings.example_plan
     }
 
     /// The output mode requests start in now.

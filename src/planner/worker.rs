@@ -205,12 +205,28 @@ impl Planner {
         }
         let findings = latest_findings(&self.pool, case_id).await?;
         let retrieval = self.retrieve(&case, findings.as_ref()).await;
+        let example = llm
+            .wants_example()
+            .then(|| {
+                self.templates
+                    .plan_for(
+                        None,
+                        case.kind.as_deref(),
+                        &case.string_labels(),
+                        &self.limits,
+                        &|_, _| None,
+                    )
+                    .ok()
+                    .map(|(_, checked)| checked.plan)
+            })
+            .flatten();
         let context = context::for_case(
             &self.pool,
             &case,
             findings.as_ref(),
             feedback,
             retrieval.as_ref(),
+            example.as_ref(),
             &self.limits,
         )
         .await?;

@@ -30,6 +30,7 @@ pub(crate) fn settings(base_url: &str) -> LlmSettings {
         prompts_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"),
         prompt: "plan-v2".into(),
         context_tokens: None,
+        example_plan: false,
     }
 }
 
@@ -624,4 +625,48 @@ async fn an_explicit_template_is_used_without_asking_the_llm(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(source, "template");
+}
+
+/// Issue #21: the compact prompt for small models, with a filled example
+/// plan from the case's matching template in the context.
+#[sqlx::test]
+async fn a_small_model_gets_the_compact_prompt_and_an_example_plan(pool: PgPool) {
+    let fake = FakeLlm::start(vec![Reply::Content(valid_plan().to_string())]).await;
+    let mut s = settings(&fake.base_url);
+    s.prompt = "plan-small-v1".into();
+    s.example_plan = true;
+    let llm = LlmPlanner::from_settings(&s).unwrap().unwrap();
+    let lp = Loop::with_llm(pool, llm).await;
+    let case = lp
+        .app
+        .open_case(
+            json!({"title": "checkout slow", "tenant": "t-001", "kind": "service",
+                          "labels": {"alertname": "ServiceDegraded", "service": "checkout"}}),
+        )
+        .await;
+    for (token, event) in [
+        (crate::helpers::OPERATOR, "start_analysis"),
+        (crate::helpers::ANALYST, "analysis_done"),
+    ] {
+        assert_eq!(lp.app.event(case, token, event).await.status, 200);
+    }
+    lp.settle().await;
+    let request = &fake.requests()[0];
+    let system = request["messages"][0]["content"].as_str().unwrap();
+    assert!(
+        system.starts_with("You write one remediation plan"),
+        "{system}"
+    );
+    let context: Value =
+        serde_json::from_str(request["messages"][1]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(context["example_plan"]["title"], "Restart service checkout");
+    let version: String =
+        sqlx::query_scalar("SELECT prompt_version FROM plan_attempt WHERE case_id = $1")
+            .bind(case)
+            .fetch_one(&lp.app.pool)
+            .await
+            .unwrap();
+    assert_eq!(version, "plan-small-v1");
+    // Without the setting, no example is sent (the default prompt).
+    assert!(!settings(&fake.base_url).example_plan);
 }

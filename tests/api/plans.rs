@@ -177,6 +177,7 @@ async fn an_operators_meta_never_becomes_findings_for_the_llm(pool: PgPool) {
         findings.as_ref(),
         None,
         None,
+        None,
         &opsloop::planner::contract::PlanLimits::default(),
     )
     .await
