@@ -181,7 +181,12 @@ pub async fn run_all(files: &[PathBuf]) -> anyhow::Result<Vec<Outcome>> {
     let mut out = Vec::new();
     for s in &scenarios {
         println!("scenario: {} - {}", s.name, s.description);
-        let outcome = run(s).await?;
+        // A scenario that cannot run is a failed scenario, not the end of
+        // the set.
+        let outcome = run(s).await.unwrap_or_else(|e| Outcome {
+            why: Some(format!("{e:#}")),
+            ..failed(s, Instant::now(), "could not run")
+        });
         println!(
             "scenario: {} {} (expected {}, got {}{})",
             s.name,
@@ -331,17 +336,24 @@ async fn start_stack(s: &Scenario, service: &str) -> anyhow::Result<StackRun> {
     };
     let http = crate::http_client::http_client().build()?;
     let started = Instant::now();
+    let mut run = run;
     loop {
         if let Ok(r) = http.get(format!("{}/readyz", run.url)).send().await
             && r.status().is_success()
         {
             break;
         }
-        if started.elapsed() > Duration::from_secs(30) {
+        let exited = run.child.try_wait()?.is_some();
+        if exited || started.elapsed() > Duration::from_secs(30) {
             let log = std::fs::read_to_string(run.dir.join("opsloop.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             bail!(
-                "the scenario's opsloop did not become ready in 30 s; its log ends:\n{}",
+                "the scenario's opsloop {} its log ends:\n{}",
+                if exited {
+                    "exited;"
+                } else {
+                    "did not become ready in 30 s;"
+                },
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
@@ -388,6 +400,8 @@ async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
                    "avg": v, "max": v * 1.1})
         })
         .collect();
+    // Before the upload: the detector may open the case while it runs.
+    let ingested = Utc::now();
     let r = http
         .post(format!("{}/metrics/ingest", stack.url))
         .bearer_auth(&stack.service)
@@ -397,7 +411,6 @@ async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
     if r.status().as_u16() != 202 {
         bail!("ingesting the metrics answered {}", r.status());
     }
-    let ingested = Utc::now();
     let deadline = Instant::now() + Duration::from_secs(s.expect.timeout_s);
     // The case the detector opens for the service.
     let get = |path: String| {
@@ -452,10 +465,9 @@ async fn run(s: &Scenario) -> anyhow::Result<Outcome> {
             }
         };
         let status = case.status.to_string();
-        if (status == s.expect.status && still)
-            || (status == "CLOSED" && s.expect.status != "CLOSED")
-            || Instant::now() > deadline
-        {
+        // The expected status, settled; or an end it will not leave.
+        let settled = status == s.expect.status || matches!(status.as_str(), "CLOSED" | "PARKED");
+        if (settled && still) || Instant::now() > deadline {
             break case;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

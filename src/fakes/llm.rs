@@ -46,7 +46,7 @@ pub struct Behaviour {
     /// grammar; such a request takes no reply from the script.
     pub drops_schema: bool,
     /// What `GET /v1/models` reports as the model's context window
-    /// (llama.cpp's `meta.n_ctx_train`); `None`: no such field.
+    /// (vLLM's `max_model_len`); `None`: no such field.
     pub context: Option<u64>,
 }
 
@@ -94,7 +94,7 @@ async fn models(State(script): State<Arc<Mutex<Script>>>) -> Response {
     let context = script.lock().unwrap().behaviour.context;
     let mut model = json!({"id": "fake-model", "object": "model", "owned_by": "opsloop-tests"});
     if let Some(n) = context {
-        model["meta"] = json!({"n_ctx_train": n});
+        model["max_model_len"] = json!(n);
     }
     Json(json!({"object": "list", "data": [model]})).into_response()
 }

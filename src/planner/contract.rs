@@ -32,6 +32,8 @@ pub static GENERATION_SCHEMA: LazyLock<Value> = LazyLock::new(|| {
     generation_profile(&SCHEMA, &defs)
 });
 
+/// `node` without the bounds; the keys of a `properties` map are property
+/// names, not keywords, and are all kept.
 fn generation_profile(node: &Value, defs: &Value) -> Value {
     const DROPPED: [&str; 6] = [
         "maxLength",
@@ -52,7 +54,18 @@ fn generation_profile(node: &Value, defs: &Value) -> Value {
             Value::Object(
                 map.iter()
                     .filter(|(k, _)| !DROPPED.contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), generation_profile(v, defs)))
+                    .map(|(k, v)| {
+                        let v = match (k.as_str(), v) {
+                            ("properties", Value::Object(props)) => Value::Object(
+                                props
+                                    .iter()
+                                    .map(|(name, s)| (name.clone(), generation_profile(s, defs)))
+                                    .collect(),
+                            ),
+                            _ => generation_profile(v, defs),
+                        };
+                        (k.clone(), v)
+                    })
                     .collect(),
             )
         }

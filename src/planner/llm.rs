@@ -297,9 +297,16 @@ impl LlmPlanner {
         *self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keeps `mode` when it is weaker than the one kept: runs that started
+    /// before a step down never move it back up.
     fn remember(&self, mode: OutputMode) {
         let mut m = self.mode.lock().unwrap_or_else(|p| p.into_inner());
-        if *m != mode {
+        let rank = |m: OutputMode| match m {
+            OutputMode::JsonSchema => 0,
+            OutputMode::JsonObject => 1,
+            OutputMode::Prompt => 2,
+        };
+        if rank(mode) > rank(*m) {
             tracing::warn!(from = %*m, to = %mode, model = %self.settings.model,
                            "The LLM server answers in a weaker output mode; kept for this process.");
             *m = mode;
@@ -312,26 +319,27 @@ impl LlmPlanner {
         if let Some(n) = self.settings.context_tokens {
             return Some(n);
         }
-        *self
-            .context
-            .get_or_init(|| async {
-                let base = self.settings.base_url.as_deref()?.trim_end_matches('/');
-                let mut request = self
-                    .http
-                    .get(format!("{base}/models"))
-                    .timeout(Duration::from_secs(5));
-                if !self.settings.api_key.is_empty() {
-                    request = request.bearer_auth(&self.settings.api_key);
-                }
-                let models: Value = request.send().await.ok()?.json().await.ok()?;
-                let n = context_of(&models, &self.settings.model);
-                if let Some(n) = n {
-                    tracing::info!(model = %self.settings.model, context_tokens = n,
-                                   "The LLM server reports the model's context window.");
-                }
-                n
-            })
-            .await
+        if let Some(known) = self.context.get() {
+            return *known;
+        }
+        let base = self.settings.base_url.as_deref()?.trim_end_matches('/');
+        let mut request = self
+            .http
+            .get(format!("{base}/models"))
+            .timeout(Duration::from_secs(5));
+        if !self.settings.api_key.is_empty() {
+            request = request.bearer_auth(&self.settings.api_key);
+        }
+        // A server that does not answer now is asked again next time; one
+        // that answers without a window is taken at its word.
+        let models: Value = request.send().await.ok()?.json().await.ok()?;
+        let n = context_of(&models, &self.settings.model);
+        if let Some(n) = n {
+            tracing::info!(model = %self.settings.model, context_tokens = n,
+                           "The LLM server reports the model's context window.");
+        }
+        let _ = self.context.set(n);
+        n
     }
 
     /// Runs the ask / check / repair loop for one case. Database errors
@@ -630,9 +638,14 @@ fn classify_error(mut attempt: Attempt, e: OpenAIError) -> (Attempt, Next) {
             attempt.outcome = Outcome::Garbage;
             (attempt, Next::Retry { weaker_mode: false })
         }
-        // The connection dropped (a server that crashed compiling the
-        // format, e.g. llama.cpp on a large schema): the next mode; a
-        // server that is down fails that too and is retried then.
+        // Never connected: the server is down, not the format's fault.
+        _ if never_connected(&e) => {
+            attempt.outcome = Outcome::HttpError;
+            (attempt, Next::Retry { weaker_mode: false })
+        }
+        // The connection dropped after the request went out (a server that
+        // crashed compiling the format, e.g. llama.cpp on a large schema):
+        // the next mode.
         _ => {
             attempt.outcome = Outcome::HttpError;
             (
@@ -645,24 +658,32 @@ fn classify_error(mut attempt: Attempt, e: OpenAIError) -> (Attempt, Next) {
     }
 }
 
+/// Whether the request never reached the server (connection refused, no
+/// route): through async-openai's plain transport the reqwest error comes
+/// boxed.
+fn never_connected(e: &OpenAIError) -> bool {
+    let reqwest_error = match e {
+        OpenAIError::Reqwest(r) => Some(r),
+        OpenAIError::Boxed(b) => b.downcast_ref::<reqwest::Error>(),
+        _ => None,
+    };
+    reqwest_error.is_some_and(|r| r.is_connect())
+}
+
 /// The context window `/v1/models` reports for `model` (or its only
-/// model): vLLM's `max_model_len`, llama.cpp's `meta.n_ctx` /
-/// `meta.n_ctx_train`, or `context_length`.
+/// model): vLLM's `max_model_len`, `context_length`, or `meta.n_ctx`.
+/// Not llama.cpp's `meta.n_ctx_train`: the length the model was trained
+/// at, not the window the server runs it with.
 fn context_of(models: &Value, model: &str) -> Option<u32> {
     let list = models.get("data")?.as_array()?;
     let entry = list
         .iter()
         .find(|m| m.get("id").and_then(Value::as_str) == Some(model))
         .or_else(|| (list.len() == 1).then(|| &list[0]))?;
-    [
-        "/max_model_len",
-        "/context_length",
-        "/meta/n_ctx",
-        "/meta/n_ctx_train",
-    ]
-    .iter()
-    .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
-    .and_then(|n| u32::try_from(n).ok())
+    ["/max_model_len", "/context_length", "/meta/n_ctx"]
+        .iter()
+        .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+        .and_then(|n| u32::try_from(n).ok())
 }
 
 /// The model's text as a JSON object. One Markdown code fence around it is
@@ -746,8 +767,19 @@ mod tests {
     fn the_context_window_is_read_from_what_servers_report() {
         let vllm = json!({"data": [{"id": "m", "max_model_len": 8192}]});
         assert_eq!(context_of(&vllm, "m"), Some(8192));
-        let llama = json!({"data": [{"id": "other-name", "meta": {"n_ctx_train": 4096}}]});
-        assert_eq!(context_of(&llama, "m"), Some(4096), "the only model");
+        let llama =
+            json!({"data": [{"id": "other-name", "meta": {"n_ctx": 4096, "n_ctx_train": 32768}}]});
+        assert_eq!(
+            context_of(&llama, "m"),
+            Some(4096),
+            "the only model, its window"
+        );
+        let trained = json!({"data": [{"id": "m", "meta": {"n_ctx_train": 32768}}]});
+        assert_eq!(
+            context_of(&trained, "m"),
+            None,
+            "a training length is no window"
+        );
         let two =
             json!({"data": [{"id": "a", "max_model_len": 1}, {"id": "b", "max_model_len": 2}]});
         assert_eq!(context_of(&two, "m"), None);

@@ -205,21 +205,27 @@ impl Planner {
         }
         let findings = latest_findings(&self.pool, case_id).await?;
         let retrieval = self.retrieve(&case, findings.as_ref()).await;
-        let example = llm
-            .wants_example()
-            .then(|| {
-                self.templates
-                    .plan_for(
-                        None,
-                        case.kind.as_deref(),
-                        &case.string_labels(),
-                        &self.limits,
-                        &|_, _| None,
-                    )
-                    .ok()
-                    .map(|(_, checked)| checked.plan)
-            })
-            .flatten();
+        // Not when the case came back (feedback): the template's plan may
+        // be the one that just failed; and never a template the skip rule
+        // holds back.
+        let example = if llm.wants_example() && feedback.is_none() {
+            let mut conn = self.pool.acquire().await?;
+            let verdicts =
+                memory::template_verdicts(&mut conn, case.tenant.as_str(), self.memory.skip_failed)
+                    .await?;
+            self.templates
+                .plan_for(
+                    None,
+                    case.kind.as_deref(),
+                    &case.string_labels(),
+                    &self.limits,
+                    &|name, plan| memory::skip_reason(&verdicts, name, plan),
+                )
+                .ok()
+                .map(|(_, checked)| checked.plan)
+        } else {
+            None
+        };
         let context = context::for_case(
             &self.pool,
             &case,

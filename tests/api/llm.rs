@@ -528,7 +528,7 @@ async fn max_tokens_fits_the_window_the_server_reports(pool: PgPool) {
     let prompt_chars = request["messages"].to_string().chars().count() as u64;
     assert!((256..4096).contains(&max), "{max}");
     assert!(
-        prompt_chars / 4 + max <= 6000,
+        prompt_chars / 4 + max <= 3000,
         "{prompt_chars} chars + {max} tokens"
     );
 }
@@ -667,6 +667,32 @@ async fn a_small_model_gets_the_compact_prompt_and_an_example_plan(pool: PgPool)
             .await
             .unwrap();
     assert_eq!(version, "plan-small-v1");
-    // Without the setting, no example is sent (the default prompt).
-    assert!(!settings(&fake.base_url).example_plan);
+}
+
+/// A server that is down is retried in the same mode: refusing
+/// connections says nothing about the output format.
+#[sqlx::test]
+async fn a_server_that_is_down_keeps_the_output_mode(pool: PgPool) {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut s = settings(&format!("http://127.0.0.1:{port}/v1"));
+    s.max_retries = 1;
+    let llm = LlmPlanner::from_settings(&s).unwrap().unwrap();
+    let lp = Loop::with_llm(pool, llm).await;
+    let case = lp.app.case_in("PLANNING").await;
+    lp.settle().await;
+    let modes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT outcome, output_mode FROM plan_attempt WHERE case_id = $1 ORDER BY created_at",
+    )
+    .bind(case)
+    .fetch_all(&lp.app.pool)
+    .await
+    .unwrap();
+    let down = ("http_error".to_string(), "json_schema".to_string());
+    assert_eq!(modes, [down.clone(), down]);
+    assert_eq!(lp.app.status(case).await, "PARKED");
 }
