@@ -451,7 +451,7 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
         passages[0].source,
         passages[0]
             .labels
-            .get("outcome")
+            .get(crate::librarian::past_case::OUTCOME_LABEL)
             .map_or("-", String::as_str)
     );
 
@@ -465,11 +465,13 @@ pub async fn run(base: &str, tokens: &DemoTokens, nats_url: Option<&str>) -> any
         .wait_for(&fourth, &tokens.operator, 90, "parking", terminal)
         .await?;
     client.print_case(&fourth, &tokens.operator).await?;
-    let reason = case["park_reason"].as_str().unwrap_or_default();
-    if case["status"] != "PARKED" || !reason.contains("skipped") {
+    let case: crate::model::Case =
+        serde_json::from_value(case).context("the case does not parse")?;
+    let reason = case.park_reason.as_deref().unwrap_or_default();
+    if case.status != crate::workflow::Status::Parked || !reason.contains("skipped") {
         bail!(
             "case 3 ended in {} ({reason}) instead of PARKED with the failed template skipped",
-            case["status"]
+            case.status
         );
     }
 

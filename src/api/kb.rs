@@ -142,8 +142,8 @@ pub async fn add(
     // document cannot pass for one.
     let label_ok = |k: &String, v: &serde_json::Value| {
         crate::ids::is_slug(k, b"_-./")
-            && k != "outcome"
-            && k != "case_id"
+            && k != crate::librarian::past_case::OUTCOME_LABEL
+            && k != crate::librarian::past_case::CASE_LABEL
             && v.as_str().is_some_and(|v| {
                 !v.is_empty() && v.chars().count() <= 256 && !v.chars().any(char::is_control)
             })

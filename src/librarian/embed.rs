@@ -262,6 +262,16 @@ pub struct Remote {
     send_dimensions: bool,
 }
 
+/// `POST /v1/embeddings` as opsloop sends it.
+#[derive(serde::Serialize)]
+struct EmbeddingsRequest<'a> {
+    model: &'a str,
+    input: &'a [String],
+    encoding_format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<usize>,
+}
+
 #[derive(serde::Deserialize)]
 struct EmbeddingsAnswer {
     data: Vec<EmbeddingItem>,
@@ -351,12 +361,12 @@ impl Remote {
 
     /// The server's vectors as they come, in the texts' order.
     async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, RequestError> {
-        let mut body = serde_json::json!({
-            "model": self.model, "input": texts, "encoding_format": "float",
-        });
-        if self.send_dimensions {
-            body["dimensions"] = serde_json::json!(DIMENSIONS);
-        }
+        let body = EmbeddingsRequest {
+            model: &self.model,
+            input: texts,
+            encoding_format: "float",
+            dimensions: self.send_dimensions.then_some(DIMENSIONS),
+        };
         let mut request = self.http.post(&self.url).json(&body);
         if !self.api_key.is_empty() {
             request = request.bearer_auth(&self.api_key);

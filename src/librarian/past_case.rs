@@ -47,6 +47,11 @@ pub enum Outcome {
     ClosedWithoutChange,
 }
 
+/// The label that carries a past case's [`Outcome`], and the one naming
+/// its case: written here only (`POST /kb/docs` refuses both).
+pub const OUTCOME_LABEL: &str = "outcome";
+pub const CASE_LABEL: &str = "case_id";
+
 /// The source a case's document is stored under.
 pub fn source_of(case: Uuid) -> String {
     format!("case:{case}")
@@ -64,8 +69,8 @@ pub async fn document(pool: &PgPool, case: Uuid) -> Result<Option<NewDoc>, sqlx:
     let facts = Facts::read(pool, &case).await?;
     let (outcome, text) = facts.describe(&case);
     let mut labels: BTreeMap<String, String> = case.string_labels();
-    labels.insert("outcome".into(), outcome.to_string());
-    labels.insert("case_id".into(), case.id.to_string());
+    labels.insert(OUTCOME_LABEL.into(), outcome.to_string());
+    labels.insert(CASE_LABEL.into(), case.id.to_string());
     if let Some(kind) = &case.kind {
         labels.entry("kind".into()).or_insert_with(|| kind.clone());
     }

@@ -44,7 +44,7 @@ pub async fn for_case(
             })
         })
         .collect();
-    let mut context = json!({
+    Ok(json!({
         "case": {
             "id": case.id,
             "title": case.title,
@@ -74,11 +74,9 @@ pub async fn for_case(
         "script_allowlist": limits.script_allowlist,
         "limits": {"max_plan_bytes": limits.max_bytes, "min_timeout_s": 10, "max_retry": 3},
         "schema": &*contract::SCHEMA,
-    });
-    if let Some(example) = example {
         // A plan of the right shape for this kind of case, to copy and
-        // adapt (the matching template, rendered with the case's labels).
-        context["example_plan"] = example.clone();
-    }
-    Ok(context)
+        // adapt (the matching template, rendered with the case's labels),
+        // when the prompt wants one.
+        "example_plan": example,
+    }))
 }

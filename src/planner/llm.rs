@@ -20,6 +20,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
     CreateChatCompletionRequestArgs, FinishReason, ResponseFormat, ResponseFormatJsonSchema,
 };
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -675,14 +676,37 @@ fn never_connected(e: &OpenAIError) -> bool {
 /// Not llama.cpp's `meta.n_ctx_train`: the length the model was trained
 /// at, not the window the server runs it with.
 fn context_of(models: &Value, model: &str) -> Option<u32> {
-    let list = models.get("data")?.as_array()?;
-    let entry = list
+    #[derive(serde::Deserialize)]
+    struct Models {
+        data: Vec<Model>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        max_model_len: Option<u64>,
+        #[serde(default)]
+        context_length: Option<u64>,
+        #[serde(default)]
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(default)]
+        n_ctx: Option<u64>,
+    }
+    let list = Models::deserialize(models).ok()?.data;
+    // The configured model, or the server's only one.
+    let at = list
         .iter()
-        .find(|m| m.get("id").and_then(Value::as_str) == Some(model))
-        .or_else(|| (list.len() == 1).then(|| &list[0]))?;
-    ["/max_model_len", "/context_length", "/meta/n_ctx"]
-        .iter()
-        .find_map(|p| entry.pointer(p).and_then(Value::as_u64))
+        .position(|m| m.id.as_deref() == Some(model))
+        .or((list.len() == 1).then_some(0))?;
+    let entry = list.into_iter().nth(at)?;
+    entry
+        .max_model_len
+        .or(entry.context_length)
+        .or(entry.meta.and_then(|m| m.n_ctx))
         .and_then(|n| u32::try_from(n).ok())
 }
 

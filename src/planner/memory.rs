@@ -15,8 +15,8 @@ use super::contract::CheckedPlan;
 use crate::auth::TenantScope;
 use crate::contract::fact::FindingsReport;
 use crate::contract::plan::ChangePlan;
-use crate::librarian::Librarian;
 use crate::librarian::store::{self, Hit, Mode, Search};
+use crate::librarian::{Librarian, past_case};
 use crate::model::Case;
 
 /// The passages one planning run was given, as the context shows them and
@@ -71,7 +71,7 @@ impl Passage {
             // Only the librarian's own documents carry an outcome; a label
             // of that name on a runbook someone posted is not one.
             outcome: (h.kind == "past_case")
-                .then(|| h.labels.get("outcome").cloned())
+                .then(|| h.labels.get(past_case::OUTCOME_LABEL).cloned())
                 .flatten(),
             kind: h.kind,
             title: h.title,
