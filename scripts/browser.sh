@@ -48,7 +48,7 @@ fi
 . scripts/private-stack.sh
 private_stack opsloop_browser "$state"
 
-cargo build --locked --bin opsloop
+[ -n "${OPSLOOP_PREBUILT:-}" ] || cargo build --locked --bin opsloop
 bin="$CARGO_TARGET_DIR/debug/opsloop"
 "$bin" migrate >/dev/null
 export OPSLOOP_TOKENS_FILE="$state/tokens.toml"

@@ -44,7 +44,7 @@ else
   echo "fuzz: no psql found: fuzzing against DATABASE_URL's own database"
 fi
 
-cargo build --locked --bin opsloop
+[ -n "${OPSLOOP_PREBUILT:-}" ] || cargo build --locked --bin opsloop
 bin="$CARGO_TARGET_DIR/debug/opsloop"
 rm -f "$state/tokens.toml"
 token=$("$bin" token create --identity fuzz-admin --roles admin --tenants '*' --file "$state/tokens.toml")

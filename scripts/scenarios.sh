@@ -15,7 +15,7 @@ mkdir -p "$state"
 . scripts/private-stack.sh
 private_stack opsloop_scenarios "$state"
 
-cargo build --locked --bin opsloop
+[ -n "${OPSLOOP_PREBUILT:-}" ] || cargo build --locked --bin opsloop
 bin="$CARGO_TARGET_DIR/debug/opsloop"
 "$bin" migrate >/dev/null
 "$bin" scenario run scenarios/*.toml "$@"

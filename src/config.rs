@@ -88,6 +88,19 @@ pub struct ServeConfig {
         value_delimiter = ','
     )]
     pub roles: Vec<String>,
+    /// Messages one process handles at once per role, where the default
+    /// does not suit (`planner=8,executor=16`; defaults: gatekeeper,
+    /// planner, analyst and notifier 4, executor and verifier 8; the
+    /// orchestrator and the librarian keep the feed's order at 1).
+    #[arg(long, env = "OPSLOOP_ROLE_CONCURRENCY", default_value = "")]
+    pub role_concurrency: crate::roles::Concurrency,
+    /// Seconds a stopping process (SIGTERM, Ctrl-C) gives the requests and
+    /// messages in hand to finish, and again its relay to publish what they
+    /// committed. Keep it below the orchestrator's kill timeout (Kubernetes:
+    /// `terminationGracePeriodSeconds`, 30 by default).
+    #[arg(long, env = "OPSLOOP_SHUTDOWN_GRACE_S", default_value_t = 12,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub shutdown_grace_s: u64,
     #[command(flatten)]
     pub streams: crate::pubsub::streams::StreamSettings,
     /// Outbox rows the relay claims per transaction.

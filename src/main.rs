@@ -312,14 +312,17 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
         .context("connecting to PostgreSQL")?;
     opsloop::MIGRATOR.run(&pool).await.context("migrating")?;
     let nats = match &cfg.nats_url {
-        Some(url) => Some(
-            opsloop::pubsub::connect_options(url)
-                .context("NATS_URL")?
-                .retry_on_initial_connect()
-                .connect(url.as_str())
-                .await
-                .context("connecting to NATS")?,
-        ),
+        Some(url) => {
+            let target = opsloop::pubsub::target(url).context("NATS_URL")?;
+            Some(
+                target
+                    .options
+                    .retry_on_initial_connect()
+                    .connect(target.servers)
+                    .await
+                    .context("connecting to NATS")?,
+            )
+        }
         None if roles.any_worker() => {
             anyhow::bail!("only the api role runs without NATS_URL")
         }
@@ -344,7 +347,12 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let policy = Arc::new(policy.with_targets(targets)?);
     let orchestrator = Orchestrator::new(pool.clone()).with_policy(policy.clone());
+    // Stops intake first: HTTP, pulls, the detector's sweeps. The relay
+    // stops last, once the workers' final commits are in the outbox.
     let shutdown = CancellationToken::new();
+    let relay_stop = CancellationToken::new();
+    let grace = Duration::from_secs(cfg.shutdown_grace_s);
+    let mut relay_task = None;
     let plan_limits = PlanLimits {
         script_allowlist: cfg.script_allowlist.iter().cloned().collect(),
         ..PlanLimits::default()
@@ -364,6 +372,13 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     if let Some(client) = nats.clone() {
         let js = async_nats::jetstream::new(client.clone());
         ensure_streams(&js, &cfg.streams).await?;
+        let consumers = Consumers {
+            js: &js,
+            pool: &pool,
+            concurrency: &cfg.role_concurrency,
+            shutdown: &shutdown,
+            grace,
+        };
         if roles.has(Role::Relay) {
             let settings = RelaySettings {
                 batch: cfg.relay_batch,
@@ -377,11 +392,12 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 } else {
                     Arc::new(NoHooks)
                 },
+                flush_on_stop: grace,
                 ..RelaySettings::default()
             };
             let relay = Relay::new(pool.clone(), client.clone(), settings);
-            tasks.push(tokio::spawn(
-                relay.run(orchestrator.outbox_ready(), shutdown.clone()),
+            relay_task = Some(tokio::spawn(
+                relay.run(orchestrator.outbox_ready(), relay_stop.clone()),
             ));
         }
         let wake = orchestrator.outbox_ready();
@@ -408,7 +424,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 None => info!("No LLM configured (OPENAI_BASE_URL): templates only."),
             }
             let handler = Runner::new(planner, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, Role::Planner, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Planner, handler).await?);
         }
         if roles.has(Role::Gatekeeper) {
             let handler = Runner::new(
@@ -418,11 +434,11 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 pool.clone(),
                 wake.clone(),
             );
-            tasks.push(spawn(&js, Role::Gatekeeper, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Gatekeeper, handler).await?);
         }
         if roles.has(Role::Analyst) {
             let handler = Runner::new(analyst::Analyst, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, Role::Analyst, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Analyst, handler).await?);
             let sweeper = analyst::sweep::Sweeper {
                 pool: pool.clone(),
                 orchestrator: orchestrator.clone(),
@@ -444,13 +460,13 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 wake.clone(),
             );
             handler.set_policy(policy.clone());
-            tasks.push(spawn(&js, Role::Executor, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Executor, handler).await?);
         }
         if roles.has(Role::Verifier) {
             let verifier = verifier::Verifier::new(pool.clone(), cfg.verify.clone())
                 .context("configuring the verifier")?;
             let handler = Runner::new(verifier, pool.clone(), wake.clone());
-            tasks.push(spawn(&js, Role::Verifier, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Verifier, handler).await?);
         }
         if roles.has(Role::Notifier) {
             let file = if cfg.chatops_file.exists() {
@@ -462,7 +478,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 opsloop::chatops::ChatOpsFile::default()
             };
             let handler = opsloop::chatops::notifier::Notifier::new(pool.clone(), file);
-            tasks.push(spawn(&js, Role::Notifier, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Notifier, handler).await?);
         }
         if roles.has(Role::Librarian) {
             match &librarian {
@@ -471,7 +487,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                         pool: pool.clone(),
                         librarian: librarian.clone(),
                     };
-                    tasks.push(spawn(&js, Role::Librarian, &pool, handler, &shutdown).await?);
+                    tasks.push(consumers.spawn(Role::Librarian, handler).await?);
                 }
                 // Named on its own it is a configuration error; as part
                 // of `all` the other roles still run.
@@ -488,7 +504,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             let handler = consumer_mod::FactConsumer {
                 orchestrator: orchestrator.clone(),
             };
-            tasks.push(spawn(&js, Role::Orchestrator, &pool, handler, &shutdown).await?);
+            tasks.push(consumers.spawn(Role::Orchestrator, handler).await?);
         }
     }
     info!(roles = ?cfg.roles, "opsloop started.");
@@ -518,35 +534,76 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
         let settings = api::ServeSettings {
             header_timeout: Duration::from_secs(cfg.http_header_timeout_s),
             max_connections: cfg.http_max_connections,
-            ..api::ServeSettings::default()
+            drain: grace,
         };
-        api::serve(listener, api::app(state), settings, shutdown_signal()).await;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        });
+        api::serve(
+            listener,
+            api::app(state),
+            settings,
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
     } else {
         shutdown_signal().await;
+        shutdown.cancel();
     }
-    shutdown.cancel();
+    info!(
+        grace_s = grace.as_secs(),
+        "Stopping: no new work is taken; work in hand may finish."
+    );
+    let deadline = tokio::time::Instant::now() + grace;
+    // The consumers end within the grace period on their own (what is
+    // unfinished then is handed back); the extra second covers the nak.
     for t in tasks {
-        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        let _ = tokio::time::timeout_at(deadline + Duration::from_secs(1), t).await;
+    }
+    relay_stop.cancel();
+    if let Some(relay) = relay_task {
+        // It publishes what the workers committed, for at most the grace
+        // period again; rows left wait in the outbox for the next relay.
+        let _ = tokio::time::timeout(grace + Duration::from_secs(1), relay).await;
     }
     info!("opsloop stopped.");
     Ok(())
 }
 
-/// Creates (or updates) the durable consumer `role` reads and runs `handler`
-/// on it until shutdown.
-async fn spawn<H: consumer::Handler + 'static>(
-    js: &async_nats::jetstream::Context,
-    role: Role,
-    pool: &sqlx::PgPool,
-    handler: H,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let spec = role
-        .consumer()
-        .ok_or_else(|| anyhow::anyhow!("the {role} role reads no stream"))?;
-    roles::spawn_consumer(js, &spec, pool, handler, shutdown)
+/// What every consumer of this process shares.
+struct Consumers<'a> {
+    js: &'a async_nats::jetstream::Context,
+    pool: &'a sqlx::PgPool,
+    concurrency: &'a roles::Concurrency,
+    shutdown: &'a CancellationToken,
+    grace: Duration,
+}
+
+impl Consumers<'_> {
+    /// Creates (or updates) the durable consumer `role` reads and runs
+    /// `handler` on it until shutdown.
+    async fn spawn<H: consumer::Handler + 'static>(
+        &self,
+        role: Role,
+        handler: H,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let spec = self
+            .concurrency
+            .consumer(role)
+            .ok_or_else(|| anyhow::anyhow!("the {role} role reads no stream"))?;
+        roles::spawn_consumer(
+            self.js,
+            &spec,
+            self.pool,
+            handler,
+            self.shutdown,
+            self.grace,
+        )
         .await
         .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))
+    }
 }
 
 /// Streams are created at start-up; while NATS is unreachable we wait for it
@@ -559,7 +616,7 @@ async fn ensure_streams(
     loop {
         match streams::ensure(js, settings).await {
             Ok(()) => return Ok(()),
-            Err(e @ streams::StreamSetupError::WindowTooShort(_)) => return Err(e.into()),
+            Err(e) if e.is_settings() => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, "Cannot set up JetStream streams yet; retrying.");
                 tokio::time::sleep(delay).await;

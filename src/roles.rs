@@ -2,7 +2,7 @@
 //! consumes: the one registry `main.rs`, the tests and the benchmarks wire
 //! their consumers from (stream, durable name, subjects, concurrency).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use strum::IntoEnumIterator;
 use tokio_util::sync::CancellationToken;
@@ -159,14 +159,87 @@ impl Roles {
     }
 }
 
+/// Messages one process handles at once, per role, where the registry's
+/// default does not suit: `OPSLOOP_ROLE_CONCURRENCY=planner=8,executor=16`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Concurrency(BTreeMap<Role, usize>);
+
+/// More would hold more messages with their ack deadline running than a
+/// process can start soon, and more database connections than a pool has.
+pub const MAX_CONCURRENCY: usize = 256;
+
+impl Concurrency {
+    /// `role=n` pairs separated by commas; empty means every default.
+    pub fn parse(text: &str) -> Result<Concurrency, String> {
+        let mut map = BTreeMap::new();
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, n) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not role=number"))?;
+            let role = Roles::parse(&[name.to_string()])?
+                .0
+                .into_iter()
+                .next()
+                .filter(|_| name.trim() != "all")
+                .ok_or_else(|| format!("{pair:?} names no single role"))?;
+            if role.consumer().is_none() {
+                return Err(format!(
+                    "the {role} role reads no stream: it has no concurrency"
+                ));
+            }
+            if ordered(role) {
+                return Err(format!(
+                    "the {role} role handles one message at a time to keep the feed's order; \
+                     run more processes with it instead"
+                ));
+            }
+            let n: usize = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("{pair:?}: the concurrency must be a whole number"))?;
+            if !(1..=MAX_CONCURRENCY).contains(&n) {
+                return Err(format!(
+                    "{pair:?}: the concurrency must be 1 to {MAX_CONCURRENCY}"
+                ));
+            }
+            if map.insert(role, n).is_some() {
+                return Err(format!("the {role} role is named twice"));
+            }
+        }
+        Ok(Concurrency(map))
+    }
+
+    /// `role`'s consumer with this setting applied.
+    pub fn consumer(&self, role: Role) -> Option<ConsumerSpec> {
+        let spec = role.consumer()?;
+        Some(match self.0.get(&role) {
+            Some(&n) => spec.with_concurrency(n),
+            None => spec,
+        })
+    }
+}
+
+impl std::str::FromStr for Concurrency {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Concurrency::parse(s)
+    }
+}
+
+/// Roles whose consumer must apply messages in the feed's order.
+fn ordered(role: Role) -> bool {
+    matches!(role, Role::Orchestrator | Role::Librarian)
+}
+
 /// Creates (or updates) `spec`'s durable consumer and runs `handler` on it
-/// until `shutdown`.
+/// until `shutdown`, then gives the messages in hand up to `grace`.
 pub async fn spawn_consumer<H: Handler + 'static>(
     js: &async_nats::jetstream::Context,
     spec: &ConsumerSpec,
     pool: &sqlx::PgPool,
     handler: H,
     shutdown: &CancellationToken,
+    grace: std::time::Duration,
 ) -> Result<tokio::task::JoinHandle<()>, async_nats::Error> {
     let consumer = consumer::durable(js, spec).await?;
     Ok(tokio::spawn(consumer::run(
@@ -175,6 +248,7 @@ pub async fn spawn_consumer<H: Handler + 'static>(
         handler,
         spec.concurrency,
         shutdown.clone(),
+        grace,
     )))
 }
 
@@ -192,6 +266,34 @@ mod tests {
         assert!(!Roles::parse(&["api".into()]).unwrap().any_worker());
         let err = Roles::parse(&["planer".into()]).unwrap_err();
         assert!(err.contains("unknown role \"planer\""), "{err}");
+    }
+
+    #[test]
+    fn concurrency_is_set_per_role_and_refused_where_order_matters() {
+        let c = Concurrency::parse(" planner=8, executor=16 ").unwrap();
+        assert_eq!(c.consumer(Role::Planner).unwrap().concurrency, 8);
+        assert_eq!(c.consumer(Role::Executor).unwrap().concurrency, 16);
+        assert_eq!(
+            c.consumer(Role::Verifier).unwrap().concurrency,
+            8,
+            "the default stays"
+        );
+        assert_eq!(Concurrency::parse("").unwrap(), Concurrency::default());
+        for (bad, why) in [
+            ("planner", "not role=number"),
+            ("planer=2", "unknown role"),
+            ("all=2", "no single role"),
+            ("relay=2", "reads no stream"),
+            ("orchestrator=4", "one message at a time"),
+            ("librarian=2", "one message at a time"),
+            ("planner=0", "1 to 256"),
+            ("planner=257", "1 to 256"),
+            ("planner=x", "whole number"),
+            ("planner=2,planner=3", "named twice"),
+        ] {
+            let err = Concurrency::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

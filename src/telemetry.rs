@@ -19,6 +19,7 @@ struct Metrics {
     outbox_lag: Histogram,
     outbox_backlog: IntGauge,
     inbox_dedup: IntCounterVec,
+    consumer_released: IntCounterVec,
     dead_letter: IntCounterVec,
     llm_request: HistogramVec,
     plan_validation_failures: IntCounterVec,
@@ -84,6 +85,14 @@ fn metrics() -> &'static Metrics {
             Opts::new(
                 "inbox_dedup_total",
                 "Messages a consumer had already applied (recognised by envelope id).",
+            ),
+            &["consumer"],
+        )
+        .expect("valid metric");
+        let consumer_released = IntCounterVec::new(
+            Opts::new(
+                "consumer_released_total",
+                "Messages a stopping process handed back unfinished (nak) when its grace period ended.",
             ),
             &["consumer"],
         )
@@ -219,6 +228,7 @@ fn metrics() -> &'static Metrics {
             Box::new(outbox_lag.clone()),
             Box::new(outbox_backlog.clone()),
             Box::new(inbox_dedup.clone()),
+            Box::new(consumer_released.clone()),
             Box::new(dead_letter.clone()),
             Box::new(llm_request.clone()),
             Box::new(plan_validation_failures.clone()),
@@ -237,6 +247,7 @@ fn metrics() -> &'static Metrics {
             outbox_lag,
             outbox_backlog,
             inbox_dedup,
+            consumer_released,
             dead_letter,
             llm_request,
             plan_validation_failures,
@@ -369,6 +380,13 @@ pub fn outbox_backlog(rows: i64) {
 /// now on, so a dashboard sees it before the first duplicate.
 pub fn consumer_started(consumer: &str) {
     metrics().inbox_dedup.with_label_values(&[consumer]);
+}
+
+pub fn consumer_released(consumer: &str) {
+    metrics()
+        .consumer_released
+        .with_label_values(&[consumer])
+        .inc();
 }
 
 pub fn inbox_dedup(consumer: &str) {

@@ -164,7 +164,7 @@ pub async fn durable(
 pub async fn process<H: Handler>(
     pool: &PgPool,
     handler: &H,
-    msg: jetstream::Message,
+    msg: &jetstream::Message,
     ack_wait: Duration,
 ) -> Result<(), async_nats::Error> {
     let (stream_seq, delivered) = msg
@@ -300,27 +300,33 @@ pub async fn consume_once<H: Handler>(
     let ack_wait = consumer.cached_info().config.ack_wait;
     let mut n = 0;
     while let Some(msg) = batch.next().await {
-        process(pool, handler, msg?, ack_wait).await?;
+        process(pool, handler, &msg?, ack_wait).await?;
         n += 1;
     }
     Ok(n)
 }
 
 /// Consumes until `shutdown`, handling up to `concurrency` messages at once;
-/// reconnects after errors with a delay. On shutdown, messages in hand get a
-/// short grace period; whatever is cut off is redelivered later.
+/// reconnects after errors with a delay. On shutdown it stops pulling at
+/// once and gives the messages in hand up to `grace` to finish; any still
+/// unfinished then is released (nak without delay) so that another process
+/// takes it now rather than after its ack deadline. A released handler's
+/// open transaction is rolled back when its future is dropped, and its
+/// message's next delivery finds what it had committed (inbox, runs).
 pub async fn run<H: Handler + 'static>(
     consumer: PullConsumer,
     pool: PgPool,
     handler: H,
     concurrency: usize,
     shutdown: CancellationToken,
+    grace: Duration,
 ) {
     let concurrency = concurrency.max(1);
     let ack_wait = consumer.cached_info().config.ack_wait;
     telemetry::consumer_started(handler.name());
     let handler = Arc::new(handler);
     let slots = Arc::new(Semaphore::new(concurrency));
+    let release = CancellationToken::new();
     let mut in_hand = JoinSet::new();
     'outer: loop {
         // A small batch: pulled messages wait in this process with their ack
@@ -348,15 +354,28 @@ pub async fn run<H: Handler + 'static>(
             };
             let next = tokio::select! {
                 next = messages.next() => next,
-                _ = shutdown.cancelled() => break 'outer,
+                _ = shutdown.cancelled() => {
+                    // Pulled but not started: hand them back at once.
+                    drop(slot);
+                    release_pending(&mut messages, handler.name()).await;
+                    break 'outer;
+                }
             };
             match next {
                 Some(Ok(msg)) => {
-                    let (pool, handler) = (pool.clone(), handler.clone());
+                    let (pool, handler, release) = (pool.clone(), handler.clone(), release.clone());
                     in_hand.spawn(async move {
                         let _slot = slot;
-                        if let Err(e) = process(&pool, &*handler, msg, ack_wait).await {
-                            warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
+                        tokio::select! {
+                            done = process(&pool, &*handler, &msg, ack_wait) => if let Err(e) = done {
+                                warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
+                            },
+                            _ = release.cancelled() => {
+                                telemetry::consumer_released(handler.name());
+                                warn!(consumer = handler.name(), subject = %msg.subject,
+                                      "Shutting down: released a message still in hand.");
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                            }
                         }
                     });
                 }
@@ -367,10 +386,28 @@ pub async fn run<H: Handler + 'static>(
                 None => break,
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.cancelled() => break 'outer,
+        }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let finished = tokio::time::timeout(grace, async {
         while in_hand.join_next().await.is_some() {}
     })
     .await;
+    if finished.is_err() {
+        release.cancel();
+        while in_hand.join_next().await.is_some() {}
+    }
+}
+
+/// Naks the messages a pull already brought that no handler started (a
+/// pull holds at most a batch), waiting briefly for those on the wire.
+async fn release_pending(messages: &mut jetstream::consumer::pull::Stream, name: &str) {
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+    {
+        telemetry::consumer_released(name);
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    }
 }

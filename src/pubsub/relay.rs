@@ -64,6 +64,10 @@ pub struct RelaySettings {
     /// Inbox records are deleted after this long; keep it above the streams'
     /// max age, or a re-created consumer could apply an old message again.
     pub inbox_retention: Duration,
+    /// On shutdown, how long the relay keeps publishing what is already
+    /// in the outbox (the workers' last commits) before it stops; rows
+    /// left then wait for the next relay.
+    pub flush_on_stop: Duration,
     /// Where tests and benchmarks watch or disturb the relay; production
     /// runs with `NoHooks`.
     pub hooks: Arc<dyn RelayHooks>,
@@ -110,6 +114,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(1),
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
+            flush_on_stop: Duration::from_secs(5),
             hooks: Arc::new(NoHooks),
         }
     }
@@ -486,9 +491,36 @@ impl Relay {
                 tokio::time::sleep(self.settings.linger).await;
             }
         }
-        link.close().await;
         for helper in helpers {
             let _ = helper.await;
+        }
+        self.flush(&mut link).await;
+        link.close().await;
+    }
+
+    /// Publishes the rows waiting now, until a batch comes back empty, an
+    /// error, or `flush_on_stop` ends.
+    async fn flush(&self, link: &mut Link) {
+        let until = tokio::time::Instant::now() + self.settings.flush_on_stop;
+        let mut published = 0;
+        loop {
+            match tokio::time::timeout_at(until, link.relay_once()).await {
+                Ok(Ok(r)) if r.published + r.failed > 0 => published += r.published,
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Stopping: cannot publish the outbox; its rows wait for the next relay.");
+                    break;
+                }
+                Err(_) => {
+                    warn!(
+                        "Stopping: the outbox was not drained in time; its rows wait for the next relay."
+                    );
+                    break;
+                }
+            }
+        }
+        if published > 0 {
+            info!(published, "Stopping: published the outbox's last rows.");
         }
     }
 

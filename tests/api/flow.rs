@@ -112,7 +112,9 @@ pub fn targets_text() -> String {
         "{shipped}\n[[target]]\nenvironment = \"staging\"\nscript = \"restart-checkout.sh\"\n\
          \n[[target]]\nenvironment = \"staging\"\nscript = \"fails-for-real.sh\"\n\
          \n[[target]]\nenvironment = \"staging\"\nscript = \"no-rehearsal.sh\"\n\
-         \n[scripts.\"fails-for-real.sh\"]\ndry_run_flag = \"--dry-run\"\n"
+         \n[[target]]\nenvironment = \"staging\"\nscript = \"slow-restart.sh\"\n\
+         \n[scripts.\"fails-for-real.sh\"]\ndry_run_flag = \"--dry-run\"\n\
+         \n[scripts.\"slow-restart.sh\"]\ndry_run_flag = \"--dry-run\"\n"
     )
 }
 

@@ -47,7 +47,7 @@ async fn outbox_ids(pool: &PgPool) -> HashSet<Uuid> {
 }
 
 /// Asserts that, per case, transition events carry versions 2, 3, 4, … in stream order.
-fn assert_per_case_order(messages: &[(String, Envelope)]) -> usize {
+pub fn assert_per_case_order(messages: &[(String, Envelope)]) -> usize {
     let mut versions: BTreeMap<Uuid, Vec<(i64, String)>> = BTreeMap::new();
     for (subject, env) in messages
         .iter()
@@ -927,6 +927,7 @@ async fn a_consumers_dedup_counter_exists_from_its_start(pool: PgPool) {
         Quiet(name.clone()),
         1,
         shutdown.clone(),
+        std::time::Duration::from_secs(5),
     ));
     let series = format!("inbox_dedup_total{{consumer=\"{name}\"}} 0");
     let mut seen = false;

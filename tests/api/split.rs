@@ -17,13 +17,28 @@ use uuid::Uuid;
 
 use crate::fake_llm::{FakeLlm, Reply};
 use crate::helpers::{database_url, service};
-use crate::nats::{TestNats, free_port};
+use crate::nats::{TestCluster, TestNats, free_port};
 
 struct Service {
     child: Child,
     /// stderr, where the service logs.
     log: PathBuf,
     base: String,
+}
+
+/// The NATS the processes share.
+pub enum Bus {
+    Single(TestNats),
+    Cluster(TestCluster),
+}
+
+impl Bus {
+    fn url(&self) -> String {
+        match self {
+            Bus::Single(n) => n.url.clone(),
+            Bus::Cluster(c) => c.url(),
+        }
+    }
 }
 
 /// Two serving processes and what they need; their logs are printed when
@@ -35,7 +50,9 @@ struct Split {
     operator: String,
     service: String,
     pool: PgPool,
-    _nats: TestNats,
+    _bus: Bus,
+    /// What every process of this split is started with.
+    env: Vec<(String, String)>,
     dir: PathBuf,
 }
 
@@ -47,10 +64,10 @@ impl Drop for Split {
             let _ = std::fs::remove_dir_all(&self.dir);
             return;
         }
-        for (name, s) in [("A", &self.a), ("B", &self.b)] {
+        for s in [&self.a, &self.b] {
             let log = std::fs::read_to_string(&s.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- process {name} (last lines) ---");
+            eprintln!("--- {} (last lines) ---", s.log.display());
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
             }
@@ -86,9 +103,37 @@ async fn token(file: &Path, identity: &str, roles: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Starts `opsloop serve --roles roles` with `env`, logging to `dir/name.log`.
+fn launch(dir: &Path, env: &[(String, String)], name: &str, roles: &str) -> Service {
+    let port = free_port();
+    let log = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsloop"));
+    cmd.args(["serve", "--roles", roles])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true);
+    Service {
+        child: cmd.spawn().expect("starting opsloop serve"),
+        log,
+        base: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+/// Process A's roles; B runs the rest (and a relay for its own facts).
+const ROLES_A: &str = "api,relay,orchestrator,gatekeeper,planner";
+const ROLES_B: &str = "analyst,executor,verifier,relay";
+
 impl Split {
     async fn start(pool: PgPool, llm: &FakeLlm) -> Split {
-        let nats = TestNats::start().await;
+        Split::start_on(pool, llm, Bus::Single(TestNats::start().await), &[]).await
+    }
+
+    /// Both processes on `bus`, with `env` added to their environment.
+    async fn start_on(pool: PgPool, llm: &FakeLlm, bus: Bus, env: &[(&str, &str)]) -> Split {
         let dir = std::env::temp_dir().join(format!("opsloop-split-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let tokens = dir.join("tokens.toml");
@@ -96,43 +141,34 @@ impl Split {
         let service = token(&tokens, "metrics-feed", "service").await;
         let targets = dir.join("targets.toml");
         std::fs::write(&targets, crate::flow::targets_text()).unwrap();
-        let spawn = |name: &str, roles: &str| {
-            let port = free_port();
-            let log = dir.join(format!("{name}.log"));
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_opsloop"));
-            cmd.args(["serve", "--roles", roles])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .env("DATABASE_URL", database_url(&pool))
-                .env("NATS_URL", &nats.url)
-                .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
-                .env("OPSLOOP_TOKENS_FILE", &tokens)
-                .env("OPSLOOP_TARGETS_FILE", &targets)
-                .env("OPSLOOP_DB_POOL", "6")
-                .env("OPSLOOP_TEMPLATES_DIR", manifest("templates"))
-                .env("OPSLOOP_SCRIPTS_DIR", manifest("tests/actions"))
-                .env(
-                    "OPSLOOP_SCRIPT_ALLOWLIST",
-                    "restart-service.sh,restart-checkout.sh,fails-for-real.sh,no-rehearsal.sh",
-                )
-                .env("OPSLOOP_VERIFY_DELAY_S", "0")
-                .env("OPSLOOP_DETECT_INTERVAL_MS", "200")
-                .env("OPSLOOP_STEP_BACKOFF_SCALE", "0.01")
-                .env("OPENAI_BASE_URL", &llm.base_url)
-                .env("OPENAI_API_KEY", "test-key")
-                .env("OPSLOOP_LLM_MODEL", "fake-model")
-                .env("RUST_LOG", "info,sqlx=warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .kill_on_drop(true);
-            Service {
-                child: cmd.spawn().expect("starting opsloop serve"),
-                log,
-                base: format!("http://127.0.0.1:{port}"),
-            }
-        };
-        let a = spawn("a", "api,relay,orchestrator,gatekeeper,planner");
-        let b = spawn("b", "analyst,executor,verifier,relay");
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let mut common: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url(&pool)),
+            ("NATS_URL", bus.url()),
+            ("OPSLOOP_TOKENS_FILE", path(&tokens)),
+            ("OPSLOOP_TARGETS_FILE", path(&targets)),
+            ("OPSLOOP_DB_POOL", "6".into()),
+            ("OPSLOOP_TEMPLATES_DIR", manifest("templates")),
+            ("OPSLOOP_SCRIPTS_DIR", manifest("tests/actions")),
+            (
+                "OPSLOOP_SCRIPT_ALLOWLIST",
+                "restart-service.sh,restart-checkout.sh,fails-for-real.sh,no-rehearsal.sh,slow-restart.sh"
+                    .into(),
+            ),
+            ("OPSLOOP_VERIFY_DELAY_S", "0".into()),
+            ("OPSLOOP_DETECT_INTERVAL_MS", "200".into()),
+            ("OPSLOOP_STEP_BACKOFF_SCALE", "0.01".into()),
+            ("OPENAI_BASE_URL", llm.base_url.clone()),
+            ("OPENAI_API_KEY", "test-key".into()),
+            ("OPSLOOP_LLM_MODEL", "fake-model".into()),
+            ("RUST_LOG", "info,sqlx=warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        common.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let a = launch(&dir, &common, "a", ROLES_A);
+        let b = launch(&dir, &common, "b", ROLES_B);
         let split = Split {
             a,
             b,
@@ -140,13 +176,37 @@ impl Split {
             operator,
             service,
             pool,
-            _nats: nats,
+            _bus: bus,
+            env: common,
             dir,
         };
         // B serves no HTTP (no api role); its durable consumers pick up
         // whatever was published before they existed.
         split.ready(&split.a.base).await;
         split
+    }
+
+    /// Stops process B with SIGTERM and waits for it (at most `within`):
+    /// whether it exited cleanly, and how long it took.
+    async fn terminate_b(&mut self, within: Duration) -> (bool, Duration) {
+        let pid = self.b.child.id().expect("B is running");
+        let asked = Instant::now();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(within, self.b.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("B did not stop within {within:?} of SIGTERM"))
+            .unwrap();
+        (status.success(), asked.elapsed())
+    }
+
+    /// A new process B (the old one's log is kept beside it).
+    fn restart_b(&mut self, generation: usize) {
+        self.b = launch(&self.dir, &self.env, &format!("b{generation}"), ROLES_B);
     }
 
     async fn ready(&self, base: &str) {
@@ -392,4 +452,145 @@ async fn roles_split_across_two_processes_take_every_path(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(starter, "analyst");
+}
+
+/// (starts, ends) of `slow-restart.sh` runs for `service`, from the file
+/// the script appends to.
+fn slow_runs(service: &str) -> (usize, usize) {
+    let log = std::fs::read_to_string("/tmp/opsloop-test-runs.log").unwrap_or_default();
+    let count = |what: &str| {
+        log.lines()
+            .filter(|l| l.split(' ').take(2).eq([what, service]))
+            .count()
+    };
+    (count("start"), count("done"))
+}
+
+async fn until_started(service: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while slow_runs(service).0 == 0 {
+        assert!(Instant::now() < deadline, "the slow step never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn slow_plan(service: &str, seconds: u32) -> Reply {
+    llm_plan(
+        json!([{"action": "script.exec", "timeout_s": 60, "retry": 0,
+                "params": {"script": "slow-restart.sh", "args": ["--service", service, "--seconds", seconds.to_string()]}}]),
+        // A rollback keeps the risk low enough for the automatic gate.
+        json!([{"action": "noop", "timeout_s": 10, "retry": 0}]),
+        service,
+    )
+}
+
+/// On a three-node NATS cluster with R3 streams: SIGTERM to the process
+/// whose executor is in the middle of a step stops its intake, lets the
+/// step finish within the grace period, publishes the fact it committed,
+/// and exits cleanly; the next process B takes the case on to CLOSED, and
+/// the step ran once.
+#[sqlx::test]
+async fn a_stopping_worker_finishes_its_step_on_a_cluster_and_the_next_one_closes_the_case(
+    pool: PgPool,
+) {
+    let svc = service();
+    let llm = FakeLlm::start(vec![slow_plan(&svc, 3)]).await;
+    let bus = Bus::Cluster(TestCluster::start().await);
+    let mut split = Split::start_on(
+        pool,
+        &llm,
+        bus,
+        &[
+            ("OPSLOOP_STREAM_REPLICAS", "3"),
+            ("OPSLOOP_SHUTDOWN_GRACE_S", "20"),
+        ],
+    )
+    .await;
+    split.ingest(&svc, 120.0).await;
+    let case = split.open(&svc, false).await;
+    until_started(&svc).await;
+
+    let (clean, took) = split.terminate_b(Duration::from_secs(45)).await;
+    assert!(clean, "B exits 0 after SIGTERM");
+    assert_eq!(
+        slow_runs(&svc),
+        (1, 1),
+        "the step in hand finished before B stopped"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "within the grace period: {took:?}"
+    );
+    let log = std::fs::read_to_string(&split.b.log).unwrap();
+    assert!(log.contains("Stopping: no new work is taken"), "{log}");
+    assert!(
+        !log.contains("released a message"),
+        "nothing was cut off: {log}"
+    );
+    // Its fact reached the orchestrator (process A): the case waits for a
+    // verifier, and none runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status: String = sqlx::query_scalar("SELECT status FROM ops_case WHERE id = $1")
+            .bind(case)
+            .fetch_one(&split.pool)
+            .await
+            .unwrap();
+        if status == "VERIFYING" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the case is {status}, not VERIFYING"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    split.restart_b(2);
+    assert_eq!(split.rests(case).await, "CLOSED");
+    assert_eq!(split.runs(case, 1).await, [("run".into(), "done".into())]);
+    assert_eq!(slow_runs(&svc), (1, 1), "never run a second time");
+}
+
+/// A step longer than the grace period is not waited for: its message is
+/// handed back at once (not after the 30 s ack deadline), the next process
+/// finds the step started and, the script not being idempotent, parks the
+/// case as interrupted instead of running it again.
+#[sqlx::test]
+async fn a_step_longer_than_the_grace_period_is_released_and_never_run_twice(pool: PgPool) {
+    let svc = service();
+    let llm = FakeLlm::start(vec![slow_plan(&svc, 40)]).await;
+    let mut split = Split::start_on(
+        pool,
+        &llm,
+        Bus::Single(TestNats::start().await),
+        &[("OPSLOOP_SHUTDOWN_GRACE_S", "1")],
+    )
+    .await;
+    split.ingest(&svc, 120.0).await;
+    let case = split.open(&svc, false).await;
+    until_started(&svc).await;
+
+    let (_, took) = split.terminate_b(Duration::from_secs(10)).await;
+    assert!(
+        took < Duration::from_secs(5),
+        "B kept its grace period: {took:?}"
+    );
+    let log = std::fs::read_to_string(&split.b.log).unwrap();
+    assert!(log.contains("released a message still in hand"), "{log}");
+    let stopped = Instant::now();
+    split.restart_b(2);
+    assert_eq!(split.rests(case).await, "PARKED");
+    let reason = split.park_reason(case).await;
+    assert!(reason.contains("interrupted"), "{reason}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "the released message came back before its 30 s ack deadline: {:?}",
+        stopped.elapsed()
+    );
+    assert_eq!(
+        slow_runs(&svc),
+        (1, 0),
+        "started once, cut off, never started again"
+    );
 }

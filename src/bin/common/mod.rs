@@ -283,6 +283,7 @@ impl Workers {
             handler,
             spec.concurrency,
             self.shutdown.clone(),
+            Duration::from_secs(5),
         )));
         Ok(())
     }
@@ -379,4 +380,113 @@ pub fn shipped_executor(
     );
     executor.set_policy(std::sync::Arc::new(policy));
     executor
+}
+
+/// Opens cases through the HTTP API as a client does while processes die:
+/// healthy latency for the case's service, the case (template and service
+/// labels), then `start_analysis`; each request goes to the next API process
+/// and is retried on the others with the same `Idempotency-Key`.
+pub struct CaseFeed {
+    pub http: reqwest::Client,
+    pub bases: Vec<String>,
+    pub operator: String,
+    pub service: String,
+    pub tenant: &'static str,
+    pub template: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(serde::Deserialize)]
+struct Created {
+    id: Uuid,
+}
+
+impl CaseFeed {
+    /// The case opened for `svc` (`None` when the API refused or stayed
+    /// away for 30 s), and how many requests had to be sent again.
+    pub async fn open(&self, n: usize, svc: &str) -> (Option<Uuid>, usize) {
+        let now = chrono::Utc::now();
+        let rows: Vec<Value> = (0..3)
+            .map(|ago| {
+                let bucket = now - chrono::Duration::minutes(ago);
+                json!({"tenant": self.tenant, "resource": svc, "metric": "latency_p95_ms",
+                       "bucket": bucket.format("%Y-%m-%dT%H:%M:00Z").to_string(), "avg": 120.0, "max": 130.0})
+            })
+            .collect();
+        let mut retries = 0;
+        let (ingested, r) = self
+            .call(
+                n,
+                reqwest::Method::POST,
+                "/metrics/ingest",
+                &self.service,
+                &json!({"rows": rows}),
+            )
+            .await;
+        retries += r;
+        if ingested.is_none() {
+            return (None, retries);
+        }
+        let body = json!({"title": format!("{svc} slow"), "tenant": self.tenant, "kind": self.kind,
+                          "labels": {"template": self.template, "service": svc}});
+        let (created, r) = self
+            .call(n, reqwest::Method::POST, "/case", &self.operator, &body)
+            .await;
+        retries += r;
+        let Some(case) = created.and_then(|v| serde_json::from_value::<Created>(v).ok()) else {
+            return (None, retries);
+        };
+        let path = format!("/case/{}/transition", case.id);
+        let (_, r) = self
+            .call(
+                n,
+                reqwest::Method::PATCH,
+                &path,
+                &self.operator,
+                &json!({"event": "start_analysis"}),
+            )
+            .await;
+        (Some(case.id), retries + r)
+    }
+
+    async fn call(
+        &self,
+        n: usize,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: &Value,
+    ) -> (Option<Value>, usize) {
+        let key = Uuid::new_v4().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut attempt = 0;
+        loop {
+            let base = &self.bases[(n + attempt) % self.bases.len()];
+            let sent = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", &key)
+                .timeout(Duration::from_secs(5))
+                .json(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => {
+                    return (Some(r.json().await.unwrap_or(Value::Null)), attempt);
+                }
+                // A refusal is final, but 409 is a retry racing its first send.
+                Ok(r) if r.status().is_client_error() && r.status() != 409 => {
+                    eprintln!("{method} {path}: {}", r.status());
+                    return (None, attempt);
+                }
+                _ => {}
+            }
+            attempt += 1;
+            if Instant::now() > deadline {
+                return (None, attempt);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
 }

@@ -1,0 +1,961 @@
+//! The chaos suite (issue #22): three `opsloop serve` processes with split
+//! roles on a three-node NATS cluster (R3 streams) and a PostgreSQL of
+//! their own, a steady load of cases through the whole loop (template plan,
+//! automatic gate, a recording script, SLO verification), and meanwhile, at
+//! seeded random moments: `kill -9` of an opsloop process (restarted), the
+//! stream leader's NATS node killed for a while, PostgreSQL restarted once,
+//! and poison messages. Then it checks the promises and prints a report.
+//!
+//! Run through `bash scripts/chaos.sh [--seed N] [--seconds S] [--short]
+//! [--report FILE]`, which starts the services this program breaks (never
+//! the ones the other tests use) and passes them in `DATABASE_URL`,
+//! `NATS_URL` (the three nodes) and `OPSLOOP_SERVICES_STATE`.
+//!
+//! Invariants (each one a line of the report; any failure exits 1):
+//! 1. every accepted transition is published and the external subscriber
+//!    sees it exactly once after de-duplication by envelope id;
+//! 2. per-case versions are consecutive, in the record and on the feed;
+//! 3. no step of the non-idempotent script ran twice;
+//! 4. every case ends CLOSED or PARKED with a reason within 60 s after
+//!    the faults stop;
+//! 5. no dead letter but the injected poison.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::{self, consumer::pull};
+use futures::StreamExt;
+use opsloop::auth::{self, Role as Access, TenantScope};
+use opsloop::contract::{Fact, Message};
+use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+mod common;
+
+const TENANT: &str = "t-001";
+const TEMPLATE: &str = "chaos-restart";
+/// The script the steps run: it appends `start`/`done` lines per run.
+const RUNS_LOG: &str = "/tmp/opsloop-test-runs.log";
+/// The roles of the three processes: every worker role runs in at least two,
+/// so the loop goes on while any one is down; two serve HTTP.
+const PROCESSES: [(&str, &str); 3] = [
+    ("p1", "api,relay,orchestrator,gatekeeper,planner,analyst"),
+    ("p2", "api,relay,orchestrator,executor,verifier,analyst"),
+    (
+        "p3",
+        "relay,orchestrator,gatekeeper,planner,executor,verifier",
+    ),
+];
+
+/// Seeded, reproducible choices (splitmix64).
+struct Dice(u64);
+
+impl Dice {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A whole number in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+struct Settings {
+    seed: u64,
+    load: Duration,
+    /// How long the stream leader's node stays down.
+    outage: (u64, u64),
+    case_every: Duration,
+    opsloop: PathBuf,
+    services: PathBuf,
+    report: Option<PathBuf>,
+    short: bool,
+}
+
+fn settings() -> anyhow::Result<Settings> {
+    let short = std::env::args().any(|a| a == "--short");
+    let seed = match common::arg("--seed") {
+        Some(s) => s.parse().context("--seed")?,
+        None => SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_secs(),
+    };
+    let seconds: u64 = match common::arg("--seconds") {
+        Some(s) => s.parse().context("--seconds")?,
+        None if short => 40,
+        None => 100,
+    };
+    let exe = std::env::current_exe()?;
+    let opsloop = match common::arg("--opsloop") {
+        Some(p) => PathBuf::from(p),
+        None => exe.with_file_name("opsloop"),
+    };
+    Ok(Settings {
+        seed,
+        load: Duration::from_secs(seconds.max(30)),
+        outage: if short { (10, 12) } else { (10, 30) },
+        case_every: Duration::from_millis(if short { 700 } else { 500 }),
+        opsloop,
+        services: PathBuf::from("scripts/services.sh"),
+        report: common::arg("--report").map(PathBuf::from),
+        short,
+    })
+}
+
+/// One `opsloop serve` process of the suite.
+struct Proc {
+    name: &'static str,
+    roles: &'static str,
+    port: u16,
+    child: Option<Child>,
+    generation: usize,
+}
+
+/// What the processes share.
+struct Stack {
+    dir: PathBuf,
+    database_url: String,
+    nats_url: String,
+    opsloop: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Stack {
+    fn launch(&mut self, i: usize) -> anyhow::Result<()> {
+        let scripts = std::fs::canonicalize("tests/actions")?;
+        let p = &mut self.procs[i];
+        p.generation += 1;
+        let log = self.dir.join(format!("{}-{}.log", p.name, p.generation));
+        let child = Command::new(&self.opsloop)
+            .args(["serve", "--roles", p.roles])
+            .env("DATABASE_URL", &self.database_url)
+            .env("NATS_URL", &self.nats_url)
+            .env("OPSLOOP_STREAM_REPLICAS", "3")
+            .env("OPSLOOP_LISTEN", format!("127.0.0.1:{}", p.port))
+            .env("OPSLOOP_TOKENS_FILE", self.dir.join("tokens.toml"))
+            .env("OPSLOOP_TARGETS_FILE", self.dir.join("targets.toml"))
+            .env("OPSLOOP_TEMPLATES_DIR", self.dir.join("templates"))
+            .env("OPSLOOP_SCRIPTS_DIR", scripts)
+            .env("OPSLOOP_SCRIPT_ALLOWLIST", "slow-restart.sh")
+            .env("OPSLOOP_VERIFY_DELAY_S", "0")
+            .env("OPSLOOP_DB_POOL", "6")
+            .env("OPSLOOP_SHUTDOWN_GRACE_S", "5")
+            .env("OPSLOOP_DETECT_INTERVAL_MS", "60000")
+            .env("RUST_LOG", "info,sqlx=warn")
+            // Neither the librarian's model nor an LLM: the loop under
+            // faults is what is measured.
+            .env_remove("OPSLOOP_EMBEDDINGS_MODEL_DIR")
+            .env_remove("OPSLOOP_EMBEDDINGS_URL")
+            .env_remove("OPENAI_BASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", self.opsloop.display()))?;
+        p.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL: no goodbye, no grace.
+    async fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.procs[i].child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    fn api_bases(&self) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter(|p| p.roles.split(',').any(|r| r == "api"))
+            .map(|p| format!("http://127.0.0.1:{}", p.port))
+            .collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if let Some(c) = p.child.as_mut() {
+                let _ = c.start_kill();
+            }
+        }
+    }
+}
+
+/// A fault as it happened, for the report.
+#[derive(Debug, Clone)]
+struct Fault {
+    what: String,
+    at: Duration,
+    lasted: Duration,
+}
+
+/// What the external subscriber saw, one row per delivery.
+#[derive(Debug, Clone)]
+struct Seen {
+    envelope: Uuid,
+    case: Uuid,
+    version: i64,
+    timeline: Uuid,
+    published: SystemTime,
+}
+
+/// Shared between the tasks while the run lasts.
+#[derive(Default, Clone)]
+struct Record {
+    seen: Vec<Seen>,
+    cases: Vec<Uuid>,
+    faults: Vec<Fault>,
+    poison: usize,
+    /// `(when, rows waiting in the outbox)`, sampled every 200 ms.
+    backlog: Vec<(Instant, i64)>,
+    http_retries: usize,
+}
+
+type Shared = Arc<Mutex<Record>>;
+
+fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Record> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let s = settings()?;
+    if !s.opsloop.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --bin opsloop)",
+            s.opsloop.display()
+        );
+    }
+    let nats_url = std::env::var("NATS_URL").context("NATS_URL (the cluster's nodes)")?;
+    if nats_url.split(',').count() < 3 {
+        bail!("NATS_URL must list the three nodes of a cluster (scripts/chaos.sh starts one)");
+    }
+    std::env::var("OPSLOOP_SERVICES_STATE")
+        .context("OPSLOOP_SERVICES_STATE: the chaos suite's own services (scripts/chaos.sh)")?;
+    eprintln!(
+        "chaos: seed {} load {:?}{}",
+        s.seed,
+        s.load,
+        if s.short { " (short)" } else { "" }
+    );
+
+    let database_url = common::fresh_database("opsloop_chaos").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(&database_url)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+
+    let client = opsloop::pubsub::connect(&nats_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let js = jetstream::new(client);
+    // Fresh streams: an earlier run's messages and consumers are not this run's.
+    for name in [CMD_STREAM, EVT_STREAM] {
+        let _ = js.delete_stream(name).await;
+    }
+    let r3 = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    streams::ensure(&js, &r3).await?;
+
+    let dir = std::env::temp_dir().join(format!("opsloop-chaos-{}", s.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("templates"))?;
+    let (operator, service) = write_files(&dir)?;
+    let mut stack = Stack {
+        dir: dir.clone(),
+        database_url,
+        nats_url: nats_url.clone(),
+        opsloop: s.opsloop.clone(),
+        procs: PROCESSES
+            .iter()
+            .map(|&(name, roles)| Proc {
+                name,
+                roles,
+                port: free_port(),
+                child: None,
+                generation: 0,
+            })
+            .collect(),
+    };
+    for i in 0..stack.procs.len() {
+        stack.launch(i)?;
+    }
+    let http = opsloop::http_client::http_client().build()?;
+    for base in stack.api_bases() {
+        ready(&http, &base).await?;
+    }
+
+    let record: Shared = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let observer = tokio::spawn(observe(js.clone(), record.clone(), stop.clone()));
+    let sampler = tokio::spawn(sample(pool.clone(), record.clone(), stop.clone()));
+    let load_stop = tokio_util::sync::CancellationToken::new();
+    let feed = common::CaseFeed {
+        http: http.clone(),
+        bases: stack.api_bases(),
+        operator,
+        service,
+        tenant: TENANT,
+        template: TEMPLATE,
+        kind: "chaos",
+    };
+    let load = tokio::spawn(drive(
+        feed,
+        js.clone(),
+        s.seed,
+        s.case_every,
+        record.clone(),
+        load_stop.clone(),
+    ));
+
+    let started = Instant::now();
+    let mut dice = Dice(s.seed);
+    let mut failover = inject(&s, &mut dice, &mut stack, &js, &pool, &record, started).await?;
+    // The load runs its full length; the faults are over.
+    tokio::time::sleep(s.load.saturating_sub(started.elapsed())).await;
+    load_stop.cancel();
+    let _ = load.await;
+    let faults_over = Instant::now();
+    eprintln!(
+        "chaos: load and faults over after {:?}; waiting for every case to settle",
+        started.elapsed()
+    );
+
+    let cases = lock(&record).cases.clone();
+    let settle = settle(&pool, &cases, Duration::from_secs(60)).await;
+    let recovery = faults_over.elapsed();
+    // The feed catches up with the record (the relay drains the outbox).
+    let expected = transitions(&pool).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen: HashSet<Uuid> = lock(&record).seen.iter().map(|s| s.timeline).collect();
+        if expected.keys().all(|t| seen.contains(t)) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    let _ = observer.await;
+    let _ = sampler.await;
+    let mut resumed = Vec::new();
+    for handle in std::mem::take(&mut failover.resumed) {
+        resumed.extend(handle.await.unwrap_or_default());
+    }
+    let report = judge(
+        &s, &pool, &record, &expected, settle, recovery, failover, resumed,
+    )
+    .await?;
+    println!("{}", report.text);
+    if let Some(path) = &s.report {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        writeln!(f, "{}", report.text)?;
+    }
+    drop(stack);
+    if report.failed {
+        bail!("an invariant does not hold (logs in {})", dir.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Tokens, targets and the template; answers (operator, service) tokens.
+fn write_files(dir: &Path) -> anyhow::Result<(String, String)> {
+    let tokens = dir.join("tokens.toml");
+    let scope = TenantScope::parse(&[TENANT]).map_err(anyhow::Error::msg)?;
+    let operator =
+        auth::create_token(&tokens, "chaos-operator", &[Access::Operator], &scope, None)?;
+    let service = auth::create_token(&tokens, "chaos-metrics", &[Access::Service], &scope, None)?;
+    let shipped = std::fs::read_to_string("config/targets.toml")?;
+    std::fs::write(
+        dir.join("targets.toml"),
+        format!(
+            "{shipped}\n[[target]]\nenvironment = \"staging\"\nscript = \"slow-restart.sh\"\n\
+             \n[scripts.\"slow-restart.sh\"]\ndry_run_flag = \"--dry-run\"\n"
+        ),
+    )?;
+    let template = json!({
+        "name": TEMPLATE,
+        "description": "The chaos suite's remediation: a no-op, then a recording script that must never run twice.",
+        "match": {"kinds": ["chaos"]},
+        "labels": ["service"],
+        "example": {"service": "checkout"},
+        "plan": {
+            "title": "Restart {{service}} under chaos",
+            "rationale": "Steady load for the chaos suite.",
+            "environment": "staging",
+            "steps": [
+                {"action": "noop", "timeout_s": 10, "retry": 0},
+                {"action": "script.exec", "params": {"script": "slow-restart.sh", "args": ["--service", "{{service}}", "--seconds", "1"]},
+                 "timeout_s": 30, "retry": 0}
+            ],
+            // A rollback keeps the risk low enough for the automatic gate.
+            "rollback": {"steps": [{"action": "noop", "timeout_s": 10, "retry": 0}]},
+            "verify": {"checks": [{"resource": "{{service}}", "metric": "latency_p95_ms", "stat": "avg", "op": "<", "threshold": 300, "window_s": 60}]}
+        }
+    });
+    std::fs::write(
+        dir.join("templates").join(format!("{TEMPLATE}.json")),
+        serde_json::to_vec_pretty(&template)?,
+    )?;
+    Ok((operator, service))
+}
+
+async fn ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{base} did not become ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The external subscriber: a durable consumer of the transition feed with
+/// explicit acks, recording every delivery, redeliveries included.
+async fn observe(
+    js: jetstream::Context,
+    record: Shared,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let config = pull::Config {
+        durable_name: Some("chaos-observer".into()),
+        filter_subject: "evt.case.transition.v1".into(),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(10),
+        ..Default::default()
+    };
+    while !stop.is_cancelled() {
+        let messages = async {
+            let stream = js.get_stream(EVT_STREAM).await.map_err(|e| e.to_string())?;
+            let consumer: jetstream::consumer::PullConsumer = stream
+                .get_or_create_consumer("chaos-observer", config.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            consumer.messages().await.map_err(|e| e.to_string())
+        };
+        let mut messages = match messages.await {
+            Ok(m) => m,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                n = messages.next() => n,
+                _ = stop.cancelled() => return,
+            };
+            let Some(Ok(msg)) = next else { break };
+            let published = msg
+                .info()
+                .map(|i| SystemTime::from(i.published))
+                .unwrap_or_else(|_| SystemTime::now());
+            if let Ok(m) = Message::<Fact>::from_bytes(&msg.payload)
+                && let Fact::CaseTransition(t) = &m.body
+            {
+                lock(&record).seen.push(Seen {
+                    envelope: m.id,
+                    case: m.case_id.uuid(),
+                    version: t.version,
+                    timeline: t.timeline_id,
+                    published,
+                });
+            }
+            let _ = msg.ack().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The outbox's backlog every 200 ms (a PostgreSQL restart leaves gaps).
+async fn sample(pool: PgPool, record: Shared, stop: tokio_util::sync::CancellationToken) {
+    while !stop.is_cancelled() {
+        if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+        {
+            lock(&record).backlog.push((Instant::now(), n));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One case every `every` through the API processes (retried on the other
+/// while one is down), and now and then a poison message.
+async fn drive(
+    feed: common::CaseFeed,
+    js: jetstream::Context,
+    seed: u64,
+    every: Duration,
+    record: Shared,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut n = 0usize;
+    let mut tick = tokio::time::interval(every);
+    let poison_every = 25;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        n += 1;
+        let svc = format!("chaos-{seed}-{n}-{}", Uuid::new_v4().simple());
+        let (case, retries) = feed.open(n, &svc).await;
+        {
+            let mut r = lock(&record);
+            r.http_retries += retries;
+            r.cases.extend(case);
+        }
+        // A malformed message for the verifier's consumer: it must be
+        // dead-lettered once and block nothing. Counted once JetStream
+        // stored it.
+        if n.is_multiple_of(poison_every) {
+            let stored = match js
+                .publish("cmd.verify.run", "{ this is not an envelope".into())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            if stored {
+                lock(&record).poison += 1;
+            }
+        }
+    }
+}
+
+/// The failover measurements, finished once the run is over.
+#[derive(Default)]
+struct Failover {
+    /// When the NATS leader was killed, and the outbox's level just before.
+    leader_lost: Option<(SystemTime, Instant, i64)>,
+    /// Per `kill -9`: how long each case open at that moment took to move
+    /// again (the killed process's own work waits for its ack deadline).
+    resumed: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+}
+
+/// The faults, at seeded moments within the load: two `kill -9` of a
+/// process, one NATS leader loss, one PostgreSQL restart.
+async fn inject(
+    s: &Settings,
+    dice: &mut Dice,
+    stack: &mut Stack,
+    js: &jetstream::Context,
+    pool: &PgPool,
+    record: &Shared,
+    started: Instant,
+) -> anyhow::Result<Failover> {
+    let load = s.load.as_secs();
+    // Four slots over the load's first three quarters, in a seeded order.
+    let mut kinds = ["kill", "nats", "pg", "kill"];
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, dice.between(0, i as u64) as usize);
+    }
+    let slot = load * 3 / 4 / kinds.len() as u64;
+    let mut failover = Failover::default();
+    for (i, kind) in kinds.iter().enumerate() {
+        let at = Duration::from_secs(5 + i as u64 * slot + dice.between(0, slot / 3));
+        tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
+        let begun = Instant::now();
+        let what = match *kind {
+            "kill" => {
+                let i = dice.between(0, stack.procs.len() as u64 - 1) as usize;
+                let open = open_cases(pool).await.unwrap_or_default();
+                stack.kill(i).await?;
+                failover.resumed.push(tokio::spawn(resumed(
+                    pool.clone(),
+                    open,
+                    begun,
+                    Duration::from_secs(90),
+                )));
+                let down = dice.between(1, 3);
+                tokio::time::sleep(Duration::from_secs(down)).await;
+                stack.launch(i)?;
+                format!(
+                    "`kill -9` {} ({}), restarted after {down} s",
+                    stack.procs[i].name, stack.procs[i].roles
+                )
+            }
+            "nats" => {
+                let node = leader_node(js).await?;
+                let before = lock(record).backlog.last().map(|b| b.1).unwrap_or(0);
+                services(&s.services, &["cluster", "kill-node", &node.to_string()]).await?;
+                failover.leader_lost = Some((SystemTime::now(), Instant::now(), before));
+                let down = dice.between(s.outage.0, s.outage.1);
+                tokio::time::sleep(Duration::from_secs(down)).await;
+                services(&s.services, &["cluster", "start-node", &node.to_string()]).await?;
+                format!(
+                    "NATS node {node} (the event stream's leader) killed, started again after {down} s"
+                )
+            }
+            _ => {
+                services(&s.services, &["pg-stop"]).await?;
+                let down = dice.between(2, 5);
+                tokio::time::sleep(Duration::from_secs(down)).await;
+                services(&s.services, &["pg-start"]).await?;
+                format!("PostgreSQL stopped, started again after {down} s")
+            }
+        };
+        eprintln!("chaos: {what}");
+        lock(record).faults.push(Fault {
+            what,
+            at: begun - started,
+            lasted: begun.elapsed(),
+        });
+    }
+    Ok(failover)
+}
+
+async fn services(script: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("bash").arg(script).args(args).output().await?;
+    if !out.status.success() {
+        bail!(
+            "scripts/services.sh {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The node (1-3, as `scripts/services.sh` numbers them) leading the
+/// event stream.
+async fn leader_node(js: &jetstream::Context) -> anyhow::Result<u32> {
+    let mut stream = js.get_stream(EVT_STREAM).await?;
+    let info = stream.info().await?;
+    let leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .context("the event stream has no leader")?;
+    leader
+        .strip_prefix("opsloop-n")
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected server name {leader}"))
+}
+
+async fn open_cases(pool: &PgPool) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let rows: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT id, version FROM ops_case WHERE status NOT IN ('CLOSED', 'PARKED')")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// For each case open at `since`, how long until its version moved.
+async fn resumed(
+    pool: PgPool,
+    mut open: HashMap<Uuid, i64>,
+    since: Instant,
+    within: Duration,
+) -> Vec<Duration> {
+    let mut out = Vec::new();
+    while !open.is_empty() && since.elapsed() < within {
+        let ids: Vec<Uuid> = open.keys().copied().collect();
+        if let Ok(rows) =
+            sqlx::query_as::<_, (Uuid, i64)>("SELECT id, version FROM ops_case WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&pool)
+                .await
+        {
+            for (id, version) in rows {
+                if open.get(&id).is_some_and(|&v| version > v) {
+                    open.remove(&id);
+                    out.push(since.elapsed());
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    out
+}
+
+/// From `since`, the time until the outbox's backlog was back to its
+/// level before the loss (at least 20 rows of slack: the load goes on).
+fn drained(backlog: &[(Instant, i64)], since: Instant, before: i64) -> Option<Duration> {
+    let level = before.max(20);
+    let mut rose = false;
+    for &(at, n) in backlog.iter().filter(|(at, _)| *at > since) {
+        rose |= n > level;
+        if rose && n <= level {
+            return Some(at - since);
+        }
+    }
+    // It never rose above the level: nothing waited.
+    (!rose).then_some(Duration::ZERO)
+}
+
+/// Waits until every case rests in CLOSED or PARKED with no run going;
+/// answers how long that took, or `None` when some did not within `within`.
+async fn settle(pool: &PgPool, cases: &[Uuid], within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        let moving: Result<i64, _> = sqlx::query_scalar(
+            "SELECT count(*) FROM ops_case c WHERE c.id = ANY($1) AND (c.status NOT IN ('CLOSED', 'PARKED') \
+             OR EXISTS (SELECT 1 FROM exec_run r WHERE r.case_id = c.id AND r.status = 'running'))",
+        )
+        .bind(cases)
+        .fetch_one(pool)
+        .await;
+        if moving.is_ok_and(|n| n == 0) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
+/// The accepted transitions in the record: timeline id → (case, version).
+async fn transitions(pool: &PgPool) -> anyhow::Result<HashMap<Uuid, (Uuid, i64)>> {
+    let rows: Vec<(Uuid, Uuid, i64)> =
+        sqlx::query_as("SELECT id, case_id, version FROM case_timeline WHERE kind = 'transition'")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id, c, v)| (id, (c, v))).collect())
+}
+
+struct Report {
+    text: String,
+    failed: bool,
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} s", d.as_secs_f64()))
+        .unwrap_or_else(|| "—".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn judge(
+    s: &Settings,
+    pool: &PgPool,
+    record: &Shared,
+    expected: &HashMap<Uuid, (Uuid, i64)>,
+    settle: Option<Duration>,
+    recovery: Duration,
+    failover: Failover,
+    mut resumed: Vec<Duration>,
+) -> anyhow::Result<Report> {
+    resumed.sort();
+    let r = lock(record).clone();
+    let mut checks: Vec<(String, bool)> = Vec::new();
+
+    // 1. Published and seen exactly once after de-duplication by id.
+    let mut by_envelope: HashMap<Uuid, &Seen> = HashMap::new();
+    for seen in &r.seen {
+        by_envelope.insert(seen.envelope, seen);
+    }
+    let duplicates = r.seen.len() - by_envelope.len();
+    let mut per_timeline: HashMap<Uuid, usize> = HashMap::new();
+    for seen in by_envelope.values() {
+        *per_timeline.entry(seen.timeline).or_default() += 1;
+    }
+    let missing = expected
+        .keys()
+        .filter(|t| !per_timeline.contains_key(t))
+        .count();
+    let doubled = per_timeline.values().filter(|&&n| n > 1).count();
+    let unknown = per_timeline
+        .keys()
+        .filter(|t| !expected.contains_key(t))
+        .count();
+    checks.push((
+        format!(
+            "every accepted transition seen exactly once after de-duplication ({} transitions; missing {missing}, published under two ids {doubled}, not in the record {unknown})",
+            expected.len()
+        ),
+        missing == 0 && doubled == 0 && unknown == 0,
+    ));
+
+    // 2. Consecutive versions, in the record and on the feed.
+    let mut record_versions: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
+    for (case, version) in expected.values() {
+        record_versions.entry(*case).or_default().push(*version);
+    }
+    let mut gaps = 0;
+    for versions in record_versions.values_mut() {
+        versions.sort_unstable();
+        if *versions != (2..2 + versions.len() as i64).collect::<Vec<_>>() {
+            gaps += 1;
+        }
+    }
+    let mut feed_versions: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
+    for seen in by_envelope.values() {
+        feed_versions
+            .entry(seen.case)
+            .or_default()
+            .push(seen.version);
+    }
+    for (case, versions) in &mut feed_versions {
+        versions.sort_unstable();
+        if Some(&*versions) != record_versions.get(case) {
+            gaps += 1;
+        }
+    }
+    checks.push((
+        format!(
+            "per-case versions consecutive, in the record and on the feed ({gaps} cases with a gap)"
+        ),
+        gaps == 0,
+    ));
+
+    // 3. No step of the recording script ran twice.
+    let runs = std::fs::read_to_string(RUNS_LOG).unwrap_or_default();
+    let mut starts: HashMap<&str, usize> = HashMap::new();
+    let prefix = format!("chaos-{}-", s.seed);
+    for line in runs.lines() {
+        let mut words = line.split(' ');
+        if let (Some("start"), Some(svc)) = (words.next(), words.next())
+            && svc.starts_with(&prefix)
+        {
+            *starts.entry(svc).or_default() += 1;
+        }
+    }
+    let twice = starts.values().filter(|&&n| n > 1).count();
+    checks.push((
+        format!(
+            "no step of the non-idempotent script ran twice ({} runs, {twice} twice)",
+            starts.len()
+        ),
+        twice == 0,
+    ));
+
+    // 4. Every case ended with a reason, within 60 s after the faults.
+    let ends: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, park_reason FROM ops_case WHERE id = ANY($1)")
+            .bind(&r.cases)
+            .fetch_all(pool)
+            .await?;
+    let closed = ends.iter().filter(|(s, _)| s == "CLOSED").count();
+    let parked: Vec<&str> = ends
+        .iter()
+        .filter(|(s, _)| s == "PARKED")
+        .map(|(_, why)| why.as_deref().unwrap_or(""))
+        .collect();
+    let unexplained = parked.iter().filter(|why| why.is_empty()).count();
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for why in &parked {
+        *reasons
+            .entry(why.split(':').next().unwrap_or(why))
+            .or_default() += 1;
+    }
+    checks.push((
+        format!(
+            "every case CLOSED or PARKED with a reason within 60 s of the faults' end ({} cases: {closed} closed, {} parked {reasons:?}; settled in {})",
+            r.cases.len(),
+            parked.len(),
+            secs(settle)
+        ),
+        settle.is_some() && closed + parked.len() == r.cases.len() && unexplained == 0,
+    ));
+
+    // 5. Dead letters: the poison and nothing else.
+    let dead: Vec<(String, String)> =
+        sqlx::query_as("SELECT reason, subject FROM dead_letter ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let poison = dead
+        .iter()
+        .filter(|(reason, subject)| reason == "malformed_envelope" && subject == "cmd.verify.run")
+        .count();
+    checks.push((
+        format!(
+            "no dead letters but the injected poison ({} injected, {poison} dead-lettered as poison, {} other)",
+            r.poison,
+            dead.len() - poison
+        ),
+        poison == r.poison && dead.len() == poison,
+    ));
+
+    let failed = checks.iter().any(|(_, ok)| !ok);
+    let (first_publish, backlog_drained) = match failover.leader_lost {
+        Some((wall, at, before)) => (
+            r.seen
+                .iter()
+                .filter_map(|x| x.published.duration_since(wall).ok())
+                .min(),
+            drained(&r.backlog, at, before),
+        ),
+        None => (None, None),
+    };
+    let mut text = format!(
+        "### Chaos run, seed {} ({}{} s of load, {})\n\n",
+        s.seed,
+        if s.short { "short form, " } else { "" },
+        s.load.as_secs(),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    text += &format!(
+        "Cases {}, transitions {}, deliveries to the subscriber {} (duplicates before de-duplication {duplicates}), HTTP retries {}, faults {}; every case settled {:.1} s after the load and the faults ended.\n\n",
+        r.cases.len(),
+        expected.len(),
+        r.seen.len(),
+        r.http_retries,
+        r.faults.len() + usize::from(r.poison > 0),
+        recovery.as_secs_f64()
+    );
+    text += "| at | fault | took |\n|---:|---|---:|\n";
+    for f in &r.faults {
+        text += &format!(
+            "| {:.1} s | {} | {:.1} s |\n",
+            f.at.as_secs_f64(),
+            f.what,
+            f.lasted.as_secs_f64()
+        );
+    }
+    text += &format!(
+        "| — | {} poison messages on `cmd.verify.run` | — |\n\n",
+        r.poison
+    );
+    text += &format!(
+        "Failover: NATS leader killed → first message stored {}; → outbox back to its level {}. \
+         `kill -9` → open cases moving again: median {}, worst {} ({} cases).\n\n",
+        secs(first_publish),
+        secs(backlog_drained),
+        secs(common_quantile(&resumed, 0.5)),
+        secs(resumed.last().copied()),
+        resumed.len()
+    );
+    for (what, ok) in &checks {
+        text += &format!("- [{}] {what}\n", if *ok { "x" } else { " " });
+    }
+    Ok(Report { text, failed })
+}
+
+fn common_quantile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    (!sorted.is_empty()).then(|| common::quantile(sorted, p))
+}
