@@ -19,6 +19,9 @@ stop_services() {
 }
 trap stop_services EXIT
 
+# Its own PostgreSQL and NATS, never the ones a caller's environment names
+# (scripts/test.sh exports the shared ones): the faults must hit these.
+unset DATABASE_URL NATS_URL OPSLOOP_NATS_SUBSCRIBER_URL
 bash scripts/services.sh cluster up
 eval "$(bash scripts/services.sh cluster env)"
 unset OPSLOOP_NATS_SUBSCRIBER_URL

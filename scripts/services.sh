@@ -668,8 +668,8 @@ stop_pg() {
   say "PostgreSQL stopped."
 }
 
-start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
-  local other=$1 bindir pid port out deadline
+start_pg() { # start_pg OTHER_PORT [STRICT] -> sets PG_PORT, PG_ACTION
+  local other=$1 strict=${2:-loose} bindir pid port out deadline
   bindir=$(ensure_pg_binaries)
   ensure_portable_pgvector "$bindir"
   ensure_pg_password
@@ -696,7 +696,7 @@ start_pg() { # start_pg OTHER_PORT -> sets PG_PORT, PG_ACTION
     stop_pg
   fi
   pg_clean_stale
-  port=$(choose_port "$PG_PORT_FILE" loose "$other")
+  port=$(choose_port "$PG_PORT_FILE" "$strict" "$other")
   mkdir -p "$PG_SOCK"
   chmod 700 "$PG_SOCK"
   touch "$PG_LOG"
@@ -1064,6 +1064,7 @@ cluster_ports() { # -> "c1 c2 c3 r1 r2 r3"
 node_port() { # node_port N -> the client port of node N
   local ports
   read -r -a ports <<<"$(cluster_ports)"
+  [ "${#ports[@]}" = 6 ] || die "no cluster ports in $CLUSTER_DIR/ports."
   printf '%s\n' "${ports[$(($1 - 1))]}"
 }
 
@@ -1200,6 +1201,7 @@ cmd_cluster() {
       ;;
     stop-node | kill-node)
       case " $CLUSTER_NODES " in *" $n "*) ;; *) die "cluster $action takes a node number: 1, 2 or 3." ;; esac
+      state_exists || die "no cluster here (no state in $STATE); run scripts/services.sh cluster up first."
       need_python
       take_lock cluster "$action" "$n"
       if [ "$action" = kill-node ]; then stop_node "$n" KILL; else stop_node "$n"; fi
@@ -1207,6 +1209,7 @@ cmd_cluster() {
       ;;
     start-node)
       case " $CLUSTER_NODES " in *" $n "*) ;; *) die "cluster start-node takes a node number: 1, 2 or 3." ;; esac
+      [ -r "$CLUSTER_DIR/ports" ] || die "no cluster here (no $CLUSTER_DIR/ports); run scripts/services.sh cluster up first."
       need_python
       take_lock cluster start-node "$n"
       start_node "$(ensure_nats_bin)" "$n"
@@ -1228,7 +1231,8 @@ cmd_pg_start() {
   need_python
   ensure_state_dir
   take_lock pg-start
-  start_pg "$(read_port_file "$NATS_PORT_FILE" || true)"
+  # Strict: the processes using it know only the old port.
+  start_pg "$(read_port_file "$NATS_PORT_FILE" || true)" strict
   say "PostgreSQL $PG_ACTION on port $PG_PORT."
 }
 

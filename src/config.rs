@@ -96,8 +96,9 @@ pub struct ServeConfig {
     pub role_concurrency: crate::roles::Concurrency,
     /// Seconds a stopping process (SIGTERM, Ctrl-C) gives the requests and
     /// messages in hand to finish, and again its relay to publish what they
-    /// committed. Keep it below the orchestrator's kill timeout (Kubernetes:
-    /// `terminationGracePeriodSeconds`, 30 by default).
+    /// committed: a process ends within about twice this. Keep it below
+    /// half the kill timeout (Kubernetes: `terminationGracePeriodSeconds`,
+    /// 30 by default).
     #[arg(long, env = "OPSLOOP_SHUTDOWN_GRACE_S", default_value_t = 12,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub shutdown_grace_s: u64,

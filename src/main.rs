@@ -300,6 +300,25 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     cfg.intake = cfg.intake.clone().load()?;
     let intake = Arc::new(cfg.intake.clone());
     opsloop::telemetry::init("info,sqlx=warn");
+    // Stops intake first: HTTP, pulls, the detector's sweeps. The relay
+    // stops last, once the workers' final commits are in the outbox.
+    let shutdown = CancellationToken::new();
+    // From the start, so that a SIGTERM during start-up (streams or
+    // consumers still being set up on a busy cluster) stops cleanly too.
+    // One signal starts the shutdown; a second one ends the process at
+    // once (what it held is redelivered after its ack deadline).
+    let signalled = Arc::new(std::sync::OnceLock::new());
+    {
+        let (stop, signalled) = (shutdown.clone(), signalled.clone());
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = signalled.set(tokio::time::Instant::now());
+            stop.cancel();
+            shutdown_signal().await;
+            warn!("A second signal: stopping at once.");
+            std::process::exit(130);
+        });
+    }
     let roles = Roles::parse(&cfg.roles).map_err(anyhow::Error::msg)?;
     // Read the tokens before anything starts, so a bad file fails fast.
     let tokens = if roles.has(Role::Api) {
@@ -347,9 +366,6 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     };
     let policy = Arc::new(policy.with_targets(targets)?);
     let orchestrator = Orchestrator::new(pool.clone()).with_policy(policy.clone());
-    // Stops intake first: HTTP, pulls, the detector's sweeps. The relay
-    // stops last, once the workers' final commits are in the outbox.
-    let shutdown = CancellationToken::new();
     let relay_stop = CancellationToken::new();
     let grace = Duration::from_secs(cfg.shutdown_grace_s);
     let mut relay_task = None;
@@ -371,7 +387,10 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
 
     if let Some(client) = nats.clone() {
         let js = async_nats::jetstream::new(client.clone());
-        ensure_streams(&js, &cfg.streams).await?;
+        if !ensure_streams(&js, &cfg.streams, &shutdown).await? {
+            info!("Stopped before the streams were set up.");
+            return Ok(());
+        }
         let consumers = Consumers {
             js: &js,
             pool: &pool,
@@ -536,11 +555,6 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
             max_connections: cfg.http_max_connections,
             drain: grace,
         };
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            stop.cancel();
-        });
         api::serve(
             listener,
             api::app(state),
@@ -549,14 +563,19 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
         )
         .await;
     } else {
-        shutdown_signal().await;
-        shutdown.cancel();
+        shutdown.cancelled().await;
     }
     info!(
         grace_s = grace.as_secs(),
         "Stopping: no new work is taken; work in hand may finish."
     );
-    let deadline = tokio::time::Instant::now() + grace;
+    // Counted from the signal, as the consumers count their grace, not from
+    // the end of the HTTP drain (an open console stream lasts all of it).
+    let deadline = signalled
+        .get()
+        .copied()
+        .unwrap_or_else(tokio::time::Instant::now)
+        + grace;
     // The consumers end within the grace period on their own (what is
     // unfinished then is handed back); the extra second covers the nak.
     for t in tasks {
@@ -608,18 +627,23 @@ impl Consumers<'_> {
 
 /// Streams are created at start-up; while NATS is unreachable we wait for it
 /// rather than fail, since the outbox keeps every message meanwhile.
+/// `false` when a shutdown came first.
 async fn ensure_streams(
     js: &async_nats::jetstream::Context,
     settings: &StreamSettings,
-) -> anyhow::Result<()> {
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
     let mut delay = Duration::from_millis(200);
     loop {
         match streams::ensure(js, settings).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e) if e.is_settings() => return Err(e.into()),
             Err(e) => {
                 warn!(error = %e, "Cannot set up JetStream streams yet; retrying.");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(false),
+                }
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }

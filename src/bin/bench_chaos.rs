@@ -177,6 +177,29 @@ impl Stack {
         Ok(())
     }
 
+    /// SIGTERM, then waits (at most a minute) for the exit: whether it was
+    /// clean, and how long it took.
+    async fn terminate(&mut self, i: usize) -> anyhow::Result<(bool, Duration)> {
+        let Some(mut child) = self.procs[i].child.take() else {
+            return Ok((true, Duration::ZERO));
+        };
+        let asked = Instant::now();
+        if let Some(pid) = child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+        Ok(match status {
+            Ok(Ok(s)) => (s.success(), asked.elapsed()),
+            _ => {
+                let _ = child.kill().await;
+                (false, asked.elapsed())
+            }
+        })
+    }
+
     fn api_bases(&self) -> Vec<String> {
         self.procs
             .iter()
@@ -211,7 +234,6 @@ struct Seen {
     case: Uuid,
     version: i64,
     timeline: Uuid,
-    published: SystemTime,
 }
 
 /// Shared between the tasks while the run lasts.
@@ -271,7 +293,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = js.delete_stream(name).await;
     }
     let r3 = StreamSettings {
-        replicas: 3,
+        replicas: Some(3),
         ..StreamSettings::default()
     };
     streams::ensure(&js, &r3).await?;
@@ -356,12 +378,26 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     let _ = observer.await;
     let _ = sampler.await;
-    let mut resumed = Vec::new();
+    let mut resumed = (Vec::new(), 0);
     for handle in std::mem::take(&mut failover.resumed) {
-        resumed.extend(handle.await.unwrap_or_default());
+        let (moved, never) = handle.await.unwrap_or_default();
+        resumed.0.extend(moved);
+        resumed.1 += never;
     }
+    let first_stored = match failover.leader_lost {
+        Some(loss) => first_stored_after(&js, loss).await,
+        None => None,
+    };
     let report = judge(
-        &s, &pool, &record, &expected, settle, recovery, failover, resumed,
+        &s,
+        &pool,
+        &record,
+        &expected,
+        settle,
+        recovery,
+        &failover,
+        resumed,
+        first_stored,
     )
     .await?;
     println!("{}", report.text);
@@ -481,10 +517,6 @@ async fn observe(
                 _ = stop.cancelled() => return,
             };
             let Some(Ok(msg)) = next else { break };
-            let published = msg
-                .info()
-                .map(|i| SystemTime::from(i.published))
-                .unwrap_or_else(|_| SystemTime::now());
             if let Ok(m) = Message::<Fact>::from_bytes(&msg.payload)
                 && let Fact::CaseTransition(t) = &m.body
             {
@@ -493,7 +525,6 @@ async fn observe(
                     case: m.case_id.uuid(),
                     version: t.version,
                     timeline: t.timeline_id,
-                    published,
                 });
             }
             let _ = msg.ack().await;
@@ -562,15 +593,33 @@ async fn drive(
 /// The failover measurements, finished once the run is over.
 #[derive(Default)]
 struct Failover {
-    /// When the NATS leader was killed, and the outbox's level just before.
-    leader_lost: Option<(SystemTime, Instant, i64)>,
+    /// The NATS leader's loss: when the kill was asked for, when the node
+    /// was gone, the event stream's last sequence before it, and the
+    /// outbox's level just before.
+    leader_lost: Option<LeaderLoss>,
     /// Per `kill -9`: how long each case open at that moment took to move
-    /// again (the killed process's own work waits for its ack deadline).
-    resumed: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    /// again, and how many never did within 90 s.
+    resumed: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+    /// Faults whose effect could not be confirmed (e.g. PostgreSQL's start
+    /// time did not change): the run fails on them.
+    unconfirmed: Vec<String>,
 }
 
+#[derive(Clone, Copy)]
+struct LeaderLoss {
+    asked: SystemTime,
+    gone: SystemTime,
+    at: Instant,
+    last_sequence: u64,
+    backlog_before: i64,
+}
+
+/// The faults planned for a run, in a seeded order.
+const FAULTS: [&str; 5] = ["kill", "nats", "pg", "kill", "term"];
+
 /// The faults, at seeded moments within the load: two `kill -9` of a
-/// process, one NATS leader loss, one PostgreSQL restart.
+/// process, a SIGTERM of one (its graceful stop under load), one NATS
+/// leader loss, one PostgreSQL restart.
 async fn inject(
     s: &Settings,
     dice: &mut Dice,
@@ -581,11 +630,11 @@ async fn inject(
     started: Instant,
 ) -> anyhow::Result<Failover> {
     let load = s.load.as_secs();
-    // Four slots over the load's first three quarters, in a seeded order.
-    let mut kinds = ["kill", "nats", "pg", "kill"];
+    let mut kinds = FAULTS;
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, dice.between(0, i as u64) as usize);
     }
+    // The slots cover the load's first three quarters.
     let slot = load * 3 / 4 / kinds.len() as u64;
     let mut failover = Failover::default();
     for (i, kind) in kinds.iter().enumerate() {
@@ -611,11 +660,43 @@ async fn inject(
                     stack.procs[i].name, stack.procs[i].roles
                 )
             }
+            "term" => {
+                let i = dice.between(0, stack.procs.len() as u64 - 1) as usize;
+                let (clean, took) = stack.terminate(i).await?;
+                if !clean {
+                    failover.unconfirmed.push(format!(
+                        "{} did not exit cleanly after SIGTERM",
+                        stack.procs[i].name
+                    ));
+                }
+                stack.launch(i)?;
+                format!(
+                    "SIGTERM {} ({}): exited {} after {:.1} s, started again",
+                    stack.procs[i].name,
+                    stack.procs[i].roles,
+                    if clean { "cleanly" } else { "with an error" },
+                    took.as_secs_f64()
+                )
+            }
             "nats" => {
                 let node = leader_node(js).await?;
-                let before = lock(record).backlog.last().map(|b| b.1).unwrap_or(0);
+                let backlog_before = lock(record).backlog.last().map(|b| b.1).unwrap_or(0);
+                let last_sequence = js
+                    .get_stream(EVT_STREAM)
+                    .await?
+                    .info()
+                    .await?
+                    .state
+                    .last_sequence;
+                let asked = SystemTime::now();
                 services(&s.services, &["cluster", "kill-node", &node.to_string()]).await?;
-                failover.leader_lost = Some((SystemTime::now(), Instant::now(), before));
+                failover.leader_lost = Some(LeaderLoss {
+                    asked,
+                    gone: SystemTime::now(),
+                    at: begun,
+                    last_sequence,
+                    backlog_before,
+                });
                 let down = dice.between(s.outage.0, s.outage.1);
                 tokio::time::sleep(Duration::from_secs(down)).await;
                 services(&s.services, &["cluster", "start-node", &node.to_string()]).await?;
@@ -624,10 +705,26 @@ async fn inject(
                 )
             }
             _ => {
+                let before = postmaster_start(pool).await;
                 services(&s.services, &["pg-stop"]).await?;
                 let down = dice.between(2, 5);
                 tokio::time::sleep(Duration::from_secs(down)).await;
                 services(&s.services, &["pg-start"]).await?;
+                // The suite's own PostgreSQL, restarted for real: its start
+                // time moved (not, say, a server the environment named).
+                let mut after = None;
+                for _ in 0..50 {
+                    after = postmaster_start(pool).await;
+                    if after.is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                if before.is_none() || after.is_none() || before == after {
+                    failover.unconfirmed.push(format!(
+                        "PostgreSQL's start time did not change ({before:?} → {after:?})"
+                    ));
+                }
                 format!("PostgreSQL stopped, started again after {down} s")
             }
         };
@@ -639,6 +736,29 @@ async fn inject(
         });
     }
     Ok(failover)
+}
+
+async fn postmaster_start(pool: &PgPool) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT pg_postmaster_start_time()")
+        .fetch_one(pool)
+        .await
+        .ok()
+}
+
+/// After the run: when the first message after the leader's loss was
+/// stored, from the kill's request (the stream's own timestamps).
+async fn first_stored_after(js: &jetstream::Context, loss: LeaderLoss) -> Option<Duration> {
+    let stream = js.get_stream(EVT_STREAM).await.ok()?;
+    for seq in loss.last_sequence + 1..loss.last_sequence + 5000 {
+        let msg = stream.get_raw_message(seq).await.ok()?;
+        let stored = SystemTime::from(msg.time);
+        // Stored by the old leader between the sequence read and its death.
+        if stored <= loss.gone {
+            continue;
+        }
+        return stored.duration_since(loss.asked).ok();
+    }
+    None
 }
 
 async fn services(script: &Path, args: &[&str]) -> anyhow::Result<()> {
@@ -677,13 +797,14 @@ async fn open_cases(pool: &PgPool) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
     Ok(rows.into_iter().collect())
 }
 
-/// For each case open at `since`, how long until its version moved.
+/// For each case open at `since`, how long until its version moved; and
+/// how many never moved within `within`.
 async fn resumed(
     pool: PgPool,
     mut open: HashMap<Uuid, i64>,
     since: Instant,
     within: Duration,
-) -> Vec<Duration> {
+) -> (Vec<Duration>, usize) {
     let mut out = Vec::new();
     while !open.is_empty() && since.elapsed() < within {
         let ids: Vec<Uuid> = open.keys().copied().collect();
@@ -702,7 +823,7 @@ async fn resumed(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    out
+    (out, open.len())
 }
 
 /// From `since`, the time until the outbox's backlog was back to its
@@ -710,14 +831,16 @@ async fn resumed(
 fn drained(backlog: &[(Instant, i64)], since: Instant, before: i64) -> Option<Duration> {
     let level = before.max(20);
     let mut rose = false;
+    let mut sampled = false;
     for &(at, n) in backlog.iter().filter(|(at, _)| *at > since) {
+        sampled = true;
         rose |= n > level;
         if rose && n <= level {
             return Some(at - since);
         }
     }
-    // It never rose above the level: nothing waited.
-    (!rose).then_some(Duration::ZERO)
+    // Sampled and never above the level: nothing waited.
+    (sampled && !rose).then_some(Duration::ZERO)
 }
 
 /// Waits until every case rests in CLOSED or PARKED with no run going;
@@ -767,8 +890,9 @@ async fn judge(
     expected: &HashMap<Uuid, (Uuid, i64)>,
     settle: Option<Duration>,
     recovery: Duration,
-    failover: Failover,
-    mut resumed: Vec<Duration>,
+    failover: &Failover,
+    (mut resumed, never_resumed): (Vec<Duration>, usize),
+    first_stored: Option<Duration>,
 ) -> anyhow::Result<Report> {
     resumed.sort();
     let r = lock(record).clone();
@@ -798,7 +922,7 @@ async fn judge(
             "every accepted transition seen exactly once after de-duplication ({} transitions; missing {missing}, published under two ids {doubled}, not in the record {unknown})",
             expected.len()
         ),
-        missing == 0 && doubled == 0 && unknown == 0,
+        missing == 0 && doubled == 0 && unknown == 0 && !expected.is_empty(),
     ));
 
     // 2. Consecutive versions, in the record and on the feed.
@@ -813,24 +937,29 @@ async fn judge(
             gaps += 1;
         }
     }
+    // On the feed, in the order the subscriber got them (a redelivery of
+    // an envelope it already had does not count again).
     let mut feed_versions: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
-    for seen in by_envelope.values() {
-        feed_versions
-            .entry(seen.case)
-            .or_default()
-            .push(seen.version);
+    let mut first_seen = HashSet::new();
+    for seen in &r.seen {
+        if first_seen.insert(seen.envelope) {
+            feed_versions
+                .entry(seen.case)
+                .or_default()
+                .push(seen.version);
+        }
     }
-    for (case, versions) in &mut feed_versions {
-        versions.sort_unstable();
-        if Some(&*versions) != record_versions.get(case) {
-            gaps += 1;
+    let mut out_of_order = 0;
+    for (case, versions) in &feed_versions {
+        if Some(versions) != record_versions.get(case) {
+            out_of_order += 1;
         }
     }
     checks.push((
         format!(
-            "per-case versions consecutive, in the record and on the feed ({gaps} cases with a gap)"
+            "per-case versions consecutive, in the record and in the feed's order ({gaps} cases with a gap in the record, {out_of_order} out of order or incomplete on the feed)"
         ),
-        gaps == 0,
+        gaps == 0 && out_of_order == 0 && !record_versions.is_empty(),
     ));
 
     // 3. No step of the recording script ran twice.
@@ -846,12 +975,19 @@ async fn judge(
         }
     }
     let twice = starts.values().filter(|&&n| n > 1).count();
+    // Not vacuous: every closed case ran the script (its log is read).
+    let closed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ops_case WHERE id = ANY($1) AND status = 'CLOSED'",
+    )
+    .bind(&r.cases)
+    .fetch_one(pool)
+    .await?;
     checks.push((
         format!(
-            "no step of the non-idempotent script ran twice ({} runs, {twice} twice)",
+            "no step of the non-idempotent script ran twice ({} runs for {closed} closed cases, {twice} twice)",
             starts.len()
         ),
-        twice == 0,
+        twice == 0 && closed > 0 && starts.len() as i64 >= closed,
     ));
 
     // 4. Every case ended with a reason, within 60 s after the faults.
@@ -880,7 +1016,10 @@ async fn judge(
             parked.len(),
             secs(settle)
         ),
-        settle.is_some() && closed + parked.len() == r.cases.len() && unexplained == 0,
+        settle.is_some()
+            && !r.cases.is_empty()
+            && closed + parked.len() == r.cases.len()
+            && unexplained == 0,
     ));
 
     // 5. Dead letters: the poison and nothing else.
@@ -898,20 +1037,28 @@ async fn judge(
             r.poison,
             dead.len() - poison
         ),
-        poison == r.poison && dead.len() == poison,
+        poison == r.poison && dead.len() == poison && r.poison > 0,
+    ));
+
+    // 6. The faults happened as planned (and did what they say).
+    checks.push((
+        format!(
+            "every planned fault injected and confirmed ({} of {}{})",
+            r.faults.len(),
+            FAULTS.len(),
+            if failover.unconfirmed.is_empty() {
+                String::new()
+            } else {
+                format!("; not confirmed: {}", failover.unconfirmed.join("; "))
+            }
+        ),
+        r.faults.len() == FAULTS.len() && failover.unconfirmed.is_empty(),
     ));
 
     let failed = checks.iter().any(|(_, ok)| !ok);
-    let (first_publish, backlog_drained) = match failover.leader_lost {
-        Some((wall, at, before)) => (
-            r.seen
-                .iter()
-                .filter_map(|x| x.published.duration_since(wall).ok())
-                .min(),
-            drained(&r.backlog, at, before),
-        ),
-        None => (None, None),
-    };
+    let backlog_drained = failover
+        .leader_lost
+        .and_then(|loss| drained(&r.backlog, loss.at, loss.backlog_before));
     let mut text = format!(
         "### Chaos run, seed {} ({}{} s of load, {})\n\n",
         s.seed,
@@ -942,9 +1089,9 @@ async fn judge(
         r.poison
     );
     text += &format!(
-        "Failover: NATS leader killed → first message stored {}; → outbox back to its level {}. \
-         `kill -9` → open cases moving again: median {}, worst {} ({} cases).\n\n",
-        secs(first_publish),
+        "Failover: NATS leader killed → first message stored by the new leader {}; → outbox back to its level {}. \
+         `kill -9` → open cases moving again: median {}, worst {} ({} cases; {never_resumed} never moved within 90 s).\n\n",
+        secs(first_stored),
         secs(backlog_drained),
         secs(common_quantile(&resumed, 0.5)),
         secs(resumed.last().copied()),

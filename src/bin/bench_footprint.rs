@@ -3,7 +3,7 @@
 //! (template plan, automatic gate, a script step, verification), without
 //! the embedding model and with it; then the time SIGTERM takes to stop it.
 //!
-//! `bash scripts/footprint.sh [--seconds 60] [--rate 4]` runs it on a
+//! `bash scripts/capacity.sh footprint [--seconds 60] [--rate 4]` runs it on a
 //! database and a nats-server of its own, with the release build.
 
 use std::path::PathBuf;

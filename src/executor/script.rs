@@ -104,6 +104,11 @@ impl ScriptAdapter {
             .spawn()
             .map_err(|e| ExecError::new(format!("cannot start {name}: {e}"), json!({})))?;
         let pgid = child.id();
+        // Dropped before the script ends (a stopping process hands its
+        // step back): the whole group goes, not only the script, so none
+        // of its children keeps changing the target while the next
+        // process records the step as interrupted.
+        let mut group = GroupGuard(pgid);
         let stdout = capture(child.stdout.take(), self.output_cap);
         let stderr = capture(child.stderr.take(), self.output_cap);
         let waited = tokio::time::timeout(timeout, async {
@@ -113,6 +118,7 @@ impl ScriptAdapter {
         .await;
         match waited {
             Ok((status, out, err)) => {
+                group.0 = None;
                 let status = status
                     .map_err(|e| ExecError::new(format!("waiting for {name}: {e}"), json!({})))?;
                 let detail = json!({
@@ -134,7 +140,7 @@ impl ScriptAdapter {
             }
             Err(_) => {
                 // The whole group: a script's children die with it.
-                if let Some(pgid) = pgid {
+                if let Some(pgid) = group.0.take() {
                     kill_group(pgid);
                 }
                 let _ = child.wait().await;
@@ -146,6 +152,17 @@ impl ScriptAdapter {
                     json!({"script": name, "args": args, "timed_out": true}),
                 ))
             }
+        }
+    }
+}
+
+/// Kills its process group when dropped, unless the script ended.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            kill_group(pgid);
         }
     }
 }

@@ -161,11 +161,17 @@ pub async fn durable(
 /// While the handler works, the message's ack deadline is pushed out every
 /// third of `ack_wait`, so a slow handler (an LLM call, a rollout) is not
 /// mistaken for a dead one and its message handed to a second worker.
+///
+/// When `release` fires while the handler works, the handler is dropped
+/// (its open transaction rolls back) and the message is handed back with a
+/// nak at once; once the handler has answered, its answer is carried out
+/// whatever `release` does, so a dead letter is never stored twice.
 pub async fn process<H: Handler>(
     pool: &PgPool,
     handler: &H,
     msg: &jetstream::Message,
     ack_wait: Duration,
+    release: &CancellationToken,
 ) -> Result<(), async_nats::Error> {
     let (stream_seq, delivered) = msg
         .info()
@@ -224,6 +230,12 @@ pub async fn process<H: Handler>(
             let disposition = loop {
                 tokio::select! {
                     d = &mut handling => break d,
+                    _ = release.cancelled() => {
+                        telemetry::consumer_released(handler.name());
+                        warn!(consumer = handler.name(), subject = %subject,
+                              "Shutting down: released a message still in hand.");
+                        return msg.ack_with(AckKind::Nak(None)).await;
+                    }
                     _ = progress.tick() => {
                         if let Err(e) = msg.ack_with(AckKind::Progress).await {
                             warn!(consumer = handler.name(), error = %e, "Cannot extend the ack deadline.");
@@ -300,7 +312,7 @@ pub async fn consume_once<H: Handler>(
     let ack_wait = consumer.cached_info().config.ack_wait;
     let mut n = 0;
     while let Some(msg) = batch.next().await {
-        process(pool, handler, &msg?, ack_wait).await?;
+        process(pool, handler, &msg?, ack_wait, &CancellationToken::new()).await?;
         n += 1;
     }
     Ok(n)
@@ -350,14 +362,16 @@ pub async fn run<H: Handler + 'static>(
             while in_hand.try_join_next().is_some() {}
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-                _ = shutdown.cancelled() => break 'outer,
+                _ = shutdown.cancelled() => {
+                    release_pending(messages, handler.name(), concurrency.max(4)).await;
+                    break 'outer;
+                }
             };
             let next = tokio::select! {
                 next = messages.next() => next,
                 _ = shutdown.cancelled() => {
-                    // Pulled but not started: hand them back at once.
                     drop(slot);
-                    release_pending(&mut messages, handler.name()).await;
+                    release_pending(messages, handler.name(), concurrency.max(4)).await;
                     break 'outer;
                 }
             };
@@ -366,16 +380,8 @@ pub async fn run<H: Handler + 'static>(
                     let (pool, handler, release) = (pool.clone(), handler.clone(), release.clone());
                     in_hand.spawn(async move {
                         let _slot = slot;
-                        tokio::select! {
-                            done = process(&pool, &*handler, &msg, ack_wait) => if let Err(e) = done {
-                                warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
-                            },
-                            _ = release.cancelled() => {
-                                telemetry::consumer_released(handler.name());
-                                warn!(consumer = handler.name(), subject = %msg.subject,
-                                      "Shutting down: released a message still in hand.");
-                                let _ = msg.ack_with(AckKind::Nak(None)).await;
-                            }
+                        if let Err(e) = process(&pool, &*handler, &msg, ack_wait, &release).await {
+                            warn!(consumer = handler.name(), error = %e, "Ack failed; the server will redeliver.");
                         }
                     });
                 }
@@ -401,12 +407,25 @@ pub async fn run<H: Handler + 'static>(
     }
 }
 
-/// Naks the messages a pull already brought that no handler started (a
-/// pull holds at most a batch), waiting briefly for those on the wire.
-async fn release_pending(messages: &mut jetstream::consumer::pull::Stream, name: &str) {
-    while let Ok(Some(Ok(msg))) =
-        tokio::time::timeout(Duration::from_millis(50), messages.next()).await
-    {
+/// Hands back the messages a pull already brought that no handler started:
+/// collects what arrives within one short window (at most a batch), closes
+/// the pull, then naks them. Nak-ing while the pull is open would let the
+/// server hand the same messages straight back to it.
+async fn release_pending(
+    mut messages: jetstream::consumer::pull::Stream,
+    name: &str,
+    batch: usize,
+) {
+    let until = tokio::time::Instant::now() + Duration::from_millis(50);
+    let mut held = Vec::new();
+    while held.len() < batch {
+        match tokio::time::timeout_at(until, messages.next()).await {
+            Ok(Some(Ok(msg))) => held.push(msg),
+            _ => break,
+        }
+    }
+    drop(messages);
+    for msg in held {
         telemetry::consumer_released(name);
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     }

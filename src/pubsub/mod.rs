@@ -67,11 +67,13 @@ pub fn target(urls: &str) -> std::io::Result<NatsTarget> {
 /// `urls` without its passwords, for messages.
 fn mask(urls: &str) -> String {
     urls.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &u[..scheme + 3], &u[at..])
+        .map(|u| {
+            // With or without a scheme: async-nats takes `user:pass@host` too.
+            let start = u.find("://").map_or(0, |i| i + 3);
+            match u.rfind('@') {
+                Some(at) if at >= start => format!("{}***{}", &u[..start], &u[at..]),
+                _ => u.to_string(),
             }
-            _ => u.to_string(),
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -104,6 +106,11 @@ mod tests {
             !two_users.contains(":p@"),
             "passwords are masked: {two_users}"
         );
+        let bare = target("u:secret@a:1,v:secret@b:2")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!bare.contains("secret"), "without a scheme too: {bare}");
         assert!(target("nats://a:1,,nats://b:2").is_err());
         assert!(target("").is_err());
     }

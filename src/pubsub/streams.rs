@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream::{self, ErrorCode, stream};
 
 pub const CMD_STREAM: &str = "OPSLOOP_CMD";
 pub const EVT_STREAM: &str = "OPSLOOP_EVT";
@@ -24,9 +24,11 @@ pub struct StreamSettings {
     /// Copies of each stream on a JetStream cluster (1, 3 or 5; at most
     /// the cluster's size). A message is acknowledged once a majority of
     /// the copies stored it, so R3 keeps every acknowledged message when a
-    /// node is lost.
-    #[arg(long, env = "OPSLOOP_STREAM_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
+    /// node is lost. Unset: a new stream gets 1 and an existing one keeps
+    /// its count, so a process started without it never scales an R3
+    /// stream down.
+    #[arg(long, env = "OPSLOOP_STREAM_REPLICAS")]
+    pub replicas: Option<usize>,
 }
 
 impl Default for StreamSettings {
@@ -35,7 +37,7 @@ impl Default for StreamSettings {
             duplicate_window_s: 600,
             max_age_s: 7 * 24 * 3600,
             max_bytes: 1 << 30,
-            replicas: 1,
+            replicas: None,
         }
     }
 }
@@ -46,6 +48,17 @@ pub enum StreamSetupError {
     WindowTooShort(u64),
     #[error("stream replicas must be 1 to 5 (JetStream's limit), not {0}")]
     Replicas(usize),
+    #[error("stream {name}: this NATS cannot keep {replicas} copies: {source}")]
+    ReplicasRefused {
+        name: &'static str,
+        replicas: usize,
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("reading stream {name}: {source}")]
+    Read {
+        name: &'static str,
+        source: jetstream::context::GetStreamError,
+    },
     #[error("creating or updating stream {name}: {source}")]
     Create {
         name: &'static str,
@@ -58,12 +71,19 @@ impl StreamSetupError {
     pub fn is_settings(&self) -> bool {
         matches!(
             self,
-            StreamSetupError::WindowTooShort(_) | StreamSetupError::Replicas(_)
+            StreamSetupError::WindowTooShort(_)
+                | StreamSetupError::Replicas(_)
+                | StreamSetupError::ReplicasRefused { .. }
         )
     }
 }
 
-fn config(name: &'static str, subject: &str, s: &StreamSettings) -> stream::Config {
+fn config(
+    name: &'static str,
+    subject: &str,
+    s: &StreamSettings,
+    replicas: usize,
+) -> stream::Config {
     stream::Config {
         name: name.to_string(),
         subjects: vec![subject.to_string()],
@@ -72,7 +92,7 @@ fn config(name: &'static str, subject: &str, s: &StreamSettings) -> stream::Conf
         max_age: Duration::from_secs(s.max_age_s),
         max_bytes: s.max_bytes,
         discard: stream::DiscardPolicy::Old,
-        num_replicas: s.replicas,
+        num_replicas: replicas,
         ..Default::default()
     }
 }
@@ -81,13 +101,49 @@ pub async fn ensure(js: &jetstream::Context, s: &StreamSettings) -> Result<(), S
     if s.duplicate_window_s < 120 {
         return Err(StreamSetupError::WindowTooShort(s.duplicate_window_s));
     }
-    if !(1..=5).contains(&s.replicas) {
-        return Err(StreamSetupError::Replicas(s.replicas));
+    if let Some(n) = s.replicas
+        && !(1..=5).contains(&n)
+    {
+        return Err(StreamSetupError::Replicas(n));
     }
     for (name, subject) in [(CMD_STREAM, "cmd.>"), (EVT_STREAM, "evt.>")] {
-        js.create_or_update_stream(config(name, subject, s))
+        let replicas = match s.replicas {
+            Some(n) => n,
+            None => existing_replicas(js, name).await?.unwrap_or(1),
+        };
+        js.create_or_update_stream(config(name, subject, s, replicas))
             .await
-            .map_err(|source| StreamSetupError::Create { name, source })?;
+            .map_err(|source| {
+                // A single server (no cluster) or a count the stream cannot
+                // move to: waiting does not help. Too few nodes up
+                // (insufficient resources) may, and is retried.
+                let refused = matches!(source.kind(),
+                    jetstream::context::CreateStreamErrorKind::JetStream(e)
+                        if [ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED, ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE]
+                            .contains(&e.error_code()));
+                if refused {
+                    StreamSetupError::ReplicasRefused { name, replicas, source }
+                } else {
+                    StreamSetupError::Create { name, source }
+                }
+            })?;
     }
     Ok(())
+}
+
+/// The replica count of stream `name`, if it exists.
+async fn existing_replicas(
+    js: &jetstream::Context,
+    name: &'static str,
+) -> Result<Option<usize>, StreamSetupError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream.cached_info().config.num_replicas)),
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(source) => Err(StreamSetupError::Read { name, source }),
+    }
 }

@@ -19,7 +19,8 @@ if [ "$dry" = 1 ]; then
   echo "would restart $service slowly"
   exit 0
 fi
-runs="${TMPDIR:-/tmp}/opsloop-test-runs.log"
+# A fixed path: the tests and the chaos suite read it, whatever TMPDIR is.
+runs=/tmp/opsloop-test-runs.log
 echo "start $service $$" >> "$runs"
 sleep "$seconds"
 echo "done $service $$" >> "$runs"

@@ -39,7 +39,7 @@ async fn r3(cluster: &TestCluster) -> jetstream::Context {
     let client = opsloop::pubsub::connect(&cluster.url()).await.unwrap();
     let js = jetstream::new(client);
     let settings = StreamSettings {
-        replicas: 3,
+        replicas: Some(3),
         ..StreamSettings::default()
     };
     streams::ensure(&js, &settings).await.unwrap();
@@ -63,13 +63,41 @@ async fn streams_take_the_configured_replicas_and_refuse_impossible_ones() {
         let peers = info.cluster.expect("a clustered stream").replicas;
         assert_eq!(peers.len(), 2, "{name}: the leader and two followers");
     }
+    // A process started without the setting keeps the count.
+    streams::ensure(&js, &StreamSettings::default())
+        .await
+        .unwrap();
+    for name in [CMD_STREAM, EVT_STREAM] {
+        let info = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(info.config.num_replicas, 3, "{name} was not scaled down");
+    }
     let too_many = StreamSettings {
-        replicas: 7,
+        replicas: Some(7),
         ..StreamSettings::default()
     };
     let err = streams::ensure(&js, &too_many).await.unwrap_err();
     assert!(err.is_settings(), "{err}");
     assert!(err.to_string().contains("1 to 5"), "{err}");
+}
+
+#[tokio::test]
+async fn replicas_a_single_server_cannot_keep_stop_the_start_with_a_clear_error() {
+    let nats = TestNats::start().await;
+    let js = jetstream::new(nats.client().await);
+    let r3 = StreamSettings {
+        replicas: Some(3),
+        ..StreamSettings::default()
+    };
+    let err = streams::ensure(&js, &r3).await.unwrap_err();
+    assert!(err.is_settings(), "waiting would not help: {err}");
+    assert!(err.to_string().contains("cannot keep 3 copies"), "{err}");
 }
 
 #[sqlx::test]

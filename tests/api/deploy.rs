@@ -81,6 +81,15 @@ fn load() -> Manifests {
     m
 }
 
+/// A variable the container sets to a literal value.
+fn env(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> {
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -117,18 +126,15 @@ fn the_plain_manifests_are_valid_kubernetes_objects_that_run_every_role_safely()
             Some(true),
             "{name}: never as root"
         );
-        assert!(
-            pod.termination_grace_period_seconds.unwrap_or(30) > 2 * 12,
-            "{name}: the kill comes after the shutdown grace (twice OPSLOOP_SHUTDOWN_GRACE_S)"
-        );
         let c = &pod.containers[0];
-        let roles = c
-            .env
-            .iter()
-            .flatten()
-            .find(|e| e.name == "OPSLOOP_ROLES")
-            .and_then(|e| e.value.clone())
-            .unwrap_or_else(|| panic!("{name}: OPSLOOP_ROLES"));
+        // The kill comes after a stop's two grace periods (work in hand,
+        // then the relay's flush) and the nak between them.
+        let grace: i64 = env(c, "OPSLOOP_SHUTDOWN_GRACE_S").map_or(12, |g| g.parse().unwrap());
+        assert!(
+            pod.termination_grace_period_seconds.unwrap_or(30) > 2 * grace + 2,
+            "{name}: terminationGracePeriodSeconds above twice OPSLOOP_SHUTDOWN_GRACE_S ({grace}) + 2"
+        );
+        let roles = env(c, "OPSLOOP_ROLES").unwrap_or_else(|| panic!("{name}: OPSLOOP_ROLES"));
         let parsed =
             opsloop::roles::Roles::parse(&roles.split(',').map(String::from).collect::<Vec<_>>())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));

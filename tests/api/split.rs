@@ -123,6 +123,15 @@ fn launch(dir: &Path, env: &[(String, String)], name: &str, roles: &str) -> Serv
     }
 }
 
+/// Waits until the process logging to `log` says it started.
+async fn started(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(log).is_ok_and(|l| l.contains("opsloop started.")) {
+        assert!(Instant::now() < deadline, "{} never started", log.display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Process A's roles; B runs the rest (and a relay for its own facts).
 const ROLES_A: &str = "api,relay,orchestrator,gatekeeper,planner";
 const ROLES_B: &str = "analyst,executor,verifier,relay";
@@ -180,9 +189,11 @@ impl Split {
             env: common,
             dir,
         };
-        // B serves no HTTP (no api role); its durable consumers pick up
-        // whatever was published before they existed.
+        // B serves no HTTP (no api role): its log says when every consumer
+        // exists (they would pick up what was published before, but a
+        // test that stops B must not stop it while it still starts).
         split.ready(&split.a.base).await;
+        started(&split.b.log).await;
         split
     }
 
@@ -559,7 +570,8 @@ async fn a_stopping_worker_finishes_its_step_on_a_cluster_and_the_next_one_close
 #[sqlx::test]
 async fn a_step_longer_than_the_grace_period_is_released_and_never_run_twice(pool: PgPool) {
     let svc = service();
-    let llm = FakeLlm::start(vec![slow_plan(&svc, 40)]).await;
+    // 41 s: a sleep no other test runs, to find it by its command line.
+    let llm = FakeLlm::start(vec![slow_plan(&svc, 41)]).await;
     let mut split = Split::start_on(
         pool,
         &llm,
@@ -578,6 +590,16 @@ async fn a_step_longer_than_the_grace_period_is_released_and_never_run_twice(poo
     );
     let log = std::fs::read_to_string(&split.b.log).unwrap();
     assert!(log.contains("released a message still in hand"), "{log}");
+    // The script's own child went with it: nothing keeps changing the target.
+    let left = std::process::Command::new("pgrep")
+        .args(["-fx", "sleep 41"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the released step's process group was killed: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     let stopped = Instant::now();
     split.restart_b(2);
     assert_eq!(split.rests(case).await, "PARKED");

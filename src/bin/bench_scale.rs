@@ -1,0 +1,255 @@
+//! How the whole loop's throughput moves with the number of worker
+//! processes (issue #22, docs/CAPACITY.md): one `opsloop serve` process with
+//! the API, the relay and the orchestrator, plus 1, 2 or 3 processes each
+//! running every worker role (and a relay and an orchestrator of their
+//! own), all on one PostgreSQL and one NATS. A burst of cases is opened
+//! through the API by concurrent clients (template plan, automatic gate, a
+//! script step, verification); the figure is cases closed per second from
+//! the first opening to the last close, with the transitions and the CPU
+//! the machine spent per case.
+//!
+//! `bash scripts/capacity.sh` runs it (and bench_footprint) on a database
+//! and a nats-server of their own, with the release build.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use opsloop::auth::{self, Role as Access, TenantScope};
+use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+use tokio::process::{Child, Command};
+
+mod common;
+
+const TENANT: &str = "t-001";
+const FRONT: &str = "api,relay,orchestrator";
+const WORKER: &str = "gatekeeper,planner,analyst,executor,verifier,relay,orchestrator";
+
+/// Busy jiffies of the whole machine (all cores), from /proc/stat.
+fn busy_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    total - idle
+}
+
+fn spawn(
+    opsloop: &Path,
+    dir: &Path,
+    env: &[(&str, String)],
+    name: &str,
+    roles: &str,
+    port: u16,
+) -> anyhow::Result<Child> {
+    Ok(Command::new(opsloop)
+        .args(["serve", "--roles", roles])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPSLOOP_EMBEDDINGS_URL")
+        .env_remove("OPSLOOP_EMBEDDINGS_MODEL_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+struct Figures {
+    cases: usize,
+    closed: i64,
+    seconds: f64,
+    transitions: i64,
+    busy_ms_per_case: f64,
+    messages_per_case: f64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cases: usize = common::arg("--cases").map_or(Ok(300), |s| s.parse())?;
+    let clients: usize = common::arg("--clients").map_or(Ok(8), |s| s.parse())?;
+    let opsloop = match common::arg("--opsloop") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::current_exe()?.with_file_name("opsloop"),
+    };
+    let nats_url = std::env::var("NATS_URL").context("NATS_URL")?;
+    println!(
+        "bench_scale: {cases} cases opened by {clients} clients through one API process; worker processes run every worker role\n"
+    );
+    println!(
+        "| worker processes | cases closed / opened | seconds | cases/s | ratio to 1 | transitions/s | NATS messages per case | machine busy CPU ms per case |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut base = None;
+    for workers in 1..=3 {
+        let f = run(&opsloop, &nats_url, workers, cases, clients).await?;
+        let rate = f.closed as f64 / f.seconds;
+        let base_rate = *base.get_or_insert(rate);
+        println!(
+            "| {workers} | {} / {} | {:.1} | {rate:.1} | {:.2} | {:.0} | {:.1} | {:.1} |",
+            f.closed,
+            f.cases,
+            f.seconds,
+            rate / base_rate,
+            f.transitions as f64 / f.seconds,
+            f.messages_per_case,
+            f.busy_ms_per_case
+        );
+    }
+    Ok(())
+}
+
+async fn run(
+    opsloop: &Path,
+    nats_url: &str,
+    workers: usize,
+    cases: usize,
+    clients: usize,
+) -> anyhow::Result<Figures> {
+    let database_url = common::fresh_database("opsloop_scale").await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&database_url)
+        .await?;
+    opsloop::MIGRATOR.run(&pool).await?;
+    let client = opsloop::pubsub::connect(nats_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+    let js = async_nats::jetstream::new(client);
+    for name in [CMD_STREAM, EVT_STREAM] {
+        let _ = js.delete_stream(name).await;
+    }
+    let dir = std::env::temp_dir().join(format!("opsloop-scale-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    let tokens = dir.join("tokens.toml");
+    let scope = TenantScope::parse(&[TENANT]).map_err(anyhow::Error::msg)?;
+    let operator =
+        auth::create_token(&tokens, "scale-operator", &[Access::Operator], &scope, None)?;
+    let service = auth::create_token(&tokens, "scale-metrics", &[Access::Service], &scope, None)?;
+    let env = [
+        ("DATABASE_URL", database_url.clone()),
+        ("NATS_URL", nats_url.to_string()),
+        ("OPSLOOP_TOKENS_FILE", tokens.to_string_lossy().into_owned()),
+        ("OPSLOOP_VERIFY_DELAY_S", "0".into()),
+        ("OPSLOOP_DB_POOL", "8".into()),
+    ];
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut children = vec![spawn(opsloop, &dir, &env, "front", FRONT, port)?];
+    for w in 0..workers {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        children.push(spawn(
+            opsloop,
+            &dir,
+            &env,
+            &format!("worker-{w}"),
+            WORKER,
+            p,
+        )?);
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let http = opsloop::http_client::http_client().build()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            bail!("opsloop did not become ready (logs: {})", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The workers' consumers exist once their processes logged it; a short
+    // wait keeps their start-up out of the measured time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let feed = Arc::new(common::CaseFeed {
+        http,
+        bases: vec![base],
+        operator,
+        service,
+        tenant: TENANT,
+        template: "restart-service",
+        kind: "service",
+    });
+    let busy0 = busy_jiffies();
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut feeders = Vec::new();
+    for _ in 0..clients {
+        let (feed, next) = (feed.clone(), next.clone());
+        feeders.push(tokio::spawn(async move {
+            let mut opened = Vec::new();
+            loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= cases {
+                    return opened;
+                }
+                let svc = format!("scale-{n}-{}", uuid::Uuid::new_v4().simple());
+                opened.extend(feed.open(n, &svc).await.0);
+            }
+        }));
+    }
+    let mut opened = Vec::new();
+    for f in feeders {
+        opened.extend(f.await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (closed, last) = loop {
+        let (ended, closed, last): (i64, i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE status IN ('CLOSED', 'PARKED')), \
+             count(*) FILTER (WHERE status = 'CLOSED'), max(updated_at) FROM ops_case WHERE id = ANY($1)",
+        )
+        .bind(&opened)
+        .fetch_one(&pool)
+        .await?;
+        if ended as usize == opened.len() || Instant::now() > deadline {
+            break (closed, last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let busy1 = busy_jiffies();
+    let first: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT min(created_at) FROM ops_case")
+            .fetch_one(&pool)
+            .await?;
+    let seconds = match (first, last) {
+        (Some(a), Some(b)) => (b - a).as_seconds_f64(),
+        _ => started.elapsed().as_secs_f64(),
+    };
+    let transitions: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
+            .fetch_one(&pool)
+            .await?;
+    let mut messages = 0;
+    for name in [CMD_STREAM, EVT_STREAM] {
+        messages += js.get_stream(name).await?.info().await?.state.messages;
+    }
+    // 100 jiffies per second on Linux.
+    let busy_ms = (busy1 - busy0) as f64 * 10.0;
+    drop(children);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Figures {
+        cases: opened.len(),
+        closed,
+        seconds,
+        transitions,
+        busy_ms_per_case: busy_ms / opened.len().max(1) as f64,
+        messages_per_case: messages as f64 / opened.len().max(1) as f64,
+    })
+}
