@@ -29,9 +29,8 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
-use opsloop::auth::{self, Role as Access, TenantScope};
 use opsloop::contract::{Fact, Message};
-use opsloop::pubsub::streams::{self, CMD_STREAM, EVT_STREAM, StreamSettings};
+use opsloop::pubsub::streams::{self, EVT_STREAM, StreamSettings};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
@@ -276,35 +275,19 @@ async fn main() -> anyhow::Result<()> {
         if s.short { " (short)" } else { "" }
     );
 
-    let database_url = common::fresh_database("opsloop_chaos").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(&database_url)
-        .await?;
-    opsloop::MIGRATOR.run(&pool).await?;
-
-    let client = opsloop::pubsub::connect(&nats_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = jetstream::new(client);
-    // Fresh streams: an earlier run's messages and consumers are not this run's.
-    for name in [CMD_STREAM, EVT_STREAM] {
-        let _ = js.delete_stream(name).await;
-    }
+    let stage = common::Stage::new("opsloop_chaos", &nats_url, TENANT).await?;
+    let (pool, js, dir) = (stage.pool.clone(), stage.js.clone(), stage.dir.clone());
     let r3 = StreamSettings {
         replicas: Some(3),
         ..StreamSettings::default()
     };
     streams::ensure(&js, &r3).await?;
 
-    let dir = std::env::temp_dir().join(format!("opsloop-chaos-{}", s.seed));
-    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("templates"))?;
-    let (operator, service) = write_files(&dir)?;
+    write_files(&dir)?;
     let mut stack = Stack {
         dir: dir.clone(),
-        database_url,
+        database_url: stage.database_url.clone(),
         nats_url: nats_url.clone(),
         opsloop: s.opsloop.clone(),
         procs: PROCESSES
@@ -312,7 +295,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|&(name, roles)| Proc {
                 name,
                 roles,
-                port: free_port(),
+                port: common::free_port().unwrap_or(0),
                 child: None,
                 generation: 0,
             })
@@ -323,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let http = opsloop::http_client::http_client().build()?;
     for base in stack.api_bases() {
-        ready(&http, &base).await?;
+        common::wait_ready(&http, &base).await?;
     }
 
     let record: Shared = Arc::default();
@@ -334,8 +317,8 @@ async fn main() -> anyhow::Result<()> {
     let feed = common::CaseFeed {
         http: http.clone(),
         bases: stack.api_bases(),
-        operator,
-        service,
+        operator: stage.operator.clone(),
+        service: stage.service.clone(),
         tenant: TENANT,
         template: TEMPLATE,
         kind: "chaos",
@@ -417,20 +400,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// Tokens, targets and the template; answers (operator, service) tokens.
-fn write_files(dir: &Path) -> anyhow::Result<(String, String)> {
-    let tokens = dir.join("tokens.toml");
-    let scope = TenantScope::parse(&[TENANT]).map_err(anyhow::Error::msg)?;
-    let operator =
-        auth::create_token(&tokens, "chaos-operator", &[Access::Operator], &scope, None)?;
-    let service = auth::create_token(&tokens, "chaos-metrics", &[Access::Service], &scope, None)?;
+/// The targets file and the template, beside the stage's tokens.
+fn write_files(dir: &Path) -> anyhow::Result<()> {
     let shipped = std::fs::read_to_string("config/targets.toml")?;
     std::fs::write(
         dir.join("targets.toml"),
@@ -463,22 +434,7 @@ fn write_files(dir: &Path) -> anyhow::Result<(String, String)> {
         dir.join("templates").join(format!("{TEMPLATE}.json")),
         serde_json::to_vec_pretty(&template)?,
     )?;
-    Ok((operator, service))
-}
-
-async fn ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{base} did not become ready in 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    Ok(())
 }
 
 /// The external subscriber: a durable consumer of the transition feed with

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use opsloop::auth::{self, Role as Access, TenantScope};
-use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
+use anyhow::Context;
 use tokio::process::Command;
 
 mod common;
@@ -100,45 +98,15 @@ async fn run(
     seconds: u64,
     rate: f64,
 ) -> anyhow::Result<Figures> {
-    let database_url = common::fresh_database("opsloop_footprint").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&database_url)
-        .await?;
-    let client = opsloop::pubsub::connect(nats_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client);
-    for name in [CMD_STREAM, EVT_STREAM] {
-        let _ = js.delete_stream(name).await;
-    }
-    let dir = std::env::temp_dir().join(format!("opsloop-footprint-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    let tokens = dir.join("tokens.toml");
-    let scope = TenantScope::parse(&[TENANT]).map_err(anyhow::Error::msg)?;
-    let operator = auth::create_token(
-        &tokens,
-        "footprint-operator",
-        &[Access::Operator],
-        &scope,
-        None,
-    )?;
-    let service = auth::create_token(
-        &tokens,
-        "footprint-metrics",
-        &[Access::Service],
-        &scope,
-        None,
-    )?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let stage = common::Stage::new("opsloop_footprint", nats_url, TENANT).await?;
+    let (pool, dir, tokens) = (&stage.pool, &stage.dir, &stage.tokens);
+    let port = common::free_port()?;
     let mut cmd = Command::new(opsloop);
     cmd.args(["serve", "--roles", "all"])
-        .env("DATABASE_URL", &database_url)
+        .env("DATABASE_URL", &stage.database_url)
         .env("NATS_URL", nats_url)
         .env("OPSLOOP_LISTEN", format!("127.0.0.1:{port}"))
-        .env("OPSLOOP_TOKENS_FILE", &tokens)
+        .env("OPSLOOP_TOKENS_FILE", tokens)
         .env("OPSLOOP_VERIFY_DELAY_S", "0")
         .env_remove("OPENAI_BASE_URL")
         .env_remove("OPSLOOP_EMBEDDINGS_URL")
@@ -154,26 +122,17 @@ async fn run(
     let pid = child.id().context("no pid")?;
     let base = format!("http://127.0.0.1:{port}");
     let http = opsloop::http_client::http_client().build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/readyz")).send().await
-            && r.status().is_success()
-        {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("opsloop did not become ready (log: {})", dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::wait_ready(&http, &base)
+        .await
+        .with_context(|| format!("logs in {}", dir.display()))?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let idle = rss_mib(pid).context("reading RSS")?;
 
     let feed = common::CaseFeed {
         http,
         bases: vec![base],
-        operator,
-        service,
+        operator: stage.operator.clone(),
+        service: stage.service.clone(),
         tenant: TENANT,
         template: "restart-service",
         kind: "service",
@@ -200,7 +159,7 @@ async fn run(
     }
     let end = rss_mib(pid).unwrap_or(0.0);
     let closed: i64 = sqlx::query_scalar("SELECT count(*) FROM ops_case WHERE status = 'CLOSED'")
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
     let asked = Instant::now();
     Command::new("kill")
@@ -209,7 +168,7 @@ async fn run(
         .await?;
     let status = tokio::time::timeout(Duration::from_secs(60), child.wait()).await??;
     let stop = asked.elapsed();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     Ok(Figures {
         idle,
         peak,

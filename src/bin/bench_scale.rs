@@ -16,8 +16,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use opsloop::auth::{self, Role as Access, TenantScope};
+use anyhow::Context;
 use opsloop::pubsub::streams::{CMD_STREAM, EVT_STREAM};
 use tokio::process::{Child, Command};
 
@@ -116,44 +115,25 @@ async fn run(
     cases: usize,
     clients: usize,
 ) -> anyhow::Result<Figures> {
-    let database_url = common::fresh_database("opsloop_scale").await?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&database_url)
-        .await?;
-    opsloop::MIGRATOR.run(&pool).await?;
-    let client = opsloop::pubsub::connect(nats_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
-    let js = async_nats::jetstream::new(client);
-    for name in [CMD_STREAM, EVT_STREAM] {
-        let _ = js.delete_stream(name).await;
-    }
-    let dir = std::env::temp_dir().join(format!("opsloop-scale-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir)?;
-    let tokens = dir.join("tokens.toml");
-    let scope = TenantScope::parse(&[TENANT]).map_err(anyhow::Error::msg)?;
-    let operator =
-        auth::create_token(&tokens, "scale-operator", &[Access::Operator], &scope, None)?;
-    let service = auth::create_token(&tokens, "scale-metrics", &[Access::Service], &scope, None)?;
+    let stage = common::Stage::new("opsloop_scale", nats_url, TENANT).await?;
+    let (pool, js, dir) = (&stage.pool, &stage.js, &stage.dir);
     let env = [
-        ("DATABASE_URL", database_url.clone()),
+        ("DATABASE_URL", stage.database_url.clone()),
         ("NATS_URL", nats_url.to_string()),
-        ("OPSLOOP_TOKENS_FILE", tokens.to_string_lossy().into_owned()),
+        (
+            "OPSLOOP_TOKENS_FILE",
+            stage.tokens.to_string_lossy().into_owned(),
+        ),
         ("OPSLOOP_VERIFY_DELAY_S", "0".into()),
         ("OPSLOOP_DB_POOL", "8".into()),
     ];
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut children = vec![spawn(opsloop, &dir, &env, "front", FRONT, port)?];
+    let port = common::free_port()?;
+    let mut children = vec![spawn(opsloop, dir, &env, "front", FRONT, port)?];
     for w in 0..workers {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let p = common::free_port()?;
         children.push(spawn(
             opsloop,
-            &dir,
+            dir,
             &env,
             &format!("worker-{w}"),
             WORKER,
@@ -162,18 +142,9 @@ async fn run(
     }
     let base = format!("http://127.0.0.1:{port}");
     let http = opsloop::http_client::http_client().build()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !http
-        .get(format!("{base}/readyz"))
-        .send()
+    common::wait_ready(&http, &base)
         .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        if Instant::now() > deadline {
-            bail!("opsloop did not become ready (logs: {})", dir.display());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        .with_context(|| format!("logs in {}", dir.display()))?;
     // The workers' consumers exist once their processes logged it; a short
     // wait keeps their start-up out of the measured time.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -181,8 +152,8 @@ async fn run(
     let feed = Arc::new(common::CaseFeed {
         http,
         bases: vec![base],
-        operator,
-        service,
+        operator: stage.operator.clone(),
+        service: stage.service.clone(),
         tenant: TENANT,
         template: "restart-service",
         kind: "service",
@@ -216,7 +187,7 @@ async fn run(
              count(*) FILTER (WHERE status = 'CLOSED'), max(updated_at) FROM ops_case WHERE id = ANY($1)",
         )
         .bind(&opened)
-        .fetch_one(&pool)
+        .fetch_one(pool)
         .await?;
         if ended as usize == opened.len() || Instant::now() > deadline {
             break (closed, last);
@@ -226,7 +197,7 @@ async fn run(
     let busy1 = busy_jiffies();
     let first: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT min(created_at) FROM ops_case")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     let seconds = match (first, last) {
         (Some(a), Some(b)) => (b - a).as_seconds_f64(),
@@ -234,7 +205,7 @@ async fn run(
     };
     let transitions: i64 =
         sqlx::query_scalar("SELECT count(*) FROM case_timeline WHERE kind = 'transition'")
-            .fetch_one(&pool)
+            .fetch_one(pool)
             .await?;
     let mut messages = 0;
     for name in [CMD_STREAM, EVT_STREAM] {
@@ -243,7 +214,7 @@ async fn run(
     // 100 jiffies per second on Linux.
     let busy_ms = (busy1 - busy0) as f64 * 10.0;
     drop(children);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
     Ok(Figures {
         cases: opened.len(),
         closed,

@@ -490,3 +490,93 @@ impl CaseFeed {
         }
     }
 }
+
+/// A clean stage for a benchmark that runs `opsloop serve` processes: a new
+/// database (migrated), no streams left on `nats_url` from an earlier run,
+/// and a folder holding a tokens file with an operator's and a metrics
+/// feed's token for `tenant`.
+pub struct Stage {
+    pub database_url: String,
+    pub pool: sqlx::PgPool,
+    pub js: jetstream::Context,
+    pub dir: std::path::PathBuf,
+    pub tokens: std::path::PathBuf,
+    pub operator: String,
+    pub service: String,
+}
+
+impl Stage {
+    /// `name`: the database and the folder's prefix (a constant of the
+    /// calling program).
+    pub async fn new(name: &'static str, nats_url: &str, tenant: &str) -> anyhow::Result<Stage> {
+        let database_url = fresh_database(name).await?;
+        // A short acquire timeout: the chaos suite restarts this server.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&database_url)
+            .await?;
+        opsloop::MIGRATOR.run(&pool).await?;
+        let client = opsloop::pubsub::connect(nats_url)
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
+        let js = jetstream::new(client);
+        for stream in [
+            opsloop::pubsub::streams::CMD_STREAM,
+            opsloop::pubsub::streams::EVT_STREAM,
+        ] {
+            let _ = js.delete_stream(stream).await;
+        }
+        let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir)?;
+        let tokens = dir.join("tokens.toml");
+        let scope = opsloop::auth::TenantScope::parse(&[tenant]).map_err(anyhow::Error::msg)?;
+        let operator = opsloop::auth::create_token(
+            &tokens,
+            &format!("{name}-operator"),
+            &[opsloop::auth::Role::Operator],
+            &scope,
+            None,
+        )?;
+        let service = opsloop::auth::create_token(
+            &tokens,
+            &format!("{name}-metrics"),
+            &[opsloop::auth::Role::Service],
+            &scope,
+            None,
+        )?;
+        Ok(Stage {
+            database_url,
+            pool,
+            js,
+            dir,
+            tokens,
+            operator,
+            service,
+        })
+    }
+}
+
+/// A port free on loopback now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Until `base` answers `/readyz` (at most a minute).
+pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        if Instant::now() > deadline {
+            anyhow::bail!("{base} did not become ready in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
