@@ -29,10 +29,12 @@ RUN dir=$(OPSLOOP_MODELS_DIR=/models bash model.sh) && mv "$dir" /model
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to PostgreSQL, NATS, LLM, Kubernetes and webhooks.
+# procps: `kill`, with which the executor kills a script's whole process
+# group (a timed-out or handed-back step; slim images have no kill binary).
 # Not pinned: the version is whatever Debian's security archive ships.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates procps \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 opsloop \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \

@@ -118,6 +118,12 @@ pub struct ServeConfig {
     #[arg(long, env = "OPSLOOP_RELAY_LINGER_MS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub relay_linger_ms: u64,
+    /// Milliseconds a relayed publish waits for JetStream's ack before
+    /// the relay gives it up and sends it again (same `Nats-Msg-Id`): the
+    /// bulk of a failover's pause when a stream's leader is lost.
+    #[arg(long, env = "OPSLOOP_RELAY_ACK_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub relay_ack_timeout_ms: u64,
     /// Hours an `Idempotency-Key` and its answer are kept (DESIGN §3:
     /// 7 days); after that the same key is a new request.
     #[arg(long, env = "OPSLOOP_IDEMPOTENCY_RETENTION_H", default_value_t = 168,

@@ -309,12 +309,22 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
     // once (what it held is redelivered after its ack deadline).
     let signalled = Arc::new(std::sync::OnceLock::new());
     {
+        // Registered here, not in the task: a SIGTERM before the task first
+        // runs would otherwise still kill the process the default way.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
         let (stop, signalled) = (shutdown.clone(), signalled.clone());
         tokio::spawn(async move {
-            shutdown_signal().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
             let _ = signalled.set(tokio::time::Instant::now());
             stop.cancel();
-            shutdown_signal().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
             warn!("A second signal: stopping at once.");
             std::process::exit(130);
         });
@@ -412,6 +422,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                     Arc::new(NoHooks)
                 },
                 flush_on_stop: grace,
+                ack_timeout: Duration::from_millis(cfg.relay_ack_timeout_ms),
                 ..RelaySettings::default()
             };
             let relay = Relay::new(pool.clone(), client.clone(), settings);
@@ -612,16 +623,24 @@ impl Consumers<'_> {
             .concurrency
             .consumer(role)
             .ok_or_else(|| anyhow::anyhow!("the {role} role reads no stream"))?;
-        roles::spawn_consumer(
-            self.js,
-            &spec,
-            self.pool,
-            handler,
-            self.shutdown,
-            self.grace,
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the {} consumer: {e}", spec.durable))
+        // Stopping while still starting (a slow cluster): take no more
+        // work, and a consumer that could not be made is no error then.
+        let stopped = || Ok(tokio::spawn(async {}));
+        if self.shutdown.is_cancelled() {
+            return stopped();
+        }
+        let created = tokio::select! {
+            c = roles::spawn_consumer(self.js, &spec, self.pool, handler, self.shutdown, self.grace) => c,
+            _ = self.shutdown.cancelled() => return stopped(),
+        };
+        match created {
+            Ok(task) => Ok(task),
+            Err(_) if self.shutdown.is_cancelled() => stopped(),
+            Err(e) => Err(anyhow::anyhow!(
+                "creating the {} consumer: {e}",
+                spec.durable
+            )),
+        }
     }
 }
 
@@ -635,7 +654,11 @@ async fn ensure_streams(
 ) -> anyhow::Result<bool> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match streams::ensure(js, settings).await {
+        let ensured = tokio::select! {
+            r = streams::ensure(js, settings) => r,
+            _ = shutdown.cancelled() => return Ok(false),
+        };
+        match ensured {
             Ok(()) => return Ok(true),
             Err(e) if e.is_settings() => return Err(e.into()),
             Err(e) => {
@@ -687,16 +710,6 @@ async fn tail(nats_url: &str, all: bool, case: Option<uuid::Uuid>) -> anyhow::Re
         );
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
 }
 
 #[cfg(test)]

@@ -132,7 +132,26 @@ struct Stack {
 }
 
 impl Stack {
-    fn launch(&mut self, i: usize) -> anyhow::Result<()> {
+    /// Starts process `i` and waits until it says it started (every
+    /// consumer made, its SIGTERM handler in place): a fault aimed at it
+    /// must find a running process, not one still starting.
+    async fn launch(&mut self, i: usize) -> anyhow::Result<()> {
+        let log = self.spawn(i)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("opsloop started.")) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not start within 60 s (log: {})",
+                    self.procs[i].name,
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<PathBuf> {
         let scripts = std::fs::canonicalize("tests/actions")?;
         let p = &mut self.procs[i];
         p.generation += 1;
@@ -165,7 +184,7 @@ impl Stack {
             .spawn()
             .with_context(|| format!("starting {}", self.opsloop.display()))?;
         p.child = Some(child);
-        Ok(())
+        Ok(log)
     }
 
     /// SIGKILL: no goodbye, no grace.
@@ -233,6 +252,8 @@ struct Seen {
     case: Uuid,
     version: i64,
     timeline: Uuid,
+    /// The stream's sequence: the order the relay published in.
+    sequence: u64,
 }
 
 /// Shared between the tasks while the run lasts.
@@ -302,7 +323,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
     };
     for i in 0..stack.procs.len() {
-        stack.launch(i)?;
+        stack.launch(i).await?;
     }
     let http = opsloop::http_client::http_client().build()?;
     for base in stack.api_bases() {
@@ -361,6 +382,17 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     let _ = observer.await;
     let _ = sampler.await;
+    // Every process still runs: none died on its own during the run.
+    for p in &mut stack.procs {
+        if let Some(child) = p.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            failover.unconfirmed.push(format!(
+                "{} exited on its own during the run ({status})",
+                p.name
+            ));
+        }
+    }
     let mut resumed = (Vec::new(), 0);
     for handle in std::mem::take(&mut failover.resumed) {
         let (moved, never) = handle.await.unwrap_or_default();
@@ -473,6 +505,7 @@ async fn observe(
                 _ = stop.cancelled() => return,
             };
             let Some(Ok(msg)) = next else { break };
+            let sequence = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
             if let Ok(m) = Message::<Fact>::from_bytes(&msg.payload)
                 && let Fact::CaseTransition(t) = &m.body
             {
@@ -481,6 +514,7 @@ async fn observe(
                     case: m.case_id.uuid(),
                     version: t.version,
                     timeline: t.timeline_id,
+                    sequence,
                 });
             }
             let _ = msg.ack().await;
@@ -531,19 +565,30 @@ async fn drive(
         // A malformed message for the verifier's consumer: it must be
         // dead-lettered once and block nothing. Counted once JetStream
         // stored it.
-        if n.is_multiple_of(poison_every) {
-            let stored = match js
-                .publish("cmd.verify.run", "{ this is not an envelope".into())
-                .await
-            {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            if stored {
-                lock(&record).poison += 1;
-            }
+        if n.is_multiple_of(poison_every) && poison(&js, n).await {
+            lock(&record).poison += 1;
         }
     }
+}
+
+/// Publishes one malformed message for the verifier's consumer, with a
+/// message id, sent again until JetStream acks it (at most 20 s): an ack
+/// lost in a failover must not leave a stored poison uncounted.
+async fn poison(js: &jetstream::Context, n: usize) -> bool {
+    let id = format!("chaos-poison-{n}-{}", Uuid::new_v4());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let publish = async_nats::jetstream::message::PublishMessage::build()
+            .payload("{ this is not an envelope".into())
+            .message_id(&id);
+        if let Ok(ack) = js.send_publish("cmd.verify.run", publish).await
+            && ack.await.is_ok()
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    false
 }
 
 /// The failover measurements, finished once the run is over.
@@ -610,7 +655,7 @@ async fn inject(
                 )));
                 let down = dice.between(1, 3);
                 tokio::time::sleep(Duration::from_secs(down)).await;
-                stack.launch(i)?;
+                stack.launch(i).await?;
                 format!(
                     "`kill -9` {} ({}), restarted after {down} s",
                     stack.procs[i].name, stack.procs[i].roles
@@ -619,13 +664,21 @@ async fn inject(
             "term" => {
                 let i = dice.between(0, stack.procs.len() as u64 - 1) as usize;
                 let (clean, took) = stack.terminate(i).await?;
+                // The processes run with OPSLOOP_SHUTDOWN_GRACE_S=5.
+                if took > Duration::from_secs(2 * 5 + 3) {
+                    failover.unconfirmed.push(format!(
+                        "{} took {:.1} s to stop after SIGTERM (more than twice its grace)",
+                        stack.procs[i].name,
+                        took.as_secs_f64()
+                    ));
+                }
                 if !clean {
                     failover.unconfirmed.push(format!(
                         "{} did not exit cleanly after SIGTERM",
                         stack.procs[i].name
                     ));
                 }
-                stack.launch(i)?;
+                stack.launch(i).await?;
                 format!(
                     "SIGTERM {} ({}): exited {} after {:.1} s, started again",
                     stack.procs[i].name,
@@ -893,17 +946,17 @@ async fn judge(
             gaps += 1;
         }
     }
-    // On the feed, in the order the subscriber got them (a redelivery of
-    // an envelope it already had does not count again).
+    // On the feed, in the stream's order (what the relay published in;
+    // a redelivery after a lost ack may reach the subscriber later than a
+    // newer version, which is at-least-once delivery, not disorder).
+    let mut in_stream: Vec<&Seen> = by_envelope.values().copied().collect();
+    in_stream.sort_by_key(|x| x.sequence);
     let mut feed_versions: BTreeMap<Uuid, Vec<i64>> = BTreeMap::new();
-    let mut first_seen = HashSet::new();
-    for seen in &r.seen {
-        if first_seen.insert(seen.envelope) {
-            feed_versions
-                .entry(seen.case)
-                .or_default()
-                .push(seen.version);
-        }
+    for seen in in_stream {
+        feed_versions
+            .entry(seen.case)
+            .or_default()
+            .push(seen.version);
     }
     let mut out_of_order = 0;
     for (case, versions) in &feed_versions {
@@ -913,7 +966,7 @@ async fn judge(
     }
     checks.push((
         format!(
-            "per-case versions consecutive, in the record and in the feed's order ({gaps} cases with a gap in the record, {out_of_order} out of order or incomplete on the feed)"
+            "per-case versions consecutive, in the record and in the stream's order ({gaps} cases with a gap in the record, {out_of_order} out of order or incomplete on the feed)"
         ),
         gaps == 0 && out_of_order == 0 && !record_versions.is_empty(),
     ));

@@ -170,12 +170,18 @@ impl Drop for GroupGuard {
 fn kill_group(pgid: u32) {
     // No libc binding in the tree: `kill -KILL -<pgid>` does it, and takes
     // the group id as an argument, not through a shell.
-    let _ = std::process::Command::new("kill")
+    // Without a `kill` binary (procps) only the script itself dies (its
+    // `kill_on_drop`): say so rather than leave its children unnoticed.
+    if let Err(e) = std::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
+        .status()
+    {
+        tracing::warn!(pgid, error = %e,
+            "Cannot run `kill` to stop a script's process group (install procps); its children may live on.");
+    }
 }
 
 /// What a script printed on one stream, as its step's result keeps it

@@ -363,7 +363,7 @@ pub async fn run<H: Handler + 'static>(
             let slot = tokio::select! {
                 slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
                 _ = shutdown.cancelled() => {
-                    release_pending(messages, handler.name(), concurrency.max(4)).await;
+                    release_pending(messages, handler.name()).await;
                     break 'outer;
                 }
             };
@@ -371,7 +371,7 @@ pub async fn run<H: Handler + 'static>(
                 next = messages.next() => next,
                 _ = shutdown.cancelled() => {
                     drop(slot);
-                    release_pending(messages, handler.name(), concurrency.max(4)).await;
+                    release_pending(messages, handler.name()).await;
                     break 'outer;
                 }
             };
@@ -408,21 +408,15 @@ pub async fn run<H: Handler + 'static>(
 }
 
 /// Hands back the messages a pull already brought that no handler started:
-/// collects what arrives within one short window (at most a batch), closes
-/// the pull, then naks them. Nak-ing while the pull is open would let the
-/// server hand the same messages straight back to it.
-async fn release_pending(
-    mut messages: jetstream::consumer::pull::Stream,
-    name: &str,
-    batch: usize,
-) {
+/// collects what arrives within one short window (async-nats may hold up to
+/// one and a half batches), closes the pull, then naks them. Nak-ing while
+/// the pull is open would let the server hand the same messages straight
+/// back to it.
+async fn release_pending(mut messages: jetstream::consumer::pull::Stream, name: &str) {
     let until = tokio::time::Instant::now() + Duration::from_millis(50);
     let mut held = Vec::new();
-    while held.len() < batch {
-        match tokio::time::timeout_at(until, messages.next()).await {
-            Ok(Some(Ok(msg))) => held.push(msg),
-            _ => break,
-        }
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, messages.next()).await {
+        held.push(msg);
     }
     drop(messages);
     for msg in held {

@@ -64,6 +64,13 @@ pub struct RelaySettings {
     /// Inbox records are deleted after this long; keep it above the streams'
     /// max age, or a re-created consumer could apply an old message again.
     pub inbox_retention: Duration,
+    /// How long a publish waits for JetStream's ack. Acks take
+    /// milliseconds (p99 20 ms at 90 % of the peak); the wait only matters
+    /// when the stream's leader is gone, where it is the time until the
+    /// relay notices and tries again (async-nats' default is 5 s). A
+    /// publish acked after it gave up is sent again with the same
+    /// `Nats-Msg-Id` and dropped as a duplicate.
+    pub ack_timeout: Duration,
     /// On shutdown, how long the relay keeps publishing what is already
     /// in the outbox (the workers' last commits) before it stops; rows
     /// left then wait for the next relay.
@@ -114,6 +121,7 @@ impl Default for RelaySettings {
             linger: Duration::from_millis(1),
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
+            ack_timeout: Duration::from_secs(2),
             flush_on_stop: Duration::from_secs(5),
             hooks: Arc::new(NoHooks),
         }
@@ -192,7 +200,11 @@ impl Relay {
                 .clone()
                 .application_name("opsloop-relay"),
             pool,
-            js: jetstream::new(client.clone()),
+            js: {
+                let mut js = jetstream::new(client.clone());
+                js.set_timeout(settings.ack_timeout);
+                js
+            },
             client,
             settings,
         }

@@ -472,11 +472,16 @@ impl CaseFeed {
                 .send()
                 .await;
             match sent {
+                // A body cut off in transit is asked for again: the same
+                // key replays the answer.
                 Ok(r) if r.status().is_success() => {
-                    return (Some(r.json().await.unwrap_or(Value::Null)), attempt);
+                    if let Ok(body) = r.json::<Value>().await {
+                        return (Some(body), attempt);
+                    }
                 }
-                // A refusal is final, but 409 is a retry racing its first send.
-                Ok(r) if r.status().is_client_error() && r.status() != 409 => {
+                // A refusal is final (a request with the same key waits
+                // for the first one and replays its answer, never 409s).
+                Ok(r) if r.status().is_client_error() => {
                     eprintln!("{method} {path}: {}", r.status());
                     return (None, attempt);
                 }
@@ -521,11 +526,18 @@ impl Stage {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
         let js = jetstream::new(client);
+        // An earlier run's messages and consumers would be this run's.
         for stream in [
             opsloop::pubsub::streams::CMD_STREAM,
             opsloop::pubsub::streams::EVT_STREAM,
         ] {
-            let _ = js.delete_stream(stream).await;
+            match js.delete_stream(stream).await {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+                Err(e) => anyhow::bail!("deleting the stream {stream}: {e}"),
+            }
         }
         let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4()));
         std::fs::create_dir_all(&dir)?;
