@@ -119,8 +119,7 @@ pub struct ServeConfig {
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub relay_linger_ms: u64,
     /// Milliseconds a relayed publish waits for JetStream's ack before
-    /// the relay gives it up and sends it again (same `Nats-Msg-Id`): the
-    /// bulk of a failover's pause when a stream's leader is lost.
+    /// the relay gives it up and sends it again (same `Nats-Msg-Id`).
     #[arg(long, env = "OPSLOOP_RELAY_ACK_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub relay_ack_timeout_ms: u64,

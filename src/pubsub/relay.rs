@@ -66,8 +66,7 @@ pub struct RelaySettings {
     pub inbox_retention: Duration,
     /// How long a publish waits for JetStream's ack. Acks take
     /// milliseconds (p99 20 ms at 90 % of the peak); the wait only matters
-    /// when the stream's leader is gone, where it is the time until the
-    /// relay notices and tries again (async-nats' default is 5 s). A
+    /// when the stream's leader is gone (async-nats' default is 5 s). A
     /// publish acked after it gave up is sent again with the same
     /// `Nats-Msg-Id` and dropped as a duplicate.
     pub ack_timeout: Duration,

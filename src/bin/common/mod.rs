@@ -526,17 +526,28 @@ impl Stage {
             .await
             .map_err(|e| anyhow::anyhow!("connecting to NATS: {e}"))?;
         let js = jetstream::new(client);
-        // An earlier run's messages and consumers would be this run's.
+        // An earlier run's messages and consumers would be this run's. A
+        // cluster just started may not have the streams' leaders yet: ask
+        // again for up to 30 s.
         for stream in [
             opsloop::pubsub::streams::CMD_STREAM,
             opsloop::pubsub::streams::EVT_STREAM,
         ] {
-            match js.delete_stream(stream).await {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(j)
-                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
-                Err(e) => anyhow::bail!("deleting the stream {stream}: {e}"),
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match js.delete_stream(stream).await {
+                    Ok(_) => break,
+                    Err(e)
+                        if matches!(e.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(j)
+                            if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {
+                        break;
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        anyhow::bail!("deleting the stream {stream}: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                }
             }
         }
         let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4()));
