@@ -224,7 +224,12 @@ choose_port() { # choose_port PORT_FILE STRICT OTHER_PORT
   local file=$1 strict=$2 other=$3 p
   p=$(read_port_file "$file") || p=""
   if [ -n "$p" ]; then
-    case " $RESERVED_PORTS $other " in *" $p "*) p="" ;; esac
+    case " $RESERVED_PORTS $other " in
+      *" $p "*)
+        [ "$strict" = strict ] && die "port $p (remembered in $file) is reserved or our other service's; cannot restart on the same port."
+        p=""
+        ;;
+    esac
   fi
   if [ -n "$p" ]; then
     if port_free "$p"; then printf '%s\n' "$p"; return 0; fi

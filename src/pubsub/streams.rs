@@ -109,7 +109,21 @@ pub async fn ensure(js: &jetstream::Context, s: &StreamSettings) -> Result<(), S
     for (name, subject) in [(CMD_STREAM, "cmd.>"), (EVT_STREAM, "evt.>")] {
         let replicas = match s.replicas {
             Some(n) => n,
-            None => existing_replicas(js, name).await?.unwrap_or(1),
+            None => match existing_replicas(js, name).await? {
+                Some(n) => n,
+                // Absent: create it, never update it, so that a process
+                // asking for R3 that made it meanwhile is not undone.
+                None => match js.create_stream(config(name, subject, s, 1)).await {
+                    Ok(_) => continue,
+                    Err(e)
+                        if matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+                            if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+                    {
+                        existing_replicas(js, name).await?.unwrap_or(1)
+                    }
+                    Err(source) => return Err(StreamSetupError::Create { name, source }),
+                },
+            },
         };
         js.create_or_update_stream(config(name, subject, s, replicas))
             .await
