@@ -96,11 +96,7 @@ fn settings() -> anyhow::Result<Settings> {
         None if short => 40,
         None => 100,
     };
-    let exe = std::env::current_exe()?;
-    let opsloop = match common::arg("--opsloop") {
-        Some(p) => PathBuf::from(p),
-        None => exe.with_file_name("opsloop"),
-    };
+    let opsloop = common::opsloop_binary()?;
     Ok(Settings {
         seed,
         load: Duration::from_secs(seconds.max(30)),

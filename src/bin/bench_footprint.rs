@@ -49,10 +49,7 @@ struct Figures {
 async fn main() -> anyhow::Result<()> {
     let seconds: u64 = common::arg("--seconds").map_or(Ok(60), |s| s.parse())?;
     let rate: f64 = common::arg("--rate").map_or(Ok(4.0), |s| s.parse())?;
-    let opsloop = match common::arg("--opsloop") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?.with_file_name("opsloop"),
-    };
+    let opsloop = common::opsloop_binary()?;
     let nats_url = std::env::var("NATS_URL").context("NATS_URL")?;
     let mut variants = vec![Variant {
         name: "without the embedding model",

@@ -11,7 +11,7 @@
 //! `bash scripts/capacity.sh` runs it (and bench_footprint) on a database
 //! and a nats-server of their own, with the release build.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,10 +77,7 @@ struct Figures {
 async fn main() -> anyhow::Result<()> {
     let cases: usize = common::arg("--cases").map_or(Ok(300), |s| s.parse())?;
     let clients: usize = common::arg("--clients").map_or(Ok(8), |s| s.parse())?;
-    let opsloop = match common::arg("--opsloop") {
-        Some(p) => PathBuf::from(p),
-        None => std::env::current_exe()?.with_file_name("opsloop"),
-    };
+    let opsloop = common::opsloop_binary()?;
     let nats_url = std::env::var("NATS_URL").context("NATS_URL")?;
     println!(
         "bench_scale: {cases} cases opened by {clients} clients through one API process; worker processes run every worker role\n"

@@ -51,14 +51,7 @@ async fn streams_take_the_configured_replicas_and_refuse_impossible_ones() {
     let cluster = TestCluster::start().await;
     let js = r3(&cluster).await;
     for name in [CMD_STREAM, EVT_STREAM] {
-        let info = js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
+        let info = stream_info(&js, name).await;
         assert_eq!(info.config.num_replicas, 3, "{name}");
         let peers = info.cluster.expect("a clustered stream").replicas;
         assert_eq!(peers.len(), 2, "{name}: the leader and two followers");
@@ -68,14 +61,7 @@ async fn streams_take_the_configured_replicas_and_refuse_impossible_ones() {
         .await
         .unwrap();
     for name in [CMD_STREAM, EVT_STREAM] {
-        let info = js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
+        let info = stream_info(&js, name).await;
         assert_eq!(info.config.num_replicas, 3, "{name} was not scaled down");
     }
     let too_many = StreamSettings {

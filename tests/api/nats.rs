@@ -119,6 +119,17 @@ pub async fn setup(pool: &sqlx::PgPool) -> (crate::helpers::TestApp, TestNats, j
     (app, nats, js)
 }
 
+/// What the server says of `stream` now.
+pub async fn stream_info(js: &jetstream::Context, stream: &str) -> jetstream::stream::Info {
+    js.get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone()
+}
+
 pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
     js.get_stream(stream)
         .await

@@ -603,3 +603,12 @@ pub async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// The `opsloop` binary the benchmark starts: `--opsloop PATH`, else the
+/// one built beside this program.
+pub fn opsloop_binary() -> anyhow::Result<std::path::PathBuf> {
+    Ok(match arg("--opsloop") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::env::current_exe()?.with_file_name("opsloop"),
+    })
+}
