@@ -40,17 +40,23 @@ async fn read_route(State(g): State<FakeGateway>, Path(route): Path<String>) -> 
     }
 }
 
+/// The body of `PUT /routes/{route}/weights`.
+#[derive(serde::Deserialize)]
+struct SetWeights {
+    weights: Value,
+}
+
 async fn set_weights(
     State(g): State<FakeGateway>,
     Path(route): Path<String>,
-    Json(body): Json<Value>,
+    Json(body): Json<SetWeights>,
 ) -> Response {
     let mut routes = g.routes.lock().unwrap();
     let Some(w) = routes.get_mut(&route) else {
         return (StatusCode::NOT_FOUND, "no such route").into_response();
     };
-    g.puts.lock().unwrap().push(body["weights"].clone());
-    *w = body["weights"].clone();
+    g.puts.lock().unwrap().push(body.weights.clone());
+    *w = body.weights;
     Json(json!({"route": route, "weights": w})).into_response()
 }
 

@@ -15,6 +15,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentCondition, DeploymentSpec, DeploymentStatus,
+};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -23,17 +26,17 @@ use super::Server;
 type Key = (String, String);
 
 struct Cluster {
-    deployments: BTreeMap<Key, Value>,
+    deployments: BTreeMap<Key, Deployment>,
     version: u64,
     /// Every change, for watches that start from an older version.
-    history: Vec<(u64, Key, Value)>,
+    history: Vec<(u64, Key, Deployment)>,
     requests: Vec<String>,
 }
 
 #[derive(Clone)]
 struct Shared {
     cluster: Arc<Mutex<Cluster>>,
-    changes: broadcast::Sender<(u64, Key, Value)>,
+    changes: broadcast::Sender<(u64, Key, Deployment)>,
     rollout: Duration,
 }
 
@@ -48,12 +51,12 @@ fn status(code: u16, reason: &str, message: String) -> Response {
     (StatusCode::from_u16(code).unwrap(), axum::Json(body)).into_response()
 }
 
-fn images(d: &Value) -> Vec<String> {
-    d.pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["image"].as_str().map(str::to_string))
+fn images(d: &Deployment) -> Vec<String> {
+    d.spec
+        .iter()
+        .filter_map(|s| s.template.spec.as_ref())
+        .flat_map(|p| p.containers.iter())
+        .filter_map(|c| c.image.clone())
         .collect()
 }
 
@@ -86,13 +89,13 @@ fn merge(target: &mut Value, patch: &Value) {
 impl Shared {
     /// Stores `d` as the new state, bumping the generation when the spec
     /// changed, and has the controller roll it out.
-    fn store(&self, key: &Key, mut d: Value, old_spec: Option<&Value>) -> Value {
+    fn store(&self, key: &Key, mut d: Deployment, old_spec: Option<&DeploymentSpec>) -> Deployment {
         let mut c = self.cluster.lock().unwrap();
         c.version += 1;
-        let spec_changed = old_spec != d.get("spec");
-        let generation = d["metadata"]["generation"].as_i64().unwrap_or(0) + spec_changed as i64;
-        d["metadata"]["generation"] = json!(generation);
-        d["metadata"]["resourceVersion"] = json!(c.version.to_string());
+        let spec_changed = old_spec != d.spec.as_ref();
+        let generation = d.metadata.generation.unwrap_or(0) + spec_changed as i64;
+        d.metadata.generation = Some(generation);
+        d.metadata.resource_version = Some(c.version.to_string());
         c.deployments.insert(key.clone(), d.clone());
         let version = c.version;
         c.history.push((version, key.clone(), d.clone()));
@@ -112,23 +115,48 @@ impl Shared {
     fn controller(&self, key: &Key, generation: i64) {
         let current = self.cluster.lock().unwrap().deployments.get(key).cloned();
         let Some(mut d) = current else { return };
-        if d["metadata"]["generation"].as_i64() != Some(generation) {
+        if d.metadata.generation != Some(generation) {
             return;
         }
-        let desired = d["spec"]["replicas"].as_i64().unwrap_or(1);
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let broken = images(&d).iter().any(|i| i.contains("broken"));
-        d["status"] = if broken {
-            json!({"observedGeneration": generation, "replicas": desired + 1, "updatedReplicas": 1,
-                   "availableReplicas": desired, "unavailableReplicas": 1,
-                   "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                                   "message": format!("ReplicaSet \"{}\" has timed out progressing.", key.1)}]})
-        } else {
-            json!({"observedGeneration": generation, "replicas": desired, "updatedReplicas": desired,
-                   "availableReplicas": desired, "readyReplicas": desired,
-                   "conditions": [{"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                                   "message": "rolled out"}]})
+        let progressing = |status: &str, reason: &str, message: String| DeploymentCondition {
+            type_: "Progressing".into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message),
+            ..Default::default()
         };
-        let spec = d.get("spec").cloned();
+        d.status = Some(if broken {
+            DeploymentStatus {
+                observed_generation: Some(generation),
+                replicas: Some(desired + 1),
+                updated_replicas: Some(1),
+                available_replicas: Some(desired),
+                unavailable_replicas: Some(1),
+                conditions: Some(vec![progressing(
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    format!("ReplicaSet \"{}\" has timed out progressing.", key.1),
+                )]),
+                ..Default::default()
+            }
+        } else {
+            DeploymentStatus {
+                observed_generation: Some(generation),
+                replicas: Some(desired),
+                updated_replicas: Some(desired),
+                available_replicas: Some(desired),
+                ready_replicas: Some(desired),
+                conditions: Some(vec![progressing(
+                    "True",
+                    "NewReplicaSetAvailable",
+                    "rolled out".into(),
+                )]),
+                ..Default::default()
+            }
+        });
+        let spec = d.spec.clone();
         self.store(key, d, spec.as_ref());
     }
 }
@@ -158,26 +186,44 @@ async fn one(
     if method == Method::GET {
         return axum::Json(current).into_response();
     }
-    let Ok(sent) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "the body is not JSON".into());
-    };
-    let mut next = current.clone();
-    match method {
+    let next = match method {
+        // A patch is a JSON document by definition: merged as one, then
+        // read back as the Deployment it must still be.
         Method::PATCH => {
             let kind = headers.get("content-type").and_then(|v| v.to_str().ok());
             if kind != Some("application/strategic-merge-patch+json") {
                 return status(415, "UnsupportedMediaType", format!("{kind:?}"));
             }
-            merge(&mut next, &sent);
+            let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+                return status(400, "BadRequest", "the body is not JSON".into());
+            };
+            let mut merged = serde_json::to_value(&current).expect("a Deployment serialises");
+            merge(&mut merged, &patch);
+            match serde_json::from_value::<Deployment>(merged) {
+                Ok(next) => next,
+                Err(e) => {
+                    return status(
+                        422,
+                        "Invalid",
+                        format!("the patched Deployment is invalid: {e}"),
+                    );
+                }
+            }
         }
         Method::PUT => {
-            if sent["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+            let Ok(sent) = serde_json::from_slice::<Deployment>(&body) else {
+                return status(400, "BadRequest", "the body is not a Deployment".into());
+            };
+            if sent.metadata.resource_version != current.metadata.resource_version {
                 return status(409, "Conflict", "the object has been modified".into());
             }
-            next["spec"] = sent["spec"].clone();
+            Deployment {
+                spec: sent.spec,
+                ..current.clone()
+            }
         }
         _ => return status(405, "MethodNotAllowed", method.to_string()),
-    }
+    };
     if images(&next).iter().any(|i| i.contains("invalid")) {
         return status(
             422,
@@ -189,7 +235,7 @@ async fn one(
     if q.get("dryRun").map(String::as_str) == Some("All") {
         return axum::Json(next).into_response();
     }
-    let stored = s.store(&key, next, current.get("spec"));
+    let stored = s.store(&key, next, current.spec.as_ref());
     axum::Json(stored).into_response()
 }
 
@@ -224,11 +270,11 @@ async fn list(
     );
     let wanted = move |key: &Key| key.0 == ns && name.as_ref().is_none_or(|n| *n == key.1);
     let mut live = s.changes.subscribe();
-    let past: Vec<(u64, Key, Value)> = s.cluster.lock().unwrap().history.clone();
+    let past: Vec<(u64, Key, Deployment)> = s.cluster.lock().unwrap().history.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let line =
-            |d: &Value| Bytes::from(format!("{}\n", json!({"type": "MODIFIED", "object": d})));
+            |d: &Deployment| Bytes::from(format!("{}\n", json!({"type": "MODIFIED", "object": d})));
         let mut seen = from;
         for (v, key, d) in past {
             if v > seen && wanted(&key) {
@@ -300,13 +346,18 @@ impl FakeK8s {
             "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
                        "availableReplicas": replicas, "readyReplicas": replicas}
         });
+        let d: Deployment = serde_json::from_value(d).expect("a valid Deployment");
         let key = (ns.to_string(), name.to_string());
-        let spec = d.get("spec").cloned();
+        let spec = d.spec.clone();
         self.shared.store(&key, d, spec.as_ref());
     }
 
+    /// The stored Deployment as JSON, as a client would read it.
     pub fn deployment(&self, ns: &str, name: &str) -> Value {
-        self.shared.cluster.lock().unwrap().deployments[&(ns.to_string(), name.to_string())].clone()
+        let d = self.shared.cluster.lock().unwrap().deployments
+            [&(ns.to_string(), name.to_string())]
+            .clone();
+        serde_json::to_value(d).expect("a Deployment serialises")
     }
 
     /// "METHOD /path?query" of every request, in order.

@@ -90,28 +90,61 @@ impl FakeLlm {
     }
 }
 
-async fn models(State(script): State<Arc<Mutex<Script>>>) -> Response {
-    let context = script.lock().unwrap().behaviour.context;
-    let mut model = json!({"id": "fake-model", "object": "model", "owned_by": "opsloop-tests"});
-    if let Some(n) = context {
-        model["max_model_len"] = json!(n);
+/// An entry of `GET /v1/models`, with vLLM's name for the window.
+#[derive(serde::Serialize)]
+struct ModelCard {
+    id: &'static str,
+    object: &'static str,
+    owned_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_model_len: Option<u64>,
+}
+
+/// What the fake reads of a chat completion request (all of it is kept as
+/// sent for the tests).
+#[derive(Default, serde::Deserialize)]
+struct Asked {
+    model: Option<String>,
+    response_format: Option<AskedFormat>,
+}
+
+#[derive(serde::Deserialize)]
+struct AskedFormat {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+impl Asked {
+    fn wants_schema(&self) -> bool {
+        self.response_format
+            .as_ref()
+            .is_some_and(|f| f.kind == "json_schema")
     }
+}
+
+async fn models(State(script): State<Arc<Mutex<Script>>>) -> Response {
+    let model = ModelCard {
+        id: "fake-model",
+        object: "model",
+        owned_by: "opsloop-tests",
+        max_model_len: script.lock().unwrap().behaviour.context,
+    };
     Json(json!({"object": "list", "data": [model]})).into_response()
 }
 
 async fn complete(State(script): State<Arc<Mutex<Script>>>, Json(body): Json<Value>) -> Response {
+    let asked: Asked = serde_json::from_value(body.clone()).unwrap_or_default();
     let reply = {
         let mut s = script.lock().unwrap();
         s.requests.push(body.clone());
-        if s.behaviour.drops_schema && body["response_format"]["type"] == "json_schema" {
+        if s.behaviour.drops_schema && asked.wants_schema() {
             None
         } else {
             s.replies.pop_front()
         }
     };
-    if reply.is_none() && body["response_format"]["type"] == "json_schema" && {
-        script.lock().unwrap().behaviour.drops_schema
-    } {
+    if reply.is_none() && asked.wants_schema() && { script.lock().unwrap().behaviour.drops_schema }
+    {
         // Headers, then a body that breaks off: the client sees the
         // connection drop, as with a server that crashed mid-request.
         let broken = futures::stream::once(async {
@@ -119,7 +152,7 @@ async fn complete(State(script): State<Arc<Mutex<Script>>>, Json(body): Json<Val
         });
         return (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response();
     }
-    let model = body["model"].as_str().unwrap_or("fake").to_string();
+    let model = asked.model.unwrap_or_else(|| "fake".into());
     let completion = |content: &str, finish: &str| {
         Json(json!({
             "id": "chatcmpl-fake",
