@@ -90,6 +90,13 @@ fn env(c: &k8s_openapi::api::core::v1::Container, name: &str) -> Option<String> 
         .and_then(|e| e.value.clone())
 }
 
+/// The labels of a Deployment's pods.
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    let template = &d.spec.as_ref().expect("a spec").template;
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.clone());
+    labels.expect("pod labels")
+}
+
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
@@ -104,14 +111,7 @@ fn the_plain_manifests_are_valid_kubernetes_objects_that_run_every_role_safely()
         let name = d.metadata.name.clone().unwrap();
         let spec = d.spec.as_ref().unwrap();
         let pod = spec.template.spec.as_ref().unwrap();
-        let pod_labels = spec
-            .template
-            .metadata
-            .as_ref()
-            .unwrap()
-            .labels
-            .clone()
-            .unwrap();
+        let pod_labels = pod_labels(d);
         let selector = spec.selector.match_labels.clone().unwrap_or_default();
         assert!(
             labels_match(&selector, &pod_labels),
@@ -211,20 +211,9 @@ fn the_plain_manifests_are_valid_kubernetes_objects_that_run_every_role_safely()
             .and_then(|s| s.selector.clone())
             .unwrap_or_default();
         assert!(
-            m.deployments.iter().any(|d| {
-                let labels = d
-                    .spec
-                    .as_ref()
-                    .unwrap()
-                    .template
-                    .metadata
-                    .as_ref()
-                    .unwrap()
-                    .labels
-                    .clone()
-                    .unwrap();
-                labels_match(&selector, &labels)
-            }),
+            m.deployments
+                .iter()
+                .any(|d| { labels_match(&selector, &pod_labels(d)) }),
             "Service {:?} selects no Deployment's pods",
             s.metadata.name
         );

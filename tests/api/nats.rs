@@ -131,14 +131,7 @@ pub async fn stream_info(js: &jetstream::Context, stream: &str) -> jetstream::st
 }
 
 pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
-    js.get_stream(stream)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    stream_info(js, stream).await.state.messages
 }
 
 /// Every message of a stream, oldest first, as (subject, envelope).
