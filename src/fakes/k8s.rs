@@ -161,13 +161,20 @@ impl Shared {
     }
 }
 
+/// What the fake reads of a read's or write's query.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WriteQuery {
+    dry_run: Option<String>,
+}
+
 async fn one(
     State(s): State<Shared>,
     Path((ns, name)): Path<(String, String)>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    Query(q): Query<BTreeMap<String, String>>,
+    Query(q): Query<WriteQuery>,
     body: Bytes,
 ) -> Response {
     s.cluster
@@ -232,7 +239,7 @@ async fn one(
                 .into(),
         );
     }
-    if q.get("dryRun").map(String::as_str) == Some("All") {
+    if q.dry_run.as_deref() == Some("All") {
         return axum::Json(next).into_response();
     }
     let stored = s.store(&key, next, current.spec.as_ref());
@@ -241,33 +248,38 @@ async fn one(
 
 /// `?watch=true&fieldSelector=metadata.name=…&resourceVersion=…`: the
 /// changes after that version, then live ones, as JSON lines.
+/// What the fake reads of a watch's query, as `kube` sends it (other
+/// parameters, such as `allowWatchBookmarks`, are ignored).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WatchQuery {
+    watch: Option<String>,
+    field_selector: Option<String>,
+    resource_version: Option<String>,
+    timeout_seconds: Option<String>,
+}
+
 async fn list(
     State(s): State<Shared>,
     Path(ns): Path<String>,
     uri: Uri,
-    Query(q): Query<BTreeMap<String, String>>,
+    Query(q): Query<WatchQuery>,
 ) -> Response {
     s.cluster
         .lock()
         .unwrap()
         .requests
         .push(format!("GET {uri}"));
-    if q.get("watch").map(String::as_str) != Some("true") {
+    if q.watch.as_deref() != Some("true") {
         return status(405, "MethodNotAllowed", "only watches are served".into());
     }
     let name = q
-        .get("fieldSelector")
+        .field_selector
+        .as_deref()
         .and_then(|f| f.strip_prefix("metadata.name="))
         .map(str::to_string);
-    let from: u64 = q
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let limit = Duration::from_secs(
-        q.get("timeoutSeconds")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(60),
-    );
+    let from: u64 = q.resource_version.and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit = Duration::from_secs(q.timeout_seconds.and_then(|v| v.parse().ok()).unwrap_or(60));
     let wanted = move |key: &Key| key.0 == ns && name.as_ref().is_none_or(|n| *n == key.1);
     let mut live = s.changes.subscribe();
     let past: Vec<(u64, Key, Deployment)> = s.cluster.lock().unwrap().history.clone();
