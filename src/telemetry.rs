@@ -20,6 +20,7 @@ struct Metrics {
     outbox_backlog: IntGauge,
     inbox_dedup: IntCounterVec,
     consumer_released: IntCounterVec,
+    transition_write: IntCounterVec,
     dead_letter: IntCounterVec,
     llm_request: HistogramVec,
     plan_validation_failures: IntCounterVec,
@@ -95,6 +96,14 @@ fn metrics() -> &'static Metrics {
                 "Messages a stopping process handed back unfinished (nak) when its grace period ended.",
             ),
             &["consumer"],
+        )
+        .expect("valid metric");
+        let transition_write = IntCounterVec::new(
+            Opts::new(
+                "transition_write_total",
+                "How transitions were written: `one_statement` (read, decide, one conditional write), `refused` (the case changed in between; retried under the lock), `locked` (under the case lock from the start).",
+            ),
+            &["path"],
         )
         .expect("valid metric");
         let dead_letter = IntCounterVec::new(
@@ -229,6 +238,7 @@ fn metrics() -> &'static Metrics {
             Box::new(outbox_backlog.clone()),
             Box::new(inbox_dedup.clone()),
             Box::new(consumer_released.clone()),
+            Box::new(transition_write.clone()),
             Box::new(dead_letter.clone()),
             Box::new(llm_request.clone()),
             Box::new(plan_validation_failures.clone()),
@@ -248,6 +258,7 @@ fn metrics() -> &'static Metrics {
             outbox_backlog,
             inbox_dedup,
             consumer_released,
+            transition_write,
             dead_letter,
             llm_request,
             plan_validation_failures,
@@ -380,6 +391,11 @@ pub fn outbox_backlog(rows: i64) {
 /// now on, so a dashboard sees it before the first duplicate.
 pub fn consumer_started(consumer: &str) {
     metrics().inbox_dedup.with_label_values(&[consumer]);
+}
+
+/// `path`: `one_statement`, `refused` or `locked`.
+pub fn transition_write(path: &str) {
+    metrics().transition_write.with_label_values(&[path]).inc();
 }
 
 pub fn consumer_released(consumer: &str) {

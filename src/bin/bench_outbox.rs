@@ -42,6 +42,7 @@ use uuid::Uuid;
 
 mod common;
 
+use common::cpu::CpuMark;
 use common::{
     arg, database, jetstream as connect_jetstream, ms, new_case, orchestrator_step, quantile,
 };
@@ -268,6 +269,45 @@ struct Rounds {
     spread_cases: Vec<f64>,
     raw: Vec<f64>,
     raw_narrow: Vec<f64>,
+    /// CPU ms per transition at the peak, relay off and on.
+    cpu_off: Vec<CpuMark>,
+    cpu_on: Vec<CpuMark>,
+    /// CPU ms per row while the relay drains the spread backlog alone.
+    cpu_drain: Vec<CpuMark>,
+}
+
+/// Where the CPU of a transition goes with the relay off and on (medians
+/// of the rounds, field by field), and the difference: what the relay
+/// costs, split between this process (the relay itself), the NATS server
+/// (storing and acking the messages), PostgreSQL (the relay's claims and
+/// deletes, and the vacuum they cause) and the kernel (loopback traffic).
+fn cpu_split(r: &Rounds) {
+    let field = |marks: &[CpuMark], f: fn(&CpuMark) -> f64| {
+        median(&marks.iter().map(f).collect::<Vec<_>>())
+    };
+    type Part = (&'static str, fn(&CpuMark) -> f64);
+    let parts: [Part; 5] = [
+        ("this process", |m| m.me),
+        ("NATS server", |m| m.nats),
+        ("PostgreSQL", |m| m.postgres),
+        ("kernel, other", CpuMark::rest),
+        ("machine", |m| m.machine),
+    ];
+    println!(
+        "CPU ms per transition at the peak, and per row of the spread backlog drained alone (median of the rounds):"
+    );
+    println!(
+        "  {:<18} {:>9} {:>9} {:>9} {:>11}",
+        "", "relay off", "relay on", "on - off", "drain, /row"
+    );
+    for (name, f) in parts {
+        let (off, on) = (field(&r.cpu_off, f), field(&r.cpu_on, f));
+        let drain = field(&r.cpu_drain, f);
+        println!(
+            "  {name:<18} {off:>9.3} {on:>9.3} {:>+9.3} {drain:>11.4}",
+            on - off
+        );
+    }
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -321,7 +361,10 @@ async fn main() -> anyhow::Result<()> {
     let mut message = (String::new(), None);
     let mut rows_per_transition = 0.0;
     for round in 0..rounds {
+        let mark = CpuMark::now();
         let off = load(&orchestrator, clients, seconds, None, None).await?;
+        r.cpu_off
+            .push(mark.until(&CpuMark::now()).ms_per(off.commits.len()));
         r.off.push(off.rate());
         let backlog_8 = usize::try_from(relay.backlog().await?)?;
         if round == 0 {
@@ -338,7 +381,10 @@ async fn main() -> anyhow::Result<()> {
         drain(&relay).await?;
 
         let handle = start_relay(&relay, &orchestrator);
+        let mark = CpuMark::now();
         let on = load(&orchestrator, clients, seconds, None, None).await?;
+        r.cpu_on
+            .push(mark.until(&CpuMark::now()).ms_per(on.commits.len()));
         handle.stop().await;
         drain(&relay).await?;
         r.on.push(on.rate());
@@ -349,8 +395,10 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         r.spread_cases.push(cases as f64);
         let rows = usize::try_from(relay.backlog().await?)?;
+        let mark = CpuMark::now();
         r.spread
             .push(capacity(&relay, &orchestrator, &acks, rows).await);
+        r.cpu_drain.push(mark.until(&CpuMark::now()).ms_per(rows));
         drain(&relay).await?;
         r.raw.push(raw_publish(&js, &message, 256, 20_000).await?);
         r.raw_narrow
@@ -382,6 +430,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "outbox rows per transition {rows_per_transition:.2}; row rate at peak {row_rate:.0}/s"
     );
+    cpu_split(&r);
     println!(
         "relay capacity, {clients} cases: median {:.0} rows/s = {:.1}x the row rate at peak (target >= 3x); {:.0}% of raw publish at window 256 (per round {:.0?}), {:.0}% of raw publish at window {} (its ceiling)",
         median(&r.capacity_8),

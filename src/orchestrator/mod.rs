@@ -1,8 +1,11 @@
 //! The only writer of case status.
 //!
-//! `transition` loads a case `FOR UPDATE`, asks `workflow::decide`, and
-//! commits status + timeline + outbox (+ idempotency or inbox row) in ONE
-//! transaction (DESIGN §3). No network IO happens inside it: side effects
+//! `transition` reads a case, asks `workflow::decide`, and commits status +
+//! timeline + outbox (+ idempotency or inbox row) in ONE transaction
+//! (DESIGN §3): a plain accepted move as one conditional statement that
+//! applies only if the case is still as read, anything else (or a refused
+//! statement) under the case lock (docs/DECISIONS.md, "One-statement
+//! transitions"). No network IO happens inside it: side effects
 //! leave through the outbox after commit. It speaks no HTTP: it answers a
 //! typed `Answer`, which `src/api` renders.
 
@@ -155,6 +158,104 @@ impl Orchestrator {
     }
 
     async fn transition_in_tx(&self, req: &TransitionRequest) -> Result<Outcome, TransitionError> {
+        if !self.faults.locked_only() {
+            match self.unlocked(req).await? {
+                Unlocked::Applied(outcome) => {
+                    telemetry::transition_write("one_statement");
+                    return Ok(outcome);
+                }
+                Unlocked::Refused => {
+                    telemetry::transition_write("refused");
+                    self.faults.refused();
+                }
+                Unlocked::NotThisWay => {}
+            }
+        }
+        telemetry::transition_write("locked");
+        self.locked(req).await
+    }
+
+    /// The one-statement path (docs/DECISIONS.md, "One-statement
+    /// transitions"): read the case without a lock, decide, and write
+    /// status, timeline, outbox and the request's claim in one statement
+    /// that applies only if the case is still as read. Two round trips
+    /// instead of four. Only plain accepted moves go this way; a rejection,
+    /// a recorded approval, a dry run made current, a version the caller
+    /// did not expect or a case not found go down the locked path, which
+    /// answers them as it always did.
+    async fn unlocked(&self, req: &TransitionRequest) -> Result<Unlocked, TransitionError> {
+        let mut conn = self.pool.acquire().await?;
+        let Some((case, lock_seq)) = store::read_for_write(&mut conn, req).await? else {
+            return Ok(Unlocked::NotThisWay);
+        };
+        if req
+            .expected_version
+            .is_some_and(|expected| expected != case.version)
+            && !matches!(req.origin, Origin::Message { .. })
+        {
+            return Ok(Unlocked::NotThisWay);
+        }
+        let loaded = facts::load(&mut conn, &case, req, &self.policy).await?;
+        let Ok(decision) = workflow::decide(case.status, req.event, &loaded.facts) else {
+            return Ok(Unlocked::NotThisWay);
+        };
+        if decision.record_approval || loaded.dryrun_made_current(req).is_some() {
+            return Ok(Unlocked::NotThisWay);
+        }
+        let mut meta = timeline_meta(req, &loaded.facts);
+        meta["note"] = json!(decision.note);
+        let claimant = match &req.origin {
+            Origin::Http {
+                idempotency_key,
+                request_hash,
+            } => store::Claimant::Key {
+                actor: &req.actor.id,
+                key: idempotency_key.as_str(),
+                request_hash,
+            },
+            Origin::Message {
+                consumer,
+                message_id,
+                subject,
+            } => store::Claimant::Inbox {
+                consumer,
+                message_id: *message_id,
+                subject,
+            },
+            Origin::Direct => store::Claimant::Nothing,
+        };
+        self.faults.before_unlocked_write().await;
+        let entry_id = Uuid::now_v7();
+        let as_read = store::AsRead { lock_seq, claimant };
+        match store::apply_unlocked(&mut conn, &case, as_read, &decision, req, entry_id, &meta)
+            .await
+        {
+            Ok((updated, entry)) => {
+                self.transitioned(&case, &updated, req);
+                Ok(Unlocked::Applied(Outcome::Answered(Answer::Applied {
+                    case: Box::new(updated),
+                    transition: Box::new(entry),
+                })))
+            }
+            Err(e) if store::refused(&e) => Ok(Unlocked::Refused),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// After an accepted transition's commit.
+    fn transitioned(&self, before: &Case, after: &Case, req: &TransitionRequest) {
+        telemetry::case_transitioned(
+            before.status.as_str(),
+            after.status.as_str(),
+            req.event.as_str(),
+        );
+        self.outbox_ready.wake();
+        info!(case.id = %before.id, from = %before.status, to = %after.status,
+              event.kind = req.event.as_str(), "Case transitioned.");
+    }
+
+    /// The locked path: claim, lock the case, decide, write, commit.
+    async fn locked(&self, req: &TransitionRequest) -> Result<Outcome, TransitionError> {
         let mut tx = self.pool.begin().await?;
         // The entry this transaction writes (applied or rejected): an
         // idempotent claim names it up front.
@@ -288,23 +389,7 @@ impl Orchestrator {
         {
             crate::store::make_dryrun_current(&mut tx, plan_id, &digest).await?;
         }
-        let mut meta = json!({
-            "trace_id": req.trace_id,
-            "facts": loaded.facts,
-        });
-        // A worker fact's own data and a person's free-form `meta` are kept
-        // under different keys: what a caller types can never pass for a
-        // worker's findings (the planner shows `fact.findings` to the LLM).
-        if !req.meta.is_null() {
-            let key = match req.origin {
-                Origin::Message { .. } => "fact",
-                Origin::Http { .. } | Origin::Direct => "request",
-            };
-            meta[key] = req.meta.clone();
-        }
-        if let Origin::Message { message_id, .. } = &req.origin {
-            meta["message_id"] = json!(message_id);
-        }
+        let mut meta = timeline_meta(req, &loaded.facts);
 
         let answer = match decision {
             Err(rejection) => {
@@ -348,15 +433,41 @@ impl Orchestrator {
         tx.commit().await?;
 
         if let Answer::Applied { case: after, .. } = &answer {
-            telemetry::case_transitioned(
-                case.status.as_str(),
-                after.status.as_str(),
-                req.event.as_str(),
-            );
-            self.outbox_ready.wake();
-            info!(case.id = %case.id, from = %case.status, to = %after.status,
-                  event.kind = req.event.as_str(), "Case transitioned.");
+            self.transitioned(&case, after, req);
         }
         Ok(Outcome::Answered(answer))
     }
+}
+
+/// What the one-statement path did.
+enum Unlocked {
+    Applied(Outcome),
+    /// The case changed between the read and the write, or the request was
+    /// claimed before: the locked path answers.
+    Refused,
+    /// Not a plain accepted move: the locked path answers.
+    NotThisWay,
+}
+
+/// The timeline entry's meta: the trace, the facts the decision saw, and
+/// the caller's context.
+fn timeline_meta(req: &TransitionRequest, facts: &workflow::Facts) -> serde_json::Value {
+    let mut meta = json!({
+        "trace_id": req.trace_id,
+        "facts": facts,
+    });
+    // A worker fact's own data and a person's free-form `meta` are kept
+    // under different keys: what a caller types can never pass for a
+    // worker's findings (the planner shows `fact.findings` to the LLM).
+    if !req.meta.is_null() {
+        let key = match req.origin {
+            Origin::Message { .. } => "fact",
+            Origin::Http { .. } | Origin::Direct => "request",
+        };
+        meta[key] = req.meta.clone();
+    }
+    if let Origin::Message { message_id, .. } = &req.origin {
+        meta["message_id"] = json!(message_id);
+    }
+    meta
 }

@@ -116,12 +116,30 @@ pub enum TransitionError {
     Database(#[from] sqlx::Error),
 }
 
-/// Points inside the transition's transaction where a test may fail it, as
-/// a lost database connection would. Production runs with `NoFaults`.
+/// Points inside a transition where a test may fail it, as a lost database
+/// connection would, or act between its steps. Production runs with
+/// `NoFaults`.
 pub trait FaultPoints: Send + Sync {
+    /// Between the writes of the locked path (the one-statement path has
+    /// no point between its writes).
     fn after_timeline_insert(&self) -> std::io::Result<()> {
         Ok(())
     }
+
+    /// `true` sends every transition down the locked path, where
+    /// `after_timeline_insert` sits.
+    fn locked_only(&self) -> bool {
+        false
+    }
+
+    /// Between the read and the write of a one-statement transition: where
+    /// another writer may come in.
+    fn before_unlocked_write(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// A one-statement write was refused and goes down the locked path.
+    fn refused(&self) {}
 }
 
 pub struct NoFaults;

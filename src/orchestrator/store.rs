@@ -34,8 +34,9 @@ pub enum Claimed {
 /// trip). The claim row names `timeline_id`, the entry this transaction
 /// will write: an applied answer is rebuilt from it on replay. A twin in
 /// flight blocks on the unique index until its transaction ends; the claim
-/// runs before the lock (the outer side of the join), so twins queue on the
-/// key, never on the key and the row in opposite orders.
+/// runs before the lock (the update waits for it), so twins queue on the
+/// key, never on the key and the row in opposite orders. The lock counts
+/// itself in `lock_seq`, as every case lock does (`store::lock_case_in`).
 pub async fn claim_and_lock(
     conn: &mut PgConnection,
     req: &TransitionRequest,
@@ -45,12 +46,12 @@ pub async fn claim_and_lock(
 ) -> Result<Claimed, sqlx::Error> {
     let row = sqlx::query(concat!(
         "WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) \
-         VALUES ($3, $4, $5, $6) ON CONFLICT (actor, key) DO NOTHING RETURNING 1) \
-         SELECT k.claimed, c.* FROM (SELECT count(*) AS claimed FROM claim) k \
-         LEFT JOIN LATERAL (SELECT ",
+         VALUES ($3, $4, $5, $6) ON CONFLICT (actor, key) DO NOTHING RETURNING 1), \
+         c AS (UPDATE ops_case SET lock_seq = lock_seq + 1 \
+               WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) \
+               AND EXISTS (SELECT 1 FROM claim) RETURNING ",
         case_columns!(),
-        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE) c \
-         ON true"
+        ") SELECT k.claimed, c.* FROM (SELECT count(*) AS claimed FROM claim) k LEFT JOIN c ON true"
     ))
     .bind(req.case_id)
     .bind(req.tenants.sql())
@@ -210,6 +211,38 @@ pub async fn store_answer(
     Ok(())
 }
 
+/// The timeline entry and the outbox rows of an accepted transition, as
+/// CTEs after `upd` (parameters bound by `writes`).
+macro_rules! entry_and_outbox {
+    () => {
+        "ent AS (INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, \
+         version, actor, reason, correlation_id, meta, park_reason) \
+         SELECT $5, id, 'transition', $6, $7, status, version, $8, $9, correlation_id, $10, \
+         park_reason FROM upd RETURNING meta, at), \
+         ob AS (INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
+         SELECT m, $1, s, p, $14 FROM UNNEST($11::uuid[], $12::text[], $13::text[]) AS t(m, s, p) \
+         WHERE EXISTS (SELECT 1 FROM ent))"
+    };
+}
+/// The conditional update of a one-statement write: only if the case is
+/// still at the version and `lock_seq` it was read at, and only after the
+/// request's claim (so twins queue on the claim first, as under the lock).
+macro_rules! unlocked_update {
+    () => {
+        concat!(
+            "upd AS (UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
+             updated_at = now() WHERE id = $1 AND version = $4 AND lock_seq = $15 \
+             AND EXISTS (SELECT 1 FROM claim) RETURNING ",
+            case_columns!(),
+            "), ",
+            entry_and_outbox!(),
+            " SELECT upd.*, ent.meta AS entry_meta, ent.at AS entry_at \
+             FROM (SELECT count(*) AS n FROM upd) u LEFT JOIN (upd CROSS JOIN ent) ON true \
+             WHERE CASE WHEN u.n = 1 THEN true ELSE transition_refused() END"
+        )
+    };
+}
+
 /// An accepted transition's writes, in one statement: the case's new status,
 /// its timeline entry and the outbox messages (the effects' commands and
 /// the transition event). The messages are built before the statement from
@@ -224,42 +257,151 @@ pub async fn apply(
     entry_id: Uuid,
     meta: &Value,
 ) -> Result<(Case, TimelineEntry), sqlx::Error> {
+    let row = writes(
+        sqlx::query(concat!(
+            "WITH upd AS (UPDATE ops_case SET status = $2, version = version + 1, \
+             park_reason = $3, updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
+            case_columns!(),
+            "), ",
+            entry_and_outbox!(),
+            " SELECT upd.*, ent.meta AS entry_meta, ent.at AS entry_at FROM upd, ent"
+        )),
+        before,
+        decision,
+        req,
+        entry_id,
+        meta,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    applied(&row, before, req, entry_id)
+}
+
+/// What a one-statement write applies on: the case's `lock_seq` as read,
+/// and the request's claim.
+pub struct AsRead<'a> {
+    pub lock_seq: i64,
+    pub claimant: Claimant<'a>,
+}
+
+/// How a one-statement write records its request, so that a duplicate has
+/// no second effect: the same records the locked path claims.
+pub enum Claimant<'a> {
+    /// An HTTP request's `Idempotency-Key`.
+    Key {
+        actor: &'a str,
+        key: &'a str,
+        request_hash: &'a str,
+    },
+    /// A consumed message, in the consumer's inbox.
+    Inbox {
+        consumer: &'a str,
+        message_id: Uuid,
+        subject: &'a str,
+    },
+    /// In-process callers with their own duplicate handling.
+    Nothing,
+}
+
+/// `apply` without the case lock: the case was read, not locked, at
+/// `as_read.lock_seq`, and the statement also makes the request's claim. If a
+/// writer came in between, or the claim was made before, the statement
+/// fails as a whole (see `refused`), leaving nothing behind.
+pub async fn apply_unlocked(
+    conn: &mut PgConnection,
+    before: &Case,
+    as_read: AsRead<'_>,
+    decision: &Decision,
+    req: &TransitionRequest,
+    entry_id: Uuid,
+    meta: &Value,
+) -> Result<(Case, TimelineEntry), sqlx::Error> {
+    let AsRead { lock_seq, claimant } = as_read;
+    let query = match claimant {
+        Claimant::Key { .. } => sqlx::query(concat!(
+            "WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) \
+             VALUES ($16, $17, $18, $5) RETURNING 1), ",
+            unlocked_update!()
+        )),
+        Claimant::Inbox { .. } => sqlx::query(concat!(
+            "WITH claim AS (INSERT INTO inbox (consumer, message_id, subject, case_id) \
+             VALUES ($16, $17, $18, $1) RETURNING 1), ",
+            unlocked_update!()
+        )),
+        Claimant::Nothing => sqlx::query(concat!("WITH claim AS (SELECT 1), ", unlocked_update!())),
+    };
+    let query = writes(query, before, decision, req, entry_id, meta).bind(lock_seq);
+    let query = match claimant {
+        Claimant::Key {
+            actor,
+            key,
+            request_hash,
+        } => query.bind(actor).bind(key).bind(request_hash),
+        Claimant::Inbox {
+            consumer,
+            message_id,
+            subject,
+        } => query.bind(consumer).bind(message_id).bind(subject),
+        Claimant::Nothing => query,
+    };
+    let row = query.fetch_one(&mut *conn).await?;
+    applied(&row, before, req, entry_id)
+}
+
+/// The one-statement write found the case changed (`transition_refused`)
+/// or the request already claimed (a duplicate, or a twin that won): the
+/// locked path answers it.
+pub fn refused(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else {
+        return false;
+    };
+    match db.code().as_deref() {
+        Some("40001") => true,
+        Some("23505") => matches!(db.constraint(), Some("idempotency_pkey" | "inbox_pkey")),
+        _ => false,
+    }
+}
+
+/// Binds the parameters `$1`-`$14` of the transition's writes.
+fn writes<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    before: &'q Case,
+    decision: &'q Decision,
+    req: &'q TransitionRequest,
+    entry_id: Uuid,
+    meta: &'q Value,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let mut after = before.clone();
     after.status = decision.to;
     after.version = before.version + 1;
     after.park_reason.clone_from(&decision.park_reason);
     let messages = messages(before, &after, entry_id, req, decision);
     let rows = outbox::Rows::of(&messages);
-    let row = sqlx::query(concat!(
-        "WITH upd AS (UPDATE ops_case SET status = $2, version = version + 1, park_reason = $3, \
-         updated_at = now() WHERE id = $1 AND version = $4 RETURNING ",
-        case_columns!(),
-        "), ent AS (INSERT INTO case_timeline (id, case_id, kind, event, from_status, to_status, \
-         version, actor, reason, correlation_id, meta, park_reason) \
-         SELECT $5, id, 'transition', $6, $7, status, version, $8, $9, correlation_id, $10, \
-         park_reason FROM upd RETURNING meta, at), \
-         ob AS (INSERT INTO outbox (message_id, case_id, subject, payload, traceparent) \
-         SELECT m, $1, s, p, $14 FROM UNNEST($11::uuid[], $12::text[], $13::text[]) AS t(m, s, p) \
-         WHERE EXISTS (SELECT 1 FROM ent)) \
-         SELECT upd.*, ent.meta AS entry_meta, ent.at AS entry_at FROM upd, ent"
-    ))
-    .bind(before.id)
-    .bind(decision.to.as_str())
-    .bind(&decision.park_reason)
-    .bind(before.version)
-    .bind(entry_id)
-    .bind(req.event.as_str())
-    .bind(before.status.as_str())
-    .bind(&req.actor.id)
-    .bind(&req.reason)
-    .bind(meta)
-    .bind(rows.ids)
-    .bind(rows.subjects)
-    .bind(rows.payloads)
-    .bind(outbox::traceparent(&req.trace_id))
-    .fetch_one(&mut *conn)
-    .await?;
-    let after = Case::from_row(&row)?;
+    query
+        .bind(before.id)
+        .bind(decision.to.as_str())
+        .bind(&decision.park_reason)
+        .bind(before.version)
+        .bind(entry_id)
+        .bind(req.event.as_str())
+        .bind(before.status.as_str())
+        .bind(&req.actor.id)
+        .bind(&req.reason)
+        .bind(meta)
+        .bind(rows.ids)
+        .bind(rows.subjects)
+        .bind(rows.payloads)
+        .bind(outbox::traceparent(&req.trace_id))
+}
+
+/// The case and the entry an accepted transition's statement returned.
+fn applied(
+    row: &sqlx::postgres::PgRow,
+    before: &Case,
+    req: &TransitionRequest,
+    entry_id: Uuid,
+) -> Result<(Case, TimelineEntry), sqlx::Error> {
+    let after = Case::from_row(row)?;
     let entry = TimelineEntry {
         id: entry_id,
         case_id: after.id,
@@ -276,6 +418,24 @@ pub async fn apply(
         at: row.try_get("entry_at")?,
     };
     Ok((after, entry))
+}
+
+/// The case and its `lock_seq`, unlocked, for a one-statement transition.
+pub async fn read_for_write(
+    conn: &mut PgConnection,
+    req: &TransitionRequest,
+) -> Result<Option<(Case, i64)>, sqlx::Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        case_columns!(),
+        ", lock_seq FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2))"
+    ))
+    .bind(req.case_id)
+    .bind(req.tenants.sql())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|row| Ok((Case::from_row(&row)?, row.try_get("lock_seq")?)))
+        .transpose()
 }
 
 pub async fn append_rejection(

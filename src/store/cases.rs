@@ -111,8 +111,10 @@ pub async fn read_case<'e>(
     read_case_in(db, id, &TenantScope::All).await
 }
 
-/// `SELECT … FOR UPDATE`: the case row lock every writer of a case takes
-/// first.
+/// The case row lock every writer of a case takes first. It counts itself
+/// in `lock_seq` (a HOT update of an unindexed column): a one-statement
+/// transition writes only if no locker came between its read and its write
+/// (migration 35).
 pub async fn lock_case(conn: &mut PgConnection, id: Uuid) -> Result<Option<Case>, sqlx::Error> {
     lock_case_in(conn, id, &TenantScope::All).await
 }
@@ -142,9 +144,9 @@ pub async fn lock_case_in(
     scope: &TenantScope,
 ) -> Result<Option<Case>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "SELECT ",
-        case_columns!(),
-        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) FOR UPDATE"
+        "UPDATE ops_case SET lock_seq = lock_seq + 1 \
+         WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) RETURNING ",
+        case_columns!()
     ))
     .bind(id)
     .bind(scope.sql())

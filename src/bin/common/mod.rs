@@ -3,6 +3,8 @@
 // Each benchmark binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cpu;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;

@@ -1,0 +1,121 @@
+//! CPU time from /proc, split by who spent it: the whole machine, this
+//! process (with the children it waited for), the NATS server and
+//! PostgreSQL. What is left of the machine's busy time is the kernel's
+//! work that no process is billed for (loopback networking in softirq,
+//! block I/O) and any other load.
+
+/// USER_HZ on Linux.
+const TICK: f64 = 100.0;
+
+/// CPU seconds used so far, from one reading of /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuMark {
+    /// The machine's busy time, every core (idle and iowait excluded).
+    pub machine: f64,
+    /// This process.
+    pub me: f64,
+    /// The children this process waited for (pgbench).
+    pub children: f64,
+    /// Every `nats-server` process on the machine.
+    pub nats: f64,
+    /// Every `postgres` process, with the children they waited for: the
+    /// postmaster reaps its backends and autovacuum workers, so their time
+    /// stays counted after they exit.
+    pub postgres: f64,
+}
+
+impl CpuMark {
+    pub fn now() -> CpuMark {
+        let (me, children) = process_seconds("self");
+        CpuMark {
+            machine: machine_busy(),
+            me,
+            children,
+            nats: seconds_of("nats-server"),
+            postgres: seconds_of("postgres"),
+        }
+    }
+
+    /// What was spent since `self`, per field.
+    pub fn until(&self, later: &CpuMark) -> CpuMark {
+        CpuMark {
+            machine: later.machine - self.machine,
+            me: later.me - self.me,
+            children: later.children - self.children,
+            nats: later.nats - self.nats,
+            postgres: later.postgres - self.postgres,
+        }
+    }
+
+    /// Milliseconds per unit of work, of `count` units.
+    pub fn ms_per(&self, count: usize) -> CpuMark {
+        let k = 1000.0 / count.max(1) as f64;
+        CpuMark {
+            machine: self.machine * k,
+            me: self.me * k,
+            children: self.children * k,
+            nats: self.nats * k,
+            postgres: self.postgres * k,
+        }
+    }
+
+    /// The machine's busy time that was not this process's, its
+    /// children's, NATS's or PostgreSQL's.
+    pub fn rest(&self) -> f64 {
+        (self.machine - self.me - self.children - self.nats - self.postgres).max(0.0)
+    }
+}
+
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines()
+        .next()
+        .map(|l| {
+            l.split_whitespace()
+                .skip(1)
+                .enumerate()
+                // user nice system idle iowait irq softirq steal
+                .filter(|(i, _)| ![3, 4].contains(i) && *i < 8)
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .unwrap_or(0.0)
+        / TICK
+}
+
+/// (own, waited-for children's) CPU seconds of `/proc/<pid>`.
+fn process_seconds(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name `(...)`: utime is the 12th, cstime the 15th.
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |i: usize| fields.get(i).copied().unwrap_or(0.0);
+    ((at(10) + at(11)) / TICK, (at(12) + at(13)) / TICK)
+}
+
+/// CPU seconds of every process named `comm`, with the children each
+/// waited for.
+fn seconds_of(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
+        .map(|e| {
+            let (own, children) = process_seconds(&e.file_name().to_string_lossy());
+            own + children
+        })
+        .sum()
+}
