@@ -26,6 +26,7 @@
 //!
 //! Usage: DATABASE_URL=... NATS_URL=... bench_outbox [--seconds 6] [--clients 8]
 //!        [--rounds 3] [--batch 1024] [--loops 3] [--linger-us 1000] [--per-case 20]
+//!        [--vacuum-after ROWS]   (0: leave the outbox to autovacuum)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -335,6 +336,8 @@ async fn main() -> anyhow::Result<()> {
         hooks: acks.clone(),
         batch: arg("--batch").map_or(Ok(defaults.batch), |s| s.parse())?,
         loops: arg("--loops").map_or(Ok(defaults.loops), |s| s.parse())?,
+        vacuum_after_rows: arg("--vacuum-after")
+            .map_or(Ok(defaults.vacuum_after_rows), |s| s.parse())?,
         linger: arg("--linger-us").map_or(Ok(defaults.linger), |s| {
             s.parse().map(Duration::from_micros)
         })?,

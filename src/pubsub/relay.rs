@@ -70,6 +70,13 @@ pub struct RelaySettings {
     /// publish acked after it gave up is sent again with the same
     /// `Nats-Msg-Id` and dropped as a duplicate.
     pub ack_timeout: Duration,
+    /// `VACUUM outbox` after this many rows were deleted (0: leave it to
+    /// autovacuum). The claim walks the primary key from its start, and
+    /// every deleted row stays there as a dead index entry until a vacuum:
+    /// at thousands of rows a second, autovacuum's round (a minute at
+    /// best) lets each claim walk hundreds of thousands of them, and the
+    /// claims, not the publishing, become the relay's main cost.
+    pub vacuum_after_rows: u64,
     /// On shutdown, how long the relay keeps publishing what is already
     /// in the outbox (the workers' last commits) before it stops; rows
     /// left then wait for the next relay.
@@ -121,6 +128,7 @@ impl Default for RelaySettings {
             idempotency_retention: Duration::from_secs(7 * 24 * 3600),
             inbox_retention: Duration::from_secs(8 * 24 * 3600),
             ack_timeout: Duration::from_secs(2),
+            vacuum_after_rows: 20_000,
             flush_on_stop: Duration::from_secs(5),
             hooks: Arc::new(NoHooks),
         }
@@ -183,6 +191,9 @@ struct Published<'r> {
 #[derive(Clone)]
 pub struct Relay {
     pool: PgPool,
+    /// Rows deleted since the last `VACUUM outbox`, and whether one runs.
+    deleted: Arc<std::sync::atomic::AtomicU64>,
+    vacuuming: Arc<std::sync::atomic::AtomicBool>,
     /// For the run loops' own connections.
     options: PgConnectOptions,
     js: jetstream::Context,
@@ -199,6 +210,8 @@ impl Relay {
                 .clone()
                 .application_name("opsloop-relay"),
             pool,
+            deleted: Arc::default(),
+            vacuuming: Arc::default(),
             js: {
                 let mut js = jetstream::new(client.clone());
                 js.set_timeout(settings.ack_timeout);
@@ -298,6 +311,10 @@ impl Relay {
             .execute(&mut *conn)
             .await?;
         report.published = acked.len();
+        self.deleted.fetch_add(
+            (acked.len() + report.failed) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.record_lags(&acked, claimed);
         match error {
             Some(e) if report.published == 0 && report.failed == 0 => Err(e),
@@ -481,6 +498,7 @@ impl Relay {
                     Err(e) => warn!(error = %e, "Outbox cleanup failed."),
                 }
             }
+            self.vacuum_if_due();
             if last_backlog.elapsed() > Duration::from_secs(1) {
                 last_backlog = tokio::time::Instant::now();
                 if let Err(e) = self.backlog().await {
@@ -507,6 +525,31 @@ impl Relay {
         }
         self.flush(&mut link).await;
         link.close().await;
+    }
+
+    /// Starts a `VACUUM outbox` in the background once enough rows were
+    /// deleted (see `RelaySettings::vacuum_after_rows`), one at a time; it
+    /// blocks no insert, claim or delete.
+    fn vacuum_if_due(&self) {
+        use std::sync::atomic::Ordering;
+        let after = self.settings.vacuum_after_rows;
+        if after == 0 || self.deleted.load(Ordering::Relaxed) < after {
+            return;
+        }
+        if self.vacuuming.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.deleted.store(0, Ordering::Relaxed);
+        let (pool, vacuuming) = (self.pool.clone(), self.vacuuming.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sqlx::query("VACUUM (SKIP_LOCKED) outbox")
+                .execute(&pool)
+                .await
+            {
+                warn!(error = %e, "VACUUM outbox failed; autovacuum will do it.");
+            }
+            vacuuming.store(false, Ordering::Release);
+        });
     }
 
     /// Publishes the rows waiting now, until a batch comes back empty, an

@@ -945,3 +945,57 @@ async fn a_consumers_dedup_counter_exists_from_its_start(pool: PgPool) {
     let _ = task.await;
     assert!(seen, "{series} is not exposed");
 }
+
+/// How often the outbox was vacuumed, by anyone.
+async fn outbox_vacuums(pool: &PgPool) -> i64 {
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT vacuum_count + autovacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox'",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows(pool: PgPool) {
+    let (app, nats, _js) = setup(&pool).await;
+    let settings = RelaySettings {
+        vacuum_after_rows: 10,
+        ..RelaySettings::default()
+    };
+    let relay = Relay::new(pool.clone(), nats.client().await, settings);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(
+        relay
+            .clone()
+            .run(app.orchestrator.outbox_ready(), shutdown.clone()),
+    );
+    let before = outbox_vacuums(&pool).await;
+    let case = app.case_in("PARKED").await;
+    for i in 0..8 {
+        let (token, event) = if i % 2 == 0 {
+            (OPERATOR, "resume")
+        } else {
+            (SERVICE, "plan_failed")
+        };
+        assert_eq!(app.event(case, token, event).await.status, 200);
+    }
+    let vacuumed = tokio::time::timeout(Duration::from_secs(20), async {
+        while outbox_vacuums(&pool).await == before {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    assert!(
+        vacuumed.is_ok(),
+        "no VACUUM of the outbox within 20 s of publishing its rows"
+    );
+    assert_eq!(relay.backlog().await.unwrap(), 0);
+}
