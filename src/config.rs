@@ -123,6 +123,14 @@ pub struct ServeConfig {
     #[arg(long, env = "OPSLOOP_RELAY_ACK_TIMEOUT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub relay_ack_timeout_ms: u64,
+    /// Deleted outbox rows after which the relay runs `VACUUM outbox`
+    /// itself (0: leave it to autovacuum).
+    #[arg(
+        long,
+        env = "OPSLOOP_RELAY_VACUUM_AFTER_ROWS",
+        default_value_t = 20_000
+    )]
+    pub relay_vacuum_after_rows: u64,
     /// Hours an `Idempotency-Key` and its answer are kept (DESIGN §3:
     /// 7 days); after that the same key is a new request.
     #[arg(long, env = "OPSLOOP_IDEMPOTENCY_RETENTION_H", default_value_t = 168,

@@ -423,6 +423,7 @@ async fn serve(mut cfg: ServeConfig) -> anyhow::Result<()> {
                 },
                 flush_on_stop: grace,
                 ack_timeout: Duration::from_millis(cfg.relay_ack_timeout_ms),
+                vacuum_after_rows: cfg.relay_vacuum_after_rows,
                 ..RelaySettings::default()
             };
             let relay = Relay::new(pool.clone(), client.clone(), settings);

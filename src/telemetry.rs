@@ -101,7 +101,7 @@ fn metrics() -> &'static Metrics {
         let transition_write = IntCounterVec::new(
             Opts::new(
                 "transition_write_total",
-                "How transitions were written: `one_statement` (read, decide, one conditional write), `refused` (the case changed in between, or the request was a duplicate; answered under the lock), `locked` (under the case lock from the start).",
+                "How transitions were written: `one_statement` (read, decide, one conditional write), `refused` (the case changed in between, or the request was a duplicate; then answered under the lock), `locked` (under the case lock from the start). Each request counts once.",
             ),
             &["path"],
         )

@@ -158,6 +158,8 @@ impl Orchestrator {
     }
 
     async fn transition_in_tx(&self, req: &TransitionRequest) -> Result<Outcome, TransitionError> {
+        // Each request counts once: `refused` ones are answered under the
+        // lock too, but are not counted again as `locked`.
         if !self.faults.locked_only() {
             match self.unlocked(req).await? {
                 Unlocked::Applied(outcome) => {
@@ -167,6 +169,7 @@ impl Orchestrator {
                 Unlocked::Refused => {
                     telemetry::transition_write("refused");
                     self.faults.refused();
+                    return self.locked(req).await;
                 }
                 Unlocked::NotThisWay => {}
             }

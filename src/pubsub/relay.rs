@@ -542,7 +542,10 @@ impl Relay {
         self.deleted.store(0, Ordering::Relaxed);
         let (pool, vacuuming) = (self.pool.clone(), self.vacuuming.clone());
         tokio::spawn(async move {
-            if let Err(e) = sqlx::query("VACUUM (SKIP_LOCKED) outbox")
+            // No truncation: cutting the empty tail takes an ACCESS
+            // EXCLUSIVE lock, which would stall every transition's outbox
+            // insert (and is replayed on standbys).
+            if let Err(e) = sqlx::query("VACUUM (SKIP_LOCKED, TRUNCATE false) outbox")
                 .execute(&pool)
                 .await
             {

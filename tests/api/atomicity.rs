@@ -218,3 +218,34 @@ async fn a_case_lock_between_the_read_and_the_write_sends_the_request_down_the_l
         "not refused again"
     );
 }
+
+#[sqlx::test]
+async fn a_case_lock_still_held_when_the_write_comes_makes_it_wait_and_refuse(pool: PgPool) {
+    let faults = Arc::new(InBetween::default());
+    let app = TestApp::with_faults(pool.clone(), faults.clone()).await;
+    let case = app.create_case().await;
+    // The locker takes the case after the read and commits only while the
+    // write waits for it: the update must re-check the row it waited for.
+    let locker = pool.clone();
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    *faults.interfere.lock().unwrap() = Some(Box::pin(async move {
+        tokio::spawn(async move {
+            let mut tx = locker.begin().await.unwrap();
+            opsloop::store::lock_case(&mut tx, case).await.unwrap();
+            locked_tx.send(()).unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            tx.commit().await.unwrap();
+        });
+        locked_rx.await.unwrap();
+    }));
+    let started = std::time::Instant::now();
+    let r = app.event(case, OPERATOR, "start_analysis").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(400),
+        "the write waited for the lock holder"
+    );
+    assert_eq!(faults.refused.load(Ordering::SeqCst), 1, "refused once");
+    assert_eq!(app.status(case).await, "ANALYZING");
+    assert_eq!(app.timeline(case).await.len(), 2);
+}
