@@ -26,22 +26,6 @@ const TENANT: &str = "t-001";
 const FRONT: &str = "api,relay,orchestrator";
 const WORKER: &str = "gatekeeper,planner,analyst,executor,verifier,relay,orchestrator";
 
-/// Busy jiffies of the whole machine (all cores), from /proc/stat.
-fn busy_jiffies() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let total: u64 = fields.iter().sum();
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    total - idle
-}
-
 fn spawn(
     opsloop: &Path,
     dir: &Path,
@@ -155,7 +139,7 @@ async fn run(
         template: "restart-service",
         kind: "service",
     });
-    let busy0 = busy_jiffies();
+    let cpu = common::cpu::CpuMark::now();
     let started = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut feeders = Vec::new();
@@ -191,7 +175,7 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let busy1 = busy_jiffies();
+    let spent = cpu.until(&common::cpu::CpuMark::now());
     let first: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("SELECT min(created_at) FROM ops_case")
             .fetch_one(pool)
@@ -208,8 +192,7 @@ async fn run(
     for name in [CMD_STREAM, EVT_STREAM] {
         messages += js.get_stream(name).await?.info().await?.state.messages;
     }
-    // 100 jiffies per second on Linux.
-    let busy_ms = (busy1 - busy0) as f64 * 10.0;
+    let busy_ms = spent.machine * 1000.0;
     drop(children);
     let _ = std::fs::remove_dir_all(dir);
     Ok(Figures {

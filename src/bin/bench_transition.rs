@@ -156,15 +156,6 @@ INSERT INTO ops_case (id, status) SELECT g, 'open' FROM generate_series(1, 10000
 
 /// A product database: migrated, with 100 000 cases and their `created`
 /// timeline entries.
-/// `VACUUM` of the database at `url`, on a connection of its own.
-async fn vacuum(url: &str) -> anyhow::Result<()> {
-    use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::query("VACUUM").execute(&mut conn).await?;
-    conn.close().await?;
-    Ok(())
-}
-
 async fn product_database(name: &'static str, max_connections: u32) -> anyhow::Result<PgPool> {
     let url = fresh_database(name).await?;
     // The service's own pool settings: the path measured is the product's.
@@ -194,6 +185,8 @@ struct PgBench {
     dir: std::path::PathBuf,
     /// The script's file in `dir`.
     script: &'static str,
+    /// One connection to its database, for vacuums and table sizes.
+    pool: PgPool,
 }
 
 async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
@@ -230,7 +223,6 @@ async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
     sqlx::raw_sql(PGBENCH_SCHEMA).execute(&pool).await?;
     // Outside the schema's implicit transaction, which VACUUM refuses.
     sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
-    pool.close().await;
     let dir = std::env::temp_dir().join(format!("opsloop-pgbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("transition.sql"), PGBENCH_SCRIPT)?;
@@ -239,6 +231,7 @@ async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
         url: reqwest::Url::parse(&url)?,
         dir,
         script: "transition.sql",
+        pool,
     }))
 }
 
@@ -468,7 +461,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
         (cell.wal_bytes, cell.stored_bytes) =
             storage_since(&ctx.a.pool, "opsloop_pgbench", &mark, n).await?;
         if ctx.vacuum {
-            vacuum(pg.url.as_str()).await?;
+            sqlx::query("VACUUM").execute(&pg.pool).await?;
         }
         return Ok(cell);
     }
@@ -482,9 +475,10 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                                 "required_approvers": 1, "judgement": null, "exec": null,
                                 "verify_passed": null, "auto_rollback_allowed": false}});
     let mark = storage_mark(&db.pool, db.name).await?;
+    // Read /proc before the clock starts: the reading is not the path's work.
+    let before = CpuMark::now();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let before = CpuMark::now();
     let mut tasks = Vec::new();
     for case in cases {
         let ctx = ctx.clone();
@@ -784,12 +778,12 @@ async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> any
                 .execute(&step)
                 .await?;
         }
-        step.close().await;
         let bench = PgBench {
             bin: pg.bin.clone(),
             url,
             dir: pg.dir.clone(),
             script: "product.sql",
+            pool: step,
         };
         pgbench_cell(&bench, clients, 1)?;
         steps.push((*name, bench, Vec::new()));
@@ -903,11 +897,7 @@ async fn table_sizes(pool: &PgPool) -> anyhow::Result<BTreeMap<String, (i64, i64
 async fn breakdown(ctx: &Arc<Ctx>, clients: usize, seconds: u64) -> anyhow::Result<()> {
     let mut paths: Vec<(Mode, PgPool)> = vec![(Mode::Orchestrator, ctx.a.pool.clone())];
     if let Some(pg) = &ctx.pgbench {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(pg.url.as_str())
-            .await?;
-        paths.push((Mode::PgBench, pool));
+        paths.push((Mode::PgBench, pg.pool.clone()));
     }
     println!(
         "\nbytes stored per transition by table ({clients} clients, {seconds} s, one cell each):"

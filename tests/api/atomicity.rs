@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opsloop::orchestrator::FaultPoints;
+use opsloop::orchestrator::{Actor, Answer, FaultPoints, Origin, Outcome, TransitionRequest};
 use sqlx::PgPool;
 
 use crate::helpers::*;
@@ -83,6 +83,14 @@ impl FaultPoints for InBetween {
     }
 }
 
+impl InBetween {
+    /// Runs `interfere` between the read and the write of the next
+    /// one-statement transition.
+    fn before_next_write(&self, interfere: impl std::future::Future<Output = ()> + Send + 'static) {
+        *self.interfere.lock().unwrap() = Some(Box::pin(interfere));
+    }
+}
+
 #[sqlx::test]
 async fn a_failure_inside_the_one_statement_write_leaves_no_trace(pool: PgPool) {
     let app = TestApp::new(pool).await;
@@ -132,13 +140,13 @@ async fn a_transition_between_the_read_and_the_write_sends_the_request_down_the_
     let case = app.create_case().await;
     // Another request moves the case after this one read it as NEW.
     let other = app.orchestrator.clone();
-    *faults.interfere.lock().unwrap() = Some(Box::pin(async move {
+    faults.before_next_write(async move {
         let moved = other
-            .transition(opsloop::orchestrator::TransitionRequest {
+            .transition(TransitionRequest {
                 case_id: case,
                 tenants: opsloop::auth::TenantScope::All,
                 event: opsloop::workflow::EventKind::StartAnalysis,
-                actor: opsloop::orchestrator::Actor {
+                actor: Actor {
                     id: "someone-else".into(),
                     human: true,
                 },
@@ -147,16 +155,13 @@ async fn a_transition_between_the_read_and_the_write_sends_the_request_down_the_
                 dryrun_digest: None,
                 meta: serde_json::Value::Null,
                 expected_version: None,
-                origin: opsloop::orchestrator::Origin::Direct,
+                origin: Origin::Direct,
                 trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
             })
             .await
             .unwrap();
-        assert!(matches!(
-            moved,
-            opsloop::orchestrator::Outcome::Answered(opsloop::orchestrator::Answer::Applied { .. })
-        ));
-    }));
+        assert!(matches!(moved, Outcome::Answered(Answer::Applied { .. })));
+    });
     let r = app.event(case, OPERATOR, "start_analysis").await;
     assert_eq!(
         (r.status, r.code()),
@@ -188,12 +193,12 @@ async fn a_case_lock_between_the_read_and_the_write_sends_the_request_down_the_l
     // A writer that only locks the case (a worker storing its result)
     // leaves its version alone: the write must still see it came between.
     let locker = pool.clone();
-    *faults.interfere.lock().unwrap() = Some(Box::pin(async move {
+    faults.before_next_write(async move {
         let mut tx = locker.begin().await.unwrap();
         let locked = opsloop::store::lock_case(&mut tx, case).await.unwrap();
         assert_eq!(locked.map(|c| c.version), Some(1));
         tx.commit().await.unwrap();
-    }));
+    });
     let r = app.event(case, OPERATOR, "start_analysis").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(faults.refused.load(Ordering::SeqCst), 1, "refused once");
@@ -228,7 +233,7 @@ async fn a_case_lock_still_held_when_the_write_comes_makes_it_wait_and_refuse(po
     // write waits for it: the update must re-check the row it waited for.
     let locker = pool.clone();
     let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
-    *faults.interfere.lock().unwrap() = Some(Box::pin(async move {
+    faults.before_next_write(async move {
         tokio::spawn(async move {
             let mut tx = locker.begin().await.unwrap();
             opsloop::store::lock_case(&mut tx, case).await.unwrap();
@@ -237,7 +242,7 @@ async fn a_case_lock_still_held_when_the_write_comes_makes_it_wait_and_refuse(po
             tx.commit().await.unwrap();
         });
         locked_rx.await.unwrap();
-    }));
+    });
     let started = std::time::Instant::now();
     let r = app.event(case, OPERATOR, "start_analysis").await;
     assert_eq!(r.status, 200, "{}", r.body);

@@ -26,13 +26,15 @@ pub struct CpuMark {
 
 impl CpuMark {
     pub fn now() -> CpuMark {
-        let (me, children) = process_seconds("self");
+        let (me, children) =
+            stat_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default());
+        let (nats, postgres) = servers_seconds();
         CpuMark {
             machine: machine_busy(),
             me,
             children,
-            nats: seconds_of("nats-server"),
-            postgres: seconds_of("postgres"),
+            nats,
+            postgres,
         }
     }
 
@@ -83,9 +85,8 @@ fn machine_busy() -> f64 {
         / TICK
 }
 
-/// (own, waited-for children's) CPU seconds of `/proc/<pid>`.
-fn process_seconds(pid: &str) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+/// (own, waited-for children's) CPU seconds in a `/proc/<pid>/stat` line.
+fn stat_seconds(stat: &str) -> (f64, f64) {
     // Fields after the command name `(...)`: utime is the 12th, cstime the 15th.
     let fields: Vec<f64> = stat
         .rsplit_once(')')
@@ -99,23 +100,38 @@ fn process_seconds(pid: &str) -> (f64, f64) {
     ((at(10) + at(11)) / TICK, (at(12) + at(13)) / TICK)
 }
 
-/// CPU seconds of every process named `comm`, with the children each
-/// waited for.
-fn seconds_of(comm: &str) -> f64 {
+/// CPU seconds of every `nats-server` and every `postgres` process, each
+/// with the children it waited for, in one pass over /proc.
+fn servers_seconds() -> (f64, f64) {
+    let (mut nats, mut postgres) = (0.0, 0.0);
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
+        return (nats, postgres);
     };
-    dir.filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))
-        .map(|e| {
-            let (own, children) = process_seconds(&e.file_name().to_string_lossy());
+    for entry in dir.filter_map(Result::ok) {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, rest)| rest.rsplit_once(')'))
+            .map_or("", |(comm, _)| comm);
+        let total = || {
+            let (own, children) = stat_seconds(&stat);
             own + children
-        })
-        .sum()
+        };
+        match comm {
+            "nats-server" => nats += total(),
+            "postgres" => postgres += total(),
+            _ => {}
+        }
+    }
+    (nats, postgres)
 }

@@ -556,20 +556,11 @@ impl Stage {
         std::fs::create_dir_all(&dir)?;
         let tokens = dir.join("tokens.toml");
         let scope = opsloop::auth::TenantScope::parse(&[tenant]).map_err(anyhow::Error::msg)?;
-        let operator = opsloop::auth::create_token(
-            &tokens,
-            &format!("{name}-operator"),
-            &[opsloop::auth::Role::Operator],
-            &scope,
-            None,
-        )?;
-        let service = opsloop::auth::create_token(
-            &tokens,
-            &format!("{name}-metrics"),
-            &[opsloop::auth::Role::Service],
-            &scope,
-            None,
-        )?;
+        let token = |who: &str, role| {
+            opsloop::auth::create_token(&tokens, &format!("{name}-{who}"), &[role], &scope, None)
+        };
+        let operator = token("operator", opsloop::auth::Role::Operator)?;
+        let service = token("metrics", opsloop::auth::Role::Service)?;
         Ok(Stage {
             database_url,
             pool,
