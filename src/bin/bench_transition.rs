@@ -20,6 +20,7 @@
 //!
 //! Usage: DATABASE_URL=... bench_transition [--seconds 3] [--rounds 3] [--clients 1,8,32]
 //!        [--paths abcd] [--table-only] [--no-vacuum] [--floor | --floor-only]
+//!        [--ledger | --ledger-only]   (where (a)'s and (b)'s CPU goes, at min(clients, 8))
 //!        [--pgbench PATH]   (default: `pgbench` of the PostgreSQL in .opsloop/, else PATH)
 
 use std::collections::BTreeMap;
@@ -93,6 +94,9 @@ struct Cell {
     /// and the rest of the machine's, which is mostly PostgreSQL's.
     client_cpu_ms: f64,
     server_cpu_ms: f64,
+    /// Of the server's share, PostgreSQL's (its processes, with the
+    /// backends and workers it reaped); the rest is mostly the kernel's.
+    postgres_cpu_ms: f64,
     /// WAL written per transaction (server-wide; the paths run one at a
     /// time) and growth of the path's database per transaction, in bytes.
     wal_bytes: f64,
@@ -313,6 +317,7 @@ fn pgbench_cell(pg: &PgBench, clients: usize, seconds: u64) -> anyhow::Result<Ce
         p99: quantile(&all, 0.99),
         client_cpu_ms: 1000.0 * client / n,
         server_cpu_ms: 1000.0 * (spent.machine - client).max(0.0) / n,
+        postgres_cpu_ms: 1000.0 * spent.postgres / n,
         wal_bytes: 0.0,
         stored_bytes: 0.0,
     })
@@ -521,6 +526,7 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
         p99: quantile(&all, 0.99),
         client_cpu_ms: 1000.0 * client / n,
         server_cpu_ms: 1000.0 * (spent.machine - client).max(0.0) / n,
+        postgres_cpu_ms: 1000.0 * spent.postgres / n,
         wal_bytes,
         stored_bytes,
     })
@@ -610,6 +616,15 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // `--ledger-only`: the ledger alone (see `ledger`).
+    if std::env::args().any(|a| a == "--ledger-only") {
+        ledger(&ctx, max_clients.min(8), seconds, rounds).await?;
+        if let Some(pg) = &ctx.pgbench {
+            std::fs::remove_dir_all(&pg.dir)?;
+        }
+        return Ok(());
+    }
+
     // Warm up connections and caches so the first cell is not penalised.
     run_cell(ctx.clone(), Mode::Raw, max_clients, 1).await?;
     run_cell(ctx.clone(), Mode::Http, max_clients, 1).await?;
@@ -680,6 +695,9 @@ async fn main() -> anyhow::Result<()> {
     breakdown(&ctx, max_clients.min(8), seconds).await?;
     counting.store(true, std::sync::atomic::Ordering::Relaxed);
     round_trips(&ctx, &statements).await?;
+    if std::env::args().any(|a| a == "--ledger") {
+        ledger(&ctx, max_clients.min(8), seconds, rounds).await?;
+    }
     if std::env::args().any(|a| a == "--floor") {
         match &ctx.pgbench {
             Some(pg) => floor(pg, max_clients.min(8), seconds, rounds).await?,
@@ -739,56 +757,14 @@ const FLOOR_STEPS: [(&str, &str); 6] = [
 /// step removed), in interleaved rounds with (d), after a warm-up cell of
 /// each: drift on the shared machine and table growth hit every step alike.
 async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
-    let pool = product_database("opsloop_floor", 2).await?;
-    sqlx::query(
-        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM ops_case",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query("ALTER TABLE bench_ids ADD PRIMARY KEY (n)")
-        .execute(&pool)
-        .await?;
-    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
-    pool.close().await;
-    std::fs::write(pg.dir.join("product.sql"), PRODUCT_SCRIPT)?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&std::env::var("DATABASE_URL")?)
-        .await?;
+    floor_template(pg).await?;
     let mut steps = Vec::new();
     for (i, (name, _)) in FLOOR_STEPS.iter().enumerate() {
-        let db = format!("opsloop_floor_{i}");
-        // `db` is made here from an index, never input.
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-            format!("CREATE DATABASE {db} TEMPLATE opsloop_floor"),
-        ] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
-                .await?;
-        }
-        let mut url = pg.url.clone();
-        url.set_path(&db);
-        let step = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url.as_str())
-            .await?;
-        for (_, ddl) in &FLOOR_STEPS[1..=i] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(*ddl))
-                .execute(&step)
-                .await?;
-        }
-        let bench = PgBench {
-            bin: pg.bin.clone(),
-            url,
-            dir: pg.dir.clone(),
-            script: "product.sql",
-            pool: step,
-        };
+        let ddl: Vec<&str> = FLOOR_STEPS[1..=i].iter().map(|(_, d)| *d).collect();
+        let bench = floor_copy(pg, &format!("opsloop_floor_{i}"), &ddl).await?;
         pgbench_cell(&bench, clients, 1)?;
         steps.push((*name, bench, Vec::new()));
     }
-    admin.close().await;
     pgbench_cell(pg, clients, 1)?;
     let mut theirs = Vec::new();
     for _ in 0..rounds {
@@ -835,6 +811,233 @@ async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> any
         .await?;
     }
     Ok(())
+}
+
+/// Two statements with nothing in them per script run, a parameter each:
+/// what two round trips cost from pgbench's C client.
+const ROUND_TRIPS_SCRIPT: &str = "\\set one 1\nSELECT :one::int;\nSELECT :one::int;\n";
+
+/// What the ledger measures in this process besides (a) and (b).
+#[derive(Clone, Copy)]
+enum Probe {
+    /// Two round trips of `SELECT $1::int` on one pooled connection, as
+    /// (a) takes one connection for its read and its write.
+    SqlxRoundTrips,
+    /// `GET /healthz` through the same client and server as (b): an HTTP
+    /// exchange with no work behind it.
+    Healthz,
+}
+
+/// `clients` tasks doing `probe` for `seconds`.
+async fn probe_cell(ctx: &Arc<Ctx>, probe: Probe, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
+    let before = CpuMark::now();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let ctx = ctx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                match probe {
+                    Probe::SqlxRoundTrips => {
+                        let mut conn = ctx.a.pool.acquire().await?;
+                        for _ in 0..2 {
+                            sqlx::query_scalar::<_, i32>("SELECT $1::int")
+                                .bind(1)
+                                .fetch_one(&mut *conn)
+                                .await?;
+                        }
+                    }
+                    Probe::Healthz => {
+                        let resp = ctx.http.get(format!("{}/healthz", ctx.base)).send().await?;
+                        anyhow::ensure!(resp.status() == 200, "HTTP {}", resp.status());
+                        resp.bytes().await?;
+                    }
+                }
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let spent = before.until(&CpuMark::now());
+    all.sort_unstable();
+    let n = all.len().max(1) as f64;
+    Ok(Cell {
+        rate: all.len() as f64 / elapsed,
+        p50: quantile(&all, 0.50),
+        p99: quantile(&all, 0.99),
+        client_cpu_ms: 1000.0 * spent.me / n,
+        server_cpu_ms: 1000.0 * (spent.machine - spent.me).max(0.0) / n,
+        postgres_cpu_ms: 1000.0 * spent.postgres / n,
+        wal_bytes: 0.0,
+        stored_bytes: 0.0,
+    })
+}
+
+/// The ledger's cells, in the order they run in each round.
+const LEDGER: [&str; 7] = [
+    "(d) pgbench",
+    "product statements, pgbench",
+    "(a) orchestrator",
+    "2 round trips, pgbench",
+    "2 round trips, sqlx",
+    "(b) HTTP",
+    "GET /healthz",
+];
+
+/// `--ledger`: where a transition's machine CPU goes, at `clients`. (a),
+/// (b), (d), the product's own statements run by pgbench, two empty round
+/// trips from pgbench and from sqlx, and an empty HTTP exchange through
+/// (b)'s client and server, in interleaved rounds; then (a) and (b) are
+/// split into what the database does for the product's statements, what
+/// the Rust client's round trips cost over pgbench's, one HTTP exchange,
+/// and the remainder: the orchestrator's and the handler's own work.
+async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
+    let Some(pg) = &ctx.pgbench else {
+        println!("\nledger: skipped, no pgbench");
+        return Ok(());
+    };
+    floor_template(pg).await?;
+    let product = floor_copy(pg, "opsloop_floor_ledger", &[]).await?;
+    std::fs::write(pg.dir.join("round_trips.sql"), ROUND_TRIPS_SCRIPT)?;
+    let round_trips = PgBench {
+        bin: pg.bin.clone(),
+        url: pg.url.clone(),
+        dir: pg.dir.clone(),
+        script: "round_trips.sql",
+        pool: pg.pool.clone(),
+    };
+    let cell = |i: usize| {
+        let (ctx, product, round_trips) = (ctx.clone(), &product, &round_trips);
+        async move {
+            match i {
+                0 => run_cell(ctx, Mode::PgBench, clients, seconds).await,
+                1 => {
+                    let c = pgbench_cell(product, clients, seconds)?;
+                    sqlx::query("VACUUM").execute(&product.pool).await?;
+                    Ok(c)
+                }
+                2 => run_cell(ctx, Mode::Orchestrator, clients, seconds).await,
+                3 => pgbench_cell(round_trips, clients, seconds),
+                4 => probe_cell(&ctx, Probe::SqlxRoundTrips, clients, seconds).await,
+                5 => run_cell(ctx, Mode::Http, clients, seconds).await,
+                _ => probe_cell(&ctx, Probe::Healthz, clients, seconds).await,
+            }
+        }
+    };
+    for i in 0..LEDGER.len() {
+        cell(i).await?;
+    }
+    let mut cells: Vec<Vec<Cell>> = LEDGER.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, cells) in cells.iter_mut().enumerate() {
+            cells.push(cell(i).await?);
+        }
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    println!(
+        "\nledger ({clients} clients, {rounds} interleaved rounds of {seconds} s, median rounds): the machine's CPU per transition, \
+         and how busy the machine was ({cores} cores)"
+    );
+    println!(
+        "{:<30} {:>9} {:>11} {:>13} {:>13} {:>8}",
+        "cell", "per s", "machine ms", "client ms", "postgres ms", "busy"
+    );
+    let mut machine = Vec::new();
+    for (name, cells) in LEDGER.iter().zip(&mut cells) {
+        cells.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let m = &cells[cells.len() / 2];
+        let total = m.client_cpu_ms + m.server_cpu_ms;
+        println!(
+            "{name:<30} {:>9.0} {total:>11.3} {:>13.3} {:>13.3} {:>7.0}%",
+            m.rate,
+            m.client_cpu_ms,
+            m.postgres_cpu_ms,
+            100.0 * total * m.rate / 1000.0 / cores,
+        );
+        machine.push(total);
+    }
+    let [d, p, a, r, s, b, h] = machine[..] else {
+        unreachable!("one figure per ledger cell")
+    };
+    println!("(a) = product statements {p:.3} + sqlx's round trips over pgbench's {:.3} + the orchestrator's own work {:.3}",
+             s - r, a - p - (s - r));
+    println!("(b) = (a) {a:.3} + one HTTP exchange {h:.3} + the handler's own work {:.3}", b - a - h);
+    println!(
+        "at full load the machine's CPU bounds (a)/(d) by {:.2} and (b)/(d) by {:.2}; \
+         with no work of the product's own in the process, by {:.2} and {:.2}",
+        d / a,
+        d / b,
+        d / (p + s - r),
+        d / (p + s - r + h),
+    );
+    product.pool.close().await;
+    sqlx::raw_sql("DROP DATABASE IF EXISTS opsloop_floor_ledger WITH (FORCE)")
+        .execute(&pg.pool)
+        .await?;
+    Ok(())
+}
+
+/// The floor's template database: a fresh product database with the
+/// `bench_ids` map the product script picks its case through, and the
+/// script itself in pgbench's folder.
+async fn floor_template(pg: &PgBench) -> anyhow::Result<()> {
+    let pool = product_database("opsloop_floor", 2).await?;
+    sqlx::query(
+        "CREATE TABLE bench_ids AS SELECT row_number() OVER (ORDER BY id) AS n, id FROM ops_case",
+    )
+    .execute(&pool)
+    .await?;
+    sqlx::query("ALTER TABLE bench_ids ADD PRIMARY KEY (n)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("VACUUM ANALYZE").execute(&pool).await?;
+    pool.close().await;
+    std::fs::write(pg.dir.join("product.sql"), PRODUCT_SCRIPT)?;
+    Ok(())
+}
+
+/// A copy of the floor's template as `db` (a constant or made from an
+/// index here, never input), with `ddl` run on it, for the product script.
+async fn floor_copy(pg: &PgBench, db: &str, ddl: &[&str]) -> anyhow::Result<PgBench> {
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&std::env::var("DATABASE_URL")?)
+        .await?;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db} TEMPLATE opsloop_floor"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    let mut url = pg.url.clone();
+    url.set_path(db);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url.as_str())
+        .await?;
+    for statement in ddl {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(*statement))
+            .execute(&pool)
+            .await?;
+    }
+    Ok(PgBench {
+        bin: pg.bin.clone(),
+        url,
+        dir: pg.dir.clone(),
+        script: "product.sql",
+        pool,
+    })
 }
 
 /// Counts the statements sqlx reports (its `sqlx::query` events, one per
