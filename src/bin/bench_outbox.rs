@@ -425,7 +425,7 @@ async fn main() -> anyhow::Result<()> {
     let hot_of_raw = ratios(&r.capacity_8, &r.raw, 100.0);
     let spread_of_raw = ratios(&r.spread, &r.raw, 100.0);
     println!(
-        "peak transitions/s (median of {rounds} rounds): relay off {peak:.0}, relay on {:.0}; on/off per round {:.2?}, median {:.2} (target >= 0.80)",
+        "peak transitions/s (median of {rounds} rounds): relay off {peak:.0}, relay on {:.0}; on/off per round {:.2?}, median {:.2} (target >= 0.80 in #3, >= 0.9 in #15)",
         median(&r.on),
         on_off,
         median(&on_off)

@@ -103,6 +103,26 @@ struct Cell {
     stored_bytes: f64,
 }
 
+impl Cell {
+    /// A cell from its latencies (sorted here), its rate, the CPU the
+    /// machine spent and the client's part of it, in seconds; storage is
+    /// filled in by the paths that measure it.
+    fn new(mut all: Vec<Duration>, rate: f64, spent: &CpuMark, client: f64) -> Cell {
+        all.sort_unstable();
+        let n = all.len().max(1) as f64;
+        Cell {
+            rate,
+            p50: quantile(&all, 0.50),
+            p99: quantile(&all, 0.99),
+            client_cpu_ms: 1000.0 * client / n,
+            server_cpu_ms: 1000.0 * (spent.machine - client).max(0.0) / n,
+            postgres_cpu_ms: 1000.0 * spent.postgres / n,
+            wal_bytes: 0.0,
+            stored_bytes: 0.0,
+        }
+    }
+}
+
 /// The WAL position and the size of `database`, to measure a cell by.
 async fn storage_mark(pool: &PgPool, database: &str) -> anyhow::Result<(String, i64)> {
     Ok(
@@ -308,19 +328,7 @@ fn pgbench_cell(pg: &PgBench, clients: usize, seconds: u64) -> anyhow::Result<Ce
             }
         }
     }
-    all.sort_unstable();
-    let n = all.len().max(1) as f64;
-    let client = spent.children;
-    Ok(Cell {
-        rate,
-        p50: quantile(&all, 0.50),
-        p99: quantile(&all, 0.99),
-        client_cpu_ms: 1000.0 * client / n,
-        server_cpu_ms: 1000.0 * (spent.machine - client).max(0.0) / n,
-        postgres_cpu_ms: 1000.0 * spent.postgres / n,
-        wal_bytes: 0.0,
-        stored_bytes: 0.0,
-    })
+    Ok(Cell::new(all, rate, &spent, spent.children))
 }
 
 /// The status the walk reaches after `step` (the raw path writes it itself).
@@ -513,23 +521,14 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
     }
     let elapsed = started.elapsed().as_secs_f64();
     let spent = before.until(&CpuMark::now());
-    all.sort_unstable();
     let n = all.len().max(1) as f64;
-    let client = spent.me;
-    let (wal_bytes, stored_bytes) = storage_since(&db.pool, db.name, &mark, n).await?;
+    let rate = all.len() as f64 / elapsed;
+    let mut cell = Cell::new(all, rate, &spent, spent.me);
+    (cell.wal_bytes, cell.stored_bytes) = storage_since(&db.pool, db.name, &mark, n).await?;
     if ctx.vacuum {
         sqlx::query("VACUUM").execute(&db.pool).await?;
     }
-    Ok(Cell {
-        rate: all.len() as f64 / elapsed,
-        p50: quantile(&all, 0.50),
-        p99: quantile(&all, 0.99),
-        client_cpu_ms: 1000.0 * client / n,
-        server_cpu_ms: 1000.0 * (spent.machine - client).max(0.0) / n,
-        postgres_cpu_ms: 1000.0 * spent.postgres / n,
-        wal_bytes,
-        stored_bytes,
-    })
+    Ok(cell)
 }
 
 #[tokio::main]
@@ -829,7 +828,12 @@ enum Probe {
 }
 
 /// `clients` tasks doing `probe` for `seconds`.
-async fn probe_cell(ctx: &Arc<Ctx>, probe: Probe, clients: usize, seconds: u64) -> anyhow::Result<Cell> {
+async fn probe_cell(
+    ctx: &Arc<Ctx>,
+    probe: Probe,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<Cell> {
     let before = CpuMark::now();
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
@@ -867,18 +871,8 @@ async fn probe_cell(ctx: &Arc<Ctx>, probe: Probe, clients: usize, seconds: u64) 
     }
     let elapsed = started.elapsed().as_secs_f64();
     let spent = before.until(&CpuMark::now());
-    all.sort_unstable();
-    let n = all.len().max(1) as f64;
-    Ok(Cell {
-        rate: all.len() as f64 / elapsed,
-        p50: quantile(&all, 0.50),
-        p99: quantile(&all, 0.99),
-        client_cpu_ms: 1000.0 * spent.me / n,
-        server_cpu_ms: 1000.0 * (spent.machine - spent.me).max(0.0) / n,
-        postgres_cpu_ms: 1000.0 * spent.postgres / n,
-        wal_bytes: 0.0,
-        stored_bytes: 0.0,
-    })
+    let rate = all.len() as f64 / elapsed;
+    Ok(Cell::new(all, rate, &spent, spent.me))
 }
 
 /// The ledger's cells, in the order they run in each round.
@@ -898,7 +892,9 @@ const LEDGER: [&str; 7] = [
 /// (b)'s client and server, in interleaved rounds; then (a) and (b) are
 /// split into what the database does for the product's statements, what
 /// the Rust client's round trips cost over pgbench's, one HTTP exchange,
-/// and the remainder: the orchestrator's and the handler's own work.
+/// and the remainder: the orchestrator's own work, and the rest of the
+/// HTTP path (its handler, and the wake-ups of an exchange that waits on
+/// the database).
 async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> anyhow::Result<()> {
     let Some(pg) = &ctx.pgbench else {
         println!("\nledger: skipped, no pgbench");
@@ -967,9 +963,15 @@ async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> 
     let [d, p, a, r, s, b, h] = machine[..] else {
         unreachable!("one figure per ledger cell")
     };
-    println!("(a) = product statements {p:.3} + sqlx's round trips over pgbench's {:.3} + the orchestrator's own work {:.3}",
-             s - r, a - p - (s - r));
-    println!("(b) = (a) {a:.3} + one HTTP exchange {h:.3} + the handler's own work {:.3}", b - a - h);
+    println!(
+        "(a) = product statements {p:.3} + sqlx's round trips over pgbench's {:.3} + the orchestrator's own work {:.3}",
+        s - r,
+        a - p - (s - r)
+    );
+    println!(
+        "(b) = (a) {a:.3} + one HTTP exchange {h:.3} + the rest of the HTTP path {:.3}",
+        b - a - h
+    );
     println!(
         "at full load the machine's CPU bounds (a)/(d) by {:.2} and (b)/(d) by {:.2}; \
          with no work of the product's own in the process, by {:.2} and {:.2}",
