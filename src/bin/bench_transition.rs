@@ -487,20 +487,13 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                       "facts": {"reason": null, "park_reason": null, "plan": null, "approvals": [],
                                 "required_approvers": 1, "judgement": null, "exec": null,
                                 "verify_passed": null, "auto_rollback_allowed": false}});
+    let meta = Arc::new(meta);
     let mark = storage_mark(&db.pool, db.name).await?;
-    // Read /proc before the clock starts: the reading is not the path's work.
-    let before = CpuMark::now();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for case in cases {
+    let run = closed_loop(clients, seconds, {
         let ctx = ctx.clone();
-        let meta = meta.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut step = 0u64;
-            while Instant::now() < deadline {
-                let t = Instant::now();
+        move |client, step| {
+            let (ctx, meta, case) = (ctx.clone(), meta.clone(), cases[client]);
+            async move {
                 match mode {
                     Mode::Raw => raw_step(&ctx.c.pool, case, step, &meta).await?,
                     Mode::Orchestrator => {
@@ -509,21 +502,13 @@ async fn run_cell(ctx: Arc<Ctx>, mode: Mode, clients: usize, seconds: u64) -> an
                     Mode::Http => http_step(&ctx, case, step).await?,
                     Mode::PgBench => unreachable!("pgbench runs as its own process"),
                 }
-                lat.push(t.elapsed());
-                step += 1;
+                Ok(())
             }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await??);
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let spent = before.until(&CpuMark::now());
-    let n = all.len().max(1) as f64;
-    let rate = all.len() as f64 / elapsed;
-    let mut cell = Cell::new(all, rate, &spent, spent.me);
+        }
+    })
+    .await?;
+    let n = run.latencies.len().max(1) as f64;
+    let mut cell = Cell::new(run.latencies, run.rate, &run.spent, run.spent.me);
     (cell.wal_bytes, cell.stored_bytes) = storage_since(&db.pool, db.name, &mark, n).await?;
     if ctx.vacuum {
         sqlx::query("VACUUM").execute(&db.pool).await?;
@@ -834,16 +819,11 @@ async fn probe_cell(
     clients: usize,
     seconds: u64,
 ) -> anyhow::Result<Cell> {
-    let before = CpuMark::now();
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
+    let run = closed_loop(clients, seconds, {
         let ctx = ctx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let t = Instant::now();
+        move |_, _| {
+            let ctx = ctx.clone();
+            async move {
                 match probe {
                     Probe::SqlxRoundTrips => {
                         let mut conn = ctx.a.pool.acquire().await?;
@@ -860,19 +840,61 @@ async fn probe_cell(
                         resp.bytes().await?;
                     }
                 }
+                Ok(())
+            }
+        }
+    })
+    .await?;
+    Ok(Cell::new(run.latencies, run.rate, &run.spent, run.spent.me))
+}
+
+/// What a closed loop of clients did.
+struct ClosedLoop {
+    latencies: Vec<Duration>,
+    /// Units of work per second.
+    rate: f64,
+    /// The CPU spent from just before the clock started to its end.
+    spent: CpuMark,
+}
+
+/// `clients` tasks, each doing `step(client, n)` for its n-th unit of work,
+/// back to back, for `seconds`.
+async fn closed_loop<S, F>(clients: usize, seconds: u64, step: S) -> anyhow::Result<ClosedLoop>
+where
+    S: Fn(usize, u64) -> F + Send + Sync + 'static,
+    F: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let step = Arc::new(step);
+    // Read /proc before the clock starts: the reading is not the path's work.
+    let before = CpuMark::now();
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let step = step.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                step(client, n).await?;
                 lat.push(t.elapsed());
+                n += 1;
             }
             anyhow::Ok(lat)
         }));
     }
-    let mut all = Vec::new();
+    let mut latencies = Vec::new();
     for t in tasks {
-        all.extend(t.await??);
+        latencies.extend(t.await??);
     }
     let elapsed = started.elapsed().as_secs_f64();
     let spent = before.until(&CpuMark::now());
-    let rate = all.len() as f64 / elapsed;
-    Ok(Cell::new(all, rate, &spent, spent.me))
+    Ok(ClosedLoop {
+        rate: latencies.len() as f64 / elapsed,
+        latencies,
+        spent,
+    })
 }
 
 /// The ledger's cells, in the order they run in each round.
