@@ -67,6 +67,15 @@ macro_rules! case_columns {
     };
 }
 
+/// The condition that finds case `$1` within the tenant scope `$2`
+/// (`TenantScope::sql`), for `concat!` into static SQL.
+#[macro_export]
+macro_rules! case_in_scope {
+    () => {
+        "id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2))"
+    };
+}
+
 /// One timeline entry: `created`, an accepted `transition`, or a `rejected` attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TimelineEntry {

@@ -84,7 +84,7 @@ struct Settings {
 }
 
 fn settings() -> anyhow::Result<Settings> {
-    let short = std::env::args().any(|a| a == "--short");
+    let short = common::flag("--short");
     let seed = match common::arg("--seed") {
         Some(s) => s.parse().context("--seed")?,
         None => SystemTime::now()

@@ -46,7 +46,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{arg, fresh_database, ms, quantile};
+use common::{arg, flag, fresh_database, ms, quantile};
 
 const TOKEN: &str = "bench-alertmanager";
 
@@ -207,7 +207,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         ..AppState::bare(Orchestrator::new(pool.clone()), tokens)
     };
-    if std::env::args().any(|a| a == "--detector-only") {
+    if flag("--detector-only") {
         return detector(&pool, &state).await;
     }
     let base = common::serve_api(state.clone()).await?;

@@ -39,7 +39,10 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{arg, event_at, fresh_database, ms, new_case, orchestrator_step, quantile};
+use common::{
+    arg, database_copy, drop_database, event_at, flag, fresh_database, ms, new_case,
+    orchestrator_step, quantile,
+};
 
 /// One identity per sender, as DESIGN §10 requires: a person for
 /// `start_analysis`/`resume`, the analyst and the planner for their facts.
@@ -120,6 +123,12 @@ impl Cell {
             wal_bytes: 0.0,
             stored_bytes: 0.0,
         }
+    }
+
+    /// The median of `cells` by rate: the round a row reports.
+    fn median(mut cells: Vec<Cell>) -> Cell {
+        cells.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        cells.swap_remove(cells.len() / 2)
     }
 }
 
@@ -211,6 +220,19 @@ struct PgBench {
     script: &'static str,
     /// One connection to its database, for vacuums and table sizes.
     pool: PgPool,
+}
+
+impl PgBench {
+    /// The same database and folder, running `script` (a file in `dir`).
+    fn running(&self, script: &'static str) -> PgBench {
+        PgBench {
+            bin: self.bin.clone(),
+            url: self.url.clone(),
+            dir: self.dir.clone(),
+            script,
+            pool: self.pool.clone(),
+        }
+    }
 }
 
 async fn pgbench_setup() -> anyhow::Result<Result<PgBench, String>> {
@@ -581,7 +603,7 @@ async fn main() -> anyhow::Result<()> {
         a,
         b,
         c,
-        vacuum: !std::env::args().any(|a| a == "--no-vacuum"),
+        vacuum: !flag("--no-vacuum"),
         http: opsloop::http_client::http_client()
             .pool_max_idle_per_host(max_clients)
             .build()?,
@@ -589,23 +611,46 @@ async fn main() -> anyhow::Result<()> {
         pgbench,
     });
 
+    let result = run(
+        &ctx,
+        &client_counts,
+        seconds,
+        rounds,
+        &counting,
+        &statements,
+    )
+    .await;
+    // pgbench's folder goes, whatever the run did.
+    if let Some(pg) = &ctx.pgbench {
+        std::fs::remove_dir_all(&pg.dir)?;
+    }
+    result
+}
+
+/// What the flags ask for, in order: the main table, then the stored bytes,
+/// the round trips, the ledger and the floor; or `--floor-only`,
+/// `--ledger-only` or `--table-only`.
+async fn run(
+    ctx: &Arc<Ctx>,
+    client_counts: &[usize],
+    seconds: u64,
+    rounds: usize,
+    counting: &std::sync::atomic::AtomicBool,
+    statements: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<()> {
+    let max_clients = client_counts.iter().copied().max().unwrap_or(1);
     // `--floor-only`: the floor's table alone (see `floor`).
-    if std::env::args().any(|a| a == "--floor-only") {
-        if let Some(pg) = &ctx.pgbench {
-            floor(pg, max_clients.min(8), seconds, rounds).await?;
-            std::fs::remove_dir_all(&pg.dir)?;
-        } else {
-            println!("floor: skipped, no pgbench");
+    if flag("--floor-only") {
+        match &ctx.pgbench {
+            Some(pg) => floor(pg, max_clients.min(8), seconds, rounds).await?,
+            None => println!("floor: skipped, no pgbench"),
         }
         return Ok(());
     }
 
     // `--ledger-only`: the ledger alone (see `ledger`).
-    if std::env::args().any(|a| a == "--ledger-only") {
-        ledger(&ctx, max_clients.min(8), seconds, rounds).await?;
-        if let Some(pg) = &ctx.pgbench {
-            std::fs::remove_dir_all(&pg.dir)?;
-        }
+    if flag("--ledger-only") {
+        ledger(ctx, max_clients.min(8), seconds, rounds).await?;
         return Ok(());
     }
 
@@ -642,20 +687,14 @@ async fn main() -> anyhow::Result<()> {
         .filter(|m| paths.contains(m.letter()))
         .filter(|m| *m != Mode::PgBench || ctx.pgbench.is_some())
         .collect();
-    for &clients in &client_counts {
+    for &clients in client_counts {
         let mut cells: Vec<Vec<Cell>> = modes.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (i, mode) in modes.iter().enumerate() {
                 cells[i].push(run_cell(ctx.clone(), *mode, clients, seconds).await?);
             }
         }
-        let median: Vec<Cell> = cells
-            .into_iter()
-            .map(|mut c| {
-                c.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-                c.swap_remove(c.len() / 2)
-            })
-            .collect();
+        let median: Vec<Cell> = cells.into_iter().map(Cell::median).collect();
         let ceiling = modes
             .iter()
             .position(|m| *m == Mode::PgBench)
@@ -670,26 +709,20 @@ async fn main() -> anyhow::Result<()> {
     }
     // `--table-only`: stop after the main table (the breakdown, the round
     // trips and the floor take minutes more).
-    if std::env::args().any(|a| a == "--table-only") {
-        if let Some(pg) = &ctx.pgbench {
-            std::fs::remove_dir_all(&pg.dir)?;
-        }
+    if flag("--table-only") {
         return Ok(());
     }
-    breakdown(&ctx, max_clients.min(8), seconds).await?;
+    breakdown(ctx, max_clients.min(8), seconds).await?;
     counting.store(true, std::sync::atomic::Ordering::Relaxed);
-    round_trips(&ctx, &statements).await?;
-    if std::env::args().any(|a| a == "--ledger") {
-        ledger(&ctx, max_clients.min(8), seconds, rounds).await?;
+    round_trips(ctx, statements).await?;
+    if flag("--ledger") {
+        ledger(ctx, max_clients.min(8), seconds, rounds).await?;
     }
-    if std::env::args().any(|a| a == "--floor") {
+    if flag("--floor") {
         match &ctx.pgbench {
             Some(pg) => floor(pg, max_clients.min(8), seconds, rounds).await?,
             None => println!("\nfloor: skipped, no pgbench"),
         }
-    }
-    if let Some(pg) = &ctx.pgbench {
-        std::fs::remove_dir_all(&pg.dir)?;
     }
     Ok(())
 }
@@ -757,11 +790,7 @@ async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> any
         }
         theirs.push(pgbench_cell(pg, clients, seconds)?);
     }
-    let median = |cells: &mut Vec<Cell>| {
-        cells.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        cells.swap_remove(cells.len() / 2)
-    };
-    let t = median(&mut theirs);
+    let t = Cell::median(theirs);
     println!(
         "\nwhat the floor is made of ({clients} clients, {rounds} interleaved rounds of {seconds} s): \
          the product's statements by pgbench, on copies of one database with the parts removed cumulatively"
@@ -770,8 +799,8 @@ async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> any
         "{:<26} {:>9} {:>8} {:>15}",
         "step", "tps", "vs (d)", "server ms/tx"
     );
-    for (name, _, cells) in &mut steps {
-        let m = median(cells);
+    for (name, _, cells) in steps {
+        let m = Cell::median(cells);
         println!(
             "{name:<26} {:>9.0} {:>7.0}% {:>15.3}",
             m.rate,
@@ -783,16 +812,8 @@ async fn floor(pg: &PgBench, clients: usize, seconds: u64, rounds: usize) -> any
         "{:<26} {:>9.0} {:>7.0}% {:>15.3}",
         "(d) pgbench", t.rate, 100.0, t.server_cpu_ms
     );
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&std::env::var("DATABASE_URL")?)
-        .await?;
     for i in 0..FLOOR_STEPS.len() {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS opsloop_floor_{i} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await?;
+        drop_database(&format!("opsloop_floor_{i}")).await?;
     }
     Ok(())
 }
@@ -897,16 +918,42 @@ where
     })
 }
 
+/// A cell of the ledger.
+#[derive(Clone, Copy)]
+enum Ledger {
+    PgBench,
+    ProductStatements,
+    Orchestrator,
+    PgBenchRoundTrips,
+    SqlxRoundTrips,
+    Http,
+    Healthz,
+}
+
 /// The ledger's cells, in the order they run in each round.
-const LEDGER: [&str; 7] = [
-    "(d) pgbench",
-    "product statements, pgbench",
-    "(a) orchestrator",
-    "2 round trips, pgbench",
-    "2 round trips, sqlx",
-    "(b) HTTP",
-    "GET /healthz",
+const LEDGER: [Ledger; 7] = [
+    Ledger::PgBench,
+    Ledger::ProductStatements,
+    Ledger::Orchestrator,
+    Ledger::PgBenchRoundTrips,
+    Ledger::SqlxRoundTrips,
+    Ledger::Http,
+    Ledger::Healthz,
 ];
+
+impl Ledger {
+    fn name(self) -> &'static str {
+        match self {
+            Ledger::PgBench => "(d) pgbench",
+            Ledger::ProductStatements => "product statements, pgbench",
+            Ledger::Orchestrator => "(a) orchestrator",
+            Ledger::PgBenchRoundTrips => "2 round trips, pgbench",
+            Ledger::SqlxRoundTrips => "2 round trips, sqlx",
+            Ledger::Http => "(b) HTTP",
+            Ledger::Healthz => "GET /healthz",
+        }
+    }
+}
 
 /// `--ledger`: where a transition's machine CPU goes, at `clients`. (a),
 /// (b), (d), the product's own statements run by pgbench, two empty round
@@ -925,38 +972,34 @@ async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> 
     floor_template(pg).await?;
     let product = floor_copy(pg, "opsloop_floor_ledger", &[]).await?;
     std::fs::write(pg.dir.join("round_trips.sql"), ROUND_TRIPS_SCRIPT)?;
-    let round_trips = PgBench {
-        bin: pg.bin.clone(),
-        url: pg.url.clone(),
-        dir: pg.dir.clone(),
-        script: "round_trips.sql",
-        pool: pg.pool.clone(),
-    };
-    let cell = |i: usize| {
+    let round_trips = pg.running("round_trips.sql");
+    let cell = |which: Ledger| {
         let (ctx, product, round_trips) = (ctx.clone(), &product, &round_trips);
         async move {
-            match i {
-                0 => run_cell(ctx, Mode::PgBench, clients, seconds).await,
-                1 => {
+            match which {
+                Ledger::PgBench => run_cell(ctx, Mode::PgBench, clients, seconds).await,
+                Ledger::ProductStatements => {
                     let c = pgbench_cell(product, clients, seconds)?;
                     sqlx::query("VACUUM").execute(&product.pool).await?;
                     Ok(c)
                 }
-                2 => run_cell(ctx, Mode::Orchestrator, clients, seconds).await,
-                3 => pgbench_cell(round_trips, clients, seconds),
-                4 => probe_cell(&ctx, Probe::SqlxRoundTrips, clients, seconds).await,
-                5 => run_cell(ctx, Mode::Http, clients, seconds).await,
-                _ => probe_cell(&ctx, Probe::Healthz, clients, seconds).await,
+                Ledger::Orchestrator => run_cell(ctx, Mode::Orchestrator, clients, seconds).await,
+                Ledger::PgBenchRoundTrips => pgbench_cell(round_trips, clients, seconds),
+                Ledger::SqlxRoundTrips => {
+                    probe_cell(&ctx, Probe::SqlxRoundTrips, clients, seconds).await
+                }
+                Ledger::Http => run_cell(ctx, Mode::Http, clients, seconds).await,
+                Ledger::Healthz => probe_cell(&ctx, Probe::Healthz, clients, seconds).await,
             }
         }
     };
-    for i in 0..LEDGER.len() {
-        cell(i).await?;
+    for which in LEDGER {
+        cell(which).await?;
     }
     let mut cells: Vec<Vec<Cell>> = LEDGER.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (i, cells) in cells.iter_mut().enumerate() {
-            cells.push(cell(i).await?);
+        for (which, cells) in LEDGER.into_iter().zip(&mut cells) {
+            cells.push(cell(which).await?);
         }
     }
     let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
@@ -969,12 +1012,12 @@ async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> 
         "cell", "per s", "machine ms", "client ms", "postgres ms", "busy"
     );
     let mut machine = Vec::new();
-    for (name, cells) in LEDGER.iter().zip(&mut cells) {
-        cells.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        let m = &cells[cells.len() / 2];
+    for (which, cells) in LEDGER.into_iter().zip(cells) {
+        let m = Cell::median(cells);
         let total = m.client_cpu_ms + m.server_cpu_ms;
         println!(
-            "{name:<30} {:>9.0} {total:>11.3} {:>13.3} {:>13.3} {:>7.0}%",
+            "{:<30} {:>9.0} {total:>11.3} {:>13.3} {:>13.3} {:>7.0}%",
+            which.name(),
             m.rate,
             m.client_cpu_ms,
             m.postgres_cpu_ms,
@@ -1003,9 +1046,7 @@ async fn ledger(ctx: &Arc<Ctx>, clients: usize, seconds: u64, rounds: usize) -> 
         d / (p + s - r + h),
     );
     product.pool.close().await;
-    sqlx::raw_sql("DROP DATABASE IF EXISTS opsloop_floor_ledger WITH (FORCE)")
-        .execute(&pg.pool)
-        .await?;
+    drop_database("opsloop_floor_ledger").await?;
     Ok(())
 }
 
@@ -1031,21 +1072,7 @@ async fn floor_template(pg: &PgBench) -> anyhow::Result<()> {
 /// A copy of the floor's template as `db` (a constant or made from an
 /// index here, never input), with `ddl` run on it, for the product script.
 async fn floor_copy(pg: &PgBench, db: &str, ddl: &[&str]) -> anyhow::Result<PgBench> {
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&std::env::var("DATABASE_URL")?)
-        .await?;
-    for sql in [
-        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        format!("CREATE DATABASE {db} TEMPLATE opsloop_floor"),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&admin)
-            .await?;
-    }
-    admin.close().await;
-    let mut url = pg.url.clone();
-    url.set_path(db);
+    let url = reqwest::Url::parse(&database_copy(db, "opsloop_floor").await?)?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url.as_str())
@@ -1056,11 +1083,9 @@ async fn floor_copy(pg: &PgBench, db: &str, ddl: &[&str]) -> anyhow::Result<PgBe
             .await?;
     }
     Ok(PgBench {
-        bin: pg.bin.clone(),
         url,
-        dir: pg.dir.clone(),
-        script: "product.sql",
         pool,
+        ..pg.running("product.sql")
     })
 }
 

@@ -18,7 +18,6 @@ mod store;
 
 use std::sync::Arc;
 
-use serde_json::json;
 use sqlx::PgPool;
 use tracing::{Instrument, info, info_span};
 use uuid::Uuid;
@@ -205,31 +204,13 @@ impl Orchestrator {
         if decision.record_approval || loaded.dryrun_made_current(req).is_some() {
             return Ok(Unlocked::NotThisWay);
         }
-        let mut meta = timeline_meta(req, &loaded.facts);
-        meta["note"] = json!(decision.note);
-        let claimant = match &req.origin {
-            Origin::Http {
-                idempotency_key,
-                request_hash,
-            } => store::Claimant::Key {
-                actor: &req.actor.id,
-                key: idempotency_key.as_str(),
-                request_hash,
-            },
-            Origin::Message {
-                consumer,
-                message_id,
-                subject,
-            } => store::Claimant::Inbox {
-                consumer,
-                message_id: *message_id,
-                subject,
-            },
-            Origin::Direct => store::Claimant::Nothing,
-        };
+        let meta = store::TimelineMeta::of(req, &loaded.facts).applied(&decision);
         self.faults.before_unlocked_write().await;
         let entry_id = Uuid::now_v7();
-        let as_read = store::AsRead { lock_seq, claimant };
+        let as_read = store::AsRead {
+            lock_seq,
+            claimant: store::Claimant::of(req),
+        };
         match store::apply_unlocked(&mut conn, &case, as_read, &decision, req, entry_id, &meta)
             .await
         {
@@ -392,13 +373,11 @@ impl Orchestrator {
         {
             crate::store::make_dryrun_current(&mut tx, plan_id, &digest).await?;
         }
-        let mut meta = timeline_meta(req, &loaded.facts);
+        let meta = store::TimelineMeta::of(req, &loaded.facts);
 
         let answer = match decision {
             Err(rejection) => {
-                // Which guards failed and why, for whoever reads the
-                // timeline (a refused re-plan names the policy's limit).
-                meta["rejection"] = json!(rejection);
+                let meta = meta.rejected(&rejection);
                 store::append_rejection(&mut tx, &case, req, rejection.code(), entry_id, &meta)
                     .await?;
                 info!(case.id = %case.id, status = %case.status, event.kind = req.event.as_str(),
@@ -420,7 +399,7 @@ impl Orchestrator {
                 answer
             }
             Ok(decision) => {
-                meta["note"] = json!(decision.note);
+                let meta = meta.applied(&decision);
                 let (updated, entry) =
                     store::apply(&mut tx, &case, &decision, req, entry_id, &meta).await?;
                 self.faults
@@ -450,27 +429,4 @@ enum Unlocked {
     Refused,
     /// Not a plain accepted move: the locked path answers.
     NotThisWay,
-}
-
-/// The timeline entry's meta: the trace, the facts the decision saw, and
-/// the caller's context.
-fn timeline_meta(req: &TransitionRequest, facts: &workflow::Facts) -> serde_json::Value {
-    let mut meta = json!({
-        "trace_id": req.trace_id,
-        "facts": facts,
-    });
-    // A worker fact's own data and a person's free-form `meta` are kept
-    // under different keys: what a caller types can never pass for a
-    // worker's findings (the planner shows `fact.findings` to the LLM).
-    if !req.meta.is_null() {
-        let key = match req.origin {
-            Origin::Message { .. } => "fact",
-            Origin::Http { .. } | Origin::Direct => "request",
-        };
-        meta[key] = req.meta.clone();
-    }
-    if let Origin::Message { message_id, .. } = &req.origin {
-        meta["message_id"] = json!(message_id);
-    }
-    meta
 }

@@ -12,8 +12,8 @@ use crate::contract::fact::{CaseTransition, GateVote};
 use crate::contract::{CommandMsg, Fact, Message, PlanHash};
 use crate::model::{Case, TimelineEntry};
 use crate::pubsub::{Envelope, outbox};
-use crate::workflow::{Decision, Effect};
-use crate::{case_columns, timeline_columns};
+use crate::workflow::{Decision, Effect, Facts, Rejection};
+use crate::{case_columns, case_in_scope, timeline_columns};
 
 pub enum Claim {
     Replay(StoredAnswer),
@@ -47,9 +47,9 @@ pub async fn claim_and_lock(
     let row = sqlx::query(concat!(
         "WITH claim AS (INSERT INTO idempotency (actor, key, request_hash, timeline_id) \
          VALUES ($3, $4, $5, $6) ON CONFLICT (actor, key) DO NOTHING RETURNING 1), \
-         c AS (UPDATE ops_case SET lock_seq = lock_seq + 1 \
-               WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) \
-               AND EXISTS (SELECT 1 FROM claim) RETURNING ",
+         c AS (UPDATE ops_case SET lock_seq = lock_seq + 1 WHERE ",
+        case_in_scope!(),
+        " AND EXISTS (SELECT 1 FROM claim) RETURNING ",
         case_columns!(),
         ") SELECT k.claimed, c.* FROM (SELECT count(*) AS claimed FROM claim) k LEFT JOIN c ON true"
     ))
@@ -211,6 +211,65 @@ pub async fn store_answer(
     Ok(())
 }
 
+/// A timeline entry's `meta`: the trace, the facts the decision saw, the
+/// caller's context, and the decision's note or the rejection.
+#[derive(serde::Serialize)]
+pub struct TimelineMeta<'a> {
+    trace_id: &'a str,
+    facts: &'a Facts,
+    /// A person's free-form `meta` (HTTP, in-process).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'a Value>,
+    /// A worker fact's own data, under another key than `request`: what a
+    /// caller types can never pass for a worker's findings (the planner
+    /// shows `fact.findings` to the LLM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fact: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<&'a str>,
+    /// Which guards failed and why, for whoever reads the timeline (a
+    /// refused re-plan names the policy's limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejection: Option<&'a Rejection>,
+}
+
+impl<'a> TimelineMeta<'a> {
+    pub fn of(req: &'a TransitionRequest, facts: &'a Facts) -> Self {
+        let given = (!req.meta.is_null()).then_some(&req.meta);
+        let (request, fact, message_id) = match &req.origin {
+            Origin::Message { message_id, .. } => (None, given, Some(*message_id)),
+            Origin::Http { .. } | Origin::Direct => (given, None, None),
+        };
+        TimelineMeta {
+            trace_id: &req.trace_id,
+            facts,
+            request,
+            fact,
+            message_id,
+            note: None,
+            rejection: None,
+        }
+    }
+
+    /// An accepted move's meta.
+    pub fn applied(self, decision: &'a Decision) -> Self {
+        TimelineMeta {
+            note: Some(&decision.note),
+            ..self
+        }
+    }
+
+    /// A refused move's meta.
+    pub fn rejected(self, rejection: &'a Rejection) -> Self {
+        TimelineMeta {
+            rejection: Some(rejection),
+            ..self
+        }
+    }
+}
+
 /// The timeline entry and the outbox rows of an accepted transition, as
 /// CTEs after `upd` (parameters bound by `writes`).
 macro_rules! entry_and_outbox {
@@ -255,7 +314,7 @@ pub async fn apply(
     decision: &Decision,
     req: &TransitionRequest,
     entry_id: Uuid,
-    meta: &Value,
+    meta: &TimelineMeta<'_>,
 ) -> Result<(Case, TimelineEntry), sqlx::Error> {
     let row = writes(
         sqlx::query(concat!(
@@ -303,6 +362,32 @@ pub enum Claimant<'a> {
     Nothing,
 }
 
+impl<'a> Claimant<'a> {
+    /// The record `req`'s origin is claimed by.
+    pub fn of(req: &'a TransitionRequest) -> Self {
+        match &req.origin {
+            Origin::Http {
+                idempotency_key,
+                request_hash,
+            } => Claimant::Key {
+                actor: &req.actor.id,
+                key: idempotency_key.as_str(),
+                request_hash,
+            },
+            Origin::Message {
+                consumer,
+                message_id,
+                subject,
+            } => Claimant::Inbox {
+                consumer,
+                message_id: *message_id,
+                subject,
+            },
+            Origin::Direct => Claimant::Nothing,
+        }
+    }
+}
+
 /// `apply` without the case lock: the case was read, not locked, at
 /// `as_read.lock_seq`, and the statement also makes the request's claim. If a
 /// writer came in between, or the claim was made before, the statement
@@ -314,7 +399,7 @@ pub async fn apply_unlocked(
     decision: &Decision,
     req: &TransitionRequest,
     entry_id: Uuid,
-    meta: &Value,
+    meta: &TimelineMeta<'_>,
 ) -> Result<(Case, TimelineEntry), sqlx::Error> {
     let AsRead { lock_seq, claimant } = as_read;
     let query = match claimant {
@@ -369,7 +454,7 @@ fn writes<'q>(
     decision: &'q Decision,
     req: &'q TransitionRequest,
     entry_id: Uuid,
-    meta: &'q Value,
+    meta: &'q TimelineMeta<'q>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let mut after = before.clone();
     after.status = decision.to;
@@ -387,7 +472,7 @@ fn writes<'q>(
         .bind(before.status.as_str())
         .bind(&req.actor.id)
         .bind(&req.reason)
-        .bind(meta)
+        .bind(sqlx::types::Json(meta))
         .bind(rows.ids)
         .bind(rows.subjects)
         .bind(rows.payloads)
@@ -428,7 +513,8 @@ pub async fn read_for_write(
     let row = sqlx::query(concat!(
         "SELECT ",
         case_columns!(),
-        ", lock_seq FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2))"
+        ", lock_seq FROM ops_case WHERE ",
+        case_in_scope!()
     ))
     .bind(req.case_id)
     .bind(req.tenants.sql())
@@ -444,7 +530,7 @@ pub async fn append_rejection(
     req: &TransitionRequest,
     code: &str,
     entry_id: Uuid,
-    meta: &Value,
+    meta: &TimelineMeta<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO case_timeline (id, case_id, kind, event, from_status, version, actor, \
@@ -460,7 +546,7 @@ pub async fn append_rejection(
     .bind(&req.reason)
     .bind(code)
     .bind(case.correlation_id)
-    .bind(meta)
+    .bind(sqlx::types::Json(meta))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -6,11 +6,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::auth::TenantScope;
-use crate::case_columns;
 use crate::contract::fact::CaseCreated;
 use crate::contract::{Fact, Message, Tenant};
 use crate::model::Case;
 use crate::pubsub::outbox;
+use crate::{case_columns, case_in_scope};
 
 #[derive(Debug, Clone)]
 pub struct NewCase {
@@ -129,7 +129,8 @@ pub async fn read_case_in<'e>(
     sqlx::query_as(concat!(
         "SELECT ",
         case_columns!(),
-        " FROM ops_case WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2))"
+        " FROM ops_case WHERE ",
+        case_in_scope!()
     ))
     .bind(id)
     .bind(scope.sql())
@@ -144,8 +145,9 @@ pub async fn lock_case_in(
     scope: &TenantScope,
 ) -> Result<Option<Case>, sqlx::Error> {
     sqlx::query_as(concat!(
-        "UPDATE ops_case SET lock_seq = lock_seq + 1 \
-         WHERE id = $1 AND ($2::text[] IS NULL OR tenant = ANY($2)) RETURNING ",
+        "UPDATE ops_case SET lock_seq = lock_seq + 1 WHERE ",
+        case_in_scope!(),
+        " RETURNING ",
         case_columns!()
     ))
     .bind(id)

@@ -98,6 +98,11 @@ pub fn arg(name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// Whether the flag `name` was given.
+pub fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -331,24 +336,48 @@ pub async fn serve_api(state: opsloop::api::AppState) -> anyhow::Result<String> 
 
 /// A fresh database on `DATABASE_URL`'s server (dropped first), and its URL.
 pub async fn fresh_database(name: &'static str) -> anyhow::Result<String> {
-    let base = std::env::var("DATABASE_URL")?;
-    let admin = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&base)
-        .await?;
-    // `name` is a constant of the calling benchmark, never input.
+    create_database(name, None).await
+}
+
+/// `fresh_database` as a copy of `template`.
+pub async fn database_copy(name: &str, template: &str) -> anyhow::Result<String> {
+    create_database(name, Some(template)).await
+}
+
+/// Drops `name` on `DATABASE_URL`'s server, if it is there.
+pub async fn drop_database(name: &str) -> anyhow::Result<()> {
+    let admin = admin().await?;
+    // Names are the benchmarks' constants or made from an index, never input.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
     .execute(&admin)
     .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+    admin.close().await;
+    Ok(())
+}
+
+async fn create_database(name: &str, template: Option<&str>) -> anyhow::Result<String> {
+    drop_database(name).await?;
+    let admin = admin().await?;
+    let from = template
+        .map(|t| format!(" TEMPLATE {t}"))
+        .unwrap_or_default();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}{from}")))
         .execute(&admin)
         .await?;
     admin.close().await;
-    let mut url = reqwest::Url::parse(&base)?;
+    let mut url = reqwest::Url::parse(&std::env::var("DATABASE_URL")?)?;
     url.set_path(name);
     Ok(url.to_string())
+}
+
+/// One connection to `DATABASE_URL`, to create and drop databases.
+async fn admin() -> anyhow::Result<sqlx::PgPool> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&std::env::var("DATABASE_URL")?)
+        .await?)
 }
 
 /// The gate's policy with the shipped targets file, as `opsloop serve`
